@@ -3,6 +3,8 @@
 
 mod common;
 
+use tresor_kmip::message::{RequestMessage, RequestPayload, ResponseMessage, ResponsePayload};
+use tresor_kmip::spec::tag;
 use tresor_kmip::ttlv::{self, Limits};
 use tresor_kmip::xml;
 
@@ -17,6 +19,7 @@ fn every_test_case_message_round_trips_byte_exact() {
         dir.display()
     );
     let mut messages = 0;
+    let mut typed_payloads = 0;
     let mut failures = Vec::new();
     for path in &files {
         let text = std::fs::read_to_string(path).unwrap();
@@ -44,6 +47,33 @@ fn every_test_case_message_round_trips_byte_exact() {
             if ttlv::to_bytes(&decoded).unwrap() != wire {
                 failures.push(format!("{name} message {i}: re-encodes to other bytes"));
             }
+            let typed = match item.tag {
+                t if t == tag::REQUEST_MESSAGE => RequestMessage::from_item(&decoded).map(|m| {
+                    typed_payloads += m
+                        .items
+                        .iter()
+                        .filter(|i| !matches!(i.payload, RequestPayload::Raw(_)))
+                        .count();
+                    m.to_item()
+                }),
+                _ => ResponseMessage::from_item(&decoded).map(|m| {
+                    typed_payloads += m
+                        .items
+                        .iter()
+                        .filter(|i| matches!(&i.payload, Some(p) if !matches!(p, ResponsePayload::Raw(_))))
+                        .count();
+                    m.to_item()
+                }),
+            };
+            match typed {
+                Ok(typed) if ttlv::to_bytes(&typed).unwrap() == wire => {}
+                Ok(typed) => failures.push(format!(
+                    "{name} message {i}: typed message re-encodes differently:\n{}\n--- expected\n{}",
+                    tresor_kmip::pretty::render(&typed),
+                    tresor_kmip::pretty::render(item)
+                )),
+                Err(e) => failures.push(format!("{name} message {i}: typed decode failed: {e}")),
+            }
             let again = xml::parse_item(&xml::to_xml(item), &mut common::FixedBindings);
             if again.as_ref().ok() != Some(item) {
                 failures.push(format!(
@@ -59,5 +89,14 @@ fn every_test_case_message_round_trips_byte_exact() {
         failures.join("\n")
     );
     assert!(messages > 1500, "only {messages} messages");
-    eprintln!("{} files, {messages} messages round-tripped", files.len());
+    eprintln!(
+        "{} files, {messages} messages round-tripped, {typed_payloads} typed payloads",
+        files.len()
+    );
+    // Most operations in these profiles have typed payloads; a drop here means a typed decoder
+    // fell back to raw TTLV.
+    assert!(
+        typed_payloads > 1500,
+        "only {typed_payloads} typed payloads"
+    );
 }
