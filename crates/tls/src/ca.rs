@@ -1,0 +1,135 @@
+//! A small certificate authority: enough to set up mutual TLS for a test or a first install.
+//! Keys are ECDSA P-256.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use time::{Duration, OffsetDateTime};
+use zeroize::Zeroizing;
+
+use crate::TlsError;
+
+/// What a certificate is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CertKind {
+    /// A TLS server (extended key usage serverAuth).
+    Server,
+    /// A TLS client (clientAuth).
+    Client,
+    /// Both (serverAuth and clientAuth), as a KMS client such as vCenter often has.
+    ServerAndClient,
+    /// A client certificate that lists serverAuth only, as vCenter's own certificates do.
+    ServerUsageOnly,
+}
+
+/// A certificate and its private key, PEM encoded. The key is wiped from memory when dropped.
+#[derive(Debug)]
+pub struct IssuedCert {
+    pub cert_pem: String,
+    pub key_pem: Zeroizing<String>,
+}
+
+/// A CA that can issue certificates.
+#[derive(Debug)]
+pub struct CertificateAuthority {
+    cert_pem: String,
+    key_pem: Zeroizing<String>,
+}
+
+fn validity(params: &mut CertificateParams, days: i64) {
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - Duration::hours(1);
+    params.not_after = now + Duration::days(days);
+}
+
+impl CertificateAuthority {
+    /// A new self-signed CA named `common_name`, valid for `days`.
+    pub fn generate(common_name: &str, days: i64) -> Result<CertificateAuthority, TlsError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, common_name);
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        validity(&mut params, days);
+        let cert = params.self_signed(&key)?;
+        Ok(CertificateAuthority {
+            cert_pem: cert.pem(),
+            key_pem: Zeroizing::new(key.serialize_pem()),
+        })
+    }
+
+    /// A CA from its PEM certificate and key.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<CertificateAuthority, TlsError> {
+        // Parse both now so that a broken pair fails here, not at the first issue.
+        let key = KeyPair::from_pem(key_pem)?;
+        Issuer::from_ca_cert_pem(cert_pem, &key)?;
+        Ok(CertificateAuthority {
+            cert_pem: cert_pem.to_owned(),
+            key_pem: Zeroizing::new(key_pem.to_owned()),
+        })
+    }
+
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
+    }
+
+    /// Issues a certificate for `common_name`; `names` are DNS names or IP addresses for the
+    /// subject alternative name.
+    pub fn issue(
+        &self,
+        kind: CertKind,
+        common_name: &str,
+        names: &[&str],
+        days: i64,
+    ) -> Result<IssuedCert, TlsError> {
+        let ca_key = KeyPair::from_pem(&self.key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, &ca_key)?;
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        for name in names {
+            let san = match name.parse::<std::net::IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName((*name).try_into()?),
+            };
+            params.subject_alt_names.push(san);
+        }
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, common_name);
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = match kind {
+            CertKind::Server | CertKind::ServerUsageOnly => {
+                vec![ExtendedKeyUsagePurpose::ServerAuth]
+            }
+            CertKind::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+            CertKind::ServerAndClient => {
+                vec![
+                    ExtendedKeyUsagePurpose::ServerAuth,
+                    ExtendedKeyUsagePurpose::ClientAuth,
+                ]
+            }
+        };
+        params.use_authority_key_identifier_extension = true;
+        validity(&mut params, days);
+        let cert = params.signed_by(&key, &issuer)?;
+        Ok(IssuedCert {
+            cert_pem: cert.pem(),
+            key_pem: Zeroizing::new(key.serialize_pem()),
+        })
+    }
+}

@@ -1,0 +1,201 @@
+//! rustls configurations for Tresor's servers and clients.
+//!
+//! Both sides offer TLS 1.3 and TLS 1.2 with ECDHE and AEAD suites only (AES-GCM and
+//! ChaCha20-Poly1305), and accept RSA and ECDSA certificates. A server always asks for a client
+//! certificate and refuses a connection without one.
+
+use std::sync::Arc;
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::{
+    verify_tls12_signature, verify_tls13_signature, CryptoProvider, WebPkiSupportedAlgorithms,
+};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
+};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, TrustAnchor, UnixTime};
+
+use crate::TlsError;
+
+/// How a server checks client certificates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ClientAuth {
+    /// A certificate chained to a trusted CA, whatever its extended key usage. Many KMIP clients
+    /// (vCenter among them) present certificates issued for server authentication only.
+    #[default]
+    AnyExtendedKeyUsage,
+    /// As above, and the certificate must allow client authentication if it lists usages.
+    RequireClientAuthUsage,
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A server configuration: this chain and key, client certificates checked against `client_cas`.
+pub fn server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    client_cas: &[CertificateDer<'static>],
+    client_auth: ClientAuth,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let provider = provider();
+    let verifier = Arc::new(ClientVerifier::new(
+        client_cas,
+        client_auth,
+        provider.signature_verification_algorithms,
+    )?);
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    Ok(Arc::new(config))
+}
+
+/// A client configuration: servers checked against `server_cas`, this chain and key presented.
+pub fn client_config(
+    server_cas: &[CertificateDer<'static>],
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for ca in server_cas {
+        roots
+            .add(ca.clone())
+            .map_err(|e| TlsError::Certificate(format!("CA certificate cannot be trusted: {e}")))?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?;
+    Ok(Arc::new(config))
+}
+
+/// Checks client certificates against a set of CAs, optionally without looking at their
+/// extended key usage.
+#[derive(Debug)]
+struct ClientVerifier {
+    anchors: Vec<TrustAnchor<'static>>,
+    subjects: Vec<DistinguishedName>,
+    auth: ClientAuth,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ClientVerifier {
+    fn new(
+        cas: &[CertificateDer<'static>],
+        auth: ClientAuth,
+        algorithms: WebPkiSupportedAlgorithms,
+    ) -> Result<Self, TlsError> {
+        if cas.is_empty() {
+            return Err(TlsError::Certificate(
+                "no client CA configured: a server must know which CA issues its clients' certificates".into(),
+            ));
+        }
+        let mut anchors = Vec::new();
+        let mut subjects = Vec::new();
+        for ca in cas {
+            let anchor = webpki::anchor_from_trusted_cert(ca)
+                .map_err(|e| {
+                    TlsError::Certificate(format!("client CA certificate cannot be used: {e}"))
+                })?
+                .to_owned();
+            subjects.push(DistinguishedName::from(anchor.subject.as_ref().to_vec()));
+            anchors.push(anchor);
+        }
+        Ok(ClientVerifier {
+            anchors,
+            subjects,
+            auth,
+            algorithms,
+        })
+    }
+}
+
+/// Accepts any extended key usage.
+struct AnyUsage;
+
+impl webpki::ExtendedKeyUsageValidator for AnyUsage {
+    fn validate(&self, iter: webpki::KeyPurposeIdIter<'_, '_>) -> Result<(), webpki::Error> {
+        for id in iter {
+            id?;
+        }
+        Ok(())
+    }
+}
+
+fn map_webpki(e: webpki::Error) -> rustls::Error {
+    use webpki::Error as E;
+    let ce = match e {
+        E::UnknownIssuer => CertificateError::UnknownIssuer,
+        E::CertExpired { .. } => CertificateError::Expired,
+        E::CertNotValidYet { .. } => CertificateError::NotValidYet,
+        E::CertRevoked => CertificateError::Revoked,
+        E::InvalidSignatureForPublicKey => CertificateError::BadSignature,
+        E::RequiredEkuNotFoundContext(_) => CertificateError::InvalidPurpose,
+        other => CertificateError::Other(rustls::OtherError(Arc::new(other))),
+    };
+    rustls::Error::InvalidCertificate(ce)
+}
+
+impl ClientCertVerifier for ClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &self.subjects
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let cert = webpki::EndEntityCert::try_from(end_entity).map_err(map_webpki)?;
+        let algs = self.algorithms.all;
+        let result = match self.auth {
+            ClientAuth::AnyExtendedKeyUsage => cert.verify_for_usage(
+                algs,
+                &self.anchors,
+                intermediates,
+                now,
+                AnyUsage,
+                None,
+                None,
+            ),
+            ClientAuth::RequireClientAuthUsage => cert.verify_for_usage(
+                algs,
+                &self.anchors,
+                intermediates,
+                now,
+                webpki::KeyUsage::client_auth(),
+                None,
+                None,
+            ),
+        };
+        result
+            .map(|_| ClientCertVerified::assertion())
+            .map_err(map_webpki)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
