@@ -1,0 +1,159 @@
+//! `kms.toml`: the key server's configuration.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("Cannot read configuration {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("Configuration {path} is invalid: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+/// The key server's configuration. Relative paths are relative to the configuration file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KmsConfig {
+    /// Address and port to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Folder of the database (`kms.sqlite`) and the master key (`master.key`).
+    pub data_dir: PathBuf,
+    pub tls: TlsConfig,
+    /// Client certificate subjects (`CN=…`) that may read and change every object.
+    #[serde(default)]
+    pub administrators: Vec<String>,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// Certificates for mutual TLS.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The server's certificate chain (PEM), its own certificate first.
+    pub cert: PathBuf,
+    /// The server's private key (PEM).
+    pub key: PathBuf,
+    /// The CA certificates (PEM) that issue client certificates.
+    pub client_ca: PathBuf,
+    /// Refuse client certificates whose extended key usage lacks clientAuth. Off by default:
+    /// vCenter's certificates lack it.
+    #[serde(default)]
+    pub require_client_auth_usage: bool,
+}
+
+/// Protection against slow, large or many clients.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_message_bytes: usize,
+    /// Seconds a connection may sit idle between messages.
+    pub idle_timeout_secs: u64,
+    /// Seconds a client has to send the rest of a message it started, and to finish the TLS
+    /// handshake.
+    pub message_timeout_secs: u64,
+    pub max_connections: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_message_bytes: 4 * 1024 * 1024,
+            idle_timeout_secs: 300,
+            message_timeout_secs: 30,
+            max_connections: 4096,
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "0.0.0.0:5696".into()
+}
+
+/// A commented configuration with every default, for `tresor kms init` and the docs.
+pub const EXAMPLE: &str = r#"# Tresor key server (tresor kms serve --config kms.toml)
+
+# Address and port for KMIP over TLS (5696 is the KMIP port).
+listen = "0.0.0.0:5696"
+
+# Database and master key. The master key file (master.key, mode 0600) is created on the
+# first start; back it up separately from the database.
+data_dir = "data"
+
+# Client certificate subjects that may read and change every object.
+administrators = []
+
+[tls]
+cert = "tls/server.pem"        # certificate chain, server certificate first
+key = "tls/server.key"         # private key
+client_ca = "tls/ca.pem"       # CA(s) that issue client certificates
+# Refuse client certificates without the clientAuth extended key usage (vCenter's lack it).
+require_client_auth_usage = false
+
+[limits]
+max_message_bytes = 4194304    # largest KMIP message accepted
+idle_timeout_secs = 300        # close connections idle this long
+message_timeout_secs = 30      # time to finish a handshake or a started message
+max_connections = 4096
+"#;
+
+impl KmsConfig {
+    /// Reads a configuration file.
+    pub fn load(path: &Path) -> Result<KmsConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config: KmsConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve(base);
+        Ok(config)
+    }
+
+    /// Makes relative paths relative to `base`.
+    pub fn resolve(&mut self, base: &Path) {
+        for p in [
+            &mut self.data_dir,
+            &mut self.tls.cert,
+            &mut self.tls.key,
+            &mut self.tls.client_ca,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    }
+
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("kms.sqlite")
+    }
+
+    pub fn master_key_path(&self) -> PathBuf {
+        self.data_dir.join("master.key")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_parses_and_unknown_fields_are_refused() {
+        let c: KmsConfig = toml::from_str(EXAMPLE).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:5696");
+        assert_eq!(c.limits.max_connections, 4096);
+        assert!(!c.tls.require_client_auth_usage);
+        let err = toml::from_str::<KmsConfig>(&format!("{EXAMPLE}\nbogus = 1\n")).unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+    }
+}

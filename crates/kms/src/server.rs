@@ -1,0 +1,230 @@
+//! KMIP over mutual TLS: accepts connections, frames messages, and hands them to the engine.
+//!
+//! A connection may carry any number of requests, one at a time. A client that stalls in the
+//! middle of a message, or sends a length the server will not accept, loses its connection; the
+//! others go on.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tresor_kmip::ttlv::{self, Limits, HEADER_LEN};
+use tresor_tls::{load_certs, load_key, peer_identity, server_config, ClientAuth, TlsError};
+use zeroize::Zeroizing;
+
+use crate::config::{KmsConfig, LimitsConfig};
+use crate::crypto::{CryptoError, MasterKey};
+use crate::engine::{Engine, EngineConfig};
+use crate::store::{Store, StoreError};
+
+/// Why the key server cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error("Cannot create data folder {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("Cannot listen on {addr}: {source} (is another key server running there?)")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// Opens the database and master key named by the configuration.
+pub fn open_engine(config: &KmsConfig) -> Result<Engine, ServeError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServeError::DataDir {
+        path: config.data_dir.display().to_string(),
+        source,
+    })?;
+    restrict_dir(&config.data_dir);
+    let master = MasterKey::load_or_create(&config.master_key_path())?;
+    let store = Store::open(&config.database_path())?;
+    Ok(Engine::new(
+        Arc::new(store),
+        Arc::new(master),
+        EngineConfig {
+            administrators: config.administrators.clone(),
+            ..EngineConfig::default()
+        },
+    ))
+}
+
+fn restrict_dir(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+}
+
+/// The TLS acceptor named by the configuration.
+pub fn acceptor(config: &KmsConfig) -> Result<TlsAcceptor, ServeError> {
+    let chain = load_certs(&config.tls.cert)?;
+    let key = load_key(&config.tls.key)?;
+    let cas = load_certs(&config.tls.client_ca)?;
+    let auth = if config.tls.require_client_auth_usage {
+        ClientAuth::RequireClientAuthUsage
+    } else {
+        ClientAuth::AnyExtendedKeyUsage
+    };
+    Ok(TlsAcceptor::from(server_config(chain, key, &cas, auth)?))
+}
+
+/// Binds the configured address.
+pub async fn bind(config: &KmsConfig) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(&config.listen)
+        .await
+        .map_err(|source| ServeError::Listen {
+            addr: config.listen.clone(),
+            source,
+        })
+}
+
+/// Serves KMIP on `listener` until `shutdown` completes, then waits (up to the message timeout)
+/// for requests in flight.
+pub async fn serve(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    engine: Arc<Engine>,
+    limits: LimitsConfig,
+    shutdown: impl Future<Output = ()>,
+) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let limits = Arc::new(limits);
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let engine = engine.clone();
+        let limits = limits.clone();
+        tokio::spawn(async move {
+            connection(stream, peer, acceptor, engine, &limits).await;
+            drop(permit);
+        });
+    }
+    // Let connections in flight finish their current request.
+    let deadline = Duration::from_secs(limits.message_timeout_secs.max(1));
+    let all = permits.acquire_many(limits.max_connections.max(1) as u32);
+    let _ = tokio::time::timeout(deadline, all).await;
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    engine: Arc<Engine>,
+    limits: &LimitsConfig,
+) {
+    let _ = stream.set_nodelay(true);
+    let message_timeout = Duration::from_secs(limits.message_timeout_secs.max(1));
+    let idle_timeout = Duration::from_secs(limits.idle_timeout_secs.max(1));
+    let mut tls = match tokio::time::timeout(message_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::info!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let identity = match tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(peer_identity)
+    {
+        Some(Ok(id)) => Arc::<str>::from(id),
+        _ => {
+            tracing::info!(%peer, "client certificate unreadable");
+            return;
+        }
+    };
+    tracing::debug!(%peer, client = &*identity, "connection opened");
+    let frame_limits = Limits {
+        max_message_len: limits.max_message_bytes,
+        ..Limits::default()
+    };
+    loop {
+        let mut header = [0u8; HEADER_LEN];
+        match tokio::time::timeout(idle_timeout, tls.read_exact(&mut header)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => break, // closed by the client
+            Err(_) => {
+                tracing::debug!(%peer, "idle connection closed");
+                break;
+            }
+        }
+        let len = match ttlv::message_len(&header, &frame_limits) {
+            Ok(len) => len,
+            Err(e) => {
+                tracing::warn!(%peer, client = &*identity, error = %e, "unframeable message; closing the connection");
+                break;
+            }
+        };
+        let mut message = Zeroizing::new(vec![0u8; len]);
+        message[..HEADER_LEN].copy_from_slice(&header);
+        match tokio::time::timeout(message_timeout, tls.read_exact(&mut message[HEADER_LEN..]))
+            .await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::info!(%peer, error = %e, "connection lost in the middle of a message");
+                break;
+            }
+            Err(_) => {
+                tracing::warn!(%peer, client = &*identity, "client stalled in the middle of a message; closing the connection");
+                break;
+            }
+        }
+        let engine = engine.clone();
+        let id = identity.clone();
+        let response =
+            tokio::task::spawn_blocking(move || engine.handle_bytes(&id, &message)).await;
+        let bytes = match response {
+            Ok(Ok(bytes)) => Zeroizing::new(bytes),
+            Ok(Err(e)) => {
+                tracing::error!(%peer, error = %e, "cannot encode a response");
+                break;
+            }
+            Err(e) => {
+                tracing::error!(%peer, error = %e, "request handler failed");
+                break;
+            }
+        };
+        if tls.write_all(&bytes).await.is_err() || tls.flush().await.is_err() {
+            break;
+        }
+    }
+    let _ = tls.shutdown().await;
+}

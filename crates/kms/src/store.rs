@@ -1,0 +1,523 @@
+//! Persistence: the only module that speaks SQL.
+//!
+//! Objects live in SQLite (WAL mode, `synchronous=FULL`). All changes go through one writer thread
+//! that runs the changes of many connections in one transaction and commits them together (group
+//! commit): a change is durable on disk before its caller hears back, and one fsync serves many
+//! callers. Each change runs in its own savepoint, so a change that fails leaves the others intact.
+//! Reads use a small pool of read-only connections and never wait for the writer.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use tresor_kmip::message::{Attribute, TemplateAttribute};
+use tresor_kmip::spec::tag;
+use tresor_kmip::ttlv::{self, Limits};
+
+/// How many changes the writer commits together at most.
+const MAX_GROUP: usize = 512;
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("Cannot open the key server database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("Database error: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("Stored attributes of object {0} are corrupt")]
+    Corrupt(String),
+    #[error("The database writer has stopped; restart the key server")]
+    WriterGone,
+    #[error("Cannot commit to the database (is the disk full or read-only?): {0}")]
+    Commit(String),
+}
+
+/// A stored object: everything but the key material is in the clear; the key material is sealed
+/// under the master key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectRow {
+    pub uid: String,
+    pub object_type: u32,
+    pub state: u32,
+    pub owner: String,
+    pub attributes: Vec<Attribute>,
+    /// The object structure sealed under the master key; `None` once destroyed.
+    pub sealed: Option<Vec<u8>>,
+    pub created: i64,
+    pub updated: i64,
+}
+
+/// One line of the audit log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub id: i64,
+    pub time: i64,
+    pub actor: String,
+    pub action: String,
+    pub uid: Option<String>,
+    pub detail: String,
+}
+
+/// A filter for listing objects. Fields left `None` match everything.
+#[derive(Clone, Debug, Default)]
+pub struct ObjectFilter<'a> {
+    pub owner: Option<&'a str>,
+    pub object_type: Option<u32>,
+    pub states: Option<&'a [u32]>,
+    pub name: Option<&'a str>,
+    pub uid: Option<&'a str>,
+}
+
+struct Completion {
+    keep: bool,
+    finish: Box<dyn FnOnce(Option<StoreError>) + Send>,
+}
+
+struct Job {
+    run: Box<dyn FnOnce(&Connection) -> Completion + Send>,
+    fail: Box<dyn FnOnce(StoreError) + Send>,
+}
+
+/// The key server's database.
+pub struct Store {
+    path: PathBuf,
+    writer: Mutex<Option<SyncSender<Job>>>,
+    readers: Mutex<Vec<Connection>>,
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+const MIGRATIONS: &[&str] = &[
+    // 1: objects, their names, grants, audit log.
+    "CREATE TABLE objects (
+        uid TEXT PRIMARY KEY,
+        object_type INTEGER NOT NULL,
+        state INTEGER NOT NULL,
+        owner TEXT NOT NULL,
+        attributes BLOB NOT NULL,
+        sealed BLOB,
+        created INTEGER NOT NULL,
+        updated INTEGER NOT NULL
+    );
+    CREATE INDEX objects_owner ON objects(owner);
+    CREATE TABLE names (
+        uid TEXT NOT NULL REFERENCES objects(uid) ON DELETE CASCADE,
+        name TEXT NOT NULL
+    );
+    CREATE INDEX names_name ON names(name);
+    CREATE INDEX names_uid ON names(uid);
+    CREATE TABLE grants (
+        uid TEXT NOT NULL REFERENCES objects(uid) ON DELETE CASCADE,
+        identity TEXT NOT NULL,
+        PRIMARY KEY (uid, identity)
+    );
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        time INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        uid TEXT,
+        detail TEXT NOT NULL
+    );",
+];
+
+fn configure(conn: &Connection) -> Result<(), rusqlite::Error> {
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+impl Store {
+    /// Opens (and creates or migrates) the database at `path`.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(open_err)?;
+        configure(&conn).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open_err)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(open_err)?;
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = conn.unchecked_transaction().map_err(open_err)?;
+            tx.execute_batch(sql).map_err(open_err)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)
+                .map_err(open_err)?;
+            tx.commit().map_err(open_err)?;
+        }
+        let (sender, receiver) = mpsc::sync_channel::<Job>(4096);
+        let handle = std::thread::Builder::new()
+            .name("kms-db-writer".into())
+            .spawn(move || writer_loop(conn, receiver))
+            .map_err(|e| StoreError::Open {
+                path: path.to_owned(),
+                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+            })?;
+        Ok(Store {
+            path: path.to_owned(),
+            writer: Mutex::new(Some(sender)),
+            readers: Mutex::new(Vec::new()),
+            writer_thread: Mutex::new(Some(handle)),
+        })
+    }
+
+    /// Runs `f` on a read-only connection.
+    pub fn read<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let conn = match self.readers.lock().ok().and_then(|mut r| r.pop()) {
+            Some(c) => c,
+            None => {
+                let c = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .map_err(|source| StoreError::Open {
+                    path: self.path.clone(),
+                    source,
+                })?;
+                configure(&c).map_err(StoreError::from)?;
+                c
+            }
+        };
+        let result = f(&conn);
+        if let Ok(mut readers) = self.readers.lock() {
+            if readers.len() < 16 {
+                readers.push(conn);
+            }
+        }
+        result
+    }
+
+    /// Runs `f` in the writer's transaction and returns once its changes are committed. If `f`
+    /// fails, its changes are rolled back and the error returned.
+    pub fn write<T, E>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::sync_channel::<Result<T, E>>(1);
+        let fail_tx = tx.clone();
+        let job = Job {
+            run: Box::new(move |conn| {
+                let result = f(conn);
+                Completion {
+                    keep: result.is_ok(),
+                    finish: Box::new(move |commit_error| {
+                        let result = match commit_error {
+                            None => result,
+                            Some(e) => Err(E::from(e)),
+                        };
+                        let _ = tx.send(result);
+                    }),
+                }
+            }),
+            fail: Box::new(move |e| {
+                let _ = fail_tx.send(Err(E::from(e)));
+            }),
+        };
+        let sender = self
+            .writer
+            .lock()
+            .ok()
+            .and_then(|w| w.clone())
+            .ok_or(StoreError::WriterGone)?;
+        sender.send(job).map_err(|_| StoreError::WriterGone)?;
+        rx.recv().map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Stops the writer after the changes already queued.
+    pub fn close(&self) {
+        if let Ok(mut w) = self.writer.lock() {
+            w.take();
+        }
+        if let Some(handle) = self.writer_thread.lock().ok().and_then(|mut h| h.take()) {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn writer_loop(conn: Connection, jobs: Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_GROUP {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut done = Vec::with_capacity(batch.len());
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            tracing::error!(error = %e, "cannot start a database transaction");
+            for job in batch {
+                (job.fail)(StoreError::Commit(e.to_string()));
+            }
+            continue;
+        }
+        for job in batch {
+            let _ = conn.execute_batch("SAVEPOINT job");
+            let completion = (job.run)(&conn);
+            if completion.keep {
+                let _ = conn.execute_batch("RELEASE job");
+            } else {
+                let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+            }
+            done.push(completion);
+        }
+        let error = conn.execute_batch("COMMIT").err().map(|e| e.to_string());
+        if let Some(e) = &error {
+            tracing::error!(error = %e, "database commit failed");
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for c in done {
+            // A change that failed reports its own error, not the commit's.
+            let err = error
+                .as_ref()
+                .filter(|_| c.keep)
+                .map(|e| StoreError::Commit(e.clone()));
+            (c.finish)(err);
+        }
+    }
+}
+
+fn encode_attributes(attributes: &[Attribute]) -> Vec<u8> {
+    let item = TemplateAttribute {
+        names: Vec::new(),
+        attributes: attributes.to_vec(),
+    }
+    .to_item(tag::TEMPLATE_ATTRIBUTE);
+    // Attributes are small; an encoding error would need a 4 GiB attribute.
+    ttlv::to_bytes(&item).unwrap_or_default()
+}
+
+fn decode_attributes(uid: &str, bytes: &[u8]) -> Result<Vec<Attribute>, StoreError> {
+    let limits = Limits {
+        max_message_len: usize::MAX,
+        max_depth: 32,
+    };
+    let item =
+        ttlv::decode_item(bytes, &limits).map_err(|_| StoreError::Corrupt(uid.to_owned()))?;
+    TemplateAttribute::from_item(&item, tag::TEMPLATE_ATTRIBUTE)
+        .map(|t| t.attributes)
+        .map_err(|_| StoreError::Corrupt(uid.to_owned()))
+}
+
+fn names_of(attributes: &[Attribute]) -> Vec<String> {
+    attributes
+        .iter()
+        .filter(|a| a.name == "Name")
+        .filter_map(|a| match &a.value {
+            tresor_kmip::Value::Structure(items) => items
+                .iter()
+                .find(|i| i.tag == tag::NAME_VALUE)
+                .and_then(|i| match &i.value {
+                    tresor_kmip::Value::TextString(t) => Some(t.to_string()),
+                    _ => None,
+                }),
+            _ => None,
+        })
+        .collect()
+}
+
+const COLUMNS: &str = "uid, object_type, state, owner, attributes, sealed, created, updated";
+
+fn row_to_object(row: &rusqlite::Row<'_>) -> Result<(ObjectRow, Vec<u8>), rusqlite::Error> {
+    Ok((
+        ObjectRow {
+            uid: row.get(0)?,
+            object_type: row.get(1)?,
+            state: row.get(2)?,
+            owner: row.get(3)?,
+            attributes: Vec::new(),
+            sealed: row.get(5)?,
+            created: row.get(6)?,
+            updated: row.get(7)?,
+        },
+        row.get(4)?,
+    ))
+}
+
+fn finish_row((mut row, attrs): (ObjectRow, Vec<u8>)) -> Result<ObjectRow, StoreError> {
+    row.attributes = decode_attributes(&row.uid, &attrs)?;
+    Ok(row)
+}
+
+/// Inserts a new object.
+pub fn insert_object(conn: &Connection, obj: &ObjectRow) -> Result<(), StoreError> {
+    conn.execute(
+        &format!("INSERT INTO objects ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+        params![
+            obj.uid,
+            obj.object_type,
+            obj.state,
+            obj.owner,
+            encode_attributes(&obj.attributes),
+            obj.sealed,
+            obj.created,
+            obj.updated
+        ],
+    )?;
+    write_names(conn, obj)?;
+    Ok(())
+}
+
+/// Saves an object's state, attributes and sealed material.
+pub fn update_object(conn: &Connection, obj: &ObjectRow) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE objects SET state = ?2, attributes = ?3, sealed = ?4, updated = ?5 WHERE uid = ?1",
+        params![
+            obj.uid,
+            obj.state,
+            encode_attributes(&obj.attributes),
+            obj.sealed,
+            obj.updated
+        ],
+    )?;
+    conn.execute("DELETE FROM names WHERE uid = ?1", params![obj.uid])?;
+    write_names(conn, obj)?;
+    Ok(())
+}
+
+fn write_names(conn: &Connection, obj: &ObjectRow) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached("INSERT INTO names (uid, name) VALUES (?1, ?2)")?;
+    for name in names_of(&obj.attributes) {
+        stmt.execute(params![obj.uid, name])?;
+    }
+    Ok(())
+}
+
+/// The object with this unique identifier.
+pub fn get_object(conn: &Connection, uid: &str) -> Result<Option<ObjectRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM objects WHERE uid = ?1"))?;
+    let row = stmt.query_row(params![uid], row_to_object).optional()?;
+    row.map(finish_row).transpose()
+}
+
+/// Objects that match `filter`, newest first.
+pub fn list_objects(
+    conn: &Connection,
+    filter: &ObjectFilter<'_>,
+) -> Result<Vec<ObjectRow>, StoreError> {
+    let mut sql = format!("SELECT {COLUMNS} FROM objects o WHERE 1 = 1");
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    if let Some(owner) = filter.owner {
+        args.push(owner.to_owned().into());
+        sql.push_str(&format!(
+            " AND (o.owner = ?{n} OR EXISTS (SELECT 1 FROM grants g WHERE g.uid = o.uid AND g.identity = ?{n}))",
+            n = args.len()
+        ));
+    }
+    if let Some(t) = filter.object_type {
+        args.push(i64::from(t).into());
+        sql.push_str(&format!(" AND o.object_type = ?{}", args.len()));
+    }
+    if let Some(states) = filter.states {
+        let list: Vec<String> = states.iter().map(|s| s.to_string()).collect();
+        sql.push_str(&format!(" AND o.state IN ({})", list.join(",")));
+    }
+    if let Some(name) = filter.name {
+        args.push(name.to_owned().into());
+        sql.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM names n WHERE n.uid = o.uid AND n.name = ?{})",
+            args.len()
+        ));
+    }
+    if let Some(uid) = filter.uid {
+        args.push(uid.to_owned().into());
+        sql.push_str(&format!(" AND o.uid = ?{}", args.len()));
+    }
+    sql.push_str(" ORDER BY o.created DESC, o.rowid DESC");
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(args), row_to_object)?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(finish_row(row?)?);
+    }
+    Ok(out)
+}
+
+/// Whether `identity` was granted access to object `uid`.
+pub fn is_granted(conn: &Connection, uid: &str, identity: &str) -> Result<bool, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT 1 FROM grants WHERE uid = ?1 AND identity = ?2")?;
+    Ok(stmt.exists(params![uid, identity])?)
+}
+
+/// Grants `identity` access to object `uid`.
+pub fn grant(conn: &Connection, uid: &str, identity: &str) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT OR IGNORE INTO grants (uid, identity) VALUES (?1, ?2)",
+        params![uid, identity],
+    )?;
+    Ok(())
+}
+
+/// The identities granted access to object `uid`.
+pub fn grants_of(conn: &Connection, uid: &str) -> Result<Vec<String>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT identity FROM grants WHERE uid = ?1 ORDER BY identity")?;
+    let rows = stmt.query_map(params![uid], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Appends to the audit log.
+pub fn audit(
+    conn: &Connection,
+    time: i64,
+    actor: &str,
+    action: &str,
+    uid: Option<&str>,
+    detail: &str,
+) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO audit (time, actor, action, uid, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    stmt.execute(params![time, actor, action, uid, detail])?;
+    Ok(())
+}
+
+/// The audit log of one object, or the whole log, oldest first.
+pub fn audit_log(conn: &Connection, uid: Option<&str>) -> Result<Vec<AuditRecord>, StoreError> {
+    let mut stmt = conn.prepare("SELECT id, time, actor, action, uid, detail FROM audit WHERE ?1 IS NULL OR uid = ?1 ORDER BY id")?;
+    let rows = stmt.query_map(params![uid], |r| {
+        Ok(AuditRecord {
+            id: r.get(0)?,
+            time: r.get(1)?,
+            actor: r.get(2)?,
+            action: r.get(3)?,
+            uid: r.get(4)?,
+            detail: r.get(5)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// How many objects there are.
+pub fn count_objects(conn: &Connection) -> Result<u64, StoreError> {
+    Ok(conn.query_row("SELECT COUNT(*) FROM objects", [], |r| r.get::<_, i64>(0))? as u64)
+}
