@@ -18,3 +18,5 @@ pub mod engine;
 pub mod lifecycle;
 pub mod server;
 pub mod store;
+#[doc(hidden)]
+pub mod testing;

@@ -102,6 +102,7 @@ pub async fn serve(
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let limits = Arc::new(limits);
+    let (closing_tx, closing) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -125,11 +126,14 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let engine = engine.clone();
         let limits = limits.clone();
+        let closing = closing.clone();
         tokio::spawn(async move {
-            connection(stream, peer, acceptor, engine, &limits).await;
+            connection(stream, peer, acceptor, engine, &limits, closing).await;
             drop(permit);
         });
     }
+    // Idle connections close now; busy ones after their current request.
+    let _ = closing_tx.send(true);
     // Let connections in flight finish their current request.
     let deadline = Duration::from_secs(limits.message_timeout_secs.max(1));
     let all = permits.acquire_many(limits.max_connections.max(1) as u32);
@@ -142,6 +146,7 @@ async fn connection(
     acceptor: TlsAcceptor,
     engine: Arc<Engine>,
     limits: &LimitsConfig,
+    mut closing: tokio::sync::watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
     let message_timeout = Duration::from_secs(limits.message_timeout_secs.max(1));
@@ -177,13 +182,19 @@ async fn connection(
     };
     loop {
         let mut header = [0u8; HEADER_LEN];
-        match tokio::time::timeout(idle_timeout, tls.read_exact(&mut header)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(_)) => break, // closed by the client
-            Err(_) => {
-                tracing::debug!(%peer, "idle connection closed");
-                break;
-            }
+        if *closing.borrow() {
+            break;
+        }
+        tokio::select! {
+            r = tokio::time::timeout(idle_timeout, tls.read_exact(&mut header)) => match r {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => break, // closed by the client
+                Err(_) => {
+                    tracing::debug!(%peer, "idle connection closed");
+                    break;
+                }
+            },
+            _ = closing.changed() => break,
         }
         let len = match ttlv::message_len(&header, &frame_limits) {
             Ok(len) => len,
