@@ -1,3 +1,68 @@
-pub fn main() -> std::process::ExitCode {
-    std::process::ExitCode::SUCCESS
+//! The `tresor` command: every part of Tresor behind one binary.
+
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod kms;
+mod output;
+
+/// Tresor: encrypted virtual machines on KVM/QEMU, with keys from KMIP key providers.
+#[derive(Debug, Parser)]
+#[command(name = "tresor", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The embedded KMIP key server and its administration.
+    Kms(kms::KmsCommand),
+    /// KMIP debugging tools.
+    Kmip(kms::KmipCommand),
+}
+
+/// Why a command failed: one line for standard error.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Message(String),
+}
+
+impl CliError {
+    pub fn msg(m: impl Into<String>) -> CliError {
+        CliError::Message(m.into())
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TRESOR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .try_init();
+}
+
+/// Runs the command line; the exit code is 0 on success.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.command {
+        Command::Kms(c) => kms::run(c),
+        Command::Kmip(c) => kms::run_kmip(c),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tresor: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

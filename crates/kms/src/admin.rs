@@ -31,7 +31,8 @@ impl From<OpError> for AdminError {
 }
 
 /// One object, as the administrator sees it (never its key material).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct KeySummary {
     pub uid: String,
     pub object_type: String,
@@ -45,7 +46,8 @@ pub struct KeySummary {
 }
 
 /// Everything about one object.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct KeyDetails {
     pub summary: KeySummary,
     pub attributes: Vec<(String, String)>,

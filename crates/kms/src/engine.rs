@@ -10,7 +10,7 @@ use tresor_kmip::message::{
 };
 use tresor_kmip::spec::{
     tag, BatchErrorContinuationOption, CryptographicAlgorithm, HashingAlgorithm, KeyFormatType,
-    ObjectType, Operation, QueryFunction, ResultReason, RevocationReasonCode, RngAlgorithm, State,
+    ObjectType, Operation, QueryFunction, ResultReason, RevocationReasonCode, State,
 };
 use tresor_kmip::ttlv::{self, Bytes, Item, Limits};
 use tresor_kmip::Value;
@@ -582,14 +582,6 @@ impl Engine {
             set_des_parity(&mut material);
         }
         let uid = new_uid()?;
-        attributes::set(
-            &mut attrs,
-            "Random Number Generator",
-            Value::Structure(vec![Item::enumeration(
-                tag::RNG_ALGORITHM,
-                RngAlgorithm::Drbg as u32,
-            )]),
-        );
         self.standard_attributes(
             ctx,
             &uid,

@@ -52,7 +52,7 @@ pub struct ObjectRow {
 }
 
 /// One line of the audit log.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct AuditRecord {
     pub id: i64,
     pub time: i64,

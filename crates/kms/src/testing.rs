@@ -118,3 +118,22 @@ impl TestServer {
         }
     }
 }
+
+/// The root of the source tree.
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The Python venv with PyKMIP (`TRESOR_PYKMIP_VENV`, or `.venv/pykmip` in the source tree), made
+/// by `scripts/setup-test-deps`.
+pub fn pykmip_venv() -> PathBuf {
+    let venv = std::env::var_os("TRESOR_PYKMIP_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".venv/pykmip"));
+    assert!(
+        venv.join("bin/python").exists(),
+        "PyKMIP is not installed at {}: run scripts/setup-test-deps (or set TRESOR_PYKMIP_VENV)",
+        venv.display()
+    );
+    venv
+}

@@ -101,7 +101,7 @@ impl ClientVerifier {
                     TlsError::Certificate(format!("client CA certificate cannot be used: {e}"))
                 })?
                 .to_owned();
-            subjects.push(DistinguishedName::from(anchor.subject.as_ref().to_vec()));
+            subjects.push(DistinguishedName::in_sequence(anchor.subject.as_ref()));
             anchors.push(anchor);
         }
         Ok(ClientVerifier {
