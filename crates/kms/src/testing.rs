@@ -54,7 +54,14 @@ pub fn write_test_pki(dir: &std::path::Path) -> (Arc<CertificateAuthority>, TlsC
 impl TestServer {
     /// Starts a key server in `dir` on a free loopback port.
     pub async fn start(dir: PathBuf, limits: LimitsConfig) -> TestServer {
-        let (ca, tls) = write_test_pki(&dir);
+        TestServer::start_with(dir, limits, |_, _| {}).await
+    }
+
+    /// Starts a key server after `adjust` may change its TLS files (given the CA and the TLS
+    /// configuration).
+    pub async fn start_with(dir: PathBuf, limits: LimitsConfig, adjust: impl FnOnce(&CertificateAuthority, &mut TlsConfig)) -> TestServer {
+        let (ca, mut tls) = write_test_pki(&dir);
+        adjust(&ca, &mut tls);
         let config = KmsConfig {
             listen: "127.0.0.1:0".into(),
             data_dir: dir.join("data"),
