@@ -11,7 +11,11 @@ use tresor_kmip_client::{ClientConfig, KmipClient};
 const TRESOR: &str = env!("CARGO_BIN_EXE_tresor");
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Kms {
@@ -24,7 +28,12 @@ impl Kms {
             .args(["kms", "serve", "--config"])
             .arg(dir.join("kms.toml"))
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join(format!("kms-{}.log", Instant::now().elapsed().as_nanos()))).unwrap())
+            .stderr(
+                std::fs::File::create(
+                    dir.join(format!("kms-{}.log", Instant::now().elapsed().as_nanos())),
+                )
+                .unwrap(),
+            )
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -55,7 +64,11 @@ fn init(dir: &Path, port: u16) {
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn client(dir: &Path, port: u16) -> KmipClient {
@@ -69,8 +82,16 @@ fn client(dir: &Path, port: u16) -> KmipClient {
 }
 
 fn tresor(dir: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(TRESOR).args(args).env("TRESOR_KMS_CONFIG", dir.join("kms.toml")).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    let out = Command::new(TRESOR)
+        .args(args)
+        .env("TRESOR_KMS_CONFIG", dir.join("kms.toml"))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 #[test]
@@ -113,12 +134,19 @@ fn keys_whose_ids_were_handed_out_survive_kill_9() {
         }
         all
     });
-    assert!(created.len() > 20, "only {} keys were created before the kill", created.len());
+    assert!(
+        created.len() > 20,
+        "only {} keys were created before the kill",
+        created.len()
+    );
     let _kms = Kms::start(dir.path(), port);
     rt.block_on(async {
         let c = client(dir.path(), port);
         for (uid, key) in &created {
-            let got = c.get_key(uid).await.unwrap_or_else(|e| panic!("key {uid} vanished: {e}"));
+            let got = c
+                .get_key(uid)
+                .await
+                .unwrap_or_else(|e| panic!("key {uid} vanished: {e}"));
             if let Some(key) = key {
                 assert_eq!(&got[..], &key[..], "key {uid} changed");
             }
@@ -139,7 +167,10 @@ fn the_administrator_deactivates_and_reactivates_exactly_one_key() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let c = client(dir.path(), port);
     let (a, b) = rt.block_on(async {
-        (c.create_active_aes_key(256, vec![]).await.unwrap(), c.create_active_aes_key(256, vec![]).await.unwrap())
+        (
+            c.create_active_aes_key(256, vec![]).await.unwrap(),
+            c.create_active_aes_key(256, vec![]).await.unwrap(),
+        )
     });
     let (ok, out, err) = tresor(dir.path(), &["kms", "key", "deactivate", &a]);
     assert!(ok, "{err}");
@@ -153,7 +184,10 @@ fn the_administrator_deactivates_and_reactivates_exactly_one_key() {
     assert_eq!(state(&a), tresor_kmip::spec::State::Active);
     let (ok, out, _) = tresor(dir.path(), &["kms", "key", "show", &a]);
     assert!(ok);
-    assert!(out.contains("admin deactivate") && out.contains("admin activate"), "{out}");
+    assert!(
+        out.contains("admin deactivate") && out.contains("admin activate"),
+        "{out}"
+    );
     // Refusals are one clear line and a non-zero exit.
     let (ok, _, err) = tresor(dir.path(), &["kms", "key", "destroy", &a]);
     assert!(!ok);

@@ -172,12 +172,52 @@ async fn tls_1_2_clients_and_rsa_server_certificates_work() {
         // An RSA server certificate, issued by the (ECDSA) test CA with openssl.
         std::fs::write(d.join("ca.key"), ca.key_pem()).unwrap();
         let run = |args: &[&str]| {
-            let out = std::process::Command::new("openssl").args(args).current_dir(&d).output().expect("openssl");
-            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(&d)
+                .output()
+                .expect("openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         };
-        run(&["req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", "rsa.key", "-subj", "/CN=localhost", "-out", "rsa.csr"]);
-        std::fs::write(d.join("ext.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n").unwrap();
-        run(&["x509", "-req", "-in", "rsa.csr", "-CA", "tls/ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2", "-extfile", "ext.cnf", "-out", "rsa.pem"]);
+        run(&[
+            "req",
+            "-new",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "rsa.key",
+            "-subj",
+            "/CN=localhost",
+            "-out",
+            "rsa.csr",
+        ]);
+        std::fs::write(
+            d.join("ext.cnf"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "rsa.csr",
+            "-CA",
+            "tls/ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "rsa.pem",
+        ]);
         tls.cert = d.join("rsa.pem");
         tls.key = d.join("rsa.key");
     })
@@ -193,16 +233,21 @@ async fn tls_1_2_clients_and_rsa_server_certificates_work() {
         }
         r
     };
-    let tls12 = tresor_tls::rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(tresor_tls::rustls::crypto::ring::default_provider()))
-        .with_protocol_versions(&[&tresor_tls::rustls::version::TLS12])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(
-            tresor_tls::parse_certs(cert.cert_pem.as_bytes(), "c").unwrap(),
-            tresor_tls::parse_key(cert.key_pem.as_bytes(), "k").unwrap(),
-        )
-        .unwrap();
-    let c = KmipClient::new(ClientConfig::new(vec![s.addr.to_string()], std::sync::Arc::new(tls12)));
+    let tls12 = tresor_tls::rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        tresor_tls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&tresor_tls::rustls::version::TLS12])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(
+        tresor_tls::parse_certs(cert.cert_pem.as_bytes(), "c").unwrap(),
+        tresor_tls::parse_key(cert.key_pem.as_bytes(), "k").unwrap(),
+    )
+    .unwrap();
+    let c = KmipClient::new(ClientConfig::new(
+        vec![s.addr.to_string()],
+        std::sync::Arc::new(tls12),
+    ));
     let uid = c.create_aes_key(128, vec![]).await.unwrap();
     assert_eq!(c.get_key(&uid).await.unwrap().len(), 16);
     s.stop().await;

@@ -14,6 +14,8 @@ pub mod fields;
 pub mod message;
 pub mod pretty;
 pub mod spec;
+#[doc(hidden)]
+pub mod testing;
 pub mod ttlv;
 pub mod xml;
 

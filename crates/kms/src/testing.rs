@@ -59,7 +59,11 @@ impl TestServer {
 
     /// Starts a key server after `adjust` may change its TLS files (given the CA and the TLS
     /// configuration).
-    pub async fn start_with(dir: PathBuf, limits: LimitsConfig, adjust: impl FnOnce(&CertificateAuthority, &mut TlsConfig)) -> TestServer {
+    pub async fn start_with(
+        dir: PathBuf,
+        limits: LimitsConfig,
+        adjust: impl FnOnce(&CertificateAuthority, &mut TlsConfig),
+    ) -> TestServer {
         let (ca, mut tls) = write_test_pki(&dir);
         adjust(&ca, &mut tls);
         let config = KmsConfig {
