@@ -358,7 +358,7 @@ pub enum DecodeErrorKind {
         expected: u32,
         actual: u32,
     },
-    #[error("A Big Integer's length must be a multiple of 8, not {0}")]
+    #[error("A Big Integer's length must be a positive multiple of 8, not {0}")]
     BigIntegerLength(u32),
     #[error("A Structure's length must be a multiple of 8, not {0}")]
     StructureLength(u32),
@@ -580,7 +580,7 @@ impl Reader<'_> {
                 other => return Err(err(body_start, DecodeErrorKind::InvalidBoolean(other))),
             },
             ItemType::BigInteger => {
-                if len % 8 != 0 {
+                if len % 8 != 0 || len == 0 {
                     return Err(err(start + 4, DecodeErrorKind::BigIntegerLength(len)));
                 }
                 Value::BigInteger(body.to_vec())
@@ -826,6 +826,12 @@ mod tests {
         let header = hex("42007801FFFFFFF8");
         let e = message_len(&header.try_into().unwrap(), &Limits::default()).unwrap_err();
         assert!(matches!(e.kind, DecodeErrorKind::TooLarge { .. }));
+    }
+
+    #[test]
+    fn rejects_empty_big_integers() {
+        // Found by fuzzing: an empty Big Integer would re-encode as eight zero bytes.
+        assert_eq!(decode_err("4200200400000000").kind, DecodeErrorKind::BigIntegerLength(0));
     }
 
     #[test]
