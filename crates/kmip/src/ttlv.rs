@@ -831,7 +831,10 @@ mod tests {
     #[test]
     fn rejects_empty_big_integers() {
         // Found by fuzzing: an empty Big Integer would re-encode as eight zero bytes.
-        assert_eq!(decode_err("4200200400000000").kind, DecodeErrorKind::BigIntegerLength(0));
+        assert_eq!(
+            decode_err("4200200400000000").kind,
+            DecodeErrorKind::BigIntegerLength(0)
+        );
     }
 
     #[test]

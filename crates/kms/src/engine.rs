@@ -185,26 +185,47 @@ impl Engine {
         identity: &str,
         bytes: &[u8],
     ) -> Result<Vec<u8>, tresor_kmip::fields::MessageError> {
-        let response = match ttlv::decode_message(bytes, &self.limits) {
-            Ok(item) => match RequestMessage::from_item(&item) {
-                Ok(request) => self.handle(identity, request),
-                Err(e) => {
-                    tracing::warn!(client = identity, error = %e, "invalid KMIP request");
-                    let version =
-                        negotiate(request_version(&item).unwrap_or(ProtocolVersion::V1_0));
-                    self.error_response(version, e.result_reason(), e.to_string())
-                }
-            },
+        let response = match self.parse(identity, bytes) {
+            Ok(request) => self.handle(identity, request),
+            Err(error_response) => error_response,
+        };
+        response.encode()
+    }
+
+    /// Decodes a request, or returns the error response it deserves.
+    pub fn parse(&self, identity: &str, bytes: &[u8]) -> Result<RequestMessage, ResponseMessage> {
+        match ttlv::decode_message(bytes, &self.limits) {
+            Ok(item) => RequestMessage::from_item(&item).map_err(|e| {
+                tracing::warn!(client = identity, error = %e, "invalid KMIP request");
+                let version = negotiate(request_version(&item).unwrap_or(ProtocolVersion::V1_0));
+                self.error_response(version, e.result_reason(), e.to_string())
+            }),
             Err(e) => {
                 tracing::warn!(client = identity, error = %e, "undecodable KMIP message");
-                self.error_response(
+                Err(self.error_response(
                     ProtocolVersion::V1_0,
                     ResultReason::InvalidMessage,
                     e.to_string(),
-                )
+                ))
             }
-        };
-        response.encode()
+        }
+    }
+
+    /// Whether a request only reads single objects (and so never waits for the disk or scans):
+    /// such requests may be answered on the network thread.
+    pub fn is_read_only(request: &RequestMessage) -> bool {
+        request.items.iter().all(|i| {
+            matches!(
+                Operation::from_u32(i.operation),
+                Some(
+                    Operation::Get
+                        | Operation::GetAttributes
+                        | Operation::GetAttributeList
+                        | Operation::Query
+                        | Operation::DiscoverVersions
+                )
+            )
+        })
     }
 
     fn error_response(
@@ -690,14 +711,31 @@ impl Engine {
         let admins = &self.config.administrators;
         self.store.read(|conn| -> Result<ObjectRow, OpError> {
             let row = store::get_object(conn, uid)?.ok_or_else(|| not_found(uid))?;
-            if row.owner != identity && !admins.contains(&identity) && !store::is_granted(conn, uid, &identity)? {
-                return Err(OpError::new(
-                    ResultReason::PermissionDenied,
-                    format!("Object {uid} belongs to another client; its owner or the key server administrator can grant access"),
-                ));
+            if row.owner != identity
+                && !admins.contains(&identity)
+                && !store::is_granted(conn, uid, &identity)?
+            {
+                return Err(denied(uid));
             }
             Ok(row)
         })
+    }
+
+    /// What Get needs of an object the client may use.
+    fn load_access(&self, ctx: &Ctx<'_>, uid: &str) -> Result<store::ObjectAccess, OpError> {
+        let identity = ctx.identity;
+        let admins = &self.config.administrators;
+        self.store
+            .read(|conn| -> Result<store::ObjectAccess, OpError> {
+                let row = store::get_access(conn, uid)?.ok_or_else(|| not_found(uid))?;
+                if row.owner != identity
+                    && !admins.iter().any(|a| a == identity)
+                    && !store::is_granted(conn, uid, identity)?
+                {
+                    return Err(denied(uid));
+                }
+                Ok(row)
+            })
     }
 
     /// Loads, changes and saves an object in one write transaction.
@@ -734,7 +772,7 @@ impl Engine {
         uid: &str,
         format: Option<u32>,
     ) -> Result<ResponsePayload, OpError> {
-        let row = self.load(ctx, uid)?;
+        let row = self.load_access(ctx, uid)?;
         let state = State::from_u32(row.state).unwrap_or(State::Destroyed);
         let sealed = match (&row.sealed, lifecycle::has_material(state)) {
             (Some(s), true) => s,
@@ -755,18 +793,20 @@ impl Engine {
         if let Some(format) = format {
             object = convert_format(object, format)?;
         }
-        if matches!(
-            attributes::first(&row.attributes, "Fresh"),
-            Some(Value::Boolean(true))
-        ) {
-            // The first Get makes an object no longer fresh.
-            let r = self.update(ctx, uid, "get", |row| {
-                attributes::set(&mut row.attributes, "Fresh", Value::Boolean(false));
-                Ok(())
-            });
-            if let Err(e) = r {
-                tracing::warn!(uid, error = %e, "cannot clear the Fresh attribute");
-            }
+        if row.fresh {
+            // The first Get makes an object no longer fresh. Nobody waits for that change.
+            let (uid, actor, now) = (uid.to_owned(), ctx.identity.to_owned(), ctx.now);
+            self.store
+                .write_detached(move |conn| -> Result<(), StoreError> {
+                    // Several Gets may have seen the object fresh; the first change wins.
+                    let still_fresh = store::get_access(conn, &uid)?.is_some_and(|a| a.fresh);
+                    if let Some(mut row) = store::get_object(conn, &uid)?.filter(|_| still_fresh) {
+                        attributes::set(&mut row.attributes, "Fresh", Value::Boolean(false));
+                        store::update_object(conn, &row)?;
+                        store::audit(conn, now, &actor, "first get", Some(&uid), "")?;
+                    }
+                    Ok(())
+                });
         }
         Ok(ResponsePayload::Get {
             object_type: row.object_type,
@@ -1194,6 +1234,13 @@ fn link(link_type: tresor_kmip::spec::LinkType, uid: &str) -> Attribute {
             Item::enumeration(tag::LINK_TYPE, link_type as u32),
             Item::text(tag::LINKED_OBJECT_IDENTIFIER, uid),
         ]),
+    )
+}
+
+fn denied(uid: &str) -> OpError {
+    OpError::new(
+        ResultReason::PermissionDenied,
+        format!("Object {uid} belongs to another client; its owner or the key server administrator can grant access"),
     )
 }
 

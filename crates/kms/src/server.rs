@@ -218,11 +218,19 @@ async fn connection(
                 break;
             }
         }
-        let engine = engine.clone();
-        let id = identity.clone();
-        let response =
-            tokio::task::spawn_blocking(move || engine.handle_bytes(&id, &message)).await;
-        let bytes = match response {
+        // Reads are answered right here (they take microseconds); anything that writes waits for
+        // the disk on a blocking thread.
+        let response = match engine.parse(&identity, &message) {
+            Err(error_response) => Ok(error_response),
+            Ok(request) if Engine::is_read_only(&request) => Ok(engine.handle(&identity, request)),
+            Ok(request) => {
+                let engine = engine.clone();
+                let id = identity.clone();
+                tokio::task::spawn_blocking(move || engine.handle(&id, request)).await
+            }
+        };
+        drop(message);
+        let bytes = match response.map(|r| r.encode()) {
             Ok(Ok(bytes)) => Zeroizing::new(bytes),
             Ok(Err(e)) => {
                 tracing::error!(%peer, error = %e, "cannot encode a response");

@@ -62,6 +62,17 @@ pub struct AuditRecord {
     pub detail: String,
 }
 
+/// What Get needs to know about an object: who may use it, its state and its sealed material.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectAccess {
+    pub uid: String,
+    pub object_type: u32,
+    pub state: u32,
+    pub owner: String,
+    pub sealed: Option<Vec<u8>>,
+    pub fresh: bool,
+}
+
 /// A filter for listing objects. Fields left `None` match everything.
 #[derive(Clone, Debug, Default)]
 pub struct ObjectFilter<'a> {
@@ -130,6 +141,9 @@ const MIGRATIONS: &[&str] = &[
         uid TEXT,
         detail TEXT NOT NULL
     );",
+    // 2: whether an object is fresh (never handed out), kept beside its attributes so that Get
+    // does not decode them.
+    "ALTER TABLE objects ADD COLUMN fresh INTEGER NOT NULL DEFAULT 0;",
 ];
 
 fn configure(conn: &Connection) -> Result<(), rusqlite::Error> {
@@ -246,6 +260,31 @@ impl Store {
         rx.recv().map_err(|_| StoreError::WriterGone)?
     }
 
+    /// Queues `f` for the writer without waiting for it; failures are logged. For changes nobody
+    /// waits on, such as clearing the Fresh attribute after a Get.
+    pub fn write_detached<E: std::fmt::Display + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<(), E> + Send + 'static,
+    ) {
+        let job = Job {
+            run: Box::new(move |conn| {
+                let result = f(conn);
+                let keep = result.is_ok();
+                if let Err(e) = &result {
+                    tracing::warn!(error = %e, "background database change failed");
+                }
+                Completion {
+                    keep,
+                    finish: Box::new(|_| {}),
+                }
+            }),
+            fail: Box::new(|e| tracing::warn!(error = %e, "background database change failed")),
+        };
+        if let Some(sender) = self.writer.lock().ok().and_then(|w| w.clone()) {
+            let _ = sender.send(job);
+        }
+    }
+
     /// Stops the writer after the changes already queued.
     pub fn close(&self) {
         if let Ok(mut w) = self.writer.lock() {
@@ -328,6 +367,12 @@ fn decode_attributes(uid: &str, bytes: &[u8]) -> Result<Vec<Attribute>, StoreErr
         .map_err(|_| StoreError::Corrupt(uid.to_owned()))
 }
 
+fn is_fresh(attributes: &[Attribute]) -> bool {
+    attributes
+        .iter()
+        .any(|a| a.name == "Fresh" && a.value == tresor_kmip::Value::Boolean(true))
+}
+
 fn names_of(attributes: &[Attribute]) -> Vec<String> {
     attributes
         .iter()
@@ -371,7 +416,9 @@ fn finish_row((mut row, attrs): (ObjectRow, Vec<u8>)) -> Result<ObjectRow, Store
 /// Inserts a new object.
 pub fn insert_object(conn: &Connection, obj: &ObjectRow) -> Result<(), StoreError> {
     conn.execute(
-        &format!("INSERT INTO objects ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+        &format!(
+            "INSERT INTO objects ({COLUMNS}, fresh) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+        ),
         params![
             obj.uid,
             obj.object_type,
@@ -380,7 +427,8 @@ pub fn insert_object(conn: &Connection, obj: &ObjectRow) -> Result<(), StoreErro
             encode_attributes(&obj.attributes),
             obj.sealed,
             obj.created,
-            obj.updated
+            obj.updated,
+            is_fresh(&obj.attributes)
         ],
     )?;
     write_names(conn, obj)?;
@@ -390,13 +438,14 @@ pub fn insert_object(conn: &Connection, obj: &ObjectRow) -> Result<(), StoreErro
 /// Saves an object's state, attributes and sealed material.
 pub fn update_object(conn: &Connection, obj: &ObjectRow) -> Result<(), StoreError> {
     conn.execute(
-        "UPDATE objects SET state = ?2, attributes = ?3, sealed = ?4, updated = ?5 WHERE uid = ?1",
+        "UPDATE objects SET state = ?2, attributes = ?3, sealed = ?4, updated = ?5, fresh = ?6 WHERE uid = ?1",
         params![
             obj.uid,
             obj.state,
             encode_attributes(&obj.attributes),
             obj.sealed,
-            obj.updated
+            obj.updated,
+            is_fresh(&obj.attributes)
         ],
     )?;
     conn.execute("DELETE FROM names WHERE uid = ?1", params![obj.uid])?;
@@ -417,6 +466,25 @@ pub fn get_object(conn: &Connection, uid: &str) -> Result<Option<ObjectRow>, Sto
     let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM objects WHERE uid = ?1"))?;
     let row = stmt.query_row(params![uid], row_to_object).optional()?;
     row.map(finish_row).transpose()
+}
+
+/// What Get needs of an object, without decoding its attributes.
+pub fn get_access(conn: &Connection, uid: &str) -> Result<Option<ObjectAccess>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT uid, object_type, state, owner, sealed, fresh FROM objects WHERE uid = ?1",
+    )?;
+    Ok(stmt
+        .query_row(params![uid], |r| {
+            Ok(ObjectAccess {
+                uid: r.get(0)?,
+                object_type: r.get(1)?,
+                state: r.get(2)?,
+                owner: r.get(3)?,
+                sealed: r.get(4)?,
+                fresh: r.get(5)?,
+            })
+        })
+        .optional()?)
 }
 
 /// Objects that match `filter`, newest first.

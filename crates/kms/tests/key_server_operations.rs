@@ -427,3 +427,35 @@ fn three_des_keys_have_odd_parity() {
     assert_eq!(key.len(), 24);
     assert!(key.iter().all(|b| b.count_ones() % 2 == 1));
 }
+
+#[test]
+fn the_first_get_makes_a_key_no_longer_fresh_and_later_gets_write_nothing() {
+    let kms = common::kms();
+    let uid = create(&kms, "CN=client-a", "k");
+    let fresh = |kms: &common::TestKms| {
+        let r = kms.call(RequestPayload::GetAttributes {
+            uid: Some(uid.clone()),
+            names: vec!["Fresh".into()],
+        });
+        let Some(ResponsePayload::GetAttributes { attributes, .. }) = r.payload else {
+            panic!()
+        };
+        attributes[0].value.clone()
+    };
+    assert_eq!(fresh(&kms), Value::Boolean(true));
+    for _ in 0..3 {
+        key_bytes(&kms, "CN=client-a", &uid).unwrap();
+    }
+    // A later change queues behind the background one; after it, both are visible.
+    kms.call(RequestPayload::AddAttribute {
+        uid: Some(uid.clone()),
+        attribute: Attribute::new("x-a", Value::TextString("1".into())),
+    });
+    assert_eq!(fresh(&kms), Value::Boolean(false));
+    let audit = admin::show(kms.engine.store(), &uid).unwrap().audit;
+    assert_eq!(
+        audit.iter().filter(|a| a.action == "first get").count(),
+        1,
+        "{audit:?}"
+    );
+}
