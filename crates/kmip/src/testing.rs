@@ -5,14 +5,14 @@
 pub struct XorShift(pub u64);
 
 impl XorShift {
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0
     }
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
+        (self.next_u64() % n.max(1) as u64) as usize
     }
 }
 
@@ -35,7 +35,7 @@ pub fn mutate(rng: &mut XorShift, input: &[u8]) -> Vec<u8> {
                     let v = match rng.below(4) {
                         0 => 0xFFFF_FFFFu32,
                         1 => 0x7FFF_FFF8,
-                        2 => rng.next() as u32,
+                        2 => rng.next_u64() as u32,
                         _ => rng.below(64) as u32,
                     };
                     m[i..i + 4].copy_from_slice(&v.to_be_bytes());
@@ -44,12 +44,12 @@ pub fn mutate(rng: &mut XorShift, input: &[u8]) -> Vec<u8> {
             3 => {
                 let i = rng.below(m.len() + 1);
                 let n = rng.below(16);
-                let bytes: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+                let bytes: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
                 m.splice(i..i, bytes);
             }
             4 if !m.is_empty() => {
                 let i = rng.below(m.len());
-                m[i] = rng.next() as u8;
+                m[i] = rng.next_u64() as u8;
             }
             _ => {
                 // Change an item type byte.
