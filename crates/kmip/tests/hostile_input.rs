@@ -19,7 +19,7 @@ fn mutated_test_case_messages_never_panic_the_decoder() {
         }
     }
     assert!(seeds.len() > 300);
-    let mut rng = XorShift(0x5EED_0F_7E50);
+    let mut rng = XorShift(0x005E_ED0F_7E50);
     let limits = Limits {
         max_message_len: 1 << 20,
         max_depth: 16,

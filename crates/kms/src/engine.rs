@@ -187,18 +187,22 @@ impl Engine {
     ) -> Result<Vec<u8>, tresor_kmip::fields::MessageError> {
         let response = match self.parse(identity, bytes) {
             Ok(request) => self.handle(identity, request),
-            Err(error_response) => error_response,
+            Err(error_response) => *error_response,
         };
         response.encode()
     }
 
     /// Decodes a request, or returns the error response it deserves.
-    pub fn parse(&self, identity: &str, bytes: &[u8]) -> Result<RequestMessage, ResponseMessage> {
+    pub fn parse(
+        &self,
+        identity: &str,
+        bytes: &[u8],
+    ) -> Result<RequestMessage, Box<ResponseMessage>> {
         match ttlv::decode_message(bytes, &self.limits) {
             Ok(item) => RequestMessage::from_item(&item).map_err(|e| {
                 tracing::warn!(client = identity, error = %e, "invalid KMIP request");
                 let version = negotiate(request_version(&item).unwrap_or(ProtocolVersion::V1_0));
-                self.error_response(version, e.result_reason(), e.to_string())
+                Box::new(self.error_response(version, e.result_reason(), e.to_string()))
             }),
             Err(e) => {
                 tracing::warn!(client = identity, error = %e, "undecodable KMIP message");

@@ -221,7 +221,7 @@ async fn connection(
         // Reads are answered right here (they take microseconds); anything that writes waits for
         // the disk on a blocking thread.
         let response = match engine.parse(&identity, &message) {
-            Err(error_response) => Ok(error_response),
+            Err(error_response) => Ok(*error_response),
             Ok(request) if Engine::is_read_only(&request) => Ok(engine.handle(&identity, request)),
             Ok(request) => {
                 let engine = engine.clone();
