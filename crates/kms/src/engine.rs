@@ -206,11 +206,11 @@ impl Engine {
             }),
             Err(e) => {
                 tracing::warn!(client = identity, error = %e, "undecodable KMIP message");
-                Err(self.error_response(
+                Err(Box::new(self.error_response(
                     ProtocolVersion::V1_0,
                     ResultReason::InvalidMessage,
                     e.to_string(),
-                ))
+                )))
             }
         }
     }
