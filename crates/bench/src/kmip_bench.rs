@@ -46,8 +46,11 @@ fn client(
 }
 
 fn report(label: &str, row: &str, ops: u64, errors: u64, elapsed: Duration) {
+    use std::io::Write;
     let rate = ops as f64 / elapsed.as_secs_f64();
-    println!(
+    // A closed pipe (the reader stopped) ends the run quietly.
+    let _ = writeln!(
+        std::io::stdout(),
         "{}",
         serde_json::json!({"server": label, "row": row, "ops": ops, "errors": errors, "seconds": elapsed.as_secs_f64(), "per_second": rate})
     );

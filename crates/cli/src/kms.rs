@@ -61,8 +61,11 @@ enum KmsSub {
         #[arg(long)]
         out: PathBuf,
         /// Issue a certificate for server authentication only, as vCenter's own certificates are.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "server")]
         server_usage_only: bool,
+        /// Issue a server certificate (for another KMIP server) valid for the name and 127.0.0.1.
+        #[arg(long)]
+        server: bool,
     },
     /// Administer keys: list, show, activate, deactivate, destroy, grant.
     Key {
@@ -130,16 +133,17 @@ pub fn run(cmd: KmsCommand) -> Result<(), CliError> {
             name,
             out,
             server_usage_only,
+            server,
         } => {
             let config = load(&config.config)?;
             let ca = load_ca(&config)?;
-            let kind = if server_usage_only {
-                CertKind::ServerUsageOnly
-            } else {
-                CertKind::Client
+            let (kind, names) = match (server, server_usage_only) {
+                (true, _) => (CertKind::Server, vec![name.as_str(), "127.0.0.1"]),
+                (false, true) => (CertKind::ServerUsageOnly, vec![]),
+                (false, false) => (CertKind::Client, vec![]),
             };
             let cert = ca
-                .issue(kind, &name, &[], 825)
+                .issue(kind, &name, &names, 825)
                 .map_err(|e| CliError::msg(e.to_string()))?;
             write_pair(&out, &cert.cert_pem, &cert.key_pem)?;
             println!(
