@@ -1,0 +1,40 @@
+//! Tresor's domain, without I/O: no sockets, files, clocks, threads or SQL. Everything here is a
+//! value or a function of values, so the rules of the system are tested by themselves.
+//!
+//! - [`ids`]: names of VMs, hosts, providers and keys.
+//! - [`vm`]: a VM's crypto state, and the verdict that decides when it is locked and why.
+//! - [`host`]: a host's encryption mode.
+//! - [`ops`]: which operations a VM's state allows, and the messages of refusal.
+//! - [`events`]: event types with their messages in English and German.
+//! - [`access`]: privileges and the built-in roles.
+
+#![forbid(unsafe_code)]
+
+pub mod access;
+pub mod events;
+pub mod host;
+pub mod ids;
+pub mod ops;
+pub mod vm;
+
+/// A language for messages people read.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Lang {
+    #[default]
+    En,
+    De,
+}
+
+impl std::str::FromStr for Lang {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Lang, String> {
+        match s {
+            "en" => Ok(Lang::En),
+            "de" => Ok(Lang::De),
+            other => Err(format!("Unknown language \"{other}\"; use en or de")),
+        }
+    }
+}
