@@ -1,0 +1,15 @@
+//! `tresor agent`: the host's part. It holds the keys it is given in memory only, generates the
+//! data keys, keeps every data key wrapped next to the data, opens real encrypted disks, and runs
+//! the VMs in QEMU.
+//!
+//! - [`memory`]: locked, non-dumpable memory for keys (the only `unsafe` code of the agent).
+//! - [`keycache`]: the keys the server pushed.
+//! - [`wrap`]: data keys wrapped under key-encryption keys, bound to VM and purpose.
+//! - [`disk`]: LUKS disks through `qemu-img` and `qemu-io`, secrets through file descriptors.
+
+#![deny(unsafe_code)]
+
+pub mod disk;
+pub mod keycache;
+pub mod memory;
+pub mod wrap;
