@@ -412,7 +412,7 @@ pub fn message_len(header: &[u8; HEADER_LEN], limits: &Limits) -> Result<usize, 
         return Err(err(DecodeErrorKind::NotAStructure(item_type)));
     }
     let len = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
-    if len % 8 != 0 {
+    if !len.is_multiple_of(8) {
         return Err(err(DecodeErrorKind::StructureLength(len)));
     }
     let total = HEADER_LEN as u64 + u64::from(len);
@@ -550,7 +550,7 @@ impl Reader<'_> {
         }
         let value = match item_type {
             ItemType::Structure => {
-                if len % 8 != 0 {
+                if !len.is_multiple_of(8) {
                     return Err(err(start + 4, DecodeErrorKind::StructureLength(len)));
                 }
                 if depth >= self.limits.max_depth {
@@ -580,7 +580,7 @@ impl Reader<'_> {
                 other => return Err(err(body_start, DecodeErrorKind::InvalidBoolean(other))),
             },
             ItemType::BigInteger => {
-                if len % 8 != 0 || len == 0 {
+                if !len.is_multiple_of(8) || len == 0 {
                     return Err(err(start + 4, DecodeErrorKind::BigIntegerLength(len)));
                 }
                 Value::BigInteger(body.to_vec())
