@@ -5,6 +5,7 @@
 //! - [`memory`]: locked, non-dumpable memory for keys (the only `unsafe` code of the agent).
 //! - [`keycache`]: the keys the server pushed.
 //! - [`wrap`]: data keys wrapped under key-encryption keys, bound to VM and purpose.
+//! - [`vmfile`]: a VM's directory and `vm.json`: the key hierarchy on disk.
 //! - [`disk`]: LUKS disks through `qemu-img` and `qemu-io`, secrets through file descriptors.
 
 #![deny(unsafe_code)]
@@ -12,4 +13,5 @@
 pub mod disk;
 pub mod keycache;
 pub mod memory;
+pub mod vmfile;
 pub mod wrap;
