@@ -6,6 +6,7 @@
 //! - [`keycache`]: the keys the server pushed.
 //! - [`wrap`]: data keys wrapped under key-encryption keys, bound to VM and purpose.
 //! - [`vmfile`]: a VM's directory and `vm.json`: the key hierarchy on disk.
+//! - [`qemu`]: VMs in QEMU, secrets over QMP.
 //! - [`disk`]: LUKS disks through `qemu-img` and `qemu-io`, secrets through file descriptors.
 
 #![deny(unsafe_code)]
@@ -13,5 +14,6 @@
 pub mod disk;
 pub mod keycache;
 pub mod memory;
+pub mod qemu;
 pub mod vmfile;
 pub mod wrap;

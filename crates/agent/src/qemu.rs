@@ -1,0 +1,351 @@
+//! Running VMs in QEMU. Power-on starts `qemu-system-x86_64` paused (KVM when `/dev/kvm` works,
+//! TCG otherwise), hands each disk's secret over QMP as a secret object, opens the disk as a
+//! block node, attaches it behind a PCIe root port, removes the secret object, and lets the VM
+//! run. Secrets never appear on QEMU's command line. Power-off asks the guest (ACPI) and stops
+//! QEMU if it does not answer in time.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use zeroize::Zeroizing;
+
+use crate::disk::DiskFormat;
+use crate::vmfile::PowerOnPlan;
+
+/// The most disks a VM has root ports for.
+pub const MAX_DISKS: usize = 8;
+
+/// Why QEMU could not run a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum QemuError {
+    #[error(
+        "Cannot start {binary}: {source}; install qemu-system-x86 (scripts/setup-test-deps does)"
+    )]
+    Spawn {
+        binary: String,
+        source: std::io::Error,
+    },
+    #[error("QEMU for VM {vm} did not open its control socket: {detail}")]
+    NoMonitor { vm: String, detail: String },
+    #[error("QEMU refused {command} for VM {vm}: {message}")]
+    Command {
+        vm: String,
+        command: String,
+        message: String,
+    },
+    #[error("Lost the connection to QEMU of VM {vm}: {0}", .source)]
+    Io { vm: String, source: std::io::Error },
+    #[error("VM {vm} has {count} disks; at most {MAX_DISKS} are supported")]
+    TooManyDisks { vm: String, count: usize },
+}
+
+/// How to start QEMU.
+#[derive(Clone, Debug)]
+pub struct QemuConfig {
+    pub binary: PathBuf,
+    /// Use KVM when `/dev/kvm` can be opened.
+    pub prefer_kvm: bool,
+    /// How long a guest has to shut down after an ACPI power button press.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for QemuConfig {
+    fn default() -> Self {
+        QemuConfig {
+            binary: "qemu-system-x86_64".into(),
+            prefer_kvm: true,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Whether KVM can be used.
+pub fn kvm_available() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}
+
+/// A QMP connection.
+struct Qmp {
+    vm: String,
+    writer: UnixStream,
+    reader: BufReader<UnixStream>,
+}
+
+impl Qmp {
+    fn connect(vm: &str, socket: &Path, deadline: Instant) -> Result<Qmp, QemuError> {
+        let stream = loop {
+            match UnixStream::connect(socket) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(QemuError::NoMonitor {
+                        vm: vm.into(),
+                        detail: e.to_string(),
+                    });
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        let io = |source| QemuError::Io {
+            vm: vm.into(),
+            source,
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(io)?;
+        let reader = BufReader::new(stream.try_clone().map_err(io)?);
+        let mut qmp = Qmp {
+            vm: vm.into(),
+            writer: stream,
+            reader,
+        };
+        qmp.read_message()?; // the greeting
+        qmp.execute("qmp_capabilities", json!({}))?;
+        Ok(qmp)
+    }
+
+    fn read_message(&mut self) -> Result<Value, QemuError> {
+        let mut line = String::new();
+        let n = self
+            .reader
+            .read_line(&mut line)
+            .map_err(|source| QemuError::Io {
+                vm: self.vm.clone(),
+                source,
+            })?;
+        if n == 0 {
+            return Err(QemuError::Io {
+                vm: self.vm.clone(),
+                source: std::io::ErrorKind::UnexpectedEof.into(),
+            });
+        }
+        serde_json::from_str(&line).map_err(|e| QemuError::Io {
+            vm: self.vm.clone(),
+            source: std::io::Error::other(e),
+        })
+    }
+
+    /// Runs a command; the arguments may hold a secret, so they are wiped after sending and never
+    /// logged.
+    fn execute(&mut self, command: &str, arguments: Value) -> Result<Value, QemuError> {
+        let message =
+            Zeroizing::new(json!({"execute": command, "arguments": arguments}).to_string() + "\n");
+        self.writer
+            .write_all(message.as_bytes())
+            .map_err(|source| QemuError::Io {
+                vm: self.vm.clone(),
+                source,
+            })?;
+        loop {
+            let reply = self.read_message()?;
+            if reply.get("event").is_some() {
+                continue;
+            }
+            if let Some(err) = reply.get("error") {
+                return Err(QemuError::Command {
+                    vm: self.vm.clone(),
+                    command: command.into(),
+                    message: err
+                        .get("desc")
+                        .and_then(Value::as_str)
+                        .unwrap_or("unknown error")
+                        .into(),
+                });
+            }
+            return Ok(reply.get("return").cloned().unwrap_or(Value::Null));
+        }
+    }
+}
+
+/// A VM running in QEMU.
+pub struct RunningVm {
+    name: String,
+    child: Child,
+    qmp: Qmp,
+    pub accel: &'static str,
+    /// The block node names of the disks, in order.
+    pub nodes: Vec<String>,
+}
+
+impl std::fmt::Debug for RunningVm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningVm")
+            .field("name", &self.name)
+            .field("pid", &self.child.id())
+            .finish()
+    }
+}
+
+impl RunningVm {
+    /// Starts VM `name` with the disks of `plan`; `run_dir` holds its control socket and log.
+    pub fn start(
+        config: &QemuConfig,
+        name: &str,
+        run_dir: &Path,
+        plan: &PowerOnPlan,
+    ) -> Result<RunningVm, QemuError> {
+        if plan.disks.len() > MAX_DISKS {
+            return Err(QemuError::TooManyDisks {
+                vm: name.into(),
+                count: plan.disks.len(),
+            });
+        }
+        let socket = run_dir.join("qmp.sock");
+        let _ = std::fs::remove_file(&socket);
+        let accel = if config.prefer_kvm && kvm_available() {
+            "kvm"
+        } else {
+            "tcg"
+        };
+        let mut cmd = Command::new(&config.binary);
+        cmd.args(["-name", name, "-machine", &format!("q35,accel={accel}")])
+            .args([
+                "-m",
+                &plan.config.memory_mib.to_string(),
+                "-smp",
+                &plan.config.vcpus.max(1).to_string(),
+            ])
+            .args(["-nodefaults", "-display", "none", "-S"])
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", socket.display()))
+            .arg("-serial")
+            .arg(format!("file:{}", run_dir.join("serial.log").display()));
+        for i in 0..MAX_DISKS {
+            cmd.args([
+                "-device",
+                &format!("pcie-root-port,id=rp{i},chassis={},slot={i}", i + 1),
+            ]);
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(
+            std::fs::File::create(run_dir.join("qemu.log"))
+                .map(Stdio::from)
+                .unwrap_or(Stdio::null()),
+        );
+        let mut child = cmd.spawn().map_err(|source| QemuError::Spawn {
+            binary: config.binary.display().to_string(),
+            source,
+        })?;
+        let qmp = match Qmp::connect(name, &socket, Instant::now() + Duration::from_secs(20)) {
+            Ok(q) => q,
+            Err(e) => {
+                // Leave no QEMU behind that nobody controls.
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e);
+            }
+        };
+        let mut vm = RunningVm {
+            name: name.into(),
+            child,
+            qmp,
+            accel,
+            nodes: Vec::new(),
+        };
+        match vm.attach_disks(plan) {
+            Ok(()) => {}
+            Err(e) => {
+                vm.kill();
+                return Err(e);
+            }
+        }
+        vm.qmp.execute("cont", json!({}))?;
+        Ok(vm)
+    }
+
+    fn attach_disks(&mut self, plan: &PowerOnPlan) -> Result<(), QemuError> {
+        for (i, disk) in plan.disks.iter().enumerate() {
+            let node = format!("disk{i}");
+            let file = json!({"driver": "file", "filename": disk.path.display().to_string()});
+            let blockdev = match (&disk.secret, disk.format) {
+                (Some(secret), DiskFormat::Qcow2Luks | DiskFormat::RawLuks) => {
+                    let id = format!("sec{i}");
+                    let passphrase: Zeroizing<String> =
+                        Zeroizing::new(secret.bytes().iter().map(|b| format!("{b:02x}")).collect());
+                    self.qmp.execute(
+                        "object-add",
+                        json!({"qom-type": "secret", "id": id, "data": passphrase.as_str()}),
+                    )?;
+                    let args = if disk.format == DiskFormat::RawLuks {
+                        json!({"driver": "luks", "node-name": node, "file": file, "key-secret": id})
+                    } else {
+                        json!({"driver": "qcow2", "node-name": node, "file": file, "encrypt": {"format": "luks", "key-secret": id}})
+                    };
+                    let result = self.qmp.execute("blockdev-add", args);
+                    // The key is needed only to open the disk; QEMU forgets it now.
+                    let _ = self.qmp.execute("object-del", json!({"id": id}));
+                    result.map(|_| ())
+                }
+                _ => self
+                    .qmp
+                    .execute(
+                        "blockdev-add",
+                        json!({"driver": "qcow2", "node-name": node, "file": file}),
+                    )
+                    .map(|_| ()),
+            };
+            blockdev?;
+            self.qmp
+                .execute("device_add", json!({"driver": "virtio-blk-pci", "drive": node, "id": format!("vd{i}"), "bus": format!("rp{i}")}))?;
+            self.nodes.push(node);
+        }
+        Ok(())
+    }
+
+    /// The QEMU process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether QEMU still runs (a VM that died is noticed here).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Runs a monitor (HMP) command, for example `qemu-io disk0 "read 0 512"` in tests.
+    pub fn human_command(&mut self, line: &str) -> Result<String, QemuError> {
+        let out = self
+            .qmp
+            .execute("human-monitor-command", json!({"command-line": line}))?;
+        Ok(out.as_str().unwrap_or_default().to_owned())
+    }
+
+    /// Asks the guest to shut down (ACPI), then stops QEMU if it has not within the timeout.
+    /// Returns whether the guest shut down by itself.
+    pub fn power_off(mut self, timeout: Duration) -> bool {
+        let _ = self.qmp.execute("system_powerdown", json!({}));
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if !self.is_running() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.qmp.execute("quit", json!({}));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && self.is_running() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+        false
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RunningVm {
+    fn drop(&mut self) {
+        if self.is_running() {
+            self.kill();
+        }
+    }
+}
