@@ -121,7 +121,33 @@ fn secret_pipe(tool: &str, data: &[&[u8]]) -> Result<OwnedFd, DiskError> {
 }
 
 impl QemuTools {
+    /// Runs a tool; retries a few times when QEMU's LUKS key-stretching benchmark fails to time
+    /// itself ("Unable to get accurate CPU usage", seen with QEMU 7.2 on a busy machine).
     fn run(
+        &self,
+        tool: &Path,
+        args: &[String],
+        secrets: &[&DiskSecret],
+        path: &Path,
+    ) -> Result<String, DiskError> {
+        let mut attempt = 0;
+        loop {
+            match self.run_once(tool, args, secrets, path) {
+                Err(DiskError::Tool { message, .. })
+                    if message.contains("Unable to get accurate CPU usage") && attempt < 4 =>
+                {
+                    attempt += 1;
+                    tracing::debug!(
+                        attempt,
+                        "QEMU could not time its key stretching; trying again"
+                    );
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn run_once(
         &self,
         tool: &Path,
         args: &[String],
@@ -166,11 +192,6 @@ impl QemuTools {
             if message.contains("Invalid password") || message.contains("cannot unlock any keyslot")
             {
                 return Err(DiskError::WrongKey {
-                    path: path.display().to_string(),
-                });
-            }
-            if !path.exists() {
-                return Err(DiskError::Missing {
                     path: path.display().to_string(),
                 });
             }
@@ -294,6 +315,11 @@ impl QemuTools {
         to_format: DiskFormat,
         to_secret: Option<&DiskSecret>,
     ) -> Result<(), DiskError> {
+        if !from.exists() {
+            return Err(DiskError::Missing {
+                path: from.display().to_string(),
+            });
+        }
         let mut args: Vec<String> = vec!["convert".into()];
         let mut secrets: Vec<&DiskSecret> = Vec::new();
         let mut fd = 3;

@@ -7,11 +7,13 @@
 //! - [`wrap`]: data keys wrapped under key-encryption keys, bound to VM and purpose.
 //! - [`vmfile`]: a VM's directory and `vm.json`: the key hierarchy on disk.
 //! - [`qemu`]: VMs in QEMU, secrets over QMP.
+//! - [`diskops`]: encrypt, decrypt and deep rekey of disks, journaled so a crash loses nothing.
 //! - [`disk`]: LUKS disks through `qemu-img` and `qemu-io`, secrets through file descriptors.
 
 #![deny(unsafe_code)]
 
 pub mod disk;
+pub mod diskops;
 pub mod keycache;
 pub mod memory;
 pub mod qemu;
