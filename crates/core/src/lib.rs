@@ -7,6 +7,7 @@
 //! - [`ops`]: which operations a VM's state allows, and the messages of refusal.
 //! - [`events`]: event types with their messages in English and German.
 //! - [`access`]: privileges and the built-in roles.
+//! - [`protocol`]: the messages between host agents and the server, and their framing.
 
 #![forbid(unsafe_code)]
 
@@ -15,6 +16,7 @@ pub mod events;
 pub mod host;
 pub mod ids;
 pub mod ops;
+pub mod protocol;
 pub mod vm;
 
 /// A language for messages people read.

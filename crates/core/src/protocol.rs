@@ -1,0 +1,356 @@
+//! The agent protocol: what a host agent and the server say to each other over their mutual-TLS
+//! session. Frames are a 4-byte big-endian length and a JSON message; [`FrameDecoder`] takes bytes
+//! as they arrive and yields messages (sans-I/O).
+//!
+//! The agent dials the server, says [`AgentMessage::Hello`] (with the host's boot id, so the
+//! server tells an agent restart from a host restart), reports its inventory and the keys it
+//! holds, and answers the server's requests. Key material travels only in
+//! [`Command::PushKeys`] and [`Command::EnableEncryption`], as [`SecretBytes`]: wiped when dropped,
+//! never shown by `Debug`.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use zeroize::Zeroizing;
+
+use crate::host::HostCryptoState;
+use crate::ids::KeyRef;
+use crate::vm::KeyUse;
+
+/// The protocol version this build speaks.
+pub const VERSION: u32 = 1;
+
+/// The largest frame accepted.
+pub const MAX_FRAME: usize = 16 * 1024 * 1024;
+
+/// Key material in a message: hex on the wire, wiped when dropped, hidden from `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretBytes(pub Zeroizing<Vec<u8>>);
+
+impl SecretBytes {
+    pub fn new(bytes: Vec<u8>) -> SecretBytes {
+        SecretBytes(Zeroizing::new(bytes))
+    }
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{} secret bytes>", self.0.len())
+    }
+}
+
+impl Serialize for SecretBytes {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let hex: Zeroizing<String> =
+            Zeroizing::new(self.0.iter().map(|b| format!("{b:02x}")).collect());
+        s.serialize_str(&hex)
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretBytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<SecretBytes, D::Error> {
+        let text = Zeroizing::new(String::deserialize(d)?);
+        if !text.len().is_multiple_of(2) {
+            return Err(serde::de::Error::custom("key material must be hex"));
+        }
+        let bytes = (0..text.len() / 2)
+            .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16))
+            .collect::<Result<Vec<u8>, _>>()
+            .map_err(|_| serde::de::Error::custom("key material must be hex"))?;
+        Ok(SecretBytes::new(bytes))
+    }
+}
+
+/// A key and its material.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyMaterial {
+    pub key: KeyRef,
+    pub material: SecretBytes,
+}
+
+/// A VM's power state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PowerState {
+    PoweredOn,
+    PoweredOff,
+}
+
+/// A VM as its host reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VmReport {
+    pub id: String,
+    pub name: String,
+    /// The VM's directory on the host.
+    pub path: String,
+    pub encrypted: bool,
+    pub power_state: PowerState,
+    /// The VM's own KEK (`config.keyId`).
+    pub key_id: Option<KeyRef>,
+    /// Every KEK the VM needs, with its uses, and whether the host holds it.
+    pub keys: Vec<HostKey>,
+    /// Disk image paths, in order.
+    pub disks: Vec<String>,
+}
+
+/// One key a VM needs, as the host sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostKey {
+    pub key: KeyRef,
+    pub uses: Vec<KeyUse>,
+    pub on_host: bool,
+}
+
+/// What a VM is made of, for creating one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VmSpec {
+    pub name: String,
+    pub memory_mib: u32,
+    pub vcpus: u32,
+    /// Sizes of the disks in bytes.
+    pub disks: Vec<DiskSpec>,
+    /// The VM's KEK (already pushed to the host); `None` makes an unencrypted VM.
+    pub key: Option<KeyRef>,
+}
+
+/// One disk of a new VM or a disk to add.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DiskSpec {
+    pub size: u64,
+    /// Its own KEK instead of the VM's.
+    pub own_key: Option<KeyRef>,
+}
+
+/// What the server asks of an agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "command")]
+pub enum Command {
+    PushKeys {
+        keys: Vec<KeyMaterial>,
+    },
+    ForgetKeys {
+        keys: Vec<KeyRef>,
+    },
+    /// Stop every VM and empty the key cache, as a host restart does.
+    Reboot,
+    EnableEncryption {
+        host_key: KeyMaterial,
+    },
+    DisableEncryption,
+    CreateVm {
+        spec: VmSpec,
+    },
+    PowerOn {
+        vm: String,
+    },
+    PowerOff {
+        vm: String,
+    },
+    /// Register the VM in this directory (it is read, not changed).
+    Register {
+        path: String,
+    },
+    /// Every VM directory in the host's datastore.
+    ListVmDirs,
+    Unregister {
+        vm: String,
+    },
+    Reload {
+        vm: String,
+    },
+    Delete {
+        vm: String,
+    },
+    Encrypt {
+        vm: String,
+        key: KeyRef,
+    },
+    Decrypt {
+        vm: String,
+    },
+    Rekey {
+        vm: String,
+        key: KeyRef,
+        deep: bool,
+    },
+}
+
+/// How an agent answers a request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "result")]
+pub enum Reply {
+    Done,
+    Vm { vm: VmReport },
+    VmDirs { paths: Vec<String> },
+    Failed { code: String, message: String },
+}
+
+/// Server to agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "type")]
+pub enum ServerMessage {
+    Welcome { host: String, protocol: u32 },
+    Request { id: u64, body: Command },
+    HeartbeatAck { seq: u64 },
+}
+
+/// Agent to server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "type")]
+pub enum AgentMessage {
+    Hello {
+        host: String,
+        protocol: u32,
+        agent_version: String,
+        /// Changes when the host restarts, not when the agent does.
+        boot_id: String,
+        crypto_state: HostCryptoState,
+        keys_held: Vec<KeyRef>,
+    },
+    Inventory {
+        vms: Vec<VmReport>,
+        keys_held: Vec<KeyRef>,
+    },
+    Reply {
+        id: u64,
+        reply: Reply,
+    },
+    /// Something happened on the host (a VM died, a key arrived).
+    Notice {
+        vm: Option<String>,
+        kind: String,
+        message: String,
+    },
+    Heartbeat {
+        seq: u64,
+    },
+}
+
+/// Why a frame cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("Frame of {0} bytes exceeds the limit of {MAX_FRAME} bytes")]
+    TooLarge(usize),
+    #[error("Invalid message: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Encodes a message as one frame. The buffer may hold key material: it is wiped when dropped.
+pub fn encode<T: Serialize>(message: &T) -> Result<Zeroizing<Vec<u8>>, FrameError> {
+    let body = Zeroizing::new(serde_json::to_vec(message)?);
+    if body.len() > MAX_FRAME {
+        return Err(FrameError::TooLarge(body.len()));
+    }
+    let mut out = Zeroizing::new(Vec::with_capacity(4 + body.len()));
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Collects bytes and yields whole frames.
+#[derive(Default)]
+pub struct FrameDecoder {
+    buf: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for FrameDecoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FrameDecoder({} bytes buffered)", self.buf.len())
+    }
+}
+
+impl FrameDecoder {
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next whole message, if one has arrived. A frame that announces more than
+    /// [`MAX_FRAME`] bytes is an error before it is read.
+    pub fn next_message<T: for<'de> Deserialize<'de>>(&mut self) -> Result<Option<T>, FrameError> {
+        if self.buf.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+        if len > MAX_FRAME {
+            return Err(FrameError::TooLarge(len));
+        }
+        if self.buf.len() < 4 + len {
+            return Ok(None);
+        }
+        let message = serde_json::from_slice(&self.buf[4..4 + len]);
+        // Wipe what was consumed before dropping it.
+        let rest = self.buf[4 + len..].to_vec();
+        self.buf = Zeroizing::new(rest);
+        Ok(Some(message?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_through_frames_split_anywhere() {
+        let msg = ServerMessage::Request {
+            id: 7,
+            body: Command::PushKeys {
+                keys: vec![KeyMaterial {
+                    key: KeyRef::new("kms", "k1"),
+                    material: SecretBytes::new(vec![0xAB; 32]),
+                }],
+            },
+        };
+        let frame = encode(&msg).unwrap();
+        let mut d = FrameDecoder::default();
+        for chunk in frame.chunks(5) {
+            assert!(d.next_message::<ServerMessage>().unwrap().is_none());
+            d.push(chunk);
+        }
+        assert_eq!(d.next_message::<ServerMessage>().unwrap(), Some(msg));
+        assert!(d.next_message::<ServerMessage>().unwrap().is_none());
+    }
+
+    #[test]
+    fn key_material_never_shows_in_debug() {
+        let k = KeyMaterial {
+            key: KeyRef::new("kms", "k1"),
+            material: SecretBytes::new(vec![0xAB; 32]),
+        };
+        let shown = format!("{:?}", Command::PushKeys { keys: vec![k] });
+        assert!(
+            shown.contains("<32 secret bytes>")
+                && !shown.contains("171")
+                && !shown.to_lowercase().contains("abab"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn oversized_and_malformed_frames_are_errors() {
+        let mut d = FrameDecoder::default();
+        d.push(&[0xFF, 0xFF, 0xFF, 0xFF]);
+        assert!(matches!(
+            d.next_message::<AgentMessage>(),
+            Err(FrameError::TooLarge(_))
+        ));
+        let mut d = FrameDecoder::default();
+        d.push(&[0, 0, 0, 2, b'{', b'x']);
+        assert!(matches!(
+            d.next_message::<AgentMessage>(),
+            Err(FrameError::Json(_))
+        ));
+    }
+
+    #[test]
+    fn the_wire_form_is_tagged_json() {
+        let hello = AgentMessage::Heartbeat { seq: 3 };
+        let frame = encode(&hello).unwrap();
+        assert_eq!(&frame[4..], br#"{"type":"heartbeat","seq":3}"#);
+    }
+}
