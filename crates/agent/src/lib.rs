@@ -2,6 +2,7 @@
 //! data keys, keeps every data key wrapped next to the data, opens real encrypted disks, and runs
 //! the VMs in QEMU.
 //!
+//! - [`host`]: the host's state and the server's commands.
 //! - [`memory`]: locked, non-dumpable memory for keys (the only `unsafe` code of the agent).
 //! - [`keycache`]: the keys the server pushed.
 //! - [`wrap`]: data keys wrapped under key-encryption keys, bound to VM and purpose.
@@ -14,6 +15,7 @@
 
 pub mod disk;
 pub mod diskops;
+pub mod host;
 pub mod keycache;
 pub mod memory;
 pub mod qemu;

@@ -1,0 +1,568 @@
+//! The host: its key cache, its encryption mode, its registered VMs and the ones running. The
+//! session with the server feeds it [`Command`]s and reports what [`Host::inventory`] says.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tresor_core::host::{self as hostmode, HostCryptoEvent, HostCryptoState};
+use tresor_core::ids::KeyRef;
+use tresor_core::protocol::{Command, HostKey, PowerState, Reply, VmReport, VmSpec};
+
+use crate::disk::{DiskFormat, QemuTools};
+use crate::diskops::{self, Change};
+use crate::keycache::KeyCache;
+use crate::qemu::{QemuConfig, RunningVm};
+use crate::vmfile::{write_atomic, DiskEntry, VmConfig, VmFile, VmFileError, CONFIG_FILE};
+
+/// Where the host keeps things and how it runs VMs.
+#[derive(Clone, Debug)]
+pub struct HostConfig {
+    pub name: String,
+    /// VM directories live here.
+    pub datastore: PathBuf,
+    /// The agent's own state (the list of registered VMs) and QEMU's sockets and logs.
+    pub state_dir: PathBuf,
+    pub key_capacity: usize,
+    pub qemu: QemuConfig,
+    pub tools: QemuTools,
+}
+
+/// A failed command: a stable code and a message for people.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct HostError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+fn fail(code: &'static str, message: impl Into<String>) -> HostError {
+    HostError {
+        code,
+        message: message.into(),
+    }
+}
+
+impl From<VmFileError> for HostError {
+    fn from(e: VmFileError) -> HostError {
+        let code = match &e {
+            VmFileError::HomeKeyMissing { .. } => "homeKeyMissing",
+            VmFileError::DiskKeyMissing { .. } => "diskKeyMissing",
+            VmFileError::WrongKey { .. } => "wrongKey",
+            VmFileError::NoSuchDisk { .. } => "noSuchDisk",
+            _ => "vmFile",
+        };
+        fail(code, e.to_string())
+    }
+}
+
+impl From<diskops::DiskOpError> for HostError {
+    fn from(e: diskops::DiskOpError) -> HostError {
+        match e {
+            diskops::DiskOpError::Vm(v) => v.into(),
+            other => fail("disk", other.to_string()),
+        }
+    }
+}
+
+impl From<crate::disk::DiskError> for HostError {
+    fn from(e: crate::disk::DiskError) -> HostError {
+        fail("disk", e.to_string())
+    }
+}
+
+impl From<crate::qemu::QemuError> for HostError {
+    fn from(e: crate::qemu::QemuError) -> HostError {
+        fail("qemu", e.to_string())
+    }
+}
+
+/// The host agent's state.
+pub struct Host {
+    config: HostConfig,
+    pub cache: KeyCache,
+    crypto: HostCryptoState,
+    host_key: Option<KeyRef>,
+    /// Registered VMs by name: their directories.
+    vms: BTreeMap<String, PathBuf>,
+    running: HashMap<String, RunningVm>,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host")
+            .field("name", &self.config.name)
+            .field("vms", &self.vms)
+            .finish_non_exhaustive()
+    }
+}
+
+const REGISTRY: &str = "registered.json";
+
+impl Host {
+    /// Opens the host: loads the registered VMs and completes or rolls back any disk operation a
+    /// crash interrupted.
+    pub fn open(config: HostConfig) -> Result<Host, HostError> {
+        for d in [&config.datastore, &config.state_dir] {
+            std::fs::create_dir_all(d)
+                .map_err(|e| fail("io", format!("Cannot create {}: {e}", d.display())))?;
+        }
+        let cache =
+            KeyCache::new(config.key_capacity).map_err(|e| fail("memory", e.to_string()))?;
+        let vms: BTreeMap<String, PathBuf> = match std::fs::read(config.state_dir.join(REGISTRY)) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| fail("io", format!("Cannot read the list of registered VMs: {e}")))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => {
+                return Err(fail(
+                    "io",
+                    format!("Cannot read the list of registered VMs: {e}"),
+                ))
+            }
+        };
+        for (name, dir) in &vms {
+            match diskops::recover(dir) {
+                Ok(diskops::Recovery::Nothing) => {}
+                Ok(r) => {
+                    tracing::warn!(vm = %name, recovery = ?r, "finished an interrupted disk operation")
+                }
+                Err(e) => {
+                    tracing::error!(vm = %name, error = %e, "cannot recover an interrupted disk operation")
+                }
+            }
+        }
+        Ok(Host {
+            config,
+            cache,
+            crypto: HostCryptoState::Incapable,
+            host_key: None,
+            vms,
+            running: HashMap::new(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub fn crypto_state(&self) -> HostCryptoState {
+        self.crypto
+    }
+
+    fn save_registry(&self) -> Result<(), HostError> {
+        let bytes = serde_json::to_vec_pretty(&self.vms).map_err(|e| fail("io", e.to_string()))?;
+        write_atomic(&self.config.state_dir.join(REGISTRY), &bytes).map_err(HostError::from)
+    }
+
+    fn dir(&self, vm: &str) -> Result<PathBuf, HostError> {
+        self.vms.get(vm).cloned().ok_or_else(|| {
+            fail(
+                "noSuchVm",
+                format!("No VM {vm} is registered on host {}", self.config.name),
+            )
+        })
+    }
+
+    fn is_running(&mut self, vm: &str) -> bool {
+        let alive = match self.running.get_mut(vm) {
+            Some(r) => r.is_running(),
+            None => return false,
+        };
+        if !alive {
+            // It died; forget it.
+            tracing::warn!(vm, "QEMU of the VM has exited");
+            self.running.remove(vm);
+        }
+        alive
+    }
+
+    fn require_off(&mut self, vm: &str, action: &str) -> Result<(), HostError> {
+        if self.is_running(vm) {
+            return Err(fail(
+                "vmRunning",
+                format!("VM {vm} is powered on; power it off before you {action}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The report of one VM.
+    pub fn report(&mut self, vm: &str) -> Result<VmReport, HostError> {
+        let dir = self.dir(vm)?;
+        let file = VmFile::load(&dir)?;
+        let power_state = if self.is_running(vm) {
+            PowerState::PoweredOn
+        } else {
+            PowerState::PoweredOff
+        };
+        Ok(VmReport {
+            id: file.id.clone(),
+            name: file.name.clone(),
+            path: dir.display().to_string(),
+            encrypted: file.encrypted,
+            power_state,
+            key_id: file.key_id.clone(),
+            keys: file
+                .keys_needed()
+                .into_iter()
+                .map(|(key, uses)| HostKey {
+                    on_host: self.cache.contains(&key),
+                    key,
+                    uses,
+                })
+                .collect(),
+            disks: file
+                .disks
+                .iter()
+                .map(|d| dir.join(&d.file).display().to_string())
+                .collect(),
+        })
+    }
+
+    /// Every registered VM, as the server is told.
+    pub fn inventory(&mut self) -> Vec<VmReport> {
+        let names: Vec<String> = self.vms.keys().cloned().collect();
+        names
+            .into_iter()
+            .filter_map(|n| self.report(&n).ok())
+            .collect()
+    }
+
+    /// Runs one command of the server.
+    pub fn handle(&mut self, command: Command) -> Reply {
+        match self.execute(command) {
+            Ok(reply) => reply,
+            Err(e) => Reply::Failed {
+                code: e.code.into(),
+                message: e.message,
+            },
+        }
+    }
+
+    fn execute(&mut self, command: Command) -> Result<Reply, HostError> {
+        match command {
+            Command::PushKeys { keys } => {
+                for k in keys {
+                    self.cache
+                        .insert(k.key, k.material.expose())
+                        .map_err(|e| fail("memory", e.to_string()))?;
+                }
+                Ok(Reply::Done)
+            }
+            Command::ForgetKeys { keys } => {
+                for k in &keys {
+                    self.cache.remove(k);
+                }
+                Ok(Reply::Done)
+            }
+            Command::Reboot => {
+                self.reboot();
+                Ok(Reply::Done)
+            }
+            Command::EnableEncryption { host_key } => {
+                let prepared = hostmode::next(self.crypto, HostCryptoEvent::Prepare)
+                    .map_err(|e| fail("hostMode", e.to_string()))?;
+                let safe = hostmode::next(prepared, HostCryptoEvent::HostKeyReceived)
+                    .map_err(|e| fail("hostMode", e.to_string()))?;
+                self.cache
+                    .insert(host_key.key.clone(), host_key.material.expose())
+                    .map_err(|e| fail("memory", e.to_string()))?;
+                self.host_key = Some(host_key.key);
+                self.crypto = safe;
+                Ok(Reply::Done)
+            }
+            Command::DisableEncryption => {
+                self.crypto = hostmode::next(self.crypto, HostCryptoEvent::Disable)
+                    .map_err(|e| fail("hostMode", e.to_string()))?;
+                Ok(Reply::Done)
+            }
+            Command::CreateVm { spec } => self.create(spec),
+            Command::PowerOn { vm } => {
+                if self.is_running(&vm) {
+                    return Ok(Reply::Done);
+                }
+                let dir = self.dir(&vm)?;
+                let file = VmFile::load(&dir)?;
+                if file.encrypted && !hostmode::runs_encrypted_vms(self.crypto) {
+                    return Err(self.not_safe());
+                }
+                let plan = file.prepare_power_on(&dir, &self.cache)?;
+                let run_dir = self.config.state_dir.join("run").join(&vm);
+                std::fs::create_dir_all(&run_dir)
+                    .map_err(|e| fail("io", format!("Cannot create {}: {e}", run_dir.display())))?;
+                let running = RunningVm::start(&self.config.qemu, &vm, &run_dir, &plan)?;
+                self.running.insert(vm, running);
+                Ok(Reply::Done)
+            }
+            Command::PowerOff { vm } => {
+                if let Some(r) = self.running.remove(&vm) {
+                    r.power_off(self.config.qemu.shutdown_timeout);
+                }
+                Ok(Reply::Done)
+            }
+            Command::Register { path } => {
+                let dir = PathBuf::from(&path);
+                let file = VmFile::load(&dir)?;
+                if let Some(existing) = self.vms.get(&file.name) {
+                    if existing != &dir {
+                        return Err(fail(
+                            "exists",
+                            format!(
+                                "Another VM named {} is registered on host {}",
+                                file.name, self.config.name
+                            ),
+                        ));
+                    }
+                }
+                diskops::recover(&dir)?;
+                self.vms.insert(file.name.clone(), dir);
+                self.save_registry()?;
+                Ok(Reply::Vm {
+                    vm: self.report(&file.name)?,
+                })
+            }
+            Command::ListVmDirs => {
+                let mut paths = Vec::new();
+                if let Ok(entries) = std::fs::read_dir(&self.config.datastore) {
+                    for e in entries.flatten() {
+                        if e.path().join(CONFIG_FILE).is_file() {
+                            paths.push(e.path().display().to_string());
+                        }
+                    }
+                }
+                paths.sort();
+                Ok(Reply::VmDirs { paths })
+            }
+            Command::Unregister { vm } => {
+                self.dir(&vm)?;
+                self.require_off(&vm, "unregister it")?;
+                self.vms.remove(&vm);
+                self.save_registry()?;
+                Ok(Reply::Done)
+            }
+            Command::Reload { vm } => Ok(Reply::Vm {
+                vm: self.report(&vm)?,
+            }),
+            Command::Delete { vm } => {
+                let dir = self.dir(&vm)?;
+                self.require_off(&vm, "delete it")?;
+                std::fs::remove_dir_all(&dir)
+                    .map_err(|e| fail("io", format!("Cannot delete {}: {e}", dir.display())))?;
+                self.vms.remove(&vm);
+                self.save_registry()?;
+                Ok(Reply::Done)
+            }
+            Command::Encrypt { vm, key } => self.encrypt(&vm, key),
+            Command::Decrypt { vm } => self.decrypt(&vm),
+            Command::Rekey { vm, key, deep } => self.rekey(&vm, key, deep),
+        }
+    }
+
+    fn not_safe(&self) -> HostError {
+        fail(
+            "hostNotSafe",
+            format!(
+                "Host {} is not in encryption mode safe ({:?}); enable it first: tresor host enable-encryption {}",
+                self.config.name, self.crypto, self.config.name
+            ),
+        )
+    }
+
+    fn create(&mut self, spec: VmSpec) -> Result<Reply, HostError> {
+        if self.vms.contains_key(&spec.name) {
+            return Err(fail(
+                "exists",
+                format!(
+                    "A VM named {} is registered on host {} already",
+                    spec.name, self.config.name
+                ),
+            ));
+        }
+        if spec.key.is_some() && !hostmode::runs_encrypted_vms(self.crypto) {
+            return Err(self.not_safe());
+        }
+        let dir = self.config.datastore.join(&spec.name);
+        if dir.exists() {
+            return Err(fail(
+                "exists",
+                format!("{} exists already; register it instead", dir.display()),
+            ));
+        }
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| fail("io", format!("Cannot create {}: {e}", dir.display())))?;
+        let id = hex_id()?;
+        let config = VmConfig {
+            memory_mib: spec.memory_mib,
+            vcpus: spec.vcpus,
+        };
+        let result = (|| -> Result<(), HostError> {
+            let mut file = match &spec.key {
+                Some(kek) => VmFile::new_encrypted(&id, &spec.name, &config, kek, &self.cache)?,
+                None => VmFile::new_plain(&id, &spec.name, config.clone()),
+            };
+            for (i, d) in spec.disks.iter().enumerate() {
+                let name = format!("disk{i}.qcow2");
+                let path = dir.join(&name);
+                if file.encrypted {
+                    let secret = file.add_encrypted_disk(
+                        &format!("d{i}"),
+                        &name,
+                        DiskFormat::Qcow2Luks,
+                        d.size,
+                        d.own_key.clone(),
+                        &self.cache,
+                    )?;
+                    self.config.tools.create(
+                        &path,
+                        DiskFormat::Qcow2Luks,
+                        d.size,
+                        Some(&secret),
+                    )?;
+                } else {
+                    file.disks.push(DiskEntry {
+                        id: format!("d{i}"),
+                        file: name,
+                        format: DiskFormat::Qcow2,
+                        size: d.size,
+                        key_id: None,
+                        wrapped_secret: None,
+                    });
+                    self.config
+                        .tools
+                        .create(&path, DiskFormat::Qcow2, d.size, None)?;
+                }
+            }
+            file.save(&dir)?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            // A half-made VM directory is removed; nothing else existed before.
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        self.vms.insert(spec.name.clone(), dir);
+        self.save_registry()?;
+        Ok(Reply::Vm {
+            vm: self.report(&spec.name)?,
+        })
+    }
+
+    fn encrypt(&mut self, vm: &str, key: KeyRef) -> Result<Reply, HostError> {
+        let dir = self.dir(vm)?;
+        self.require_off(vm, "encrypt it")?;
+        if !hostmode::runs_encrypted_vms(self.crypto) {
+            return Err(self.not_safe());
+        }
+        let file = VmFile::load(&dir)?;
+        if !file.encrypted {
+            // First the config: a home key under the new KEK seals it. The disks follow, each
+            // journaled; an interrupted encryption is finished by running it again.
+            let mut next = VmFile::new_encrypted(
+                &file.id,
+                &file.name,
+                &file.config.clone().unwrap_or_default(),
+                &key,
+                &self.cache,
+            )?;
+            next.disks = file.disks.clone();
+            next.save(&dir)?;
+        }
+        let file = VmFile::load(&dir)?;
+        for d in file.disks.iter().filter(|d| d.wrapped_secret.is_none()) {
+            diskops::run(
+                &dir,
+                &d.id,
+                &Change::Encrypt { key: key.clone() },
+                &self.cache,
+                &self.config.tools,
+                None,
+            )?;
+        }
+        Ok(Reply::Vm {
+            vm: self.report(vm)?,
+        })
+    }
+
+    fn decrypt(&mut self, vm: &str) -> Result<Reply, HostError> {
+        let dir = self.dir(vm)?;
+        self.require_off(vm, "decrypt it")?;
+        let file = VmFile::load(&dir)?;
+        let config = file.config(&self.cache)?;
+        for d in file.disks.iter().filter(|d| d.wrapped_secret.is_some()) {
+            diskops::run(
+                &dir,
+                &d.id,
+                &Change::Decrypt,
+                &self.cache,
+                &self.config.tools,
+                None,
+            )?;
+        }
+        let mut plain = VmFile::new_plain(&file.id, &file.name, config);
+        plain.disks = VmFile::load(&dir)?.disks;
+        plain.save(&dir)?;
+        Ok(Reply::Vm {
+            vm: self.report(vm)?,
+        })
+    }
+
+    fn rekey(&mut self, vm: &str, key: KeyRef, deep: bool) -> Result<Reply, HostError> {
+        let dir = self.dir(vm)?;
+        if deep {
+            self.require_off(vm, "deep-rekey it")?;
+        }
+        let file = VmFile::load(&dir)?;
+        if !file.encrypted {
+            return Err(fail(
+                "notEncrypted",
+                format!("VM {vm} is not encrypted; encrypt it instead"),
+            ));
+        }
+        file.shallow_rekey(&key, &self.cache)?.save(&dir)?;
+        if deep {
+            let file = VmFile::load(&dir)?;
+            for d in file
+                .disks
+                .iter()
+                .filter(|d| d.wrapped_secret.is_some() && d.key_id.is_none())
+            {
+                diskops::run(
+                    &dir,
+                    &d.id,
+                    &Change::DeepRekey { key: None },
+                    &self.cache,
+                    &self.config.tools,
+                    None,
+                )?;
+            }
+        }
+        Ok(Reply::Vm {
+            vm: self.report(vm)?,
+        })
+    }
+
+    /// Stops every VM and empties the key cache, as a host restart does.
+    pub fn reboot(&mut self) {
+        for (_, r) in self.running.drain() {
+            r.power_off(Duration::from_millis(0));
+        }
+        self.cache.clear();
+        self.host_key = None;
+        self.crypto = hostmode::next(self.crypto, HostCryptoEvent::Restart).unwrap_or(self.crypto);
+    }
+
+    /// The keys the host holds.
+    pub fn keys_held(&self) -> Vec<KeyRef> {
+        self.cache.held()
+    }
+
+    /// The datastore.
+    pub fn datastore(&self) -> &Path {
+        &self.config.datastore
+    }
+}
+
+fn hex_id() -> Result<String, HostError> {
+    let b = crate::vmfile::random(16).map_err(HostError::from)?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}

@@ -1,0 +1,200 @@
+//! The host agent's commands on real QEMU and real LUKS disks: encryption mode, create, power,
+//! a restart that empties the key cache, register, unregister, delete, encrypt and rekey.
+
+use std::time::Duration;
+
+use tresor_agent::disk::QemuTools;
+use tresor_agent::host::{Host, HostConfig};
+use tresor_agent::qemu::QemuConfig;
+use tresor_core::ids::KeyRef;
+use tresor_core::protocol::{
+    Command, DiskSpec, KeyMaterial, PowerState, Reply, SecretBytes, VmReport, VmSpec,
+};
+
+fn host(dir: &std::path::Path) -> Host {
+    Host::open(HostConfig {
+        name: "host-1".into(),
+        datastore: dir.join("datastore"),
+        state_dir: dir.join("state"),
+        key_capacity: 64,
+        qemu: QemuConfig {
+            shutdown_timeout: Duration::from_millis(300),
+            ..QemuConfig::default()
+        },
+        tools: QemuTools::default(),
+    })
+    .unwrap()
+}
+
+fn key(id: &str, byte: u8) -> KeyMaterial {
+    KeyMaterial {
+        key: KeyRef::new("kms", id),
+        material: SecretBytes::new(vec![byte; 32]),
+    }
+}
+
+fn ok(reply: Reply) -> Reply {
+    assert!(!matches!(reply, Reply::Failed { .. }), "{reply:?}");
+    reply
+}
+
+fn failed(reply: Reply) -> (String, String) {
+    match reply {
+        Reply::Failed { code, message } => (code, message),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+fn vm(reply: Reply) -> VmReport {
+    match reply {
+        Reply::Vm { vm } => vm,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn an_encrypted_vm_runs_loses_its_keys_on_restart_and_runs_again_when_they_return() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = host(tmp.path());
+    let vm_key = key("vm-kek", 1);
+    let disk_key = key("disk-kek", 2);
+    let spec = VmSpec {
+        name: "web01".into(),
+        memory_mib: 64,
+        vcpus: 1,
+        disks: vec![
+            DiskSpec {
+                size: 4 << 20,
+                own_key: None,
+            },
+            DiskSpec {
+                size: 4 << 20,
+                own_key: Some(disk_key.key.clone()),
+            },
+        ],
+        key: Some(vm_key.key.clone()),
+    };
+    // Encrypted VMs live only on a safe host.
+    let (code, message) = failed(h.handle(Command::CreateVm { spec: spec.clone() }));
+    assert_eq!(code, "hostNotSafe");
+    assert!(
+        message.contains("tresor host enable-encryption host-1"),
+        "{message}"
+    );
+    ok(h.handle(Command::EnableEncryption {
+        host_key: key("host-key", 9),
+    }));
+    ok(h.handle(Command::PushKeys {
+        keys: vec![vm_key.clone(), disk_key.clone()],
+    }));
+    let report = vm(ok(h.handle(Command::CreateVm { spec })));
+    assert!(report.encrypted);
+    assert_eq!(report.key_id, Some(vm_key.key.clone()));
+    assert!(report.keys.iter().all(|k| k.on_host));
+    ok(h.handle(Command::PowerOn { vm: "web01".into() }));
+    assert_eq!(
+        h.report("web01").unwrap().power_state,
+        PowerState::PoweredOn
+    );
+    let (code, _) = failed(h.handle(Command::Unregister { vm: "web01".into() }));
+    assert_eq!(code, "vmRunning");
+
+    // A restart stops the VM and empties the key cache.
+    h.reboot();
+    let report = h.report("web01").unwrap();
+    assert_eq!(report.power_state, PowerState::PoweredOff);
+    assert!(report.keys.iter().all(|k| !k.on_host));
+    ok(h.handle(Command::EnableEncryption {
+        host_key: key("host-key", 9),
+    }));
+    let (code, _) = failed(h.handle(Command::PowerOn { vm: "web01".into() }));
+    assert_eq!(code, "homeKeyMissing");
+    // With the VM's key but not the disk's own key: the exact disk message.
+    ok(h.handle(Command::PushKeys {
+        keys: vec![vm_key.clone()],
+    }));
+    let (code, message) = failed(h.handle(Command::PowerOn { vm: "web01".into() }));
+    assert_eq!(code, "diskKeyMissing");
+    let disk1 = tmp.path().join("datastore/web01/disk1.qcow2");
+    assert_eq!(
+        message,
+        format!(
+            "The disk [{}] is encrypted and a required key was not found.",
+            disk1.display()
+        )
+    );
+    ok(h.handle(Command::PushKeys {
+        keys: vec![disk_key.clone()],
+    }));
+    ok(h.handle(Command::PowerOn { vm: "web01".into() }));
+    ok(h.handle(Command::PowerOff { vm: "web01".into() }));
+
+    // Unregister keeps the files; a new agent registers the VM from them.
+    ok(h.handle(Command::Unregister { vm: "web01".into() }));
+    drop(h);
+    let mut h = host(tmp.path());
+    let dirs = match ok(h.handle(Command::ListVmDirs)) {
+        Reply::VmDirs { paths } => paths,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(dirs.len(), 1);
+    let report = vm(ok(h.handle(Command::Register {
+        path: dirs[0].clone(),
+    })));
+    assert_eq!(report.name, "web01");
+    assert_eq!(report.keys.len(), 2);
+    ok(h.handle(Command::Delete { vm: "web01".into() }));
+    assert!(!tmp.path().join("datastore/web01").exists());
+}
+
+#[test]
+fn a_plain_vm_is_encrypted_then_rekeyed_shallow_and_deep() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = host(tmp.path());
+    ok(h.handle(Command::EnableEncryption {
+        host_key: key("host-key", 9),
+    }));
+    let spec = VmSpec {
+        name: "db01".into(),
+        memory_mib: 64,
+        vcpus: 1,
+        disks: vec![DiskSpec {
+            size: 2 << 20,
+            own_key: None,
+        }],
+        key: None,
+    };
+    assert!(!vm(ok(h.handle(Command::CreateVm { spec }))).encrypted);
+    let k1 = key("k1", 1);
+    let k2 = key("k2", 2);
+    let k3 = key("k3", 3);
+    ok(h.handle(Command::PushKeys {
+        keys: vec![k1.clone(), k2.clone(), k3.clone()],
+    }));
+    let report = vm(ok(h.handle(Command::Encrypt {
+        vm: "db01".into(),
+        key: k1.key.clone(),
+    })));
+    assert!(report.encrypted);
+    assert_eq!(report.key_id, Some(k1.key.clone()));
+    let report = vm(ok(h.handle(Command::Rekey {
+        vm: "db01".into(),
+        key: k2.key.clone(),
+        deep: false,
+    })));
+    assert_eq!(report.key_id, Some(k2.key.clone()));
+    let report = vm(ok(h.handle(Command::Rekey {
+        vm: "db01".into(),
+        key: k3.key.clone(),
+        deep: true,
+    })));
+    assert_eq!(report.key_id, Some(k3.key.clone()));
+    // Only the newest key is needed now.
+    ok(h.handle(Command::ForgetKeys {
+        keys: vec![k1.key.clone(), k2.key.clone()],
+    }));
+    ok(h.handle(Command::PowerOn { vm: "db01".into() }));
+    ok(h.handle(Command::PowerOff { vm: "db01".into() }));
+    let report = vm(ok(h.handle(Command::Decrypt { vm: "db01".into() })));
+    assert!(!report.encrypted && report.key_id.is_none());
+}
