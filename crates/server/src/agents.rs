@@ -1,0 +1,352 @@
+//! The server's side of the agent protocol. Each host agent dials in over mutual TLS with the
+//! certificate it got at enrolment; its certificate's common name must be the host name it says
+//! hello with. The hub keeps one session per host, sends requests and matches replies, and
+//! publishes what agents report ([`HubEvent`]) to the rest of the server.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_rustls::TlsAcceptor;
+use tresor_core::host::HostCryptoState;
+use tresor_core::ids::KeyRef;
+use tresor_core::protocol::{
+    self, AgentMessage, Command, FrameDecoder, Reply, ServerMessage, VmReport,
+};
+
+/// Something an agent said, for the rest of the server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HubEvent {
+    Connected {
+        host: String,
+        boot_id: String,
+        crypto_state: HostCryptoState,
+        keys_held: Vec<KeyRef>,
+    },
+    Inventory {
+        host: String,
+        vms: Vec<VmReport>,
+        keys_held: Vec<KeyRef>,
+    },
+    Notice {
+        host: String,
+        vm: Option<String>,
+        kind: String,
+        message: String,
+    },
+    Disconnected {
+        host: String,
+    },
+}
+
+/// Why a request to an agent failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HubError {
+    #[error("Host {0} is not connected; check that its agent runs and can reach the server")]
+    NotConnected(String),
+    #[error("Host {host} did not answer within {seconds} s")]
+    Timeout { host: String, seconds: u64 },
+    #[error("The session with host {0} ended before it answered")]
+    Closed(String),
+}
+
+struct Session {
+    tx: mpsc::Sender<ServerMessage>,
+    pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>,
+    /// Tells sessions of the same host apart when one replaces another.
+    serial: u64,
+}
+
+/// Ends a session's registration however the session ends (also when its task is aborted).
+struct SessionGuard {
+    hub: Arc<AgentHub>,
+    host: String,
+    serial: u64,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        let mine = self.hub.sessions.lock().map(|mut s| {
+            let is_mine = s.get(&self.host).is_some_and(|x| x.serial == self.serial);
+            if is_mine {
+                s.remove(&self.host);
+            }
+            is_mine
+        });
+        // A newer session of the same host took over: it is still connected.
+        if mine.unwrap_or(false) {
+            tracing::info!(host = %self.host, "agent disconnected");
+            let _ = self.hub.events.send(HubEvent::Disconnected {
+                host: self.host.clone(),
+            });
+        }
+    }
+}
+
+/// The sessions of all connected agents.
+pub struct AgentHub {
+    sessions: Mutex<HashMap<String, Session>>,
+    next_id: AtomicU64,
+    next_serial: AtomicU64,
+    events: broadcast::Sender<HubEvent>,
+}
+
+impl std::fmt::Debug for AgentHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentHub")
+            .field("hosts", &self.connected())
+            .finish()
+    }
+}
+
+impl Default for AgentHub {
+    fn default() -> Self {
+        AgentHub {
+            sessions: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            next_serial: AtomicU64::new(1),
+            events: broadcast::channel(4096).0,
+        }
+    }
+}
+
+impl AgentHub {
+    pub fn new() -> Arc<AgentHub> {
+        Arc::new(AgentHub::default())
+    }
+
+    /// Events from agents, from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<HubEvent> {
+        self.events.subscribe()
+    }
+
+    /// The hosts with a session.
+    pub fn connected(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .sessions
+            .lock()
+            .map(|s| s.keys().cloned().collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Sends a command to a host and waits for its reply.
+    pub async fn request(
+        &self,
+        host: &str,
+        body: Command,
+        timeout: Duration,
+    ) -> Result<Reply, HubError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let tx = {
+            let sessions = self
+                .sessions
+                .lock()
+                .map_err(|_| HubError::NotConnected(host.into()))?;
+            let s = sessions
+                .get(host)
+                .ok_or_else(|| HubError::NotConnected(host.into()))?;
+            if let Ok(mut p) = s.pending.lock() {
+                p.insert(id, reply_tx);
+            }
+            s.tx.clone()
+        };
+        tx.send(ServerMessage::Request { id, body })
+            .await
+            .map_err(|_| HubError::Closed(host.into()))?;
+        match tokio::time::timeout(timeout, reply_rx).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(HubError::Closed(host.into())),
+            Err(_) => Err(HubError::Timeout {
+                host: host.into(),
+                seconds: timeout.as_secs(),
+            }),
+        }
+    }
+
+    /// Accepts agents on `listener` until the future is dropped, which also ends their sessions.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, acceptor: TlsAcceptor) {
+        let mut sessions = tokio::task::JoinSet::new();
+        loop {
+            // Reap finished sessions as we go.
+            while sessions.try_join_next().is_some() {}
+            let (stream, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let hub = self.clone();
+            let acceptor = acceptor.clone();
+            sessions.spawn(async move {
+                let _ = stream.set_nodelay(true);
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        if let Err(e) = hub.session(tls).await {
+                            tracing::info!(%peer, error = %e, "agent session ended");
+                        }
+                    }
+                    Ok(Err(e)) => tracing::info!(%peer, error = %e, "agent TLS handshake failed"),
+                    Err(_) => tracing::info!(%peer, "agent TLS handshake timed out"),
+                }
+            });
+        }
+    }
+
+    async fn session(
+        self: &Arc<Self>,
+        tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    ) -> std::io::Result<()> {
+        let cn = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| tresor_tls::certificate_info(c).ok())
+            .map(|i| i.subject.trim_start_matches("CN=").to_owned())
+            .unwrap_or_default();
+        let (mut reader, mut writer) = tokio::io::split(tls);
+        let mut decoder = FrameDecoder::default();
+        let mut buf = vec![0u8; 64 * 1024];
+        // The first message must be hello, from the host the certificate names.
+        let hello = loop {
+            if let Some(m) = decoder
+                .next_message::<AgentMessage>()
+                .map_err(std::io::Error::other)?
+            {
+                break m;
+            }
+            let n = tokio::time::timeout(Duration::from_secs(10), reader.read(&mut buf))
+                .await
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no hello"))??;
+            if n == 0 {
+                return Ok(());
+            }
+            decoder.push(&buf[..n]);
+        };
+        let AgentMessage::Hello {
+            host,
+            protocol: version,
+            boot_id,
+            crypto_state,
+            keys_held,
+            ..
+        } = hello
+        else {
+            return Err(std::io::Error::other("the first message was not hello"));
+        };
+        if host != cn {
+            return Err(std::io::Error::other(format!(
+                "certificate of {cn:?} says hello as host {host:?}"
+            )));
+        }
+        if version != protocol::VERSION {
+            return Err(std::io::Error::other(format!(
+                "agent speaks protocol {version}, the server {}",
+                protocol::VERSION
+            )));
+        }
+        let (tx, mut rx) = mpsc::channel::<ServerMessage>(256);
+        let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>> = Arc::default();
+        let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut s) = self.sessions.lock() {
+            // A newer session of the same host replaces an older one.
+            s.insert(
+                host.clone(),
+                Session {
+                    tx: tx.clone(),
+                    pending: pending.clone(),
+                    serial,
+                },
+            );
+        }
+        let _guard = SessionGuard {
+            hub: self.clone(),
+            host: host.clone(),
+            serial,
+        };
+        tracing::info!(host = %host, "agent connected");
+        let _ = self.events.send(HubEvent::Connected {
+            host: host.clone(),
+            boot_id,
+            crypto_state,
+            keys_held,
+        });
+        let frame = protocol::encode(&ServerMessage::Welcome {
+            host: host.clone(),
+            protocol: protocol::VERSION,
+        })
+        .map_err(std::io::Error::other)?;
+        writer.write_all(&frame).await?;
+        let writer_task = tokio::spawn(async move {
+            while let Some(m) = rx.recv().await {
+                let Ok(frame) = protocol::encode(&m) else {
+                    continue;
+                };
+                if writer.write_all(&frame).await.is_err() || writer.flush().await.is_err() {
+                    break;
+                }
+            }
+        });
+        let result = async {
+            loop {
+                while let Some(message) = decoder
+                    .next_message::<AgentMessage>()
+                    .map_err(std::io::Error::other)?
+                {
+                    match message {
+                        AgentMessage::Reply { id, reply } => {
+                            if let Some(waiter) =
+                                pending.lock().ok().and_then(|mut p| p.remove(&id))
+                            {
+                                let _ = waiter.send(reply);
+                            }
+                        }
+                        AgentMessage::Inventory { vms, keys_held } => {
+                            let _ = self.events.send(HubEvent::Inventory {
+                                host: host.clone(),
+                                vms,
+                                keys_held,
+                            });
+                        }
+                        AgentMessage::Notice { vm, kind, message } => {
+                            let _ = self.events.send(HubEvent::Notice {
+                                host: host.clone(),
+                                vm,
+                                kind,
+                                message,
+                            });
+                        }
+                        AgentMessage::Heartbeat { seq } => {
+                            let _ = tx.send(ServerMessage::HeartbeatAck { seq }).await;
+                        }
+                        AgentMessage::Hello { .. } => {
+                            return Err(std::io::Error::other("a second hello"))
+                        }
+                    }
+                }
+                let n = tokio::time::timeout(Duration::from_secs(60), reader.read(&mut buf))
+                    .await
+                    .map_err(|_| {
+                        std::io::Error::new(std::io::ErrorKind::TimedOut, "agent silent for 60 s")
+                    })??;
+                if n == 0 {
+                    return Ok(());
+                }
+                decoder.push(&buf[..n]);
+                buf[..n].fill(0);
+            }
+        }
+        .await;
+        writer_task.abort();
+        result
+    }
+}
