@@ -2,7 +2,10 @@
 //!
 //! - [`agents`]: the sessions of host agents: who is connected, requests and replies, what they
 //!   report.
+//! - [`broker`]: the key broker: KEKs created on providers, keys fetched by id and their answers
+//!   classified for the locked-VM engine.
 
 #![forbid(unsafe_code)]
 
 pub mod agents;
+pub mod broker;

@@ -1,0 +1,173 @@
+//! The key broker: the server is the only KMIP client. It creates KEKs on a provider (and records
+//! only their ids), and fetches a key by id when a host needs it, classifying the provider's
+//! answer the way the locked-VM engine needs it: a key that is there but not Active counts as
+//! missing, as in the reference design; a refusal and an unreachable provider are told apart.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use tresor_core::ids::KeyRef;
+use tresor_core::protocol::SecretBytes;
+use tresor_core::vm::ProviderAnswer;
+use tresor_kmip::message::{RequestPayload, ResponsePayload};
+use tresor_kmip::spec::{ResultReason, State};
+use tresor_kmip::Value;
+use tresor_kmip_client::{name_attribute, ClientConfig, ClientError, KmipClient};
+
+/// Why a key could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("No key provider named {0}; add it with: tresor provider add {0} --kmip HOST:PORT --ca FILE")]
+    UnknownProvider(String),
+    #[error("Key provider {provider} could not create a key: {error}")]
+    Create {
+        provider: String,
+        error: ClientError,
+    },
+}
+
+/// The providers the server knows, by name.
+#[derive(Debug, Default)]
+pub struct KeyBroker {
+    providers: RwLock<HashMap<String, Arc<KmipClient>>>,
+}
+
+impl KeyBroker {
+    pub fn new() -> KeyBroker {
+        KeyBroker::default()
+    }
+
+    /// Adds or replaces a provider. A provider's name is its identity: keys are `(name, id)`.
+    pub fn set_provider(&self, name: &str, config: ClientConfig) {
+        if let Ok(mut p) = self.providers.write() {
+            p.insert(name.to_owned(), Arc::new(KmipClient::new(config)));
+        }
+    }
+
+    pub fn remove_provider(&self, name: &str) -> bool {
+        self.providers
+            .write()
+            .map(|mut p| p.remove(name).is_some())
+            .unwrap_or(false)
+    }
+
+    fn client(&self, name: &str) -> Option<Arc<KmipClient>> {
+        self.providers
+            .read()
+            .ok()
+            .and_then(|p| p.get(name).cloned())
+    }
+
+    /// Creates and activates an AES-256 KEK for `purpose` (a VM or host name) on `provider`.
+    pub async fn create_kek(&self, provider: &str, purpose: &str) -> Result<KeyRef, BrokerError> {
+        let client = self
+            .client(provider)
+            .ok_or_else(|| BrokerError::UnknownProvider(provider.into()))?;
+        let err = |error| BrokerError::Create {
+            provider: provider.into(),
+            error,
+        };
+        let uid = client
+            .create_aes_key(256, vec![name_attribute(&format!("tresor:{purpose}"))])
+            .await
+            .map_err(err)?;
+        client.activate(&uid).await.map_err(err)?;
+        Ok(KeyRef::new(provider, &uid))
+    }
+
+    /// Asks the provider for a key: its state, and its material when it is Active.
+    pub async fn fetch(&self, key: &KeyRef) -> (ProviderAnswer, Option<SecretBytes>) {
+        let Some(client) = self.client(key.provider()) else {
+            return (
+                ProviderAnswer::Unreachable(format!(
+                    "no key provider named {} is configured; add one with that exact name (its addresses may differ)",
+                    key.provider()
+                )),
+                None,
+            );
+        };
+        let uid = key.key_id.clone();
+        let batch = vec![
+            RequestPayload::GetAttributes {
+                uid: Some(uid.clone()),
+                names: vec!["State".into()],
+            },
+            RequestPayload::Get {
+                uid: Some(uid),
+                key_format_type: None,
+                key_compression_type: None,
+                key_wrapping_specification: None,
+            },
+        ];
+        let results = match client.batch(batch).await {
+            Ok(r) => r,
+            Err(e) => return (classify(&e), None),
+        };
+        let mut results = results.into_iter();
+        let state = match results.next() {
+            Some(Ok(ResponsePayload::GetAttributes { attributes, .. })) => {
+                attributes.iter().find_map(|a| match a.value {
+                    Value::Enumeration(s) => State::from_u32(s),
+                    _ => None,
+                })
+            }
+            Some(Err(e)) => return (classify(&e), None),
+            _ => None,
+        };
+        match state {
+            Some(State::Active) => {}
+            Some(other) => {
+                return (
+                    ProviderAnswer::NotActive(other.spec_name().to_owned()),
+                    None,
+                )
+            }
+            None => return (ProviderAnswer::NotActive("unknown".into()), None),
+        }
+        match results.next() {
+            Some(Ok(ResponsePayload::Get { object, .. })) => {
+                match tresor_kmip::message::key_material(&object.item) {
+                    Some(bytes) => (
+                        ProviderAnswer::Active,
+                        Some(SecretBytes::new(bytes.to_vec())),
+                    ),
+                    None => (
+                        ProviderAnswer::Unreachable(
+                            "the provider returned the key without plain key material".into(),
+                        ),
+                        None,
+                    ),
+                }
+            }
+            Some(Err(e)) => (classify(&e), None),
+            _ => (
+                ProviderAnswer::Unreachable("the provider did not answer the Get".into()),
+                None,
+            ),
+        }
+    }
+
+    /// Which endpoint of a provider answers (a Discover Versions), or why none does.
+    pub async fn probe(&self, provider: &str) -> Result<String, String> {
+        let client = self
+            .client(provider)
+            .ok_or_else(|| format!("no key provider named {provider}"))?;
+        match client
+            .call(RequestPayload::DiscoverVersions { versions: vec![] })
+            .await
+        {
+            Ok(_) => Ok(client.current_endpoint().to_owned()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// What a failure means for a key.
+fn classify(e: &ClientError) -> ProviderAnswer {
+    match e.reason() {
+        Some(ResultReason::ItemNotFound) => ProviderAnswer::NotFound,
+        Some(ResultReason::PermissionDenied) => ProviderAnswer::PermissionDenied(e.to_string()),
+        Some(_) => ProviderAnswer::Unreachable(e.to_string()),
+        None => ProviderAnswer::Unreachable(e.to_string()),
+    }
+}
