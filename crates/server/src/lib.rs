@@ -4,8 +4,10 @@
 //!   report.
 //! - [`broker`]: the key broker: KEKs created on providers, keys fetched by id and their answers
 //!   classified for the locked-VM engine.
+//! - [`engine`]: the locked-VM engine, the reconciler between hosts' reports and their needs.
 
 #![forbid(unsafe_code)]
 
 pub mod agents;
 pub mod broker;
+pub mod engine;

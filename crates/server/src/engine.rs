@@ -1,0 +1,444 @@
+//! The locked-VM engine: the reconciler that closes the gap between what hosts report and what
+//! they need. It follows the agents' reports (through the hub), asks the provider for keys a host
+//! lacks (through the broker), pushes them, and publishes events and alarms when a VM's settled
+//! state changes. The decisions are `tresor_core::reconcile`; this module carries them out.
+//!
+//! Key material passes through here only between a fetch and the push it serves; it is never
+//! stored.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tresor_core::events::{EventType, Severity};
+use tresor_core::ids::KeyRef;
+use tresor_core::protocol::{Command, KeyMaterial, PowerState, Reply, SecretBytes, VmReport};
+use tresor_core::reconcile::{reconcile, Action, Published, UnlockPolicy, VmState};
+use tresor_core::vm::{KeyObservation, LockReason, ProviderAnswer, Verdict};
+use tresor_core::Lang;
+
+use crate::agents::{AgentHub, HubEvent};
+use crate::broker::KeyBroker;
+
+/// An event the engine recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventRecord {
+    pub id: u64,
+    pub time: std::time::SystemTime,
+    pub event: EventType,
+    pub vm: Option<String>,
+    pub host: Option<String>,
+    pub args: Vec<(String, String)>,
+}
+
+impl EventRecord {
+    pub fn message(&self, lang: Lang) -> String {
+        let args: Vec<(&str, &str)> = self
+            .args
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        tresor_core::events::render(self.event, lang, &args)
+    }
+
+    pub fn severity(&self) -> Severity {
+        self.event.severity
+    }
+}
+
+/// A VM as the engine sees it.
+#[derive(Clone, Debug)]
+pub struct VmView {
+    pub report: VmReport,
+    pub host: String,
+    pub host_connected: bool,
+    pub verdict: Option<Verdict>,
+    pub published: Published,
+    pub unlock_requested: bool,
+    pub push_failed: bool,
+}
+
+#[derive(Clone, Debug)]
+struct KeyStatus {
+    answer: ProviderAnswer,
+    last_attempt: Option<Instant>,
+    backoff: Duration,
+}
+
+#[derive(Default)]
+struct State {
+    vms: HashMap<String, VmView>,
+    keys: HashMap<KeyRef, KeyStatus>,
+    /// Material fetched for a push that has not happened yet.
+    fetched: HashMap<KeyRef, SecretBytes>,
+    events: Vec<EventRecord>,
+    next_event: u64,
+}
+
+/// How the engine behaves.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub policy: UnlockPolicy,
+    /// How often the engine looks at every VM.
+    pub tick: Duration,
+    /// First and longest wait before asking a failing provider again.
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+    pub request_timeout: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            policy: UnlockPolicy::Automatic,
+            tick: Duration::from_millis(500),
+            min_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The locked-VM engine.
+pub struct Engine {
+    hub: Arc<AgentHub>,
+    broker: Arc<KeyBroker>,
+    config: Mutex<EngineConfig>,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    pub fn new(hub: Arc<AgentHub>, broker: Arc<KeyBroker>, config: EngineConfig) -> Arc<Engine> {
+        Arc::new(Engine {
+            hub,
+            broker,
+            config: Mutex::new(config),
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn config(&self) -> EngineConfig {
+        self.config.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    pub fn set_policy(&self, policy: UnlockPolicy) {
+        if let Ok(mut c) = self.config.lock() {
+            c.policy = policy;
+        }
+    }
+
+    /// A VM as the engine sees it now.
+    pub fn vm(&self, name: &str) -> Option<VmView> {
+        self.state().vms.get(name).cloned()
+    }
+
+    /// Every event so far, oldest first.
+    pub fn events(&self) -> Vec<EventRecord> {
+        self.state().events.clone()
+    }
+
+    /// Asks for a VM to be unlocked (the `manual` policy waits for this). The provider is asked
+    /// again at once.
+    pub fn request_unlock(&self, name: &str) -> bool {
+        let mut st = self.state();
+        let keys: Vec<KeyRef> = match st.vms.get_mut(name) {
+            Some(v) => {
+                v.unlock_requested = true;
+                v.report
+                    .keys
+                    .iter()
+                    .filter(|k| !k.on_host)
+                    .map(|k| k.key.clone())
+                    .collect()
+            }
+            None => return false,
+        };
+        for k in keys {
+            if let Some(s) = st.keys.get_mut(&k) {
+                s.last_attempt = None;
+            }
+        }
+        true
+    }
+
+    fn record(
+        &self,
+        st: &mut State,
+        event: EventType,
+        vm: Option<&str>,
+        host: Option<&str>,
+        args: Vec<(String, String)>,
+    ) {
+        st.next_event += 1;
+        let record = EventRecord {
+            id: st.next_event,
+            time: std::time::SystemTime::now(),
+            event,
+            vm: vm.map(str::to_owned),
+            host: host.map(str::to_owned),
+            args,
+        };
+        tracing::info!(event = event.id, vm, host, "{}", record.message(Lang::En));
+        st.events.push(record);
+    }
+
+    /// Takes in what an agent said.
+    pub fn observe(&self, event: &HubEvent) {
+        let mut st = self.state();
+        match event {
+            HubEvent::Inventory { host, vms, .. } => {
+                for report in vms {
+                    let view = st.vms.entry(report.name.clone()).or_insert_with(|| VmView {
+                        report: report.clone(),
+                        host: host.clone(),
+                        host_connected: true,
+                        verdict: None,
+                        published: Published::default(),
+                        unlock_requested: false,
+                        push_failed: false,
+                    });
+                    view.report = report.clone();
+                    view.host = host.clone();
+                    view.host_connected = true;
+                }
+            }
+            HubEvent::Connected { host, .. } => {
+                for v in st.vms.values_mut().filter(|v| &v.host == host) {
+                    v.host_connected = true;
+                }
+            }
+            HubEvent::Disconnected { host } => {
+                for v in st.vms.values_mut().filter(|v| &v.host == host) {
+                    v.host_connected = false;
+                }
+            }
+            HubEvent::Notice { .. } => {}
+        }
+    }
+
+    /// One pass over every VM: decide, then act.
+    pub async fn tick(&self) {
+        let config = self.config();
+        let now = Instant::now();
+        let plans: Vec<(String, Vec<Action>)> = {
+            let mut st = self.state();
+            let keys = st.keys.clone();
+            let mut plans = Vec::new();
+            let names: Vec<String> = st.vms.keys().cloned().collect();
+            for name in names {
+                let Some(view) = st.vms.get(&name).cloned() else {
+                    continue;
+                };
+                let observations: Vec<KeyObservation> = view
+                    .report
+                    .keys
+                    .iter()
+                    .map(|k| KeyObservation {
+                        key: k.key.clone(),
+                        uses: k.uses.clone(),
+                        on_host: k.on_host,
+                        provider: keys
+                            .get(&k.key)
+                            .map(|s| s.answer.clone())
+                            .unwrap_or(ProviderAnswer::NotAsked),
+                    })
+                    .collect();
+                let input = VmState {
+                    name: name.clone(),
+                    host: view.host.clone(),
+                    host_connected: view.host_connected,
+                    encrypted: view.report.encrypted,
+                    keys: observations,
+                    published: view.published,
+                    unlock_requested: view.unlock_requested,
+                    push_failed: view.push_failed,
+                };
+                let due = |k: &KeyRef| match keys.get(k) {
+                    Some(s) => s
+                        .last_attempt
+                        .is_none_or(|t| now.duration_since(t) >= s.backoff),
+                    None => true,
+                };
+                let decision = reconcile(&input, config.policy, due);
+                let mut publish = Vec::new();
+                for a in &decision.actions {
+                    match a {
+                        Action::Event { event, reason } => publish.push((*event, *reason)),
+                        Action::UnlockDone => {}
+                        _ => {}
+                    }
+                }
+                if let Some(v) = st.vms.get_mut(&name) {
+                    v.verdict = decision.verdict.clone();
+                    v.published = decision.published;
+                    if decision.actions.contains(&Action::UnlockDone) {
+                        v.unlock_requested = false;
+                    }
+                }
+                for (event, reason) in publish {
+                    let args = reason
+                        .map(|r| vec![("reason".to_owned(), r.as_str().to_owned())])
+                        .unwrap_or_default();
+                    let host = view.host.clone();
+                    self.record(&mut st, event, Some(&name), Some(&host), args);
+                }
+                plans.push((name, decision.actions));
+            }
+            plans
+        };
+        for (name, actions) in plans {
+            for action in actions {
+                match action {
+                    Action::Fetch { key } => self.fetch(&key, &config).await,
+                    Action::Push { host, keys } => self.push(&name, &host, &keys, &config).await,
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    async fn fetch(&self, key: &KeyRef, config: &EngineConfig) {
+        let (answer, material) = self.broker.fetch(key).await;
+        let mut st = self.state();
+        let previous = st
+            .keys
+            .get(key)
+            .map(|s| s.backoff)
+            .unwrap_or(Duration::ZERO);
+        // Ask a failing provider again after a doubling wait; a good answer resets it.
+        let backoff = if answer == ProviderAnswer::Active || previous.is_zero() {
+            config.min_backoff
+        } else {
+            (previous * 2).min(config.max_backoff)
+        };
+        if let ProviderAnswer::Unreachable(e) = &answer {
+            tracing::warn!(key = %key, error = %e, "key provider unreachable");
+        }
+        st.keys.insert(
+            key.clone(),
+            KeyStatus {
+                answer,
+                last_attempt: Some(Instant::now()),
+                backoff,
+            },
+        );
+        if let Some(m) = material {
+            st.fetched.insert(key.clone(), m);
+        }
+    }
+
+    async fn push(&self, vm: &str, host: &str, keys: &[KeyRef], config: &EngineConfig) {
+        // Use what was just fetched; fetch again what was not.
+        for k in keys {
+            let have = self.state().fetched.contains_key(k);
+            if !have {
+                self.fetch(k, config).await;
+            }
+        }
+        let materials: Vec<KeyMaterial> = {
+            let mut st = self.state();
+            keys.iter()
+                .filter_map(|k| {
+                    st.fetched.remove(k).map(|m| KeyMaterial {
+                        key: k.clone(),
+                        material: m,
+                    })
+                })
+                .collect()
+        };
+        if materials.len() != keys.len() {
+            return;
+        }
+        let pushed: Vec<String> = materials.iter().map(|m| m.key.key_id.clone()).collect();
+        let result = self
+            .hub
+            .request(
+                host,
+                Command::PushKeys { keys: materials },
+                config.request_timeout,
+            )
+            .await;
+        let mut st = self.state();
+        let ok = matches!(result, Ok(Reply::Done));
+        if let Some(v) = st.vms.get_mut(vm) {
+            v.push_failed = !ok;
+            if ok {
+                // Until the host reports again, count the keys as there.
+                for hk in v.report.keys.iter_mut().filter(|hk| keys.contains(&hk.key)) {
+                    hk.on_host = true;
+                }
+            }
+        }
+        let event = if ok {
+            tresor_core::events::KEY_PUSHED
+        } else {
+            tresor_core::events::KEY_PUSH_FAILED
+        };
+        let error = match &result {
+            Ok(Reply::Failed { message, .. }) => message.clone(),
+            Err(e) => e.to_string(),
+            _ => String::new(),
+        };
+        for id in pushed {
+            let mut args = vec![("key".to_owned(), id), ("host".to_owned(), host.to_owned())];
+            if !ok {
+                args.push(("error".to_owned(), error.clone()));
+            }
+            self.record(&mut st, event, Some(vm), Some(host), args);
+        }
+    }
+
+    /// Follows the hub and ticks until the task is dropped.
+    pub async fn run(self: Arc<Self>) {
+        let mut events = self.hub.subscribe();
+        let mut tick = tokio::time::interval(self.config().tick);
+        loop {
+            tokio::select! {
+                e = events.recv() => match e {
+                    Ok(e) => self.observe(&e),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => return,
+                },
+                _ = tick.tick() => self.tick().await,
+            }
+        }
+    }
+
+    /// The lock state of a VM in the terms of the surface: (cryptoState, connectionState,
+    /// lockReason, powerState).
+    pub fn summary(&self, name: &str) -> Option<(String, String, Option<LockReason>, PowerState)> {
+        let v = self.vm(name)?;
+        let (crypto, connection, reason) = match (&v.verdict, v.host_connected, v.report.encrypted)
+        {
+            (_, false, _) => (
+                "unknown".to_owned(),
+                "disconnected".to_owned(),
+                v.published.locked,
+            ),
+            (_, true, false) => ("unencrypted".to_owned(), "connected".to_owned(), None),
+            (Some(verdict), true, true) => (
+                serde_json::to_value(verdict.crypto_state)
+                    .ok()
+                    .and_then(|s| s.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                serde_json::to_value(verdict.connection_state)
+                    .ok()
+                    .and_then(|s| s.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                verdict.lock_reason,
+            ),
+            (None, true, true) => ("unknown".to_owned(), "connected".to_owned(), None),
+        };
+        Some((crypto, connection, reason, v.report.power_state))
+    }
+}
