@@ -872,12 +872,10 @@ impl Engine {
         })
     }
 
-    fn check_client_change(name: &str, allow_on_create_only: bool) -> Result<(), OpError> {
+    /// Whether a client may add, modify or delete this attribute after creation.
+    fn check_client_change(name: &str) -> Result<(), OpError> {
         let allowed = match attributes::lookup(name) {
-            Some(def) => {
-                def.access == Access::Client
-                    || (allow_on_create_only && def.access == Access::OnCreate)
-            }
+            Some(def) => def.access == Access::Client,
             None => attributes::is_client_custom(name),
         };
         if allowed {
@@ -898,7 +896,7 @@ impl Engine {
     ) -> Result<ResponsePayload, OpError> {
         attributes::check_type(attribute)
             .map_err(|m| OpError::new(ResultReason::InvalidField, m))?;
-        Self::check_client_change(&attribute.name, false)?;
+        Self::check_client_change(&attribute.name)?;
         let mut added = attribute.clone();
         added.index = None;
         let stored = added.clone();
@@ -929,7 +927,7 @@ impl Engine {
     ) -> Result<ResponsePayload, OpError> {
         attributes::check_type(attribute)
             .map_err(|m| OpError::new(ResultReason::InvalidField, m))?;
-        Self::check_client_change(&attribute.name, false)?;
+        Self::check_client_change(&attribute.name)?;
         let wanted = attribute.clone();
         let out = attribute.clone();
         self.update(ctx, uid, "modify attribute", move |row| {
@@ -971,7 +969,7 @@ impl Engine {
         name: &str,
         index: Option<i32>,
     ) -> Result<ResponsePayload, OpError> {
-        Self::check_client_change(name, false)?;
+        Self::check_client_change(name)?;
         let name_owned = name.to_owned();
         let removed = self.update(ctx, uid, "delete attribute", move |row| {
             let index = index.unwrap_or(0).max(0) as usize;
