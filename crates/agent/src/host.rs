@@ -98,6 +98,15 @@ impl std::fmt::Debug for Host {
 }
 
 const REGISTRY: &str = "registered.json";
+const MODE: &str = "encryption-mode.json";
+
+/// The encryption mode as saved between agent runs.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SavedMode {
+    crypto_state: HostCryptoState,
+    boot_id: String,
+}
 
 impl Host {
     /// Opens the host: loads the registered VMs and completes or rolls back any disk operation a
@@ -131,10 +140,21 @@ impl Host {
                 }
             }
         }
+        // The encryption mode survives an agent restart; a host restart (a new boot id) is a
+        // Restart of the mode machine. The host key itself is gone either way.
+        let crypto = match std::fs::read(config.state_dir.join(MODE))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<SavedMode>(&b).ok())
+        {
+            Some(saved) if saved.boot_id == crate::session::boot_id() => saved.crypto_state,
+            Some(saved) => hostmode::next(saved.crypto_state, HostCryptoEvent::Restart)
+                .unwrap_or(saved.crypto_state),
+            None => HostCryptoState::Incapable,
+        };
         Ok(Host {
             config,
             cache,
-            crypto: HostCryptoState::Incapable,
+            crypto,
             host_key: None,
             vms,
             running: HashMap::new(),
@@ -147,6 +167,17 @@ impl Host {
 
     pub fn crypto_state(&self) -> HostCryptoState {
         self.crypto
+    }
+
+    fn set_crypto(&mut self, state: HostCryptoState) -> Result<(), HostError> {
+        let saved = SavedMode {
+            crypto_state: state,
+            boot_id: crate::session::boot_id(),
+        };
+        let bytes = serde_json::to_vec_pretty(&saved).map_err(|e| fail("io", e.to_string()))?;
+        write_atomic(&self.config.state_dir.join(MODE), &bytes)?;
+        self.crypto = state;
+        Ok(())
     }
 
     fn save_registry(&self) -> Result<(), HostError> {
@@ -268,12 +299,13 @@ impl Host {
                     .insert(host_key.key.clone(), host_key.material.expose())
                     .map_err(|e| fail("memory", e.to_string()))?;
                 self.host_key = Some(host_key.key);
-                self.crypto = safe;
+                self.set_crypto(safe)?;
                 Ok(Reply::Done)
             }
             Command::DisableEncryption => {
-                self.crypto = hostmode::next(self.crypto, HostCryptoEvent::Disable)
+                let next = hostmode::next(self.crypto, HostCryptoEvent::Disable)
                     .map_err(|e| fail("hostMode", e.to_string()))?;
+                self.set_crypto(next)?;
                 Ok(Reply::Done)
             }
             Command::CreateVm { spec } => self.create(spec),
@@ -548,7 +580,10 @@ impl Host {
         }
         self.cache.clear();
         self.host_key = None;
-        self.crypto = hostmode::next(self.crypto, HostCryptoEvent::Restart).unwrap_or(self.crypto);
+        let next = hostmode::next(self.crypto, HostCryptoEvent::Restart).unwrap_or(self.crypto);
+        if let Err(e) = self.set_crypto(next) {
+            tracing::error!(error = %e, "cannot save the encryption mode");
+        }
     }
 
     /// The keys the host holds.

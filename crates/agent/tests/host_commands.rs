@@ -198,3 +198,30 @@ fn a_plain_vm_is_encrypted_then_rekeyed_shallow_and_deep() {
     let report = vm(ok(h.handle(Command::Decrypt { vm: "db01".into() })));
     assert!(!report.encrypted && report.key_id.is_none());
 }
+
+#[test]
+fn the_encryption_mode_survives_an_agent_restart_and_a_host_restart_ends_pending_incapable() {
+    use tresor_core::host::HostCryptoState;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = host(tmp.path());
+    assert_eq!(h.crypto_state(), HostCryptoState::Incapable);
+    ok(h.handle(Command::EnableEncryption {
+        host_key: key("host-key", 9),
+    }));
+    drop(h);
+    let mut h = host(tmp.path());
+    assert_eq!(
+        h.crypto_state(),
+        HostCryptoState::Safe,
+        "an agent restart keeps the mode"
+    );
+    assert!(h.keys_held().is_empty(), "but not the host key");
+    ok(h.handle(Command::DisableEncryption));
+    drop(h);
+    let mut h = host(tmp.path());
+    assert_eq!(h.crypto_state(), HostCryptoState::PendingIncapable);
+    h.reboot();
+    assert_eq!(h.crypto_state(), HostCryptoState::Incapable);
+    drop(h);
+    assert_eq!(host(tmp.path()).crypto_state(), HostCryptoState::Incapable);
+}
