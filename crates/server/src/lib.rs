@@ -4,6 +4,7 @@
 //!   report.
 //! - [`broker`]: the key broker: KEKs created on providers, keys fetched by id and their answers
 //!   classified for the locked-VM engine.
+//! - [`store`]: persistence, the only module of the server that speaks SQL.
 //! - [`engine`]: the locked-VM engine, the reconciler between hosts' reports and their needs.
 
 #![forbid(unsafe_code)]
@@ -11,3 +12,4 @@
 pub mod agents;
 pub mod broker;
 pub mod engine;
+pub mod store;

@@ -1,0 +1,896 @@
+//! The server's persistence: the only module of the server that speaks SQL. Inventory (hosts,
+//! VMs, providers), the operators' intent (settings, unlock requests), users, roles and tokens,
+//! events and alarms. Never key material: keys are `(provider, id)` here.
+//!
+//! SQLite through one connection (WAL, `synchronous=FULL`), schema by numbered migrations. The
+//! rest of the server uses the [`Store`] methods only, so that a PostgreSQL backend can take the
+//! same place.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("Cannot open the server database {path}: {source}")]
+    Open {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("Database error: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("Stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// A key provider: a name (its identity) and the endpoints that serve its keys.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderRecord {
+    pub name: String,
+    pub endpoints: Vec<String>,
+    /// The CA or server certificate the server trusts the provider by (PEM).
+    pub ca_pem: String,
+    /// The server's client certificate for this provider (PEM); its key is a file beside the
+    /// database, named by `client_key_file`.
+    pub client_cert_pem: String,
+    pub client_key_file: String,
+    pub is_default: bool,
+}
+
+/// A host as the server knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostRecord {
+    pub name: String,
+    pub boot_id: String,
+    pub crypto_state: String,
+    pub connected: bool,
+    pub last_seen: i64,
+}
+
+/// A VM as the server knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VmRecord {
+    pub id: String,
+    pub name: String,
+    pub host: String,
+    pub path: String,
+    pub encrypted: bool,
+    /// The VM's KEK: provider and key id.
+    pub key_provider: Option<String>,
+    pub key_id: Option<String>,
+    pub power_state: String,
+    pub crypto_state: String,
+    pub connection_state: String,
+    pub lock_reason: Option<String>,
+    /// The last report of the VM's host (JSON), for disks and key details.
+    pub report: String,
+}
+
+/// An event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventRow {
+    pub id: i64,
+    pub time: i64,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub severity: String,
+    pub vm: Option<String>,
+    pub host: Option<String>,
+    pub provider: Option<String>,
+    pub user: Option<String>,
+    /// The message's arguments.
+    pub args: Vec<(String, String)>,
+}
+
+/// Which events to list.
+#[derive(Clone, Debug, Default)]
+pub struct EventFilter {
+    pub vm: Option<String>,
+    pub host: Option<String>,
+    pub provider: Option<String>,
+    pub event_type: Option<String>,
+    pub since: Option<i64>,
+    /// Only events with a larger id (for paging and streaming).
+    pub after_id: Option<i64>,
+    pub limit: Option<u32>,
+}
+
+/// An alarm: raised by a condition, cleared when it ends, acknowledged by a person.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AlarmRow {
+    pub id: i64,
+    pub kind: String,
+    /// What it is about: `vm:web01`, `provider:corp-kms`, `host:host-1`.
+    pub object: String,
+    pub reason: String,
+    pub raised: i64,
+    pub cleared: Option<i64>,
+    pub acknowledged_by: Option<String>,
+}
+
+const MIGRATIONS: &[&str] = &["CREATE TABLE providers (
+        name TEXT PRIMARY KEY,
+        endpoints TEXT NOT NULL,
+        ca_pem TEXT NOT NULL,
+        client_cert_pem TEXT NOT NULL,
+        client_key_file TEXT NOT NULL,
+        is_default INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE hosts (
+        name TEXT PRIMARY KEY,
+        boot_id TEXT NOT NULL DEFAULT '',
+        crypto_state TEXT NOT NULL DEFAULT 'incapable',
+        connected INTEGER NOT NULL DEFAULT 0,
+        last_seen INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE join_tokens (
+        token_hash TEXT PRIMARY KEY,
+        expires INTEGER NOT NULL
+    );
+    CREATE TABLE vms (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        host TEXT NOT NULL,
+        path TEXT NOT NULL,
+        encrypted INTEGER NOT NULL,
+        key_provider TEXT,
+        key_id TEXT,
+        power_state TEXT NOT NULL,
+        crypto_state TEXT NOT NULL,
+        connection_state TEXT NOT NULL,
+        lock_reason TEXT,
+        report TEXT NOT NULL
+    );
+    CREATE INDEX vms_host ON vms(host);
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        time INTEGER NOT NULL,
+        type TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        vm TEXT, host TEXT, provider TEXT, user TEXT,
+        args TEXT NOT NULL
+    );
+    CREATE INDEX events_vm ON events(vm);
+    CREATE INDEX events_type ON events(type);
+    CREATE TABLE alarms (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        object TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        raised INTEGER NOT NULL,
+        cleared INTEGER,
+        acknowledged_by TEXT
+    );
+    CREATE UNIQUE INDEX alarms_active ON alarms(kind, object) WHERE cleared IS NULL;
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY,
+        password_hash TEXT NOT NULL
+    );
+    CREATE TABLE tokens (
+        token_hash TEXT PRIMARY KEY,
+        user TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+        label TEXT NOT NULL,
+        created INTEGER NOT NULL
+    );
+    CREATE TABLE roles (
+        name TEXT PRIMARY KEY,
+        privileges TEXT NOT NULL
+    );
+    CREATE TABLE grants (
+        user TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+        role TEXT NOT NULL REFERENCES roles(name) ON DELETE CASCADE,
+        PRIMARY KEY (user, role)
+    );
+    CREATE TABLE settings (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );"];
+
+/// The server's database.
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
+}
+
+fn json<T: Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn unjson<T: for<'de> Deserialize<'de>>(s: &str) -> Result<T, StoreError> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+impl Store {
+    /// Opens (creating or migrating) the database at `path`.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let err = |source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(err)?;
+        Store::setup(conn).map_err(|e| match e {
+            StoreError::Sql(source) => err(source),
+            other => other,
+        })
+    }
+
+    /// A store in memory (tests).
+    pub fn in_memory() -> Result<Store, StoreError> {
+        Store::setup(Connection::open_in_memory()?)
+    }
+
+    fn setup(conn: Connection) -> Result<Store, StoreError> {
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let _ = conn.pragma_update(None, "journal_mode", "WAL");
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = conn.unchecked_transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+        }
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    // Providers.
+
+    /// Adds or replaces a provider; `is_default` moves the default marker to it.
+    pub fn put_provider(&self, p: &ProviderRecord) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        if p.is_default {
+            tx.execute("UPDATE providers SET is_default = 0", [])?;
+        }
+        tx.execute(
+            "INSERT INTO providers (name, endpoints, ca_pem, client_cert_pem, client_key_file, is_default) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(name) DO UPDATE SET endpoints = ?2, ca_pem = ?3, client_cert_pem = ?4, client_key_file = ?5, is_default = ?6",
+            params![p.name, json(&p.endpoints)?, p.ca_pem, p.client_cert_pem, p.client_key_file, p.is_default],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn providers(&self) -> Result<Vec<ProviderRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT name, endpoints, ca_pem, client_cert_pem, client_key_file, is_default FROM providers ORDER BY name")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (name, endpoints, ca_pem, client_cert_pem, client_key_file, is_default) = row?;
+            out.push(ProviderRecord {
+                name,
+                endpoints: unjson(&endpoints)?,
+                ca_pem,
+                client_cert_pem,
+                client_key_file,
+                is_default,
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn provider(&self, name: &str) -> Result<Option<ProviderRecord>, StoreError> {
+        Ok(self.providers()?.into_iter().find(|p| p.name == name))
+    }
+
+    pub fn set_default_provider(&self, name: &str) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let exists: bool = tx.query_row(
+            "SELECT COUNT(*) FROM providers WHERE name = ?1",
+            params![name],
+            |r| r.get::<_, i64>(0),
+        )? > 0;
+        if exists {
+            tx.execute(
+                "UPDATE providers SET is_default = (name = ?1)",
+                params![name],
+            )?;
+        }
+        tx.commit()?;
+        Ok(exists)
+    }
+
+    pub fn remove_provider(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn()
+            .execute("DELETE FROM providers WHERE name = ?1", params![name])?
+            > 0)
+    }
+
+    // Hosts and enrolment.
+
+    pub fn put_host(&self, h: &HostRecord) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO hosts (name, boot_id, crypto_state, connected, last_seen) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(name) DO UPDATE SET boot_id = ?2, crypto_state = ?3, connected = ?4, last_seen = ?5",
+            params![h.name, h.boot_id, h.crypto_state, h.connected, h.last_seen],
+        )?;
+        Ok(())
+    }
+
+    pub fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT name, boot_id, crypto_state, connected, last_seen FROM hosts ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(HostRecord {
+                name: r.get(0)?,
+                boot_id: r.get(1)?,
+                crypto_state: r.get(2)?,
+                connected: r.get(3)?,
+                last_seen: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records a one-time join token (its hash) valid until `expires`.
+    pub fn add_join_token(&self, token_hash: &str, expires: i64) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO join_tokens (token_hash, expires) VALUES (?1, ?2)",
+            params![token_hash, expires],
+        )?;
+        Ok(())
+    }
+
+    /// Uses up a join token; false if it is unknown, used or expired.
+    pub fn consume_join_token(&self, token_hash: &str, now: i64) -> Result<bool, StoreError> {
+        let conn = self.conn();
+        let n = conn.execute(
+            "DELETE FROM join_tokens WHERE token_hash = ?1 AND expires >= ?2",
+            params![token_hash, now],
+        )?;
+        conn.execute("DELETE FROM join_tokens WHERE expires < ?1", params![now])?;
+        Ok(n == 1)
+    }
+
+    // VMs.
+
+    pub fn put_vm(&self, v: &VmRecord) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO vms (id, name, host, path, encrypted, key_provider, key_id, power_state, crypto_state, connection_state, lock_reason, report)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+             ON CONFLICT(id) DO UPDATE SET name = ?2, host = ?3, path = ?4, encrypted = ?5, key_provider = ?6, key_id = ?7,
+                power_state = ?8, crypto_state = ?9, connection_state = ?10, lock_reason = ?11, report = ?12",
+            params![v.id, v.name, v.host, v.path, v.encrypted, v.key_provider, v.key_id, v.power_state, v.crypto_state, v.connection_state, v.lock_reason, v.report],
+        )?;
+        Ok(())
+    }
+
+    fn vm_rows(
+        &self,
+        clause: &str,
+        args: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<VmRecord>, StoreError> {
+        let conn = self.conn();
+        let sql = format!(
+            "SELECT id, name, host, path, encrypted, key_provider, key_id, power_state, crypto_state, connection_state, lock_reason, report FROM vms {clause} ORDER BY name"
+        );
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt.query_map(args, |r| {
+            Ok(VmRecord {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                host: r.get(2)?,
+                path: r.get(3)?,
+                encrypted: r.get(4)?,
+                key_provider: r.get(5)?,
+                key_id: r.get(6)?,
+                power_state: r.get(7)?,
+                crypto_state: r.get(8)?,
+                connection_state: r.get(9)?,
+                lock_reason: r.get(10)?,
+                report: r.get(11)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn vms(&self) -> Result<Vec<VmRecord>, StoreError> {
+        self.vm_rows("", &[])
+    }
+
+    pub fn locked_vms(&self) -> Result<Vec<VmRecord>, StoreError> {
+        self.vm_rows("WHERE crypto_state = 'locked'", &[])
+    }
+
+    pub fn vm(&self, name: &str) -> Result<Option<VmRecord>, StoreError> {
+        Ok(self
+            .vm_rows("WHERE name = ?1", &[&name])?
+            .into_iter()
+            .next())
+    }
+
+    pub fn remove_vm(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn()
+            .execute("DELETE FROM vms WHERE name = ?1", params![name])?
+            > 0)
+    }
+
+    // Events.
+
+    pub fn add_event(&self, e: &EventRow) -> Result<i64, StoreError> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO events (time, type, severity, vm, host, provider, user, args) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![e.time, e.event_type, e.severity, e.vm, e.host, e.provider, e.user, json(&e.args)?],
+        )?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    /// Events matching the filter, oldest first.
+    pub fn events(&self, f: &EventFilter) -> Result<Vec<EventRow>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, time, type, severity, vm, host, provider, user, args FROM events
+             WHERE (?1 IS NULL OR vm = ?1) AND (?2 IS NULL OR host = ?2) AND (?3 IS NULL OR provider = ?3)
+               AND (?4 IS NULL OR type = ?4 OR type LIKE ?4 || '.%') AND (?5 IS NULL OR time >= ?5) AND (?6 IS NULL OR id > ?6)
+             ORDER BY id LIMIT ?7",
+        )?;
+        let limit = i64::from(f.limit.unwrap_or(1000));
+        let rows = stmt.query_map(
+            params![
+                f.vm,
+                f.host,
+                f.provider,
+                f.event_type,
+                f.since,
+                f.after_id,
+                limit
+            ],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, Option<String>>(4)?,
+                    r.get::<_, Option<String>>(5)?,
+                    r.get::<_, Option<String>>(6)?,
+                    r.get::<_, Option<String>>(7)?,
+                    r.get::<_, String>(8)?,
+                ))
+            },
+        )?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, time, event_type, severity, vm, host, provider, user, args) = row?;
+            out.push(EventRow {
+                id,
+                time,
+                event_type,
+                severity,
+                vm,
+                host,
+                provider,
+                user,
+                args: unjson(&args)?,
+            });
+        }
+        Ok(out)
+    }
+
+    // Alarms.
+
+    /// Raises an alarm unless one of its kind is active for the object; returns its id.
+    pub fn raise_alarm(
+        &self,
+        kind: &str,
+        object: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<i64, StoreError> {
+        let conn = self.conn();
+        let existing: Option<i64> = conn
+            .query_row(
+                "SELECT id FROM alarms WHERE kind = ?1 AND object = ?2 AND cleared IS NULL",
+                params![kind, object],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(id) = existing {
+            conn.execute(
+                "UPDATE alarms SET reason = ?2 WHERE id = ?1",
+                params![id, reason],
+            )?;
+            return Ok(id);
+        }
+        conn.execute(
+            "INSERT INTO alarms (kind, object, reason, raised) VALUES (?1, ?2, ?3, ?4)",
+            params![kind, object, reason, now],
+        )?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    /// Clears the active alarm of this kind for the object; false if there was none.
+    pub fn clear_alarm(&self, kind: &str, object: &str, now: i64) -> Result<bool, StoreError> {
+        Ok(self.conn().execute(
+            "UPDATE alarms SET cleared = ?3 WHERE kind = ?1 AND object = ?2 AND cleared IS NULL",
+            params![kind, object, now],
+        )? > 0)
+    }
+
+    pub fn acknowledge_alarm(&self, id: i64, user: &str) -> Result<bool, StoreError> {
+        Ok(self.conn().execute(
+            "UPDATE alarms SET acknowledged_by = ?2 WHERE id = ?1",
+            params![id, user],
+        )? > 0)
+    }
+
+    /// Active alarms (or all, newest first).
+    pub fn alarms(&self, active_only: bool) -> Result<Vec<AlarmRow>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, kind, object, reason, raised, cleared, acknowledged_by FROM alarms WHERE (?1 = 0 OR cleared IS NULL) ORDER BY id DESC",
+        )?;
+        let rows = stmt.query_map(params![active_only], |r| {
+            Ok(AlarmRow {
+                id: r.get(0)?,
+                kind: r.get(1)?,
+                object: r.get(2)?,
+                reason: r.get(3)?,
+                raised: r.get(4)?,
+                cleared: r.get(5)?,
+                acknowledged_by: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    // Users, tokens, roles.
+
+    pub fn add_user(&self, name: &str, password_hash: &str) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO users (name, password_hash) VALUES (?1, ?2)",
+            params![name, password_hash],
+        )?;
+        Ok(())
+    }
+
+    pub fn password_hash(&self, name: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT password_hash FROM users WHERE name = ?1",
+                params![name],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    pub fn users(&self) -> Result<Vec<String>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT name FROM users ORDER BY name")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn remove_user(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn()
+            .execute("DELETE FROM users WHERE name = ?1", params![name])?
+            > 0)
+    }
+
+    pub fn add_token(
+        &self,
+        token_hash: &str,
+        user: &str,
+        label: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO tokens (token_hash, user, label, created) VALUES (?1, ?2, ?3, ?4)",
+            params![token_hash, user, label, now],
+        )?;
+        Ok(())
+    }
+
+    /// The user an API token belongs to.
+    pub fn token_user(&self, token_hash: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT user FROM tokens WHERE token_hash = ?1",
+                params![token_hash],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    pub fn put_role(&self, name: &str, privileges: &[String]) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO roles (name, privileges) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET privileges = ?2",
+            params![name, json(&privileges)?],
+        )?;
+        Ok(())
+    }
+
+    pub fn roles(&self) -> Result<Vec<(String, Vec<String>)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT name, privileges FROM roles ORDER BY name")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (name, p) = row?;
+            out.push((name, unjson(&p)?));
+        }
+        Ok(out)
+    }
+
+    pub fn grant(&self, user: &str, role: &str) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT OR IGNORE INTO grants (user, role) VALUES (?1, ?2)",
+            params![user, role],
+        )?;
+        Ok(())
+    }
+
+    /// Every privilege the user's roles give.
+    pub fn privileges_of(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT r.privileges FROM grants g JOIN roles r ON r.name = g.role WHERE g.user = ?1",
+        )?;
+        let rows = stmt.query_map(params![user], |r| r.get::<_, String>(0))?;
+        let mut out: Vec<String> = Vec::new();
+        for row in rows {
+            for p in unjson::<Vec<String>>(&row?)? {
+                if !out.contains(&p) {
+                    out.push(p);
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    // Settings.
+
+    pub fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT value FROM settings WHERE key = ?1",
+                params![key],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    pub fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.conn()
+            .execute("INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = ?2", params![key, value])?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn provider(name: &str, default: bool) -> ProviderRecord {
+        ProviderRecord {
+            name: name.into(),
+            endpoints: vec!["10.0.0.1:5696".into(), "10.0.0.2:5696".into()],
+            ca_pem: "CA".into(),
+            client_cert_pem: "CERT".into(),
+            client_key_file: format!("providers/{name}.key"),
+            is_default: default,
+        }
+    }
+
+    #[test]
+    fn providers_keep_one_default() {
+        let s = Store::in_memory().unwrap();
+        s.put_provider(&provider("a", true)).unwrap();
+        s.put_provider(&provider("b", true)).unwrap();
+        let p = s.providers().unwrap();
+        assert_eq!(
+            p.iter()
+                .filter(|p| p.is_default)
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>(),
+            vec!["b"]
+        );
+        assert!(s.set_default_provider("a").unwrap());
+        assert!(s.provider("a").unwrap().unwrap().is_default);
+        assert!(!s.set_default_provider("zzz").unwrap());
+        assert!(s.remove_provider("b").unwrap());
+        assert_eq!(s.providers().unwrap().len(), 1);
+        assert_eq!(s.provider("a").unwrap().unwrap().endpoints.len(), 2);
+    }
+
+    #[test]
+    fn join_tokens_work_once_and_expire() {
+        let s = Store::in_memory().unwrap();
+        s.add_join_token("h1", 100).unwrap();
+        s.add_join_token("h2", 50).unwrap();
+        assert!(s.consume_join_token("h1", 60).unwrap());
+        assert!(!s.consume_join_token("h1", 60).unwrap(), "used");
+        assert!(!s.consume_join_token("h2", 60).unwrap(), "expired");
+    }
+
+    #[test]
+    fn events_filter_and_page() {
+        let s = Store::in_memory().unwrap();
+        for (i, (t, vm)) in [
+            ("vm.locked.kmsClusterError", "web01"),
+            ("vm.unlocked", "web01"),
+            ("key.pushed", "db01"),
+        ]
+        .iter()
+        .enumerate()
+        {
+            s.add_event(&EventRow {
+                id: 0,
+                time: 1000 + i as i64,
+                event_type: (*t).into(),
+                severity: "info".into(),
+                vm: Some((*vm).into()),
+                host: Some("host-1".into()),
+                provider: None,
+                user: None,
+                args: vec![("key".into(), "k1".into())],
+            })
+            .unwrap();
+        }
+        let web = s
+            .events(&EventFilter {
+                vm: Some("web01".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(web.len(), 2);
+        let locked = s
+            .events(&EventFilter {
+                event_type: Some("vm.locked".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(locked.len(), 1, "a type prefix matches its subtypes");
+        let page = s
+            .events(&EventFilter {
+                after_id: Some(web[0].id),
+                limit: Some(1),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(page.len(), 1);
+        assert_eq!(page[0].event_type, "vm.unlocked");
+        assert_eq!(
+            s.events(&EventFilter {
+                since: Some(1002),
+                ..Default::default()
+            })
+            .unwrap()
+            .len(),
+            1
+        );
+        assert_eq!(page[0].args, vec![("key".to_string(), "k1".to_string())]);
+    }
+
+    #[test]
+    fn alarms_are_raised_once_cleared_and_acknowledged() {
+        let s = Store::in_memory().unwrap();
+        let a = s
+            .raise_alarm("vm.locked", "vm:web01", "kmsClusterError", 1)
+            .unwrap();
+        let b = s
+            .raise_alarm("vm.locked", "vm:web01", "keyMissingOnKms", 2)
+            .unwrap();
+        assert_eq!(a, b, "one active alarm per condition and object");
+        assert_eq!(s.alarms(true).unwrap()[0].reason, "keyMissingOnKms");
+        assert!(s.acknowledge_alarm(a, "alice").unwrap());
+        assert!(s.clear_alarm("vm.locked", "vm:web01", 3).unwrap());
+        assert!(s.alarms(true).unwrap().is_empty());
+        let c = s
+            .raise_alarm("vm.locked", "vm:web01", "kmsClusterError", 4)
+            .unwrap();
+        assert_ne!(a, c, "a new occurrence is a new alarm");
+        assert_eq!(s.alarms(false).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn users_tokens_roles_and_privileges() {
+        let s = Store::in_memory().unwrap();
+        s.add_user("alice", "argon2-hash").unwrap();
+        s.put_role(
+            "Operators",
+            &["VirtualMachine.PowerOn".into(), "System.View".into()],
+        )
+        .unwrap();
+        s.put_role(
+            "Crypto",
+            &["Cryptographer.RegisterVM".into(), "System.View".into()],
+        )
+        .unwrap();
+        s.grant("alice", "Operators").unwrap();
+        s.grant("alice", "Crypto").unwrap();
+        assert_eq!(
+            s.privileges_of("alice").unwrap(),
+            vec![
+                "Cryptographer.RegisterVM",
+                "System.View",
+                "VirtualMachine.PowerOn"
+            ]
+        );
+        s.add_token("t-hash", "alice", "laptop", 1).unwrap();
+        assert_eq!(s.token_user("t-hash").unwrap(), Some("alice".into()));
+        assert!(s.remove_user("alice").unwrap());
+        assert_eq!(
+            s.token_user("t-hash").unwrap(),
+            None,
+            "tokens go with their user"
+        );
+    }
+
+    #[test]
+    fn vms_and_settings_persist_across_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.sqlite");
+        {
+            let s = Store::open(&path).unwrap();
+            s.put_vm(&VmRecord {
+                id: "id1".into(),
+                name: "web01".into(),
+                host: "host-1".into(),
+                path: "/vms/web01".into(),
+                encrypted: true,
+                key_provider: Some("corp-kms".into()),
+                key_id: Some("4711".into()),
+                power_state: "poweredOff".into(),
+                crypto_state: "locked".into(),
+                connection_state: "invalid".into(),
+                lock_reason: Some("keyMissingOnKms".into()),
+                report: "{}".into(),
+            })
+            .unwrap();
+            s.set_setting("unlock.policy", "manual").unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(
+            s.vm("web01").unwrap().unwrap().key_id.as_deref(),
+            Some("4711")
+        );
+        assert_eq!(s.locked_vms().unwrap().len(), 1);
+        assert_eq!(
+            s.setting("unlock.policy").unwrap().as_deref(),
+            Some("manual")
+        );
+        assert!(s.remove_vm("web01").unwrap());
+    }
+}
