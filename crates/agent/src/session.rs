@@ -27,6 +27,82 @@ pub struct SessionConfig {
     pub max_backoff: Duration,
 }
 
+/// What enrolment gives an agent: its certificate and key, and the CA of the server's agent
+/// endpoint (PEM).
+pub struct Enrolment {
+    pub certificate: String,
+    pub key: zeroize::Zeroizing<String>,
+    pub ca: String,
+}
+
+impl std::fmt::Debug for Enrolment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enrolment").finish_non_exhaustive()
+    }
+}
+
+/// Enrols this host with a server. `token` is what `tresor host token` printed:
+/// `<secret>.<sha-256 of the server's CA>`, so the agent knows the server before it sends the
+/// secret.
+pub async fn join(
+    server: &str,
+    server_name: &str,
+    token: &str,
+    host: &str,
+) -> Result<Enrolment, String> {
+    let (secret, pin) = token
+        .split_once('.')
+        .filter(|(s, p)| !s.is_empty() && p.len() == 64)
+        .ok_or("The join token is malformed; copy it whole from `tresor host token`")?;
+    let tls = tresor_tls::pinned_client_config(pin).map_err(|e| e.to_string())?;
+    let (key, csr) = tresor_tls::key_and_csr(host).map_err(|e| e.to_string())?;
+    let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(server))
+        .await
+        .map_err(|_| format!("Cannot reach the server at {server}: no answer within 10 s"))?
+        .map_err(|e| format!("Cannot reach the server at {server}: {e}"))?;
+    let name = ServerName::try_from(server_name.to_owned()).map_err(|e| e.to_string())?;
+    let mut tls = TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("The server at {server} is not the one the token names ({e}); get a new token from it"))?;
+    let frame = protocol::encode(&AgentMessage::Join {
+        token: secret.into(),
+        host: host.into(),
+        csr,
+    })
+    .map_err(|e| e.to_string())?;
+    tls.write_all(&frame).await.map_err(|e| e.to_string())?;
+    tls.flush().await.map_err(|e| e.to_string())?;
+    let mut decoder = FrameDecoder::default();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        if let Some(m) = decoder
+            .next_message::<ServerMessage>()
+            .map_err(|e| e.to_string())?
+        {
+            return match m {
+                ServerMessage::Joined { certificate, ca } => Ok(Enrolment {
+                    certificate,
+                    key,
+                    ca,
+                }),
+                ServerMessage::JoinRefused { message } => {
+                    Err(format!("The server refused to enrol this host: {message}"))
+                }
+                other => Err(format!("Unexpected answer to a join: {other:?}")),
+            };
+        }
+        let n = tokio::time::timeout(Duration::from_secs(30), tls.read(&mut buf))
+            .await
+            .map_err(|_| "The server did not answer the join within 30 s".to_owned())?
+            .map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("The server closed the connection without answering the join".into());
+        }
+        decoder.push(&buf[..n]);
+    }
+}
+
 /// The host's boot id: it changes when the host restarts, not when the agent does.
 pub fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
@@ -129,7 +205,7 @@ async fn session(config: &SessionConfig, host: &Arc<Mutex<Host>>) -> std::io::Re
                 buf[..n].fill(0);
                 while let Some(message) = decoder.next_message::<ServerMessage>().map_err(std::io::Error::other)? {
                     match message {
-                        ServerMessage::Welcome { .. } => {}
+                        ServerMessage::Welcome { .. } | ServerMessage::Joined { .. } | ServerMessage::JoinRefused { .. } => {}
                         ServerMessage::HeartbeatAck { .. } => unanswered = 0,
                         ServerMessage::Request { id, body } => {
                             let h = host.clone();

@@ -195,15 +195,39 @@ pub enum Reply {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "type")]
 pub enum ServerMessage {
-    Welcome { host: String, protocol: u32 },
-    Request { id: u64, body: Command },
-    HeartbeatAck { seq: u64 },
+    /// Enrolment done: the agent's certificate and the CA of the server's agent endpoint (PEM).
+    Joined {
+        certificate: String,
+        ca: String,
+    },
+    JoinRefused {
+        message: String,
+    },
+    Welcome {
+        host: String,
+        protocol: u32,
+    },
+    Request {
+        id: u64,
+        body: Command,
+    },
+    HeartbeatAck {
+        seq: u64,
+    },
 }
 
 /// Agent to server.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "type")]
 pub enum AgentMessage {
+    /// Enrol with a one-time token: the first and only message of a connection without a client
+    /// certificate. `csr` is the agent's certificate signing request (PEM); its key stays on the
+    /// host.
+    Join {
+        token: String,
+        host: String,
+        csr: String,
+    },
     Hello {
         host: String,
         protocol: u32,

@@ -87,8 +87,15 @@ impl Drop for SessionGuard {
     }
 }
 
+/// Decides enrolments: checks a join token and signs the agent's certificate request.
+pub trait JoinAuthority: Send + Sync {
+    /// Returns the agent's certificate and the CA (PEM), or why the join is refused.
+    fn join(&self, token: &str, host: &str, csr_pem: &str) -> Result<(String, String), String>;
+}
+
 /// The sessions of all connected agents.
 pub struct AgentHub {
+    authority: Mutex<Option<Arc<dyn JoinAuthority>>>,
     sessions: Mutex<HashMap<String, Session>>,
     next_id: AtomicU64,
     next_serial: AtomicU64,
@@ -106,6 +113,7 @@ impl std::fmt::Debug for AgentHub {
 impl Default for AgentHub {
     fn default() -> Self {
         AgentHub {
+            authority: Mutex::new(None),
             sessions: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             next_serial: AtomicU64::new(1),
@@ -117,6 +125,13 @@ impl Default for AgentHub {
 impl AgentHub {
     pub fn new() -> Arc<AgentHub> {
         Arc::new(AgentHub::default())
+    }
+
+    /// Lets agents without a certificate enrol with a join token.
+    pub fn set_join_authority(&self, authority: Arc<dyn JoinAuthority>) {
+        if let Ok(mut a) = self.authority.lock() {
+            *a = Some(authority);
+        }
     }
 
     /// Events from agents, from now on.
@@ -211,8 +226,7 @@ impl AgentHub {
             .peer_certificates()
             .and_then(|c| c.first())
             .and_then(|c| tresor_tls::certificate_info(c).ok())
-            .map(|i| i.subject.trim_start_matches("CN=").to_owned())
-            .unwrap_or_default();
+            .map(|i| i.subject.trim_start_matches("CN=").to_owned());
         let (mut reader, mut writer) = tokio::io::split(tls);
         let mut decoder = FrameDecoder::default();
         let mut buf = vec![0u8; 64 * 1024];
@@ -232,6 +246,37 @@ impl AgentHub {
             }
             decoder.push(&buf[..n]);
         };
+        let cn = match (cn, hello) {
+            (None, AgentMessage::Join { token, host, csr }) => {
+                let authority = self.authority.lock().ok().and_then(|a| a.clone());
+                let answer = match authority {
+                    None => ServerMessage::JoinRefused {
+                        message: "this server does not enrol hosts".into(),
+                    },
+                    Some(a) => match a.join(&token, &host, &csr) {
+                        Ok((certificate, ca)) => {
+                            tracing::info!(host = %host, "host enrolled");
+                            ServerMessage::Joined { certificate, ca }
+                        }
+                        Err(message) => {
+                            tracing::warn!(host = %host, reason = %message, "enrolment refused");
+                            ServerMessage::JoinRefused { message }
+                        }
+                    },
+                };
+                let frame = protocol::encode(&answer).map_err(std::io::Error::other)?;
+                writer.write_all(&frame).await?;
+                writer.flush().await?;
+                return Ok(());
+            }
+            (None, _) => {
+                return Err(std::io::Error::other(
+                    "a client without a certificate must enrol first",
+                ))
+            }
+            (Some(cn), hello) => (cn, hello),
+        };
+        let (cn, hello) = cn;
         let AgentMessage::Hello {
             host,
             protocol: version,
@@ -328,8 +373,10 @@ impl AgentHub {
                         AgentMessage::Heartbeat { seq } => {
                             let _ = tx.send(ServerMessage::HeartbeatAck { seq }).await;
                         }
-                        AgentMessage::Hello { .. } => {
-                            return Err(std::io::Error::other("a second hello"))
+                        AgentMessage::Hello { .. } | AgentMessage::Join { .. } => {
+                            return Err(std::io::Error::other(
+                                "hello or join in the middle of a session",
+                            ))
                         }
                     }
                 }

@@ -4,6 +4,7 @@
 //!   report.
 //! - [`broker`]: the key broker: KEKs created on providers, keys fetched by id and their answers
 //!   classified for the locked-VM engine.
+//! - [`enrol`]: join tokens and the CA that signs agents' certificates.
 //! - [`store`]: persistence, the only module of the server that speaks SQL.
 //! - [`engine`]: the locked-VM engine, the reconciler between hosts' reports and their needs.
 
@@ -12,4 +13,5 @@
 pub mod agents;
 pub mod broker;
 pub mod engine;
+pub mod enrol;
 pub mod store;

@@ -133,3 +133,39 @@ impl CertificateAuthority {
         })
     }
 }
+
+/// A new key pair and a certificate signing request for `common_name` (an agent enrolling).
+pub fn key_and_csr(common_name: &str) -> Result<(Zeroizing<String>, String), TlsError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    params.distinguished_name = dn;
+    let csr = params.serialize_request(&key)?;
+    Ok((Zeroizing::new(key.serialize_pem()), csr.pem()?))
+}
+
+impl CertificateAuthority {
+    /// Signs a certificate signing request as a client certificate for `common_name`, whatever
+    /// name the request asked for: the CA decides who the client is.
+    pub fn sign_client_csr(
+        &self,
+        csr_pem: &str,
+        common_name: &str,
+        days: i64,
+    ) -> Result<String, TlsError> {
+        let ca_key = KeyPair::from_pem(&self.key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, &ca_key)?;
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, common_name);
+        csr.params.distinguished_name = dn;
+        csr.params.subject_alt_names.clear();
+        csr.params.is_ca = IsCa::ExplicitNoCa;
+        csr.params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        csr.params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        csr.params.use_authority_key_identifier_extension = true;
+        validity(&mut csr.params, days);
+        Ok(csr.signed_by(&issuer)?.pem())
+    }
+}

@@ -27,6 +27,9 @@ pub enum ClientAuth {
     AnyExtendedKeyUsage,
     /// As above, and the certificate must allow client authentication if it lists usages.
     RequireClientAuthUsage,
+    /// Client certificates are checked as with `RequireClientAuthUsage` when presented, but a
+    /// client may come without one (an agent enrolling with a join token).
+    OptionalClientAuthUsage,
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -144,6 +147,10 @@ impl ClientCertVerifier for ClientVerifier {
         &self.subjects
     }
 
+    fn client_auth_mandatory(&self) -> bool {
+        self.auth != ClientAuth::OptionalClientAuthUsage
+    }
+
     fn verify_client_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -162,19 +169,105 @@ impl ClientCertVerifier for ClientVerifier {
                 None,
                 None,
             ),
-            ClientAuth::RequireClientAuthUsage => cert.verify_for_usage(
-                algs,
-                &self.anchors,
-                intermediates,
-                now,
-                webpki::KeyUsage::client_auth(),
-                None,
-                None,
-            ),
+            ClientAuth::RequireClientAuthUsage | ClientAuth::OptionalClientAuthUsage => cert
+                .verify_for_usage(
+                    algs,
+                    &self.anchors,
+                    intermediates,
+                    now,
+                    webpki::KeyUsage::client_auth(),
+                    None,
+                    None,
+                ),
         };
         result
             .map(|_| ClientCertVerified::assertion())
             .map_err(map_webpki)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// A client configuration that trusts a server whose chain contains a CA certificate with this
+/// SHA-256 fingerprint (hex), the way an enrolment token pins the server: no CA file needed in
+/// advance. The client presents no certificate.
+pub fn pinned_client_config(ca_sha256: &str) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let provider = provider();
+    let verifier = Arc::new(PinnedVerifier {
+        pin: ca_sha256.to_ascii_lowercase(),
+        algorithms: provider.signature_verification_algorithms,
+    });
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+#[derive(Debug)]
+struct PinnedVerifier {
+    pin: String,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let pinned = intermediates
+            .iter()
+            .find(|c| {
+                let d = ring::digest::digest(&ring::digest::SHA256, c.as_ref());
+                d.as_ref()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+                    == self.pin
+            })
+            .ok_or(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer,
+            ))?;
+        let anchor = webpki::anchor_from_trusted_cert(pinned).map_err(map_webpki)?;
+        let cert = webpki::EndEntityCert::try_from(end_entity).map_err(map_webpki)?;
+        cert.verify_for_usage(
+            self.algorithms.all,
+            &[anchor],
+            &[],
+            now,
+            webpki::KeyUsage::server_auth(),
+            None,
+            None,
+        )
+        .map_err(map_webpki)?;
+        cert.verify_is_valid_for_subject_name(server_name)
+            .map_err(map_webpki)?;
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(

@@ -1,0 +1,129 @@
+//! Enrolment of hosts: one-time join tokens and the CA that signs agents' certificates.
+//!
+//! A join token is `<secret>.<sha-256 of the CA>`: the server keeps only a hash of the secret;
+//! the fingerprint lets the agent check that it talks to this server before it sends the secret.
+//! The CA signs the agent's own key (from its certificate request) with the host name as common
+//! name; from then on the agent authenticates with that certificate.
+
+use std::sync::Arc;
+
+use ring::rand::{SecureRandom, SystemRandom};
+use tresor_tls::CertificateAuthority;
+
+use crate::agents::JoinAuthority;
+use crate::store::{HostRecord, Store, StoreError};
+
+/// How long an agent's certificate is valid, in days.
+pub const AGENT_CERT_DAYS: i64 = 825;
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Issues join tokens and enrols hosts.
+pub struct Enroller {
+    store: Arc<Store>,
+    ca: CertificateAuthority,
+    ca_sha256: String,
+    clock: fn() -> i64,
+}
+
+impl std::fmt::Debug for Enroller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enroller")
+            .field("ca_sha256", &self.ca_sha256)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The current time in seconds since the epoch.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Whether a host name is acceptable: letters, digits, `-` and `.`, 1 to 63 characters.
+pub fn valid_host_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+}
+
+impl Enroller {
+    pub fn new(
+        store: Arc<Store>,
+        ca: CertificateAuthority,
+    ) -> Result<Enroller, tresor_tls::TlsError> {
+        let der = tresor_tls::parse_certs(ca.cert_pem().as_bytes(), "server CA")?;
+        let ca_sha256 = sha256_hex(der[0].as_ref());
+        Ok(Enroller {
+            store,
+            ca,
+            ca_sha256,
+            clock: now,
+        })
+    }
+
+    /// Replaces the clock (tests).
+    pub fn with_clock(mut self, clock: fn() -> i64) -> Enroller {
+        self.clock = clock;
+        self
+    }
+
+    /// A new one-time join token valid for `ttl_secs`.
+    pub fn new_token(&self, ttl_secs: i64) -> Result<String, StoreError> {
+        let mut secret = [0u8; 24];
+        SystemRandom::new()
+            .fill(&mut secret)
+            .map_err(|_| StoreError::Corrupt("the system random number generator failed".into()))?;
+        let secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+        self.store
+            .add_join_token(&sha256_hex(secret.as_bytes()), (self.clock)() + ttl_secs)?;
+        Ok(format!("{secret}.{}", self.ca_sha256))
+    }
+}
+
+impl JoinAuthority for Enroller {
+    fn join(&self, token: &str, host: &str, csr_pem: &str) -> Result<(String, String), String> {
+        if !valid_host_name(host) {
+            return Err(format!(
+                "\"{host}\" is not a valid host name (letters, digits, - and ., at most 63)"
+            ));
+        }
+        let now = (self.clock)();
+        match self
+            .store
+            .consume_join_token(&sha256_hex(token.as_bytes()), now)
+        {
+            Ok(true) => {}
+            Ok(false) => return Err(
+                "the join token is unknown, used or expired; get a new one with: tresor host token"
+                    .into(),
+            ),
+            Err(e) => return Err(format!("the server cannot check the token: {e}")),
+        }
+        let certificate = self
+            .ca
+            .sign_client_csr(csr_pem, host, AGENT_CERT_DAYS)
+            .map_err(|e| format!("the certificate request is invalid: {e}"))?;
+        let record = HostRecord {
+            name: host.into(),
+            boot_id: String::new(),
+            crypto_state: "incapable".into(),
+            connected: false,
+            last_seen: now,
+        };
+        if let Err(e) = self.store.put_host(&record) {
+            tracing::error!(host, error = %e, "cannot record the host");
+        }
+        Ok((certificate, self.ca.cert_pem().to_owned()))
+    }
+}
