@@ -19,6 +19,7 @@ use tresor_core::Lang;
 
 use crate::agents::{AgentHub, HubEvent};
 use crate::broker::KeyBroker;
+use crate::store::{EventRow, Store, VmRecord};
 
 /// An event the engine recorded.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,6 +57,8 @@ pub struct VmView {
     pub published: Published,
     pub unlock_requested: bool,
     pub push_failed: bool,
+    /// What was last written to the store, to write only changes.
+    persisted: Option<VmRecord>,
 }
 
 #[derive(Clone, Debug)]
@@ -101,6 +104,7 @@ impl Default for EngineConfig {
 
 /// The locked-VM engine.
 pub struct Engine {
+    store: Option<Arc<Store>>,
     hub: Arc<AgentHub>,
     broker: Arc<KeyBroker>,
     config: Mutex<EngineConfig>,
@@ -114,8 +118,15 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    pub fn new(hub: Arc<AgentHub>, broker: Arc<KeyBroker>, config: EngineConfig) -> Arc<Engine> {
+    /// An engine that records its events, alarms and VM states in `store` (when given).
+    pub fn new(
+        hub: Arc<AgentHub>,
+        broker: Arc<KeyBroker>,
+        config: EngineConfig,
+        store: Option<Arc<Store>>,
+    ) -> Arc<Engine> {
         Arc::new(Engine {
+            store,
             hub,
             broker,
             config: Mutex::new(config),
@@ -189,7 +200,80 @@ impl Engine {
             args,
         };
         tracing::info!(event = event.id, vm, host, "{}", record.message(Lang::En));
+        if let Some(store) = &self.store {
+            let row = EventRow {
+                id: 0,
+                time: crate::enrol::now(),
+                event_type: event.id.into(),
+                severity: serde_json::to_value(event.severity)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                vm: record.vm.clone(),
+                host: record.host.clone(),
+                provider: None,
+                user: None,
+                args: record.args.clone(),
+            };
+            if let Err(e) = store.add_event(&row) {
+                tracing::error!(error = %e, "cannot store an event");
+            }
+        }
         st.events.push(record);
+    }
+
+    /// Raises or clears the VM's locked alarm, and writes the VM's state when it changed.
+    fn persist(&self, view: &mut VmView, actions: &[Action]) {
+        let Some(store) = &self.store else { return };
+        let now = crate::enrol::now();
+        let object = format!("vm:{}", view.report.name);
+        for a in actions {
+            let result = match a {
+                Action::RaiseAlarm { reason } => store
+                    .raise_alarm("vm.locked", &object, reason.as_str(), now)
+                    .map(|_| ()),
+                Action::ClearAlarm => store.clear_alarm("vm.locked", &object, now).map(|_| ()),
+                _ => Ok(()),
+            };
+            if let Err(e) = result {
+                tracing::error!(error = %e, "cannot store an alarm");
+            }
+        }
+        let text = |v: serde_json::Value| v.as_str().map(str::to_owned).unwrap_or_default();
+        let (crypto_state, connection_state, lock_reason) =
+            match (&view.verdict, view.report.encrypted) {
+                (_, false) => ("unencrypted".to_owned(), "connected".to_owned(), None),
+                (Some(v), true) => (
+                    text(serde_json::to_value(v.crypto_state).unwrap_or_default()),
+                    text(serde_json::to_value(v.connection_state).unwrap_or_default()),
+                    v.lock_reason.map(|r| r.as_str().to_owned()),
+                ),
+                (None, true) => ("unlocked".to_owned(), "connected".to_owned(), None),
+            };
+        let record = VmRecord {
+            id: view.report.id.clone(),
+            name: view.report.name.clone(),
+            host: view.host.clone(),
+            path: view.report.path.clone(),
+            encrypted: view.report.encrypted,
+            key_provider: view.report.key_id.as_ref().map(|k| k.provider().to_owned()),
+            key_id: view.report.key_id.as_ref().map(|k| k.key_id.clone()),
+            power_state: text(serde_json::to_value(view.report.power_state).unwrap_or_default()),
+            crypto_state,
+            connection_state: if view.host_connected {
+                connection_state
+            } else {
+                "disconnected".into()
+            },
+            lock_reason,
+            report: serde_json::to_string(&view.report).unwrap_or_default(),
+        };
+        if view.persisted.as_ref() != Some(&record) {
+            match store.put_vm(&record) {
+                Ok(()) => view.persisted = Some(record),
+                Err(e) => tracing::error!(error = %e, "cannot store a VM"),
+            }
+        }
     }
 
     /// Takes in what an agent said.
@@ -206,6 +290,7 @@ impl Engine {
                         published: Published::default(),
                         unlock_requested: false,
                         push_failed: false,
+                        persisted: None,
                     });
                     view.report = report.clone();
                     view.host = host.clone();
@@ -278,12 +363,14 @@ impl Engine {
                         _ => {}
                     }
                 }
-                if let Some(v) = st.vms.get_mut(&name) {
+                if let Some(mut v) = st.vms.remove(&name) {
                     v.verdict = decision.verdict.clone();
                     v.published = decision.published;
                     if decision.actions.contains(&Action::UnlockDone) {
                         v.unlock_requested = false;
                     }
+                    self.persist(&mut v, &decision.actions);
+                    st.vms.insert(name.clone(), v);
                 }
                 for (event, reason) in publish {
                     let args = reason

@@ -98,6 +98,7 @@ async fn the_procedures_cases_1_3_and_5_in_one_process() {
     })
     .await;
 
+    let store = Arc::new(tresor_server::store::Store::in_memory().unwrap());
     let engine = Engine::new(
         hub.clone(),
         broker.clone(),
@@ -107,6 +108,7 @@ async fn the_procedures_cases_1_3_and_5_in_one_process() {
             max_backoff: Duration::from_millis(400),
             ..EngineConfig::default()
         },
+        Some(store.clone()),
     );
     let _engine_task = tokio::spawn(engine.clone().run());
     let t = Duration::from_secs(30);
