@@ -1,5 +1,6 @@
 //! `tresor server`: the key broker and management server.
 //!
+//! - [`api`]: the REST API under `/api/v1`, with a privilege check on every operation.
 //! - [`agents`]: the sessions of host agents: who is connected, requests and replies, what they
 //!   report.
 //! - [`broker`]: the key broker: KEKs created on providers, keys fetched by id and their answers
@@ -11,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agents;
+pub mod api;
 pub mod broker;
 pub mod engine;
 pub mod enrol;
