@@ -7,6 +7,7 @@
 //! - [`keycache`]: the keys the server pushed.
 //! - [`wrap`]: data keys wrapped under key-encryption keys, bound to VM and purpose.
 //! - [`vmfile`]: a VM's directory and `vm.json`: the key hierarchy on disk.
+//! - [`run`]: `tresor agent join` and `tresor agent`.
 //! - [`session`]: the session with the server: dial, hello, inventory, requests, heartbeats.
 //! - [`qemu`]: VMs in QEMU, secrets over QMP.
 //! - [`diskops`]: encrypt, decrypt and deep rekey of disks, journaled so a crash loses nothing.
@@ -20,6 +21,7 @@ pub mod host;
 pub mod keycache;
 pub mod memory;
 pub mod qemu;
+pub mod run;
 pub mod session;
 pub mod vmfile;
 pub mod wrap;

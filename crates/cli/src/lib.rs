@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod daemons;
 mod kms;
 mod output;
 
@@ -23,6 +24,10 @@ enum Command {
     Kms(kms::KmsCommand),
     /// KMIP debugging tools.
     Kmip(kms::KmipCommand),
+    /// The management server and key broker.
+    Server(daemons::ServerCommand),
+    /// The host agent.
+    Agent(daemons::AgentCommand),
 }
 
 /// Why a command failed: one line for standard error.
@@ -57,6 +62,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Kms(c) => kms::run(c),
         Command::Kmip(c) => kms::run_kmip(c),
+        Command::Server(c) => daemons::run_server(c),
+        Command::Agent(c) => daemons::run_agent(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

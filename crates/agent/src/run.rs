@@ -1,0 +1,147 @@
+//! Setting up and running the agent: `tresor agent join` and `tresor agent`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::disk::QemuTools;
+use crate::host::{Host, HostConfig};
+use crate::qemu::QemuConfig;
+use crate::session::{self, SessionConfig};
+
+/// `agent.toml`. Relative paths are relative to the file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// This host's name (the common name of its certificate).
+    pub name: String,
+    /// The server's agent endpoint, `host:port`.
+    pub server: String,
+    /// The name in the server's certificate.
+    #[serde(default = "default_server_name")]
+    pub server_name: String,
+    /// Where VM directories live.
+    pub datastore: PathBuf,
+    /// The agent's own state: registered VMs, its certificate and key, QEMU's sockets.
+    pub state_dir: PathBuf,
+    /// How many keys the locked key memory holds.
+    #[serde(default = "default_capacity")]
+    pub key_capacity: usize,
+    /// Seconds a guest has to shut down after the ACPI power button.
+    #[serde(default = "default_shutdown")]
+    pub shutdown_timeout_secs: u64,
+}
+
+fn default_server_name() -> String {
+    "localhost".into()
+}
+fn default_capacity() -> usize {
+    1024
+}
+fn default_shutdown() -> u64 {
+    30
+}
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> Result<AgentConfig, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("Cannot read {}: {e}", path.display()))?;
+        let mut c: AgentConfig =
+            toml::from_str(&text).map_err(|e| format!("{} is invalid: {e}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut c.datastore, &mut c.state_dir] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(c)
+    }
+}
+
+/// Accepts `host:port`, or a URL such as `tresor://host:port/`.
+pub fn endpoint_of(server: &str) -> String {
+    let s = server.split("://").last().unwrap_or(server);
+    s.trim_end_matches('/').to_owned()
+}
+
+/// Enrols this host and writes `dir/agent.toml` with its certificate and key beside it.
+pub async fn join(
+    dir: &Path,
+    server: &str,
+    server_name: &str,
+    token: &str,
+    name: &str,
+) -> Result<PathBuf, String> {
+    let endpoint = endpoint_of(server);
+    let enrolment = session::join(&endpoint, server_name, token, name).await?;
+    let state = dir.join("state");
+    std::fs::create_dir_all(&state)
+        .map_err(|e| format!("Cannot create {}: {e}", state.display()))?;
+    // A new enrolment (a new server) replaces the old certificate.
+    for f in ["agent.pem", "agent.key", "server-ca.pem"] {
+        let _ = std::fs::remove_file(state.join(f));
+    }
+    std::fs::write(state.join("agent.pem"), &enrolment.certificate).map_err(|e| e.to_string())?;
+    std::fs::write(state.join("server-ca.pem"), &enrolment.ca).map_err(|e| e.to_string())?;
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(state.join("agent.key"))
+            .map_err(|e| format!("Cannot write the agent's key: {e}"))?;
+        f.write_all(enrolment.key.as_bytes())
+            .map_err(|e| e.to_string())?;
+    }
+    let config = format!(
+        "# Tresor host agent (tresor agent --config agent.toml)\n\nname = {name:?}\nserver = {endpoint:?}\nserver_name = {server_name:?}\n\
+         datastore = \"datastore\"\nstate_dir = \"state\"\nkey_capacity = 1024\nshutdown_timeout_secs = 30\n"
+    );
+    let path = dir.join("agent.toml");
+    crate::vmfile::write_atomic(&path, config.as_bytes()).map_err(|e| e.to_string())?;
+    Ok(path)
+}
+
+/// Runs the agent until `shutdown` resolves.
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), String> {
+    if let Err(e) = crate::memory::harden_process() {
+        tracing::warn!(error = %e, "cannot make the agent process non-dumpable");
+    }
+    let state = &config.state_dir;
+    let tls = tresor_tls::client_config(
+        &tresor_tls::load_certs(&state.join("server-ca.pem"))
+            .map_err(|e| format!("{e}; enrol first with `tresor agent join`"))?,
+        tresor_tls::load_certs(&state.join("agent.pem")).map_err(|e| e.to_string())?,
+        tresor_tls::load_key(&state.join("agent.key")).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    let host = Host::open(HostConfig {
+        name: config.name.clone(),
+        datastore: config.datastore.clone(),
+        state_dir: state.clone(),
+        key_capacity: config.key_capacity,
+        qemu: QemuConfig {
+            shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
+            ..QemuConfig::default()
+        },
+        tools: QemuTools::default(),
+    })
+    .map_err(|e| e.to_string())?;
+    let session = SessionConfig {
+        server: config.server.clone(),
+        server_name: config.server_name.clone(),
+        tls,
+        heartbeat: Duration::from_secs(10),
+        max_backoff: Duration::from_secs(30),
+    };
+    tracing::info!(host = %config.name, server = %config.server, "agent starting");
+    session::run(session, Arc::new(Mutex::new(host)), shutdown).await;
+    Ok(())
+}

@@ -1,0 +1,154 @@
+//! `tresor server …` and `tresor agent …`: set up and run the server and the host agent.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use crate::CliError;
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ServerCommand {
+    #[command(subcommand)]
+    command: Option<ServerSub>,
+    /// The server's configuration file.
+    #[arg(
+        long,
+        short,
+        env = "TRESOR_SERVER_CONFIG",
+        default_value = "server.toml"
+    )]
+    config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum ServerSub {
+    /// Create an empty server: database, CA, and the `admin` user, whose first token it prints once.
+    Init {
+        #[arg(long)]
+        data: PathBuf,
+        /// Names and addresses agents use to reach the server (for its certificate).
+        #[arg(long = "name", default_values_t = vec!["localhost".to_string(), "127.0.0.1".to_string()])]
+        names: Vec<String>,
+        #[arg(long, default_value = "127.0.0.1:8400")]
+        api_listen: String,
+        #[arg(long, default_value = "0.0.0.0:8401")]
+        agent_listen: String,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct AgentCommand {
+    #[command(subcommand)]
+    command: Option<AgentSub>,
+    /// The agent's configuration file.
+    #[arg(long, short, env = "TRESOR_AGENT_CONFIG", default_value = "agent.toml")]
+    config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentSub {
+    /// Enrol (or re-enrol) this host with a server, using a token from `tresor host token`.
+    Join {
+        /// The server's agent endpoint, host:port.
+        #[arg(long)]
+        server: String,
+        #[arg(long)]
+        token: String,
+        /// This host's name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Where the agent keeps its configuration and state.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The name in the server's certificate.
+        #[arg(long, default_value = "localhost")]
+        server_name: String,
+    },
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::msg(format!("Cannot start the runtime: {e}")))
+}
+
+pub fn run_server(cmd: ServerCommand) -> Result<(), CliError> {
+    match cmd.command {
+        Some(ServerSub::Init {
+            data,
+            names,
+            api_listen,
+            agent_listen,
+        }) => {
+            let done = tresor_server::run::init(&data, &names, &api_listen, &agent_listen)
+                .map_err(|e| CliError::msg(e.to_string()))?;
+            println!("Server set up in {}.", data.display());
+            println!(
+                "Start it with: tresor server --config {}",
+                done.config.display()
+            );
+            println!("The admin user's API token (shown once; keep it safe):");
+            println!("{}", done.admin_token);
+            Ok(())
+        }
+        None => {
+            let config = tresor_server::run::ServerConfig::load(&cmd.config).map_err(|e| {
+                CliError::msg(format!(
+                    "{e}; create one with: tresor server init --data DIR"
+                ))
+            })?;
+            runtime()?
+                .block_on(tresor_server::run::serve(
+                    config,
+                    crate::kms::shutdown_signal(),
+                ))
+                .map_err(|e| CliError::msg(e.to_string()))
+        }
+    }
+}
+
+pub fn run_agent(cmd: AgentCommand) -> Result<(), CliError> {
+    match cmd.command {
+        Some(AgentSub::Join {
+            server,
+            token,
+            name,
+            dir,
+            server_name,
+        }) => {
+            let name = match name {
+                Some(n) => n,
+                None => std::fs::read_to_string("/etc/hostname")
+                    .map(|s| s.trim().to_owned())
+                    .unwrap_or_else(|_| "host".into()),
+            };
+            let path = runtime()?
+                .block_on(tresor_agent::run::join(
+                    &dir,
+                    &server,
+                    &server_name,
+                    &token,
+                    &name,
+                ))
+                .map_err(CliError::msg)?;
+            println!(
+                "Host {name} enrolled. Start the agent with: tresor agent --config {}",
+                path.display()
+            );
+            Ok(())
+        }
+        None => {
+            let config =
+                tresor_agent::run::AgentConfig::load(&cmd.config).map_err(CliError::msg)?;
+            runtime()?
+                .block_on(tresor_agent::run::run(
+                    config,
+                    crate::kms::shutdown_signal(),
+                ))
+                .map_err(CliError::msg)
+        }
+    }
+}
