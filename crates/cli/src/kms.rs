@@ -210,7 +210,7 @@ pub async fn shutdown_signal() {
     }
 }
 
-fn write_private(path: &Path, contents: &[u8]) -> Result<(), CliError> {
+pub(crate) fn write_private(path: &Path, contents: &[u8]) -> Result<(), CliError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
@@ -256,7 +256,7 @@ fn load_ca(config: &KmsConfig) -> Result<CertificateAuthority, CliError> {
     CertificateAuthority::from_pem(&cert, &key).map_err(|e| CliError::msg(e.to_string()))
 }
 
-fn init(dir: &Path, names: &[String], listen: &str) -> Result<(), CliError> {
+pub(crate) fn init(dir: &Path, names: &[String], listen: &str) -> Result<(), CliError> {
     if dir.join("kms.toml").exists() {
         return Err(CliError::msg(format!(
             "{} already holds a key server (kms.toml exists)",

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod daemons;
+mod dev;
 mod kms;
 mod output;
 
@@ -20,6 +21,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Everything on this machine: key server, server and host agents (SQLite, one folder).
+    Dev(dev::DevArgs),
     /// The embedded KMIP key server and its administration.
     Kms(kms::KmsCommand),
     /// KMIP debugging tools.
@@ -60,6 +63,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     let result = match cli.command {
+        Command::Dev(a) => dev::run(a),
         Command::Kms(c) => kms::run(c),
         Command::Kmip(c) => kms::run_kmip(c),
         Command::Server(c) => daemons::run_server(c),

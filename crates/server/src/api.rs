@@ -26,6 +26,7 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     pub hub: Arc<AgentHub>,
     pub enroller: Arc<Enroller>,
+    pub broker: Arc<crate::broker::KeyBroker>,
 }
 
 /// An API error: an HTTP status, a stable code, and a message that says what to do.
@@ -347,14 +348,341 @@ async fn ack_alarm(
     Ok(Json(json!({"alarm": id, "acknowledgedBy": user})))
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CreateVm {
+    name: String,
+    host: String,
+    #[serde(default)]
+    disks: Vec<u64>,
+    #[serde(default = "default_memory")]
+    memory_mib: u32,
+    #[serde(default)]
+    encrypt: bool,
+    provider: Option<String>,
+}
+
+fn default_memory() -> u32 {
+    256
+}
+
+fn agent_error(e: crate::agents::HubError) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "hostUnavailable",
+        e.to_string(),
+    )
+}
+
+fn reply_error(
+    reply: tresor_core::protocol::Reply,
+) -> Result<tresor_core::protocol::Reply, ApiError> {
+    match reply {
+        tresor_core::protocol::Reply::Failed { code, message } => {
+            let status = match code.as_str() {
+                "noSuchVm" => StatusCode::NOT_FOUND,
+                "exists" => StatusCode::CONFLICT,
+                _ => StatusCode::UNPROCESSABLE_ENTITY,
+            };
+            Err(ApiError {
+                status,
+                code: "hostRefused",
+                message,
+            })
+        }
+        other => Ok(other),
+    }
+}
+
+const AGENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+async fn create_vm(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Json(req): Json<CreateVm>,
+) -> Result<Json<Value>, ApiError> {
+    let privilege = if req.encrypt {
+        Privilege::CryptoEncryptNew
+    } else {
+        Privilege::VmCreate
+    };
+    let user = authorize(
+        &s,
+        &headers,
+        privilege,
+        &format!("Creating VM {}", req.name),
+    )?;
+    if s.store.vm(&req.name)?.is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "exists",
+            format!("A VM named {} exists already", req.name),
+        ));
+    }
+    let key = if req.encrypt {
+        let provider = match req.provider.clone() {
+            Some(p) => p,
+            None => s
+                .store
+                .providers()?
+                .into_iter()
+                .find(|p| p.is_default)
+                .map(|p| p.name)
+                .ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "noProvider", "No default key provider; add one with `tresor provider add` or name one with --provider"))?,
+        };
+        let key = s
+            .broker
+            .create_kek(&provider, &req.name)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "providerError", e.to_string()))?;
+        let (answer, material) = s.broker.fetch(&key).await;
+        let material = material.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "providerError",
+                format!("The new key {key} cannot be fetched: {answer:?}"),
+            )
+        })?;
+        let push = tresor_core::protocol::Command::PushKeys {
+            keys: vec![tresor_core::protocol::KeyMaterial {
+                key: key.clone(),
+                material,
+            }],
+        };
+        reply_error(
+            s.hub
+                .request(&req.host, push, AGENT_TIMEOUT)
+                .await
+                .map_err(agent_error)?,
+        )?;
+        Some(key)
+    } else {
+        None
+    };
+    let spec = tresor_core::protocol::VmSpec {
+        name: req.name.clone(),
+        memory_mib: req.memory_mib,
+        vcpus: 1,
+        disks: req
+            .disks
+            .iter()
+            .map(|size| tresor_core::protocol::DiskSpec {
+                size: *size,
+                own_key: None,
+            })
+            .collect(),
+        key: key.clone(),
+    };
+    let reply = reply_error(
+        s.hub
+            .request(
+                &req.host,
+                tresor_core::protocol::Command::CreateVm { spec },
+                AGENT_TIMEOUT,
+            )
+            .await
+            .map_err(agent_error)?,
+    )?;
+    if let Some(k) = &key {
+        record_crypto(&s, &user, "create-encrypted", &req.name, k)?;
+    }
+    let tresor_core::protocol::Reply::Vm { vm } = reply else {
+        return Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "hostRefused",
+            "The host did not report the new VM",
+        ));
+    };
+    s.engine.observe(&crate::agents::HubEvent::Inventory {
+        host: req.host.clone(),
+        vms: vec![vm],
+        keys_held: vec![],
+    });
+    s.engine.tick().await;
+    let record = s.store.vm(&req.name)?.ok_or_else(|| no_vm(&req.name))?;
+    Ok(Json(vm_json(&record)))
+}
+
+/// The audit record of a cryptographic operation.
+fn record_crypto(
+    s: &AppState,
+    user: &str,
+    operation: &str,
+    vm: &str,
+    key: &tresor_core::ids::KeyRef,
+) -> Result<(), ApiError> {
+    s.store.add_event(&crate::store::EventRow {
+        id: 0,
+        time: crate::enrol::now(),
+        event_type: tresor_core::events::CRYPTO_OPERATION.id.into(),
+        severity: "info".into(),
+        vm: Some(vm.into()),
+        host: None,
+        provider: Some(key.provider().into()),
+        user: Some(user.into()),
+        args: vec![
+            ("user".into(), user.into()),
+            ("operation".into(), operation.into()),
+            ("key".into(), key.key_id.clone()),
+        ],
+    })?;
+    Ok(())
+}
+
+async fn power(
+    s: &AppState,
+    headers: &HeaderMap,
+    name: &str,
+    on: bool,
+) -> Result<Json<Value>, ApiError> {
+    let (privilege, op) = if on {
+        (Privilege::VmPowerOn, tresor_core::ops::VmOp::PowerOn)
+    } else {
+        (Privilege::VmPowerOff, tresor_core::ops::VmOp::PowerOff)
+    };
+    authorize(
+        s,
+        headers,
+        privilege,
+        &format!("Powering VM {name} {}", if on { "on" } else { "off" }),
+    )?;
+    let record = s.store.vm(name)?.ok_or_else(|| no_vm(name))?;
+    let state = match record.crypto_state.as_str() {
+        "locked" => tresor_core::vm::CryptoState::Locked,
+        "unencrypted" => tresor_core::vm::CryptoState::Unencrypted,
+        _ => tresor_core::vm::CryptoState::Unlocked,
+    };
+    let reason = match record.lock_reason.as_deref() {
+        Some("kmsClusterError") => Some(tresor_core::vm::LockReason::KmsClusterError),
+        Some("keyMissingOnKms") => Some(tresor_core::vm::LockReason::KeyMissingOnKms),
+        Some("keyMissingOnHost") => Some(tresor_core::vm::LockReason::KeyMissingOnHost),
+        _ => None,
+    };
+    tresor_core::ops::check(name, op, state, reason)
+        .map_err(|r| ApiError::new(StatusCode::CONFLICT, "vmLocked", r.message))?;
+    let command = if on {
+        tresor_core::protocol::Command::PowerOn { vm: name.into() }
+    } else {
+        tresor_core::protocol::Command::PowerOff { vm: name.into() }
+    };
+    reply_error(
+        s.hub
+            .request(&record.host, command, AGENT_TIMEOUT)
+            .await
+            .map_err(agent_error)?,
+    )?;
+    Ok(Json(
+        json!({"vm": name, "powerState": if on { "poweredOn" } else { "poweredOff" }}),
+    ))
+}
+
+async fn power_on(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    power(&s, &headers, &name, true).await
+}
+
+async fn power_off(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    power(&s, &headers, &name, false).await
+}
+
+async fn enable_encryption(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(host): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let user = authorize(
+        &s,
+        &headers,
+        Privilege::CryptoRegisterHost,
+        &format!("Enabling encryption on host {host}"),
+    )?;
+    let provider = s
+        .store
+        .providers()?
+        .into_iter()
+        .find(|p| p.is_default)
+        .map(|p| p.name)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "noProvider",
+                "No default key provider; add one with `tresor provider add`",
+            )
+        })?;
+    let key = s
+        .broker
+        .create_kek(&provider, &format!("host:{host}"))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "providerError", e.to_string()))?;
+    let (answer, material) = s.broker.fetch(&key).await;
+    let material = material.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "providerError",
+            format!("The new host key {key} cannot be fetched: {answer:?}"),
+        )
+    })?;
+    let command = tresor_core::protocol::Command::EnableEncryption {
+        host_key: tresor_core::protocol::KeyMaterial {
+            key: key.clone(),
+            material,
+        },
+    };
+    reply_error(
+        s.hub
+            .request(&host, command, AGENT_TIMEOUT)
+            .await
+            .map_err(agent_error)?,
+    )?;
+    let mut record = s
+        .store
+        .hosts()?
+        .into_iter()
+        .find(|h| h.name == host)
+        .unwrap_or(crate::store::HostRecord {
+            name: host.clone(),
+            boot_id: String::new(),
+            crypto_state: String::new(),
+            connected: true,
+            last_seen: crate::enrol::now(),
+        });
+    record.crypto_state = "safe".into();
+    s.store.put_host(&record)?;
+    s.store.add_event(&crate::store::EventRow {
+        id: 0,
+        time: crate::enrol::now(),
+        event_type: tresor_core::events::HOST_CRYPTO_ENABLED.id.into(),
+        severity: "info".into(),
+        vm: None,
+        host: Some(host.clone()),
+        provider: Some(provider),
+        user: Some(user),
+        args: vec![("host".into(), host.clone())],
+    })?;
+    Ok(Json(json!({"host": host, "cryptoState": "safe"})))
+}
+
 /// The API's routes.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/api/v1/vms", get(list_vms))
+        .route("/api/v1/vms", get(list_vms).post(create_vm))
+        .route("/api/v1/vms/{name}/power-on", post(power_on))
+        .route("/api/v1/vms/{name}/power-off", post(power_off))
         .route("/api/v1/vms/{name}", get(show_vm))
         .route("/api/v1/vms/{name}/unlock", post(unlock_vm))
         .route("/api/v1/hosts", get(list_hosts))
         .route("/api/v1/hosts/token", post(host_token))
+        .route(
+            "/api/v1/hosts/{name}/enable-encryption",
+            post(enable_encryption),
+        )
         .route("/api/v1/events", get(list_events))
         .route("/api/v1/alarms", get(list_alarms))
         .route("/api/v1/alarms/{id}/ack", post(ack_alarm))

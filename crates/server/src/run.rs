@@ -188,7 +188,7 @@ pub async fn serve(
     }
     let engine = Engine::new(
         hub.clone(),
-        broker,
+        broker.clone(),
         EngineConfig {
             tick: std::time::Duration::from_millis(config.engine_tick_ms.max(50)),
             ..EngineConfig::default()
@@ -213,6 +213,7 @@ pub async fn serve(
         engine: engine.clone(),
         hub: hub.clone(),
         enroller,
+        broker,
     });
     let hub_task = tokio::spawn(hub.serve(agents, tokio_rustls::TlsAcceptor::from(tls)));
     let engine_task = tokio::spawn(engine.run());

@@ -101,6 +101,7 @@ async fn every_operation_checks_its_privilege() {
         engine,
         hub,
         enroller,
+        broker: Arc::new(KeyBroker::new()),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();

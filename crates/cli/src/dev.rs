@@ -1,0 +1,291 @@
+//! `tresor dev`: the whole system on this machine, in one process tree: the embedded key server,
+//! the server (SQLite) and N host agents, with their data in one folder. Prints the API's URL
+//! and an admin token.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+
+use crate::CliError;
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// How many host agents to run.
+    #[arg(long, default_value_t = 1)]
+    hosts: usize,
+    /// Where everything keeps its data.
+    #[arg(long, default_value = ".tresor-dev")]
+    data: PathBuf,
+    /// The API's port; the agent endpoint uses the next one, the key server the one after.
+    #[arg(long, default_value_t = 8400)]
+    port: u16,
+}
+
+/// A plain HTTP/1.1 request to the local API; returns the status and body.
+pub fn local_http(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: &str,
+) -> Result<(u16, String), CliError> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))
+        .map_err(|e| CliError::msg(format!("Cannot reach the API on port {port}: {e}")))?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(180)));
+    let content_type = if body.is_empty() {
+        ""
+    } else {
+        "Content-Type: application/json\r\n"
+    };
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .map_err(|e| CliError::msg(e.to_string()))?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)
+        .map_err(|e| CliError::msg(e.to_string()))?;
+    let status = out
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| CliError::msg("The API answered something that is not HTTP"))?;
+    Ok((
+        status,
+        out.split("\r\n\r\n").nth(1).unwrap_or("").to_owned(),
+    ))
+}
+
+struct Children(Vec<(String, Child)>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for (_, c) in self.0.iter_mut().rev() {
+            let _ = Command::new("kill")
+                .args(["-INT", &c.id().to_string()])
+                .status();
+        }
+        for (_, c) in self.0.iter_mut() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn spawn(children: &mut Children, name: &str, args: &[&str], log: &Path) -> Result<(), CliError> {
+    let exe = std::env::current_exe().map_err(|e| CliError::msg(e.to_string()))?;
+    let child = Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::File::create(log)
+                .map_err(|e| CliError::msg(format!("Cannot create {}: {e}", log.display())))?,
+        )
+        .spawn()
+        .map_err(|e| CliError::msg(format!("Cannot start {name}: {e}")))?;
+    children.0.push((name.to_owned(), child));
+    Ok(())
+}
+
+fn wait_port(port: u16, what: &str, log: &Path) -> Result<(), CliError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            return Err(CliError::msg(format!(
+                "{what} did not start; see {}",
+                log.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+pub fn run(args: DevArgs) -> Result<(), CliError> {
+    let data = std::path::absolute(&args.data).map_err(|e| CliError::msg(e.to_string()))?;
+    std::fs::create_dir_all(&data)
+        .map_err(|e| CliError::msg(format!("Cannot create {}: {e}", data.display())))?;
+    let (api, agents, kms_port) = (args.port, args.port + 1, args.port + 2);
+    let kms_dir = data.join("kms");
+    let server_dir = data.join("server");
+    let logs = data.join("logs");
+    std::fs::create_dir_all(&logs).map_err(|e| CliError::msg(e.to_string()))?;
+    if !kms_dir.join("kms.toml").exists() {
+        crate::kms::init(
+            &kms_dir,
+            &["localhost".into(), "127.0.0.1".into()],
+            &format!("127.0.0.1:{kms_port}"),
+        )?;
+    }
+    let token_file = data.join("admin-token");
+    if !server_dir.join("server.toml").exists() {
+        let done = tresor_server::run::init(
+            &server_dir,
+            &["localhost".into(), "127.0.0.1".into()],
+            &format!("127.0.0.1:{api}"),
+            &format!("127.0.0.1:{agents}"),
+        )
+        .map_err(|e| CliError::msg(e.to_string()))?;
+        crate::kms::write_private(&token_file, done.admin_token.as_bytes())?;
+        // The embedded key server is the default provider.
+        let store = tresor_server::store::Store::open(&server_dir.join("server.sqlite"))
+            .map_err(|e| CliError::msg(e.to_string()))?;
+        let read = |p: PathBuf| {
+            std::fs::read_to_string(&p)
+                .map_err(|e| CliError::msg(format!("Cannot read {}: {e}", p.display())))
+        };
+        store
+            .put_provider(&tresor_server::store::ProviderRecord {
+                name: "tresor-kms".into(),
+                endpoints: vec![format!("127.0.0.1:{kms_port}")],
+                ca_pem: read(kms_dir.join("tls/ca.pem"))?,
+                client_cert_pem: read(kms_dir.join("clients/tresor-server.pem"))?,
+                client_key_file: kms_dir
+                    .join("clients/tresor-server.key")
+                    .display()
+                    .to_string(),
+                is_default: true,
+            })
+            .map_err(|e| CliError::msg(e.to_string()))?;
+    }
+    let admin = std::fs::read_to_string(&token_file)
+        .map_err(|e| CliError::msg(format!("Cannot read {}: {e}", token_file.display())))?;
+    let mut children = Children(Vec::new());
+    let kms_log = logs.join("kms.log");
+    spawn(
+        &mut children,
+        "kms",
+        &[
+            "kms",
+            "serve",
+            "--config",
+            &kms_dir.join("kms.toml").display().to_string(),
+        ],
+        &kms_log,
+    )?;
+    wait_port(kms_port, "The key server", &kms_log)?;
+    let server_log = logs.join("server.log");
+    spawn(
+        &mut children,
+        "server",
+        &[
+            "server",
+            "--config",
+            &server_dir.join("server.toml").display().to_string(),
+        ],
+        &server_log,
+    )?;
+    wait_port(api, "The server", &server_log)?;
+    for i in 1..=args.hosts.max(1) {
+        let name = format!("host-{i}");
+        let dir = data.join(&name);
+        if !dir.join("agent.toml").exists() {
+            let (status, body) = local_http(api, "POST", "/api/v1/hosts/token", admin.trim(), "")?;
+            let token = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["token"].as_str().map(str::to_owned))
+                .filter(|_| status == 200)
+                .ok_or_else(|| CliError::msg(format!("The server gave no join token: {body}")))?;
+            let exe = std::env::current_exe().map_err(|e| CliError::msg(e.to_string()))?;
+            let out = Command::new(exe)
+                .args([
+                    "agent",
+                    "join",
+                    "--server",
+                    &format!("127.0.0.1:{agents}"),
+                    "--token",
+                    &token,
+                    "--name",
+                    &name,
+                    "--dir",
+                ])
+                .arg(&dir)
+                .output()
+                .map_err(|e| CliError::msg(e.to_string()))?;
+            if !out.status.success() {
+                return Err(CliError::msg(format!(
+                    "Host {name} could not enrol: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+        }
+        spawn(
+            &mut children,
+            &name,
+            &[
+                "agent",
+                "--config",
+                &dir.join("agent.toml").display().to_string(),
+            ],
+            &logs.join(format!("{name}.log")),
+        )?;
+    }
+    // Encryption mode on every host, as a fresh development setup wants it.
+    for i in 1..=args.hosts.max(1) {
+        let name = format!("host-{i}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, body) = local_http(
+                api,
+                "POST",
+                &format!("/api/v1/hosts/{name}/enable-encryption"),
+                admin.trim(),
+                "",
+            )?;
+            if status == 200 {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(CliError::msg(format!(
+                    "Cannot enable encryption on {name}: {body}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    println!("Tresor is running (data in {}).", data.display());
+    println!("  API          http://127.0.0.1:{api}/api/v1");
+    println!(
+        "  admin token  {}   (also in {})",
+        admin.trim(),
+        token_file.display()
+    );
+    println!("  key server   127.0.0.1:{kms_port} (provider tresor-kms, the default)");
+    println!(
+        "  hosts        {}",
+        (1..=args.hosts.max(1))
+            .map(|i| format!("host-{i}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!("  logs         {}", logs.display());
+    println!("Stop with Ctrl-C.");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::msg(e.to_string()))?;
+    rt.block_on(async {
+        loop {
+            tokio::select! {
+                _ = crate::kms::shutdown_signal() => break,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                    let stopped = children.0.iter_mut().find_map(|(name, c)| (!matches!(c.try_wait(), Ok(None))).then(|| name.clone()));
+                    if let Some(name) = stopped {
+                        eprintln!("tresor: {name} stopped; see {}", logs.display());
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    drop(children);
+    Ok(())
+}
