@@ -1,0 +1,111 @@
+//! `tresor dev` as a user runs it: one command brings up the key server, the server and a host;
+//! an encrypted VM is created on real LUKS disks and powered on in QEMU; Ctrl-C stops it all.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TRESOR: &str = env!("CARGO_BIN_EXE_tresor");
+
+fn http(port: u16, method: &str, path: &str, token: &str, body: &str) -> (u16, serde_json::Value) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let ct = if body.is_empty() {
+        ""
+    } else {
+        "Content-Type: application/json\r\n"
+    };
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: l\r\nAuthorization: Bearer {token}\r\n{ct}Content-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    (
+        out[9..12].parse().unwrap(),
+        serde_json::from_str(out.split("\r\n\r\n").nth(1).unwrap_or("")).unwrap_or_default(),
+    )
+}
+
+fn free_ports() -> u16 {
+    // Three consecutive free ports.
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = l.local_addr().unwrap().port();
+        drop(l);
+        if p < 65000 && (1..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
+            return p;
+        }
+    }
+}
+
+#[test]
+fn tresor_dev_runs_an_encrypted_vm_and_stops_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_ports();
+    let mut dev = Command::new(TRESOR)
+        .args(["dev", "--data"])
+        .arg(tmp.path())
+        .args(["--port", &port.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(dev.stdout.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut token = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(rest) = line.trim().strip_prefix("admin token") {
+            token = rest.split_whitespace().next().unwrap().to_owned();
+        }
+        if line.starts_with("Stop with Ctrl-C") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "tresor dev did not come up");
+    }
+    assert_eq!(token.len(), 48, "no admin token printed");
+    let (status, vm) = http(
+        port,
+        "POST",
+        "/api/v1/vms",
+        &token,
+        r#"{"name":"web01","host":"host-1","disks":[4194304],"encrypt":true,"memoryMib":64}"#,
+    );
+    assert_eq!(status, 200, "{vm}");
+    assert_eq!(vm["cryptoState"], "unlocked");
+    assert_eq!(vm["config"]["keyId"]["providerId"]["id"], "tresor-kms");
+    let (status, body) = http(port, "POST", "/api/v1/vms/web01/power-on", &token, "");
+    assert_eq!(status, 200, "{body}");
+    // The key id the procedure asks for is the one on the key server.
+    let key_id = vm["config"]["keyId"]["keyId"].as_str().unwrap().to_owned();
+    let out = Command::new(TRESOR)
+        .args(["kms", "key", "show", &key_id, "--config"])
+        .arg(tmp.path().join("kms/kms.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Active"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    Command::new("kill")
+        .args(["-INT", &dev.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while dev.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "tresor dev did not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Nothing of it keeps running: not the server, not QEMU.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the API still answers"
+    );
+    let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+    let leftover: Vec<String> = String::from_utf8_lossy(&ps.stdout)
+        .lines()
+        .filter(|l| l.contains(&tmp.path().display().to_string()))
+        .map(str::to_owned)
+        .collect();
+    assert!(leftover.is_empty(), "processes left behind: {leftover:?}");
+}
