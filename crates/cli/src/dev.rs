@@ -32,8 +32,20 @@ pub fn local_http(
     token: &str,
     body: &str,
 ) -> Result<(u16, String), CliError> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))
-        .map_err(|e| CliError::msg(format!("Cannot reach the API on port {port}: {e}")))?;
+    http_request("127.0.0.1", port, method, path, token, body)
+}
+
+/// A plain HTTP/1.1 request; returns the status and body.
+pub fn http_request(
+    host: &str,
+    port: u16,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: &str,
+) -> Result<(u16, String), CliError> {
+    let mut s = std::net::TcpStream::connect((host, port))
+        .map_err(|e| CliError::msg(format!("Cannot reach the server at {host}:{port}: {e}")))?;
     let _ = s.set_read_timeout(Some(Duration::from_secs(180)));
     let content_type = if body.is_empty() {
         ""

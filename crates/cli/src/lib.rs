@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod client;
 mod daemons;
 mod dev;
 mod kms;
@@ -27,6 +28,12 @@ enum Command {
     Kms(kms::KmsCommand),
     /// KMIP debugging tools.
     Kmip(kms::KmipCommand),
+    /// Virtual machines.
+    Vm(client::VmCommand),
+    /// Hosts: join tokens, list, encryption mode.
+    Host(client::HostCommand),
+    /// Events.
+    Event(client::EventCommand),
     /// The management server and key broker.
     Server(daemons::ServerCommand),
     /// The host agent.
@@ -64,6 +71,9 @@ pub fn main() -> ExitCode {
     init_logging();
     let result = match cli.command {
         Command::Dev(a) => dev::run(a),
+        Command::Vm(c) => client::run_vm(c),
+        Command::Host(c) => client::run_host(c),
+        Command::Event(c) => client::run_event(c),
         Command::Kms(c) => kms::run(c),
         Command::Kmip(c) => kms::run_kmip(c),
         Command::Server(c) => daemons::run_server(c),

@@ -1,0 +1,374 @@
+//! The client commands: `tresor vm …`, `tresor host …`, `tresor event …`, `tresor alarm …`. They
+//! talk to a server's API: `--server URL` or `TRESOR_SERVER`, the token from `TRESOR_TOKEN`.
+
+use clap::{Args, Subcommand};
+use serde_json::Value;
+
+use crate::output::{self, Format};
+use crate::CliError;
+
+#[derive(Debug, Args)]
+pub struct Conn {
+    /// The server's API, for example http://127.0.0.1:8400.
+    #[arg(
+        long,
+        env = "TRESOR_SERVER",
+        default_value = "http://127.0.0.1:8400",
+        global = true
+    )]
+    server: String,
+    /// The API token (from `tresor server init`, or a user's).
+    #[arg(long, env = "TRESOR_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// Output format.
+    #[arg(long, short = 'o', default_value = "table", global = true)]
+    output: Format,
+}
+
+impl Conn {
+    fn call(&self, method: &str, path: &str, body: &str) -> Result<Value, CliError> {
+        let token = self.token.as_deref().ok_or_else(|| {
+            CliError::msg("No API token: set TRESOR_TOKEN (tresor dev prints one)")
+        })?;
+        let rest = self
+            .server
+            .strip_prefix("http://")
+            .ok_or_else(|| CliError::msg(format!("Server URL {} must start with http:// (HTTPS comes with a TLS proxy in front of the API)", self.server)))?;
+        let hostport = rest.trim_end_matches('/');
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) => (
+                h,
+                p.parse::<u16>().map_err(|_| {
+                    CliError::msg(format!("Bad port in server URL {}", self.server))
+                })?,
+            ),
+            None => (hostport, 80),
+        };
+        let (status, text) = crate::dev::http_request(host, port, method, path, token, body)?;
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if !(200..300).contains(&status) {
+            let message = value["error"]["message"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("the server answered {status}"));
+            return Err(CliError::msg(message));
+        }
+        Ok(value)
+    }
+
+    fn print(&self, value: &Value, table: impl FnOnce(&Value) -> String) {
+        match self.output {
+            Format::Json => println!(
+                "{}",
+                serde_json::to_string_pretty(value).unwrap_or_default()
+            ),
+            Format::Table => print!("{}", table(value)),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct VmCommand {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    command: VmSub,
+}
+
+#[derive(Debug, Subcommand)]
+enum VmSub {
+    /// Every VM (or the locked ones).
+    List {
+        #[arg(long)]
+        locked: bool,
+    },
+    /// One VM.
+    Show {
+        name: String,
+    },
+    /// One value of a VM, by path (for example config.keyId.keyId).
+    Get {
+        name: String,
+        path: String,
+    },
+    /// Create a VM on a host; --encrypt creates its key on the provider.
+    Create {
+        name: String,
+        #[arg(long)]
+        host: String,
+        /// A disk of this size (512M, 10G); repeat for more.
+        #[arg(long = "disk")]
+        disks: Vec<String>,
+        #[arg(long)]
+        encrypt: bool,
+        #[arg(long)]
+        provider: Option<String>,
+    },
+    PowerOn {
+        names: Vec<String>,
+    },
+    PowerOff {
+        names: Vec<String>,
+    },
+    /// Send the keys of locked VMs to their hosts.
+    Unlock {
+        names: Vec<String>,
+    },
+}
+
+/// Bytes in `512M`, `10G`, `1T` or a plain number.
+pub fn parse_size(text: &str) -> Result<u64, CliError> {
+    let t = text.trim();
+    let (num, mult) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&t[..t.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&t[..t.len() - 1], 1 << 30),
+        Some('T' | 't') => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| {
+            CliError::msg(format!(
+                "\"{text}\" is not a size; write for example 512M or 10G"
+            ))
+        })
+}
+
+fn vm_rows(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|vm| {
+                    let s = |k: &str| vm[k].as_str().unwrap_or("-").to_owned();
+                    vec![
+                        s("name"),
+                        s("host"),
+                        s("powerState"),
+                        s("cryptoState"),
+                        s("connectionState"),
+                        s("lockReason"),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    output::table(
+        &[
+            "NAME",
+            "HOST",
+            "POWER",
+            "CRYPTO",
+            "CONNECTION",
+            "LOCK REASON",
+        ],
+        &rows,
+    )
+}
+
+pub fn run_vm(cmd: VmCommand) -> Result<(), CliError> {
+    let c = &cmd.conn;
+    match cmd.command {
+        VmSub::List { locked } => {
+            let v = c.call(
+                "GET",
+                if locked {
+                    "/api/v1/vms?locked=true"
+                } else {
+                    "/api/v1/vms"
+                },
+                "",
+            )?;
+            c.print(&v, vm_rows);
+        }
+        VmSub::Show { name } => {
+            let v = c.call("GET", &format!("/api/v1/vms/{name}"), "")?;
+            c.print(&v, |vm| vm_rows(&Value::Array(vec![vm.clone()])));
+        }
+        VmSub::Get { name, path } => {
+            let v = c.call("GET", &format!("/api/v1/vms/{name}"), "")?;
+            let mut cur = &v;
+            for part in path.split('.') {
+                cur = cur
+                    .get(part)
+                    .ok_or_else(|| CliError::msg(format!("VM {name} has no {path}")))?;
+            }
+            match cur {
+                Value::String(s) => println!("{s}"),
+                Value::Null => println!("null"),
+                other => println!("{other}"),
+            }
+        }
+        VmSub::Create {
+            name,
+            host,
+            disks,
+            encrypt,
+            provider,
+        } => {
+            let sizes: Vec<u64> = disks
+                .iter()
+                .map(|d| parse_size(d))
+                .collect::<Result<_, _>>()?;
+            let body = serde_json::json!({"name": name, "host": host, "disks": sizes, "encrypt": encrypt, "provider": provider});
+            let v = c.call("POST", "/api/v1/vms", &body.to_string())?;
+            c.print(&v, |vm| vm_rows(&Value::Array(vec![vm.clone()])));
+        }
+        VmSub::PowerOn { names } | VmSub::PowerOff { names } | VmSub::Unlock { names }
+            if names.is_empty() =>
+        {
+            return Err(CliError::msg("Name at least one VM"));
+        }
+        VmSub::PowerOn { names } => {
+            for n in names {
+                c.call("POST", &format!("/api/v1/vms/{n}/power-on"), "")?;
+                println!("{n}: powered on");
+            }
+        }
+        VmSub::PowerOff { names } => {
+            for n in names {
+                c.call("POST", &format!("/api/v1/vms/{n}/power-off"), "")?;
+                println!("{n}: powered off");
+            }
+        }
+        VmSub::Unlock { names } => {
+            for n in names {
+                c.call("POST", &format!("/api/v1/vms/{n}/unlock"), "")?;
+                println!("{n}: unlock requested");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct HostCommand {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    command: HostSub,
+}
+
+#[derive(Debug, Subcommand)]
+enum HostSub {
+    /// A one-time join token for `tresor agent join`.
+    Token {
+        /// Seconds the token is valid.
+        #[arg(long, default_value_t = 3600)]
+        ttl: i64,
+    },
+    List,
+    EnableEncryption {
+        name: String,
+    },
+}
+
+pub fn run_host(cmd: HostCommand) -> Result<(), CliError> {
+    let c = &cmd.conn;
+    match cmd.command {
+        HostSub::Token { ttl } => {
+            let v = c.call(
+                "POST",
+                "/api/v1/hosts/token",
+                &serde_json::json!({"ttlSecs": ttl}).to_string(),
+            )?;
+            c.print(&v, |v| {
+                format!("{}\n", v["token"].as_str().unwrap_or_default())
+            });
+        }
+        HostSub::List => {
+            let v = c.call("GET", "/api/v1/hosts", "")?;
+            c.print(&v, |v| {
+                let rows: Vec<Vec<String>> = v
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|h| {
+                                vec![
+                                    h["name"].as_str().unwrap_or("-").into(),
+                                    h["connected"].to_string(),
+                                    h["cryptoState"].as_str().unwrap_or("-").into(),
+                                ]
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                output::table(&["NAME", "CONNECTED", "ENCRYPTION MODE"], &rows)
+            });
+        }
+        HostSub::EnableEncryption { name } => {
+            c.call(
+                "POST",
+                &format!("/api/v1/hosts/{name}/enable-encryption"),
+                "",
+            )?;
+            println!("{name}: encryption mode safe");
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct EventCommand {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    command: EventSub,
+}
+
+#[derive(Debug, Subcommand)]
+enum EventSub {
+    List {
+        #[arg(long)]
+        vm: Option<String>,
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// Seconds since the epoch.
+        #[arg(long)]
+        since: Option<i64>,
+        #[arg(long, default_value = "en")]
+        lang: String,
+    },
+}
+
+pub fn run_event(cmd: EventCommand) -> Result<(), CliError> {
+    let c = &cmd.conn;
+    let EventSub::List {
+        vm,
+        event_type,
+        since,
+        lang,
+    } = cmd.command;
+    let mut q = vec![format!("lang={lang}")];
+    if let Some(v) = vm {
+        q.push(format!("vm={v}"));
+    }
+    if let Some(t) = event_type {
+        q.push(format!("type={t}"));
+    }
+    if let Some(s) = since {
+        q.push(format!("since={s}"));
+    }
+    let v = c.call("GET", &format!("/api/v1/events?{}", q.join("&")), "")?;
+    c.print(&v, |v| {
+        let rows: Vec<Vec<String>> = v
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|e| {
+                        vec![
+                            output::time(e["time"].as_i64().unwrap_or(0)),
+                            e["type"].as_str().unwrap_or("-").into(),
+                            e["vm"].as_str().unwrap_or("-").into(),
+                            e["message"].as_str().unwrap_or("").into(),
+                        ]
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        output::table(&["TIME", "TYPE", "VM", "MESSAGE"], &rows)
+    });
+    Ok(())
+}
