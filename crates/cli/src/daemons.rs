@@ -54,8 +54,12 @@ enum AgentSub {
         /// The server's agent endpoint, host:port.
         #[arg(long)]
         server: String,
-        #[arg(long)]
-        token: String,
+        /// The join token (it is one-time and short-lived; --token-file keeps it off the command line).
+        #[arg(long, required_unless_present = "token_file")]
+        token: Option<String>,
+        /// A file holding the join token.
+        #[arg(long, conflicts_with = "token")]
+        token_file: Option<PathBuf>,
         /// This host's name.
         #[arg(long)]
         name: Option<String>,
@@ -115,10 +119,23 @@ pub fn run_agent(cmd: AgentCommand) -> Result<(), CliError> {
         Some(AgentSub::Join {
             server,
             token,
+            token_file,
             name,
             dir,
             server_name,
         }) => {
+            let token = match (token, token_file) {
+                (Some(t), _) => t,
+                (None, Some(f)) => std::fs::read_to_string(&f)
+                    .map_err(|e| CliError::msg(format!("Cannot read {}: {e}", f.display())))?
+                    .trim()
+                    .to_owned(),
+                (None, None) => {
+                    return Err(CliError::msg(
+                        "Give the join token with --token or --token-file",
+                    ))
+                }
+            };
             let name = match name {
                 Some(n) => n,
                 None => std::fs::read_to_string("/etc/hostname")
