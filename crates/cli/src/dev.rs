@@ -206,6 +206,9 @@ pub fn run(args: DevArgs) -> Result<(), CliError> {
                 .and_then(|v| v["token"].as_str().map(str::to_owned))
                 .filter(|_| status == 200)
                 .ok_or_else(|| CliError::msg(format!("The server gave no join token: {body}")))?;
+            // The token goes by file, not on the command line.
+            let token_path = data.join(format!(".join-token-{name}"));
+            crate::kms::write_private(&token_path, token.as_bytes())?;
             let exe = std::env::current_exe().map_err(|e| CliError::msg(e.to_string()))?;
             let out = Command::new(exe)
                 .args([
@@ -213,15 +216,16 @@ pub fn run(args: DevArgs) -> Result<(), CliError> {
                     "join",
                     "--server",
                     &format!("127.0.0.1:{agents}"),
-                    "--token",
-                    &token,
                     "--name",
                     &name,
-                    "--dir",
+                    "--token-file",
                 ])
+                .arg(&token_path)
+                .arg("--dir")
                 .arg(&dir)
-                .output()
-                .map_err(|e| CliError::msg(e.to_string()))?;
+                .output();
+            let _ = std::fs::remove_file(&token_path);
+            let out = out.map_err(|e| CliError::msg(e.to_string()))?;
             if !out.status.success() {
                 return Err(CliError::msg(format!(
                     "Host {name} could not enrol: {}",
