@@ -85,7 +85,7 @@ pub fn unwrap(
 ) -> Result<Zeroizing<Vec<u8>>, WrapError> {
     let key = key(kek)?;
     let hex = wrapped.strip_prefix(PREFIX).ok_or(WrapError::Format)?;
-    if hex.len() % 2 != 0 || hex.len() < 2 * (NONCE_LEN + 16) {
+    if !hex.is_ascii() || !hex.len().is_multiple_of(2) || hex.len() < 2 * (NONCE_LEN + 16) {
         return Err(WrapError::Format);
     }
     let bytes: Vec<u8> = (0..hex.len() / 2)

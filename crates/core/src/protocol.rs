@@ -51,7 +51,7 @@ impl Serialize for SecretBytes {
 impl<'de> Deserialize<'de> for SecretBytes {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<SecretBytes, D::Error> {
         let text = Zeroizing::new(String::deserialize(d)?);
-        if !text.len().is_multiple_of(2) {
+        if !text.is_ascii() || !text.len().is_multiple_of(2) {
             return Err(serde::de::Error::custom("key material must be hex"));
         }
         let bytes = (0..text.len() / 2)
@@ -369,6 +369,14 @@ mod tests {
             d.next_message::<AgentMessage>(),
             Err(FrameError::Json(_))
         ));
+    }
+
+    #[test]
+    fn non_hex_key_material_is_an_error_not_a_panic() {
+        let json = r#"{"key":{"keyId":"k","providerId":{"id":"p"}},"material":"a\u00e9b"}"#;
+        assert!(serde_json::from_str::<KeyMaterial>(json).is_err());
+        let json = r#"{"key":{"keyId":"k","providerId":{"id":"p"}},"material":"zz"}"#;
+        assert!(serde_json::from_str::<KeyMaterial>(json).is_err());
     }
 
     #[test]
