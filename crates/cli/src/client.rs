@@ -114,6 +114,39 @@ enum VmSub {
     Unlock {
         names: Vec<String>,
     },
+    /// Register a VM from its directory on a host, or every VM found there (--all).
+    Register {
+        path: Option<String>,
+        #[arg(long)]
+        host: String,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Forget a VM; its files stay on the host.
+    Unregister {
+        name: String,
+    },
+    Reload {
+        name: String,
+    },
+    /// Delete a VM and its files (refused while it is locked).
+    Delete {
+        name: String,
+    },
+    Encrypt {
+        name: String,
+        #[arg(long)]
+        provider: Option<String>,
+    },
+    Decrypt {
+        name: String,
+    },
+    /// A new key for the VM; --deep also re-encrypts its disks (powered off).
+    Rekey {
+        name: String,
+        #[arg(long)]
+        deep: bool,
+    },
 }
 
 /// Bytes in `512M`, `10G`, `1T` or a plain number.
@@ -233,6 +266,48 @@ pub fn run_vm(cmd: VmCommand) -> Result<(), CliError> {
                 println!("{n}: powered off");
             }
         }
+        VmSub::Register { path, host, all } => {
+            let body = serde_json::json!({"host": host, "path": path, "all": all});
+            let v = c.call("POST", "/api/v1/vms/register", &body.to_string())?;
+            c.print(&v, |v| {
+                let names: Vec<&str> = v["registered"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                format!(
+                    "registered: {}\n",
+                    if names.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        names.join(", ")
+                    }
+                )
+            });
+        }
+        VmSub::Unregister { name }
+        | VmSub::Reload { name }
+        | VmSub::Delete { name }
+        | VmSub::Decrypt { name }
+            if name.is_empty() =>
+        {
+            return Err(CliError::msg("Name a VM"));
+        }
+        VmSub::Unregister { name } => simple(c, &name, "unregister", "")?,
+        VmSub::Reload { name } => simple(c, &name, "reload", "")?,
+        VmSub::Delete { name } => simple(c, &name, "delete", "")?,
+        VmSub::Decrypt { name } => simple(c, &name, "decrypt", "")?,
+        VmSub::Encrypt { name, provider } => simple(
+            c,
+            &name,
+            "encrypt",
+            &serde_json::json!({"provider": provider}).to_string(),
+        )?,
+        VmSub::Rekey { name, deep } => simple(
+            c,
+            &name,
+            "rekey",
+            &serde_json::json!({"deep": deep}).to_string(),
+        )?,
         VmSub::Unlock { names } => {
             for n in names {
                 c.call("POST", &format!("/api/v1/vms/{n}/unlock"), "")?;
@@ -240,6 +315,12 @@ pub fn run_vm(cmd: VmCommand) -> Result<(), CliError> {
             }
         }
     }
+    Ok(())
+}
+
+fn simple(c: &Conn, name: &str, op: &str, body: &str) -> Result<(), CliError> {
+    c.call("POST", &format!("/api/v1/vms/{name}/{op}"), body)?;
+    println!("{name}: {op} done");
     Ok(())
 }
 
@@ -261,6 +342,10 @@ enum HostSub {
     },
     List,
     EnableEncryption {
+        name: String,
+    },
+    /// Stop the host's VMs and empty its key cache, as a restart does.
+    Reboot {
         name: String,
     },
 }
@@ -297,6 +382,10 @@ pub fn run_host(cmd: HostCommand) -> Result<(), CliError> {
                     .unwrap_or_default();
                 output::table(&["NAME", "CONNECTED", "ENCRYPTION MODE"], &rows)
             });
+        }
+        HostSub::Reboot { name } => {
+            c.call("POST", &format!("/api/v1/hosts/{name}/reboot"), "")?;
+            println!("{name}: rebooted (VMs stopped, key cache empty)");
         }
         HostSub::EnableEncryption { name } => {
             c.call(

@@ -289,14 +289,18 @@ pub fn run(args: DevArgs) -> Result<(), CliError> {
         .build()
         .map_err(|e| CliError::msg(e.to_string()))?;
     rt.block_on(async {
+        // A part that stops is reported, and the others go on: a stopped key server is one of the
+        // faults Tresor is made for.
+        let mut reported: Vec<String> = Vec::new();
         loop {
             tokio::select! {
                 _ = crate::kms::shutdown_signal() => break,
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {
-                    let stopped = children.0.iter_mut().find_map(|(name, c)| (!matches!(c.try_wait(), Ok(None))).then(|| name.clone()));
-                    if let Some(name) = stopped {
-                        eprintln!("tresor: {name} stopped; see {}", logs.display());
-                        break;
+                    for (name, c) in children.0.iter_mut() {
+                        if !matches!(c.try_wait(), Ok(None)) && !reported.contains(name) {
+                            eprintln!("tresor: {name} stopped; see {}", logs.display());
+                            reported.push(name.clone());
+                        }
                     }
                 }
             }

@@ -576,22 +576,6 @@ async fn power(
     ))
 }
 
-async fn power_on(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    power(&s, &headers, &name, true).await
-}
-
-async fn power_off(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    power(&s, &headers, &name, false).await
-}
-
 async fn enable_encryption(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -669,20 +653,313 @@ async fn enable_encryption(
     Ok(Json(json!({"host": host, "cryptoState": "safe"})))
 }
 
+/// The VM's lock state, for the operations a locked VM refuses.
+fn lock_of(
+    record: &VmRecord,
+) -> (
+    tresor_core::vm::CryptoState,
+    Option<tresor_core::vm::LockReason>,
+) {
+    let state = match record.crypto_state.as_str() {
+        "locked" => tresor_core::vm::CryptoState::Locked,
+        "unencrypted" => tresor_core::vm::CryptoState::Unencrypted,
+        _ => tresor_core::vm::CryptoState::Unlocked,
+    };
+    let reason = match record.lock_reason.as_deref() {
+        Some("kmsClusterError") => Some(tresor_core::vm::LockReason::KmsClusterError),
+        Some("keyMissingOnKms") => Some(tresor_core::vm::LockReason::KeyMissingOnKms),
+        Some("keyMissingOnHost") => Some(tresor_core::vm::LockReason::KeyMissingOnHost),
+        _ => None,
+    };
+    (state, reason)
+}
+
+#[derive(Debug, Deserialize)]
+struct RegisterRequest {
+    host: String,
+    /// One VM directory, or none with `all` for every VM found on the host.
+    path: Option<String>,
+    #[serde(default)]
+    all: bool,
+}
+
+/// Registers VMs from their directories on a host. An encrypted VM whose keys the host lacks (the
+/// server must fetch them) needs `Cryptographer.RegisterVM`.
+async fn register(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Json(req): Json<RegisterRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let user = authorize(&s, &headers, Privilege::VmRegister, "Registering VMs")?;
+    let paths = match (&req.path, req.all) {
+        (Some(p), false) => vec![p.clone()],
+        (None, true) => match reply_error(
+            s.hub
+                .request(
+                    &req.host,
+                    tresor_core::protocol::Command::ListVmDirs,
+                    AGENT_TIMEOUT,
+                )
+                .await
+                .map_err(agent_error)?,
+        )? {
+            tresor_core::protocol::Reply::VmDirs { paths } => paths,
+            _ => Vec::new(),
+        },
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "badRequest",
+                "Give either a path or all",
+            ))
+        }
+    };
+    let privileges = s.store.privileges_of(&user)?;
+    let may_fetch = privileges
+        .iter()
+        .any(|p| p == Privilege::CryptoRegisterVm.id());
+    let mut registered = Vec::new();
+    for path in paths {
+        let reply = reply_error(
+            s.hub
+                .request(
+                    &req.host,
+                    tresor_core::protocol::Command::Register { path: path.clone() },
+                    AGENT_TIMEOUT,
+                )
+                .await
+                .map_err(agent_error)?,
+        )?;
+        let tresor_core::protocol::Reply::Vm { vm } = reply else {
+            continue;
+        };
+        let needs_fetch = vm.encrypted && vm.keys.iter().any(|k| !k.on_host);
+        if needs_fetch && !may_fetch {
+            // Undo: the host forgets the VM again.
+            let _ = s
+                .hub
+                .request(
+                    &req.host,
+                    tresor_core::protocol::Command::Unregister {
+                        vm: vm.name.clone(),
+                    },
+                    AGENT_TIMEOUT,
+                )
+                .await;
+            let denied = tresor_core::access::Denied {
+                user: user.clone(),
+                action: format!(
+                    "Registering encrypted VM {} whose keys must be fetched",
+                    vm.name
+                ),
+                privilege: Privilege::CryptoRegisterVm,
+            };
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                denied.to_string(),
+            ));
+        }
+        registered.push(vm.name.clone());
+        s.engine.observe(&crate::agents::HubEvent::Inventory {
+            host: req.host.clone(),
+            vms: vec![vm],
+            keys_held: vec![],
+        });
+    }
+    s.engine.tick().await;
+    Ok(Json(json!({"registered": registered})))
+}
+
+#[derive(Debug, Deserialize)]
+struct CryptoRequest {
+    provider: Option<String>,
+    #[serde(default)]
+    deep: bool,
+}
+
+/// Unregister, reload, delete, encrypt, decrypt and rekey: checked against the VM's lock state and
+/// the privilege each needs, then carried out by the VM's host.
+async fn vm_op(
+    s: &AppState,
+    headers: &HeaderMap,
+    name: &str,
+    op: &str,
+    body: Option<CryptoRequest>,
+) -> Result<Json<Value>, ApiError> {
+    use tresor_core::ops::VmOp;
+    let (privilege, vm_op) = match op {
+        "unregister" => (Privilege::VmUnregister, VmOp::Unregister),
+        "reload" => (Privilege::VmConfig, VmOp::Reload),
+        "delete" => (Privilege::VmDelete, VmOp::Delete),
+        "encrypt" => (Privilege::CryptoEncrypt, VmOp::Encrypt),
+        "decrypt" => (Privilege::CryptoDecrypt, VmOp::Decrypt),
+        _ => (
+            Privilege::CryptoRecrypt,
+            if body.as_ref().is_some_and(|b| b.deep) {
+                VmOp::DeepRekey
+            } else {
+                VmOp::Rekey
+            },
+        ),
+    };
+    let user = authorize(s, headers, privilege, &format!("{op} of VM {name}"))?;
+    let record = s.store.vm(name)?.ok_or_else(|| no_vm(name))?;
+    let (state, reason) = lock_of(&record);
+    tresor_core::ops::check(name, vm_op, state, reason)
+        .map_err(|r| ApiError::new(StatusCode::CONFLICT, "vmLocked", r.message))?;
+    use tresor_core::protocol::Command;
+    let command = match op {
+        "unregister" => Command::Unregister { vm: name.into() },
+        "reload" => Command::Reload { vm: name.into() },
+        "delete" => Command::Delete { vm: name.into() },
+        "decrypt" => Command::Decrypt { vm: name.into() },
+        "encrypt" | "rekey" => {
+            let provider = match body.as_ref().and_then(|b| b.provider.clone()).or_else(|| record.key_provider.clone()) {
+                Some(p) => p,
+                None => s.store.providers()?.into_iter().find(|p| p.is_default).map(|p| p.name).ok_or_else(|| {
+                    ApiError::new(StatusCode::CONFLICT, "noProvider", "No default key provider; add one with `tresor provider add` or name one")
+                })?,
+            };
+            let key = s.broker.create_kek(&provider, name).await.map_err(|e| {
+                ApiError::new(StatusCode::BAD_GATEWAY, "providerError", e.to_string())
+            })?;
+            let (answer, material) = s.broker.fetch(&key).await;
+            let material = material.ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "providerError",
+                    format!("The new key {key} cannot be fetched: {answer:?}"),
+                )
+            })?;
+            reply_error(
+                s.hub
+                    .request(
+                        &record.host,
+                        Command::PushKeys {
+                            keys: vec![tresor_core::protocol::KeyMaterial {
+                                key: key.clone(),
+                                material,
+                            }],
+                        },
+                        AGENT_TIMEOUT,
+                    )
+                    .await
+                    .map_err(agent_error)?,
+            )?;
+            record_crypto(
+                s,
+                &user,
+                if op == "encrypt" {
+                    "encrypt"
+                } else if vm_op == VmOp::DeepRekey {
+                    "deep rekey"
+                } else {
+                    "rekey"
+                },
+                name,
+                &key,
+            )?;
+            if op == "encrypt" {
+                Command::Encrypt {
+                    vm: name.into(),
+                    key,
+                }
+            } else {
+                Command::Rekey {
+                    vm: name.into(),
+                    key,
+                    deep: vm_op == VmOp::DeepRekey,
+                }
+            }
+        }
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "notFound",
+                format!("No operation {op}"),
+            ))
+        }
+    };
+    let reply = reply_error(
+        s.hub
+            .request(&record.host, command, AGENT_TIMEOUT)
+            .await
+            .map_err(agent_error)?,
+    )?;
+    match (op, reply) {
+        ("unregister" | "delete", _) => {
+            s.store.remove_vm(name)?;
+            s.engine.forget(name);
+        }
+        (_, tresor_core::protocol::Reply::Vm { vm }) => {
+            s.engine.observe(&crate::agents::HubEvent::Inventory {
+                host: record.host.clone(),
+                vms: vec![vm],
+                keys_held: vec![],
+            });
+            s.engine.tick().await;
+        }
+        _ => {}
+    }
+    Ok(Json(json!({"vm": name, "done": op})))
+}
+
+async fn vm_action(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path((name, op)): Path<(String, String)>,
+    body: Option<Json<CryptoRequest>>,
+) -> Result<Json<Value>, ApiError> {
+    match op.as_str() {
+        "power-on" => power(&s, &headers, &name, true).await,
+        "power-off" => power(&s, &headers, &name, false).await,
+        "unlock" => unlock_vm(State(s), headers, Path(name)).await,
+        "unregister" | "reload" | "delete" | "encrypt" | "decrypt" | "rekey" => {
+            vm_op(&s, &headers, &name, &op, body.map(|b| b.0)).await
+        }
+        other => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "notFound",
+            format!("No VM operation {other}"),
+        )),
+    }
+}
+
+async fn reboot_host(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(host): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(
+        &s,
+        &headers,
+        Privilege::HostConfig,
+        &format!("Rebooting host {host}"),
+    )?;
+    reply_error(
+        s.hub
+            .request(&host, tresor_core::protocol::Command::Reboot, AGENT_TIMEOUT)
+            .await
+            .map_err(agent_error)?,
+    )?;
+    Ok(Json(json!({"host": host, "rebooted": true})))
+}
+
 /// The API's routes.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/vms", get(list_vms).post(create_vm))
-        .route("/api/v1/vms/{name}/power-on", post(power_on))
-        .route("/api/v1/vms/{name}/power-off", post(power_off))
+        .route("/api/v1/vms/register", post(register))
+        .route("/api/v1/vms/{name}/{op}", post(vm_action))
         .route("/api/v1/vms/{name}", get(show_vm))
-        .route("/api/v1/vms/{name}/unlock", post(unlock_vm))
         .route("/api/v1/hosts", get(list_hosts))
         .route("/api/v1/hosts/token", post(host_token))
         .route(
             "/api/v1/hosts/{name}/enable-encryption",
             post(enable_encryption),
         )
+        .route("/api/v1/hosts/{name}/reboot", post(reboot_host))
         .route("/api/v1/events", get(list_events))
         .route("/api/v1/alarms", get(list_alarms))
         .route("/api/v1/alarms/{id}/ack", post(ack_alarm))

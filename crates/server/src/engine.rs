@@ -153,6 +153,11 @@ impl Engine {
         self.state().vms.get(name).cloned()
     }
 
+    /// Forgets a VM that was unregistered or deleted.
+    pub fn forget(&self, name: &str) {
+        self.state().vms.remove(name);
+    }
+
     /// Every event so far, oldest first.
     pub fn events(&self) -> Vec<EventRecord> {
         self.state().events.clone()
