@@ -587,30 +587,51 @@ async fn enable_encryption(
         Privilege::CryptoRegisterHost,
         &format!("Enabling encryption on host {host}"),
     )?;
-    let provider = s
+    let mut record = s
         .store
-        .providers()?
+        .hosts()?
         .into_iter()
-        .find(|p| p.is_default)
-        .map(|p| p.name)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::CONFLICT,
-                "noProvider",
-                "No default key provider; add one with `tresor provider add`",
-            )
-        })?;
-    let key = s
-        .broker
-        .create_kek(&provider, &format!("host:{host}"))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "providerError", e.to_string()))?;
+        .find(|h| h.name == host)
+        .unwrap_or(crate::store::HostRecord {
+            name: host.clone(),
+            boot_id: String::new(),
+            crypto_state: String::new(),
+            connected: true,
+            last_seen: crate::enrol::now(),
+            host_key_provider: None,
+            host_key_id: None,
+        });
+    // A host keeps its host key: enabling again (after a restart) sends the same one.
+    let key = match (&record.host_key_provider, &record.host_key_id) {
+        (Some(p), Some(id)) => tresor_core::ids::KeyRef::new(p, id),
+        _ => {
+            let provider = s
+                .store
+                .providers()?
+                .into_iter()
+                .find(|p| p.is_default)
+                .map(|p| p.name)
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::CONFLICT,
+                        "noProvider",
+                        "No default key provider; add one with `tresor provider add`",
+                    )
+                })?;
+            s.broker
+                .create_kek(&provider, &format!("host:{host}"))
+                .await
+                .map_err(|e| {
+                    ApiError::new(StatusCode::BAD_GATEWAY, "providerError", e.to_string())
+                })?
+        }
+    };
     let (answer, material) = s.broker.fetch(&key).await;
     let material = material.ok_or_else(|| {
         ApiError::new(
             StatusCode::BAD_GATEWAY,
             "providerError",
-            format!("The new host key {key} cannot be fetched: {answer:?}"),
+            format!("The host key {key} cannot be fetched: {answer:?}"),
         )
     })?;
     let command = tresor_core::protocol::Command::EnableEncryption {
@@ -625,19 +646,9 @@ async fn enable_encryption(
             .await
             .map_err(agent_error)?,
     )?;
-    let mut record = s
-        .store
-        .hosts()?
-        .into_iter()
-        .find(|h| h.name == host)
-        .unwrap_or(crate::store::HostRecord {
-            name: host.clone(),
-            boot_id: String::new(),
-            crypto_state: String::new(),
-            connected: true,
-            last_seen: crate::enrol::now(),
-        });
     record.crypto_state = "safe".into();
+    record.host_key_provider = Some(key.provider().to_owned());
+    record.host_key_id = Some(key.key_id.clone());
     s.store.put_host(&record)?;
     s.store.add_event(&crate::store::EventRow {
         id: 0,
@@ -646,7 +657,7 @@ async fn enable_encryption(
         severity: "info".into(),
         vm: None,
         host: Some(host.clone()),
-        provider: Some(provider),
+        provider: Some(key.provider().to_owned()),
         user: Some(user),
         args: vec![("host".into(), host.clone())],
     })?;

@@ -490,6 +490,69 @@ impl Engine {
         }
     }
 
+    /// A host in encryption mode that comes back without its host key (it restarted) gets the
+    /// same host key again.
+    async fn restore_host_key(
+        self: Arc<Self>,
+        host: String,
+        keys_held: Vec<KeyRef>,
+        crypto_state: tresor_core::host::HostCryptoState,
+    ) {
+        use tresor_core::host::HostCryptoState as S;
+        let Some(store) = &self.store else { return };
+        if !matches!(crypto_state, S::Safe | S::Prepared) {
+            return;
+        }
+        let Some(record) = store
+            .hosts()
+            .ok()
+            .and_then(|h| h.into_iter().find(|r| r.name == host))
+        else {
+            return;
+        };
+        let (Some(provider), Some(id)) = (record.host_key_provider, record.host_key_id) else {
+            return;
+        };
+        let key = KeyRef::new(&provider, &id);
+        if keys_held.contains(&key) {
+            return;
+        }
+        // The provider may be down now: try again with backoff while the host stays connected.
+        let config = self.config();
+        let mut backoff = config.min_backoff;
+        for _ in 0..40 {
+            if !self.hub.connected().contains(&host) {
+                return;
+            }
+            let (answer, material) = self.broker.fetch(&key).await;
+            if let Some(material) = material {
+                let command = Command::EnableEncryption {
+                    host_key: KeyMaterial {
+                        key: key.clone(),
+                        material,
+                    },
+                };
+                match self
+                    .hub
+                    .request(&host, command, config.request_timeout)
+                    .await
+                {
+                    Ok(Reply::Done) => {
+                        tracing::info!(host = %host, "host key restored");
+                        return;
+                    }
+                    other => {
+                        tracing::warn!(host = %host, result = ?other, "cannot restore the host key")
+                    }
+                }
+            } else {
+                tracing::warn!(host = %host, key = %key, answer = ?answer, "cannot restore the host key yet");
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(config.max_backoff);
+        }
+    }
+
     /// Follows the hub and ticks until the task is dropped.
     pub async fn run(self: Arc<Self>) {
         let mut events = self.hub.subscribe();
@@ -497,7 +560,12 @@ impl Engine {
         loop {
             tokio::select! {
                 e = events.recv() => match e {
-                    Ok(e) => self.observe(&e),
+                    Ok(e) => {
+                        self.observe(&e);
+                        if let HubEvent::Connected { host, keys_held, crypto_state, .. } = e {
+                            tokio::spawn(self.clone().restore_host_key(host, keys_held, crypto_state));
+                        }
+                    }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                     Err(_) => return,
                 },

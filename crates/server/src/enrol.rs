@@ -114,12 +114,20 @@ impl JoinAuthority for Enroller {
             .ca
             .sign_client_csr(csr_pem, host, AGENT_CERT_DAYS)
             .map_err(|e| format!("the certificate request is invalid: {e}"))?;
+        // A host that enrols again (a new server, or a reinstalled agent) keeps its host key.
+        let previous = self
+            .store
+            .hosts()
+            .ok()
+            .and_then(|h| h.into_iter().find(|r| r.name == host));
         let record = HostRecord {
             name: host.into(),
             boot_id: String::new(),
             crypto_state: "incapable".into(),
             connected: false,
             last_seen: now,
+            host_key_provider: previous.as_ref().and_then(|p| p.host_key_provider.clone()),
+            host_key_id: previous.and_then(|p| p.host_key_id),
         };
         if let Err(e) = self.store.put_host(&record) {
             tracing::error!(host, error = %e, "cannot record the host");

@@ -50,6 +50,11 @@ pub struct HostRecord {
     pub crypto_state: String,
     pub connected: bool,
     pub last_seen: i64,
+    /// The host key, when the host is in encryption mode: provider and key id.
+    #[serde(default)]
+    pub host_key_provider: Option<String>,
+    #[serde(default)]
+    pub host_key_id: Option<String>,
 }
 
 /// A VM as the server knows it.
@@ -116,7 +121,8 @@ pub struct AlarmRow {
     pub acknowledged_by: Option<String>,
 }
 
-const MIGRATIONS: &[&str] = &["CREATE TABLE providers (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE providers (
         name TEXT PRIMARY KEY,
         endpoints TEXT NOT NULL,
         ca_pem TEXT NOT NULL,
@@ -192,7 +198,11 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE providers (
     CREATE TABLE settings (
         key TEXT PRIMARY KEY,
         value TEXT NOT NULL
-    );"];
+    );",
+    // 2: the host key of a host in encryption mode (its id; never its material).
+    "ALTER TABLE hosts ADD COLUMN host_key_provider TEXT;
+    ALTER TABLE hosts ADD COLUMN host_key_id TEXT;",
+];
 
 /// The server's database.
 pub struct Store {
@@ -332,9 +342,9 @@ impl Store {
 
     pub fn put_host(&self, h: &HostRecord) -> Result<(), StoreError> {
         self.conn().execute(
-            "INSERT INTO hosts (name, boot_id, crypto_state, connected, last_seen) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT(name) DO UPDATE SET boot_id = ?2, crypto_state = ?3, connected = ?4, last_seen = ?5",
-            params![h.name, h.boot_id, h.crypto_state, h.connected, h.last_seen],
+            "INSERT INTO hosts (name, boot_id, crypto_state, connected, last_seen, host_key_provider, host_key_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT(name) DO UPDATE SET boot_id = ?2, crypto_state = ?3, connected = ?4, last_seen = ?5, host_key_provider = ?6, host_key_id = ?7",
+            params![h.name, h.boot_id, h.crypto_state, h.connected, h.last_seen, h.host_key_provider, h.host_key_id],
         )?;
         Ok(())
     }
@@ -342,7 +352,7 @@ impl Store {
     pub fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT name, boot_id, crypto_state, connected, last_seen FROM hosts ORDER BY name",
+            "SELECT name, boot_id, crypto_state, connected, last_seen, host_key_provider, host_key_id FROM hosts ORDER BY name",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(HostRecord {
@@ -351,6 +361,8 @@ impl Store {
                 crypto_state: r.get(2)?,
                 connected: r.get(3)?,
                 last_seen: r.get(4)?,
+                host_key_provider: r.get(5)?,
+                host_key_id: r.get(6)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -732,6 +744,24 @@ mod tests {
         assert!(s.remove_provider("b").unwrap());
         assert_eq!(s.providers().unwrap().len(), 1);
         assert_eq!(s.provider("a").unwrap().unwrap().endpoints.len(), 2);
+    }
+
+    #[test]
+    fn hosts_keep_their_host_key_id() {
+        let s = Store::in_memory().unwrap();
+        let mut h = HostRecord {
+            name: "host-1".into(),
+            boot_id: "b".into(),
+            crypto_state: "safe".into(),
+            connected: true,
+            last_seen: 1,
+            host_key_provider: Some("kms".into()),
+            host_key_id: Some("42".into()),
+        };
+        s.put_host(&h).unwrap();
+        h.connected = false;
+        s.put_host(&h).unwrap();
+        assert_eq!(s.hosts().unwrap(), vec![h]);
     }
 
     #[test]
