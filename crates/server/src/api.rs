@@ -547,17 +547,7 @@ async fn power(
         &format!("Powering VM {name} {}", if on { "on" } else { "off" }),
     )?;
     let record = s.store.vm(name)?.ok_or_else(|| no_vm(name))?;
-    let state = match record.crypto_state.as_str() {
-        "locked" => tresor_core::vm::CryptoState::Locked,
-        "unencrypted" => tresor_core::vm::CryptoState::Unencrypted,
-        _ => tresor_core::vm::CryptoState::Unlocked,
-    };
-    let reason = match record.lock_reason.as_deref() {
-        Some("kmsClusterError") => Some(tresor_core::vm::LockReason::KmsClusterError),
-        Some("keyMissingOnKms") => Some(tresor_core::vm::LockReason::KeyMissingOnKms),
-        Some("keyMissingOnHost") => Some(tresor_core::vm::LockReason::KeyMissingOnHost),
-        _ => None,
-    };
+    let (state, reason) = lock_of(&record);
     tresor_core::ops::check(name, op, state, reason)
         .map_err(|r| ApiError::new(StatusCode::CONFLICT, "vmLocked", r.message))?;
     let command = if on {
