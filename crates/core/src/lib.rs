@@ -7,12 +7,14 @@
 //! - [`host`]: a host's encryption mode.
 //! - [`ops`]: which operations a VM's state allows, and the messages of refusal.
 //! - [`events`]: event types with their messages in English and German.
+//! - [`diagnose`]: the troubleshooting procedure as a function, in English and German.
 //! - [`access`]: privileges and the built-in roles.
 //! - [`protocol`]: the messages between host agents and the server, and their framing.
 
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod diagnose;
 pub mod events;
 pub mod host;
 pub mod ids;
