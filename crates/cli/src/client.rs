@@ -86,6 +86,13 @@ enum VmSub {
     Show {
         name: String,
     },
+    /// Why a VM is locked and what to do next, following the troubleshooting procedure.
+    Diagnose {
+        name: String,
+        /// Language of the diagnosis: en or de.
+        #[arg(long, default_value = "en")]
+        lang: String,
+    },
     /// One value of a VM, by path (for example config.keyId.keyId).
     Get {
         name: String,
@@ -201,6 +208,31 @@ fn vm_rows(v: &Value) -> String {
     )
 }
 
+/// A diagnosis as text: the summary, then the evidence and the next steps as lists.
+fn diagnosis_text(d: &Value) -> String {
+    let mut out = String::new();
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    if let Some(case) = d.get("case").and_then(Value::as_u64) {
+        out.push_str(&format!("case {case}: "));
+    }
+    out.push_str(&text(d.get("summary").unwrap_or(&Value::Null)));
+    out.push('\n');
+    for (title, field) in [("evidence", "evidence"), ("next steps", "nextSteps")] {
+        let items = d
+            .get(field)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        if !items.is_empty() {
+            out.push_str(&format!("\n{title}:\n"));
+            for (i, item) in items.iter().enumerate() {
+                out.push_str(&format!("  {}. {}\n", i + 1, text(item)));
+            }
+        }
+    }
+    out
+}
+
 pub fn run_vm(cmd: VmCommand) -> Result<(), CliError> {
     let c = &cmd.conn;
     match cmd.command {
@@ -219,6 +251,14 @@ pub fn run_vm(cmd: VmCommand) -> Result<(), CliError> {
         VmSub::Show { name } => {
             let v = c.call("GET", &format!("/api/v1/vms/{name}"), "")?;
             c.print(&v, |vm| vm_rows(&Value::Array(vec![vm.clone()])));
+        }
+        VmSub::Diagnose { name, lang } => {
+            let v = c.call(
+                "GET",
+                &format!("/api/v1/vms/{name}/diagnose?lang={lang}"),
+                "",
+            )?;
+            c.print(&v, diagnosis_text);
         }
         VmSub::Get { name, path } => {
             let v = c.call("GET", &format!("/api/v1/vms/{name}"), "")?;

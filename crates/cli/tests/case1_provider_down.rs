@@ -128,6 +128,26 @@ fn provider_down_during_a_host_restart_locks_and_its_return_unlocks() {
         err.contains("locked") && err.contains("tresor vm unlock web01"),
         "{err}"
     );
+    // The diagnosis names case 1, the unreachable provider, and the way back.
+    let (ok, out, err) = cli(&["vm", "diagnose", "web01", "-o", "json"]);
+    assert!(ok, "{err}");
+    let d: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(d["case"], 1, "{out}");
+    assert!(
+        d["evidence"].to_string().contains("tresor-kms"),
+        "the evidence names the provider: {out}"
+    );
+    assert!(
+        d["nextSteps"]
+            .to_string()
+            .contains("tresor vm unlock web01"),
+        "{out}"
+    );
+    let (ok, out, _) = cli(&["vm", "diagnose", "web01", "--lang", "de"]);
+    assert!(
+        ok && out.starts_with("case 1: ") && out.contains("gesperrt"),
+        "{out}"
+    );
     let (ok, _, err) = cli(&["vm", "delete", "web01"]);
     assert!(!ok && err.contains("unregister"), "{err}");
     let (_, out, _) = cli(&[

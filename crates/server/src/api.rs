@@ -213,6 +213,72 @@ async fn show_vm(
     Ok(Json(vm_json(&record)))
 }
 
+#[derive(Deserialize)]
+struct LangQuery {
+    lang: Option<String>,
+}
+
+fn parse_lang(lang: Option<&str>) -> Result<Lang, ApiError> {
+    lang.unwrap_or("en")
+        .parse()
+        .map_err(|m: String| ApiError::new(StatusCode::BAD_REQUEST, "badRequest", m))
+}
+
+/// Walks the troubleshooting procedure for one VM: which case applies, the evidence, and the
+/// next step.
+async fn diagnose_vm(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(q): Query<LangQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let user = authorize(&s, &headers, Privilege::SystemView, "Diagnosing a VM")?;
+    let lang = parse_lang(q.lang.as_deref())?;
+    let record = s.store.vm(&name)?.ok_or_else(|| no_vm(&name))?;
+    let user_may_unlock = s
+        .store
+        .privileges_of(&user)?
+        .iter()
+        .any(|p| p == Privilege::CryptoRegisterVm.id());
+    let view = s.engine.vm(&name);
+    let (host_connected, verdict) = match &view {
+        Some(v) => (v.host_connected, v.verdict.clone()),
+        None => (false, None),
+    };
+    let encrypted = view.as_ref().is_some_and(|v| v.report.encrypted);
+    let input = tresor_core::diagnose::DiagnoseInput {
+        vm: name.clone(),
+        host: view
+            .as_ref()
+            .map(|v| v.host.clone())
+            .unwrap_or_else(|| record.host.clone()),
+        host_connected,
+        crypto_state: match (&verdict, encrypted) {
+            (_, false) => tresor_core::vm::CryptoState::Unencrypted,
+            (Some(v), true) => v.crypto_state,
+            (None, true) => tresor_core::vm::CryptoState::Unlocked,
+        },
+        lock_reason: verdict.as_ref().and_then(|v| v.lock_reason),
+        missing: verdict
+            .as_ref()
+            .map(|v| {
+                v.missing
+                    .iter()
+                    .map(|k| tresor_core::diagnose::MissingKey {
+                        key_id: k.key.key_id.clone(),
+                        provider: k.key.provider().to_owned(),
+                        uses: k.uses.clone(),
+                        answer: k.provider.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        user_may_unlock,
+    };
+    let diagnosis = tresor_core::diagnose::diagnose(&input, lang);
+    Ok(Json(serde_json::to_value(diagnosis).unwrap_or(Value::Null)))
+}
+
 async fn unlock_vm(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -288,12 +354,7 @@ async fn list_events(
     Query(q): Query<EventQuery>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&s, &headers, Privilege::SystemView, "Listing events")?;
-    let lang: Lang = q
-        .lang
-        .as_deref()
-        .unwrap_or("en")
-        .parse()
-        .map_err(|m: String| ApiError::new(StatusCode::BAD_REQUEST, "badRequest", m))?;
+    let lang = parse_lang(q.lang.as_deref())?;
     let filter = EventFilter {
         vm: q.vm,
         host: q.host,
@@ -952,6 +1013,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/vms", get(list_vms).post(create_vm))
         .route("/api/v1/vms/register", post(register))
+        .route("/api/v1/vms/{name}/diagnose", get(diagnose_vm))
         .route("/api/v1/vms/{name}/{op}", post(vm_action))
         .route("/api/v1/vms/{name}", get(show_vm))
         .route("/api/v1/hosts", get(list_hosts))
