@@ -141,6 +141,41 @@ async fn every_operation_checks_its_privilege() {
         (404, Some("notFound"))
     );
 
+    // Anyone may ask for a diagnosis; with the host not connected, the first step is the host.
+    let (status, d) = http(
+        &addr,
+        "GET",
+        "/api/v1/vms/web01/diagnose?lang=de",
+        Some("viewer-token"),
+    )
+    .await;
+    assert_eq!(status, 200, "{d}");
+    assert!(d["case"].is_null(), "{d}");
+    assert!(
+        d["summary"].as_str().unwrap().contains("host-1")
+            && d["summary"].as_str().unwrap().contains("keine Verbindung"),
+        "{d}"
+    );
+    let (status, body) = http(
+        &addr,
+        "GET",
+        "/api/v1/vms/web01/diagnose?lang=fr",
+        Some("viewer-token"),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("badRequest"))
+    );
+    let (status, _) = http(
+        &addr,
+        "GET",
+        "/api/v1/vms/nope/diagnose",
+        Some("viewer-token"),
+    )
+    .await;
+    assert_eq!(status, 404);
+
     // Unlock needs Cryptographer.RegisterVM: refused for ReadOnly and NoCryptoAdmin.
     for token in ["viewer-token", "operator-token"] {
         let (status, body) = http(&addr, "POST", "/api/v1/vms/web01/unlock", Some(token)).await;
