@@ -8,7 +8,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const TRESOR: &str = env!("CARGO_BIN_EXE_tresor");
+mod common;
+use common::{free_ports, wait_for, TRESOR};
 
 struct Proc(Child);
 impl Drop for Proc {
@@ -22,25 +23,6 @@ impl Drop for Proc {
         }
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-fn free_ports() -> u16 {
-    loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = l.local_addr().unwrap().port();
-        drop(l);
-        if p < 65000 && (1..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
-            return p;
-        }
-    }
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(200));
     }
 }
 

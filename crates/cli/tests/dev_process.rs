@@ -1,39 +1,12 @@
 //! `tresor dev` as a user runs it: one command brings up the key server, the server and a host;
 //! an encrypted VM is created on real LUKS disks and powered on in QEMU; Ctrl-C stops it all.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const TRESOR: &str = env!("CARGO_BIN_EXE_tresor");
-
-fn http(port: u16, method: &str, path: &str, token: &str, body: &str) -> (u16, serde_json::Value) {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let ct = if body.is_empty() {
-        ""
-    } else {
-        "Content-Type: application/json\r\n"
-    };
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: l\r\nAuthorization: Bearer {token}\r\n{ct}Content-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    (
-        out[9..12].parse().unwrap(),
-        serde_json::from_str(out.split("\r\n\r\n").nth(1).unwrap_or("")).unwrap_or_default(),
-    )
-}
-
-fn free_ports() -> u16 {
-    // Three consecutive free ports.
-    loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = l.local_addr().unwrap().port();
-        drop(l);
-        if p < 65000 && (1..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
-            return p;
-        }
-    }
-}
+mod common;
+use common::{free_ports, http, TRESOR};
 
 #[test]
 fn tresor_dev_runs_an_encrypted_vm_and_stops_cleanly() {

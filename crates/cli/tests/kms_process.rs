@@ -8,15 +8,8 @@ use std::time::{Duration, Instant};
 
 use tresor_kmip_client::{ClientConfig, KmipClient};
 
-const TRESOR: &str = env!("CARGO_BIN_EXE_tresor");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod common;
+use common::{free_port, TRESOR};
 
 struct Kms {
     child: Child,

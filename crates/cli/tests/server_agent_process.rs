@@ -2,19 +2,10 @@
 //! a join token through its API, a host enrols with `tresor agent join` and connects; when the
 //! agent dies the server sees the host go.
 
-use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
-const TRESOR: &str = env!("CARGO_BIN_EXE_tresor");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod common;
+use common::{free_port, http, wait_for, TRESOR};
 
 struct Proc(Child);
 
@@ -22,26 +13,6 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-fn http(port: u16, method: &str, path: &str, token: &str) -> (u16, serde_json::Value) {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out[9..12].parse().unwrap();
-    (
-        status,
-        serde_json::from_str(out.split("\r\n\r\n").nth(1).unwrap_or("")).unwrap_or_default(),
-    )
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -82,9 +53,9 @@ fn a_host_enrols_connects_and_is_seen_to_go() {
     wait_for("the API", || {
         std::net::TcpStream::connect(("127.0.0.1", api)).is_ok()
     });
-    let (status, _) = http(api, "GET", "/api/v1/hosts", "wrong");
+    let (status, _) = http(api, "GET", "/api/v1/hosts", "wrong", "");
     assert_eq!(status, 401);
-    let (status, body) = http(api, "POST", "/api/v1/hosts/token", &admin);
+    let (status, body) = http(api, "POST", "/api/v1/hosts/token", &admin, "");
     assert_eq!(status, 200, "{body}");
     let token = body["token"].as_str().unwrap().to_owned();
 
@@ -138,7 +109,7 @@ fn a_host_enrols_connects_and_is_seen_to_go() {
             .unwrap(),
     );
     let connected = |want: bool| {
-        let (_, hosts) = http(api, "GET", "/api/v1/hosts", &admin);
+        let (_, hosts) = http(api, "GET", "/api/v1/hosts", &admin, "");
         hosts.as_array().is_some_and(|h| {
             h.iter()
                 .any(|x| x["name"] == "host-1" && x["connected"] == want)
