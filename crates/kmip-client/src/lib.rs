@@ -144,6 +144,18 @@ impl std::fmt::Debug for KmipClient {
     }
 }
 
+/// What a probe of one endpoint found.
+#[derive(Clone, Debug)]
+pub struct Probe {
+    pub endpoint: String,
+    /// Connection, handshake and one round trip.
+    pub latency: Duration,
+    /// The versions the endpoint offers, newest first.
+    pub versions: Vec<ProtocolVersion>,
+    /// The certificate the endpoint presented.
+    pub server_certificate: Option<tresor_tls::CertificateDer<'static>>,
+}
+
 /// The result of one operation of a batch.
 pub type ItemResult = Result<ResponsePayload, ClientError>;
 
@@ -249,6 +261,55 @@ impl KmipClient {
             });
         }
         results.remove(0)
+    }
+
+    /// The endpoints, in the order they are tried.
+    pub fn endpoints(&self) -> &[String] {
+        &self.config.endpoints
+    }
+
+    /// Checks one endpoint on a new connection: TLS handshake and Discover Versions. Says how
+    /// long it took, which versions the endpoint offers and which certificate it presented.
+    pub async fn probe(&self, endpoint: usize) -> Result<Probe, ClientError> {
+        let address = self
+            .config
+            .endpoints
+            .get(endpoint)
+            .cloned()
+            .ok_or_else(|| ClientError::Connection {
+                endpoint: format!("#{endpoint}"),
+                message: "the provider has no such endpoint".into(),
+            })?;
+        let started = std::time::Instant::now();
+        let conn = self.connect(endpoint).await?;
+        let server_certificate = conn
+            .stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.clone().into_owned());
+        let request = RequestMessage::new(
+            ProtocolVersion::V1_1,
+            vec![RequestBatchItem::new(RequestPayload::DiscoverVersions {
+                versions: VERSIONS.to_vec(),
+            })],
+        );
+        let bytes = request.encode().map_err(|e| ClientError::Protocol {
+            endpoint: address.clone(),
+            message: e.to_string(),
+        })?;
+        let response = self.roundtrip(conn, &bytes).await.map_err(|(_, e)| e)?;
+        let versions = match response.items.first().and_then(|i| i.payload.as_ref()) {
+            Some(ResponsePayload::DiscoverVersions { versions }) => versions.clone(),
+            _ => vec![ProtocolVersion::V1_0],
+        };
+        Ok(Probe {
+            endpoint: address,
+            latency: started.elapsed(),
+            versions,
+            server_certificate,
+        })
     }
 
     /// Sends a request to the preferred endpoint, failing over to the others in order.

@@ -51,7 +51,8 @@ impl KeyBroker {
             .unwrap_or(false)
     }
 
-    fn client(&self, name: &str) -> Option<Arc<KmipClient>> {
+    /// The KMIP client of a provider.
+    pub fn client_of(&self, name: &str) -> Option<Arc<KmipClient>> {
         self.providers
             .read()
             .ok()
@@ -61,7 +62,7 @@ impl KeyBroker {
     /// Creates and activates an AES-256 KEK for `purpose` (a VM or host name) on `provider`.
     pub async fn create_kek(&self, provider: &str, purpose: &str) -> Result<KeyRef, BrokerError> {
         let client = self
-            .client(provider)
+            .client_of(provider)
             .ok_or_else(|| BrokerError::UnknownProvider(provider.into()))?;
         let err = |error| BrokerError::Create {
             provider: provider.into(),
@@ -77,7 +78,7 @@ impl KeyBroker {
 
     /// Asks the provider for a key: its state, and its material when it is Active.
     pub async fn fetch(&self, key: &KeyRef) -> (ProviderAnswer, Option<SecretBytes>) {
-        let Some(client) = self.client(key.provider()) else {
+        let Some(client) = self.client_of(key.provider()) else {
             return (
                 ProviderAnswer::Unreachable(format!(
                     "no key provider named {} is configured; add one with that exact name (its addresses may differ)",
@@ -150,7 +151,7 @@ impl KeyBroker {
     /// Which endpoint of a provider answers (a Discover Versions), or why none does.
     pub async fn probe(&self, provider: &str) -> Result<String, String> {
         let client = self
-            .client(provider)
+            .client_of(provider)
             .ok_or_else(|| format!("no key provider named {provider}"))?;
         match client
             .call(RequestPayload::DiscoverVersions { versions: vec![] })

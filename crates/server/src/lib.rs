@@ -6,6 +6,7 @@
 //! - [`broker`]: the key broker: KEKs created on providers, keys fetched by id and their answers
 //!   classified for the locked-VM engine.
 //! - [`enrol`]: join tokens and the CA that signs agents' certificates.
+//! - [`providers`]: key providers: trust, the default, and the status probe with its alarms.
 //! - [`run`]: `tresor server init` and `tresor server`.
 //! - [`store`]: persistence, the only module of the server that speaks SQL.
 //! - [`engine`]: the locked-VM engine, the reconciler between hosts' reports and their needs.
@@ -17,5 +18,6 @@ pub mod api;
 pub mod broker;
 pub mod engine;
 pub mod enrol;
+pub mod providers;
 pub mod run;
 pub mod store;

@@ -11,6 +11,7 @@ use crate::api::{router, seed_roles, token_hash, AppState};
 use crate::broker::KeyBroker;
 use crate::engine::{Engine, EngineConfig};
 use crate::enrol::{now, Enroller};
+use crate::providers::Providers;
 use crate::store::Store;
 
 /// Why the server cannot be set up or started.
@@ -39,6 +40,13 @@ pub struct ServerConfig {
     /// How often the locked-VM engine looks at every VM, in milliseconds.
     #[serde(default = "default_tick")]
     pub engine_tick_ms: u64,
+    /// How often every key provider's endpoints are probed, in seconds.
+    #[serde(default = "default_probe")]
+    pub provider_probe_secs: u64,
+    /// Certificates (provider CA, server, and the server's client certificate) that expire
+    /// within this many days raise an alarm.
+    #[serde(default = "default_warn_days")]
+    pub certificate_warning_days: i64,
 }
 
 fn default_api() -> String {
@@ -49,6 +57,12 @@ fn default_agents() -> String {
 }
 fn default_tick() -> u64 {
     500
+}
+fn default_probe() -> u64 {
+    60
+}
+fn default_warn_days() -> i64 {
+    30
 }
 
 impl ServerConfig {
@@ -135,7 +149,10 @@ pub fn init(
         "# Tresor server (tresor server --config server.toml)\n\n# Database, CA and certificates.\ndata_dir = \".\"\n\n\
          # The REST API (plain HTTP: keep it on loopback or behind a TLS proxy).\napi_listen = {api_listen:?}\n\n\
          # Where host agents connect (mutual TLS).\nagent_listen = {agent_listen:?}\n\n\
-         # How often the locked-VM engine looks at every VM, in milliseconds.\nengine_tick_ms = 500\n"
+         # How often the locked-VM engine looks at every VM, in milliseconds.\nengine_tick_ms = 500\n\n\
+         # How often every key provider's endpoints are probed, in seconds.\n# provider_probe_secs = 60\n\n\
+         # Certificates of a provider (its CA and server certificate, and the server's client\n\
+         # certificate) expiring within this many days raise an alarm.\n# certificate_warning_days = 30\n"
     );
     std::fs::write(dir.join("server.toml"), config).map_err(setup("Cannot write server.toml"))?;
     Ok(Initialised {
@@ -177,15 +194,15 @@ pub async fn serve(
         Arc::new(Enroller::new(store.clone(), ca).map_err(setup("Cannot set up enrolment"))?);
     hub.set_join_authority(enroller.clone());
     let broker = Arc::new(KeyBroker::new());
-    for p in store
-        .providers()
-        .map_err(setup("Cannot read the providers"))?
-    {
-        match provider_client(dir, &p) {
-            Ok(c) => broker.set_provider(&p.name, c),
-            Err(e) => tracing::error!(provider = %p.name, error = %e, "cannot use a key provider"),
-        }
-    }
+    let providers = Arc::new(Providers::new(
+        store.clone(),
+        broker.clone(),
+        dir,
+        config.certificate_warning_days,
+    ));
+    providers
+        .load()
+        .map_err(setup("Cannot read the providers"))?;
     let engine = Engine::new(
         hub.clone(),
         broker.clone(),
@@ -194,6 +211,10 @@ pub async fn serve(
             ..EngineConfig::default()
         },
         Some(store.clone()),
+    );
+    engine.set_policy(
+        crate::api::settings::unlock_policy(&store)
+            .map_err(setup("Cannot read the unlock policy"))?,
     );
     let agents = tokio::net::TcpListener::bind(&config.agent_listen)
         .await
@@ -214,12 +235,17 @@ pub async fn serve(
         hub: hub.clone(),
         enroller,
         broker,
+        providers: providers.clone(),
     });
     let hub_task = tokio::spawn(hub.serve(agents, tokio_rustls::TlsAcceptor::from(tls)));
     let engine_task = tokio::spawn(engine.run());
+    let probe_task = tokio::spawn(providers.run(std::time::Duration::from_secs(
+        config.provider_probe_secs.max(1),
+    )));
     let result = axum::serve(api, app).with_graceful_shutdown(shutdown).await;
     hub_task.abort();
     engine_task.abort();
+    probe_task.abort();
     result.map_err(setup("The API server failed"))
 }
 

@@ -1,52 +1,17 @@
 //! The REST API over HTTP on loopback: tokens, the privilege check on every operation and its
 //! refusals, the VM shape of the surface contract, events in English and German.
 
+mod common;
+
 use std::sync::Arc;
-use std::time::Duration;
 
-use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tresor_server::agents::AgentHub;
-use tresor_server::api::{router, seed_roles, token_hash, AppState};
-use tresor_server::broker::KeyBroker;
-use tresor_server::engine::{Engine, EngineConfig};
-use tresor_server::enrol::Enroller;
+use common::{http, seed_users};
 use tresor_server::store::{EventRow, Store, VmRecord};
-use tresor_tls::CertificateAuthority;
-
-async fn http(addr: &str, method: &str, path: &str, token: Option<&str>) -> (u16, Value) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out);
-    let status: u16 = text[9..12].parse().unwrap();
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_operation_checks_its_privilege() {
     let store = Arc::new(Store::in_memory().unwrap());
-    seed_roles(&store).unwrap();
-    for (user, role) in [
-        ("admin", "Administrator"),
-        ("operator", "NoCryptoAdmin"),
-        ("viewer", "ReadOnly"),
-    ] {
-        store.add_user(user, "x").unwrap();
-        store.grant(user, role).unwrap();
-        store
-            .add_token(&token_hash(&format!("{user}-token")), user, "test", 0)
-            .unwrap();
-    }
+    seed_users(&store);
     let report = serde_json::json!({
         "id": "id1", "name": "web01", "path": "/vms/web01", "encrypted": true, "powerState": "poweredOff",
         "keyId": {"keyId": "4711", "providerId": {"id": "corp-kms"}},
@@ -82,30 +47,9 @@ async fn every_operation_checks_its_privilege() {
             args: vec![],
         })
         .unwrap();
-    let hub = AgentHub::new();
-    let engine = Engine::new(
-        hub.clone(),
-        Arc::new(KeyBroker::new()),
-        EngineConfig::default(),
-        Some(store.clone()),
-    );
-    let enroller = Arc::new(
-        Enroller::new(
-            store.clone(),
-            CertificateAuthority::generate("CA", 2).unwrap(),
-        )
-        .unwrap(),
-    );
-    let app = router(AppState {
-        store: store.clone(),
-        engine,
-        hub,
-        enroller,
-        broker: Arc::new(KeyBroker::new()),
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let data = tempfile::tempdir().unwrap();
+    let served = common::serve(store.clone(), data.path()).await;
+    let addr = served.addr.clone();
 
     let (status, body) = http(&addr, "GET", "/api/v1/vms", None).await;
     assert_eq!(status, 401);
@@ -231,4 +175,68 @@ async fn every_operation_checks_its_privilege() {
         (status, body["error"]["code"].as_str()),
         (400, Some("badRequest"))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unlock_policy_is_a_stored_setting_guarded_by_its_privilege() {
+    let store = Arc::new(Store::in_memory().unwrap());
+    seed_users(&store);
+    let data = tempfile::tempdir().unwrap();
+    let served = common::serve(store.clone(), data.path()).await;
+    let addr = served.addr.as_str();
+    let (status, v) = http(addr, "GET", "/api/v1/settings", Some("viewer-token")).await;
+    assert_eq!(
+        (status, v["unlock.policy"].as_str()),
+        (200, Some("automatic"))
+    );
+    let manual = r#"{"value": "manual"}"#;
+    let (status, body) = common::http_body(
+        addr,
+        "PUT",
+        "/api/v1/settings/unlock.policy",
+        Some("operator-token"),
+        manual,
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("Cryptographer.ManageEncryptionPolicy"));
+    let (status, _) = common::http_body(
+        addr,
+        "PUT",
+        "/api/v1/settings/unlock.policy",
+        Some("admin-token"),
+        manual,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        store.setting("unlock.policy").unwrap().as_deref(),
+        Some("manual")
+    );
+    let (_, v) = http(
+        addr,
+        "GET",
+        "/api/v1/settings/unlock.policy",
+        Some("viewer-token"),
+    )
+    .await;
+    assert_eq!(v["value"], "manual");
+    let (status, body) = common::http_body(
+        addr,
+        "PUT",
+        "/api/v1/settings/unlock.policy",
+        Some("admin-token"),
+        r#"{"value": "sometimes"}"#,
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("automatic or manual"));
+    let (status, _) = http(addr, "GET", "/api/v1/settings/nope", Some("viewer-token")).await;
+    assert_eq!(status, 404);
 }

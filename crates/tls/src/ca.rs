@@ -169,3 +169,63 @@ impl CertificateAuthority {
         Ok(csr.signed_by(&issuer)?.pem())
     }
 }
+
+/// A self-signed client certificate for `common_name`, for a key provider that trusts client
+/// certificates one by one (the provider's administrator adds this certificate to its trust).
+pub fn self_signed_client(common_name: &str, days: i64) -> Result<IssuedCert, TlsError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    validity(&mut params, days);
+    let cert = params.self_signed(&key)?;
+    Ok(IssuedCert {
+        cert_pem: cert.pem(),
+        key_pem: Zeroizing::new(key.serialize_pem()),
+    })
+}
+
+/// Whether the first certificate in `cert_pem` is for the private key in `key_pem`.
+pub fn cert_matches_key(cert_pem: &str, key_pem: &str) -> Result<bool, TlsError> {
+    let certs = crate::parse_certs(cert_pem.as_bytes(), "certificate")?;
+    let cert = certs
+        .first()
+        .ok_or_else(|| TlsError::Certificate("no certificate in the PEM text".into()))?;
+    let (_, x509) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| TlsError::Certificate(format!("not an X.509 certificate: {e}")))?;
+    let key = KeyPair::from_pem(key_pem)?;
+    Ok(x509.public_key().subject_public_key.data.as_ref() == key.public_key_raw())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_certificate_matches_its_own_key_only() {
+        let a = self_signed_client("tresor-server", 30).unwrap();
+        let b = self_signed_client("tresor-server", 30).unwrap();
+        assert!(cert_matches_key(&a.cert_pem, &a.key_pem).unwrap());
+        assert!(!cert_matches_key(&a.cert_pem, &b.key_pem).unwrap());
+        let (key, csr) = key_and_csr("whoever").unwrap();
+        let ca = CertificateAuthority::generate("ca", 30).unwrap();
+        let signed = ca.sign_client_csr(&csr, "tresor-server", 30).unwrap();
+        assert!(cert_matches_key(&signed, &key).unwrap());
+        assert!(cert_matches_key("not pem", &key).is_err());
+    }
+
+    #[test]
+    fn a_self_signed_client_certificate_is_for_clients_and_not_a_ca() {
+        let c = self_signed_client("tresor-server", 30).unwrap();
+        let der = crate::parse_certs(c.cert_pem.as_bytes(), "c").unwrap();
+        let info = crate::certificate_info(&der[0]).unwrap();
+        assert_eq!(info.subject, "CN=tresor-server");
+        assert_eq!(info.subject, info.issuer);
+        assert!(!info.is_ca);
+        assert!(info.not_after - info.not_before >= 30 * 86400);
+    }
+}

@@ -9,7 +9,9 @@ mod config;
 mod identity;
 mod pem;
 
-pub use ca::{key_and_csr, CertKind, CertificateAuthority, IssuedCert};
+pub use ca::{
+    cert_matches_key, key_and_csr, self_signed_client, CertKind, CertificateAuthority, IssuedCert,
+};
 pub use config::{client_config, pinned_client_config, server_config, ClientAuth};
 pub use identity::{certificate_info, peer_identity, CertificateInfo};
 pub use pem::{load_certs, load_key, parse_certs, parse_key};

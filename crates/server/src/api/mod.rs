@@ -14,6 +14,9 @@ use tresor_core::access::Privilege;
 use tresor_core::protocol::VmReport;
 use tresor_core::Lang;
 
+mod providers;
+pub mod settings;
+
 use crate::agents::AgentHub;
 use crate::engine::Engine;
 use crate::enrol::Enroller;
@@ -27,6 +30,7 @@ pub struct AppState {
     pub hub: Arc<AgentHub>,
     pub enroller: Arc<Enroller>,
     pub broker: Arc<crate::broker::KeyBroker>,
+    pub providers: Arc<crate::providers::Providers>,
 }
 
 /// An API error: an HTTP status, a stable code, and a message that says what to do.
@@ -1026,5 +1030,27 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/events", get(list_events))
         .route("/api/v1/alarms", get(list_alarms))
         .route("/api/v1/alarms/{id}/ack", post(ack_alarm))
+        .route(
+            "/api/v1/providers",
+            get(providers::list).post(providers::add),
+        )
+        .route(
+            "/api/v1/providers/{name}",
+            get(providers::show).delete(providers::remove),
+        )
+        .route("/api/v1/providers/{name}/status", get(providers::status))
+        .route(
+            "/api/v1/providers/{name}/default",
+            post(providers::set_default),
+        )
+        .route(
+            "/api/v1/providers/{name}/certificate",
+            post(providers::certificate),
+        )
+        .route("/api/v1/settings", get(settings::list))
+        .route(
+            "/api/v1/settings/{key}",
+            get(settings::get_one).put(settings::set),
+        )
         .with_state(state)
 }

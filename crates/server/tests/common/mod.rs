@@ -1,0 +1,120 @@
+//! What the API tests share: a plain HTTP client and an API served on loopback.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tresor_server::agents::AgentHub;
+use tresor_server::api::{router, seed_roles, token_hash, AppState};
+use tresor_server::broker::KeyBroker;
+use tresor_server::engine::{Engine, EngineConfig};
+use tresor_server::enrol::Enroller;
+use tresor_server::providers::Providers;
+use tresor_server::store::Store;
+use tresor_tls::CertificateAuthority;
+
+/// One request; the status and the JSON answer (`Null` when there is none).
+pub async fn http_body(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, Value) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let kind = if body.is_empty() {
+        ""
+    } else {
+        "Content-Type: application/json\r\n"
+    };
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}{kind}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    let status: u16 = text[9..12].parse().unwrap();
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+pub async fn http(addr: &str, method: &str, path: &str, token: Option<&str>) -> (u16, Value) {
+    http_body(addr, method, path, token, "").await
+}
+
+/// Users `admin` (Administrator), `operator` (NoCryptoAdmin) and `viewer` (ReadOnly), whose
+/// tokens are `NAME-token`.
+pub fn seed_users(store: &Store) {
+    seed_roles(store).unwrap();
+    for (user, role) in [
+        ("admin", "Administrator"),
+        ("operator", "NoCryptoAdmin"),
+        ("viewer", "ReadOnly"),
+    ] {
+        store.add_user(user, "x").unwrap();
+        store.grant(user, role).unwrap();
+        store
+            .add_token(&token_hash(&format!("{user}-token")), user, "test", 0)
+            .unwrap();
+    }
+}
+
+/// What a served API is made of.
+pub struct Served {
+    pub addr: String,
+    pub engine: Arc<Engine>,
+    pub broker: Arc<KeyBroker>,
+    pub providers: Arc<Providers>,
+}
+
+/// Serves the API over `store` on a free loopback port; the data folder is `dir`.
+pub async fn serve(store: Arc<Store>, dir: &Path) -> Served {
+    let hub = AgentHub::new();
+    let broker = Arc::new(KeyBroker::new());
+    let engine = Engine::new(
+        hub.clone(),
+        broker.clone(),
+        EngineConfig::default(),
+        Some(store.clone()),
+    );
+    let enroller = Arc::new(
+        Enroller::new(
+            store.clone(),
+            CertificateAuthority::generate("CA", 2).unwrap(),
+        )
+        .unwrap(),
+    );
+    // The test key servers' certificates live 30 days; warn at 20 so that only the ones a test
+    // makes short-lived are expiring.
+    let providers = Arc::new(Providers::new(store.clone(), broker.clone(), dir, 20));
+    providers.load().unwrap();
+    let app = router(AppState {
+        store,
+        engine: engine.clone(),
+        hub,
+        enroller,
+        broker: broker.clone(),
+        providers: providers.clone(),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Served {
+        addr,
+        engine,
+        broker,
+        providers,
+    }
+}
