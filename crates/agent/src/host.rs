@@ -321,6 +321,10 @@ impl Host {
                 let plan = file.prepare_power_on(&dir, &self.cache)?;
                 let run_dir = self.config.state_dir.join("run").join(&vm);
                 std::fs::create_dir_all(&run_dir)
+                    .and_then(|()| {
+                        use std::os::unix::fs::PermissionsExt;
+                        std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700))
+                    })
                     .map_err(|e| fail("io", format!("Cannot create {}: {e}", run_dir.display())))?;
                 let running = RunningVm::start(&self.config.qemu, &vm, &run_dir, &plan)?;
                 self.running.insert(vm, running);

@@ -215,6 +215,13 @@ impl RunningVm {
             .args(["-nodefaults", "-display", "none", "-S"])
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", socket.display()))
+            // A second monitor for operators (what `virsh qemu-monitor-command` gives): the agent
+            // keeps the first. The run folder is private to the agent's user.
+            .arg("-qmp")
+            .arg(format!(
+                "unix:{},server=on,wait=off",
+                run_dir.join("monitor.sock").display()
+            ))
             .arg("-serial")
             .arg(format!("file:{}", run_dir.join("serial.log").display()));
         for i in 0..MAX_DISKS {
@@ -223,11 +230,16 @@ impl RunningVm {
                 &format!("pcie-root-port,id=rp{i},chassis={},slot={i}", i + 1),
             ]);
         }
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(
-            std::fs::File::create(run_dir.join("qemu.log"))
-                .map(Stdio::from)
-                .unwrap_or(Stdio::null()),
-        );
+        // QEMU's output, and what monitor commands such as `qemu-io` print, go to qemu.log.
+        let log = std::fs::File::create(run_dir.join("qemu.log")).ok();
+        let out = log
+            .as_ref()
+            .and_then(|f| f.try_clone().ok())
+            .map(Stdio::from)
+            .unwrap_or(Stdio::null());
+        cmd.stdin(Stdio::null())
+            .stdout(out)
+            .stderr(log.map(Stdio::from).unwrap_or(Stdio::null()));
         let mut child = cmd.spawn().map_err(|source| QemuError::Spawn {
             binary: config.binary.display().to_string(),
             source,

@@ -26,7 +26,7 @@ pub struct Conn {
 }
 
 impl Conn {
-    fn call(&self, method: &str, path: &str, body: &str) -> Result<Value, CliError> {
+    pub(crate) fn call(&self, method: &str, path: &str, body: &str) -> Result<Value, CliError> {
         let token = self.token.as_deref().ok_or_else(|| {
             CliError::msg("No API token: set TRESOR_TOKEN (tresor dev prints one)")
         })?;
@@ -56,7 +56,11 @@ impl Conn {
         Ok(value)
     }
 
-    fn print(&self, value: &Value, table: impl FnOnce(&Value) -> String) {
+    pub(crate) fn is_json(&self) -> bool {
+        self.output == Format::Json
+    }
+
+    pub(crate) fn print(&self, value: &Value, table: impl FnOnce(&Value) -> String) {
         match self.output {
             Format::Json => println!(
                 "{}",
@@ -117,9 +121,22 @@ enum VmSub {
     PowerOff {
         names: Vec<String>,
     },
-    /// Send the keys of locked VMs to their hosts.
+    /// Send the keys of locked VMs to their hosts: named VMs, every locked VM (--all), those of a
+    /// host, or those whose keys come from a provider. Waits and shows progress.
     Unlock {
         names: Vec<String>,
+        #[arg(long, conflicts_with_all = ["names", "host", "provider"])]
+        all: bool,
+        #[arg(long, conflicts_with_all = ["names", "provider"])]
+        host: Option<String>,
+        #[arg(long, conflicts_with = "names")]
+        provider: Option<String>,
+        /// Return once the unlock is requested, without waiting for the VMs.
+        #[arg(long)]
+        no_wait: bool,
+        /// Seconds to wait for the VMs to be unlocked.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
     },
     /// Register a VM from its directory on a host, or every VM found there (--all).
     Register {
@@ -289,9 +306,7 @@ pub fn run_vm(cmd: VmCommand) -> Result<(), CliError> {
             let v = c.call("POST", "/api/v1/vms", &body.to_string())?;
             c.print(&v, |vm| vm_rows(&Value::Array(vec![vm.clone()])));
         }
-        VmSub::PowerOn { names } | VmSub::PowerOff { names } | VmSub::Unlock { names }
-            if names.is_empty() =>
-        {
+        VmSub::PowerOn { names } | VmSub::PowerOff { names } if names.is_empty() => {
             return Err(CliError::msg("Name at least one VM"));
         }
         VmSub::PowerOn { names } => {
@@ -348,14 +363,109 @@ pub fn run_vm(cmd: VmCommand) -> Result<(), CliError> {
             "rekey",
             &serde_json::json!({"deep": deep}).to_string(),
         )?,
-        VmSub::Unlock { names } => {
-            for n in names {
-                c.call("POST", &format!("/api/v1/vms/{n}/unlock"), "")?;
-                println!("{n}: unlock requested");
-            }
-        }
+        VmSub::Unlock {
+            names,
+            all,
+            host,
+            provider,
+            no_wait,
+            timeout,
+        } => unlock(c, names, all, host, provider, no_wait, timeout)?,
     }
     Ok(())
+}
+
+/// Asks for VMs to be unlocked and follows them until each is unlocked or the time is up.
+fn unlock(
+    c: &Conn,
+    names: Vec<String>,
+    all: bool,
+    host: Option<String>,
+    provider: Option<String>,
+    no_wait: bool,
+    timeout: u64,
+) -> Result<(), CliError> {
+    if names.is_empty() && !all && host.is_none() && provider.is_none() {
+        return Err(CliError::msg(
+            "Name the VMs to unlock, or give --all, --host HOST or --provider NAME",
+        ));
+    }
+    let body = serde_json::json!({"names": names, "all": all, "host": host, "provider": provider});
+    let v = c.call("POST", "/api/v1/vms/unlock", &body.to_string())?;
+    let requested: Vec<String> = v["requested"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    let json = c.is_json();
+    if no_wait || requested.is_empty() {
+        if json {
+            c.print(&v, |_| String::new());
+        } else if requested.is_empty() {
+            println!("No locked VM matched; nothing to unlock");
+        } else {
+            println!("unlock requested: {}", requested.join(", "));
+        }
+        return Ok(());
+    }
+    let total = requested.len();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
+    let mut pending = requested.clone();
+    let mut unlocked = Vec::new();
+    let mut states: std::collections::BTreeMap<String, Value> = Default::default();
+    loop {
+        let mut still = Vec::new();
+        for name in pending {
+            let vm = c.call("GET", &format!("/api/v1/vms/{name}"), "")?;
+            if vm["cryptoState"] == "locked" {
+                states.insert(name.clone(), vm["lockReason"].clone());
+                still.push(name);
+            } else {
+                if !json {
+                    println!("[{}/{total}] {name}: unlocked", unlocked.len() + 1);
+                }
+                unlocked.push(name);
+            }
+        }
+        pending = still;
+        if pending.is_empty() || std::time::Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    if json {
+        let still: Vec<Value> = pending
+            .iter()
+            .map(|n| serde_json::json!({"name": n, "lockReason": states.get(n).cloned().unwrap_or(Value::Null)}))
+            .collect();
+        c.print(
+            &serde_json::json!({"unlocked": unlocked, "stillLocked": still}),
+            |_| String::new(),
+        );
+    }
+    if pending.is_empty() {
+        if !json {
+            println!("{total} of {total} unlocked");
+        }
+        return Ok(());
+    }
+    let list: Vec<String> = pending
+        .iter()
+        .map(|n| match states.get(n).and_then(Value::as_str) {
+            Some(r) => format!("{n} ({r})"),
+            None => n.clone(),
+        })
+        .collect();
+    Err(CliError::msg(format!(
+        "{} of {total} still locked after {timeout} s: {}; see why with `tresor vm diagnose {}`",
+        pending.len(),
+        list.join(", "),
+        pending[0]
+    )))
 }
 
 fn simple(c: &Conn, name: &str, op: &str, body: &str) -> Result<(), CliError> {

@@ -67,6 +67,25 @@ enum KmsSub {
         #[arg(long)]
         server: bool,
     },
+    /// Sign a client's certificate signing request with the key server's CA (a Tresor server
+    /// added with `tresor provider add --csr`). The name in the certificate is the one given
+    /// here, whatever the request asked for.
+    SignCsr {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The client's name (its identity on the key server; `tresor-server` for a Tresor server).
+        #[arg(long)]
+        name: String,
+        /// The certificate signing request (PEM).
+        #[arg(long)]
+        csr: PathBuf,
+        /// Where to write the signed certificate (PEM).
+        #[arg(long)]
+        out: PathBuf,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = 825)]
+        days: i64,
+    },
     /// Administer keys: list, show, activate, deactivate, destroy, grant.
     Key {
         #[command(flatten)]
@@ -151,6 +170,29 @@ pub fn run(cmd: KmsCommand) -> Result<(), CliError> {
                 out.display(),
                 out.display()
             );
+            Ok(())
+        }
+        KmsSub::SignCsr {
+            config,
+            name,
+            csr,
+            out,
+            days,
+        } => {
+            let config = load(&config.config)?;
+            let ca = load_ca(&config)?;
+            let request = std::fs::read_to_string(&csr).map_err(|e| {
+                CliError::msg(format!("Cannot read the CSR {}: {e}", csr.display()))
+            })?;
+            let cert = ca.sign_client_csr(&request, &name, days).map_err(|e| {
+                CliError::msg(format!(
+                    "Cannot sign {} ({e}); give the PEM certificate signing request the client made",
+                    csr.display()
+                ))
+            })?;
+            std::fs::write(&out, cert)
+                .map_err(|e| CliError::msg(format!("Cannot write {}: {e}", out.display())))?;
+            println!("Signed {} as CN={name}, valid {days} days", out.display());
             Ok(())
         }
         KmsSub::Key {

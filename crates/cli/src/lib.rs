@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod admin;
 mod client;
 mod daemons;
 mod dev;
@@ -34,6 +35,12 @@ enum Command {
     Host(client::HostCommand),
     /// Events.
     Event(client::EventCommand),
+    /// Key providers: endpoints, trust, default, status.
+    Provider(admin::ProviderCommand),
+    /// Server settings, such as the unlock policy.
+    Settings(admin::SettingsCommand),
+    /// Alarms: list and acknowledge.
+    Alarm(admin::AlarmCommand),
     /// The management server and key broker.
     Server(daemons::ServerCommand),
     /// The host agent.
@@ -74,6 +81,9 @@ pub fn main() -> ExitCode {
         Command::Vm(c) => client::run_vm(c),
         Command::Host(c) => client::run_host(c),
         Command::Event(c) => client::run_event(c),
+        Command::Provider(c) => admin::run_provider(c),
+        Command::Settings(c) => admin::run_settings(c),
+        Command::Alarm(c) => admin::run_alarm(c),
         Command::Kms(c) => kms::run(c),
         Command::Kmip(c) => kms::run_kmip(c),
         Command::Server(c) => daemons::run_server(c),

@@ -56,3 +56,199 @@ pub fn http(
         serde_json::from_str(out.split("\r\n\r\n").nth(1).unwrap_or("")).unwrap_or_default(),
     )
 }
+
+/// A process the test started; stopped with SIGINT (then killed) when dropped.
+pub struct Proc(pub std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline && matches!(self.0.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `tresor dev` in a temporary folder, and the client commands against it.
+pub struct Dev {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub token: String,
+    /// Declared last: stopped before the folder goes.
+    _proc: Proc,
+}
+
+impl Dev {
+    /// Starts `tresor dev --hosts N` and waits until it says it is ready.
+    pub fn start(hosts: u32) -> Dev {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_ports();
+        let mut child = std::process::Command::new(TRESOR)
+            .args(["dev", "--hosts", &hosts.to_string(), "--data"])
+            .arg(dir.path())
+            .args(["--port", &port.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut token = String::new();
+        let stdout = child.stdout.take().unwrap();
+        let proc = Proc(child);
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            if let Some(rest) = line.trim().strip_prefix("admin token") {
+                token = rest.split_whitespace().next().unwrap().to_owned();
+            }
+            if line.starts_with("Stop with Ctrl-C") {
+                break;
+            }
+        }
+        assert!(!token.is_empty(), "tresor dev printed no admin token");
+        Dev {
+            dir,
+            port,
+            token,
+            _proc: proc,
+        }
+    }
+
+    /// Runs a client command as admin: success, standard output, standard error.
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        self.cli_as(&self.token, args)
+    }
+
+    /// Runs a client command with another token.
+    pub fn cli_as(&self, token: &str, args: &[&str]) -> (bool, String, String) {
+        let out = std::process::Command::new(TRESOR)
+            .args(args)
+            .env("TRESOR_SERVER", format!("http://127.0.0.1:{}", self.port))
+            .env("TRESOR_TOKEN", token)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Runs a client command that must succeed; its standard output.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.cli(args);
+        assert!(ok, "tresor {}: {err}", args.join(" "));
+        out
+    }
+
+    /// `tresor vm show NAME -o json`.
+    pub fn vm(&self, name: &str) -> serde_json::Value {
+        serde_json::from_str(&self.cli(&["vm", "show", name, "-o", "json"]).1).unwrap_or_default()
+    }
+
+    /// The embedded key server's configuration file.
+    pub fn kms_config(&self) -> String {
+        self.dir.path().join("kms/kms.toml").display().to_string()
+    }
+
+    /// Runs a `tresor kms …` administration command on the embedded key server.
+    pub fn kms_admin(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new(TRESOR)
+            .arg("kms")
+            .args(args)
+            .args(["--config", &self.kms_config()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "tresor kms {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The id of the key server process `tresor dev` started.
+    pub fn kms_pid(&self) -> String {
+        let config = self.kms_config();
+        let ps = std::process::Command::new("ps")
+            .args(["-eo", "pid,args"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&ps.stdout)
+            .lines()
+            .find(|l| l.contains("kms serve") && l.contains(&config))
+            .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+            .expect("the key server process")
+    }
+
+    /// Asks the VM's QEMU, over its operator monitor, to run a `qemu-io` command on a disk of
+    /// the running VM through its virtual device (`vd0` is the first disk), as the guest writes;
+    /// the command's output (QEMU prints it to its
+    /// log).
+    pub fn guest_io(&self, vm: &str, device: &str, command: &str) -> String {
+        let socket = find_file(self.dir.path(), &format!("run/{vm}/monitor.sock"))
+            .unwrap_or_else(|| panic!("no monitor socket of {vm}"));
+        let log = socket.with_file_name("qemu.log");
+        let before = std::fs::read(&log).map(|b| b.len()).unwrap_or(0);
+        let mut out = hmp(
+            &socket,
+            &format!("qemu-io -d /machine/peripheral/{device}/virtio-backend \"{command}\""),
+        );
+        let after = std::fs::read(&log).unwrap_or_default();
+        out.push_str(&String::from_utf8_lossy(
+            after.get(before..).unwrap_or_default(),
+        ));
+        out
+    }
+}
+
+/// The first file under `dir` whose path ends with `suffix`.
+pub fn find_file(dir: &std::path::Path, suffix: &str) -> Option<std::path::PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        if path.to_string_lossy().ends_with(suffix) {
+            return Some(path);
+        }
+        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            if let Some(p) = find_file(&path, suffix) {
+                return Some(p);
+            }
+        }
+    }
+    None
+}
+
+/// One human monitor command over a QMP socket; its output.
+pub fn hmp(socket: &std::path::Path, line: &str) -> String {
+    use std::io::BufRead;
+    let stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    let mut read_return = || loop {
+        let mut l = String::new();
+        assert!(
+            reader.read_line(&mut l).unwrap() > 0,
+            "QEMU closed the monitor"
+        );
+        let v: serde_json::Value = serde_json::from_str(&l).unwrap_or_default();
+        if v.get("return").is_some() || v.get("error").is_some() {
+            return v;
+        }
+    };
+    // The greeting carries neither `return` nor `error`: read_return passes over it.
+    writeln!(writer, "{{\"execute\":\"qmp_capabilities\"}}").unwrap();
+    read_return();
+    let cmd = serde_json::json!({"execute": "human-monitor-command", "arguments": {"command-line": line}});
+    writeln!(writer, "{cmd}").unwrap();
+    let v = read_return();
+    assert!(v.get("error").is_none(), "{line}: {v}");
+    v["return"].as_str().unwrap_or_default().to_owned()
+}

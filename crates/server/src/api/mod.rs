@@ -299,6 +299,98 @@ async fn unlock_vm(
     Ok(Json(json!({"vm": name, "unlock": "requested"})))
 }
 
+/// `POST /api/v1/vms/unlock`: which VMs to unlock.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct UnlockMany {
+    #[serde(default)]
+    names: Vec<String>,
+    #[serde(default)]
+    all: bool,
+    host: Option<String>,
+    provider: Option<String>,
+}
+
+/// Whether a VM needs a key of `provider` (its own KEK or a disk's).
+fn uses_provider(vm: &VmRecord, provider: &str) -> bool {
+    if vm.key_provider.as_deref() == Some(provider) {
+        return true;
+    }
+    serde_json::from_str::<VmReport>(&vm.report)
+        .map(|r| r.keys.iter().any(|k| k.key.provider() == provider))
+        .unwrap_or(false)
+}
+
+/// Asks for many VMs to be unlocked: named ones, every locked one, the locked ones of a host, or
+/// those whose keys come from a provider. The answer names the VMs asked for; the client follows
+/// their state for progress.
+async fn unlock_many(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Option<Json<UnlockMany>>,
+) -> Result<Json<Value>, ApiError> {
+    let req = body.map(|b| b.0).unwrap_or_default();
+    let selectors = usize::from(!req.names.is_empty())
+        + usize::from(req.all)
+        + usize::from(req.host.is_some())
+        + usize::from(req.provider.is_some());
+    if selectors != 1 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "badRequest",
+            "Say which VMs to unlock: names, all, a host or a provider (exactly one of them)",
+        ));
+    }
+    let what = if req.all {
+        "Unlocking every locked VM".to_owned()
+    } else if let Some(h) = &req.host {
+        format!("Unlocking the VMs of host {h}")
+    } else if let Some(p) = &req.provider {
+        format!("Unlocking the VMs with keys of provider {p}")
+    } else {
+        format!("Unlocking VM {}", req.names.join(", "))
+    };
+    authorize(&s, &headers, Privilege::CryptoRegisterVm, &what)?;
+    let vms: Vec<VmRecord> = if !req.names.is_empty() {
+        let mut v = Vec::new();
+        for n in &req.names {
+            v.push(s.store.vm(n)?.ok_or_else(|| no_vm(n))?);
+        }
+        v
+    } else {
+        if let Some(h) = &req.host {
+            if !s.store.hosts()?.iter().any(|x| &x.name == h) {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "notFound",
+                    format!("No host {h}; list them with `tresor host list`"),
+                ));
+            }
+        }
+        if let Some(p) = &req.provider {
+            if s.store.provider(p)?.is_none() {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "notFound",
+                    format!("No key provider {p}; list them with `tresor provider list`"),
+                ));
+            }
+        }
+        s.store
+            .locked_vms()?
+            .into_iter()
+            .filter(|v| req.host.as_ref().is_none_or(|h| &v.host == h))
+            .filter(|v| req.provider.as_ref().is_none_or(|p| uses_provider(v, p)))
+            .collect()
+    };
+    let mut requested = Vec::new();
+    for vm in vms {
+        s.engine.request_unlock(&vm.name);
+        requested.push(vm.name);
+    }
+    Ok(Json(json!({"requested": requested})))
+}
+
 async fn host_token(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -387,9 +479,35 @@ async fn list_alarms(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&s, &headers, Privilege::SystemView, "Listing alarms")?;
-    Ok(Json(
-        serde_json::to_value(s.store.alarms(true)?).unwrap_or_default(),
-    ))
+    let alarms: Vec<Value> = s.store.alarms(true)?.iter().map(alarm_json).collect();
+    Ok(Json(Value::Array(alarms)))
+}
+
+/// An alarm with what it means and what to do about it.
+fn alarm_json(a: &crate::store::AlarmRow) -> Value {
+    let (what, name) = a.object.split_once(':').unwrap_or(("", a.object.as_str()));
+    let (message, next) = match (a.kind.as_str(), what) {
+        ("vm.locked", _) => (
+            format!("VM {name} is locked ({})", a.reason),
+            format!("Run `tresor vm diagnose {name}` and follow its next step"),
+        ),
+        ("provider.unreachable", _) => (
+            format!("Key provider {name} cannot be reached: {}", a.reason),
+            format!("Check the provider and the network to it; `tresor provider status {name}` probes it again"),
+        ),
+        ("provider.certificate.expiring", _) => {
+            let provider = name.split(':').next().unwrap_or(name);
+            (
+                format!("Key provider {provider}: {}", a.reason),
+                format!("Renew the certificate, then remove and add provider {provider} again with the new one"),
+            )
+        }
+        _ => (a.reason.clone(), String::new()),
+    };
+    let mut v = serde_json::to_value(a).unwrap_or_default();
+    v["message"] = json!(message);
+    v["nextStep"] = json!(next);
+    v
 }
 
 async fn ack_alarm(
@@ -1017,6 +1135,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/vms", get(list_vms).post(create_vm))
         .route("/api/v1/vms/register", post(register))
+        .route("/api/v1/vms/unlock", post(unlock_many))
         .route("/api/v1/vms/{name}/diagnose", get(diagnose_vm))
         .route("/api/v1/vms/{name}/{op}", post(vm_action))
         .route("/api/v1/vms/{name}", get(show_vm))
