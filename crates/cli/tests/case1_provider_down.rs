@@ -4,64 +4,16 @@
 //! provider returns the server unlocks the VM by itself and it powers on again. Losing the
 //! provider while the host keeps running locks nothing.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 mod common;
-use common::{free_ports, wait_for, TRESOR};
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-INT", &self.0.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline && matches!(self.0.try_wait(), Ok(None)) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{wait_for, Dev, Proc, TRESOR};
 
 #[test]
 fn provider_down_during_a_host_restart_locks_and_its_return_unlocks() {
-    let tmp = tempfile::tempdir().unwrap();
-    let port = free_ports();
-    let mut dev = Command::new(TRESOR)
-        .args(["dev", "--data"])
-        .arg(tmp.path())
-        .args(["--port", &port.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut token = String::new();
-    for line in BufReader::new(dev.stdout.take().unwrap()).lines() {
-        let line = line.unwrap();
-        if let Some(rest) = line.trim().strip_prefix("admin token") {
-            token = rest.split_whitespace().next().unwrap().to_owned();
-        }
-        if line.starts_with("Stop with Ctrl-C") {
-            break;
-        }
-    }
-    let _dev = Proc(dev);
-    let cli = |args: &[&str]| {
-        let out = Command::new(TRESOR)
-            .args(args)
-            .env("TRESOR_SERVER", format!("http://127.0.0.1:{port}"))
-            .env("TRESOR_TOKEN", &token)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let dev = Dev::start(1);
+    let cli = |args: &[&str]| dev.cli(args);
     let vm = || -> serde_json::Value {
         serde_json::from_str(&cli(&["vm", "show", "web01", "-o", "json"]).1).unwrap_or_default()
     };
@@ -79,16 +31,8 @@ fn provider_down_during_a_host_restart_locks_and_its_return_unlocks() {
     assert!(cli(&["vm", "power-on", "web01"]).0);
 
     // Stop the key server (dev's child).
-    let kms_config = tmp.path().join("kms/kms.toml").display().to_string();
-    let ps = Command::new("ps")
-        .args(["-eo", "pid,args"])
-        .output()
-        .unwrap();
-    let pid = String::from_utf8_lossy(&ps.stdout)
-        .lines()
-        .find(|l| l.contains("kms serve") && l.contains(&kms_config))
-        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
-        .expect("the key server process");
+    let kms_config = dev.kms_config();
+    let pid = dev.kms_pid();
     Command::new("kill").args(["-INT", &pid]).status().unwrap();
     std::thread::sleep(Duration::from_secs(1));
 

@@ -1,0 +1,72 @@
+//! The procedure's case 5 with real processes: the provider is fine, but the host restarted and
+//! its keys have not been pushed again (the manual unlock policy holds them back, as a failed
+//! push would). The VM locks with keyMissingOnHost; unlocking the host's VMs needs nothing from
+//! the provider's administrator, and the disk still holds the guest's data.
+
+mod common;
+use common::{wait_for, Dev};
+
+#[test]
+fn keys_missing_only_on_the_host_are_pushed_by_an_unlock() {
+    let dev = Dev::start(1);
+    dev.ok(&["settings", "set", "unlock.policy", "manual"]);
+    for name in ["web01", "web02"] {
+        dev.ok(&[
+            "vm",
+            "create",
+            name,
+            "--host",
+            "host-1",
+            "--disk",
+            "4M",
+            "--encrypt",
+        ]);
+    }
+    dev.ok(&["vm", "power-on", "web01"]);
+    let out = dev.guest_io("web01", "vd0", "write -P 0x5a 4096 8k");
+    assert!(out.contains("wrote 8192/8192 bytes"), "{out}");
+
+    dev.ok(&["host", "reboot", "host-1"]);
+    for name in ["web01", "web02"] {
+        wait_for("the VMs lock with keyMissingOnHost", || {
+            let v = dev.vm(name);
+            v["cryptoState"] == "locked" && v["lockReason"] == "keyMissingOnHost"
+        });
+    }
+    let locked: serde_json::Value =
+        serde_json::from_str(&dev.ok(&["vm", "list", "--locked", "-o", "json"])).unwrap();
+    assert_eq!(locked.as_array().unwrap().len(), 2, "{locked}");
+    let d: serde_json::Value =
+        serde_json::from_str(&dev.ok(&["vm", "diagnose", "web01", "-o", "json"])).unwrap();
+    assert_eq!(d["case"], 5, "{d}");
+    assert!(
+        d["nextSteps"].to_string().contains("tresor vm unlock"),
+        "{d}"
+    );
+    // The event follows once the provider has answered that it has the keys.
+    wait_for("the German event", || {
+        dev.ok(&["event", "list", "--vm", "web01", "--lang", "de"])
+            .contains("Die virtuelle Maschine ist gesperrt, weil Schlüssel auf dem Host fehlen.")
+    });
+
+    // Unlock by host, with progress; nothing happened on the provider.
+    let out = dev.ok(&["vm", "unlock", "--host", "host-1"]);
+    assert!(out.contains("2 of 2 unlocked"), "{out}");
+    assert!(out.contains("[1/2]") && out.contains("[2/2]"), "{out}");
+    let (ok, out, _) = dev.cli(&["vm", "unlock", "--all", "-o", "json"]);
+    assert!(ok, "nothing left to unlock is not an error");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["requested"],
+        serde_json::json!([])
+    );
+
+    dev.ok(&["vm", "power-on", "web01"]);
+    let out = dev.guest_io("web01", "vd0", "read -P 0x5a 4096 8k");
+    assert!(
+        out.contains("read 8192/8192 bytes") && !out.contains("failed"),
+        "{out}"
+    );
+    // An unlock naming a VM that does not exist says so.
+    let (ok, _, err) = dev.cli(&["vm", "unlock", "nope"]);
+    assert!(!ok && err.contains("nope"), "{err}");
+}
