@@ -16,20 +16,42 @@ pub struct Conn {
         default_value = "http://127.0.0.1:8400",
         global = true
     )]
-    server: String,
-    /// The API token (from `tresor server init`, or a user's).
-    #[arg(long, env = "TRESOR_TOKEN", hide_env_values = true, global = true)]
-    token: Option<String>,
+    pub(crate) server: String,
     /// Output format.
     #[arg(long, short = 'o', default_value = "table", global = true)]
     output: Format,
 }
 
 impl Conn {
+    /// The API token: `TRESOR_TOKEN`, or the one `tresor login` stored for this server. Never a
+    /// flag: command lines are visible to every user of the machine.
+    fn token(&self) -> Result<zeroize::Zeroizing<String>, CliError> {
+        if let Ok(t) = std::env::var("TRESOR_TOKEN") {
+            if !t.is_empty() {
+                return Ok(zeroize::Zeroizing::new(t));
+            }
+        }
+        crate::access::stored_token(&self.server)?.ok_or_else(|| {
+            CliError::msg(format!(
+                "No API token for {}: log in with `tresor login --user NAME`, or set TRESOR_TOKEN (tresor dev prints one)",
+                self.server
+            ))
+        })
+    }
+
     pub(crate) fn call(&self, method: &str, path: &str, body: &str) -> Result<Value, CliError> {
-        let token = self.token.as_deref().ok_or_else(|| {
-            CliError::msg("No API token: set TRESOR_TOKEN (tresor dev prints one)")
-        })?;
+        let token = self.token()?;
+        self.call_with(&token, method, path, body)
+    }
+
+    /// A request with the given token (empty: none, as for logging in).
+    pub(crate) fn call_with(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> Result<Value, CliError> {
         let rest = self
             .server
             .strip_prefix("http://")

@@ -232,6 +232,16 @@ pub fn run(args: DevArgs) -> Result<(), CliError> {
                     String::from_utf8_lossy(&out.stderr).trim()
                 )));
             }
+            // Development VMs boot no operating system, so nothing answers the ACPI power
+            // button: wait seconds, not the production default, before stopping them.
+            let config = dir.join("agent.toml");
+            let text = std::fs::read_to_string(&config)
+                .map_err(|e| CliError::msg(format!("Cannot read {}: {e}", config.display())))?;
+            std::fs::write(
+                &config,
+                text.replace("shutdown_timeout_secs = 30", "shutdown_timeout_secs = 2"),
+            )
+            .map_err(|e| CliError::msg(format!("Cannot write {}: {e}", config.display())))?;
         }
         spawn(
             &mut children,

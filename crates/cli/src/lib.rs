@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod access;
 mod admin;
 mod client;
 mod daemons;
@@ -41,6 +42,14 @@ enum Command {
     Settings(admin::SettingsCommand),
     /// Alarms: list and acknowledge.
     Alarm(admin::AlarmCommand),
+    /// Log in with a user's password; the token is kept for the following commands.
+    Login(access::LoginArgs),
+    /// Users: add, list, remove, revoke a role.
+    User(access::UserCommand),
+    /// Roles: the built-in ones and your own.
+    Role(access::RoleCommand),
+    /// Grant a role to a user.
+    Grant(access::GrantArgs),
     /// The management server and key broker.
     Server(daemons::ServerCommand),
     /// The host agent.
@@ -84,6 +93,10 @@ pub fn main() -> ExitCode {
         Command::Provider(c) => admin::run_provider(c),
         Command::Settings(c) => admin::run_settings(c),
         Command::Alarm(c) => admin::run_alarm(c),
+        Command::Login(a) => access::run_login(a),
+        Command::User(c) => access::run_user(c),
+        Command::Role(c) => access::run_role(c),
+        Command::Grant(a) => access::run_grant(a),
         Command::Kms(c) => kms::run(c),
         Command::Kmip(c) => kms::run_kmip(c),
         Command::Server(c) => daemons::run_server(c),

@@ -1,5 +1,6 @@
 //! Privileges and the built-in roles. `Administrator` has every privilege; `NoCryptoAdmin` every
-//! one but the `Cryptographer.*` set; `ReadOnly` may only look.
+//! one but the `Cryptographer.*` set and changing permissions (which would let it grant itself the
+//! rest); `ReadOnly` may only look.
 
 use serde::{Deserialize, Serialize};
 
@@ -96,10 +97,12 @@ impl BuiltinRole {
     pub fn privileges(self) -> Vec<Privilege> {
         match self {
             BuiltinRole::Administrator => Privilege::ALL.to_vec(),
+            // Without the right to change permissions too: otherwise it could grant itself
+            // Administrator and with it every cryptographic privilege.
             BuiltinRole::NoCryptoAdmin => Privilege::ALL
                 .iter()
                 .copied()
-                .filter(|p| !p.is_crypto())
+                .filter(|p| !p.is_crypto() && *p != Privilege::AuthorizationModify)
                 .collect(),
             BuiltinRole::ReadOnly => vec![Privilege::SystemView],
         }
@@ -125,10 +128,11 @@ mod tests {
         let no_crypto = BuiltinRole::NoCryptoAdmin.privileges();
         assert_eq!(admin.len(), Privilege::ALL.len());
         assert!(no_crypto.iter().all(|p| !p.is_crypto()));
+        assert!(!no_crypto.contains(&Privilege::AuthorizationModify));
         assert_eq!(
             no_crypto.len(),
-            admin.len() - 14,
-            "the 14 Cryptographer privileges"
+            admin.len() - 15,
+            "the 14 Cryptographer privileges and the one to change permissions"
         );
         assert_eq!(
             BuiltinRole::ReadOnly.privileges(),

@@ -1,5 +1,6 @@
 //! `tresor server`: the key broker and management server.
 //!
+//! - [`accounts`]: users (argon2id passwords), API tokens, roles and grants.
 //! - [`api`]: the REST API under `/api/v1`, with a privilege check on every operation.
 //! - [`agents`]: the sessions of host agents: who is connected, requests and replies, what they
 //!   report.
@@ -13,6 +14,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod accounts;
 pub mod agents;
 pub mod api;
 pub mod broker;

@@ -213,18 +213,11 @@ fn cert_status_of(
 
 /// A date for a message: `2027-03-01`.
 fn date(epoch: i64) -> String {
-    let days = epoch.div_euclid(86_400);
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    format!("{:04}-{:02}-{:02}", if m <= 2 { y + 1 } else { y }, m, d)
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    time::OffsetDateTime::from_unix_timestamp(epoch)
+        .ok()
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_else(|| epoch.to_string())
 }
 
 impl Providers {
@@ -727,7 +720,7 @@ mod tests {
     fn dates_are_civil() {
         assert_eq!(date(0), "1970-01-01");
         assert_eq!(date(951_782_400), "2000-02-29");
-        assert_eq!(date(1_795_737_600), "2026-11-28");
+        assert_eq!(date(1_795_824_000), "2026-11-28");
     }
 
     #[test]

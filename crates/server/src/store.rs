@@ -671,6 +671,35 @@ impl Store {
         Ok(())
     }
 
+    pub fn ungrant(&self, user: &str, role: &str) -> Result<bool, StoreError> {
+        Ok(self.conn().execute(
+            "DELETE FROM grants WHERE user = ?1 AND role = ?2",
+            params![user, role],
+        )? > 0)
+    }
+
+    /// The roles granted to a user.
+    pub fn grants_of(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT role FROM grants WHERE user = ?1 ORDER BY role")?;
+        let rows = stmt.query_map(params![user], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn remove_role(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn()
+            .execute("DELETE FROM roles WHERE name = ?1", params![name])?
+            > 0)
+    }
+
+    pub fn set_password_hash(&self, user: &str, hash: &str) -> Result<bool, StoreError> {
+        Ok(self.conn().execute(
+            "UPDATE users SET password_hash = ?2 WHERE name = ?1",
+            params![user, hash],
+        )? > 0)
+    }
+
     /// Every privilege the user's roles give.
     pub fn privileges_of(&self, user: &str) -> Result<Vec<String>, StoreError> {
         let conn = self.conn();

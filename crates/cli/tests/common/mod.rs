@@ -138,6 +138,39 @@ impl Dev {
         )
     }
 
+    /// Runs a client command with the token `tresor login` stored in `config_dir`, and standard
+    /// input from `stdin`.
+    pub fn cli_logged_in(
+        &self,
+        config_dir: &std::path::Path,
+        stdin: &str,
+        args: &[&str],
+    ) -> (bool, String, String) {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new(TRESOR)
+            .args(args)
+            .env("TRESOR_SERVER", format!("http://127.0.0.1:{}", self.port))
+            .env_remove("TRESOR_TOKEN")
+            .env("TRESOR_CONFIG_DIR", config_dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// Runs a client command that must succeed; its standard output.
     pub fn ok(&self, args: &[&str]) -> String {
         let (ok, out, err) = self.cli(args);

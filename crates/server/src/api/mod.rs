@@ -16,6 +16,7 @@ use tresor_core::Lang;
 
 mod providers;
 pub mod settings;
+mod users;
 
 use crate::agents::AgentHub;
 use crate::engine::Engine;
@@ -1165,6 +1166,29 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v1/providers/{name}/certificate",
             post(providers::certificate),
+        )
+        .route("/api/v1/login", post(users::login))
+        .route("/api/v1/me", get(users::me))
+        .route(
+            "/api/v1/users",
+            get(users::list_users).post(users::add_user),
+        )
+        .route(
+            "/api/v1/users/{name}",
+            axum::routing::delete(users::remove_user),
+        )
+        .route("/api/v1/users/{name}/roles", post(users::grant))
+        .route(
+            "/api/v1/users/{name}/roles/{role}",
+            axum::routing::delete(users::revoke),
+        )
+        .route(
+            "/api/v1/roles",
+            get(users::list_roles).post(users::put_role),
+        )
+        .route(
+            "/api/v1/roles/{name}",
+            get(users::show_role).delete(users::remove_role),
         )
         .route("/api/v1/settings", get(settings::list))
         .route(

@@ -1,0 +1,340 @@
+//! `tresor login`, `tresor user …`, `tresor role …`, `tresor grant`: who may do what. A login
+//! stores its token in the user's configuration folder (mode 0600), one per server.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+use zeroize::Zeroizing;
+
+use crate::client::Conn;
+use crate::output;
+use crate::CliError;
+
+/// Where `tresor login` keeps tokens: `$TRESOR_CONFIG_DIR`, else `$XDG_CONFIG_HOME/tresor`, else
+/// `~/.config/tresor`.
+fn config_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("TRESOR_CONFIG_DIR") {
+        return Some(PathBuf::from(d));
+    }
+    if let Some(d) = std::env::var_os("XDG_CONFIG_HOME") {
+        return Some(PathBuf::from(d).join("tresor"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/tresor"))
+}
+
+fn credentials_file() -> Option<PathBuf> {
+    config_dir().map(|d| d.join("credentials.json"))
+}
+
+fn read_credentials(path: &Path) -> Result<serde_json::Map<String, Value>, CliError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v.as_object().cloned())
+            .ok_or_else(|| {
+                CliError::msg(format!(
+                    "{} is not a credentials file; remove it and log in again",
+                    path.display()
+                ))
+            })?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
+        Err(e) => Err(CliError::msg(format!(
+            "Cannot read {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// The token `tresor login` stored for `server`.
+pub fn stored_token(server: &str) -> Result<Option<Zeroizing<String>>, CliError> {
+    let Some(path) = credentials_file() else {
+        return Ok(None);
+    };
+    Ok(read_credentials(&path)?
+        .get(server.trim_end_matches('/'))
+        .and_then(Value::as_str)
+        .map(|t| Zeroizing::new(t.to_owned())))
+}
+
+fn store_token(server: &str, token: &str) -> Result<PathBuf, CliError> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let path = credentials_file().ok_or_else(|| {
+        CliError::msg("No home folder to keep the token in; set TRESOR_CONFIG_DIR")
+    })?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| CliError::msg(format!("Cannot create {}: {e}", dir.display())))?;
+    let mut all = read_credentials(&path)?;
+    all.insert(server.trim_end_matches('/').to_owned(), json!(token));
+    let text = Zeroizing::new(Value::Object(all).to_string());
+    let tmp = path.with_extension("json.new");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| CliError::msg(format!("Cannot write {}: {e}", tmp.display())))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| CliError::msg(format!("Cannot write {}: {e}", path.display())))?;
+    Ok(path)
+}
+
+/// A password from a file (its first line), a prompt on a terminal, or standard input.
+fn read_password(file: Option<&Path>, prompt: &str) -> Result<Zeroizing<String>, CliError> {
+    let text = match file {
+        Some(f) => Zeroizing::new(std::fs::read_to_string(f).map_err(|e| {
+            CliError::msg(format!(
+                "Cannot read the password file {}: {e}",
+                f.display()
+            ))
+        })?),
+        None if std::io::stdin().is_terminal() => Zeroizing::new(
+            rpassword::prompt_password(prompt)
+                .map_err(|e| CliError::msg(format!("Cannot read the password: {e}")))?,
+        ),
+        None => {
+            let mut line = Zeroizing::new(String::new());
+            std::io::stdin()
+                .read_line(&mut line)
+                .map_err(|e| CliError::msg(format!("Cannot read the password: {e}")))?;
+            line
+        }
+    };
+    let first = Zeroizing::new(text.lines().next().unwrap_or("").to_owned());
+    if first.is_empty() {
+        return Err(CliError::msg("The password is empty"));
+    }
+    Ok(first)
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    #[command(flatten)]
+    conn: Conn,
+    #[arg(long)]
+    user: String,
+    /// A file whose first line is the password (otherwise it is asked for, or read from
+    /// standard input).
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+}
+
+pub fn run_login(a: LoginArgs) -> Result<(), CliError> {
+    let password = read_password(a.password_file.as_deref(), "Password: ")?;
+    let body = Zeroizing::new(json!({"user": a.user, "password": password.as_str()}).to_string());
+    let v = a.conn.call_with("", "POST", "/api/v1/login", &body)?;
+    let token = Zeroizing::new(
+        v["token"]
+            .as_str()
+            .ok_or_else(|| CliError::msg("The server answered the login without a token"))?
+            .to_owned(),
+    );
+    let path = store_token(&a.conn.server, &token)?;
+    println!(
+        "Logged in to {} as {}; the token is in {}",
+        a.conn.server,
+        a.user,
+        path.display()
+    );
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct UserCommand {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    command: UserSub,
+}
+
+#[derive(Debug, Subcommand)]
+enum UserSub {
+    /// Add a user with a password and roles.
+    Add {
+        name: String,
+        /// A file whose first line is the password (at least 12 characters).
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// A role to grant; repeat for more.
+        #[arg(long = "role")]
+        roles: Vec<String>,
+    },
+    List,
+    /// Remove a user and its tokens.
+    Remove {
+        name: String,
+    },
+    /// Take a role from a user.
+    Revoke {
+        name: String,
+        role: String,
+    },
+}
+
+pub fn run_user(cmd: UserCommand) -> Result<(), CliError> {
+    let c = &cmd.conn;
+    match cmd.command {
+        UserSub::Add {
+            name,
+            password_file,
+            roles,
+        } => {
+            let password = read_password(password_file.as_deref(), "Password for the new user: ")?;
+            let body = Zeroizing::new(
+                json!({"name": name, "password": password.as_str(), "roles": roles}).to_string(),
+            );
+            c.call("POST", "/api/v1/users", &body)?;
+            println!("user {name} added");
+        }
+        UserSub::List => {
+            let v = c.call("GET", "/api/v1/users", "")?;
+            c.print(&v, |v| {
+                let rows: Vec<Vec<String>> = v
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|u| {
+                                vec![u["name"].as_str().unwrap_or("?").into(), join(&u["roles"])]
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                output::table(&["USER", "ROLES"], &rows)
+            });
+        }
+        UserSub::Remove { name } => {
+            c.call("DELETE", &format!("/api/v1/users/{name}"), "")?;
+            println!("user {name} removed");
+        }
+        UserSub::Revoke { name, role } => {
+            c.call("DELETE", &format!("/api/v1/users/{name}/roles/{role}"), "")?;
+            println!("role {role} taken from {name}");
+        }
+    }
+    Ok(())
+}
+
+fn join(v: &Value) -> String {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
+}
+
+#[derive(Debug, Args)]
+pub struct RoleCommand {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    command: RoleSub,
+}
+
+#[derive(Debug, Subcommand)]
+enum RoleSub {
+    List,
+    /// A role's privileges.
+    Show {
+        name: String,
+    },
+    /// Define a role of your own (or change one) from privileges such as Cryptographer.RegisterVM.
+    Create {
+        name: String,
+        #[arg(long = "privilege", required = true)]
+        privileges: Vec<String>,
+    },
+    Remove {
+        name: String,
+    },
+}
+
+pub fn run_role(cmd: RoleCommand) -> Result<(), CliError> {
+    let c = &cmd.conn;
+    let show = |v: &Value| {
+        let mut s = format!(
+            "{}{}\n",
+            v["name"].as_str().unwrap_or("?"),
+            if v["builtIn"] == true {
+                " (built in)"
+            } else {
+                ""
+            }
+        );
+        for p in v["privileges"].as_array().into_iter().flatten() {
+            s.push_str(&format!("  {}\n", p.as_str().unwrap_or("?")));
+        }
+        s
+    };
+    match cmd.command {
+        RoleSub::List => {
+            let v = c.call("GET", "/api/v1/roles", "")?;
+            c.print(&v, |v| {
+                let rows: Vec<Vec<String>> = v
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|r| {
+                                vec![
+                                    r["name"].as_str().unwrap_or("?").into(),
+                                    if r["builtIn"] == true { "yes" } else { "" }.into(),
+                                    r["privileges"]
+                                        .as_array()
+                                        .map(|p| p.len().to_string())
+                                        .unwrap_or_default(),
+                                ]
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                output::table(&["ROLE", "BUILT IN", "PRIVILEGES"], &rows)
+            });
+        }
+        RoleSub::Show { name } => {
+            let v = c.call("GET", &format!("/api/v1/roles/{name}"), "")?;
+            c.print(&v, show);
+        }
+        RoleSub::Create { name, privileges } => {
+            let v = c.call(
+                "POST",
+                "/api/v1/roles",
+                &json!({"name": name, "privileges": privileges}).to_string(),
+            )?;
+            c.print(&v, show);
+        }
+        RoleSub::Remove { name } => {
+            c.call("DELETE", &format!("/api/v1/roles/{name}"), "")?;
+            println!("role {name} removed");
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct GrantArgs {
+    #[command(flatten)]
+    conn: Conn,
+    user: String,
+    role: String,
+}
+
+pub fn run_grant(a: GrantArgs) -> Result<(), CliError> {
+    let v = a.conn.call(
+        "POST",
+        &format!("/api/v1/users/{}/roles", a.user),
+        &json!({"role": a.role}).to_string(),
+    )?;
+    println!("{}: {}", a.user, join(&v["roles"]));
+    Ok(())
+}

@@ -1,0 +1,265 @@
+//! `/api/v1/login`, `/api/v1/me`, `/api/v1/users`, `/api/v1/roles`: who may do what.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tresor_core::access::Privilege;
+use zeroize::Zeroizing;
+
+use super::{authorize, ApiError, AppState};
+use crate::accounts::{AccountError, Accounts};
+
+impl From<AccountError> for ApiError {
+    fn from(e: AccountError) -> ApiError {
+        let (status, code) = match &e {
+            AccountError::Store(inner) => {
+                tracing::error!(error = %inner, "store failed");
+                return ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "storage",
+                    "The server cannot read or write its database; see its log",
+                );
+            }
+            AccountError::BadCredentials => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            AccountError::NoUser(_) | AccountError::NoRole(_) => {
+                (StatusCode::NOT_FOUND, "notFound")
+            }
+            AccountError::UserExists(_)
+            | AccountError::BuiltinRole(_)
+            | AccountError::LastAdministrator(_) => (StatusCode::CONFLICT, "conflict"),
+            AccountError::Random => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            _ => (StatusCode::BAD_REQUEST, "invalid"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Login {
+    user: String,
+    password: Zeroizing<String>,
+}
+
+/// Exchanges a user's password for an API token.
+pub(super) async fn login(
+    State(s): State<AppState>,
+    Json(body): Json<Login>,
+) -> Result<Json<Value>, ApiError> {
+    let store = s.store.clone();
+    // argon2 takes tens of milliseconds: off the async workers.
+    let result = tokio::task::spawn_blocking(move || {
+        Accounts::new(&store).login(&body.user, &body.password)
+    })
+    .await
+    .map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Login failed; see the server log",
+        )
+    })?;
+    let token = result?;
+    Ok(Json(json!({"token": token.as_str()})))
+}
+
+/// The user a token belongs to, and what it may do (the console hides what would be refused).
+pub(super) async fn me(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let user = authorize(
+        &s,
+        &headers,
+        Privilege::SystemView,
+        "Reading your own account",
+    )?;
+    Ok(Json(json!({
+        "user": user,
+        "roles": s.store.grants_of(&user)?,
+        "privileges": s.store.privileges_of(&user)?,
+    })))
+}
+
+pub(super) async fn list_users(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authorize(
+        &s,
+        &headers,
+        Privilege::AuthorizationModify,
+        "Listing users",
+    )?;
+    let mut out = Vec::new();
+    for u in s.store.users()? {
+        out.push(json!({"name": u, "roles": s.store.grants_of(&u)?}));
+    }
+    Ok(Json(Value::Array(out)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NewUser {
+    name: String,
+    password: Zeroizing<String>,
+    #[serde(default)]
+    roles: Vec<String>,
+}
+
+pub(super) async fn add_user(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Json(body): Json<NewUser>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(
+        &s,
+        &headers,
+        Privilege::AuthorizationModify,
+        &format!("Adding user {}", body.name),
+    )?;
+    let store = s.store.clone();
+    let (name, roles) = (body.name.clone(), body.roles.clone());
+    tokio::task::spawn_blocking(move || {
+        Accounts::new(&store).add_user(&body.name, &body.password, &body.roles)
+    })
+    .await
+    .map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Adding the user failed; see the server log",
+        )
+    })??;
+    Ok(Json(json!({"name": name, "roles": roles})))
+}
+
+pub(super) async fn remove_user(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(
+        &s,
+        &headers,
+        Privilege::AuthorizationModify,
+        &format!("Removing user {name}"),
+    )?;
+    Accounts::new(&s.store).remove_user(&name)?;
+    Ok(Json(json!({"name": name, "removed": true})))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RoleName {
+    role: String,
+}
+
+pub(super) async fn grant(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Json(body): Json<RoleName>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(
+        &s,
+        &headers,
+        Privilege::AuthorizationModify,
+        &format!("Granting role {} to {name}", body.role),
+    )?;
+    Accounts::new(&s.store).grant(&name, &body.role)?;
+    Ok(Json(
+        json!({"user": name, "roles": s.store.grants_of(&name)?}),
+    ))
+}
+
+pub(super) async fn revoke(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path((name, role)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(
+        &s,
+        &headers,
+        Privilege::AuthorizationModify,
+        &format!("Taking role {role} from {name}"),
+    )?;
+    Accounts::new(&s.store).revoke(&name, &role)?;
+    Ok(Json(
+        json!({"user": name, "roles": s.store.grants_of(&name)?}),
+    ))
+}
+
+fn role_json(name: &str, privileges: &[String]) -> Value {
+    let builtin = tresor_core::access::BuiltinRole::ALL
+        .iter()
+        .any(|r| r.name() == name);
+    json!({"name": name, "builtIn": builtin, "privileges": privileges})
+}
+
+pub(super) async fn list_roles(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&s, &headers, Privilege::SystemView, "Listing roles")?;
+    Ok(Json(Value::Array(
+        s.store
+            .roles()?
+            .iter()
+            .map(|(n, p)| role_json(n, p))
+            .collect(),
+    )))
+}
+
+pub(super) async fn show_role(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&s, &headers, Privilege::SystemView, "Reading a role")?;
+    let roles = s.store.roles()?;
+    let (n, p) = roles
+        .iter()
+        .find(|(n, _)| *n == name)
+        .ok_or(AccountError::NoRole(name.clone()))?;
+    Ok(Json(role_json(n, p)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NewRole {
+    name: String,
+    privileges: Vec<String>,
+}
+
+pub(super) async fn put_role(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Json(body): Json<NewRole>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(
+        &s,
+        &headers,
+        Privilege::AuthorizationModify,
+        &format!("Defining role {}", body.name),
+    )?;
+    Accounts::new(&s.store).put_role(&body.name, &body.privileges)?;
+    show_role(State(s), headers, Path(body.name)).await
+}
+
+pub(super) async fn remove_role(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(
+        &s,
+        &headers,
+        Privilege::AuthorizationModify,
+        &format!("Removing role {name}"),
+    )?;
+    Accounts::new(&s.store).remove_role(&name)?;
+    Ok(Json(json!({"name": name, "removed": true})))
+}
