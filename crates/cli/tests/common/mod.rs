@@ -207,16 +207,7 @@ impl Dev {
 
     /// The id of the key server process `tresor dev` started.
     pub fn kms_pid(&self) -> String {
-        let config = self.kms_config();
-        let ps = std::process::Command::new("ps")
-            .args(["-eo", "pid,args"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&ps.stdout)
-            .lines()
-            .find(|l| l.contains("kms serve") && l.contains(&config))
-            .and_then(|l| l.split_whitespace().next().map(str::to_owned))
-            .expect("the key server process")
+        pid_of(&["kms serve", &self.kms_config()])
     }
 
     /// Asks the VM's QEMU, over its operator monitor, to run a `qemu-io` command on a disk of
@@ -284,4 +275,89 @@ pub fn hmp(socket: &std::path::Path, line: &str) -> String {
     let v = read_return();
     assert!(v.get("error").is_none(), "{line}: {v}");
     v["return"].as_str().unwrap_or_default().to_owned()
+}
+
+/// A TCP proxy the test controls, between the server and a provider: `cut` drops every
+/// connection and refuses new ones, as a broken network does; `restore` lets them through again.
+pub struct Proxy {
+    pub port: u16,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Proxy {
+    pub fn start(target: &str) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (o, c, target) = (open.clone(), conns.clone(), target.to_owned());
+        std::thread::spawn(move || {
+            for inbound in listener.incoming().flatten() {
+                if !o.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let Ok(outbound) = std::net::TcpStream::connect(&target) else {
+                    continue;
+                };
+                let mut list = c.lock().unwrap();
+                list.push(inbound.try_clone().unwrap());
+                list.push(outbound.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (inbound.try_clone().unwrap(), outbound.try_clone().unwrap()),
+                    (outbound, inbound),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy { port, open, conns }
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        for s in self.conns.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    pub fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The id of the process whose command line contains every one of `parts`.
+pub fn pid_of(parts: &[&str]) -> String {
+    let ps = std::process::Command::new("ps")
+        .args(["-eo", "pid,args"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&ps.stdout)
+        .lines()
+        .find(|l| parts.iter().all(|p| l.contains(p)))
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| panic!("no process with {parts:?}"))
+}
+
+/// Stops a process with SIGINT and waits until it is gone.
+pub fn stop(pid: &str) {
+    std::process::Command::new("kill")
+        .args(["-INT", pid])
+        .status()
+        .unwrap();
+    wait_for("the process to stop", || {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| s.contains(") Z "))
+                .unwrap_or(true)
+    });
 }

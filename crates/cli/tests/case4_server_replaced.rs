@@ -1,0 +1,196 @@
+//! The procedure's case 4 with real processes: the server is lost with its database while the
+//! provider and the host live on. A new, empty server is set up; it trusts the provider under the
+//! same name at another address (a proxy), with a client certificate the provider's administrator
+//! signs from the new server's CSR; the host re-enrols and restarts; one command registers every
+//! VM found on the host, the new server fetches the keys by id, and the VM runs with its data.
+
+mod common;
+use std::process::{Command, Stdio};
+
+use common::{find_file, free_port, pid_of, stop, wait_for, Dev, Proc, Proxy, TRESOR};
+
+#[test]
+fn a_new_server_adopts_the_host_and_unlocks_its_vms() {
+    let dev = Dev::start(1);
+    dev.ok(&[
+        "vm",
+        "create",
+        "web01",
+        "--host",
+        "host-1",
+        "--disk",
+        "4M",
+        "--encrypt",
+    ]);
+    dev.ok(&[
+        "vm", "create", "plain01", "--host", "host-1", "--disk", "4M",
+    ]);
+    dev.ok(&["vm", "power-on", "web01"]);
+    let out = dev.guest_io("web01", "vd0", "write -P 0x77 0 32k");
+    assert!(out.contains("wrote 32768/32768 bytes"), "{out}");
+    dev.ok(&["vm", "power-off", "web01"]);
+    let key = dev
+        .ok(&["vm", "get", "web01", "config.keyId.keyId"])
+        .trim()
+        .to_owned();
+    let providers: serde_json::Value =
+        serde_json::from_str(&dev.ok(&["provider", "list", "-o", "json"])).unwrap();
+    let kms_endpoint = providers[0]["endpoints"][0].as_str().unwrap().to_owned();
+    let proxy = Proxy::start(&kms_endpoint);
+
+    // The server and its database are lost; the host restarts meanwhile (its keys are gone).
+    let root = dev.dir.path();
+    let old_config = root.join("server/server.toml").display().to_string();
+    stop(&pid_of(&["server --config", &old_config]));
+    std::fs::remove_dir_all(root.join("server")).unwrap();
+    let agent_toml = find_file(root, "host-1/agent.toml").expect("host-1's configuration");
+    let host_dir = agent_toml.parent().unwrap().to_owned();
+    stop(&pid_of(&[
+        "agent --config",
+        &agent_toml.display().to_string(),
+    ]));
+
+    // A new, empty server.
+    let (api, agents) = (free_port(), free_port());
+    let new_dir = root.join("new-server");
+    let out = Command::new(TRESOR)
+        .args(["server", "init", "--data"])
+        .arg(&new_dir)
+        .args(["--api-listen", &format!("127.0.0.1:{api}")])
+        .args(["--agent-listen", &format!("127.0.0.1:{agents}")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_owned();
+    let _server = Proc(
+        Command::new(TRESOR)
+            .args(["server", "--config"])
+            .arg(new_dir.join("server.toml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("the new server listens", || {
+        std::net::TcpStream::connect(("127.0.0.1", api)).is_ok()
+    });
+    let cli = |args: &[&str]| {
+        let out = Command::new(TRESOR)
+            .args(args)
+            .env("TRESOR_SERVER", format!("http://127.0.0.1:{api}"))
+            .env("TRESOR_TOKEN", &token)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "tresor {}: {err}", args.join(" "));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(cli(&["vm", "list", "-o", "json"]).trim(), "[]");
+
+    // Trust with the provider: the same name, another address, a certificate from a CSR.
+    let ca = root.join("kms/tls/ca.pem").display().to_string();
+    let csr = root.join("new-server.csr").display().to_string();
+    let signed = root.join("new-server.pem").display().to_string();
+    cli(&[
+        "provider",
+        "add",
+        "tresor-kms",
+        "--kmip",
+        &proxy.address(),
+        "--ca",
+        &ca,
+        "--csr",
+        &csr,
+    ]);
+    dev.kms_admin(&[
+        "sign-csr",
+        "--name",
+        "tresor-server",
+        "--csr",
+        &csr,
+        "--out",
+        &signed,
+    ]);
+    cli(&[
+        "provider",
+        "certificate",
+        "tresor-kms",
+        "--client-cert",
+        &signed,
+    ]);
+    let st: serde_json::Value =
+        serde_json::from_str(&cli(&["provider", "status", "tresor-kms", "-o", "json"])).unwrap();
+    assert_eq!(st["health"], "ok", "{st}");
+    assert_eq!(st["activeEndpoint"], proxy.address().as_str());
+
+    // The host re-enrols with the new server and starts again.
+    let join: serde_json::Value =
+        serde_json::from_str(&cli(&["host", "token", "-o", "json"])).unwrap();
+    let token_file = root.join("join-token");
+    std::fs::write(&token_file, join["token"].as_str().unwrap()).unwrap();
+    let out = Command::new(TRESOR)
+        .args(["agent", "join", "--server", &format!("127.0.0.1:{agents}")])
+        .args(["--name", "host-1", "--token-file"])
+        .arg(&token_file)
+        .arg("--dir")
+        .arg(&host_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _agent = Proc(
+        Command::new(TRESOR)
+            .args(["agent", "--config"])
+            .arg(&agent_toml)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("host-1 is connected to the new server", || {
+        cli(&["host", "list", "-o", "json"]).contains("\"connected\": true")
+    });
+
+    // One command registers every VM found on the host; the keys are fetched by id.
+    let out = cli(&["vm", "register", "--all", "--host", "host-1", "-o", "json"]);
+    let registered: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let mut names: Vec<&str> = registered["registered"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["plain01", "web01"], "{out}");
+    wait_for("web01 is unlocked on the new server", || {
+        let v: serde_json::Value =
+            serde_json::from_str(&cli(&["vm", "show", "web01", "-o", "json"])).unwrap();
+        v["cryptoState"] == "unlocked"
+    });
+    assert_eq!(
+        cli(&["vm", "get", "web01", "config.keyId.keyId"]).trim(),
+        key
+    );
+    assert_eq!(
+        cli(&["vm", "get", "plain01", "cryptoState"]).trim(),
+        "unencrypted"
+    );
+    cli(&["vm", "power-on", "web01"]);
+    let out = dev.guest_io("web01", "vd0", "read -P 0x77 0 32k");
+    assert!(
+        out.contains("read 32768/32768 bytes") && !out.contains("failed"),
+        "{out}"
+    );
+}
