@@ -26,7 +26,7 @@ use tresor_kmip::message::{
 use tresor_kmip::spec::{
     tag, CryptographicAlgorithm, ObjectType, ResultReason, ResultStatus, State,
 };
-use tresor_kmip::ttlv::{self, Item, Limits, HEADER_LEN};
+use tresor_kmip::ttlv::{self, Bytes, Item, Limits, HEADER_LEN};
 use tresor_kmip::Value;
 use tresor_tls::ServerName;
 use zeroize::Zeroizing;
@@ -156,6 +156,11 @@ pub struct Probe {
     pub server_certificate: Option<tresor_tls::CertificateDer<'static>>,
 }
 
+/// The Unique Batch Item ID of the `i`th operation of a batch: its number, big-endian.
+fn batch_item_id(i: usize) -> [u8; 4] {
+    (i as u32 + 1).to_be_bytes()
+}
+
 /// The result of one operation of a batch.
 pub type ItemResult = Result<ResponsePayload, ClientError>;
 
@@ -222,11 +227,38 @@ impl KmipClient {
         payloads: Vec<RequestPayload>,
     ) -> Result<Vec<ItemResult>, ClientError> {
         let version = self.version().await?;
-        let items: Vec<RequestBatchItem> =
-            payloads.into_iter().map(RequestBatchItem::new).collect();
+        let several = payloads.len() > 1;
+        let items: Vec<RequestBatchItem> = payloads
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let mut item = RequestBatchItem::new(p);
+                // The spec requires a Unique Batch Item ID on every item of a batch of several
+                // (and servers such as PyKMIP refuse the batch without them).
+                if several {
+                    item.unique_batch_item_id = Some(Bytes::new(batch_item_id(i).to_vec()));
+                }
+                item
+            })
+            .collect();
         let names: Vec<String> = items.iter().map(op_name).collect();
         let request = RequestMessage::new(version, items);
         let (endpoint, response) = self.exchange(&request).await?;
+        if several {
+            for (i, item) in response.items.iter().enumerate() {
+                let expected = batch_item_id(i);
+                if item.unique_batch_item_id.as_ref().map(|b| b.as_slice()) != Some(&expected[..]) {
+                    return Err(ClientError::Protocol {
+                        endpoint,
+                        message: format!(
+                            "answer {} of the batch does not carry the batch item id of operation {}",
+                            i + 1,
+                            i + 1
+                        ),
+                    });
+                }
+            }
+        }
         Ok(response
             .items
             .into_iter()

@@ -76,6 +76,15 @@ struct State {
     fetched: HashMap<KeyRef, SecretBytes>,
     events: Vec<EventRecord>,
     next_event: u64,
+    /// Providers that did not answer, watched with one cheap request each so that their keys are
+    /// asked for again as soon as they answer, not when each key's own backoff ends.
+    down: HashMap<String, ProviderWatch>,
+}
+
+#[derive(Clone, Debug)]
+struct ProviderWatch {
+    next_check: Instant,
+    backoff: Duration,
 }
 
 /// How the engine behaves.
@@ -87,6 +96,8 @@ pub struct EngineConfig {
     /// First and longest wait before asking a failing provider again.
     pub min_backoff: Duration,
     pub max_backoff: Duration,
+    /// Longest wait between two checks of a provider that does not answer.
+    pub provider_check_max: Duration,
     pub request_timeout: Duration,
 }
 
@@ -97,6 +108,7 @@ impl Default for EngineConfig {
             tick: Duration::from_millis(500),
             min_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(60),
+            provider_check_max: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
         }
     }
@@ -319,6 +331,7 @@ impl Engine {
     /// One pass over every VM: decide, then act.
     pub async fn tick(&self) {
         let config = self.config();
+        self.check_down_providers(&config).await;
         let now = Instant::now();
         let plans: Vec<(String, Vec<Action>)> = {
             let mut st = self.state();
@@ -399,6 +412,38 @@ impl Engine {
         }
     }
 
+    /// Asks each provider that did not answer, when its wait is over, whether it answers now;
+    /// when it does, its keys are due at once.
+    async fn check_down_providers(&self, config: &EngineConfig) {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .state()
+            .down
+            .iter()
+            .filter(|(_, w)| w.next_check <= now)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for provider in due {
+            let back = self.broker.probe(&provider).await.is_ok();
+            let mut st = self.state();
+            if back {
+                tracing::info!(provider = %provider, "key provider answers again");
+                st.down.remove(&provider);
+                for (k, status) in st.keys.iter_mut() {
+                    if k.provider() == provider
+                        && matches!(status.answer, ProviderAnswer::Unreachable(_))
+                    {
+                        status.last_attempt = None;
+                        status.backoff = Duration::ZERO;
+                    }
+                }
+            } else if let Some(w) = st.down.get_mut(&provider) {
+                w.backoff = (w.backoff * 2).min(config.provider_check_max);
+                w.next_check = Instant::now() + w.backoff;
+            }
+        }
+    }
+
     async fn fetch(&self, key: &KeyRef, config: &EngineConfig) {
         let (answer, material) = self.broker.fetch(key).await;
         let mut st = self.state();
@@ -415,6 +460,15 @@ impl Engine {
         };
         if let ProviderAnswer::Unreachable(e) = &answer {
             tracing::warn!(key = %key, error = %e, "key provider unreachable");
+            let first = config.min_backoff.min(config.provider_check_max);
+            st.down
+                .entry(key.provider().to_owned())
+                .or_insert(ProviderWatch {
+                    next_check: Instant::now() + first,
+                    backoff: first,
+                });
+        } else {
+            st.down.remove(key.provider());
         }
         st.keys.insert(
             key.clone(),

@@ -60,6 +60,12 @@ pub fn http(
 /// A process the test started; stopped with SIGINT (then killed) when dropped.
 pub struct Proc(pub std::process::Child);
 
+impl Drop for PyKmip {
+    fn drop(&mut self) {
+        self.proxy.cut();
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = std::process::Command::new("kill")
@@ -360,4 +366,119 @@ pub fn stop(pid: &str) {
                 .map(|s| s.contains(") Z "))
                 .unwrap_or(true)
     });
+}
+
+/// The root of the source tree.
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The PyKMIP virtual environment `scripts/setup-test-deps` makes.
+pub fn pykmip_venv() -> std::path::PathBuf {
+    let venv = std::env::var_os("TRESOR_PYKMIP_VENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".venv/pykmip"));
+    assert!(
+        venv.join("bin/python").exists(),
+        "PyKMIP is not installed at {}: run scripts/setup-test-deps (or set TRESOR_PYKMIP_VENV)",
+        venv.display()
+    );
+    venv
+}
+
+/// A PyKMIP server as a key provider beside `tresor dev`: its ECDSA server certificate and the
+/// client certificates it accepts come from the embedded key server's CA. The Tresor server
+/// reaches it through a proxy the test can cut; its administrator speaks to it directly.
+pub struct PyKmip {
+    pub port: u16,
+    pub dir: std::path::PathBuf,
+    pub proxy: Proxy,
+    proc: Option<Proc>,
+}
+
+impl PyKmip {
+    pub fn start(dev: &Dev) -> PyKmip {
+        let dir = dev.dir.path().join("pykmip");
+        std::fs::create_dir_all(dir.join("policies")).unwrap();
+        dev.kms_admin(&[
+            "issue-cert",
+            "--server",
+            "--name",
+            "localhost",
+            "--out",
+            &dir.join("server").display().to_string(),
+        ]);
+        let port = free_port();
+        let conf = format!(
+            "[server]\nhostname=127.0.0.1\nport={port}\ncertificate_path={d}/server.pem\nkey_path={d}/server.key\n\
+             ca_path={ca}\nauth_suite=TLS1.2\npolicy_path={d}/policies\nenable_tls_client_auth=True\n\
+             logging_level=INFO\ndatabase_path={d}/pykmip.db\n",
+            d = dir.display(),
+            ca = dev.dir.path().join("kms/tls/ca.pem").display()
+        );
+        std::fs::write(dir.join("server.conf"), conf).unwrap();
+        let mut p = PyKmip {
+            port,
+            dir,
+            proxy: Proxy::start(&format!("127.0.0.1:{port}")),
+            proc: None,
+        };
+        p.resume();
+        p
+    }
+
+    /// Starts the server process (again) on its port and database.
+    pub fn resume(&mut self) {
+        let child = std::process::Command::new(pykmip_venv().join("bin/pykmip-server"))
+            .arg("-f")
+            .arg(self.dir.join("server.conf"))
+            .arg("-l")
+            .arg(self.dir.join("server.log"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start pykmip-server");
+        self.proc = Some(Proc(child));
+        let port = self.port;
+        wait_for("pykmip-server listens", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+    }
+
+    /// Stops the server process (SIGINT, as PyKMIP wants). The proxy drops the server's pooled
+    /// connections first: PyKMIP waits for its open connections before it exits.
+    pub fn halt(&mut self) {
+        self.proxy.cut();
+        self.proc = None;
+        self.proxy.restore();
+        let port = self.port;
+        wait_for("pykmip-server stops", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+        });
+    }
+
+    /// The address the Tresor server uses: the proxy's.
+    pub fn endpoint(&self) -> String {
+        self.proxy.address()
+    }
+
+    /// Runs PyKMIP's own client as the provider's administrator (`scripts/pykmip/admin.py`).
+    pub fn admin(&self, dev: &Dev, command: &str, uid: &str) -> String {
+        let kms = dev.dir.path().join("kms");
+        let out = std::process::Command::new(pykmip_venv().join("bin/python"))
+            .arg(workspace_root().join("scripts/pykmip/admin.py"))
+            .args(["127.0.0.1", &self.port.to_string()])
+            .arg(kms.join("tls/ca.pem"))
+            .arg(kms.join("clients/tresor-server.pem"))
+            .arg(kms.join("clients/tresor-server.key"))
+            .args([command, uid])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "PyKMIP's client: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
 }
