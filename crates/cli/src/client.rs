@@ -114,7 +114,11 @@ enum VmSub {
     },
     /// Why a VM is locked and what to do next, following the troubleshooting procedure.
     Diagnose {
-        name: String,
+        #[arg(required_unless_present = "all")]
+        name: Option<String>,
+        /// Every locked VM.
+        #[arg(long, conflicts_with = "name")]
+        all: bool,
         /// Language of the diagnosis: en or de.
         #[arg(long, default_value = "en")]
         lang: String,
@@ -268,6 +272,23 @@ fn diagnosis_text(d: &Value) -> String {
                 out.push_str(&format!("  {}. {}\n", i + 1, text(item)));
             }
         }
+        if field == "evidence" {
+            // The providers' last probe: which endpoint answered what, and when.
+            for (name, st) in d["providerStatus"].as_object().into_iter().flatten() {
+                out.push_str(&format!(
+                    "  provider {name}: {} ({})\n",
+                    text(&st["health"]),
+                    output::time(st["checkedAt"].as_i64().unwrap_or(0))
+                ));
+                for e in st["endpoints"].as_array().into_iter().flatten() {
+                    let what = match e["error"].as_str() {
+                        Some(err) => err.to_owned(),
+                        None => format!("{:.1} ms", e["latencyMs"].as_f64().unwrap_or(0.0)),
+                    };
+                    out.push_str(&format!("    {}: {what}\n", text(&e["address"])));
+                }
+            }
+        }
     }
     out
 }
@@ -291,13 +312,49 @@ pub fn run_vm(cmd: VmCommand) -> Result<(), CliError> {
             let v = c.call("GET", &format!("/api/v1/vms/{name}"), "")?;
             c.print(&v, |vm| vm_rows(&Value::Array(vec![vm.clone()])));
         }
-        VmSub::Diagnose { name, lang } => {
-            let v = c.call(
-                "GET",
-                &format!("/api/v1/vms/{name}/diagnose?lang={lang}"),
-                "",
-            )?;
-            c.print(&v, diagnosis_text);
+        VmSub::Diagnose { name, all, lang } => {
+            let names: Vec<String> = match name {
+                Some(n) if !all => vec![n],
+                _ => c
+                    .call("GET", "/api/v1/vms?locked=true", "")?
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|v| v["name"].as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            };
+            let mut all_diagnoses = Vec::new();
+            for n in &names {
+                all_diagnoses.push(c.call(
+                    "GET",
+                    &format!("/api/v1/vms/{n}/diagnose?lang={lang}"),
+                    "",
+                )?);
+            }
+            if all {
+                let v = Value::Array(all_diagnoses);
+                c.print(&v, |v| {
+                    let items = v.as_array().cloned().unwrap_or_default();
+                    if items.is_empty() {
+                        return "No VM is locked.\n".into();
+                    }
+                    items
+                        .iter()
+                        .map(|d| {
+                            format!(
+                                "== {}\n{}",
+                                d["vm"].as_str().unwrap_or("?"),
+                                diagnosis_text(d)
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                });
+            } else if let Some(d) = all_diagnoses.first() {
+                c.print(d, diagnosis_text);
+            }
         }
         VmSub::Get { name, path } => {
             let v = c.call("GET", &format!("/api/v1/vms/{name}"), "")?;

@@ -63,6 +63,15 @@ fn provider_down_during_a_host_restart_locks_and_its_return_unlocks() {
         d["evidence"].to_string().contains("tresor-kms"),
         "the evidence names the provider: {out}"
     );
+    assert_eq!(
+        d["providerStatus"]["tresor-kms"]["health"], "unreachable",
+        "the provider, probed for the diagnosis: {out}"
+    );
+    let (_, text, _) = cli(&["vm", "diagnose", "--all"]);
+    assert!(
+        text.contains("== web01") && text.contains("provider tresor-kms: unreachable"),
+        "{text}"
+    );
     assert!(
         d["nextSteps"]
             .to_string()

@@ -39,6 +39,16 @@ fn keys_missing_only_on_the_host_are_pushed_by_an_unlock() {
     let d: serde_json::Value =
         serde_json::from_str(&dev.ok(&["vm", "diagnose", "web01", "-o", "json"])).unwrap();
     assert_eq!(d["case"], 5, "{d}");
+    assert_eq!(d["providerStatus"]["tresor-kms"]["health"], "ok", "{d}");
+    let all: serde_json::Value =
+        serde_json::from_str(&dev.ok(&["vm", "diagnose", "--all", "-o", "json"])).unwrap();
+    let cases: Vec<(&str, u64)> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["vm"].as_str().unwrap(), d["case"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(cases, [("web01", 5), ("web02", 5)], "{all}");
     assert!(
         d["nextSteps"].to_string().contains("tresor vm unlock"),
         "{d}"

@@ -421,6 +421,11 @@ impl Providers {
         Ok(())
     }
 
+    /// The last status the probe found for a provider.
+    pub fn last_status(&self, name: &str) -> Option<ProviderStatus> {
+        self.statuses.lock().ok().and_then(|s| s.get(name).cloned())
+    }
+
     /// A provider as `tresor provider show` prints it: endpoints, trust, default, last status.
     pub fn view(&self, p: &ProviderRecord) -> Value {
         let now = crate::enrol::now();

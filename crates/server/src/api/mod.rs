@@ -280,8 +280,23 @@ async fn diagnose_vm(
             .unwrap_or_default(),
         user_may_unlock,
     };
+    let providers: std::collections::BTreeSet<String> =
+        input.missing.iter().map(|k| k.provider.clone()).collect();
     let diagnosis = tresor_core::diagnose::diagnose(&input, lang);
-    Ok(Json(serde_json::to_value(diagnosis).unwrap_or(Value::Null)))
+    let mut v = serde_json::to_value(diagnosis).unwrap_or(Value::Null);
+    // Each provider involved, probed now: which endpoint answers what.
+    let mut statuses = serde_json::Map::new();
+    for p in providers {
+        let status = match s.providers.probe(&p).await {
+            Ok(st) => Some(st),
+            Err(_) => s.providers.last_status(&p),
+        };
+        if let Some(st) = status {
+            statuses.insert(p, serde_json::to_value(st).unwrap_or_default());
+        }
+    }
+    v["providerStatus"] = Value::Object(statuses);
+    Ok(Json(v))
 }
 
 async fn unlock_vm(
@@ -931,6 +946,8 @@ async fn register(
                     AGENT_TIMEOUT,
                 )
                 .await;
+            s.engine.forget(&vm.name);
+            s.store.remove_vm(&vm.name)?;
             let denied = tresor_core::access::Denied {
                 user: user.clone(),
                 action: format!(
@@ -1074,8 +1091,9 @@ async fn vm_op(
     )?;
     match (op, reply) {
         ("unregister" | "delete", _) => {
-            s.store.remove_vm(name)?;
+            // The engine first: a pass of it that is under way may still write the VM.
             s.engine.forget(name);
+            s.store.remove_vm(name)?;
         }
         (_, tresor_core::protocol::Reply::Vm { vm }) => {
             s.engine.observe(&crate::agents::HubEvent::Inventory {
