@@ -463,6 +463,13 @@ impl Store {
         Ok(conn.last_insert_rowid())
     }
 
+    /// The id of the newest event (0 when there is none).
+    pub fn last_event_id(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))?)
+    }
+
     /// Events matching the filter, oldest first.
     pub fn events(&self, f: &EventFilter) -> Result<Vec<EventRow>, StoreError> {
         let conn = self.conn();

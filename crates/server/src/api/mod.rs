@@ -14,6 +14,7 @@ use tresor_core::access::Privilege;
 use tresor_core::protocol::VmReport;
 use tresor_core::Lang;
 
+pub mod openapi;
 mod providers;
 pub mod settings;
 mod users;
@@ -71,6 +72,55 @@ impl IntoResponse for ApiError {
             Json(json!({"error": {"code": self.code, "message": self.message}})),
         )
             .into_response()
+    }
+}
+
+/// A JSON request body. Unlike axum's `Json`, a body that cannot be read is refused in the API's
+/// one error shape (400, `badRequest`), saying what was wrong.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+fn body_error(r: axum::extract::rejection::JsonRejection) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "badRequest",
+        format!(
+            "The request body is not what this operation takes ({}); see /api/v1/openapi.json",
+            r.body_text()
+        ),
+    )
+}
+
+impl<S, T> axum::extract::FromRequest<S> for ApiJson<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        Json::<T>::from_request(req, state)
+            .await
+            .map(|Json(v)| ApiJson(v))
+            .map_err(body_error)
+    }
+}
+
+impl<S, T> axum::extract::OptionalFromRequest<S> for ApiJson<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(
+        req: axum::extract::Request,
+        state: &S,
+    ) -> Result<Option<Self>, ApiError> {
+        <Json<T> as axum::extract::OptionalFromRequest<S>>::from_request(req, state)
+            .await
+            .map(|o| o.map(|Json(v)| ApiJson(v)))
+            .map_err(body_error)
     }
 }
 
@@ -343,7 +393,7 @@ fn uses_provider(vm: &VmRecord, provider: &str) -> bool {
 async fn unlock_many(
     State(s): State<AppState>,
     headers: HeaderMap,
-    body: Option<Json<UnlockMany>>,
+    body: Option<ApiJson<UnlockMany>>,
 ) -> Result<Json<Value>, ApiError> {
     let req = body.map(|b| b.0).unwrap_or_default();
     let selectors = usize::from(!req.names.is_empty())
@@ -410,7 +460,7 @@ async fn unlock_many(
 async fn host_token(
     State(s): State<AppState>,
     headers: HeaderMap,
-    body: Option<Json<TokenRequest>>,
+    body: Option<ApiJson<TokenRequest>>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(
         &s,
@@ -479,15 +529,89 @@ async fn list_events(
     let events: Vec<Value> = s
         .store
         .events(&filter)?
-        .into_iter()
-        .map(|e| {
-            let args: Vec<(&str, &str)> = e.args.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            let message = tresor_core::events::by_id(&e.event_type).map(|t| tresor_core::events::render(t, lang, &args)).unwrap_or_default();
-            json!({"id": e.id, "time": e.time, "type": e.event_type, "severity": e.severity, "vm": e.vm, "host": e.host,
-                   "provider": e.provider, "user": e.user, "message": message})
-        })
+        .iter()
+        .map(|e| event_json(e, lang))
         .collect();
     Ok(Json(Value::Array(events)))
+}
+
+/// An event as the API gives it, its message in `lang`.
+fn event_json(e: &crate::store::EventRow, lang: Lang) -> Value {
+    let args: Vec<(&str, &str)> = e
+        .args
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let message = tresor_core::events::by_id(&e.event_type)
+        .map(|t| tresor_core::events::render(t, lang, &args))
+        .unwrap_or_default();
+    json!({"id": e.id, "time": e.time, "type": e.event_type, "severity": e.severity, "vm": e.vm, "host": e.host,
+           "provider": e.provider, "user": e.user, "message": message})
+}
+
+/// `GET /api/v1/events/stream`: the events as they happen (Server-Sent Events), from the one
+/// after `after` (or from now), filtered like the list. Browsers reconnect with
+/// `Last-Event-ID`, which is honoured.
+async fn stream_events(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<EventQuery>,
+) -> Result<Response, ApiError> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    authorize(&s, &headers, Privilege::SystemView, "Following events")?;
+    let lang = parse_lang(q.lang.as_deref())?;
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i64>().ok());
+    let start = match resume.or(q.after) {
+        Some(a) => a,
+        None => s.store.last_event_id()?,
+    };
+    let filter = EventFilter {
+        vm: q.vm,
+        host: q.host,
+        provider: q.provider,
+        event_type: q.event_type,
+        since: q.since,
+        after_id: Some(start),
+        limit: Some(500),
+    };
+    let store = s.store.clone();
+    let stream = futures_util::stream::unfold(
+        (store, filter, std::collections::VecDeque::new()),
+        move |(store, mut filter, mut queue)| async move {
+            loop {
+                if let Some(e) = queue.pop_front() {
+                    let e: crate::store::EventRow = e;
+                    let event = Event::default()
+                        .id(e.id.to_string())
+                        .event("event")
+                        .data(event_json(&e, lang).to_string());
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(event),
+                        (store, filter, queue),
+                    ));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                match store.events(&filter) {
+                    Ok(rows) => {
+                        if let Some(last) = rows.last() {
+                            filter.after_id = Some(last.id);
+                        }
+                        queue.extend(rows);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot read events for a stream");
+                        return None;
+                    }
+                }
+            }
+        },
+    );
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }
 
 async fn list_alarms(
@@ -598,7 +722,7 @@ const AGENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 async fn create_vm(
     State(s): State<AppState>,
     headers: HeaderMap,
-    Json(req): Json<CreateVm>,
+    ApiJson(req): ApiJson<CreateVm>,
 ) -> Result<Json<Value>, ApiError> {
     let privilege = if req.encrypt {
         Privilege::CryptoEncryptNew
@@ -888,7 +1012,7 @@ struct RegisterRequest {
 async fn register(
     State(s): State<AppState>,
     headers: HeaderMap,
-    Json(req): Json<RegisterRequest>,
+    ApiJson(req): ApiJson<RegisterRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let user = authorize(&s, &headers, Privilege::VmRegister, "Registering VMs")?;
     let paths = match (&req.path, req.all) {
@@ -1112,7 +1236,7 @@ async fn vm_action(
     State(s): State<AppState>,
     headers: HeaderMap,
     Path((name, op)): Path<(String, String)>,
-    body: Option<Json<CryptoRequest>>,
+    body: Option<ApiJson<CryptoRequest>>,
 ) -> Result<Json<Value>, ApiError> {
     match op.as_str() {
         "power-on" => power(&s, &headers, &name, true).await,
@@ -1166,6 +1290,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/hosts/{name}/reboot", post(reboot_host))
         .route("/api/v1/events", get(list_events))
+        .route("/api/v1/events/stream", get(stream_events))
         .route("/api/v1/alarms", get(list_alarms))
         .route("/api/v1/alarms/{id}/ack", post(ack_alarm))
         .route(
@@ -1184,6 +1309,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v1/providers/{name}/certificate",
             post(providers::certificate),
+        )
+        .route(
+            "/api/v1/openapi.json",
+            get(|| async { Json(openapi::document()) }),
         )
         .route("/api/v1/login", post(users::login))
         .route("/api/v1/me", get(users::me))

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use tresor_core::access::Privilege;
 use zeroize::Zeroizing;
 
-use super::{authorize, ApiError, AppState};
+use super::{authorize, ApiError, ApiJson, AppState};
 use crate::providers::{Credentials, NewProvider, ProviderError};
 
 impl From<ProviderError> for ApiError {
@@ -62,7 +62,7 @@ impl std::fmt::Debug for AddProvider {
 pub(super) async fn add(
     State(s): State<AppState>,
     headers: HeaderMap,
-    Json(body): Json<AddProvider>,
+    ApiJson(body): ApiJson<AddProvider>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(
         &s,
@@ -177,7 +177,7 @@ pub(super) async fn certificate(
     State(s): State<AppState>,
     headers: HeaderMap,
     Path(name): Path<String>,
-    Json(body): Json<SignedCertificate>,
+    ApiJson(body): ApiJson<SignedCertificate>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(
         &s,

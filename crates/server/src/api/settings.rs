@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use tresor_core::access::Privilege;
 use tresor_core::reconcile::UnlockPolicy;
 
-use super::{authorize, ApiError, AppState};
+use super::{authorize, ApiError, ApiJson, AppState};
 use crate::store::{Store, StoreError};
 
 /// The unlock policy as stored; `automatic` when never set.
@@ -68,7 +68,7 @@ pub(super) async fn set(
     State(s): State<AppState>,
     headers: HeaderMap,
     Path(key): Path<String>,
-    Json(body): Json<SetValue>,
+    ApiJson(body): ApiJson<SetValue>,
 ) -> Result<Json<Value>, ApiError> {
     match key.as_str() {
         "unlock.policy" => {

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use tresor_core::access::Privilege;
 use zeroize::Zeroizing;
 
-use super::{authorize, ApiError, AppState};
+use super::{authorize, ApiError, ApiJson, AppState};
 use crate::accounts::{AccountError, Accounts};
 
 impl From<AccountError> for ApiError {
@@ -46,7 +46,7 @@ pub(super) struct Login {
 /// Exchanges a user's password for an API token.
 pub(super) async fn login(
     State(s): State<AppState>,
-    Json(body): Json<Login>,
+    ApiJson(body): ApiJson<Login>,
 ) -> Result<Json<Value>, ApiError> {
     let store = s.store.clone();
     // argon2 takes tens of milliseconds: off the async workers.
@@ -112,7 +112,7 @@ pub(super) struct NewUser {
 pub(super) async fn add_user(
     State(s): State<AppState>,
     headers: HeaderMap,
-    Json(body): Json<NewUser>,
+    ApiJson(body): ApiJson<NewUser>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(
         &s,
@@ -161,7 +161,7 @@ pub(super) async fn grant(
     State(s): State<AppState>,
     headers: HeaderMap,
     Path(name): Path<String>,
-    Json(body): Json<RoleName>,
+    ApiJson(body): ApiJson<RoleName>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(
         &s,
@@ -237,7 +237,7 @@ pub(super) struct NewRole {
 pub(super) async fn put_role(
     State(s): State<AppState>,
     headers: HeaderMap,
-    Json(body): Json<NewRole>,
+    ApiJson(body): ApiJson<NewRole>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(
         &s,

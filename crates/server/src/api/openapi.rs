@@ -1,0 +1,236 @@
+//! `GET /api/v1/openapi.json`: the API described for people and generators (OpenAPI 3.1). One
+//! table below lists every operation with the privilege it checks; a test asks the served API
+//! for each one, so that the document and the routes cannot drift apart.
+
+use serde_json::{json, Map, Value};
+use tresor_core::access::Privilege;
+
+/// One operation of the API.
+#[derive(Clone, Copy, Debug)]
+pub struct Operation {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub tag: &'static str,
+    pub summary: &'static str,
+    /// The privilege checked; `None` for the login and this document.
+    pub privilege: Option<Privilege>,
+    /// A JSON request body is read.
+    pub body: bool,
+}
+
+macro_rules! ops {
+    ($($method:literal $path:literal $tag:literal $privilege:expr, $body:literal, $summary:literal;)*) => {
+        /// Every operation of the API.
+        pub const OPERATIONS: &[Operation] = &[$(Operation {
+            method: $method, path: $path, tag: $tag, summary: $summary, privilege: $privilege, body: $body,
+        }),*];
+    };
+}
+
+use Privilege as P;
+
+ops! {
+    "get" "/api/v1/vms" "vms" Some(P::SystemView), false, "List VMs (`?locked=true`: only the locked ones)";
+    "post" "/api/v1/vms" "vms" Some(P::VmCreate), true, "Create a VM (encrypted ones need Cryptographer.EncryptNew)";
+    "get" "/api/v1/vms/{name}" "vms" Some(P::SystemView), false, "A VM: power, crypto and connection state, lock reason, key ids";
+    "get" "/api/v1/vms/{name}/diagnose" "vms" Some(P::SystemView), false, "Which case of the procedure applies, the evidence and the next steps (`?lang=en|de`)";
+    "post" "/api/v1/vms/register" "vms" Some(P::VmRegister), true, "Register a VM from its folder, or every VM on a host (keys to fetch need Cryptographer.RegisterVM)";
+    "post" "/api/v1/vms/unlock" "vms" Some(P::CryptoRegisterVm), true, "Unlock VMs: names, all, a host's or a provider's";
+    "post" "/api/v1/vms/{name}/power-on" "vms" Some(P::VmPowerOn), false, "Power a VM on";
+    "post" "/api/v1/vms/{name}/power-off" "vms" Some(P::VmPowerOff), false, "Power a VM off";
+    "post" "/api/v1/vms/{name}/unlock" "vms" Some(P::CryptoRegisterVm), false, "Send a locked VM's keys to its host";
+    "post" "/api/v1/vms/{name}/unregister" "vms" Some(P::VmUnregister), false, "Forget a VM; its files stay";
+    "post" "/api/v1/vms/{name}/reload" "vms" Some(P::VmConfig), false, "Read a VM's files again";
+    "post" "/api/v1/vms/{name}/delete" "vms" Some(P::VmDelete), false, "Delete a VM and its files (refused while locked)";
+    "post" "/api/v1/vms/{name}/encrypt" "vms" Some(P::CryptoEncrypt), true, "Encrypt a VM (`provider`)";
+    "post" "/api/v1/vms/{name}/decrypt" "vms" Some(P::CryptoDecrypt), false, "Decrypt a VM";
+    "post" "/api/v1/vms/{name}/rekey" "vms" Some(P::CryptoRecrypt), true, "A new key for a VM (`deep`: re-encrypt its disks)";
+    "get" "/api/v1/hosts" "hosts" Some(P::SystemView), false, "List hosts";
+    "post" "/api/v1/hosts/token" "hosts" Some(P::CryptoRegisterHost), true, "A one-time join token for `tresor agent join`";
+    "post" "/api/v1/hosts/{name}/enable-encryption" "hosts" Some(P::CryptoRegisterHost), false, "Put a host in encryption mode";
+    "post" "/api/v1/hosts/{name}/reboot" "hosts" Some(P::HostConfig), false, "Stop a host's VMs and empty its key cache, as a restart does";
+    "get" "/api/v1/providers" "providers" Some(P::CryptoReadKeyServersInfo), false, "List key providers";
+    "post" "/api/v1/providers" "providers" Some(P::CryptoManageKeyServers), true, "Add a key provider (client certificate uploaded, self-signed or from a CSR)";
+    "get" "/api/v1/providers/{name}" "providers" Some(P::CryptoReadKeyServersInfo), false, "A key provider: endpoints, trust, last status";
+    "delete" "/api/v1/providers/{name}" "providers" Some(P::CryptoManageKeyServers), false, "Remove a key provider no key depends on";
+    "get" "/api/v1/providers/{name}/status" "providers" Some(P::CryptoReadKeyServersInfo), false, "Probe every endpoint of a provider now";
+    "post" "/api/v1/providers/{name}/default" "providers" Some(P::CryptoManageKeyServers), false, "Make a provider the default";
+    "post" "/api/v1/providers/{name}/certificate" "providers" Some(P::CryptoManageKeyServers), true, "The certificate the provider signed from the server's CSR";
+    "get" "/api/v1/events" "events" Some(P::SystemView), false, "Events, filtered (`vm`, `host`, `provider`, `type`, `since`, `after`, `limit`, `lang`)";
+    "get" "/api/v1/events/stream" "events" Some(P::SystemView), false, "Events as they happen (Server-Sent Events; `Last-Event-ID` resumes)";
+    "get" "/api/v1/alarms" "alarms" Some(P::SystemView), false, "Active alarms with what to do next";
+    "post" "/api/v1/alarms/{id}/ack" "alarms" Some(P::AlarmAcknowledge), false, "Acknowledge an alarm";
+    "post" "/api/v1/login" "access" None, true, "Exchange a user's password for an API token";
+    "get" "/api/v1/me" "access" Some(P::SystemView), false, "The token's user, roles and privileges";
+    "get" "/api/v1/users" "access" Some(P::AuthorizationModify), false, "List users and their roles";
+    "post" "/api/v1/users" "access" Some(P::AuthorizationModify), true, "Add a user (password of at least 12 characters, roles)";
+    "delete" "/api/v1/users/{name}" "access" Some(P::AuthorizationModify), false, "Remove a user and its tokens";
+    "post" "/api/v1/users/{name}/roles" "access" Some(P::AuthorizationModify), true, "Grant a role";
+    "delete" "/api/v1/users/{name}/roles/{role}" "access" Some(P::AuthorizationModify), false, "Take a role away";
+    "get" "/api/v1/roles" "access" Some(P::SystemView), false, "List roles";
+    "post" "/api/v1/roles" "access" Some(P::AuthorizationModify), true, "Define a role of your own";
+    "get" "/api/v1/roles/{name}" "access" Some(P::SystemView), false, "A role's privileges";
+    "delete" "/api/v1/roles/{name}" "access" Some(P::AuthorizationModify), false, "Remove a role of your own";
+    "get" "/api/v1/settings" "settings" Some(P::SystemView), false, "Every setting";
+    "get" "/api/v1/settings/{key}" "settings" Some(P::SystemView), false, "One setting";
+    "put" "/api/v1/settings/{key}" "settings" Some(P::CryptoManageEncryptionPolicy), true, "Change a setting (`unlock.policy`: automatic or manual)";
+    "get" "/api/v1/openapi.json" "meta" None, false, "This document";
+}
+
+fn error_response(description: &str) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
+}
+
+/// The OpenAPI document.
+pub fn document() -> Value {
+    let mut paths = Map::new();
+    for op in OPERATIONS {
+        let params: Vec<Value> = op
+            .path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        let mut description = op.summary.to_owned();
+        if let Some(p) = op.privilege {
+            description.push_str(&format!(
+                "\n\nNeeds the privilege {} ({}).",
+                p.label(),
+                p.id()
+            ));
+        }
+        let operation_id = format!(
+            "{}{}",
+            op.method,
+            op.path
+                .trim_start_matches("/api/v1")
+                .split(['/', '-', '.'])
+                .filter(|s| !s.is_empty())
+                .map(|s| {
+                    let s = s.trim_matches(|c| c == '{' || c == '}');
+                    let mut c = s.chars();
+                    c.next()
+                        .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+                        .unwrap_or_default()
+                })
+                .collect::<String>()
+        );
+        let mut operation = json!({
+            "operationId": operation_id,
+            "tags": [op.tag],
+            "summary": op.summary,
+            "description": description,
+            "parameters": params,
+            "responses": {
+                "200": {"description": "Done", "content": {"application/json": {}}},
+                "400": error_response("The request is malformed; the message says what to change"),
+                "401": error_response("No or an invalid API token"),
+                "403": error_response("The user lacks the privilege; the message names it"),
+                "404": error_response("No such object"),
+                "409": error_response("The object's state does not allow it (a locked VM, for example)"),
+            },
+        });
+        if op.path.starts_with("/api/v1/vms/{name}")
+            && op.method == "get"
+            && !op.path.ends_with("diagnose")
+        {
+            operation["responses"]["200"]["content"]["application/json"] =
+                json!({"schema": {"$ref": "#/components/schemas/Vm"}});
+        }
+        if op.body {
+            operation["requestBody"] =
+                json!({"content": {"application/json": {"schema": {"type": "object"}}}});
+        }
+        if op.privilege.is_none() {
+            operation["security"] = json!([]);
+        }
+        let entry = paths.entry(op.path.to_owned()).or_insert_with(|| json!({}));
+        entry[op.method] = operation;
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Tresor API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Encrypted virtual machines on KVM/QEMU with keys from KMIP key providers. Every operation but login takes `Authorization: Bearer TOKEN` and checks one privilege.",
+        },
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
+                        "code": {"type": "string", "description": "Stable: unauthenticated, forbidden, notFound, conflict, badRequest, invalid, locked, storage, …"},
+                        "message": {"type": "string", "description": "What failed and what to do, for a person"},
+                    }}},
+                },
+                "KeyId": {
+                    "type": "object",
+                    "properties": {
+                        "keyId": {"type": "string"},
+                        "providerId": {"type": "object", "properties": {"id": {"type": "string"}}},
+                    },
+                },
+                "Vm": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string"},
+                        "id": {"type": "string"},
+                        "host": {"type": "string"},
+                        "path": {"type": "string"},
+                        "powerState": {"enum": ["poweredOn", "poweredOff"]},
+                        "connectionState": {"enum": ["connected", "invalid", "disconnected"]},
+                        "cryptoState": {"enum": ["unencrypted", "unlocked", "locked"]},
+                        "lockReason": {"enum": [null, "kmsClusterError", "keyMissingOnKms", "keyMissingOnHost"]},
+                        "config": {"type": "object", "properties": {"keyId": {"$ref": "#/components/schemas/KeyId"}}},
+                        "disks": {"type": "array", "items": {"type": "object", "properties": {
+                            "path": {"type": "string"},
+                            "keyId": {"$ref": "#/components/schemas/KeyId"},
+                            "keyAvailable": {"type": "boolean"},
+                        }}},
+                    },
+                },
+            },
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_operation_is_in_the_document_once() {
+        let doc = document();
+        let mut count = 0;
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                count += 1;
+                assert!(
+                    OPERATIONS
+                        .iter()
+                        .any(|o| o.path == path && o.method == method),
+                    "{method} {path}"
+                );
+                assert!(op["operationId"].as_str().unwrap().len() > 3);
+            }
+        }
+        assert_eq!(count, OPERATIONS.len(), "no operation twice");
+        let ids: std::collections::BTreeSet<&str> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .values()
+            .flat_map(|i| i.as_object().unwrap().values())
+            .map(|o| o["operationId"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids.len(), OPERATIONS.len(), "operation ids are unique");
+        assert!(doc["paths"]["/api/v1/vms/unlock"]["post"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("Cryptographer.RegisterVM"));
+    }
+}
