@@ -278,7 +278,8 @@ pub fn run(args: DevArgs) -> Result<(), CliError> {
         }
     }
     println!("Tresor is running (data in {}).", data.display());
-    println!("  API          http://127.0.0.1:{api}/api/v1");
+    println!("  console      http://127.0.0.1:{api}/   (sign in with the admin token)");
+    println!("  API          http://127.0.0.1:{api}/api/v1   (described at /api/v1/openapi.json)");
     println!(
         "  admin token  {}   (also in {})",
         admin.trim(),

@@ -6,6 +6,7 @@
 //!   report.
 //! - [`broker`]: the key broker: KEKs created on providers, keys fetched by id and their answers
 //!   classified for the locked-VM engine.
+//! - [`console`]: the web console, compiled in, served at `/`.
 //! - [`enrol`]: join tokens and the CA that signs agents' certificates.
 //! - [`providers`]: key providers: trust, the default, and the status probe with its alarms.
 //! - [`run`]: `tresor server init` and `tresor server`.
@@ -18,6 +19,7 @@ pub mod accounts;
 pub mod agents;
 pub mod api;
 pub mod broker;
+pub mod console;
 pub mod engine;
 pub mod enrol;
 pub mod providers;

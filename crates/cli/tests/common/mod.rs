@@ -1,6 +1,8 @@
 //! What the process tests share: the binary, free ports, waiting, and a bare HTTP client.
 #![allow(dead_code)] // each test uses a part
 
+pub mod browser;
+
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 

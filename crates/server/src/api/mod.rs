@@ -488,11 +488,30 @@ async fn list_hosts(
 ) -> Result<Json<Value>, ApiError> {
     authorize(&s, &headers, Privilege::SystemView, "Listing hosts")?;
     let connected = s.hub.connected();
+    let vms = s.store.vms()?;
     let hosts: Vec<Value> = s
         .store
         .hosts()?
         .into_iter()
-        .map(|h| json!({"name": h.name, "connected": connected.contains(&h.name), "cryptoState": h.crypto_state}))
+        .map(|h| {
+            let mine: Vec<&VmRecord> = vms.iter().filter(|v| v.host == h.name).collect();
+            // The keys its VMs report as held (the host key comes on top in encryption mode).
+            let mut held = std::collections::BTreeSet::new();
+            for v in &mine {
+                if let Ok(r) = serde_json::from_str::<VmReport>(&v.report) {
+                    held.extend(r.keys.into_iter().filter(|k| k.on_host).map(|k| k.key));
+                }
+            }
+            json!({
+                "name": h.name,
+                "connected": connected.contains(&h.name),
+                "cryptoState": h.crypto_state,
+                "vmCount": mine.len(),
+                "lockedVmCount": mine.iter().filter(|v| v.crypto_state == "locked").count(),
+                "keysHeld": held.len(),
+                "lastSeen": h.last_seen,
+            })
+        })
         .collect();
     Ok(Json(Value::Array(hosts)))
 }
@@ -1316,6 +1335,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/login", post(users::login))
         .route("/api/v1/me", get(users::me))
+        .route("/api/v1/me/lang", axum::routing::put(users::set_lang))
         .route(
             "/api/v1/users",
             get(users::list_users).post(users::add_user),
@@ -1342,5 +1362,6 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/settings/{key}",
             get(settings::get_one).put(settings::set),
         )
+        .merge(crate::console::routes())
         .with_state(state)
 }

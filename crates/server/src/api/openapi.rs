@@ -61,7 +61,8 @@ ops! {
     "get" "/api/v1/alarms" "alarms" Some(P::SystemView), false, "Active alarms with what to do next";
     "post" "/api/v1/alarms/{id}/ack" "alarms" Some(P::AlarmAcknowledge), false, "Acknowledge an alarm";
     "post" "/api/v1/login" "access" None, true, "Exchange a user's password for an API token";
-    "get" "/api/v1/me" "access" Some(P::SystemView), false, "The token's user, roles and privileges";
+    "get" "/api/v1/me" "access" Some(P::SystemView), false, "The token's user, roles, privileges and language";
+    "put" "/api/v1/me/lang" "access" Some(P::SystemView), true, "Remember the user's language (`value`: en or de)";
     "get" "/api/v1/users" "access" Some(P::AuthorizationModify), false, "List users and their roles";
     "post" "/api/v1/users" "access" Some(P::AuthorizationModify), true, "Add a user (password of at least 12 characters, roles)";
     "delete" "/api/v1/users/{name}" "access" Some(P::AuthorizationModify), false, "Remove a user and its tokens";

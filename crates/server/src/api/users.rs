@@ -76,11 +76,43 @@ pub(super) async fn me(
         Privilege::SystemView,
         "Reading your own account",
     )?;
+    let lang = s
+        .store
+        .setting(&format!("lang.{user}"))?
+        .unwrap_or_else(|| "en".into());
     Ok(Json(json!({
         "user": user,
         "roles": s.store.grants_of(&user)?,
         "privileges": s.store.privileges_of(&user)?,
+        "lang": lang,
     })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LangValue {
+    value: String,
+}
+
+/// Remembers the user's language (the console's switch).
+pub(super) async fn set_lang(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<LangValue>,
+) -> Result<Json<Value>, ApiError> {
+    let user = authorize(
+        &s,
+        &headers,
+        Privilege::SystemView,
+        "Choosing your language",
+    )?;
+    let lang = super::parse_lang(Some(&body.value))?;
+    let value = match lang {
+        tresor_core::Lang::En => "en",
+        tresor_core::Lang::De => "de",
+    };
+    s.store.set_setting(&format!("lang.{user}"), value)?;
+    Ok(Json(json!({"user": user, "lang": value})))
 }
 
 pub(super) async fn list_users(

@@ -1,0 +1,200 @@
+//! The web console in a real headless Chromium against `tresor dev`: sign in, find the VM locked
+//! by an injected provider fault, read the cause and the key id, press Unlock once the fault is
+//! gone, see the VM unlocked and the events arrive without a reload; a user without
+//! `Cryptographer.RegisterVM` sees Unlock disabled with the reason; the language switch is
+//! remembered per user. Screenshots of the main pages go to `target/screenshots/` (and to
+//! `docs/screenshots/` with `TRESOR_UPDATE_SCREENSHOTS=1`).
+
+mod common;
+use std::process::{Command, Stdio};
+
+use common::browser::Browser;
+use common::{wait_for, workspace_root, Dev, Proc, TRESOR};
+
+fn shot(browser: &Browser, name: &str) {
+    let root = workspace_root();
+    browser.screenshot(&root.join(format!("target/screenshots/{name}.png")));
+    if std::env::var_os("TRESOR_UPDATE_SCREENSHOTS").is_some() {
+        browser.screenshot(&root.join(format!("docs/screenshots/{name}.png")));
+    }
+}
+
+#[test]
+fn an_operator_unlocks_a_vm_from_the_browser() {
+    let dev = Dev::start(1);
+    let dir = dev.dir.path();
+    for (user, role) in [("alice", "Administrator"), ("bob", "NoCryptoAdmin")] {
+        let pw = dir.join(format!("{user}.pw"));
+        std::fs::write(&pw, format!("{user}-long-password\n")).unwrap();
+        dev.ok(&[
+            "user",
+            "add",
+            user,
+            "--password-file",
+            &pw.display().to_string(),
+            "--role",
+            role,
+        ]);
+    }
+    dev.ok(&["settings", "set", "unlock.policy", "manual"]);
+    dev.ok(&[
+        "vm",
+        "create",
+        "web01",
+        "--host",
+        "host-1",
+        "--disk",
+        "4M",
+        "--encrypt",
+    ]);
+    dev.ok(&[
+        "vm",
+        "create",
+        "db01",
+        "--host",
+        "host-1",
+        "--disk",
+        "4M",
+        "--encrypt",
+    ]);
+    dev.ok(&[
+        "vm", "create", "plain01", "--host", "host-1", "--disk", "4M",
+    ]);
+    dev.ok(&["vm", "power-on", "web01"]);
+    let key = dev
+        .ok(&["vm", "get", "web01", "config.keyId.keyId"])
+        .trim()
+        .to_owned();
+
+    // The fault: the key provider goes away, and the host restarts.
+    let kms_config = dev.kms_config();
+    let pid = dev.kms_pid();
+    common::stop(&pid);
+    dev.ok(&["host", "reboot", "host-1"]);
+    wait_for("web01 is locked", || {
+        dev.vm("web01")["lockReason"] == "kmsClusterError"
+    });
+
+    let url = format!("http://127.0.0.1:{}/", dev.port);
+    let browser = Browser::start();
+    browser.go(&url);
+    browser.type_into("#user", "alice");
+    browser.type_into("#password", "alice-long-password");
+    browser.click("#signin-button");
+    browser.wait("#vm-table");
+    let row = browser.wait_text("tr[data-vm=web01] .crypto", |t| t.contains("locked"));
+    assert!(row.contains("invalid"), "{row}");
+    shot(&browser, "vms");
+    browser.click("#locked-only");
+    browser.wait_text("#vm-table", |t| {
+        t.contains("web01") && !t.contains("plain01")
+    });
+
+    // The VM's page: the cause in plain words, the key id, the diagnosis and its next step.
+    browser.click("tr[data-vm=web01] a");
+    browser.wait("#locked-banner");
+    assert!(browser.text("#lock-cause").contains("could not be reached"));
+    assert_eq!(browser.text("#key-id"), key);
+    assert!(browser.text("#diagnosis-summary").len() > 10);
+    assert!(browser.text("#next-steps").contains("unlock"));
+    let why = browser
+        .attribute("#power-on-locked", "title")
+        .unwrap_or_default();
+    assert!(
+        why.contains("locked"),
+        "power-on is disabled while locked: {why}"
+    );
+    shot(&browser, "vm-locked");
+
+    // The provider returns; the operator presses Unlock and sees the VM unlocked without a reload.
+    let _kms = Proc(
+        Command::new(TRESOR)
+            .args(["kms", "serve", "--config", &kms_config])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    browser.script("window.__marker = 'same page';");
+    browser.click("#unlock");
+    browser.wait_text("#vm-state", |t| t.contains("unlocked"));
+    assert!(browser.find("#locked-banner").is_none());
+    assert_eq!(
+        browser.script("return window.__marker;"),
+        "same page",
+        "no reload"
+    );
+    shot(&browser, "vm-unlocked");
+
+    // Events arrive as they happen: another host restart locks the VMs again, live.
+    browser.click("#nav-events");
+    browser.wait_text("#event-table", |t| t.contains("vm.unlocked"));
+    dev.ok(&["host", "reboot", "host-1"]);
+    browser.wait_text("#event-table", |t| {
+        t.contains("keys are missing on the host")
+    });
+    assert_eq!(
+        browser.script("return window.__marker;"),
+        "same page",
+        "no reload"
+    );
+    shot(&browser, "events");
+
+    // Bulk unlock of the host, with progress.
+    wait_for("both encrypted VMs are locked", || {
+        dev.vm("web01")["cryptoState"] == "locked" && dev.vm("db01")["cryptoState"] == "locked"
+    });
+    browser.click("#nav-vms");
+    browser.click("#unlock-host");
+    browser.wait_text("#progress", |t| t.contains("2 of 2 unlocked"));
+    // The "locked only" filter is still on: the list empties as the VMs unlock.
+    browser.wait_text("#vm-table", |t| t.contains("No VM is locked."));
+    browser.click("#locked-only");
+    browser.wait_text("tr[data-vm=db01] .crypto", |t| t.contains("unlocked"));
+
+    // The other pages.
+    browser.click("#nav-providers");
+    browser.wait_text("tr[data-provider=tresor-kms]", |t| t.contains("tresor-kms"));
+    browser.click("button[data-check=tresor-kms]");
+    browser.wait_text("tr[data-provider=tresor-kms]", |t| t.contains("ok"));
+    shot(&browser, "providers");
+    browser.click("#nav-hosts");
+    browser.wait_text("main", |t| t.contains("host-1"));
+    shot(&browser, "hosts");
+    browser.click("#nav-alarms");
+    browser.wait("#alarm-table");
+    shot(&browser, "alarms");
+
+    // German, remembered for the user.
+    browser.script("const s = document.getElementById('lang'); s.value = 'de'; s.dispatchEvent(new Event('change'));");
+    browser.wait_text("#nav-vms", |t| t == "Virtuelle Maschinen");
+    browser.go(&url);
+    browser.wait_text("#nav-vms", |t| t == "Virtuelle Maschinen");
+    browser.click("#signout");
+
+    // A user without Cryptographer.RegisterVM sees Unlock disabled, and why.
+    dev.ok(&["host", "reboot", "host-1"]);
+    wait_for("web01 is locked again", || {
+        dev.vm("web01")["cryptoState"] == "locked"
+    });
+    browser.type_into("#user", "bob");
+    browser.type_into("#password", "bob-long-password");
+    browser.click("#signin-button");
+    browser.wait("#vm-table");
+    browser.go(&format!("{url}#/vms/web01"));
+    browser.wait("#locked-banner");
+    assert_eq!(
+        browser.attribute("#unlock", "disabled").as_deref(),
+        Some("true")
+    );
+    let why = browser.attribute("#unlock", "title").unwrap_or_default();
+    assert!(why.contains("Cryptographer.RegisterVM"), "{why}");
+    // A wrong password is refused on the sign-in page.
+    browser.click("#signout");
+    browser.type_into("#user", "bob");
+    browser.type_into("#password", "wrong");
+    browser.click("#signin-button");
+    browser.wait_text("#signin-error", |t| {
+        t.contains("Wrong user name or password")
+    });
+}
