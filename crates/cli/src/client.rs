@@ -140,6 +140,9 @@ enum VmSub {
         encrypt: bool,
         #[arg(long)]
         provider: Option<String>,
+        /// A disk of this size with a key of its own (needs --encrypt); repeat for more.
+        #[arg(long = "own-key-disk", requires = "encrypt")]
+        own_key_disks: Vec<String>,
     },
     PowerOn {
         names: Vec<String>,
@@ -376,12 +379,17 @@ pub fn run_vm(cmd: VmCommand) -> Result<(), CliError> {
             disks,
             encrypt,
             provider,
+            own_key_disks,
         } => {
             let sizes: Vec<u64> = disks
                 .iter()
                 .map(|d| parse_size(d))
                 .collect::<Result<_, _>>()?;
-            let body = serde_json::json!({"name": name, "host": host, "disks": sizes, "encrypt": encrypt, "provider": provider});
+            let own: Vec<u64> = own_key_disks
+                .iter()
+                .map(|d| parse_size(d))
+                .collect::<Result<_, _>>()?;
+            let body = serde_json::json!({"name": name, "host": host, "disks": sizes, "encrypt": encrypt, "provider": provider, "ownKeyDisks": own});
             let v = c.call("POST", "/api/v1/vms", &body.to_string())?;
             c.print(&v, |vm| vm_rows(&Value::Array(vec![vm.clone()])));
         }

@@ -152,6 +152,17 @@ fn an_operator_unlocks_a_vm_from_the_browser() {
     browser.click("#locked-only");
     browser.wait_text("tr[data-vm=db01] .crypto", |t| t.contains("unlocked"));
 
+    // Unregister (confirmed in a dialog) and register again, every VM found on the host.
+    browser.click("tr[data-vm=plain01] a");
+    browser.click("button[data-op=unregister]");
+    browser.accept_alert();
+    browser.wait_text("#vm-table", |t| {
+        t.contains("web01") && !t.contains("plain01")
+    });
+    browser.click("#register-all");
+    browser.wait_text("#register-result", |t| t.contains("plain01"));
+    browser.wait_text("#vm-table", |t| t.contains("plain01"));
+
     // The other pages.
     browser.click("#nav-providers");
     browser.wait_text("tr[data-provider=tresor-kms]", |t| t.contains("tresor-kms"));

@@ -13,6 +13,7 @@ const PRIVILEGE_LABELS = {
   "VirtualMachine.PowerOff": "Virtual machine › Power off",
   "VirtualMachine.Unregister": "Virtual machine › Unregister",
   "VirtualMachine.Config": "Virtual machine › Change configuration",
+  "VirtualMachine.Register": "Virtual machine › Register",
   "Alarm.Acknowledge": "Alarms › Acknowledge",
 };
 
@@ -43,6 +44,8 @@ const TEXT = {
     live: "live", ackBy: "Acknowledged by", disks: "Disks", path: "Path", keyAvailable: "Key on host",
     state: "State", noEvents: "No events yet.", noAlarms: "No active alarms.",
     lockedNoPowerOn: "The VM is locked: unlock it first (or unregister it)",
+    register: "Register", registerAll: "Register all on host", registerPath: "folder of the VM on the host",
+    registered: "registered: {names}",
   },
   de: {
     signIn: "Anmelden", user: "Benutzer", password: "Passwort", orToken: "oder ein API-Token",
@@ -70,6 +73,8 @@ const TEXT = {
     live: "live", ackBy: "Bestätigt von", disks: "Festplatten", path: "Pfad", keyAvailable: "Schlüssel auf dem Host",
     state: "Zustand", noEvents: "Noch keine Ereignisse.", noAlarms: "Keine aktiven Alarme.",
     lockedNoPowerOn: "Die VM ist gesperrt: zuerst entsperren (oder die Registrierung aufheben)",
+    register: "Registrieren", registerAll: "Alle auf dem Host registrieren", registerPath: "Ordner der VM auf dem Host",
+    registered: "registriert: {names}",
   },
 };
 
@@ -81,6 +86,7 @@ const state = {
   stream: null,
   refreshTimer: null,
   progress: "",
+  registerResult: "",
 };
 
 function t(key, args) {
@@ -242,6 +248,13 @@ async function renderVms() {
       ${providerOptions ? `<select id="unlock-provider-pick">${providerOptions}</select>${button(t("unlockProvider"), "Cryptographer.RegisterVM", 'id="unlock-provider"')}` : ""}
       <span class="progress" id="progress">${esc(state.progress)}</span>
     </div>
+    <div class="toolbar">
+      <select id="register-host">${hostOptions}</select>
+      <input id="register-path" placeholder="${esc(t("registerPath"))}" size="40">
+      ${button(t("register"), "VirtualMachine.Register", 'id="register"')}
+      ${button(t("registerAll"), "VirtualMachine.Register", 'id="register-all"')}
+      <span class="progress" id="register-result">${esc(state.registerResult || "")}</span>
+    </div>
     <table id="vm-table"><thead><tr><th></th><th>${t("name")}</th><th>${t("host")}</th><th>${t("power")}</th>
       <th>${t("crypto")}</th><th>${t("reason")}</th><th>${t("provider")}</th></tr></thead>
       <tbody>${rows || `<tr><td colspan="7" class="muted">${lockedOnly ? t("noneLocked") : "–"}</td></tr>`}</tbody></table>`;
@@ -257,6 +270,25 @@ async function renderVms() {
     document.getElementById("unlock-all").onclick = () => unlockMany({ all: true });
     document.getElementById("unlock-host").onclick = () =>
       unlockMany({ host: document.getElementById("unlock-host-pick").value });
+    const register = async (body) => {
+      const out = document.getElementById("register-result");
+      out.textContent = "…";
+      try {
+        const r = await api("POST", "/api/v1/vms/register", body);
+        state.registerResult = t("registered", { names: (r.registered || []).join(", ") || "–" });
+        out.textContent = state.registerResult;
+        refresh();
+      } catch (e) {
+        out.textContent = e.message;
+      }
+    };
+    document.getElementById("register").onclick = () => register({
+      host: document.getElementById("register-host").value,
+      path: document.getElementById("register-path").value.trim(),
+    });
+    document.getElementById("register-all").onclick = () => register({
+      host: document.getElementById("register-host").value, all: true,
+    });
     const up = document.getElementById("unlock-provider");
     if (up) up.onclick = () => unlockMany({ provider: document.getElementById("unlock-provider-pick").value });
   }];

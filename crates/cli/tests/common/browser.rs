@@ -169,22 +169,45 @@ impl Browser {
         );
     }
 
+    /// Calls `what` on the element matching `css`, again on the new one if the page replaced it
+    /// meanwhile (the console re-renders on live events). `None` when there is no such element.
+    fn on_element(&self, css: &str, method: &str, what: &str) -> Option<Value> {
+        for _ in 0..20 {
+            let e = self.find(css)?;
+            let v = self.session_call(method, &format!("/element/{e}/{what}"), json!({}));
+            if v["value"]["error"].as_str() == Some("stale element reference") {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            return Some(v["value"].clone());
+        }
+        panic!("{css} kept changing");
+    }
+
     /// The visible text of the first element matching `css` (empty when there is none).
     pub fn text(&self, css: &str) -> String {
-        match self.find(css) {
-            Some(e) => self.session_call("GET", &format!("/element/{e}/text"), json!({}))["value"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-            None => String::new(),
-        }
+        self.on_element(css, "GET", "text")
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
     }
 
     pub fn attribute(&self, css: &str, name: &str) -> Option<String> {
-        let e = self.wait(css);
-        self.session_call("GET", &format!("/element/{e}/attribute/{name}"), json!({}))["value"]
-            .as_str()
-            .map(str::to_owned)
+        self.wait(css);
+        self.on_element(css, "GET", &format!("attribute/{name}"))
+            .and_then(|v| v.as_str().map(str::to_owned))
+    }
+
+    /// Accepts the open confirmation dialog, waiting for it to open.
+    pub fn accept_alert(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = self.session_call("POST", "/alert/accept", json!({}));
+            if v["value"]["error"].is_null() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no dialog opened: {v}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Runs a script in the page; its result.

@@ -702,6 +702,9 @@ struct CreateVm {
     #[serde(default)]
     encrypt: bool,
     provider: Option<String>,
+    /// Sizes of disks that get a KEK of their own (after the ones in `disks`).
+    #[serde(default)]
+    own_key_disks: Vec<u64>,
 }
 
 fn default_memory() -> u32 {
@@ -761,6 +764,14 @@ async fn create_vm(
             format!("A VM named {} exists already", req.name),
         ));
     }
+    if !req.own_key_disks.is_empty() && !req.encrypt {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "badRequest",
+            "Disks with a key of their own need an encrypted VM; add --encrypt",
+        ));
+    }
+    let mut own_keys = Vec::new();
     let key = if req.encrypt {
         let provider = match req.provider.clone() {
             Some(p) => p,
@@ -772,32 +783,42 @@ async fn create_vm(
                 .map(|p| p.name)
                 .ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "noProvider", "No default key provider; add one with `tresor provider add` or name one with --provider"))?,
         };
-        let key = s
-            .broker
-            .create_kek(&provider, &req.name)
-            .await
-            .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "providerError", e.to_string()))?;
-        let (answer, material) = s.broker.fetch(&key).await;
-        let material = material.ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "providerError",
-                format!("The new key {key} cannot be fetched: {answer:?}"),
-            )
-        })?;
-        let push = tresor_core::protocol::Command::PushKeys {
-            keys: vec![tresor_core::protocol::KeyMaterial {
-                key: key.clone(),
-                material,
-            }],
-        };
+        let mut purposes = vec![req.name.clone()];
+        for i in 0..req.own_key_disks.len() {
+            purposes.push(format!("{}-disk{}", req.name, req.disks.len() + i));
+        }
+        let mut keys = Vec::new();
+        for purpose in purposes {
+            let key = s
+                .broker
+                .create_kek(&provider, &purpose)
+                .await
+                .map_err(|e| {
+                    ApiError::new(StatusCode::BAD_GATEWAY, "providerError", e.to_string())
+                })?;
+            let (answer, material) = s.broker.fetch(&key).await;
+            let material = material.ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "providerError",
+                    format!("The new key {key} cannot be fetched: {answer:?}"),
+                )
+            })?;
+            keys.push(tresor_core::protocol::KeyMaterial { key, material });
+        }
+        let refs: Vec<tresor_core::ids::KeyRef> = keys.iter().map(|k| k.key.clone()).collect();
         reply_error(
             s.hub
-                .request(&req.host, push, AGENT_TIMEOUT)
+                .request(
+                    &req.host,
+                    tresor_core::protocol::Command::PushKeys { keys },
+                    AGENT_TIMEOUT,
+                )
                 .await
                 .map_err(agent_error)?,
         )?;
-        Some(key)
+        own_keys = refs[1..].to_vec();
+        Some(refs[0].clone())
     } else {
         None
     };
@@ -812,6 +833,12 @@ async fn create_vm(
                 size: *size,
                 own_key: None,
             })
+            .chain(req.own_key_disks.iter().zip(&own_keys).map(|(size, k)| {
+                tresor_core::protocol::DiskSpec {
+                    size: *size,
+                    own_key: Some(k.clone()),
+                }
+            }))
             .collect(),
         key: key.clone(),
     };
@@ -890,8 +917,24 @@ async fn power(
     )?;
     let record = s.store.vm(name)?.ok_or_else(|| no_vm(name))?;
     let (state, reason) = lock_of(&record);
-    tresor_core::ops::check(name, op, state, reason)
-        .map_err(|r| ApiError::new(StatusCode::CONFLICT, "vmLocked", r.message))?;
+    tresor_core::ops::check(name, op, state, reason).map_err(|r| {
+        // Only a disk's key missing (the VM itself is readable): the disk's exact message first.
+        let disk = vm_json(&record)["disks"]
+            .as_array()
+            .and_then(|d| d.iter().find(|d| d["keyAvailable"] == false).cloned());
+        match disk.and_then(|d| d["path"].as_str().map(str::to_owned)) {
+            Some(path) if on && record.connection_state != "invalid" => ApiError::new(
+                StatusCode::CONFLICT,
+                "diskKeyMissing",
+                format!(
+                    "{} {}",
+                    tresor_core::ops::disk_key_missing(&path, Lang::En),
+                    r.message
+                ),
+            ),
+            _ => ApiError::new(StatusCode::CONFLICT, "vmLocked", r.message),
+        }
+    })?;
     let command = if on {
         tresor_core::protocol::Command::PowerOn { vm: name.into() }
     } else {
