@@ -535,6 +535,28 @@ impl Engine {
             Err(e) => e.to_string(),
             _ => String::new(),
         };
+        // A failed push is an alarm on the VM until a push succeeds.
+        if let Some(store) = &self.store {
+            let object = format!("vm:{vm}");
+            let now = crate::enrol::now();
+            let result = if ok {
+                store
+                    .clear_alarm("key.push.failed", &object, now)
+                    .map(|_| ())
+            } else {
+                store
+                    .raise_alarm(
+                        "key.push.failed",
+                        &object,
+                        &format!("keys could not be sent to host {host}: {error}"),
+                        now,
+                    )
+                    .map(|_| ())
+            };
+            if let Err(e) = result {
+                tracing::error!(error = %e, "cannot store an alarm");
+            }
+        }
         for id in pushed {
             let mut args = vec![("key".to_owned(), id), ("host".to_owned(), host.to_owned())];
             if !ok {

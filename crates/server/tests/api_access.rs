@@ -367,3 +367,57 @@ async fn the_openapi_document_matches_the_routes() {
     .await;
     assert_eq!(status, 404);
 }
+
+/// Every operation refuses a user who lacks its privilege, before it does anything, with the
+/// privilege named: proven for each operation of the OpenAPI document, with its example body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operation_refuses_a_user_without_its_privilege() {
+    use tresor_server::api::openapi::OPERATIONS;
+    let store = Arc::new(Store::in_memory().unwrap());
+    seed_users(&store);
+    store.add_user("nobody", "x").unwrap();
+    store
+        .add_token(
+            &tresor_server::api::token_hash("nobody-token"),
+            "nobody",
+            "test",
+            0,
+        )
+        .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let served = common::serve(store.clone(), data.path()).await;
+    let mut refused = 0;
+    for op in OPERATIONS {
+        let Some(privilege) = op.privilege else {
+            continue;
+        };
+        let path = op
+            .path
+            .replace("{name}", "web01")
+            .replace("{id}", "1")
+            .replace("{role}", "ReadOnly")
+            .replace("{key}", "unlock.policy");
+        let (status, body) = common::http_body(
+            &served.addr,
+            &op.method.to_uppercase(),
+            &path,
+            Some("nobody-token"),
+            op.example,
+        )
+        .await;
+        assert_eq!(status, 403, "{} {}: {body}", op.method, op.path);
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(privilege.id()) && message.contains(privilege.label()),
+            "{} {}: {message}",
+            op.method,
+            op.path
+        );
+        refused += 1;
+    }
+    assert!(refused >= 40, "{refused}");
+    // Nothing was changed by the refused requests.
+    assert!(store.providers().unwrap().is_empty());
+    assert_eq!(store.users().unwrap().len(), 4);
+    assert_eq!(store.setting("unlock.policy").unwrap(), None);
+}

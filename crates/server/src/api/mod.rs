@@ -654,6 +654,10 @@ fn alarm_json(a: &crate::store::AlarmRow) -> Value {
             format!("Key provider {name} cannot be reached: {}", a.reason),
             format!("Check the provider and the network to it; `tresor provider status {name}` probes it again"),
         ),
+        ("key.push.failed", _) => (
+            format!("The keys of VM {name} {}", a.reason),
+            format!("Check host connectivity and its agent's log; the server tries again. `tresor vm diagnose {name}`"),
+        ),
         ("provider.certificate.expiring", _) => {
             let provider = name.split(':').next().unwrap_or(name);
             (

@@ -14,15 +14,15 @@ pub struct Operation {
     pub summary: &'static str,
     /// The privilege checked; `None` for the login and this document.
     pub privilege: Option<Privilege>,
-    /// A JSON request body is read.
-    pub body: bool,
+    /// An example of the JSON request body; empty when the operation reads none.
+    pub example: &'static str,
 }
 
 macro_rules! ops {
-    ($($method:literal $path:literal $tag:literal $privilege:expr, $body:literal, $summary:literal;)*) => {
+    ($($method:literal $path:literal $tag:literal $privilege:expr, $example:literal, $summary:literal;)*) => {
         /// Every operation of the API.
         pub const OPERATIONS: &[Operation] = &[$(Operation {
-            method: $method, path: $path, tag: $tag, summary: $summary, privilege: $privilege, body: $body,
+            method: $method, path: $path, tag: $tag, summary: $summary, privilege: $privilege, example: $example,
         }),*];
     };
 }
@@ -30,52 +30,52 @@ macro_rules! ops {
 use Privilege as P;
 
 ops! {
-    "get" "/api/v1/vms" "vms" Some(P::SystemView), false, "List VMs (`?locked=true`: only the locked ones)";
-    "post" "/api/v1/vms" "vms" Some(P::VmCreate), true, "Create a VM (encrypted ones need Cryptographer.EncryptNew)";
-    "get" "/api/v1/vms/{name}" "vms" Some(P::SystemView), false, "A VM: power, crypto and connection state, lock reason, key ids";
-    "get" "/api/v1/vms/{name}/diagnose" "vms" Some(P::SystemView), false, "Which case of the procedure applies, the evidence and the next steps (`?lang=en|de`)";
-    "post" "/api/v1/vms/register" "vms" Some(P::VmRegister), true, "Register a VM from its folder, or every VM on a host (keys to fetch need Cryptographer.RegisterVM)";
-    "post" "/api/v1/vms/unlock" "vms" Some(P::CryptoRegisterVm), true, "Unlock VMs: names, all, a host's or a provider's";
-    "post" "/api/v1/vms/{name}/power-on" "vms" Some(P::VmPowerOn), false, "Power a VM on";
-    "post" "/api/v1/vms/{name}/power-off" "vms" Some(P::VmPowerOff), false, "Power a VM off";
-    "post" "/api/v1/vms/{name}/unlock" "vms" Some(P::CryptoRegisterVm), false, "Send a locked VM's keys to its host";
-    "post" "/api/v1/vms/{name}/unregister" "vms" Some(P::VmUnregister), false, "Forget a VM; its files stay";
-    "post" "/api/v1/vms/{name}/reload" "vms" Some(P::VmConfig), false, "Read a VM's files again";
-    "post" "/api/v1/vms/{name}/delete" "vms" Some(P::VmDelete), false, "Delete a VM and its files (refused while locked)";
-    "post" "/api/v1/vms/{name}/encrypt" "vms" Some(P::CryptoEncrypt), true, "Encrypt a VM (`provider`)";
-    "post" "/api/v1/vms/{name}/decrypt" "vms" Some(P::CryptoDecrypt), false, "Decrypt a VM";
-    "post" "/api/v1/vms/{name}/rekey" "vms" Some(P::CryptoRecrypt), true, "A new key for a VM (`deep`: re-encrypt its disks)";
-    "get" "/api/v1/hosts" "hosts" Some(P::SystemView), false, "List hosts";
-    "post" "/api/v1/hosts/token" "hosts" Some(P::CryptoRegisterHost), true, "A one-time join token for `tresor agent join`";
-    "post" "/api/v1/hosts/{name}/enable-encryption" "hosts" Some(P::CryptoRegisterHost), false, "Put a host in encryption mode";
-    "post" "/api/v1/hosts/{name}/reboot" "hosts" Some(P::HostConfig), false, "Stop a host's VMs and empty its key cache, as a restart does";
-    "get" "/api/v1/providers" "providers" Some(P::CryptoReadKeyServersInfo), false, "List key providers";
-    "post" "/api/v1/providers" "providers" Some(P::CryptoManageKeyServers), true, "Add a key provider (client certificate uploaded, self-signed or from a CSR)";
-    "get" "/api/v1/providers/{name}" "providers" Some(P::CryptoReadKeyServersInfo), false, "A key provider: endpoints, trust, last status";
-    "delete" "/api/v1/providers/{name}" "providers" Some(P::CryptoManageKeyServers), false, "Remove a key provider no key depends on";
-    "get" "/api/v1/providers/{name}/status" "providers" Some(P::CryptoReadKeyServersInfo), false, "Probe every endpoint of a provider now";
-    "post" "/api/v1/providers/{name}/default" "providers" Some(P::CryptoManageKeyServers), false, "Make a provider the default";
-    "post" "/api/v1/providers/{name}/certificate" "providers" Some(P::CryptoManageKeyServers), true, "The certificate the provider signed from the server's CSR";
-    "get" "/api/v1/events" "events" Some(P::SystemView), false, "Events, filtered (`vm`, `host`, `provider`, `type`, `since`, `after`, `limit`, `lang`)";
-    "get" "/api/v1/events/stream" "events" Some(P::SystemView), false, "Events as they happen (Server-Sent Events; `Last-Event-ID` resumes)";
-    "get" "/api/v1/alarms" "alarms" Some(P::SystemView), false, "Active alarms with what to do next";
-    "post" "/api/v1/alarms/{id}/ack" "alarms" Some(P::AlarmAcknowledge), false, "Acknowledge an alarm";
-    "post" "/api/v1/login" "access" None, true, "Exchange a user's password for an API token";
-    "get" "/api/v1/me" "access" Some(P::SystemView), false, "The token's user, roles, privileges and language";
-    "put" "/api/v1/me/lang" "access" Some(P::SystemView), true, "Remember the user's language (`value`: en or de)";
-    "get" "/api/v1/users" "access" Some(P::AuthorizationModify), false, "List users and their roles";
-    "post" "/api/v1/users" "access" Some(P::AuthorizationModify), true, "Add a user (password of at least 12 characters, roles)";
-    "delete" "/api/v1/users/{name}" "access" Some(P::AuthorizationModify), false, "Remove a user and its tokens";
-    "post" "/api/v1/users/{name}/roles" "access" Some(P::AuthorizationModify), true, "Grant a role";
-    "delete" "/api/v1/users/{name}/roles/{role}" "access" Some(P::AuthorizationModify), false, "Take a role away";
-    "get" "/api/v1/roles" "access" Some(P::SystemView), false, "List roles";
-    "post" "/api/v1/roles" "access" Some(P::AuthorizationModify), true, "Define a role of your own";
-    "get" "/api/v1/roles/{name}" "access" Some(P::SystemView), false, "A role's privileges";
-    "delete" "/api/v1/roles/{name}" "access" Some(P::AuthorizationModify), false, "Remove a role of your own";
-    "get" "/api/v1/settings" "settings" Some(P::SystemView), false, "Every setting";
-    "get" "/api/v1/settings/{key}" "settings" Some(P::SystemView), false, "One setting";
-    "put" "/api/v1/settings/{key}" "settings" Some(P::CryptoManageEncryptionPolicy), true, "Change a setting (`unlock.policy`: automatic or manual)";
-    "get" "/api/v1/openapi.json" "meta" None, false, "This document";
+    "get" "/api/v1/vms" "vms" Some(P::SystemView), "", "List VMs (`?locked=true`: only the locked ones)";
+    "post" "/api/v1/vms" "vms" Some(P::VmCreate), r#"{"name": "web01", "host": "host-1", "disks": [1073741824]}"#, "Create a VM (encrypted ones need Cryptographer.EncryptNew)";
+    "get" "/api/v1/vms/{name}" "vms" Some(P::SystemView), "", "A VM: power, crypto and connection state, lock reason, key ids";
+    "get" "/api/v1/vms/{name}/diagnose" "vms" Some(P::SystemView), "", "Which case of the procedure applies, the evidence and the next steps (`?lang=en|de`)";
+    "post" "/api/v1/vms/register" "vms" Some(P::VmRegister), r#"{"host": "host-1", "all": true}"#, "Register a VM from its folder, or every VM on a host (keys to fetch need Cryptographer.RegisterVM)";
+    "post" "/api/v1/vms/unlock" "vms" Some(P::CryptoRegisterVm), r#"{"all": true}"#, "Unlock VMs: names, all, a host's or a provider's";
+    "post" "/api/v1/vms/{name}/power-on" "vms" Some(P::VmPowerOn), "", "Power a VM on";
+    "post" "/api/v1/vms/{name}/power-off" "vms" Some(P::VmPowerOff), "", "Power a VM off";
+    "post" "/api/v1/vms/{name}/unlock" "vms" Some(P::CryptoRegisterVm), "", "Send a locked VM's keys to its host";
+    "post" "/api/v1/vms/{name}/unregister" "vms" Some(P::VmUnregister), "", "Forget a VM; its files stay";
+    "post" "/api/v1/vms/{name}/reload" "vms" Some(P::VmConfig), "", "Read a VM's files again";
+    "post" "/api/v1/vms/{name}/delete" "vms" Some(P::VmDelete), "", "Delete a VM and its files (refused while locked)";
+    "post" "/api/v1/vms/{name}/encrypt" "vms" Some(P::CryptoEncrypt), r#"{"provider": "corp-kms"}"#, "Encrypt a VM (`provider`)";
+    "post" "/api/v1/vms/{name}/decrypt" "vms" Some(P::CryptoDecrypt), "", "Decrypt a VM";
+    "post" "/api/v1/vms/{name}/rekey" "vms" Some(P::CryptoRecrypt), r#"{"deep": false}"#, "A new key for a VM (`deep`: re-encrypt its disks)";
+    "get" "/api/v1/hosts" "hosts" Some(P::SystemView), "", "List hosts";
+    "post" "/api/v1/hosts/token" "hosts" Some(P::CryptoRegisterHost), r#"{"ttlSecs": 3600}"#, "A one-time join token for `tresor agent join`";
+    "post" "/api/v1/hosts/{name}/enable-encryption" "hosts" Some(P::CryptoRegisterHost), "", "Put a host in encryption mode";
+    "post" "/api/v1/hosts/{name}/reboot" "hosts" Some(P::HostConfig), "", "Stop a host's VMs and empty its key cache, as a restart does";
+    "get" "/api/v1/providers" "providers" Some(P::CryptoReadKeyServersInfo), "", "List key providers";
+    "post" "/api/v1/providers" "providers" Some(P::CryptoManageKeyServers), r#"{"name": "corp-kms", "endpoints": ["kms1:5696"], "caPem": "-----BEGIN CERTIFICATE-----…", "csr": true}"#, "Add a key provider (client certificate uploaded, self-signed or from a CSR)";
+    "get" "/api/v1/providers/{name}" "providers" Some(P::CryptoReadKeyServersInfo), "", "A key provider: endpoints, trust, last status";
+    "delete" "/api/v1/providers/{name}" "providers" Some(P::CryptoManageKeyServers), "", "Remove a key provider no key depends on";
+    "get" "/api/v1/providers/{name}/status" "providers" Some(P::CryptoReadKeyServersInfo), "", "Probe every endpoint of a provider now";
+    "post" "/api/v1/providers/{name}/default" "providers" Some(P::CryptoManageKeyServers), "", "Make a provider the default";
+    "post" "/api/v1/providers/{name}/certificate" "providers" Some(P::CryptoManageKeyServers), r#"{"clientCertPem": "-----BEGIN CERTIFICATE-----…"}"#, "The certificate the provider signed from the server's CSR";
+    "get" "/api/v1/events" "events" Some(P::SystemView), "", "Events, filtered (`vm`, `host`, `provider`, `type`, `since`, `after`, `limit`, `lang`)";
+    "get" "/api/v1/events/stream" "events" Some(P::SystemView), "", "Events as they happen (Server-Sent Events; `Last-Event-ID` resumes)";
+    "get" "/api/v1/alarms" "alarms" Some(P::SystemView), "", "Active alarms with what to do next";
+    "post" "/api/v1/alarms/{id}/ack" "alarms" Some(P::AlarmAcknowledge), "", "Acknowledge an alarm";
+    "post" "/api/v1/login" "access" None, r#"{"user": "alice", "password": "…"}"#, "Exchange a user's password for an API token";
+    "get" "/api/v1/me" "access" Some(P::SystemView), "", "The token's user, roles, privileges and language";
+    "put" "/api/v1/me/lang" "access" Some(P::SystemView), r#"{"value": "de"}"#, "Remember the user's language (`value`: en or de)";
+    "get" "/api/v1/users" "access" Some(P::AuthorizationModify), "", "List users and their roles";
+    "post" "/api/v1/users" "access" Some(P::AuthorizationModify), r#"{"name": "alice", "password": "…", "roles": ["NoCryptoAdmin"]}"#, "Add a user (password of at least 12 characters, roles)";
+    "delete" "/api/v1/users/{name}" "access" Some(P::AuthorizationModify), "", "Remove a user and its tokens";
+    "post" "/api/v1/users/{name}/roles" "access" Some(P::AuthorizationModify), r#"{"role": "ReadOnly"}"#, "Grant a role";
+    "delete" "/api/v1/users/{name}/roles/{role}" "access" Some(P::AuthorizationModify), "", "Take a role away";
+    "get" "/api/v1/roles" "access" Some(P::SystemView), "", "List roles";
+    "post" "/api/v1/roles" "access" Some(P::AuthorizationModify), r#"{"name": "Unlocker", "privileges": ["Cryptographer.RegisterVM", "System.View"]}"#, "Define a role of your own";
+    "get" "/api/v1/roles/{name}" "access" Some(P::SystemView), "", "A role's privileges";
+    "delete" "/api/v1/roles/{name}" "access" Some(P::AuthorizationModify), "", "Remove a role of your own";
+    "get" "/api/v1/settings" "settings" Some(P::SystemView), "", "Every setting";
+    "get" "/api/v1/settings/{key}" "settings" Some(P::SystemView), "", "One setting";
+    "put" "/api/v1/settings/{key}" "settings" Some(P::CryptoManageEncryptionPolicy), r#"{"value": "manual"}"#, "Change a setting (`unlock.policy`: automatic or manual)";
+    "get" "/api/v1/openapi.json" "meta" None, "", "This document";
 }
 
 fn error_response(description: &str) -> Value {
@@ -138,9 +138,10 @@ pub fn document() -> Value {
             operation["responses"]["200"]["content"]["application/json"] =
                 json!({"schema": {"$ref": "#/components/schemas/Vm"}});
         }
-        if op.body {
-            operation["requestBody"] =
-                json!({"content": {"application/json": {"schema": {"type": "object"}}}});
+        if !op.example.is_empty() {
+            let example: Value = serde_json::from_str(op.example).unwrap_or(Value::Null);
+            operation["requestBody"] = json!({"content": {"application/json": {
+                "schema": {"type": "object"}, "example": example}}});
         }
         if op.privilege.is_none() {
             operation["security"] = json!([]);
@@ -203,6 +204,20 @@ pub fn document() -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_example_is_json() {
+        for op in OPERATIONS {
+            if !op.example.is_empty() {
+                assert!(
+                    serde_json::from_str::<Value>(op.example).is_ok(),
+                    "{} {}",
+                    op.method,
+                    op.path
+                );
+            }
+        }
+    }
 
     #[test]
     fn every_operation_is_in_the_document_once() {
