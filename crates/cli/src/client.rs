@@ -52,21 +52,8 @@ impl Conn {
         path: &str,
         body: &str,
     ) -> Result<Value, CliError> {
-        let rest = self
-            .server
-            .strip_prefix("http://")
-            .ok_or_else(|| CliError::msg(format!("Server URL {} must start with http:// (HTTPS comes with a TLS proxy in front of the API)", self.server)))?;
-        let hostport = rest.trim_end_matches('/');
-        let (host, port) = match hostport.rsplit_once(':') {
-            Some((h, p)) => (
-                h,
-                p.parse::<u16>().map_err(|_| {
-                    CliError::msg(format!("Bad port in server URL {}", self.server))
-                })?,
-            ),
-            None => (hostport, 80),
-        };
-        let (status, text) = crate::dev::http_request(host, port, method, path, token, body)?;
+        let (host, port) = self.address()?;
+        let (status, text) = crate::dev::http_request(&host, port, method, path, token, body)?;
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         if !(200..300).contains(&status) {
             let message = value["error"]["message"]
@@ -76,6 +63,61 @@ impl Conn {
             return Err(CliError::msg(message));
         }
         Ok(value)
+    }
+
+    /// The server's host and port, from its URL.
+    fn address(&self) -> Result<(String, u16), CliError> {
+        let rest = self
+            .server
+            .strip_prefix("http://")
+            .ok_or_else(|| CliError::msg(format!("Server URL {} must start with http:// (HTTPS comes with a TLS proxy in front of the API)", self.server)))?;
+        let hostport = rest.trim_end_matches('/');
+        Ok(match hostport.rsplit_once(':') {
+            Some((h, p)) => (
+                h.to_owned(),
+                p.parse::<u16>().map_err(|_| {
+                    CliError::msg(format!("Bad port in server URL {}", self.server))
+                })?,
+            ),
+            None => (hostport.to_owned(), 80),
+        })
+    }
+
+    /// Follows the event stream, calling `each` for every event until the server closes it.
+    fn follow(&self, query: &str, mut each: impl FnMut(&Value)) -> Result<(), CliError> {
+        use std::io::{BufRead, Write};
+        let token = self.token()?;
+        let (host, port) = self.address()?;
+        let mut s = std::net::TcpStream::connect((host.as_str(), port))
+            .map_err(|e| CliError::msg(format!("Cannot reach the server at {host}:{port}: {e}")))?;
+        write!(
+            s,
+            "GET /api/v1/events/stream?{query} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {}\r\nAccept: text/event-stream\r\n\r\n",
+            token.as_str()
+        )
+        .map_err(|e| CliError::msg(format!("Cannot ask the server for events: {e}")))?;
+        let mut reader = std::io::BufReader::new(s);
+        let mut status = String::new();
+        reader
+            .read_line(&mut status)
+            .map_err(|e| CliError::msg(format!("The event stream broke: {e}")))?;
+        if !status.contains(" 200 ") {
+            return Err(CliError::msg(format!(
+                "The server refused the event stream: {}",
+                status.trim()
+            )));
+        }
+        for line in reader.lines() {
+            let line = line.map_err(|e| CliError::msg(format!("The event stream broke: {e}")))?;
+            if let Some(data) = line.strip_prefix("data:") {
+                if let Ok(v) = serde_json::from_str::<Value>(data.trim()) {
+                    each(&v);
+                }
+            }
+        }
+        Err(CliError::msg(
+            "The server closed the event stream; run the command again to go on",
+        ))
     }
 
     pub(crate) fn is_json(&self) -> bool {
@@ -578,7 +620,15 @@ enum HostSub {
         ttl: i64,
     },
     List,
+    /// One host and its VMs.
+    Show {
+        name: String,
+    },
     EnableEncryption {
+        name: String,
+    },
+    /// Take the host out of encryption mode; it ends when the host restarts.
+    DisableEncryption {
         name: String,
     },
     /// Stop the host's VMs and empty its key cache, as a restart does.
@@ -612,13 +662,48 @@ pub fn run_host(cmd: HostCommand) -> Result<(), CliError> {
                                     h["name"].as_str().unwrap_or("-").into(),
                                     h["connected"].to_string(),
                                     h["cryptoState"].as_str().unwrap_or("-").into(),
+                                    h["vmCount"].to_string(),
+                                    h["lockedVmCount"].to_string(),
+                                    h["keysHeld"].to_string(),
                                 ]
                             })
                             .collect()
                     })
                     .unwrap_or_default();
-                output::table(&["NAME", "CONNECTED", "ENCRYPTION MODE"], &rows)
+                output::table(
+                    &[
+                        "NAME",
+                        "CONNECTED",
+                        "ENCRYPTION MODE",
+                        "VMS",
+                        "LOCKED",
+                        "KEYS HELD",
+                    ],
+                    &rows,
+                )
             });
+        }
+        HostSub::Show { name } => {
+            let v = c.call("GET", &format!("/api/v1/hosts/{name}"), "")?;
+            c.print(&v, |h| {
+                format!(
+                    "name:            {}\nconnected:       {}\nencryption mode: {}\nkeys held:       {}\nlast seen:       {}\n\n{}",
+                    h["name"].as_str().unwrap_or("?"),
+                    h["connected"],
+                    h["cryptoState"].as_str().unwrap_or("-"),
+                    h["keysHeld"],
+                    output::time(h["lastSeen"].as_i64().unwrap_or(0)),
+                    vm_rows(&h["vms"])
+                )
+            });
+        }
+        HostSub::DisableEncryption { name } => {
+            c.call(
+                "POST",
+                &format!("/api/v1/hosts/{name}/disable-encryption"),
+                "",
+            )?;
+            println!("{name}: encryption mode ends when the host restarts");
         }
         HostSub::Reboot { name } => {
             c.call("POST", &format!("/api/v1/hosts/{name}/reboot"), "")?;
@@ -649,6 +734,10 @@ enum EventSub {
     List {
         #[arg(long)]
         vm: Option<String>,
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long)]
+        provider: Option<String>,
         #[arg(long = "type")]
         event_type: Option<String>,
         /// Seconds since the epoch.
@@ -656,6 +745,9 @@ enum EventSub {
         since: Option<i64>,
         #[arg(long, default_value = "en")]
         lang: String,
+        /// After the list, print events as they happen, until interrupted.
+        #[arg(long, short = 'f')]
+        follow: bool,
     },
 }
 
@@ -663,13 +755,22 @@ pub fn run_event(cmd: EventCommand) -> Result<(), CliError> {
     let c = &cmd.conn;
     let EventSub::List {
         vm,
+        host,
+        provider,
         event_type,
         since,
         lang,
+        follow,
     } = cmd.command;
     let mut q = vec![format!("lang={lang}")];
     if let Some(v) = vm {
         q.push(format!("vm={v}"));
+    }
+    if let Some(h) = host {
+        q.push(format!("host={h}"));
+    }
+    if let Some(p) = provider {
+        q.push(format!("provider={p}"));
     }
     if let Some(t) = event_type {
         q.push(format!("type={t}"));
@@ -696,5 +797,30 @@ pub fn run_event(cmd: EventCommand) -> Result<(), CliError> {
             .unwrap_or_default();
         output::table(&["TIME", "TYPE", "VM", "MESSAGE"], &rows)
     });
+    if follow {
+        // Go on from the last event listed, so that nothing falls between list and stream.
+        let last = v
+            .as_array()
+            .and_then(|a| a.last())
+            .and_then(|e| e["id"].as_i64());
+        let mut query = q.clone();
+        query.push(format!("after={}", last.unwrap_or(0)));
+        let json = c.is_json();
+        c.follow(&query.join("&"), |e| {
+            if json {
+                println!("{e}");
+            } else {
+                println!(
+                    "{}  {}  {}  {}",
+                    output::time(e["time"].as_i64().unwrap_or(0)),
+                    e["type"].as_str().unwrap_or("-"),
+                    e["vm"].as_str().unwrap_or("-"),
+                    e["message"].as_str().unwrap_or("")
+                );
+            }
+            use std::io::Write as _;
+            let _ = std::io::stdout().flush();
+        })?;
+    }
     Ok(())
 }

@@ -59,10 +59,48 @@ fn keys_missing_only_on_the_host_are_pushed_by_an_unlock() {
             .contains("Die virtuelle Maschine ist gesperrt, weil Schlüssel auf dem Host fehlen.")
     });
 
+    // Someone follows the events as they happen.
+    let mut follower = std::process::Command::new(common::TRESOR)
+        .args(["event", "list", "--vm", "web02", "--follow", "-o", "json"])
+        .env("TRESOR_SERVER", format!("http://127.0.0.1:{}", dev.port))
+        .env("TRESOR_TOKEN", &dev.token)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let follower_out = follower.stdout.take().unwrap();
+    let _follower = common::Proc(follower);
+
     // Unlock by host, with progress; nothing happened on the provider.
     let out = dev.ok(&["vm", "unlock", "--host", "host-1"]);
     assert!(out.contains("2 of 2 unlocked"), "{out}");
     assert!(out.contains("[1/2]") && out.contains("[2/2]"), "{out}");
+    // The follower saw web02 unlocked as it happened, after what was listed.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(follower_out)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("\"vm.unlocked\"")) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        seen.push(
+            rx.recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no vm.unlocked followed: {seen:?}")),
+        );
+    }
+    assert!(
+        seen.iter()
+            .all(|l| l.contains("\"web02\"") || !l.starts_with('{')),
+        "{seen:?}"
+    );
     let (ok, out, _) = dev.cli(&["vm", "unlock", "--all", "-o", "json"]);
     assert!(ok, "nothing left to unlock is not an error");
     assert_eq!(
@@ -76,6 +114,28 @@ fn keys_missing_only_on_the_host_are_pushed_by_an_unlock() {
         out.contains("read 8192/8192 bytes") && !out.contains("failed"),
         "{out}"
     );
+    // The host as the CLI shows it, then out of encryption mode.
+    let host: serde_json::Value =
+        serde_json::from_str(&dev.ok(&["host", "show", "host-1", "-o", "json"])).unwrap();
+    assert_eq!(host["vms"].as_array().unwrap().len(), 2, "{host}");
+    assert_eq!(host["lockedVmCount"], 0, "{host}");
+    assert!(host["keysHeld"].as_u64().unwrap() >= 2, "{host}");
+    assert!(dev.ok(&["host", "list"]).contains("KEYS HELD"));
+    dev.ok(&["host", "disable-encryption", "host-1"]);
+    assert_eq!(
+        dev.ok(&["host", "show", "host-1", "-o", "json"])
+            .contains("pendingIncapable"),
+        true
+    );
+    let events = dev.ok(&[
+        "event",
+        "list",
+        "--host",
+        "host-1",
+        "--type",
+        "host.crypto.disabled",
+    ]);
+    assert!(events.contains("ends when the host restarts"), "{events}");
     // An unlock naming a VM that does not exist says so.
     let (ok, _, err) = dev.cli(&["vm", "unlock", "nope"]);
     assert!(!ok && err.contains("nope"), "{err}");

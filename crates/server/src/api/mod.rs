@@ -487,6 +487,91 @@ async fn list_hosts(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&s, &headers, Privilege::SystemView, "Listing hosts")?;
+    Ok(Json(Value::Array(host_views(&s)?)))
+}
+
+/// One host, with its VMs.
+async fn show_host(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&s, &headers, Privilege::SystemView, "Reading a host")?;
+    let mut host = host_views(&s)?
+        .into_iter()
+        .find(|h| h["name"] == name.as_str())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "notFound",
+                format!("No host {name}; list them with `tresor host list`"),
+            )
+        })?;
+    let vms: Vec<Value> = s
+        .store
+        .vms()?
+        .iter()
+        .filter(|v| v.host == name)
+        .map(vm_json)
+        .collect();
+    host["vms"] = Value::Array(vms);
+    Ok(Json(host))
+}
+
+/// Takes a host out of encryption mode; the mode ends when the host restarts.
+async fn disable_encryption(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(host): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let user = authorize(
+        &s,
+        &headers,
+        Privilege::CryptoRegisterHost,
+        &format!("Disabling encryption on host {host}"),
+    )?;
+    let mut record = s
+        .store
+        .hosts()?
+        .into_iter()
+        .find(|h| h.name == host)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "notFound",
+                format!("No host {host}; list them with `tresor host list`"),
+            )
+        })?;
+    reply_error(
+        s.hub
+            .request(
+                &host,
+                tresor_core::protocol::Command::DisableEncryption,
+                AGENT_TIMEOUT,
+            )
+            .await
+            .map_err(agent_error)?,
+    )?;
+    record.crypto_state = "pendingIncapable".into();
+    s.store.put_host(&record)?;
+    s.store.add_event(&crate::store::EventRow {
+        id: 0,
+        time: crate::enrol::now(),
+        event_type: tresor_core::events::HOST_CRYPTO_DISABLED.id.into(),
+        severity: "info".into(),
+        vm: None,
+        host: Some(host.clone()),
+        provider: None,
+        user: Some(user),
+        args: vec![("host".into(), host.clone())],
+    })?;
+    Ok(Json(
+        json!({"host": host, "cryptoState": "pendingIncapable"}),
+    ))
+}
+
+/// The hosts as the API shows them.
+fn host_views(s: &AppState) -> Result<Vec<Value>, ApiError> {
     let connected = s.hub.connected();
     let vms = s.store.vms()?;
     let hosts: Vec<Value> = s
@@ -513,7 +598,7 @@ async fn list_hosts(
             })
         })
         .collect();
-    Ok(Json(Value::Array(hosts)))
+    Ok(hosts)
 }
 
 #[derive(Debug, Deserialize)]
@@ -1355,6 +1440,11 @@ pub fn router(state: AppState) -> Router {
             post(enable_encryption),
         )
         .route("/api/v1/hosts/{name}/reboot", post(reboot_host))
+        .route("/api/v1/hosts/{name}", get(show_host))
+        .route(
+            "/api/v1/hosts/{name}/disable-encryption",
+            post(disable_encryption),
+        )
         .route("/api/v1/events", get(list_events))
         .route("/api/v1/events/stream", get(stream_events))
         .route("/api/v1/alarms", get(list_alarms))

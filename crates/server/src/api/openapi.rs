@@ -48,6 +48,8 @@ ops! {
     "get" "/api/v1/hosts" "hosts" Some(P::SystemView), "", "List hosts";
     "post" "/api/v1/hosts/token" "hosts" Some(P::CryptoRegisterHost), r#"{"ttlSecs": 3600}"#, "A one-time join token for `tresor agent join`";
     "post" "/api/v1/hosts/{name}/enable-encryption" "hosts" Some(P::CryptoRegisterHost), "", "Put a host in encryption mode";
+    "get" "/api/v1/hosts/{name}" "hosts" Some(P::SystemView), "", "A host and its VMs";
+    "post" "/api/v1/hosts/{name}/disable-encryption" "hosts" Some(P::CryptoRegisterHost), "", "Take a host out of encryption mode (it ends when the host restarts)";
     "post" "/api/v1/hosts/{name}/reboot" "hosts" Some(P::HostConfig), "", "Stop a host's VMs and empty its key cache, as a restart does";
     "get" "/api/v1/providers" "providers" Some(P::CryptoReadKeyServersInfo), "", "List key providers";
     "post" "/api/v1/providers" "providers" Some(P::CryptoManageKeyServers), r#"{"name": "corp-kms", "endpoints": ["kms1:5696"], "caPem": "-----BEGIN CERTIFICATE-----…", "csr": true}"#, "Add a key provider (client certificate uploaded, self-signed or from a CSR)";
