@@ -178,6 +178,13 @@ enum UserSub {
         name: String,
         role: String,
     },
+    /// Set a user's password (your own, or anyone's with Authorization.ModifyPermissions).
+    Passwd {
+        name: String,
+        /// A file whose first line is the new password (at least 12 characters).
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
 }
 
 pub fn run_user(cmd: UserCommand) -> Result<(), CliError> {
@@ -214,6 +221,15 @@ pub fn run_user(cmd: UserCommand) -> Result<(), CliError> {
         UserSub::Remove { name } => {
             c.call("DELETE", &format!("/api/v1/users/{name}"), "")?;
             println!("user {name} removed");
+        }
+        UserSub::Passwd {
+            name,
+            password_file,
+        } => {
+            let password = read_password(password_file.as_deref(), "New password: ")?;
+            let body = Zeroizing::new(json!({"password": password.as_str()}).to_string());
+            c.call("PUT", &format!("/api/v1/users/{name}/password"), &body)?;
+            println!("password of {name} set");
         }
         UserSub::Revoke { name, role } => {
             c.call("DELETE", &format!("/api/v1/users/{name}/roles/{role}"), "")?;
@@ -336,5 +352,26 @@ pub fn run_grant(a: GrantArgs) -> Result<(), CliError> {
         &json!({"role": a.role}).to_string(),
     )?;
     println!("{}: {}", a.user, join(&v["roles"]));
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct LogoutArgs {
+    #[command(flatten)]
+    conn: Conn,
+}
+
+/// Ends the session on the server and forgets the stored token.
+pub fn run_logout(a: LogoutArgs) -> Result<(), CliError> {
+    a.conn.call("POST", "/api/v1/logout", "")?;
+    if let Some(path) = credentials_file() {
+        let mut all = read_credentials(&path)?;
+        if all.remove(a.conn.server.trim_end_matches('/')).is_some() {
+            let text = Value::Object(all).to_string();
+            std::fs::write(&path, text)
+                .map_err(|e| CliError::msg(format!("Cannot write {}: {e}", path.display())))?;
+        }
+    }
+    println!("Logged out of {}", a.conn.server);
     Ok(())
 }

@@ -44,6 +44,8 @@ enum Command {
     Alarm(admin::AlarmCommand),
     /// Log in with a user's password; the token is kept for the following commands.
     Login(access::LoginArgs),
+    /// End the session: the token stops working and is forgotten.
+    Logout(access::LogoutArgs),
     /// Users: add, list, remove, revoke a role.
     User(access::UserCommand),
     /// Roles: the built-in ones and your own.
@@ -94,6 +96,7 @@ pub fn main() -> ExitCode {
         Command::Settings(c) => admin::run_settings(c),
         Command::Alarm(c) => admin::run_alarm(c),
         Command::Login(a) => access::run_login(a),
+        Command::Logout(a) => access::run_logout(a),
         Command::User(c) => access::run_user(c),
         Command::Role(c) => access::run_role(c),
         Command::Grant(a) => access::run_grant(a),

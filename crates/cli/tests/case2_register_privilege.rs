@@ -114,10 +114,48 @@ fn registering_a_vm_whose_keys_must_be_fetched_needs_the_privilege() {
         std::fs::read_to_string(log).unwrap()
     );
 
-    // The operator cannot change who may do what.
+    // The operator cannot change who may do what, nor another user's password; its own it can.
     let (ok, _, err) = op("", &["grant", "operator", "Administrator"]);
     assert!(
         !ok && err.contains("Authorization.ModifyPermissions"),
         "{err}"
     );
+    let (ok, _, err) = op("someone-elses-pass\n", &["user", "passwd", "admin"]);
+    assert!(
+        !ok && err.contains("Authorization.ModifyPermissions"),
+        "{err}"
+    );
+    let (ok, _, err) = op("a-new-long-password\n", &["user", "passwd", "operator"]);
+    assert!(ok, "{err}");
+    // Logging out ends the token on the server and forgets it here.
+    let stored: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&creds).unwrap()).unwrap();
+    let old_token = stored
+        .as_object()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (ok, _, err) = op("", &["logout"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = op("", &["vm", "list"]);
+    assert!(!ok && err.contains("tresor login"), "{err}");
+    let (ok, _, err) = dev.cli_as(&old_token, &["vm", "list"]);
+    assert!(
+        !ok && err.contains("not valid"),
+        "the old token is dead: {err}"
+    );
+    let (ok, _, err) = op(
+        "operators-long-password\n",
+        &["login", "--user", "operator"],
+    );
+    assert!(
+        !ok && err.contains("Wrong"),
+        "the old password is gone: {err}"
+    );
+    let (ok, _, err) = op("a-new-long-password\n", &["login", "--user", "operator"]);
+    assert!(ok, "{err}");
 }

@@ -149,6 +149,10 @@ function cryptoBadge(vm) {
 }
 
 function signOut() {
+  if (state.token) {
+    // The token stops working on the server too.
+    fetch("/api/v1/logout", { method: "POST", headers: { Authorization: "Bearer " + state.token } }).catch(() => {});
+  }
   sessionStorage.removeItem("tresor.token");
   state.token = null;
   state.me = null;

@@ -122,6 +122,20 @@ impl<'a> Accounts<'a> {
         Ok(())
     }
 
+    /// Sets a user's password.
+    pub fn set_password(&self, name: &str, password: &str) -> Result<(), AccountError> {
+        if password.chars().count() < 12 {
+            return Err(AccountError::WeakPassword);
+        }
+        if !self
+            .store
+            .set_password_hash(name, &hash_password(password)?)?
+        {
+            return Err(AccountError::NoUser(name.into()));
+        }
+        Ok(())
+    }
+
     /// Checks a password and hands out a new token for the user.
     pub fn login(&self, name: &str, password: &str) -> Result<Zeroizing<String>, AccountError> {
         let hash = self.store.password_hash(name)?;

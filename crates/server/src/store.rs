@@ -638,6 +638,14 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets a token; false if there was none.
+    pub fn remove_token(&self, token_hash: &str) -> Result<bool, StoreError> {
+        Ok(self.conn().execute(
+            "DELETE FROM tokens WHERE token_hash = ?1",
+            params![token_hash],
+        )? > 0)
+    }
+
     /// The user an API token belongs to.
     pub fn token_user(&self, token_hash: &str) -> Result<Option<String>, StoreError> {
         Ok(self

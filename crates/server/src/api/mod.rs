@@ -147,6 +147,33 @@ pub fn token_hash(token: &str) -> String {
         .collect()
 }
 
+/// The bearer token of a request.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .filter(|t| !t.is_empty())
+}
+
+/// The user a request's token belongs to.
+fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
+    let token = bearer(headers).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "No API token; log in with `tresor login` or set TRESOR_TOKEN",
+        )
+    })?;
+    state.store.token_user(&token_hash(token))?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "The API token is not valid; log in again with `tresor login`",
+        )
+    })
+}
+
 /// The user a request comes from, if it may do `action` with `privilege`.
 fn authorize(
     state: &AppState,
@@ -154,24 +181,7 @@ fn authorize(
     privilege: Privilege,
     action: &str,
 ) -> Result<String, ApiError> {
-    let token = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-                "No API token; log in with `tresor login` or set TRESOR_TOKEN",
-            )
-        })?;
-    let user = state.store.token_user(&token_hash(token))?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthenticated",
-            "The API token is not valid; log in again with `tresor login`",
-        )
-    })?;
+    let user = authenticate(state, headers)?;
     let privileges = state.store.privileges_of(&user)?;
     if !privileges.iter().any(|p| p == privilege.id()) {
         let denied = tresor_core::access::Denied {
@@ -1472,6 +1482,11 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/login", post(users::login))
         .route("/api/v1/me", get(users::me))
+        .route("/api/v1/logout", post(users::logout))
+        .route(
+            "/api/v1/users/{name}/password",
+            axum::routing::put(users::set_password),
+        )
         .route("/api/v1/me/lang", axum::routing::put(users::set_lang))
         .route(
             "/api/v1/users",

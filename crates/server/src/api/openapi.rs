@@ -63,10 +63,12 @@ ops! {
     "get" "/api/v1/alarms" "alarms" Some(P::SystemView), "", "Active alarms with what to do next";
     "post" "/api/v1/alarms/{id}/ack" "alarms" Some(P::AlarmAcknowledge), "", "Acknowledge an alarm";
     "post" "/api/v1/login" "access" None, r#"{"user": "alice", "password": "…"}"#, "Exchange a user's password for an API token";
+    "post" "/api/v1/logout" "access" None, "", "End the session: the request's token stops working";
     "get" "/api/v1/me" "access" Some(P::SystemView), "", "The token's user, roles, privileges and language";
     "put" "/api/v1/me/lang" "access" Some(P::SystemView), r#"{"value": "de"}"#, "Remember the user's language (`value`: en or de)";
     "get" "/api/v1/users" "access" Some(P::AuthorizationModify), "", "List users and their roles";
     "post" "/api/v1/users" "access" Some(P::AuthorizationModify), r#"{"name": "alice", "password": "…", "roles": ["NoCryptoAdmin"]}"#, "Add a user (password of at least 12 characters, roles)";
+    "put" "/api/v1/users/{name}/password" "access" Some(P::AuthorizationModify), r#"{"password": "…"}"#, "Set a user's password (one's own needs no privilege)";
     "delete" "/api/v1/users/{name}" "access" Some(P::AuthorizationModify), "", "Remove a user and its tokens";
     "post" "/api/v1/users/{name}/roles" "access" Some(P::AuthorizationModify), r#"{"role": "ReadOnly"}"#, "Grant a role";
     "delete" "/api/v1/users/{name}/roles/{role}" "access" Some(P::AuthorizationModify), "", "Take a role away";
@@ -145,7 +147,7 @@ pub fn document() -> Value {
             operation["requestBody"] = json!({"content": {"application/json": {
                 "schema": {"type": "object"}, "example": example}}});
         }
-        if op.privilege.is_none() {
+        if op.privilege.is_none() && !op.path.ends_with("/logout") {
             operation["security"] = json!([]);
         }
         let entry = paths.entry(op.path.to_owned()).or_insert_with(|| json!({}));

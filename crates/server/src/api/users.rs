@@ -295,3 +295,52 @@ pub(super) async fn remove_role(
     Accounts::new(&s.store).remove_role(&name)?;
     Ok(Json(json!({"name": name, "removed": true})))
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NewPassword {
+    password: Zeroizing<String>,
+}
+
+/// Sets a user's password: one's own with any valid token, another's with
+/// `Authorization.ModifyPermissions`.
+pub(super) async fn set_password(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<NewPassword>,
+) -> Result<Json<Value>, ApiError> {
+    let me = super::authenticate(&s, &headers)?;
+    if me != name {
+        authorize(
+            &s,
+            &headers,
+            Privilege::AuthorizationModify,
+            &format!("Setting the password of user {name}"),
+        )?;
+    }
+    let store = s.store.clone();
+    let who = name.clone();
+    tokio::task::spawn_blocking(move || Accounts::new(&store).set_password(&who, &body.password))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Setting the password failed; see the server log",
+            )
+        })??;
+    Ok(Json(json!({"user": name, "password": "set"})))
+}
+
+/// Ends the session: the token used for this request stops working.
+pub(super) async fn logout(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let user = super::authenticate(&s, &headers)?;
+    if let Some(token) = super::bearer(&headers) {
+        s.store.remove_token(&super::token_hash(token))?;
+    }
+    Ok(Json(json!({"user": user, "loggedOut": true})))
+}
