@@ -123,6 +123,19 @@ fn a_key_deactivated_on_the_provider_locks_and_its_reactivation_unlocks() {
     dev.kms_admin(&["key", "activate", key]);
     let out = dev.ok(&["vm", "unlock", "web01"]);
     assert!(out.contains("1 of 1 unlocked"), "{out}");
+    // The unlock is audited: who, what, which key.
+    let audit = dev.ok(&[
+        "event",
+        "list",
+        "--vm",
+        "web01",
+        "--type",
+        "crypto.operation",
+    ]);
+    assert!(
+        audit.contains(&format!("admin performed unlock with key {key}.")),
+        "{audit}"
+    );
     let v = dev.vm("web01");
     assert_eq!(
         (v["cryptoState"].as_str(), v["lockReason"].as_str()),

@@ -364,15 +364,30 @@ async fn unlock_vm(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(
+    let user = authorize(
         &s,
         &headers,
         Privilege::CryptoRegisterVm,
         &format!("Unlocking VM {name}"),
     )?;
-    s.store.vm(&name)?.ok_or_else(|| no_vm(&name))?;
+    let record = s.store.vm(&name)?.ok_or_else(|| no_vm(&name))?;
     s.engine.request_unlock(&name);
+    audit_unlock(&s, &user, &record)?;
     Ok(Json(json!({"vm": name, "unlock": "requested"})))
+}
+
+/// The audit record of an unlock a person asked for (the VM's key names it).
+fn audit_unlock(s: &AppState, user: &str, record: &VmRecord) -> Result<(), ApiError> {
+    if let (Some(p), Some(id)) = (&record.key_provider, &record.key_id) {
+        record_crypto(
+            s,
+            user,
+            "unlock",
+            &record.name,
+            &tresor_core::ids::KeyRef::new(p, id),
+        )?;
+    }
+    Ok(())
 }
 
 /// `POST /api/v1/vms/unlock`: which VMs to unlock.
@@ -426,7 +441,7 @@ async fn unlock_many(
     } else {
         format!("Unlocking VM {}", req.names.join(", "))
     };
-    authorize(&s, &headers, Privilege::CryptoRegisterVm, &what)?;
+    let user = authorize(&s, &headers, Privilege::CryptoRegisterVm, &what)?;
     let vms: Vec<VmRecord> = if !req.names.is_empty() {
         let mut v = Vec::new();
         for n in &req.names {
@@ -462,6 +477,7 @@ async fn unlock_many(
     let mut requested = Vec::new();
     for vm in vms {
         s.engine.request_unlock(&vm.name);
+        audit_unlock(&s, &user, &vm)?;
         requested.push(vm.name);
     }
     Ok(Json(json!({"requested": requested})))
