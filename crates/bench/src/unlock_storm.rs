@@ -1,0 +1,540 @@
+//! The unlock storm: many hosts behind the real agent protocol against a real `tresor server`
+//! process and a real `tresor kms` process. The provider goes away (a TCP proxy here refuses
+//! it), every host restarts, every VM locks; the provider returns; how long until every VM is
+//! unlocked, how much memory the server used, and how fast `GET /api/v1/vms` answered meanwhile.
+//!
+//! The hosts are SIMULATED: each speaks the agent protocol over mutual TLS exactly as
+//! `tresor agent` does, but holds its VMs as data (no QEMU, no disks). This backend exists only
+//! for scale runs like this one.
+//!
+//! unlock-storm --tresor BIN --hosts N --vms-per-host M
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tresor_core::host::HostCryptoState;
+use tresor_core::ids::KeyRef;
+use tresor_core::protocol::{
+    self, AgentMessage, Command, FrameDecoder, HostKey, PowerState, Reply, ServerMessage, VmReport,
+};
+use tresor_core::vm::KeyUse;
+use tresor_kmip_client::{ClientConfig, KmipClient};
+use tresor_tls::{CertKind, CertificateAuthority};
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// The `tresor` binary.
+    #[arg(long)]
+    tresor: PathBuf,
+    #[arg(long, default_value_t = 2500)]
+    hosts: usize,
+    #[arg(long, default_value_t = 16)]
+    vms_per_host: usize,
+    /// Where to keep the server's and key server's data (a fresh folder).
+    #[arg(long)]
+    dir: PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A process this benchmark started; stopped when dropped.
+struct Child(std::process::Child);
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &self.0.id().to_string()])
+            .status();
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(bin: &Path, args: &[&str], log: &Path) -> Child {
+    let log = std::fs::File::create(log).expect("log file");
+    Child(
+        std::process::Command::new(bin)
+            .args(args)
+            .env("TRESOR_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start tresor"),
+    )
+}
+
+fn run(bin: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(bin)
+        .args(args)
+        .output()
+        .expect("run tresor");
+    assert!(
+        out.status.success(),
+        "tresor {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn wait_port(port: u16) {
+    for _ in 0..300 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("port {port} did not open");
+}
+
+/// The TCP proxy between server and key server: `open` false refuses, as a cut network does.
+async fn proxy(port: u16, target: u16, open: Arc<AtomicBool>) {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("proxy port");
+    loop {
+        let Ok((mut inbound, _)) = listener.accept().await else {
+            continue;
+        };
+        if !open.load(Ordering::SeqCst) {
+            continue;
+        }
+        let open = open.clone();
+        tokio::spawn(async move {
+            let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+            else {
+                return;
+            };
+            let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
+            tokio::pin!(copy);
+            loop {
+                tokio::select! {
+                    _ = &mut copy => return,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                        if !open.load(Ordering::SeqCst) {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// One simulated host: its VMs (as data) and the keys it holds.
+struct SimHost {
+    name: String,
+    vms: Vec<(String, KeyRef)>,
+    held: Mutex<HashSet<KeyRef>>,
+    boot: AtomicU64,
+}
+
+impl SimHost {
+    fn inventory(&self) -> (Vec<VmReport>, Vec<KeyRef>) {
+        let held = self.held.lock().expect("held");
+        let vms = self
+            .vms
+            .iter()
+            .map(|(name, key)| VmReport {
+                id: format!("id-{name}"),
+                name: name.clone(),
+                path: format!("/datastore/{name}"),
+                encrypted: true,
+                power_state: PowerState::PoweredOff,
+                key_id: Some(key.clone()),
+                keys: vec![HostKey {
+                    key: key.clone(),
+                    uses: vec![KeyUse::Home, KeyUse::Disk("disk0.qcow2".into())],
+                    on_host: held.contains(key),
+                }],
+                disks: vec![format!("/datastore/{name}/disk0.qcow2")],
+            })
+            .collect();
+        (vms, held.iter().cloned().collect())
+    }
+}
+
+async fn send(
+    w: &mut tokio::io::WriteHalf<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    m: &AgentMessage,
+) -> std::io::Result<()> {
+    let frame = protocol::encode(m).map_err(std::io::Error::other)?;
+    w.write_all(&frame).await?;
+    w.flush().await
+}
+
+/// Runs a simulated host's session until `restart` changes its boot id, then dials again.
+async fn host_session(
+    host: Arc<SimHost>,
+    server: String,
+    tls: Arc<tresor_tls::rustls::ClientConfig>,
+) {
+    loop {
+        let boot = host.boot.load(Ordering::SeqCst);
+        let result: std::io::Result<()> = async {
+            let tcp = tokio::net::TcpStream::connect(&server).await?;
+            let _ = tcp.set_nodelay(true);
+            let name =
+                tresor_tls::ServerName::try_from("localhost").map_err(std::io::Error::other)?;
+            let stream = tokio_rustls::TlsConnector::from(tls.clone())
+                .connect(name, tcp)
+                .await?;
+            let (mut r, mut w) = tokio::io::split(stream);
+            let (vms, held) = host.inventory();
+            send(
+                &mut w,
+                &AgentMessage::Hello {
+                    host: host.name.clone(),
+                    protocol: protocol::VERSION,
+                    agent_version: "simulated".into(),
+                    boot_id: format!("boot-{boot}"),
+                    crypto_state: HostCryptoState::Safe,
+                    keys_held: held.clone(),
+                },
+            )
+            .await?;
+            send(
+                &mut w,
+                &AgentMessage::Inventory {
+                    vms,
+                    keys_held: held,
+                },
+            )
+            .await?;
+            let mut decoder = FrameDecoder::default();
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut seq = 0;
+            loop {
+                if host.boot.load(Ordering::SeqCst) != boot {
+                    return Ok(()); // restarted: dial again with the new boot id
+                }
+                let n = match tokio::time::timeout(Duration::from_secs(5), r.read(&mut buf)).await {
+                    Ok(n) => n?,
+                    Err(_) => {
+                        seq += 1;
+                        send(&mut w, &AgentMessage::Heartbeat { seq }).await?;
+                        continue;
+                    }
+                };
+                if n == 0 {
+                    return Err(std::io::Error::other("server closed"));
+                }
+                decoder.push(&buf[..n]);
+                while let Some(m) = decoder
+                    .next_message::<ServerMessage>()
+                    .map_err(std::io::Error::other)?
+                {
+                    if let ServerMessage::Request { id, body } = m {
+                        let reply = match body {
+                            Command::PushKeys { keys } => {
+                                let mut held = host.held.lock().expect("held");
+                                held.extend(keys.into_iter().map(|k| k.key));
+                                Reply::Done
+                            }
+                            Command::EnableEncryption { .. } => Reply::Done,
+                            _ => Reply::Failed {
+                                code: "simulated".into(),
+                                message: "not simulated".into(),
+                            },
+                        };
+                        send(&mut w, &AgentMessage::Reply { id, reply }).await?;
+                        let (vms, held) = host.inventory();
+                        send(
+                            &mut w,
+                            &AgentMessage::Inventory {
+                                vms,
+                                keys_held: held,
+                            },
+                        )
+                        .await?;
+                    }
+                }
+            }
+        }
+        .await;
+        if let Err(e) = result {
+            if host.boot.load(Ordering::SeqCst) == boot {
+                eprintln!("{}: session ended: {e}", host.name);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// `GET /api/v1/vms`: the time it took and the count of VMs in each crypto state.
+async fn list_vms(api: u16, token: &str) -> (Duration, usize, usize, usize) {
+    let started = Instant::now();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", api))
+        .await
+        .expect("api");
+    let req = format!("GET /api/v1/vms HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("send");
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.expect("read");
+    let took = started.elapsed();
+    let text = String::from_utf8_lossy(&out);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("[]");
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    let vms = v.as_array().cloned().unwrap_or_default();
+    let count = |state: &str| vms.iter().filter(|v| v["cryptoState"] == state).count();
+    (took, vms.len(), count("locked"), count("unlocked"))
+}
+
+fn rss_peak_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let bin = args.tresor.clone();
+    let dir = args.dir.clone();
+    std::fs::create_dir_all(&dir).expect("dir");
+    let total = args.hosts * args.vms_per_host;
+
+    // The key server, and the proxy in front of it.
+    let (kms_port, proxy_port, api, agents) = (free_port(), free_port(), free_port(), free_port());
+    let kms_dir = dir.join("kms");
+    run(
+        &bin,
+        &[
+            "kms",
+            "init",
+            "--dir",
+            &kms_dir.display().to_string(),
+            "--listen",
+            &format!("127.0.0.1:{kms_port}"),
+        ],
+    );
+    let _kms = spawn(
+        &bin,
+        &[
+            "kms",
+            "serve",
+            "--config",
+            &kms_dir.join("kms.toml").display().to_string(),
+        ],
+        &dir.join("kms.log"),
+    );
+    wait_port(kms_port).await;
+    let open = Arc::new(AtomicBool::new(true));
+    tokio::spawn(proxy(proxy_port, kms_port, open.clone()));
+
+    // The keys, made as the server would (its identity owns them).
+    let ca = tresor_tls::parse_certs(
+        std::fs::read(kms_dir.join("tls/ca.pem"))
+            .expect("ca")
+            .as_slice(),
+        "ca",
+    )
+    .expect("ca");
+    let cert = tresor_tls::load_certs(&kms_dir.join("clients/tresor-server.pem")).expect("cert");
+    let key = tresor_tls::load_key(&kms_dir.join("clients/tresor-server.key")).expect("key");
+    let kms_tls = tresor_tls::client_config(&ca, cert, key).expect("tls");
+    let started = Instant::now();
+    let client = Arc::new(KmipClient::new(ClientConfig::new(
+        vec![format!("127.0.0.1:{kms_port}")],
+        kms_tls,
+    )));
+    let next = Arc::new(AtomicU64::new(0));
+    let ids = Arc::new(Mutex::new(Vec::with_capacity(total)));
+    let mut workers = Vec::new();
+    for _ in 0..16 {
+        let (client, next, ids) = (client.clone(), next.clone(), ids.clone());
+        workers.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::SeqCst) < total as u64 {
+                let id = client
+                    .create_active_aes_key(256, vec![])
+                    .await
+                    .expect("create");
+                ids.lock().expect("ids").push(id);
+            }
+        }));
+    }
+    for w in workers {
+        w.await.expect("worker");
+    }
+    let ids = std::mem::take(&mut *ids.lock().expect("ids"));
+    eprintln!(
+        "{} keys created in {:.1} s",
+        ids.len(),
+        started.elapsed().as_secs_f64()
+    );
+
+    // The server, trusting the key server through the proxy under the provider name tresor-kms.
+    let server_dir = dir.join("server");
+    let init = run(
+        &bin,
+        &[
+            "server",
+            "init",
+            "--data",
+            &server_dir.display().to_string(),
+            "--api-listen",
+            &format!("127.0.0.1:{api}"),
+            "--agent-listen",
+            &format!("127.0.0.1:{agents}"),
+        ],
+    );
+    let token = init.lines().last().expect("token").trim().to_owned();
+    let server = spawn(
+        &bin,
+        &[
+            "server",
+            "--config",
+            &server_dir.join("server.toml").display().to_string(),
+        ],
+        &dir.join("server.log"),
+    );
+    let server_pid = server.0.id();
+    wait_port(api).await;
+    let body = serde_json::json!({
+        "name": "tresor-kms",
+        "endpoints": [format!("127.0.0.1:{proxy_port}")],
+        "caPem": std::fs::read_to_string(kms_dir.join("tls/ca.pem")).expect("ca"),
+        "clientCertPem": std::fs::read_to_string(kms_dir.join("clients/tresor-server.pem")).expect("cert"),
+        "clientKeyPem": std::fs::read_to_string(kms_dir.join("clients/tresor-server.key")).expect("key"),
+    })
+    .to_string();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", api))
+        .await
+        .expect("api");
+    let req = format!("POST /api/v1/providers HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    s.write_all(req.as_bytes()).await.expect("send");
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.expect("read");
+    assert!(
+        String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"),
+        "provider: {}",
+        String::from_utf8_lossy(&out)
+    );
+
+    // The simulated hosts, each with its client certificate from the server's CA.
+    let server_ca = CertificateAuthority::from_pem(
+        &std::fs::read_to_string(server_dir.join("ca.pem")).expect("ca"),
+        &std::fs::read_to_string(server_dir.join("ca.key")).expect("ca key"),
+    )
+    .expect("server ca");
+    let roots = tresor_tls::parse_certs(server_ca.cert_pem().as_bytes(), "ca").expect("roots");
+    let mut hosts = Vec::new();
+    for h in 0..args.hosts {
+        let name = format!("host-{h}");
+        let issued = server_ca
+            .issue(CertKind::Client, &name, &[], 2)
+            .expect("cert");
+        let tls = tresor_tls::client_config(
+            &roots,
+            tresor_tls::parse_certs(issued.cert_pem.as_bytes(), "c").expect("c"),
+            tresor_tls::parse_key(issued.key_pem.as_bytes(), "k").expect("k"),
+        )
+        .expect("tls");
+        let vms: Vec<(String, KeyRef)> = (0..args.vms_per_host)
+            .map(|v| {
+                let i = h * args.vms_per_host + v;
+                (format!("vm-{i}"), KeyRef::new("tresor-kms", &ids[i]))
+            })
+            .collect();
+        let held = vms.iter().map(|(_, k)| k.clone()).collect();
+        let host = Arc::new(SimHost {
+            name,
+            vms,
+            held: Mutex::new(held),
+            boot: AtomicU64::new(0),
+        });
+        tokio::spawn(host_session(
+            host.clone(),
+            format!("127.0.0.1:{agents}"),
+            tls,
+        ));
+        hosts.push(host);
+    }
+    let started = Instant::now();
+    loop {
+        let (_, n, _, unlocked) = list_vms(api, &token).await;
+        if n == total && unlocked == total {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "the hosts never came up: {n} VMs, {unlocked} unlocked"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!(
+        "{} hosts, {total} VMs registered and unlocked in {:.1} s",
+        args.hosts,
+        started.elapsed().as_secs_f64()
+    );
+
+    // The storm: the provider goes away, every host restarts.
+    open.store(false, Ordering::SeqCst);
+    for h in &hosts {
+        h.held.lock().expect("held").clear();
+        h.boot.fetch_add(1, Ordering::SeqCst);
+    }
+    let started = Instant::now();
+    loop {
+        let (_, _, locked, _) = list_vms(api, &token).await;
+        if locked == total {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "not all VMs locked: {locked}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!(
+        "every VM locked after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    // The provider returns: time until every VM is unlocked, the API's latency meanwhile.
+    open.store(true, Ordering::SeqCst);
+    let started = Instant::now();
+    let mut latencies = Vec::new();
+    let unlock_time = loop {
+        let (took, _, _, unlocked) = list_vms(api, &token).await;
+        latencies.push(took);
+        if unlocked == total {
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(900),
+            "not all VMs unlocked: {unlocked}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    latencies.sort();
+    let p = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
+    let report = serde_json::json!({
+        "hosts": args.hosts,
+        "vms": total,
+        "unlockSeconds": (unlock_time.as_secs_f64() * 10.0).round() / 10.0,
+        "serverPeakRssMiB": rss_peak_kib(server_pid) / 1024,
+        "vmListRequests": latencies.len(),
+        "vmListP50Ms": p(0.5).as_millis(),
+        "vmListP99Ms": p(0.99).as_millis(),
+    });
+    println!("{report}");
+}
