@@ -100,6 +100,8 @@ pub struct AgentHub {
     next_id: AtomicU64,
     next_serial: AtomicU64,
     events: broadcast::Sender<HubEvent>,
+    /// The last report of each VM of each host, for a subscriber that fell behind.
+    inventories: Mutex<HashMap<String, HashMap<String, VmReport>>>,
 }
 
 impl std::fmt::Debug for AgentHub {
@@ -117,7 +119,8 @@ impl Default for AgentHub {
             sessions: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             next_serial: AtomicU64::new(1),
-            events: broadcast::channel(4096).0,
+            events: broadcast::channel(65536).0,
+            inventories: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -132,6 +135,21 @@ impl AgentHub {
         if let Ok(mut a) = self.authority.lock() {
             *a = Some(authority);
         }
+    }
+
+    /// What every connected host last reported of its VMs: a subscriber that fell behind the
+    /// events (and was told it lagged) catches up from this.
+    pub fn inventories(&self) -> Vec<(String, Vec<VmReport>)> {
+        let connected = self.connected();
+        self.inventories
+            .lock()
+            .map(|i| {
+                i.iter()
+                    .filter(|(h, _)| connected.contains(h))
+                    .map(|(h, vms)| (h.clone(), vms.values().cloned().collect()))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Events from agents, from now on.
@@ -356,6 +374,13 @@ impl AgentHub {
                             }
                         }
                         AgentMessage::Inventory { vms, keys_held } => {
+                            // An agent always reports all its VMs.
+                            if let Ok(mut inv) = self.inventories.lock() {
+                                inv.insert(
+                                    host.clone(),
+                                    vms.iter().map(|v| (v.name.clone(), v.clone())).collect(),
+                                );
+                            }
                             let _ = self.events.send(HubEvent::Inventory {
                                 host: host.clone(),
                                 vms,

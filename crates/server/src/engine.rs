@@ -7,6 +7,8 @@
 //! stored.
 
 use std::collections::HashMap;
+
+use futures_util::StreamExt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,6 +22,12 @@ use tresor_core::Lang;
 use crate::agents::{AgentHub, HubEvent};
 use crate::broker::KeyBroker;
 use crate::store::{EventRow, Store, VmRecord};
+
+/// How many provider requests and host pushes the engine has in flight at once.
+const CONCURRENCY: usize = 64;
+
+/// How many recent events the engine keeps in memory.
+const MEMORY_EVENTS: usize = 10_000;
 
 /// An event the engine recorded.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,6 +87,8 @@ struct State {
     /// Providers that did not answer, watched with one cheap request each so that their keys are
     /// asked for again as soon as they answer, not when each key's own backoff ends.
     down: HashMap<String, ProviderWatch>,
+    /// Events recorded but not stored yet.
+    unwritten: Vec<EventRow>,
 }
 
 #[derive(Clone, Debug)]
@@ -108,7 +118,7 @@ impl Default for EngineConfig {
             tick: Duration::from_millis(500),
             min_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(60),
-            provider_check_max: Duration::from_secs(5),
+            provider_check_max: Duration::from_secs(1),
             request_timeout: Duration::from_secs(30),
         }
     }
@@ -217,7 +227,7 @@ impl Engine {
             args,
         };
         tracing::info!(event = event.id, vm, host, "{}", record.message(Lang::En));
-        if let Some(store) = &self.store {
+        if self.store.is_some() {
             let row = EventRow {
                 id: 0,
                 time: crate::enrol::now(),
@@ -232,15 +242,35 @@ impl Engine {
                 user: None,
                 args: record.args.clone(),
             };
-            if let Err(e) = store.add_event(&row) {
-                tracing::error!(error = %e, "cannot store an event");
-            }
+            // Written in batches by `flush_events`, one transaction for a pass's events.
+            st.unwritten.push(row);
         }
         st.events.push(record);
+        // The recent ones in memory; the store has them all.
+        if st.events.len() > MEMORY_EVENTS {
+            let excess = st.events.len() - MEMORY_EVENTS / 2;
+            st.events.drain(..excess);
+        }
+    }
+
+    /// Stores the events recorded since the last flush.
+    fn flush_events(&self) {
+        let Some(store) = &self.store else { return };
+        let rows = std::mem::take(&mut self.state().unwritten);
+        if rows.is_empty() {
+            return;
+        }
+        if let Err(e) = store.add_events(&rows) {
+            tracing::error!(error = %e, "cannot store events; trying again");
+            let mut st = self.state();
+            let later = std::mem::take(&mut st.unwritten);
+            st.unwritten = rows;
+            st.unwritten.extend(later);
+        }
     }
 
     /// Raises or clears the VM's locked alarm, and writes the VM's state when it changed.
-    fn persist(&self, view: &mut VmView, actions: &[Action]) {
+    fn persist(&self, view: &mut VmView, actions: &[Action], pending: &mut Vec<VmRecord>) {
         let Some(store) = &self.store else { return };
         let now = crate::enrol::now();
         let object = format!("vm:{}", view.report.name);
@@ -286,10 +316,9 @@ impl Engine {
             report: serde_json::to_string(&view.report).unwrap_or_default(),
         };
         if view.persisted.as_ref() != Some(&record) {
-            match store.put_vm(&record) {
-                Ok(()) => view.persisted = Some(record),
-                Err(e) => tracing::error!(error = %e, "cannot store a VM"),
-            }
+            // Written with the pass's other changes in one transaction (see `tick`).
+            view.persisted = Some(record.clone());
+            pending.push(record);
         }
     }
 
@@ -328,11 +357,27 @@ impl Engine {
         }
     }
 
+    /// Takes every connected host's last reports, and which hosts are connected, from the hub.
+    fn catch_up(&self) {
+        for (host, vms) in self.hub.inventories() {
+            self.observe(&HubEvent::Inventory {
+                host,
+                vms,
+                keys_held: Vec::new(),
+            });
+        }
+        let connected = self.hub.connected();
+        for v in self.state().vms.values_mut() {
+            v.host_connected = connected.contains(&v.host);
+        }
+    }
+
     /// One pass over every VM: decide, then act.
     pub async fn tick(&self) {
         let config = self.config();
         self.check_down_providers(&config).await;
         let now = Instant::now();
+        let mut pending: Vec<VmRecord> = Vec::new();
         let plans: Vec<(String, Vec<Action>)> = {
             let mut st = self.state();
             let keys = st.keys.clone();
@@ -387,7 +432,7 @@ impl Engine {
                     if decision.actions.contains(&Action::UnlockDone) {
                         v.unlock_requested = false;
                     }
-                    self.persist(&mut v, &decision.actions);
+                    self.persist(&mut v, &decision.actions, &mut pending);
                     st.vms.insert(name.clone(), v);
                 }
                 for (event, reason) in publish {
@@ -401,15 +446,46 @@ impl Engine {
             }
             plans
         };
+        self.flush_events();
+        // Every VM whose state changed in this pass, in one transaction.
+        if let (Some(store), false) = (&self.store, pending.is_empty()) {
+            if let Err(e) = store.put_vms(&pending) {
+                tracing::error!(error = %e, "cannot store the VMs' states; trying again");
+                let mut st = self.state();
+                for r in &pending {
+                    if let Some(v) = st.vms.get_mut(&r.name) {
+                        v.persisted = None;
+                    }
+                }
+            }
+        }
+        // Carry out the plans: every key to fetch once, then one push per host for all its VMs,
+        // many at a time.
+        let mut fetches: Vec<KeyRef> = Vec::new();
+        let mut pushes: HashMap<String, Vec<(String, Vec<KeyRef>)>> = HashMap::new();
         for (name, actions) in plans {
             for action in actions {
                 match action {
-                    Action::Fetch { key } => self.fetch(&key, &config).await,
-                    Action::Push { host, keys } => self.push(&name, &host, &keys, &config).await,
+                    Action::Fetch { key } => fetches.push(key),
+                    Action::Push { host, keys } => {
+                        pushes.entry(host).or_default().push((name.clone(), keys))
+                    }
                     _ => {}
                 }
             }
         }
+        fetches.sort();
+        fetches.dedup();
+        let config = &config;
+        futures_util::stream::iter(fetches)
+            .for_each_concurrent(CONCURRENCY, |k| async move { self.fetch(&k, config).await })
+            .await;
+        futures_util::stream::iter(pushes)
+            .for_each_concurrent(CONCURRENCY, |(host, batch)| async move {
+                self.push(&host, &batch, config).await
+            })
+            .await;
+        self.flush_events();
     }
 
     /// Asks each provider that did not answer, when its wait is over, whether it answers now;
@@ -483,9 +559,14 @@ impl Engine {
         }
     }
 
-    async fn push(&self, vm: &str, host: &str, keys: &[KeyRef], config: &EngineConfig) {
+    /// Sends one host the keys of several of its VMs in one request, and books the result for
+    /// each VM: its keys count as there, or its push failed (an alarm until one succeeds).
+    async fn push(&self, host: &str, batch: &[(String, Vec<KeyRef>)], config: &EngineConfig) {
+        let mut keys: Vec<KeyRef> = batch.iter().flat_map(|(_, k)| k.iter().cloned()).collect();
+        keys.sort();
+        keys.dedup();
         // Use what was just fetched; fetch again what was not.
-        for k in keys {
+        for k in &keys {
             let have = self.state().fetched.contains_key(k);
             if !have {
                 self.fetch(k, config).await;
@@ -502,10 +583,15 @@ impl Engine {
                 })
                 .collect()
         };
-        if materials.len() != keys.len() {
+        // Push only for the VMs whose keys are all at hand.
+        let have: std::collections::HashSet<&KeyRef> = materials.iter().map(|m| &m.key).collect();
+        let batch: Vec<&(String, Vec<KeyRef>)> = batch
+            .iter()
+            .filter(|(_, ks)| ks.iter().all(|k| have.contains(k)))
+            .collect();
+        if batch.is_empty() {
             return;
         }
-        let pushed: Vec<String> = materials.iter().map(|m| m.key.key_id.clone()).collect();
         let result = self
             .hub
             .request(
@@ -514,17 +600,7 @@ impl Engine {
                 config.request_timeout,
             )
             .await;
-        let mut st = self.state();
         let ok = matches!(result, Ok(Reply::Done));
-        if let Some(v) = st.vms.get_mut(vm) {
-            v.push_failed = !ok;
-            if ok {
-                // Until the host reports again, count the keys as there.
-                for hk in v.report.keys.iter_mut().filter(|hk| keys.contains(&hk.key)) {
-                    hk.on_host = true;
-                }
-            }
-        }
         let event = if ok {
             tresor_core::events::KEY_PUSHED
         } else {
@@ -535,34 +611,58 @@ impl Engine {
             Err(e) => e.to_string(),
             _ => String::new(),
         };
-        // A failed push is an alarm on the VM until a push succeeds.
-        if let Some(store) = &self.store {
-            let object = format!("vm:{vm}");
-            let now = crate::enrol::now();
-            let result = if ok {
-                store
-                    .clear_alarm("key.push.failed", &object, now)
-                    .map(|_| ())
-            } else {
-                store
-                    .raise_alarm(
-                        "key.push.failed",
-                        &object,
-                        &format!("keys could not be sent to host {host}: {error}"),
-                        now,
-                    )
-                    .map(|_| ())
-            };
-            if let Err(e) = result {
-                tracing::error!(error = %e, "cannot store an alarm");
+        let mut st = self.state();
+        for (vm, vm_keys) in batch {
+            let mut failed_before = false;
+            if let Some(v) = st.vms.get_mut(vm) {
+                failed_before = v.push_failed;
+                v.push_failed = !ok;
+                if ok {
+                    // Until the host reports again, count the keys as there.
+                    for hk in v
+                        .report
+                        .keys
+                        .iter_mut()
+                        .filter(|hk| vm_keys.contains(&hk.key))
+                    {
+                        hk.on_host = true;
+                    }
+                }
             }
-        }
-        for id in pushed {
-            let mut args = vec![("key".to_owned(), id), ("host".to_owned(), host.to_owned())];
-            if !ok {
-                args.push(("error".to_owned(), error.clone()));
+            // A failed push is an alarm on the VM until a push succeeds.
+            if let Some(store) = &self.store {
+                let object = format!("vm:{vm}");
+                let now = crate::enrol::now();
+                let result = if ok && failed_before {
+                    store
+                        .clear_alarm("key.push.failed", &object, now)
+                        .map(|_| ())
+                } else if !ok {
+                    store
+                        .raise_alarm(
+                            "key.push.failed",
+                            &object,
+                            &format!("keys could not be sent to host {host}: {error}"),
+                            now,
+                        )
+                        .map(|_| ())
+                } else {
+                    Ok(())
+                };
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "cannot store an alarm");
+                }
             }
-            self.record(&mut st, event, Some(vm), Some(host), args);
+            for k in vm_keys {
+                let mut args = vec![
+                    ("key".to_owned(), k.key_id.clone()),
+                    ("host".to_owned(), host.to_owned()),
+                ];
+                if !ok {
+                    args.push(("error".to_owned(), error.clone()));
+                }
+                self.record(&mut st, event, Some(vm), Some(host), args);
+            }
         }
     }
 
@@ -642,7 +742,11 @@ impl Engine {
                             tokio::spawn(self.clone().restore_host_key(host, keys_held, crypto_state));
                         }
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        // Events were lost: take the hosts' last reports instead.
+                        tracing::warn!(missed, "the engine fell behind the agents' reports; catching up");
+                        self.catch_up();
+                    }
                     Err(_) => return,
                 },
                 _ = tick.tick() => self.tick().await,

@@ -391,13 +391,38 @@ impl Store {
     // VMs.
 
     pub fn put_vm(&self, v: &VmRecord) -> Result<(), StoreError> {
-        self.conn().execute(
-            "INSERT INTO vms (id, name, host, path, encrypted, key_provider, key_id, power_state, crypto_state, connection_state, lock_reason, report)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
-             ON CONFLICT(id) DO UPDATE SET name = ?2, host = ?3, path = ?4, encrypted = ?5, key_provider = ?6, key_id = ?7,
-                power_state = ?8, crypto_state = ?9, connection_state = ?10, lock_reason = ?11, report = ?12",
-            params![v.id, v.name, v.host, v.path, v.encrypted, v.key_provider, v.key_id, v.power_state, v.crypto_state, v.connection_state, v.lock_reason, v.report],
-        )?;
+        self.put_vms(std::slice::from_ref(v))
+    }
+
+    /// Writes many VMs in one transaction (one disk flush for all of them).
+    pub fn put_vms(&self, vms: &[VmRecord]) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO vms (id, name, host, path, encrypted, key_provider, key_id, power_state, crypto_state, connection_state, lock_reason, report)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                 ON CONFLICT(id) DO UPDATE SET name = ?2, host = ?3, path = ?4, encrypted = ?5, key_provider = ?6, key_id = ?7,
+                    power_state = ?8, crypto_state = ?9, connection_state = ?10, lock_reason = ?11, report = ?12",
+            )?;
+            for v in vms {
+                stmt.execute(params![
+                    v.id,
+                    v.name,
+                    v.host,
+                    v.path,
+                    v.encrypted,
+                    v.key_provider,
+                    v.key_id,
+                    v.power_state,
+                    v.crypto_state,
+                    v.connection_state,
+                    v.lock_reason,
+                    v.report
+                ])?;
+            }
+        }
+        tx.commit()?;
         Ok(())
     }
 
@@ -461,6 +486,31 @@ impl Store {
             params![e.time, e.event_type, e.severity, e.vm, e.host, e.provider, e.user, json(&e.args)?],
         )?;
         Ok(conn.last_insert_rowid())
+    }
+
+    /// Stores many events in one transaction, in order.
+    pub fn add_events(&self, events: &[EventRow]) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO events (time, type, severity, vm, host, provider, user, args) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            for e in events {
+                stmt.execute(params![
+                    e.time,
+                    e.event_type,
+                    e.severity,
+                    e.vm,
+                    e.host,
+                    e.provider,
+                    e.user,
+                    json(&e.args)?
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// The id of the newest event (0 when there is none).
