@@ -67,6 +67,9 @@ pub struct VmView {
     pub push_failed: bool,
     /// What was last written to the store, to write only changes.
     persisted: Option<VmRecord>,
+    /// What that record was made from: when nothing of it changed, nothing is written (and no
+    /// record is made, which matters with tens of thousands of VMs).
+    persisted_from: Option<(Option<Verdict>, bool, String, VmReport)>,
 }
 
 #[derive(Clone, Debug)]
@@ -286,6 +289,24 @@ impl Engine {
                 tracing::error!(error = %e, "cannot store an alarm");
             }
         }
+        let unchanged =
+            view.persisted_from
+                .as_ref()
+                .is_some_and(|(verdict, connected, host, report)| {
+                    *verdict == view.verdict
+                        && *connected == view.host_connected
+                        && *host == view.host
+                        && *report == view.report
+                });
+        if unchanged && view.persisted.is_some() {
+            return;
+        }
+        view.persisted_from = Some((
+            view.verdict.clone(),
+            view.host_connected,
+            view.host.clone(),
+            view.report.clone(),
+        ));
         let text = |v: serde_json::Value| v.as_str().map(str::to_owned).unwrap_or_default();
         let (crypto_state, connection_state, lock_reason) =
             match (&view.verdict, view.report.encrypted) {
@@ -337,6 +358,7 @@ impl Engine {
                         unlock_requested: false,
                         push_failed: false,
                         persisted: None,
+                        persisted_from: None,
                     });
                     view.report = report.clone();
                     view.host = host.clone();
@@ -379,14 +401,12 @@ impl Engine {
         let now = Instant::now();
         let mut pending: Vec<VmRecord> = Vec::new();
         let plans: Vec<(String, Vec<Action>)> = {
-            let mut st = self.state();
-            let keys = st.keys.clone();
+            let mut guard = self.state();
+            let st = &mut *guard;
             let mut plans = Vec::new();
-            let names: Vec<String> = st.vms.keys().cloned().collect();
-            for name in names {
-                let Some(view) = st.vms.get(&name).cloned() else {
-                    continue;
-                };
+            let mut to_record = Vec::new();
+            let keys = &st.keys;
+            for (name, view) in st.vms.iter_mut() {
                 let observations: Vec<KeyObservation> = view
                     .report
                     .keys
@@ -418,31 +438,30 @@ impl Engine {
                     None => true,
                 };
                 let decision = reconcile(&input, config.policy, due);
-                let mut publish = Vec::new();
                 for a in &decision.actions {
-                    match a {
-                        Action::Event { event, reason } => publish.push((*event, *reason)),
-                        Action::UnlockDone => {}
-                        _ => {}
+                    if let Action::Event { event, reason } = a {
+                        to_record.push((*event, *reason, name.clone(), view.host.clone()));
                     }
                 }
-                if let Some(mut v) = st.vms.remove(&name) {
-                    v.verdict = decision.verdict.clone();
-                    v.published = decision.published;
-                    if decision.actions.contains(&Action::UnlockDone) {
-                        v.unlock_requested = false;
-                    }
-                    self.persist(&mut v, &decision.actions, &mut pending);
-                    st.vms.insert(name.clone(), v);
+                view.verdict = decision.verdict;
+                view.published = decision.published;
+                if decision.actions.contains(&Action::UnlockDone) {
+                    view.unlock_requested = false;
                 }
-                for (event, reason) in publish {
-                    let args = reason
-                        .map(|r| vec![("reason".to_owned(), r.as_str().to_owned())])
-                        .unwrap_or_default();
-                    let host = view.host.clone();
-                    self.record(&mut st, event, Some(&name), Some(&host), args);
+                self.persist(view, &decision.actions, &mut pending);
+                if decision
+                    .actions
+                    .iter()
+                    .any(|a| matches!(a, Action::Fetch { .. } | Action::Push { .. }))
+                {
+                    plans.push((name.clone(), decision.actions));
                 }
-                plans.push((name, decision.actions));
+            }
+            for (event, reason, name, host) in to_record {
+                let args = reason
+                    .map(|r| vec![("reason".to_owned(), r.as_str().to_owned())])
+                    .unwrap_or_default();
+                self.record(st, event, Some(&name), Some(&host), args);
             }
             plans
         };
@@ -455,6 +474,7 @@ impl Engine {
                 for r in &pending {
                     if let Some(v) = st.vms.get_mut(&r.name) {
                         v.persisted = None;
+                        v.persisted_from = None;
                     }
                 }
             }
