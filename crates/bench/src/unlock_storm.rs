@@ -40,6 +40,9 @@ struct Args {
     dir: PathBuf,
 }
 
+/// Set when the measurement is over: the sessions that end with the server are no news.
+static QUIET: AtomicBool = AtomicBool::new(false);
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -266,7 +269,7 @@ async fn host_session(
         }
         .await;
         if let Err(e) = result {
-            if host.boot.load(Ordering::SeqCst) == boot {
+            if host.boot.load(Ordering::SeqCst) == boot && !QUIET.load(Ordering::SeqCst) {
                 eprintln!("{}: session ended: {e}", host.name);
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -523,7 +526,7 @@ async fn main() {
             started.elapsed() < Duration::from_secs(900),
             "not all VMs unlocked: {unlocked}"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
     };
     latencies.sort();
     let p = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
@@ -536,5 +539,6 @@ async fn main() {
         "vmListP50Ms": p(0.5).as_millis(),
         "vmListP99Ms": p(0.99).as_millis(),
     });
+    QUIET.store(true, Ordering::SeqCst);
     println!("{report}");
 }
