@@ -119,7 +119,9 @@ impl Default for AgentHub {
             sessions: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             next_serial: AtomicU64::new(1),
-            events: broadcast::channel(65536).0,
+            // The channel keeps its last messages (inventories among them) until overwritten:
+            // bounded small, and a subscriber that falls behind catches up from `inventories`.
+            events: broadcast::channel(4096).0,
             inventories: Mutex::new(HashMap::new()),
         }
     }

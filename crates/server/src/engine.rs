@@ -92,6 +92,8 @@ struct State {
     down: HashMap<String, ProviderWatch>,
     /// Events recorded but not stored yet.
     unwritten: Vec<EventRow>,
+    /// Whether each host is connected, as the hub last said.
+    hosts_connected: HashMap<String, bool>,
 }
 
 #[derive(Clone, Debug)]
@@ -348,6 +350,7 @@ impl Engine {
         let mut st = self.state();
         match event {
             HubEvent::Inventory { host, vms, .. } => {
+                st.hosts_connected.insert(host.clone(), true);
                 for report in vms {
                     let view = st.vms.entry(report.name.clone()).or_insert_with(|| VmView {
                         report: report.clone(),
@@ -365,15 +368,13 @@ impl Engine {
                     view.host_connected = true;
                 }
             }
+            // Which hosts are connected; each VM takes its host's at the next pass (a lookup,
+            // not a walk over every VM for every host that comes or goes).
             HubEvent::Connected { host, .. } => {
-                for v in st.vms.values_mut().filter(|v| &v.host == host) {
-                    v.host_connected = true;
-                }
+                st.hosts_connected.insert(host.clone(), true);
             }
             HubEvent::Disconnected { host } => {
-                for v in st.vms.values_mut().filter(|v| &v.host == host) {
-                    v.host_connected = false;
-                }
+                st.hosts_connected.insert(host.clone(), false);
             }
             HubEvent::Notice { .. } => {}
         }
@@ -389,8 +390,12 @@ impl Engine {
             });
         }
         let connected = self.hub.connected();
-        for v in self.state().vms.values_mut() {
-            v.host_connected = connected.contains(&v.host);
+        let mut st = self.state();
+        for v in st.hosts_connected.values_mut() {
+            *v = false;
+        }
+        for h in connected {
+            st.hosts_connected.insert(h, true);
         }
     }
 
@@ -406,7 +411,11 @@ impl Engine {
             let mut plans = Vec::new();
             let mut to_record = Vec::new();
             let keys = &st.keys;
+            let hosts_connected = &st.hosts_connected;
             for (name, view) in st.vms.iter_mut() {
+                if let Some(c) = hosts_connected.get(&view.host) {
+                    view.host_connected = *c;
+                }
                 let observations: Vec<KeyObservation> = view
                     .report
                     .keys
