@@ -1,9 +1,10 @@
-//! Cases 1 and 3 of the procedure with PyKMIP's server as the key provider, a foreign KMIP
-//! implementation, beside the embedded one: the server creates the VM's key there; the network
-//! to PyKMIP cut by a proxy locks the VM with kmsClusterError when the host restarts, and its
-//! return unlocks it;
-//! a key revoked with PyKMIP's own client locks it with keyMissingOnKms, and since PyKMIP cannot
-//! reactivate a key, its administrator restores the database from a backup, and the VM unlocks.
+//! The procedure's cases with PyKMIP's server as the key provider, a foreign KMIP implementation,
+//! beside the embedded one (whose runs are the `case*` files). Cases 1 and 3: the network to
+//! PyKMIP cut by a proxy locks the VM with kmsClusterError when the host restarts, and its return
+//! unlocks it; a key revoked with PyKMIP's own client locks it with keyMissingOnKms, and since
+//! PyKMIP cannot reactivate a key, its administrator restores the database from a backup, and the
+//! VM unlocks. Case 2 (the register privilege), case 5 (keys missing only on the host, unlocked per
+//! provider) and the disk-key case run with PyKMIP as the default provider.
 
 mod common;
 use common::{wait_for, Dev, PyKmip};
@@ -117,5 +118,155 @@ fn pykmip_as_the_provider_through_cases_1_and_3() {
     assert!(
         out.contains("read 16384/16384 bytes") && !out.contains("failed"),
         "{out}"
+    );
+}
+
+/// PyKMIP as the default provider of a fresh `tresor dev`.
+fn with_pykmip_default(dev: &Dev) -> PyKmip {
+    let pykmip = PyKmip::start(dev);
+    let kms = dev.dir.path().join("kms");
+    let path = |p: &str| kms.join(p).display().to_string();
+    dev.ok(&[
+        "provider",
+        "add",
+        "pykmip",
+        "--kmip",
+        &pykmip.endpoint(),
+        "--ca",
+        &path("tls/ca.pem"),
+        "--client-cert",
+        &path("clients/tresor-server.pem"),
+        "--client-key",
+        &path("clients/tresor-server.key"),
+        "--default",
+    ]);
+    pykmip
+}
+
+/// Case 5 with PyKMIP: keys missing only on the host, pushed again by an unlock of every VM whose
+/// keys live on PyKMIP.
+#[test]
+fn pykmip_as_the_provider_through_case_5() {
+    let dev = Dev::start(1);
+    let _pykmip = with_pykmip_default(&dev);
+    dev.ok(&["settings", "set", "unlock.policy", "manual"]);
+    dev.ok(&[
+        "vm",
+        "create",
+        "web01",
+        "--host",
+        "host-1",
+        "--disk",
+        "4M",
+        "--encrypt",
+    ]);
+    assert_eq!(
+        dev.ok(&["vm", "get", "web01", "config.keyId.providerId.id"])
+            .trim(),
+        "pykmip"
+    );
+    dev.ok(&["vm", "power-on", "web01"]);
+    let out = dev.guest_io("web01", "vd0", "write -P 0x5b 0 4k");
+    assert!(out.contains("wrote 4096/4096 bytes"), "{out}");
+    dev.ok(&["host", "reboot", "host-1"]);
+    wait_for("web01 is locked with keyMissingOnHost", || {
+        dev.vm("web01")["lockReason"] == "keyMissingOnHost"
+    });
+    let out = dev.ok(&["vm", "unlock", "--provider", "pykmip"]);
+    assert!(out.contains("1 of 1 unlocked"), "{out}");
+    dev.ok(&["vm", "power-on", "web01"]);
+    let out = dev.guest_io("web01", "vd0", "read -P 0x5b 0 4k");
+    assert!(
+        out.contains("read 4096/4096 bytes") && !out.contains("failed"),
+        "{out}"
+    );
+}
+
+/// Case 2 with PyKMIP: registering a VM whose keys must be fetched from PyKMIP needs
+/// `Cryptographer.RegisterVM`.
+#[test]
+fn pykmip_as_the_provider_through_case_2() {
+    let dev = Dev::start(1);
+    let _pykmip = with_pykmip_default(&dev);
+    let pw = dev.dir.path().join("op.pw");
+    std::fs::write(&pw, "operators-long-password\n").unwrap();
+    dev.ok(&[
+        "user",
+        "add",
+        "operator",
+        "--password-file",
+        &pw.display().to_string(),
+        "--role",
+        "NoCryptoAdmin",
+    ]);
+    let config = dev.dir.path().join("op-config");
+    let (ok, _, err) = dev.cli_logged_in(
+        &config,
+        "operators-long-password\n",
+        &["login", "--user", "operator"],
+    );
+    assert!(ok, "{err}");
+    dev.ok(&[
+        "vm",
+        "create",
+        "web01",
+        "--host",
+        "host-1",
+        "--disk",
+        "4M",
+        "--encrypt",
+    ]);
+    let path = dev.ok(&["vm", "get", "web01", "path"]).trim().to_owned();
+    dev.ok(&["vm", "unregister", "web01"]);
+    dev.ok(&["host", "reboot", "host-1"]);
+    let (ok, _, err) =
+        dev.cli_logged_in(&config, "", &["vm", "register", &path, "--host", "host-1"]);
+    assert!(!ok && err.contains("Cryptographer.RegisterVM"), "{err}");
+    dev.ok(&["vm", "register", &path, "--host", "host-1"]);
+    wait_for("web01 is unlocked", || {
+        dev.vm("web01")["cryptoState"] == "unlocked"
+    });
+    dev.ok(&["vm", "power-on", "web01"]);
+}
+
+/// The disk-key case with PyKMIP: the disk's own key revoked with PyKMIP's client locks the VM
+/// but leaves it valid, with the exact disk message.
+#[test]
+fn pykmip_as_the_provider_for_a_disk_key() {
+    let dev = Dev::start(1);
+    let pykmip = with_pykmip_default(&dev);
+    dev.ok(&[
+        "vm",
+        "create",
+        "db01",
+        "--host",
+        "host-1",
+        "--disk",
+        "4M",
+        "--encrypt",
+        "--own-key-disk",
+        "4M",
+    ]);
+    let vm = dev.vm("db01");
+    let disk = vm["disks"][1]["keyId"]["keyId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let disk_path = vm["disks"][1]["path"].as_str().unwrap().to_owned();
+    assert_eq!(pykmip.admin(&dev, "revoke", &disk), "DEACTIVATED");
+    dev.ok(&["host", "reboot", "host-1"]);
+    wait_for("db01 is locked but connected", || {
+        let v = dev.vm("db01");
+        v["cryptoState"] == "locked"
+            && v["connectionState"] == "connected"
+            && v["disks"][1]["keyAvailable"] == false
+    });
+    let (ok, _, err) = dev.cli(&["vm", "power-on", "db01"]);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!(
+            "The disk [{disk_path}] is encrypted and a required key was not found."
+        )),
+        "{err}"
     );
 }
