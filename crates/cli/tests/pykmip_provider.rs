@@ -3,8 +3,9 @@
 //! PyKMIP cut by a proxy locks the VM with kmsClusterError when the host restarts, and its return
 //! unlocks it; a key revoked with PyKMIP's own client locks it with keyMissingOnKms, and since
 //! PyKMIP cannot reactivate a key, its administrator restores the database from a backup, and the
-//! VM unlocks. Case 2 (the register privilege), case 5 (keys missing only on the host, unlocked per
-//! provider) and the disk-key case run with PyKMIP as the default provider.
+//! VM unlocks. Case 2 (the register privilege), case 4 (a new server trusting PyKMIP under the
+//! same name at another address), case 5 (keys missing only on the host, unlocked per provider)
+//! and the disk-key case run with PyKMIP as the default provider.
 
 mod common;
 use common::{wait_for, Dev, PyKmip};
@@ -269,4 +270,142 @@ fn pykmip_as_the_provider_for_a_disk_key() {
         )),
         "{err}"
     );
+}
+
+/// Case 4 with PyKMIP: the server and its database are lost; a new server trusts PyKMIP under the
+/// same provider name at another address, the host re-enrols, and registering every VM on it
+/// fetches the keys from PyKMIP by id.
+#[test]
+fn pykmip_as_the_provider_through_case_4() {
+    use std::process::{Command, Stdio};
+    let dev = Dev::start(1);
+    let pykmip = with_pykmip_default(&dev);
+    dev.ok(&[
+        "vm",
+        "create",
+        "web01",
+        "--host",
+        "host-1",
+        "--disk",
+        "4M",
+        "--encrypt",
+    ]);
+    let key = dev
+        .ok(&["vm", "get", "web01", "config.keyId.keyId"])
+        .trim()
+        .to_owned();
+    let root = dev.dir.path();
+    let old_config = root.join("server/server.toml").display().to_string();
+    common::stop(&common::pid_of(&["server --config", &old_config]));
+    std::fs::remove_dir_all(root.join("server")).unwrap();
+    let agent_toml = common::find_file(root, "host-1/agent.toml").unwrap();
+    common::stop(&common::pid_of(&[
+        "agent --config",
+        &agent_toml.display().to_string(),
+    ]));
+
+    let (api, agents) = (common::free_port(), common::free_port());
+    let new_dir = root.join("new-server");
+    let out = Command::new(common::TRESOR)
+        .args(["server", "init", "--data"])
+        .arg(&new_dir)
+        .args(["--api-listen", &format!("127.0.0.1:{api}")])
+        .args(["--agent-listen", &format!("127.0.0.1:{agents}")])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let token = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_owned();
+    let _server = common::Proc(
+        Command::new(common::TRESOR)
+            .args(["server", "--config"])
+            .arg(new_dir.join("server.toml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("the new server listens", || {
+        std::net::TcpStream::connect(("127.0.0.1", api)).is_ok()
+    });
+    let cli = |args: &[&str]| {
+        let out = Command::new(common::TRESOR)
+            .args(args)
+            .env("TRESOR_SERVER", format!("http://127.0.0.1:{api}"))
+            .env("TRESOR_TOKEN", &token)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "tresor {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The same name, another address: PyKMIP directly instead of through the proxy.
+    let kms = root.join("kms");
+    let path = |p: &str| kms.join(p).display().to_string();
+    cli(&[
+        "provider",
+        "add",
+        "pykmip",
+        "--kmip",
+        &format!("127.0.0.1:{}", pykmip.port),
+        "--ca",
+        &path("tls/ca.pem"),
+        "--client-cert",
+        &path("clients/tresor-server.pem"),
+        "--client-key",
+        &path("clients/tresor-server.key"),
+    ]);
+    let join: serde_json::Value =
+        serde_json::from_str(&cli(&["host", "token", "-o", "json"])).unwrap();
+    let token_file = root.join("join-token");
+    std::fs::write(&token_file, join["token"].as_str().unwrap()).unwrap();
+    let out = Command::new(common::TRESOR)
+        .args([
+            "agent",
+            "join",
+            "--server",
+            &format!("127.0.0.1:{agents}"),
+            "--name",
+            "host-1",
+            "--token-file",
+        ])
+        .arg(&token_file)
+        .arg("--dir")
+        .arg(agent_toml.parent().unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _agent = common::Proc(
+        Command::new(common::TRESOR)
+            .args(["agent", "--config"])
+            .arg(&agent_toml)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("host-1 connects", || {
+        cli(&["host", "list", "-o", "json"]).contains("\"connected\": true")
+    });
+    assert!(cli(&["vm", "register", "--all", "--host", "host-1"]).contains("web01"));
+    wait_for("web01 unlocks", || {
+        cli(&["vm", "get", "web01", "cryptoState"]).trim() == "unlocked"
+    });
+    assert_eq!(
+        cli(&["vm", "get", "web01", "config.keyId.keyId"]).trim(),
+        key
+    );
+    cli(&["vm", "power-on", "web01"]);
 }
