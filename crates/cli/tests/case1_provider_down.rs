@@ -85,6 +85,23 @@ fn provider_down_during_a_host_restart_locks_and_its_return_unlocks() {
     );
     let (ok, _, err) = cli(&["vm", "delete", "web01"]);
     assert!(!ok && err.contains("unregister"), "{err}");
+    // Reload is allowed while locked; the alarm is up and says what to do.
+    assert!(cli(&["vm", "reload", "web01"]).0);
+    let (_, alarms, _) = cli(&["alarm", "list", "-o", "json"]);
+    let alarms: serde_json::Value = serde_json::from_str(&alarms).unwrap();
+    assert!(
+        alarms
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["object"] == "vm:web01"
+                && a["reason"] == "kmsClusterError"
+                && a["nextStep"]
+                    .as_str()
+                    .unwrap()
+                    .contains("tresor vm diagnose web01")),
+        "{alarms}"
+    );
     let (_, out, _) = cli(&[
         "event", "list", "--vm", "web01", "--lang", "de", "-o", "json",
     ]);
@@ -108,6 +125,9 @@ fn provider_down_during_a_host_restart_locks_and_its_return_unlocks() {
             .unwrap(),
     );
     wait_for("web01 is unlocked", || vm()["cryptoState"] == "unlocked");
+    wait_for("the VM's alarm clears", || {
+        !cli(&["alarm", "list", "-o", "json"]).1.contains("vm:web01")
+    });
     let (_, out, _) = cli(&[
         "event",
         "list",

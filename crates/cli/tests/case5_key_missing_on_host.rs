@@ -59,6 +59,35 @@ fn keys_missing_only_on_the_host_are_pushed_by_an_unlock() {
             .contains("Die virtuelle Maschine ist gesperrt, weil Schlüssel auf dem Host fehlen.")
     });
 
+    // English too; the alarm is up; power-on and delete are refused, unregister and reload not.
+    assert!(dev
+        .ok(&[
+            "event",
+            "list",
+            "--vm",
+            "web01",
+            "--type",
+            "vm.locked.keyMissingOnHost"
+        ])
+        .contains("The virtual machine is locked because keys are missing on the host."));
+    assert!(dev
+        .ok(&["alarm", "list", "-o", "json"])
+        .contains("vm:web02"));
+    let (ok, _, err) = dev.cli(&["vm", "power-on", "web02"]);
+    assert!(
+        !ok && err.contains("locked") && err.contains("tresor vm unlock web02"),
+        "{err}"
+    );
+    let (ok, _, err) = dev.cli(&["vm", "delete", "web02"]);
+    assert!(!ok && err.contains("unregister"), "{err}");
+    dev.ok(&["vm", "reload", "web02"]);
+    let path = dev.ok(&["vm", "get", "web02", "path"]).trim().to_owned();
+    dev.ok(&["vm", "unregister", "web02"]);
+    dev.ok(&["vm", "register", &path, "--host", "host-1"]);
+    wait_for("web02 is locked again after registering", || {
+        dev.vm("web02")["lockReason"] == "keyMissingOnHost"
+    });
+
     // Someone follows the events as they happen.
     let mut follower = std::process::Command::new(common::TRESOR)
         .args(["event", "list", "--vm", "web02", "--follow", "-o", "json"])
@@ -108,6 +137,9 @@ fn keys_missing_only_on_the_host_are_pushed_by_an_unlock() {
         serde_json::json!([])
     );
 
+    wait_for("the alarms clear", || {
+        !dev.ok(&["alarm", "list", "-o", "json"]).contains("vm:web0")
+    });
     dev.ok(&["vm", "power-on", "web01"]);
     let out = dev.guest_io("web01", "vd0", "read -P 0x5a 4096 8k");
     assert!(
