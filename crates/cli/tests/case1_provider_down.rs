@@ -1,8 +1,9 @@
 //! The procedure's case 1 with real processes: the key provider is down while the host restarts.
 //! The VM locks with kmsClusterError (invalid: its home key is missing), power-on and delete are
 //! refused with the way forward, an event in English and German and an alarm say why; when the
-//! provider returns the server unlocks the VM by itself and it powers on again. Losing the
-//! provider while the host keeps running locks nothing.
+//! provider returns the server unlocks the VM by itself and it powers on again with the data the
+//! guest wrote before. Losing the provider while a host keeps running locks nothing: the VM on the
+//! second host, which does not restart, stays unlocked and running throughout.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -12,7 +13,7 @@ use common::{wait_for, Dev, Proc, TRESOR};
 
 #[test]
 fn provider_down_during_a_host_restart_locks_and_its_return_unlocks() {
-    let dev = Dev::start(1);
+    let dev = Dev::start(2);
     let cli = |args: &[&str]| dev.cli(args);
     let vm = || -> serde_json::Value {
         serde_json::from_str(&cli(&["vm", "show", "web01", "-o", "json"]).1).unwrap_or_default()
@@ -29,6 +30,19 @@ fn provider_down_during_a_host_restart_locks_and_its_return_unlocks() {
     ]);
     assert!(ok, "{err}");
     assert!(cli(&["vm", "power-on", "web01"]).0);
+    let out = dev.guest_io("web01", "vd0", "write -P 0x11 0 16k");
+    assert!(out.contains("wrote 16384/16384 bytes"), "{out}");
+    dev.ok(&[
+        "vm",
+        "create",
+        "web02",
+        "--host",
+        "host-2",
+        "--disk",
+        "4M",
+        "--encrypt",
+    ]);
+    dev.ok(&["vm", "power-on", "web02"]);
 
     // Stop the key server (dev's child).
     let kms_config = dev.kms_config();
@@ -40,7 +54,7 @@ fn provider_down_during_a_host_restart_locks_and_its_return_unlocks() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(vm()["cryptoState"], "unlocked");
 
-    // The host restarts while the provider is down.
+    // host-1 restarts while the provider is down; host-2 does not.
     assert!(cli(&["host", "reboot", "host-1"]).0);
     wait_for("web01 is locked with kmsClusterError", || {
         let v = vm();
@@ -141,4 +155,25 @@ fn provider_down_during_a_host_restart_locks_and_its_return_unlocks() {
     assert!(out.contains("The virtual machine is unlocked."), "{out}");
     // The host key came back too: the VM runs again.
     wait_for("web01 powers on", || cli(&["vm", "power-on", "web01"]).0);
+    let out = dev.guest_io("web01", "vd0", "read -P 0x11 0 16k");
+    assert!(
+        out.contains("read 16384/16384 bytes") && !out.contains("failed"),
+        "{out}"
+    );
+    // The VM on the other host never locked and kept running.
+    let other = dev.vm("web02");
+    assert_eq!(
+        (other["cryptoState"].as_str(), other["powerState"].as_str()),
+        (Some("unlocked"), Some("poweredOn")),
+        "{other}"
+    );
+    let events = dev.ok(&[
+        "event",
+        "list",
+        "--vm",
+        "web02",
+        "--type",
+        "vm.locked.kmsClusterError",
+    ]);
+    assert!(!events.contains("web02"), "web02 never locked: {events}");
 }
