@@ -389,6 +389,7 @@ impl Host {
                 Ok(Reply::Done)
             }
             Command::Encrypt { vm, key } => self.encrypt(&vm, key),
+            Command::AddDisk { vm, disk } => self.add_disk(&vm, disk),
             Command::Decrypt { vm } => self.decrypt(&vm),
             Command::Rekey { vm, key, deep } => self.rekey(&vm, key, deep),
         }
@@ -480,6 +481,65 @@ impl Host {
         self.save_registry()?;
         Ok(Reply::Vm {
             vm: self.report(&spec.name)?,
+        })
+    }
+
+    /// Adds a disk to a powered-off VM. The image is made first and `vm.json` names it only
+    /// once it exists (written atomically), so an interruption leaves the VM as it was.
+    fn add_disk(
+        &mut self,
+        vm: &str,
+        spec: tresor_core::protocol::DiskSpec,
+    ) -> Result<Reply, HostError> {
+        let dir = self.dir(vm)?;
+        self.require_off(vm, "add a disk")?;
+        let mut file = VmFile::load(&dir)?;
+        if spec.own_key.is_some() && !file.encrypted {
+            return Err(fail(
+                "plainVm",
+                format!("VM {vm} is not encrypted; a disk of its own key needs an encrypted VM (encrypt it first)"),
+            ));
+        }
+        let mut i = file.disks.len();
+        while file.disks.iter().any(|d| d.id == format!("d{i}")) {
+            i += 1;
+        }
+        let name = format!("disk{i}.qcow2");
+        let path = dir.join(&name);
+        // A leftover of an interrupted addition is not named by vm.json: replace it.
+        let _ = std::fs::remove_file(&path);
+        let made = if file.encrypted {
+            let secret = file.add_encrypted_disk(
+                &format!("d{i}"),
+                &name,
+                DiskFormat::Qcow2Luks,
+                spec.size,
+                spec.own_key.clone(),
+                &self.cache,
+            )?;
+            self.config
+                .tools
+                .create(&path, DiskFormat::Qcow2Luks, spec.size, Some(&secret))
+        } else {
+            file.disks.push(DiskEntry {
+                id: format!("d{i}"),
+                file: name,
+                format: DiskFormat::Qcow2,
+                size: spec.size,
+                key_id: None,
+                wrapped_secret: None,
+            });
+            self.config
+                .tools
+                .create(&path, DiskFormat::Qcow2, spec.size, None)
+        };
+        if let Err(e) = made {
+            let _ = std::fs::remove_file(&path);
+            return Err(e.into());
+        }
+        file.save(&dir)?;
+        Ok(Reply::Vm {
+            vm: self.report(vm)?,
         })
     }
 

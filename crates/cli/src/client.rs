@@ -236,6 +236,16 @@ enum VmSub {
     Decrypt {
         name: String,
     },
+    /// Add a disk to a powered-off VM (encrypted with the VM's key, or --own-key).
+    AddDisk {
+        name: String,
+        /// Its size: 512M, 10G.
+        #[arg(long)]
+        size: String,
+        /// A new key of its own on the VM's provider.
+        #[arg(long)]
+        own_key: bool,
+    },
     /// A new key for the VM; --deep also re-encrypts its disks (powered off).
     Rekey {
         name: String,
@@ -480,6 +490,19 @@ pub fn run_vm(cmd: VmCommand) -> Result<(), CliError> {
         VmSub::Reload { name } => simple(c, &name, "reload", "")?,
         VmSub::Delete { name } => simple(c, &name, "delete", "")?,
         VmSub::Decrypt { name } => simple(c, &name, "decrypt", "")?,
+        VmSub::AddDisk {
+            name,
+            size,
+            own_key,
+        } => {
+            let body = serde_json::json!({"size": parse_size(&size)?, "ownKey": own_key});
+            let v = c.call(
+                "POST",
+                &format!("/api/v1/vms/{name}/add-disk"),
+                &body.to_string(),
+            )?;
+            c.print(&v, |vm| vm_rows(&Value::Array(vec![vm.clone()])));
+        }
         VmSub::Encrypt { name, provider } => simple(
             c,
             &name,

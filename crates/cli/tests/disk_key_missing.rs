@@ -71,3 +71,73 @@ fn a_missing_disk_key_locks_the_vm_but_leaves_it_valid() {
         "{out}"
     );
 }
+
+/// A disk added to an existing, powered-off VM: with the VM's key, or with a key of its own; to a
+/// plain VM, a plain disk. Refused while the VM runs.
+#[test]
+fn disks_are_added_to_existing_vms() {
+    let dev = Dev::start(1);
+    dev.ok(&[
+        "vm",
+        "create",
+        "app01",
+        "--host",
+        "host-1",
+        "--disk",
+        "4M",
+        "--encrypt",
+    ]);
+    dev.ok(&["vm", "power-on", "app01"]);
+    let (ok, _, err) = dev.cli(&["vm", "add-disk", "app01", "--size", "4M"]);
+    assert!(!ok && err.contains("power"), "refused while running: {err}");
+    dev.ok(&["vm", "power-off", "app01"]);
+    dev.ok(&["vm", "add-disk", "app01", "--size", "4M"]);
+    dev.ok(&["vm", "add-disk", "app01", "--size", "4M", "--own-key"]);
+    let vm = dev.vm("app01");
+    let home = vm["config"]["keyId"]["keyId"].as_str().unwrap();
+    let disks = vm["disks"].as_array().unwrap();
+    assert_eq!(disks.len(), 3, "{vm}");
+    assert_eq!(disks[1]["keyId"]["keyId"], home, "{vm}");
+    assert_ne!(disks[2]["keyId"]["keyId"], home, "{vm}");
+    assert!(disks.iter().all(|d| d["keyAvailable"] == true), "{vm}");
+    // The new disks open in the running VM.
+    dev.ok(&["vm", "power-on", "app01"]);
+    for dev_id in ["vd1", "vd2"] {
+        let out = dev.guest_io("app01", dev_id, "write -P 0x7e 0 4k");
+        assert!(out.contains("wrote 4096/4096 bytes"), "{dev_id}: {out}");
+        let out = dev.guest_io("app01", dev_id, "read -P 0x7e 0 4k");
+        assert!(!out.contains("failed"), "{dev_id}: {out}");
+    }
+    // The added disk's own key is audited, and survives a host restart like any other.
+    assert!(dev
+        .ok(&[
+            "event",
+            "list",
+            "--vm",
+            "app01",
+            "--type",
+            "crypto.operation"
+        ])
+        .contains("add disk"));
+    dev.ok(&["host", "reboot", "host-1"]);
+    // The server sends every key back by itself; then the VM powers on with all three disks.
+    wait_for("app01 powers on again", || {
+        dev.cli(&["vm", "power-on", "app01"]).0
+    });
+    let out = dev.guest_io("app01", "vd2", "read -P 0x7e 0 4k");
+    assert!(
+        out.contains("read 4096/4096 bytes") && !out.contains("failed"),
+        "{out}"
+    );
+
+    // A plain VM gets a plain disk; a key of its own needs an encrypted VM.
+    dev.ok(&[
+        "vm", "create", "plain01", "--host", "host-1", "--disk", "4M",
+    ]);
+    dev.ok(&["vm", "add-disk", "plain01", "--size", "4M"]);
+    assert_eq!(dev.vm("plain01")["disks"].as_array().unwrap().len(), 2);
+    let (ok, _, err) = dev.cli(&["vm", "add-disk", "plain01", "--size", "4M", "--own-key"]);
+    assert!(!ok && err.contains("encrypt"), "{err}");
+    let (ok, _, err) = dev.cli(&["vm", "add-disk", "nope", "--size", "4M"]);
+    assert!(!ok && err.contains("nope"), "{err}");
+}

@@ -179,6 +179,11 @@ pub enum Command {
         key: KeyRef,
         deep: bool,
     },
+    /// A new disk for a powered-off VM: encrypted with the VM's KEK, or with `disk.own_key`.
+    AddDisk {
+        vm: String,
+        disk: DiskSpec,
+    },
 }
 
 /// How an agent answers a request.

@@ -1281,6 +1281,124 @@ struct CryptoRequest {
     deep: bool,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct AddDisk {
+    size: u64,
+    #[serde(default)]
+    own_key: bool,
+}
+
+/// Adds a disk to a powered-off VM: encrypted with the VM's key, or with a new key of its own
+/// (created on the VM's provider and sent to the host first).
+async fn add_disk(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<AddDisk>,
+) -> Result<Json<Value>, ApiError> {
+    let record = match s.store.vm(&name)? {
+        Some(r) => r,
+        None => {
+            authorize(
+                &s,
+                &headers,
+                Privilege::VmConfig,
+                &format!("Adding a disk to VM {name}"),
+            )?;
+            return Err(no_vm(&name));
+        }
+    };
+    let privilege = if record.encrypted {
+        Privilege::CryptoAddDisk
+    } else {
+        Privilege::VmConfig
+    };
+    let user = authorize(
+        &s,
+        &headers,
+        privilege,
+        &format!("Adding a disk to VM {name}"),
+    )?;
+    let (state, reason) = lock_of(&record);
+    tresor_core::ops::check(&name, tresor_core::ops::VmOp::AddDisk, state, reason)
+        .map_err(|r| ApiError::new(StatusCode::CONFLICT, "vmLocked", r.message))?;
+    if req.size == 0 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "badRequest",
+            "A disk needs a size above zero, for example --size 10G",
+        ));
+    }
+    let own_key = if req.own_key {
+        let provider = record.key_provider.clone().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "plainVm",
+                format!("VM {name} is not encrypted; a disk with a key of its own needs an encrypted VM (tresor vm encrypt {name})"),
+            )
+        })?;
+        let key = s
+            .broker
+            .create_kek(&provider, &format!("{name}-disk"))
+            .await
+            .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "providerError", e.to_string()))?;
+        let (answer, material) = s.broker.fetch(&key).await;
+        let material = material.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "providerError",
+                format!("The new key {key} cannot be fetched: {answer:?}"),
+            )
+        })?;
+        reply_error(
+            s.hub
+                .request(
+                    &record.host,
+                    tresor_core::protocol::Command::PushKeys {
+                        keys: vec![tresor_core::protocol::KeyMaterial {
+                            key: key.clone(),
+                            material,
+                        }],
+                    },
+                    AGENT_TIMEOUT,
+                )
+                .await
+                .map_err(agent_error)?,
+        )?;
+        record_crypto(&s, &user, "add disk", &name, &key)?;
+        Some(key)
+    } else {
+        None
+    };
+    let reply = reply_error(
+        s.hub
+            .request(
+                &record.host,
+                tresor_core::protocol::Command::AddDisk {
+                    vm: name.clone(),
+                    disk: tresor_core::protocol::DiskSpec {
+                        size: req.size,
+                        own_key,
+                    },
+                },
+                AGENT_TIMEOUT,
+            )
+            .await
+            .map_err(agent_error)?,
+    )?;
+    if let tresor_core::protocol::Reply::Vm { vm } = reply {
+        s.engine.observe(&crate::agents::HubEvent::Inventory {
+            host: record.host.clone(),
+            vms: vec![vm],
+            keys_held: vec![],
+        });
+        s.engine.tick().await;
+    }
+    let record = s.store.vm(&name)?.ok_or_else(|| no_vm(&name))?;
+    Ok(Json(vm_json(&record)))
+}
+
 /// Unregister, reload, delete, encrypt, decrypt and rekey: checked against the VM's lock state and
 /// the privilege each needs, then carried out by the VM's host.
 async fn vm_op(
@@ -1457,6 +1575,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/vms/register", post(register))
         .route("/api/v1/vms/unlock", post(unlock_many))
         .route("/api/v1/vms/{name}/diagnose", get(diagnose_vm))
+        .route("/api/v1/vms/{name}/add-disk", post(add_disk))
         .route("/api/v1/vms/{name}/{op}", post(vm_action))
         .route("/api/v1/vms/{name}", get(show_vm))
         .route("/api/v1/hosts", get(list_hosts))
