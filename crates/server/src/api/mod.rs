@@ -260,6 +260,34 @@ struct VmQuery {
     locked: Option<bool>,
 }
 
+fn no_host(name: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "notFound",
+        format!("No host {name}; list them with `tresor host list`"),
+    )
+}
+
+/// The provider asked for, or else the default one.
+fn provider_or_default(s: &AppState, asked: Option<String>) -> Result<String, ApiError> {
+    match asked {
+        Some(p) => Ok(p),
+        None => s
+            .store
+            .providers()?
+            .into_iter()
+            .find(|p| p.is_default)
+            .map(|p| p.name)
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    "noProvider",
+                    "No default key provider; add one with `tresor provider add`, or name one with --provider",
+                )
+            }),
+    }
+}
+
 fn no_vm(name: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
@@ -451,11 +479,7 @@ async fn unlock_many(
     } else {
         if let Some(h) = &req.host {
             if !s.store.hosts()?.iter().any(|x| &x.name == h) {
-                return Err(ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "notFound",
-                    format!("No host {h}; list them with `tresor host list`"),
-                ));
+                return Err(no_host(h));
             }
         }
         if let Some(p) = &req.provider {
@@ -526,13 +550,7 @@ async fn show_host(
     let mut host = host_views(&s)?
         .into_iter()
         .find(|h| h["name"] == name.as_str())
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "notFound",
-                format!("No host {name}; list them with `tresor host list`"),
-            )
-        })?;
+        .ok_or_else(|| no_host(&name))?;
     let vms: Vec<Value> = s
         .store
         .vms()?
@@ -561,13 +579,7 @@ async fn disable_encryption(
         .hosts()?
         .into_iter()
         .find(|h| h.name == host)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "notFound",
-                format!("No host {host}; list them with `tresor host list`"),
-            )
-        })?;
+        .ok_or_else(|| no_host(&host))?;
     reply_error(
         s.hub
             .request(
@@ -888,16 +900,7 @@ async fn create_vm(
     }
     let mut own_keys = Vec::new();
     let key = if req.encrypt {
-        let provider = match req.provider.clone() {
-            Some(p) => p,
-            None => s
-                .store
-                .providers()?
-                .into_iter()
-                .find(|p| p.is_default)
-                .map(|p| p.name)
-                .ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "noProvider", "No default key provider; add one with `tresor provider add` or name one with --provider"))?,
-        };
+        let provider = provider_or_default(&s, req.provider.clone())?;
         let mut purposes = vec![req.name.clone()];
         for i in 0..req.own_key_disks.len() {
             purposes.push(format!("{}-disk{}", req.name, req.disks.len() + i));
@@ -1095,19 +1098,7 @@ async fn enable_encryption(
     let key = match (&record.host_key_provider, &record.host_key_id) {
         (Some(p), Some(id)) => tresor_core::ids::KeyRef::new(p, id),
         _ => {
-            let provider = s
-                .store
-                .providers()?
-                .into_iter()
-                .find(|p| p.is_default)
-                .map(|p| p.name)
-                .ok_or_else(|| {
-                    ApiError::new(
-                        StatusCode::CONFLICT,
-                        "noProvider",
-                        "No default key provider; add one with `tresor provider add`",
-                    )
-                })?;
+            let provider = provider_or_default(&s, None)?;
             s.broker
                 .create_kek(&provider, &format!("host:{host}"))
                 .await
@@ -1436,12 +1427,12 @@ async fn vm_op(
         "delete" => Command::Delete { vm: name.into() },
         "decrypt" => Command::Decrypt { vm: name.into() },
         "encrypt" | "rekey" => {
-            let provider = match body.as_ref().and_then(|b| b.provider.clone()).or_else(|| record.key_provider.clone()) {
-                Some(p) => p,
-                None => s.store.providers()?.into_iter().find(|p| p.is_default).map(|p| p.name).ok_or_else(|| {
-                    ApiError::new(StatusCode::CONFLICT, "noProvider", "No default key provider; add one with `tresor provider add` or name one")
-                })?,
-            };
+            let provider = provider_or_default(
+                s,
+                body.as_ref()
+                    .and_then(|b| b.provider.clone())
+                    .or_else(|| record.key_provider.clone()),
+            )?;
             let key = s.broker.create_kek(&provider, name).await.map_err(|e| {
                 ApiError::new(StatusCode::BAD_GATEWAY, "providerError", e.to_string())
             })?;

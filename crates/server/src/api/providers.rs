@@ -13,15 +13,12 @@ use crate::providers::{Credentials, NewProvider, ProviderError};
 
 impl From<ProviderError> for ApiError {
     fn from(e: ProviderError) -> ApiError {
+        let e = match e {
+            ProviderError::Store(inner) => return inner.into(),
+            other => other,
+        };
         let (status, code) = match &e {
-            ProviderError::Store(inner) => {
-                tracing::error!(error = %inner, "store failed");
-                return ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "storage",
-                    "The server cannot read or write its database; see its log",
-                );
-            }
+            ProviderError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
             ProviderError::Unknown(_) => (StatusCode::NOT_FOUND, "notFound"),
             ProviderError::Exists(_)
             | ProviderError::NotPending(_)

@@ -13,15 +13,12 @@ use crate::accounts::{AccountError, Accounts};
 
 impl From<AccountError> for ApiError {
     fn from(e: AccountError) -> ApiError {
+        let e = match e {
+            AccountError::Store(inner) => return inner.into(),
+            other => other,
+        };
         let (status, code) = match &e {
-            AccountError::Store(inner) => {
-                tracing::error!(error = %inner, "store failed");
-                return ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "storage",
-                    "The server cannot read or write its database; see its log",
-                );
-            }
+            AccountError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
             AccountError::BadCredentials => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             AccountError::NoUser(_) | AccountError::NoRole(_) => {
                 (StatusCode::NOT_FOUND, "notFound")
