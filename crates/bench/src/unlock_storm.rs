@@ -279,11 +279,17 @@ async fn host_session(
 
 /// `GET /api/v1/vms`: the time it took and the count of VMs in each crypto state.
 async fn list_vms(api: u16, token: &str) -> (Duration, usize, usize, usize) {
+    list_vms_at(api, token, "/api/v1/vms").await
+}
+
+/// A `GET` of the VM list at `path` (with its query): the time until the whole answer was read,
+/// and the count of VMs in each crypto state.
+async fn list_vms_at(api: u16, token: &str, path: &str) -> (Duration, usize, usize, usize) {
     let started = Instant::now();
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", api))
         .await
         .expect("api");
-    let req = format!("GET /api/v1/vms HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n");
     s.write_all(req.as_bytes()).await.expect("send");
     let mut out = Vec::new();
     s.read_to_end(&mut out).await.expect("read");
@@ -507,14 +513,29 @@ async fn main() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    eprintln!(
-        "every VM locked after {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    let lock_time = started.elapsed();
+    eprintln!("every VM locked after {:.1} s", lock_time.as_secs_f64());
 
     // The provider returns: time until every VM is unlocked, the API's latency meanwhile.
     open.store(true, Ordering::SeqCst);
     let started = Instant::now();
+    // Meanwhile, a client pages through the list 100 VMs at a time, as the console does.
+    let paging = Arc::new(AtomicBool::new(true));
+    let pager = {
+        let (paging, token) = (paging.clone(), token.clone());
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut offset = 0;
+            while paging.load(Ordering::SeqCst) {
+                let path = format!("/api/v1/vms?limit=100&offset={offset}");
+                let (took, n, _, _) = list_vms_at(api, &token, &path).await;
+                latencies.push(took);
+                offset = if n < 100 { 0 } else { offset + 100 };
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            latencies
+        })
+    };
     let mut latencies = Vec::new();
     let unlock_time = loop {
         let (took, _, _, unlocked) = list_vms(api, &token).await;
@@ -528,16 +549,24 @@ async fn main() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
+    paging.store(false, Ordering::SeqCst);
+    let mut pages = pager.await.expect("pager");
+    pages.sort();
     latencies.sort();
     let p = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
+    let pp = |q: f64| pages[((pages.len() as f64 - 1.0) * q).round() as usize];
     let report = serde_json::json!({
         "hosts": args.hosts,
         "vms": total,
+        "lockSeconds": (lock_time.as_secs_f64() * 10.0).round() / 10.0,
         "unlockSeconds": (unlock_time.as_secs_f64() * 10.0).round() / 10.0,
         "serverPeakRssMiB": rss_peak_kib(server_pid) / 1024,
         "vmListRequests": latencies.len(),
         "vmListP50Ms": p(0.5).as_millis(),
         "vmListP99Ms": p(0.99).as_millis(),
+        "vmPageRequests": pages.len(),
+        "vmPageP50Ms": pp(0.5).as_millis(),
+        "vmPageP99Ms": pp(0.99).as_millis(),
     });
     QUIET.store(true, Ordering::SeqCst);
     println!("{report}");

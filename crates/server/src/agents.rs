@@ -29,7 +29,8 @@ pub enum HubEvent {
     },
     Inventory {
         host: String,
-        vms: Vec<VmReport>,
+        /// Shared with the hub's copy and every subscriber's.
+        vms: Vec<Arc<VmReport>>,
         keys_held: Vec<KeyRef>,
     },
     Notice {
@@ -101,7 +102,7 @@ pub struct AgentHub {
     next_serial: AtomicU64,
     events: broadcast::Sender<HubEvent>,
     /// The last report of each VM of each host, for a subscriber that fell behind.
-    inventories: Mutex<HashMap<String, HashMap<String, VmReport>>>,
+    inventories: Mutex<HashMap<String, Vec<Arc<VmReport>>>>,
 }
 
 impl std::fmt::Debug for AgentHub {
@@ -141,14 +142,14 @@ impl AgentHub {
 
     /// What every connected host last reported of its VMs: a subscriber that fell behind the
     /// events (and was told it lagged) catches up from this.
-    pub fn inventories(&self) -> Vec<(String, Vec<VmReport>)> {
-        let connected = self.connected();
+    pub fn inventories(&self) -> Vec<(String, Vec<Arc<VmReport>>)> {
+        let connected: std::collections::HashSet<String> = self.connected().into_iter().collect();
         self.inventories
             .lock()
             .map(|i| {
                 i.iter()
-                    .filter(|(h, _)| connected.contains(h))
-                    .map(|(h, vms)| (h.clone(), vms.values().cloned().collect()))
+                    .filter(|(h, _)| connected.contains(*h))
+                    .map(|(h, vms)| (h.clone(), vms.clone()))
                     .collect()
             })
             .unwrap_or_default()
@@ -377,11 +378,9 @@ impl AgentHub {
                         }
                         AgentMessage::Inventory { vms, keys_held } => {
                             // An agent always reports all its VMs.
+                            let vms: Vec<Arc<VmReport>> = vms.into_iter().map(Arc::new).collect();
                             if let Ok(mut inv) = self.inventories.lock() {
-                                inv.insert(
-                                    host.clone(),
-                                    vms.iter().map(|v| (v.name.clone(), v.clone())).collect(),
-                                );
+                                inv.insert(host.clone(), vms.clone());
                             }
                             let _ = self.events.send(HubEvent::Inventory {
                                 host: host.clone(),

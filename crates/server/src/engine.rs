@@ -6,7 +6,7 @@
 //! Key material passes through here only between a fetch and the push it serves; it is never
 //! stored.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use futures_util::StreamExt;
 use std::sync::{Arc, Mutex};
@@ -21,7 +21,7 @@ use tresor_core::Lang;
 
 use crate::agents::{AgentHub, HubEvent};
 use crate::broker::KeyBroker;
-use crate::store::{EventRow, Store, VmRecord};
+use crate::store::{AlarmChange, EventRow, Store, VmRecord};
 
 /// How many provider requests and host pushes the engine has in flight at once.
 const CONCURRENCY: usize = 64;
@@ -58,18 +58,16 @@ impl EventRecord {
 /// A VM as the engine sees it.
 #[derive(Clone, Debug)]
 pub struct VmView {
-    pub report: VmReport,
+    /// The host's last report (shared with the hub until the engine changes it).
+    pub report: Arc<VmReport>,
     pub host: String,
     pub host_connected: bool,
     pub verdict: Option<Verdict>,
     pub published: Published,
     pub unlock_requested: bool,
     pub push_failed: bool,
-    /// What was last written to the store, to write only changes.
-    persisted: Option<VmRecord>,
-    /// What that record was made from: when nothing of it changed, nothing is written (and no
-    /// record is made, which matters with tens of thousands of VMs).
-    persisted_from: Option<(Option<Verdict>, bool, String, VmReport)>,
+    /// Changed since it was last written to the store.
+    unwritten: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -77,6 +75,8 @@ struct KeyStatus {
     answer: ProviderAnswer,
     last_attempt: Option<Instant>,
     backoff: Duration,
+    /// Its VMs were looked at again when its backoff ran out.
+    woken: bool,
 }
 
 #[derive(Default)]
@@ -94,6 +94,70 @@ struct State {
     unwritten: Vec<EventRow>,
     /// Whether each host is connected, as the hub last said.
     hosts_connected: HashMap<String, bool>,
+    /// The VMs to look at in the next pass: a pass decides only for VMs whose inputs changed
+    /// (their report, their host's connection, their keys' answers or backoff, an unlock
+    /// request), so that its cost follows the changes, not the size of the inventory.
+    dirty: HashSet<String>,
+    /// The VMs of each host, and the VMs that need each key.
+    by_host: HashMap<String, HashSet<String>>,
+    by_key: HashMap<KeyRef, HashSet<String>>,
+}
+
+impl State {
+    /// The VMs that need this key are to be looked at.
+    fn wake_key(&mut self, key: &KeyRef) {
+        if let Some(vms) = self.by_key.get(key) {
+            self.dirty.extend(vms.iter().cloned());
+        }
+    }
+
+    /// Adds a VM to the indexes, or moves it, when its host or keys changed.
+    fn index(&mut self, name: &str, old: Option<(&str, Vec<KeyRef>)>, host: &str, keys: &[KeyRef]) {
+        if let Some((old_host, old_keys)) = old {
+            if old_host != host {
+                if let Some(set) = self.by_host.get_mut(old_host) {
+                    set.remove(name);
+                }
+            }
+            for k in old_keys.iter().filter(|k| !keys.contains(k)) {
+                if let Some(set) = self.by_key.get_mut(k) {
+                    set.remove(name);
+                    if set.is_empty() {
+                        self.by_key.remove(k);
+                    }
+                }
+            }
+        }
+        self.by_host
+            .entry(host.to_owned())
+            .or_default()
+            .insert(name.to_owned());
+        for k in keys {
+            self.by_key
+                .entry(k.clone())
+                .or_default()
+                .insert(name.to_owned());
+        }
+    }
+
+    fn unindex(&mut self, name: &str, host: &str, keys: &[KeyRef]) {
+        if let Some(set) = self.by_host.get_mut(host) {
+            set.remove(name);
+        }
+        for k in keys {
+            if let Some(set) = self.by_key.get_mut(k) {
+                set.remove(name);
+                if set.is_empty() {
+                    self.by_key.remove(k);
+                }
+            }
+        }
+        self.dirty.remove(name);
+    }
+}
+
+fn key_refs(report: &VmReport) -> Vec<KeyRef> {
+    report.keys.iter().map(|k| k.key.clone()).collect()
 }
 
 #[derive(Clone, Debug)]
@@ -173,6 +237,9 @@ impl Engine {
         if let Ok(mut c) = self.config.lock() {
             c.policy = policy;
         }
+        let mut st = self.state();
+        let st = &mut *st;
+        st.dirty.extend(st.vms.keys().cloned());
     }
 
     /// A VM as the engine sees it now.
@@ -182,7 +249,10 @@ impl Engine {
 
     /// Forgets a VM that was unregistered or deleted.
     pub fn forget(&self, name: &str) {
-        self.state().vms.remove(name);
+        let mut st = self.state();
+        if let Some(v) = st.vms.remove(name) {
+            st.unindex(name, &v.host, &key_refs(&v.report));
+        }
     }
 
     /// Every event so far, oldest first.
@@ -211,6 +281,7 @@ impl Engine {
                 s.last_attempt = None;
             }
         }
+        st.dirty.insert(name.to_owned());
         true
     }
 
@@ -274,41 +345,37 @@ impl Engine {
         }
     }
 
-    /// Raises or clears the VM's locked alarm, and writes the VM's state when it changed.
-    fn persist(&self, view: &mut VmView, actions: &[Action], pending: &mut Vec<VmRecord>) {
-        let Some(store) = &self.store else { return };
-        let now = crate::enrol::now();
-        let object = format!("vm:{}", view.report.name);
-        for a in actions {
-            let result = match a {
-                Action::RaiseAlarm { reason } => store
-                    .raise_alarm("vm.locked", &object, reason.as_str(), now)
-                    .map(|_| ()),
-                Action::ClearAlarm => store.clear_alarm("vm.locked", &object, now).map(|_| ()),
-                _ => Ok(()),
-            };
-            if let Err(e) = result {
-                tracing::error!(error = %e, "cannot store an alarm");
-            }
-        }
-        let unchanged =
-            view.persisted_from
-                .as_ref()
-                .is_some_and(|(verdict, connected, host, report)| {
-                    *verdict == view.verdict
-                        && *connected == view.host_connected
-                        && *host == view.host
-                        && *report == view.report
-                });
-        if unchanged && view.persisted.is_some() {
+    /// Notes the VM's locked alarm changes, and its record when it changed, for the pass to
+    /// write in one transaction.
+    fn persist(
+        &self,
+        view: &mut VmView,
+        actions: &[Action],
+        pending: &mut Vec<VmRecord>,
+        alarms: &mut Vec<AlarmChange>,
+    ) {
+        if self.store.is_none() {
             return;
         }
-        view.persisted_from = Some((
-            view.verdict.clone(),
-            view.host_connected,
-            view.host.clone(),
-            view.report.clone(),
-        ));
+        let object = format!("vm:{}", view.report.name);
+        for a in actions {
+            match a {
+                Action::RaiseAlarm { reason } => alarms.push(AlarmChange::Raise {
+                    kind: "vm.locked",
+                    object: object.clone(),
+                    reason: reason.as_str().to_owned(),
+                }),
+                Action::ClearAlarm => alarms.push(AlarmChange::Clear {
+                    kind: "vm.locked",
+                    object: object.clone(),
+                }),
+                _ => {}
+            }
+        }
+        if !view.unwritten {
+            return;
+        }
+        view.unwritten = false;
         let text = |v: serde_json::Value| v.as_str().map(str::to_owned).unwrap_or_default();
         let (crypto_state, connection_state, lock_reason) =
             match (&view.verdict, view.report.encrypted) {
@@ -320,7 +387,7 @@ impl Engine {
                 ),
                 (None, true) => ("unlocked".to_owned(), "connected".to_owned(), None),
             };
-        let record = VmRecord {
+        pending.push(VmRecord {
             id: view.report.id.clone(),
             name: view.report.name.clone(),
             host: view.host.clone(),
@@ -336,47 +403,78 @@ impl Engine {
                 "disconnected".into()
             },
             lock_reason,
-            report: serde_json::to_string(&view.report).unwrap_or_default(),
-        };
-        if view.persisted.as_ref() != Some(&record) {
-            // Written with the pass's other changes in one transaction (see `tick`).
-            view.persisted = Some(record.clone());
-            pending.push(record);
-        }
+            report: serde_json::to_string(&*view.report).unwrap_or_default(),
+        });
     }
 
     /// Takes in what an agent said.
     pub fn observe(&self, event: &HubEvent) {
-        let mut st = self.state();
+        let mut guard = self.state();
+        let st = &mut *guard;
         match event {
             HubEvent::Inventory { host, vms, .. } => {
-                st.hosts_connected.insert(host.clone(), true);
+                if st.hosts_connected.insert(host.clone(), true) != Some(true) {
+                    Self::host_changed(st, host);
+                }
                 for report in vms {
-                    let view = st.vms.entry(report.name.clone()).or_insert_with(|| VmView {
-                        report: report.clone(),
-                        host: host.clone(),
-                        host_connected: true,
-                        verdict: None,
-                        published: Published::default(),
-                        unlock_requested: false,
-                        push_failed: false,
-                        persisted: None,
-                        persisted_from: None,
-                    });
-                    view.report = report.clone();
-                    view.host = host.clone();
-                    view.host_connected = true;
+                    let name = &report.name;
+                    let old = match st.vms.get_mut(name) {
+                        Some(view) => {
+                            if view.report == *report && view.host == *host && view.host_connected {
+                                continue;
+                            }
+                            let old = (view.host.clone(), key_refs(&view.report));
+                            view.report = report.clone();
+                            view.host = host.clone();
+                            view.host_connected = true;
+                            view.unwritten = true;
+                            Some(old)
+                        }
+                        None => {
+                            st.vms.insert(
+                                name.clone(),
+                                VmView {
+                                    report: report.clone(),
+                                    host: host.clone(),
+                                    host_connected: true,
+                                    verdict: None,
+                                    published: Published::default(),
+                                    unlock_requested: false,
+                                    push_failed: false,
+                                    unwritten: true,
+                                },
+                            );
+                            None
+                        }
+                    };
+                    let keys = key_refs(report);
+                    st.index(
+                        name,
+                        old.as_ref().map(|(h, k)| (h.as_str(), k.clone())),
+                        host,
+                        &keys,
+                    );
+                    st.dirty.insert(name.clone());
                 }
             }
-            // Which hosts are connected; each VM takes its host's at the next pass (a lookup,
-            // not a walk over every VM for every host that comes or goes).
             HubEvent::Connected { host, .. } => {
-                st.hosts_connected.insert(host.clone(), true);
+                if st.hosts_connected.insert(host.clone(), true) != Some(true) {
+                    Self::host_changed(st, host);
+                }
             }
             HubEvent::Disconnected { host } => {
-                st.hosts_connected.insert(host.clone(), false);
+                if st.hosts_connected.insert(host.clone(), false) != Some(false) {
+                    Self::host_changed(st, host);
+                }
             }
             HubEvent::Notice { .. } => {}
+        }
+    }
+
+    /// A host came or went: its VMs are looked at in the next pass.
+    fn host_changed(st: &mut State, host: &str) {
+        if let Some(vms) = st.by_host.get(host) {
+            st.dirty.extend(vms.iter().cloned());
         }
     }
 
@@ -389,13 +487,20 @@ impl Engine {
                 keys_held: Vec::new(),
             });
         }
-        let connected = self.hub.connected();
-        let mut st = self.state();
-        for v in st.hosts_connected.values_mut() {
-            *v = false;
+        let connected: HashSet<String> = self.hub.connected().into_iter().collect();
+        let mut guard = self.state();
+        let st = &mut *guard;
+        let hosts: Vec<String> = st.hosts_connected.keys().cloned().collect();
+        for h in hosts {
+            let now = connected.contains(&h);
+            if st.hosts_connected.insert(h.clone(), now) != Some(now) {
+                Self::host_changed(st, &h);
+            }
         }
         for h in connected {
-            st.hosts_connected.insert(h, true);
+            if st.hosts_connected.insert(h.clone(), true) != Some(true) {
+                Self::host_changed(st, &h);
+            }
         }
     }
 
@@ -405,16 +510,38 @@ impl Engine {
         self.check_down_providers(&config).await;
         let now = Instant::now();
         let mut pending: Vec<VmRecord> = Vec::new();
+        let mut alarms: Vec<AlarmChange> = Vec::new();
         let plans: Vec<(String, Vec<Action>)> = {
             let mut guard = self.state();
             let st = &mut *guard;
+            // Keys whose backoff ran out since the last pass: their VMs may fetch or push again.
+            let mut woken = Vec::new();
+            for (k, status) in st.keys.iter_mut() {
+                let due = status
+                    .last_attempt
+                    .is_none_or(|t| now.duration_since(t) >= status.backoff);
+                if due && !status.woken {
+                    status.woken = true;
+                    woken.push(k.clone());
+                }
+            }
+            for k in &woken {
+                st.wake_key(k);
+            }
+            let dirty = std::mem::take(&mut st.dirty);
             let mut plans = Vec::new();
             let mut to_record = Vec::new();
             let keys = &st.keys;
             let hosts_connected = &st.hosts_connected;
-            for (name, view) in st.vms.iter_mut() {
+            for name in dirty {
+                let Some(view) = st.vms.get_mut(&name) else {
+                    continue;
+                };
                 if let Some(c) = hosts_connected.get(&view.host) {
-                    view.host_connected = *c;
+                    if view.host_connected != *c {
+                        view.host_connected = *c;
+                        view.unwritten = true;
+                    }
                 }
                 let observations: Vec<KeyObservation> = view
                     .report
@@ -452,18 +579,21 @@ impl Engine {
                         to_record.push((*event, *reason, name.clone(), view.host.clone()));
                     }
                 }
-                view.verdict = decision.verdict;
+                if view.verdict != decision.verdict {
+                    view.verdict = decision.verdict;
+                    view.unwritten = true;
+                }
                 view.published = decision.published;
                 if decision.actions.contains(&Action::UnlockDone) {
                     view.unlock_requested = false;
                 }
-                self.persist(view, &decision.actions, &mut pending);
+                self.persist(view, &decision.actions, &mut pending, &mut alarms);
                 if decision
                     .actions
                     .iter()
                     .any(|a| matches!(a, Action::Fetch { .. } | Action::Push { .. }))
                 {
-                    plans.push((name.clone(), decision.actions));
+                    plans.push((name, decision.actions));
                 }
             }
             for (event, reason, name, host) in to_record {
@@ -475,16 +605,23 @@ impl Engine {
             plans
         };
         self.flush_events();
-        // Every VM whose state changed in this pass, in one transaction.
-        if let (Some(store), false) = (&self.store, pending.is_empty()) {
-            if let Err(e) = store.put_vms(&pending) {
-                tracing::error!(error = %e, "cannot store the VMs' states; trying again");
-                let mut st = self.state();
-                for r in &pending {
-                    if let Some(v) = st.vms.get_mut(&r.name) {
-                        v.persisted = None;
-                        v.persisted_from = None;
+        // Every VM whose state changed in this pass, and their alarms, in one transaction each.
+        if let Some(store) = &self.store {
+            if !pending.is_empty() {
+                if let Err(e) = store.put_vms(&pending) {
+                    tracing::error!(error = %e, "cannot store the VMs' states; trying again");
+                    let mut st = self.state();
+                    for r in &pending {
+                        if let Some(v) = st.vms.get_mut(&r.name) {
+                            v.unwritten = true;
+                        }
+                        st.dirty.insert(r.name.clone());
                     }
+                }
+            }
+            if !alarms.is_empty() {
+                if let Err(e) = store.change_alarms(&alarms, crate::enrol::now()) {
+                    tracing::error!(error = %e, "cannot store the VMs' alarms");
                 }
             }
         }
@@ -534,13 +671,18 @@ impl Engine {
             if back {
                 tracing::info!(provider = %provider, "key provider answers again");
                 st.down.remove(&provider);
+                let mut due = Vec::new();
                 for (k, status) in st.keys.iter_mut() {
                     if k.provider() == provider
                         && matches!(status.answer, ProviderAnswer::Unreachable(_))
                     {
                         status.last_attempt = None;
                         status.backoff = Duration::ZERO;
+                        due.push(k.clone());
                     }
+                }
+                for k in &due {
+                    st.wake_key(k);
                 }
             } else if let Some(w) = st.down.get_mut(&provider) {
                 w.backoff = (w.backoff * 2).min(config.provider_check_max);
@@ -581,8 +723,10 @@ impl Engine {
                 answer,
                 last_attempt: Some(Instant::now()),
                 backoff,
+                woken: false,
             },
         );
+        st.wake_key(key);
         if let Some(m) = material {
             st.fetched.insert(key.clone(), m);
         }
@@ -640,6 +784,7 @@ impl Engine {
             Err(e) => e.to_string(),
             _ => String::new(),
         };
+        let mut alarms = Vec::new();
         let mut st = self.state();
         for (vm, vm_keys) in batch {
             let mut failed_before = false;
@@ -648,39 +793,30 @@ impl Engine {
                 v.push_failed = !ok;
                 if ok {
                     // Until the host reports again, count the keys as there.
-                    for hk in v
-                        .report
+                    for hk in Arc::make_mut(&mut v.report)
                         .keys
                         .iter_mut()
                         .filter(|hk| vm_keys.contains(&hk.key))
                     {
                         hk.on_host = true;
                     }
+                    v.unwritten = true;
                 }
+                st.dirty.insert(vm.clone());
             }
             // A failed push is an alarm on the VM until a push succeeds.
-            if let Some(store) = &self.store {
-                let object = format!("vm:{vm}");
-                let now = crate::enrol::now();
-                let result = if ok && failed_before {
-                    store
-                        .clear_alarm("key.push.failed", &object, now)
-                        .map(|_| ())
-                } else if !ok {
-                    store
-                        .raise_alarm(
-                            "key.push.failed",
-                            &object,
-                            &format!("keys could not be sent to host {host}: {error}"),
-                            now,
-                        )
-                        .map(|_| ())
-                } else {
-                    Ok(())
-                };
-                if let Err(e) = result {
-                    tracing::error!(error = %e, "cannot store an alarm");
-                }
+            let object = format!("vm:{vm}");
+            if ok && failed_before {
+                alarms.push(AlarmChange::Clear {
+                    kind: "key.push.failed",
+                    object,
+                });
+            } else if !ok {
+                alarms.push(AlarmChange::Raise {
+                    kind: "key.push.failed",
+                    object,
+                    reason: format!("keys could not be sent to host {host}: {error}"),
+                });
             }
             for k in vm_keys {
                 let mut args = vec![
@@ -691,6 +827,12 @@ impl Engine {
                     args.push(("error".to_owned(), error.clone()));
                 }
                 self.record(&mut st, event, Some(vm), Some(host), args);
+            }
+        }
+        drop(st);
+        if let (Some(store), false) = (&self.store, alarms.is_empty()) {
+            if let Err(e) = store.change_alarms(&alarms, crate::enrol::now()) {
+                tracing::error!(error = %e, "cannot store an alarm");
             }
         }
     }

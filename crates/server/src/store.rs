@@ -7,7 +7,7 @@
 //! same place.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
@@ -204,9 +204,84 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE hosts ADD COLUMN host_key_id TEXT;",
 ];
 
+/// An alarm to raise or clear (see [`Store::change_alarms`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AlarmChange {
+    Raise {
+        kind: &'static str,
+        object: String,
+        reason: String,
+    },
+    Clear {
+        kind: &'static str,
+        object: String,
+    },
+}
+
+fn raise_alarm(
+    conn: &Connection,
+    kind: &str,
+    object: &str,
+    reason: &str,
+    now: i64,
+) -> Result<i64, StoreError> {
+    let existing: Option<i64> = conn
+        .prepare_cached(
+            "SELECT id FROM alarms WHERE kind = ?1 AND object = ?2 AND cleared IS NULL",
+        )?
+        .query_row(params![kind, object], |r| r.get(0))
+        .optional()?;
+    if let Some(id) = existing {
+        conn.prepare_cached("UPDATE alarms SET reason = ?2 WHERE id = ?1")?
+            .execute(params![id, reason])?;
+        return Ok(id);
+    }
+    conn.prepare_cached(
+        "INSERT INTO alarms (kind, object, reason, raised) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![kind, object, reason, now])?;
+    Ok(conn.last_insert_rowid())
+}
+
+fn clear_alarm(conn: &Connection, kind: &str, object: &str, now: i64) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "UPDATE alarms SET cleared = ?3 WHERE kind = ?1 AND object = ?2 AND cleared IS NULL",
+        )?
+        .execute(params![kind, object, now])?
+        > 0)
+}
+
 /// The server's database.
+///
+/// The VMs are also kept in memory, as they were last written: they are read far more often
+/// than they change (every `vm list`, every pass of the engine), and with tens of thousands of
+/// them reading the table back each time would dominate the server's work.
 pub struct Store {
     conn: Mutex<Connection>,
+    vms: std::sync::RwLock<VmCache>,
+}
+
+/// The VMs as stored, by name, and the name of each id.
+#[derive(Default)]
+struct VmCache {
+    by_name: std::collections::BTreeMap<String, Arc<StoredVm>>,
+    names: std::collections::HashMap<String, String>,
+}
+
+/// A VM as stored, with a slot for a rendering of it that stays valid as long as the record
+/// does (a new record is a new `StoredVm`).
+#[derive(Debug)]
+pub struct StoredVm {
+    pub record: VmRecord,
+    pub rendered: std::sync::OnceLock<String>,
+}
+
+impl StoredVm {
+    /// The rendering, made once by `render`.
+    pub fn rendered(&self, render: impl FnOnce(&VmRecord) -> String) -> &str {
+        self.rendered.get_or_init(|| render(&self.record))
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -254,9 +329,32 @@ impl Store {
             tx.pragma_update(None, "user_version", (i + 1) as i64)?;
             tx.commit()?;
         }
-        Ok(Store {
+        let store = Store {
             conn: Mutex::new(conn),
-        })
+            vms: Default::default(),
+        };
+        let vms = store.vm_rows("", &[])?;
+        let mut cache = store.vm_cache_mut();
+        for v in vms {
+            cache.names.insert(v.id.clone(), v.name.clone());
+            cache.by_name.insert(
+                v.name.clone(),
+                Arc::new(StoredVm {
+                    record: v,
+                    rendered: Default::default(),
+                }),
+            );
+        }
+        drop(cache);
+        Ok(store)
+    }
+
+    fn vm_cache(&self) -> std::sync::RwLockReadGuard<'_, VmCache> {
+        self.vms.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn vm_cache_mut(&self) -> std::sync::RwLockWriteGuard<'_, VmCache> {
+        self.vms.write().unwrap_or_else(|p| p.into_inner())
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -423,6 +521,22 @@ impl Store {
             }
         }
         tx.commit()?;
+        let mut cache = self.vm_cache_mut();
+        for v in vms {
+            // Upserted by id: a renamed VM leaves its old name.
+            if let Some(old) = cache.names.insert(v.id.clone(), v.name.clone()) {
+                if old != v.name {
+                    cache.by_name.remove(&old);
+                }
+            }
+            cache.by_name.insert(
+                v.name.clone(),
+                Arc::new(StoredVm {
+                    record: v.clone(),
+                    rendered: Default::default(),
+                }),
+            );
+        }
         Ok(())
     }
 
@@ -455,26 +569,45 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Every VM, by name (from memory).
     pub fn vms(&self) -> Result<Vec<VmRecord>, StoreError> {
-        self.vm_rows("", &[])
+        Ok(self
+            .vm_cache()
+            .by_name
+            .values()
+            .map(|v| v.record.clone())
+            .collect())
+    }
+
+    /// Every VM as stored, by name, without copying the records.
+    pub fn stored_vms(&self) -> Vec<Arc<StoredVm>> {
+        self.vm_cache().by_name.values().cloned().collect()
     }
 
     pub fn locked_vms(&self) -> Result<Vec<VmRecord>, StoreError> {
-        self.vm_rows("WHERE crypto_state = 'locked'", &[])
+        Ok(self
+            .vm_cache()
+            .by_name
+            .values()
+            .filter(|v| v.record.crypto_state == "locked")
+            .map(|v| v.record.clone())
+            .collect())
     }
 
     pub fn vm(&self, name: &str) -> Result<Option<VmRecord>, StoreError> {
-        Ok(self
-            .vm_rows("WHERE name = ?1", &[&name])?
-            .into_iter()
-            .next())
+        Ok(self.vm_cache().by_name.get(name).map(|v| v.record.clone()))
     }
 
     pub fn remove_vm(&self, name: &str) -> Result<bool, StoreError> {
-        Ok(self
+        let removed = self
             .conn()
             .execute("DELETE FROM vms WHERE name = ?1", params![name])?
-            > 0)
+            > 0;
+        let mut cache = self.vm_cache_mut();
+        if let Some(v) = cache.by_name.remove(name) {
+            cache.names.remove(&v.record.id);
+        }
+        Ok(removed)
     }
 
     // Events.
@@ -582,34 +715,34 @@ impl Store {
         reason: &str,
         now: i64,
     ) -> Result<i64, StoreError> {
-        let conn = self.conn();
-        let existing: Option<i64> = conn
-            .query_row(
-                "SELECT id FROM alarms WHERE kind = ?1 AND object = ?2 AND cleared IS NULL",
-                params![kind, object],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if let Some(id) = existing {
-            conn.execute(
-                "UPDATE alarms SET reason = ?2 WHERE id = ?1",
-                params![id, reason],
-            )?;
-            return Ok(id);
-        }
-        conn.execute(
-            "INSERT INTO alarms (kind, object, reason, raised) VALUES (?1, ?2, ?3, ?4)",
-            params![kind, object, reason, now],
-        )?;
-        Ok(conn.last_insert_rowid())
+        raise_alarm(&self.conn(), kind, object, reason, now)
     }
 
     /// Clears the active alarm of this kind for the object; false if there was none.
     pub fn clear_alarm(&self, kind: &str, object: &str, now: i64) -> Result<bool, StoreError> {
-        Ok(self.conn().execute(
-            "UPDATE alarms SET cleared = ?3 WHERE kind = ?1 AND object = ?2 AND cleared IS NULL",
-            params![kind, object, now],
-        )? > 0)
+        clear_alarm(&self.conn(), kind, object, now)
+    }
+
+    /// Raises and clears many alarms in one transaction.
+    pub fn change_alarms(&self, changes: &[AlarmChange], now: i64) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        for c in changes {
+            match c {
+                AlarmChange::Raise {
+                    kind,
+                    object,
+                    reason,
+                } => {
+                    raise_alarm(&tx, kind, object, reason, now)?;
+                }
+                AlarmChange::Clear { kind, object } => {
+                    clear_alarm(&tx, kind, object, now)?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     pub fn acknowledge_alarm(&self, id: i64, user: &str) -> Result<bool, StoreError> {

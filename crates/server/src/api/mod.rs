@@ -241,23 +241,62 @@ pub fn vm_json(record: &VmRecord) -> Value {
     })
 }
 
+/// The VM list, answered from the store's memory with each VM's JSON rendered once per change
+/// (the list is asked for often, by people and scripts, and can hold tens of thousands of VMs).
+/// Filters: `locked`, `host`, `provider`; pages: `limit` and `offset`, with the number of VMs
+/// that match in `X-Total-Count`.
 async fn list_vms(
     State(s): State<AppState>,
     headers: HeaderMap,
     Query(q): Query<VmQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     authorize(&s, &headers, Privilege::SystemView, "Listing VMs")?;
-    let vms = if q.locked.unwrap_or(false) {
-        s.store.locked_vms()?
-    } else {
-        s.store.vms()?
-    };
-    Ok(Json(Value::Array(vms.iter().map(vm_json).collect())))
+    let vms = s.store.stored_vms();
+    let matching = vms.iter().filter(|v| {
+        let r = &v.record;
+        (!q.locked.unwrap_or(false) || r.crypto_state == "locked")
+            && q.host.as_ref().is_none_or(|h| &r.host == h)
+            && q.provider
+                .as_ref()
+                .is_none_or(|p| r.key_provider.as_ref() == Some(p))
+    });
+    let mut total = 0usize;
+    let mut body = String::with_capacity(2 + vms.len().min(q.limit.unwrap_or(usize::MAX)) * 512);
+    body.push('[');
+    let (offset, limit) = (q.offset.unwrap_or(0), q.limit.unwrap_or(usize::MAX));
+    for v in matching {
+        if total >= offset && total - offset < limit {
+            if body.len() > 1 {
+                body.push(',');
+            }
+            body.push_str(v.rendered(|r| vm_json(r).to_string()));
+        }
+        total += 1;
+    }
+    body.push(']');
+    Ok((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/json".to_owned(),
+            ),
+            (
+                axum::http::HeaderName::from_static("x-total-count"),
+                total.to_string(),
+            ),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 #[derive(Debug, Deserialize)]
 struct VmQuery {
     locked: Option<bool>,
+    host: Option<String>,
+    provider: Option<String>,
+    limit: Option<usize>,
+    offset: Option<usize>,
 }
 
 fn no_host(name: &str) -> ApiError {
@@ -982,7 +1021,7 @@ async fn create_vm(
     };
     s.engine.observe(&crate::agents::HubEvent::Inventory {
         host: req.host.clone(),
-        vms: vec![vm],
+        vms: vec![Arc::new(vm)],
         keys_held: vec![],
     });
     s.engine.tick().await;
@@ -1257,7 +1296,7 @@ async fn register(
         registered.push(vm.name.clone());
         s.engine.observe(&crate::agents::HubEvent::Inventory {
             host: req.host.clone(),
-            vms: vec![vm],
+            vms: vec![Arc::new(vm)],
             keys_held: vec![],
         });
     }
@@ -1381,7 +1420,7 @@ async fn add_disk(
     if let tresor_core::protocol::Reply::Vm { vm } = reply {
         s.engine.observe(&crate::agents::HubEvent::Inventory {
             host: record.host.clone(),
-            vms: vec![vm],
+            vms: vec![Arc::new(vm)],
             keys_held: vec![],
         });
         s.engine.tick().await;
@@ -1508,7 +1547,7 @@ async fn vm_op(
         (_, tresor_core::protocol::Reply::Vm { vm }) => {
             s.engine.observe(&crate::agents::HubEvent::Inventory {
                 host: record.host.clone(),
-                vms: vec![vm],
+                vms: vec![Arc::new(vm)],
                 keys_held: vec![],
             });
             s.engine.tick().await;
