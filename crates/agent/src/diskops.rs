@@ -20,6 +20,63 @@ use crate::wrap::{self, Purpose};
 /// The journal's file name.
 pub const JOURNAL: &str = "operation.json";
 
+/// The file that records a VM-wide operation in progress (encrypt, decrypt, deep rekey): those
+/// change the VM's file and each disk in turn, and one that was interrupted is finished when the
+/// agent holds the VM's key again (see `Host::resume`).
+pub const INTENT: &str = "vm-operation.json";
+
+/// A VM-wide operation in progress.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Intent {
+    pub operation: Operation,
+    /// The disks still to do (deep rekey; encrypt and decrypt see it from each disk).
+    #[serde(default)]
+    pub disks: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Operation {
+    Encrypt,
+    Decrypt,
+    DeepRekey,
+}
+
+/// Records (atomically) that `intent` is in progress in the VM directory `dir`.
+pub fn write_intent(dir: &Path, intent: &Intent) -> Result<(), DiskOpError> {
+    let text = serde_json::to_vec_pretty(intent).map_err(|e| DiskOpError::Io {
+        what: "write the operation record".into(),
+        source: std::io::Error::other(e),
+    })?;
+    write_atomic(&dir.join(INTENT), &text)?;
+    Ok(())
+}
+
+/// The operation in progress in `dir`, if any.
+pub fn read_intent(dir: &Path) -> Result<Option<Intent>, DiskOpError> {
+    let path = dir.join(INTENT);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| DiskOpError::Io {
+                what: format!("read {}", path.display()),
+                source: std::io::Error::other(e),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(DiskOpError::Io {
+            what: format!("read {}", path.display()),
+            source,
+        }),
+    }
+}
+
+/// Records that the operation in `dir` is over.
+pub fn clear_intent(dir: &Path) -> Result<(), DiskOpError> {
+    remove_if_exists(&dir.join(INTENT))?;
+    sync_file(dir)
+}
+
 /// Why a disk operation failed (the VM is as it was).
 #[derive(Debug, thiserror::Error)]
 pub enum DiskOpError {

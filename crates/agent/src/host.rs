@@ -11,6 +11,7 @@ use tresor_core::protocol::{Command, HostKey, PowerState, Reply, VmReport, VmSpe
 
 use crate::disk::{DiskFormat, QemuTools};
 use crate::diskops::{self, Change};
+use crate::diskops::{Intent, Operation};
 use crate::keycache::KeyCache;
 use crate::qemu::{QemuConfig, RunningVm};
 use crate::vmfile::{write_atomic, DiskEntry, VmConfig, VmFile, VmFileError, CONFIG_FILE};
@@ -86,6 +87,8 @@ pub struct Host {
     /// Registered VMs by name: their directories.
     vms: BTreeMap<String, PathBuf>,
     running: HashMap<String, RunningVm>,
+    /// VMs whose interrupted operation this run of the agent tried to finish.
+    resumed: std::collections::HashSet<String>,
 }
 
 impl std::fmt::Debug for Host {
@@ -158,6 +161,7 @@ impl Host {
             host_key: None,
             vms,
             running: HashMap::new(),
+            resumed: Default::default(),
         })
     }
 
@@ -552,7 +556,7 @@ impl Host {
         let file = VmFile::load(&dir)?;
         if !file.encrypted {
             // First the config: a home key under the new KEK seals it. The disks follow, each
-            // journaled; an interrupted encryption is finished by running it again.
+            // journaled.
             let mut next = VmFile::new_encrypted(
                 &file.id,
                 &file.name,
@@ -561,6 +565,15 @@ impl Host {
                 &self.cache,
             )?;
             next.disks = file.disks.clone();
+            // Recorded before anything changes: an encryption interrupted from here on is
+            // finished when the agent holds the VM's key again.
+            diskops::write_intent(
+                &dir,
+                &Intent {
+                    operation: Operation::Encrypt,
+                    disks: Vec::new(),
+                },
+            )?;
             next.save(&dir)?;
         }
         let file = VmFile::load(&dir)?;
@@ -574,6 +587,7 @@ impl Host {
                 None,
             )?;
         }
+        diskops::clear_intent(&dir)?;
         Ok(Reply::Vm {
             vm: self.report(vm)?,
         })
@@ -584,6 +598,13 @@ impl Host {
         self.require_off(vm, "decrypt it")?;
         let file = VmFile::load(&dir)?;
         let config = file.config(&self.cache)?;
+        diskops::write_intent(
+            &dir,
+            &Intent {
+                operation: Operation::Decrypt,
+                disks: Vec::new(),
+            },
+        )?;
         for d in file.disks.iter().filter(|d| d.wrapped_secret.is_some()) {
             diskops::run(
                 &dir,
@@ -597,6 +618,7 @@ impl Host {
         let mut plain = VmFile::new_plain(&file.id, &file.name, config);
         plain.disks = VmFile::load(&dir)?.disks;
         plain.save(&dir)?;
+        diskops::clear_intent(&dir)?;
         Ok(Reply::Vm {
             vm: self.report(vm)?,
         })
@@ -616,25 +638,111 @@ impl Host {
         }
         file.shallow_rekey(&key, &self.cache)?.save(&dir)?;
         if deep {
+            // The new KEK is in place (one atomic step); the disks' new secrets follow, each
+            // recorded as done, and an interrupted run is finished when the key is back.
             let file = VmFile::load(&dir)?;
-            for d in file
+            let disks: Vec<String> = file
                 .disks
                 .iter()
                 .filter(|d| d.wrapped_secret.is_some() && d.key_id.is_none())
-            {
-                diskops::run(
-                    &dir,
-                    &d.id,
-                    &Change::DeepRekey { key: None },
-                    &self.cache,
-                    &self.config.tools,
-                    None,
-                )?;
-            }
+                .map(|d| d.id.clone())
+                .collect();
+            self.deep_rekey_disks(&dir, disks)?;
         }
         Ok(Reply::Vm {
             vm: self.report(vm)?,
         })
+    }
+
+    /// Gives the disks `disks` of the VM in `dir` new secrets under its current KEK, recording
+    /// after each which are left.
+    fn deep_rekey_disks(&mut self, dir: &Path, mut disks: Vec<String>) -> Result<(), HostError> {
+        diskops::write_intent(
+            dir,
+            &Intent {
+                operation: Operation::DeepRekey,
+                disks: disks.clone(),
+            },
+        )?;
+        while let Some(id) = disks.first().cloned() {
+            diskops::run(
+                dir,
+                &id,
+                &Change::DeepRekey { key: None },
+                &self.cache,
+                &self.config.tools,
+                None,
+            )?;
+            disks.remove(0);
+            diskops::write_intent(
+                dir,
+                &Intent {
+                    operation: Operation::DeepRekey,
+                    disks: disks.clone(),
+                },
+            )?;
+        }
+        diskops::clear_intent(dir)?;
+        Ok(())
+    }
+
+    /// Finishes the VM-wide operations (encrypt, decrypt, deep rekey) that were interrupted,
+    /// for each powered-off VM whose key the agent holds now: after a restart of the agent the
+    /// key comes back with the server's next push, and the operation is completed then.
+    pub fn resume(&mut self) {
+        let pending: Vec<(String, PathBuf)> = self
+            .vms
+            .iter()
+            .filter(|(n, dir)| !self.resumed.contains(*n) && dir.join(diskops::INTENT).exists())
+            .map(|(n, d)| (n.clone(), d.clone()))
+            .collect();
+        for (vm, dir) in pending {
+            if self.is_running(&vm) {
+                continue;
+            }
+            let intent = match diskops::read_intent(&dir) {
+                Ok(Some(i)) => i,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::error!(vm = %vm, error = %e, "cannot read the record of an interrupted operation");
+                    continue;
+                }
+            };
+            let key = match VmFile::load(&dir) {
+                // A plain VM: the encryption never changed it, or the decryption was done.
+                Ok(f) if !f.encrypted => {
+                    if let Err(e) = diskops::clear_intent(&dir) {
+                        tracing::error!(vm = %vm, error = %e, "cannot remove the record of an operation");
+                    }
+                    continue;
+                }
+                Ok(f) => f.key_id,
+                Err(e) => {
+                    tracing::error!(vm = %vm, error = %e, "cannot read the VM to finish its operation");
+                    continue;
+                }
+            };
+            let Some(key) = key.filter(|k| self.cache.contains(k)) else {
+                // Not yet: the server sends the key when it sees the VM needs it.
+                continue;
+            };
+            // Once per run of the agent: one that fails waits for the operator (who may run the
+            // operation again) or the next start.
+            self.resumed.insert(vm.clone());
+            let result = match intent.operation {
+                Operation::Encrypt => self.encrypt(&vm, key).map(|_| ()),
+                Operation::Decrypt => self.decrypt(&vm).map(|_| ()),
+                Operation::DeepRekey => self.deep_rekey_disks(&dir, intent.disks),
+            };
+            match result {
+                Ok(()) => {
+                    tracing::warn!(vm = %vm, operation = ?intent.operation, "finished an interrupted operation")
+                }
+                Err(e) => {
+                    tracing::error!(vm = %vm, operation = ?intent.operation, error = %e.message, "cannot finish an interrupted operation")
+                }
+            }
+        }
     }
 
     /// Stops every VM and empties the key cache, as a host restart does.

@@ -157,6 +157,8 @@ async fn report<W: AsyncWriteExt + Unpin>(
     let h = host.clone();
     let (vms, keys_held) = tokio::task::spawn_blocking(move || {
         let mut h = lock(&h);
+        // An operation the agent was killed in is finished once the VM's key is here again.
+        h.resume();
         (h.inventory(), h.keys_held())
     })
     .await

@@ -68,7 +68,12 @@ fn spawn(bin: &Path, args: &[&str], log: &Path) -> Child {
     Child(
         std::process::Command::new(bin)
             .args(args)
-            .env("TRESOR_LOG", "warn")
+            // Quiet unless asked otherwise (`TRESOR_LOG=tresor_server::engine=debug` shows the
+            // engine's passes).
+            .env(
+                "TRESOR_LOG",
+                std::env::var("TRESOR_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()

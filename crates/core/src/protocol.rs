@@ -78,6 +78,16 @@ pub enum PowerState {
     PoweredOff,
 }
 
+impl PowerState {
+    /// The name used in JSON and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PowerState::PoweredOn => "poweredOn",
+            PowerState::PoweredOff => "poweredOff",
+        }
+    }
+}
+
 /// A VM as its host reports it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -35,6 +35,28 @@ pub enum ConnectionState {
     Disconnected,
 }
 
+impl CryptoState {
+    /// The name used in JSON and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CryptoState::Unencrypted => "unencrypted",
+            CryptoState::Unlocked => "unlocked",
+            CryptoState::Locked => "locked",
+        }
+    }
+}
+
+impl ConnectionState {
+    /// The name used in JSON and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionState::Connected => "connected",
+            ConnectionState::Invalid => "invalid",
+            ConnectionState::Disconnected => "disconnected",
+        }
+    }
+}
+
 /// `lockReason` of a locked VM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum LockReason {
@@ -179,6 +201,45 @@ pub fn verdict(keys: &[KeyObservation]) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_are_the_json_names() {
+        let json = |v: serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+        for s in [
+            CryptoState::Unencrypted,
+            CryptoState::Unlocked,
+            CryptoState::Locked,
+        ] {
+            assert_eq!(s.as_str(), json(serde_json::to_value(s).unwrap()));
+        }
+        for s in [
+            ConnectionState::Connected,
+            ConnectionState::Invalid,
+            ConnectionState::Disconnected,
+        ] {
+            assert_eq!(s.as_str(), json(serde_json::to_value(s).unwrap()));
+        }
+        for s in [
+            LockReason::KmsClusterError,
+            LockReason::KeyMissingOnKms,
+            LockReason::KeyMissingOnHost,
+        ] {
+            assert_eq!(s.as_str(), json(serde_json::to_value(s).unwrap()));
+        }
+        for s in [
+            crate::protocol::PowerState::PoweredOn,
+            crate::protocol::PowerState::PoweredOff,
+        ] {
+            assert_eq!(s.as_str(), json(serde_json::to_value(s).unwrap()));
+        }
+        for s in [
+            crate::events::Severity::Info,
+            crate::events::Severity::Warning,
+            crate::events::Severity::Error,
+        ] {
+            assert_eq!(s.as_str(), json(serde_json::to_value(s).unwrap()));
+        }
+    }
 
     fn key(id: &str, uses: Vec<KeyUse>, on_host: bool, provider: ProviderAnswer) -> KeyObservation {
         KeyObservation {

@@ -226,6 +226,24 @@ impl KmipClient {
         &self,
         payloads: Vec<RequestPayload>,
     ) -> Result<Vec<ItemResult>, ClientError> {
+        self.send_batch(payloads, false).await
+    }
+
+    /// Sends several operations in one message and asks the server to go on after a failed one
+    /// (Batch Error Continuation Option: Continue), for operations that do not depend on each
+    /// other. A server that stops anyway answers fewer items; the caller sees fewer results.
+    pub async fn batch_continuing(
+        &self,
+        payloads: Vec<RequestPayload>,
+    ) -> Result<Vec<ItemResult>, ClientError> {
+        self.send_batch(payloads, true).await
+    }
+
+    async fn send_batch(
+        &self,
+        payloads: Vec<RequestPayload>,
+        continuing: bool,
+    ) -> Result<Vec<ItemResult>, ClientError> {
         let version = self.version().await?;
         let several = payloads.len() > 1;
         let items: Vec<RequestBatchItem> = payloads
@@ -242,7 +260,11 @@ impl KmipClient {
             })
             .collect();
         let names: Vec<String> = items.iter().map(op_name).collect();
-        let request = RequestMessage::new(version, items);
+        let mut request = RequestMessage::new(version, items);
+        if continuing {
+            request.header.batch_error_continuation_option =
+                Some(tresor_kmip::spec::BatchErrorContinuationOption::Continue as u32);
+        }
         let (endpoint, response) = self.exchange(&request).await?;
         if several {
             for (i, item) in response.items.iter().enumerate() {

@@ -319,14 +319,15 @@ fn writer_loop(conn: Connection, jobs: Receiver<Job>) {
             }
             continue;
         }
+        // Statements prepared once: a group may hold thousands of small jobs.
+        let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
         for job in batch {
-            let _ = conn.execute_batch("SAVEPOINT job");
+            let _ = run("SAVEPOINT job");
             let completion = (job.run)(&conn);
-            if completion.keep {
-                let _ = conn.execute_batch("RELEASE job");
-            } else {
-                let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+            if !completion.keep {
+                let _ = run("ROLLBACK TO job");
             }
+            let _ = run("RELEASE job");
             done.push(completion);
         }
         let error = conn.execute_batch("COMMIT").err().map(|e| e.to_string());
@@ -437,8 +438,10 @@ pub fn insert_object(conn: &Connection, obj: &ObjectRow) -> Result<(), StoreErro
 
 /// Saves an object's state, attributes and sealed material.
 pub fn update_object(conn: &Connection, obj: &ObjectRow) -> Result<(), StoreError> {
-    conn.execute(
+    conn.prepare_cached(
         "UPDATE objects SET state = ?2, attributes = ?3, sealed = ?4, updated = ?5, fresh = ?6 WHERE uid = ?1",
+    )?
+    .execute(
         params![
             obj.uid,
             obj.state,
@@ -448,7 +451,8 @@ pub fn update_object(conn: &Connection, obj: &ObjectRow) -> Result<(), StoreErro
             is_fresh(&obj.attributes)
         ],
     )?;
-    conn.execute("DELETE FROM names WHERE uid = ?1", params![obj.uid])?;
+    conn.prepare_cached("DELETE FROM names WHERE uid = ?1")?
+        .execute(params![obj.uid])?;
     write_names(conn, obj)?;
     Ok(())
 }

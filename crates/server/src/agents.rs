@@ -18,6 +18,12 @@ use tresor_core::protocol::{
     self, AgentMessage, Command, FrameDecoder, Reply, ServerMessage, VmReport,
 };
 
+/// The replies a session waits for, by request id, with when each came (see [`AgentHub::seq`]).
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<(Reply, u64)>>>>;
+
+/// A host's last report of its VMs, with when it came.
+type Inventory = (u64, Vec<Arc<VmReport>>);
+
 /// Something an agent said, for the rest of the server.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HubEvent {
@@ -29,6 +35,8 @@ pub enum HubEvent {
     },
     Inventory {
         host: String,
+        /// When the hub received it (see [`AgentHub::seq`]).
+        seq: u64,
         /// Shared with the hub's copy and every subscriber's.
         vms: Vec<Arc<VmReport>>,
         keys_held: Vec<KeyRef>,
@@ -57,7 +65,7 @@ pub enum HubError {
 
 struct Session {
     tx: mpsc::Sender<ServerMessage>,
-    pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>,
+    pending: Pending,
     /// Tells sessions of the same host apart when one replaces another.
     serial: u64,
 }
@@ -102,7 +110,9 @@ pub struct AgentHub {
     next_serial: AtomicU64,
     events: broadcast::Sender<HubEvent>,
     /// The last report of each VM of each host, for a subscriber that fell behind.
-    inventories: Mutex<HashMap<String, Vec<Arc<VmReport>>>>,
+    inventories: Mutex<HashMap<String, Inventory>>,
+    /// Counts the messages agents sent, in the order the hub received them.
+    seq: AtomicU64,
 }
 
 impl std::fmt::Debug for AgentHub {
@@ -124,6 +134,7 @@ impl Default for AgentHub {
             // bounded small, and a subscriber that falls behind catches up from `inventories`.
             events: broadcast::channel(4096).0,
             inventories: Mutex::new(HashMap::new()),
+            seq: AtomicU64::new(1),
         }
     }
 }
@@ -142,14 +153,25 @@ impl AgentHub {
 
     /// What every connected host last reported of its VMs: a subscriber that fell behind the
     /// events (and was told it lagged) catches up from this.
-    pub fn inventories(&self) -> Vec<(String, Vec<Arc<VmReport>>)> {
+    /// The sequence number of the next message from an agent: a report with a lower number was
+    /// received before anything with a higher one (a host's messages arrive in the order it sent
+    /// them).
+    pub fn seq(&self) -> u64 {
+        self.seq.load(Ordering::SeqCst)
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::SeqCst)
+    }
+
+    pub fn inventories(&self) -> Vec<(String, u64, Vec<Arc<VmReport>>)> {
         let connected: std::collections::HashSet<String> = self.connected().into_iter().collect();
         self.inventories
             .lock()
             .map(|i| {
                 i.iter()
                     .filter(|(h, _)| connected.contains(*h))
-                    .map(|(h, vms)| (h.clone(), vms.clone()))
+                    .map(|(h, (seq, vms))| (h.clone(), *seq, vms.clone()))
                     .collect()
             })
             .unwrap_or_default()
@@ -178,6 +200,17 @@ impl AgentHub {
         body: Command,
         timeout: Duration,
     ) -> Result<Reply, HubError> {
+        self.request_seq(host, body, timeout).await.map(|(r, _)| r)
+    }
+
+    /// Sends a command and waits for its reply, and says when the reply was received (see
+    /// [`AgentHub::seq`]): a report from the host with a lower number is older than the reply.
+    pub async fn request_seq(
+        &self,
+        host: &str,
+        body: Command,
+        timeout: Duration,
+    ) -> Result<(Reply, u64), HubError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply_tx, reply_rx) = oneshot::channel();
         let tx = {
@@ -321,7 +354,7 @@ impl AgentHub {
             )));
         }
         let (tx, mut rx) = mpsc::channel::<ServerMessage>(256);
-        let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>> = Arc::default();
+        let pending: Pending = Arc::default();
         let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut s) = self.sessions.lock() {
             // A newer session of the same host replaces an older one.
@@ -373,17 +406,19 @@ impl AgentHub {
                             if let Some(waiter) =
                                 pending.lock().ok().and_then(|mut p| p.remove(&id))
                             {
-                                let _ = waiter.send(reply);
+                                let _ = waiter.send((reply, self.next_seq()));
                             }
                         }
                         AgentMessage::Inventory { vms, keys_held } => {
                             // An agent always reports all its VMs.
                             let vms: Vec<Arc<VmReport>> = vms.into_iter().map(Arc::new).collect();
+                            let seq = self.next_seq();
                             if let Ok(mut inv) = self.inventories.lock() {
-                                inv.insert(host.clone(), vms.clone());
+                                inv.insert(host.clone(), (seq, vms.clone()));
                             }
                             let _ = self.events.send(HubEvent::Inventory {
                                 host: host.clone(),
+                                seq,
                                 vms,
                                 keys_held,
                             });

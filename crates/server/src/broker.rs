@@ -87,65 +87,47 @@ impl KeyBroker {
                 None,
             );
         };
-        let uid = key.key_id.clone();
-        let batch = vec![
-            RequestPayload::GetAttributes {
-                uid: Some(uid.clone()),
-                names: vec!["State".into()],
-            },
-            RequestPayload::Get {
-                uid: Some(uid),
-                key_format_type: None,
-                key_compression_type: None,
-                key_wrapping_specification: None,
-            },
-        ];
-        let results = match client.batch(batch).await {
+        let results = match client.batch(fetch_items(&key.key_id)).await {
             Ok(r) => r,
             Err(e) => return (classify(&e), None),
         };
         let mut results = results.into_iter();
-        let state = match results.next() {
-            Some(Ok(ResponsePayload::GetAttributes { attributes, .. })) => {
-                attributes.iter().find_map(|a| match a.value {
-                    Value::Enumeration(s) => State::from_u32(s),
-                    _ => None,
-                })
+        answer(results.next(), results.next())
+    }
+
+    /// Asks one provider for many keys in one KMIP message (a Get Attributes and a Get for each,
+    /// the server asked to go on past a failed item), as the engine does when many hosts need
+    /// keys at once. The answers are in the order of `keys`. A key the server did not answer
+    /// for in the batch is asked for on its own.
+    pub async fn fetch_many(
+        &self,
+        provider: &str,
+        keys: &[KeyRef],
+    ) -> Vec<(ProviderAnswer, Option<SecretBytes>)> {
+        let Some(client) = self.client_of(provider) else {
+            let mut out = Vec::new();
+            for k in keys {
+                out.push(self.fetch(k).await);
             }
-            Some(Err(e)) => return (classify(&e), None),
-            _ => None,
+            return out;
         };
-        match state {
-            Some(State::Active) => {}
-            Some(other) => {
-                return (
-                    ProviderAnswer::NotActive(other.spec_name().to_owned()),
-                    None,
-                )
+        let items: Vec<RequestPayload> = keys.iter().flat_map(|k| fetch_items(&k.key_id)).collect();
+        let mut results = match client.batch_continuing(items).await {
+            Ok(r) => r.into_iter(),
+            // A connection problem is the same answer for every key.
+            Err(e @ (ClientError::Connection { .. } | ClientError::AllEndpoints(_))) => {
+                return keys.iter().map(|_| (classify(&e), None)).collect();
             }
-            None => return (ProviderAnswer::NotActive("unknown".into()), None),
-        }
-        match results.next() {
-            Some(Ok(ResponsePayload::Get { object, .. })) => {
-                match tresor_kmip::message::key_material(&object.item) {
-                    Some(bytes) => (
-                        ProviderAnswer::Active,
-                        Some(SecretBytes::new(bytes.to_vec())),
-                    ),
-                    None => (
-                        ProviderAnswer::Unreachable(
-                            "the provider returned the key without plain key material".into(),
-                        ),
-                        None,
-                    ),
-                }
+            Err(_) => Vec::new().into_iter(),
+        };
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            match (results.next(), results.next()) {
+                (Some(state), Some(get)) => out.push(answer(Some(state), Some(get))),
+                _ => out.push(self.fetch(k).await),
             }
-            Some(Err(e)) => (classify(&e), None),
-            _ => (
-                ProviderAnswer::Unreachable("the provider did not answer the Get".into()),
-                None,
-            ),
         }
+        out
     }
 
     /// Which endpoint of a provider answers (a Discover Versions), or why none does.
@@ -160,6 +142,70 @@ impl KeyBroker {
             Ok(_) => Ok(client.current_endpoint().to_owned()),
             Err(e) => Err(e.to_string()),
         }
+    }
+}
+
+/// The operations that fetch a key: its state, then its material.
+fn fetch_items(uid: &str) -> Vec<RequestPayload> {
+    vec![
+        RequestPayload::GetAttributes {
+            uid: Some(uid.to_owned()),
+            names: vec!["State".into()],
+        },
+        RequestPayload::Get {
+            uid: Some(uid.to_owned()),
+            key_format_type: None,
+            key_compression_type: None,
+            key_wrapping_specification: None,
+        },
+    ]
+}
+
+/// What the answers to [`fetch_items`] say: the key's state, and its material when Active.
+fn answer(
+    state: Option<tresor_kmip_client::ItemResult>,
+    get: Option<tresor_kmip_client::ItemResult>,
+) -> (ProviderAnswer, Option<SecretBytes>) {
+    let state = match state {
+        Some(Ok(ResponsePayload::GetAttributes { attributes, .. })) => {
+            attributes.iter().find_map(|a| match a.value {
+                Value::Enumeration(s) => State::from_u32(s),
+                _ => None,
+            })
+        }
+        Some(Err(e)) => return (classify(&e), None),
+        _ => None,
+    };
+    match state {
+        Some(State::Active) => {}
+        Some(other) => {
+            return (
+                ProviderAnswer::NotActive(other.spec_name().to_owned()),
+                None,
+            )
+        }
+        None => return (ProviderAnswer::NotActive("unknown".into()), None),
+    }
+    match get {
+        Some(Ok(ResponsePayload::Get { object, .. })) => {
+            match tresor_kmip::message::key_material(&object.item) {
+                Some(bytes) => (
+                    ProviderAnswer::Active,
+                    Some(SecretBytes::new(bytes.to_vec())),
+                ),
+                None => (
+                    ProviderAnswer::Unreachable(
+                        "the provider returned the key without plain key material".into(),
+                    ),
+                    None,
+                ),
+            }
+        }
+        Some(Err(e)) => (classify(&e), None),
+        _ => (
+            ProviderAnswer::Unreachable("the provider did not answer the Get".into()),
+            None,
+        ),
     }
 }
 

@@ -23,8 +23,13 @@ use crate::agents::{AgentHub, HubEvent};
 use crate::broker::KeyBroker;
 use crate::store::{AlarmChange, EventRow, Store, VmRecord};
 
-/// How many provider requests and host pushes the engine has in flight at once.
-const CONCURRENCY: usize = 64;
+/// How many host pushes the engine has in flight at once.
+const CONCURRENCY: usize = 256;
+
+/// How many keys the engine asks a provider for in one KMIP message, and how many such
+/// messages it has in flight at once.
+const KEYS_PER_REQUEST: usize = 32;
+pub const CONCURRENT_REQUESTS: usize = 16;
 
 /// How many recent events the engine keeps in memory.
 const MEMORY_EVENTS: usize = 10_000;
@@ -66,6 +71,9 @@ pub struct VmView {
     pub published: Published,
     pub unlock_requested: bool,
     pub push_failed: bool,
+    /// When the last successful push of keys to its host was answered (see
+    /// [`AgentHub::seq`]).
+    pushed_seq: u64,
     /// Changed since it was last written to the store.
     unwritten: bool,
 }
@@ -200,6 +208,7 @@ pub struct Engine {
     broker: Arc<KeyBroker>,
     config: Mutex<EngineConfig>,
     state: Mutex<State>,
+    last_write: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -222,6 +231,7 @@ impl Engine {
             broker,
             config: Mutex::new(config),
             state: Mutex::new(State::default()),
+            last_write: Mutex::new(None),
         })
     }
 
@@ -308,10 +318,7 @@ impl Engine {
                 id: 0,
                 time: crate::enrol::now(),
                 event_type: event.id.into(),
-                severity: serde_json::to_value(event.severity)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default(),
+                severity: event.severity.as_str().to_owned(),
                 vm: record.vm.clone(),
                 host: record.host.clone(),
                 provider: None,
@@ -329,19 +336,62 @@ impl Engine {
         }
     }
 
-    /// Stores the events recorded since the last flush.
-    fn flush_events(&self) {
-        let Some(store) = &self.store else { return };
+    /// Stores the events recorded since the last flush, then `vms` and `alarms`, on a thread
+    /// that may block. What could not be written is tried again.
+    async fn flush(&self, vms: Vec<VmRecord>, alarms: Vec<AlarmChange>) {
+        let Some(store) = self.store.clone() else {
+            return;
+        };
         let rows = std::mem::take(&mut self.state().unwritten);
-        if rows.is_empty() {
+        if rows.is_empty() && vms.is_empty() && alarms.is_empty() {
             return;
         }
-        if let Err(e) = store.add_events(&rows) {
+        let written = tokio::task::spawn_blocking(move || {
+            let events = match rows.is_empty() {
+                true => Ok(()),
+                false => store.add_events(&rows),
+            };
+            // In memory at once; in the database with the next `write_deferred`.
+            store.put_vms_deferred(vms);
+            if !alarms.is_empty() {
+                if let Err(e) = store.change_alarms(&alarms, crate::enrol::now()) {
+                    tracing::error!(error = %e, "cannot store the VMs' alarms");
+                }
+            }
+            (rows, events)
+        })
+        .await;
+        let Ok((rows, events)) = written else {
+            return;
+        };
+        let mut st = self.state();
+        if let Err(e) = events {
             tracing::error!(error = %e, "cannot store events; trying again");
-            let mut st = self.state();
             let later = std::mem::take(&mut st.unwritten);
             st.unwritten = rows;
             st.unwritten.extend(later);
+        }
+    }
+
+    /// Writes the VM states taken since the last time to the database (at most once a
+    /// second: in a storm a VM changes state several times a second).
+    async fn write_states(&self) {
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        {
+            let mut last = self.last_write.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        match tokio::task::spawn_blocking(move || store.write_deferred()).await {
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot store the VMs' states; trying again"),
+            Ok(Ok(n)) if n > 0 => {
+                tracing::debug!(target: "tresor_server::engine::pass", vms = n, "VM states written")
+            }
+            _ => {}
         }
     }
 
@@ -357,17 +407,16 @@ impl Engine {
         if self.store.is_none() {
             return;
         }
-        let object = format!("vm:{}", view.report.name);
         for a in actions {
             match a {
                 Action::RaiseAlarm { reason } => alarms.push(AlarmChange::Raise {
                     kind: "vm.locked",
-                    object: object.clone(),
+                    object: format!("vm:{}", view.report.name),
                     reason: reason.as_str().to_owned(),
                 }),
                 Action::ClearAlarm => alarms.push(AlarmChange::Clear {
                     kind: "vm.locked",
-                    object: object.clone(),
+                    object: format!("vm:{}", view.report.name),
                 }),
                 _ => {}
             }
@@ -376,16 +425,15 @@ impl Engine {
             return;
         }
         view.unwritten = false;
-        let text = |v: serde_json::Value| v.as_str().map(str::to_owned).unwrap_or_default();
         let (crypto_state, connection_state, lock_reason) =
             match (&view.verdict, view.report.encrypted) {
-                (_, false) => ("unencrypted".to_owned(), "connected".to_owned(), None),
+                (_, false) => ("unencrypted", "connected", None),
                 (Some(v), true) => (
-                    text(serde_json::to_value(v.crypto_state).unwrap_or_default()),
-                    text(serde_json::to_value(v.connection_state).unwrap_or_default()),
+                    v.crypto_state.as_str(),
+                    v.connection_state.as_str(),
                     v.lock_reason.map(|r| r.as_str().to_owned()),
                 ),
-                (None, true) => ("unlocked".to_owned(), "connected".to_owned(), None),
+                (None, true) => ("unlocked", "connected", None),
             };
         pending.push(VmRecord {
             id: view.report.id.clone(),
@@ -395,13 +443,14 @@ impl Engine {
             encrypted: view.report.encrypted,
             key_provider: view.report.key_id.as_ref().map(|k| k.provider().to_owned()),
             key_id: view.report.key_id.as_ref().map(|k| k.key_id.clone()),
-            power_state: text(serde_json::to_value(view.report.power_state).unwrap_or_default()),
-            crypto_state,
+            power_state: view.report.power_state.as_str().to_owned(),
+            crypto_state: crypto_state.to_owned(),
             connection_state: if view.host_connected {
                 connection_state
             } else {
-                "disconnected".into()
-            },
+                "disconnected"
+            }
+            .to_owned(),
             lock_reason,
             report: serde_json::to_string(&*view.report).unwrap_or_default(),
         });
@@ -412,7 +461,7 @@ impl Engine {
         let mut guard = self.state();
         let st = &mut *guard;
         match event {
-            HubEvent::Inventory { host, vms, .. } => {
+            HubEvent::Inventory { host, vms, seq, .. } => {
                 if st.hosts_connected.insert(host.clone(), true) != Some(true) {
                     Self::host_changed(st, host);
                 }
@@ -420,11 +469,27 @@ impl Engine {
                     let name = &report.name;
                     let old = match st.vms.get_mut(name) {
                         Some(view) => {
-                            if view.report == *report && view.host == *host && view.host_connected {
+                            // A report older than a push of keys to the host (it waited in a
+                            // queue while the push went on) does not undo the push.
+                            let mut report = report.clone();
+                            if *seq < view.pushed_seq && view.host == *host {
+                                for hk in Arc::make_mut(&mut report).keys.iter_mut() {
+                                    if !hk.on_host
+                                        && view
+                                            .report
+                                            .keys
+                                            .iter()
+                                            .any(|k| k.key == hk.key && k.on_host)
+                                    {
+                                        hk.on_host = true;
+                                    }
+                                }
+                            }
+                            if view.report == report && view.host == *host && view.host_connected {
                                 continue;
                             }
                             let old = (view.host.clone(), key_refs(&view.report));
-                            view.report = report.clone();
+                            view.report = report;
                             view.host = host.clone();
                             view.host_connected = true;
                             view.unwritten = true;
@@ -441,6 +506,7 @@ impl Engine {
                                     published: Published::default(),
                                     unlock_requested: false,
                                     push_failed: false,
+                                    pushed_seq: 0,
                                     unwritten: true,
                                 },
                             );
@@ -480,9 +546,10 @@ impl Engine {
 
     /// Takes every connected host's last reports, and which hosts are connected, from the hub.
     fn catch_up(&self) {
-        for (host, vms) in self.hub.inventories() {
+        for (host, seq, vms) in self.hub.inventories() {
             self.observe(&HubEvent::Inventory {
                 host,
+                seq,
                 vms,
                 keys_held: Vec::new(),
             });
@@ -508,6 +575,18 @@ impl Engine {
     pub async fn tick(&self) {
         let config = self.config();
         self.check_down_providers(&config).await;
+        // Keys fetched in a pass are pushed by the next pass at once, not a tick later.
+        for _ in 0..4 {
+            if !self.pass(&config).await {
+                break;
+            }
+        }
+        self.write_states().await;
+    }
+
+    /// Decides for every VM whose inputs changed, then fetches and pushes; says whether it
+    /// fetched anything.
+    async fn pass(&self, config: &EngineConfig) -> bool {
         let now = Instant::now();
         let mut pending: Vec<VmRecord> = Vec::new();
         let mut alarms: Vec<AlarmChange> = Vec::new();
@@ -604,27 +683,10 @@ impl Engine {
             }
             plans
         };
-        self.flush_events();
-        // Every VM whose state changed in this pass, and their alarms, in one transaction each.
-        if let Some(store) = &self.store {
-            if !pending.is_empty() {
-                if let Err(e) = store.put_vms(&pending) {
-                    tracing::error!(error = %e, "cannot store the VMs' states; trying again");
-                    let mut st = self.state();
-                    for r in &pending {
-                        if let Some(v) = st.vms.get_mut(&r.name) {
-                            v.unwritten = true;
-                        }
-                        st.dirty.insert(r.name.clone());
-                    }
-                }
-            }
-            if !alarms.is_empty() {
-                if let Err(e) = store.change_alarms(&alarms, crate::enrol::now()) {
-                    tracing::error!(error = %e, "cannot store the VMs' alarms");
-                }
-            }
-        }
+        // The pass's events, every VM whose state changed and their alarms, one transaction
+        // each, away from the tasks that serve agents and the API.
+        let written = pending.len();
+        self.flush(pending, alarms).await;
         // Carry out the plans: every key to fetch once, then one push per host for all its VMs,
         // many at a time.
         let mut fetches: Vec<KeyRef> = Vec::new();
@@ -642,16 +704,47 @@ impl Engine {
         }
         fetches.sort();
         fetches.dedup();
-        let config = &config;
-        futures_util::stream::iter(fetches)
-            .for_each_concurrent(CONCURRENCY, |k| async move { self.fetch(&k, config).await })
+        let decided = Instant::now();
+        let (n_fetches, n_pushes) = (fetches.len(), pushes.len());
+        // Many keys of one provider per KMIP message.
+        let mut by_provider: HashMap<String, Vec<KeyRef>> = HashMap::new();
+        for k in fetches {
+            by_provider
+                .entry(k.provider().to_owned())
+                .or_default()
+                .push(k);
+        }
+        let chunks: Vec<(String, Vec<KeyRef>)> = by_provider
+            .into_iter()
+            .flat_map(|(p, keys)| {
+                keys.chunks(KEYS_PER_REQUEST)
+                    .map(|c| (p.clone(), c.to_vec()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        futures_util::stream::iter(chunks)
+            .for_each_concurrent(CONCURRENT_REQUESTS, |(provider, keys)| async move {
+                self.fetch_many(&provider, &keys, config).await
+            })
             .await;
         futures_util::stream::iter(pushes)
             .for_each_concurrent(CONCURRENCY, |(host, batch)| async move {
                 self.push(&host, &batch, config).await
             })
             .await;
-        self.flush_events();
+        self.flush(Vec::new(), Vec::new()).await;
+        if n_fetches + n_pushes > 0 || written > 0 {
+            tracing::debug!(
+                target: "tresor_server::engine::pass",
+                vms_written = written,
+                fetches = n_fetches,
+                pushes = n_pushes,
+                decide_ms = decided.duration_since(now).as_millis() as u64,
+                act_ms = decided.elapsed().as_millis() as u64,
+                "engine pass"
+            );
+        }
+        n_fetches > 0
     }
 
     /// Asks each provider that did not answer, when its wait is over, whether it answers now;
@@ -669,21 +762,7 @@ impl Engine {
             let back = self.broker.probe(&provider).await.is_ok();
             let mut st = self.state();
             if back {
-                tracing::info!(provider = %provider, "key provider answers again");
-                st.down.remove(&provider);
-                let mut due = Vec::new();
-                for (k, status) in st.keys.iter_mut() {
-                    if k.provider() == provider
-                        && matches!(status.answer, ProviderAnswer::Unreachable(_))
-                    {
-                        status.last_attempt = None;
-                        status.backoff = Duration::ZERO;
-                        due.push(k.clone());
-                    }
-                }
-                for k in &due {
-                    st.wake_key(k);
-                }
+                Self::provider_back(&mut st, &provider);
             } else if let Some(w) = st.down.get_mut(&provider) {
                 w.backoff = (w.backoff * 2).min(config.provider_check_max);
                 w.next_check = Instant::now() + w.backoff;
@@ -691,8 +770,42 @@ impl Engine {
         }
     }
 
-    async fn fetch(&self, key: &KeyRef, config: &EngineConfig) {
-        let (answer, material) = self.broker.fetch(key).await;
+    /// A provider that did not answer answers again: every key it failed on is due at once
+    /// (whatever its own backoff), and their VMs are looked at.
+    fn provider_back(st: &mut State, provider: &str) {
+        if st.down.remove(provider).is_none() {
+            return;
+        }
+        tracing::info!(provider = %provider, "key provider answers again");
+        let mut due = Vec::new();
+        for (k, status) in st.keys.iter_mut() {
+            if k.provider() == provider && matches!(status.answer, ProviderAnswer::Unreachable(_)) {
+                status.last_attempt = None;
+                status.backoff = Duration::ZERO;
+                status.woken = true;
+                due.push(k.clone());
+            }
+        }
+        for k in &due {
+            st.wake_key(k);
+        }
+    }
+
+    async fn fetch_many(&self, provider: &str, keys: &[KeyRef], config: &EngineConfig) {
+        let answers = self.broker.fetch_many(provider, keys).await;
+        for (key, (answer, material)) in keys.iter().zip(answers) {
+            self.book(key, answer, material, config);
+        }
+    }
+
+    /// Books a provider's answer for a key (and its material until it is pushed).
+    fn book(
+        &self,
+        key: &KeyRef,
+        answer: ProviderAnswer,
+        material: Option<SecretBytes>,
+        config: &EngineConfig,
+    ) {
         let mut st = self.state();
         let previous = st
             .keys
@@ -706,16 +819,20 @@ impl Engine {
             (previous * 2).min(config.max_backoff)
         };
         if let ProviderAnswer::Unreachable(e) = &answer {
-            tracing::warn!(key = %key, error = %e, "key provider unreachable");
-            let first = config.min_backoff.min(config.provider_check_max);
-            st.down
-                .entry(key.provider().to_owned())
-                .or_insert(ProviderWatch {
-                    next_check: Instant::now() + first,
-                    backoff: first,
-                });
+            // Said once per provider, not once per key (there may be tens of thousands).
+            if !st.down.contains_key(key.provider()) {
+                tracing::warn!(provider = key.provider(), key = %key, error = %e, "key provider unreachable");
+                let first = config.min_backoff.min(config.provider_check_max);
+                st.down.insert(
+                    key.provider().to_owned(),
+                    ProviderWatch {
+                        next_check: Instant::now() + first,
+                        backoff: first,
+                    },
+                );
+            }
         } else {
-            st.down.remove(key.provider());
+            Self::provider_back(&mut st, key.provider());
         }
         st.keys.insert(
             key.clone(),
@@ -739,11 +856,19 @@ impl Engine {
         keys.sort();
         keys.dedup();
         // Use what was just fetched; fetch again what was not.
-        for k in &keys {
-            let have = self.state().fetched.contains_key(k);
-            if !have {
-                self.fetch(k, config).await;
-            }
+        let missing: Vec<KeyRef> = {
+            let st = self.state();
+            keys.iter()
+                .filter(|k| !st.fetched.contains_key(*k))
+                .cloned()
+                .collect()
+        };
+        let mut by_provider: HashMap<&str, Vec<KeyRef>> = HashMap::new();
+        for k in &missing {
+            by_provider.entry(k.provider()).or_default().push(k.clone());
+        }
+        for (provider, keys) in by_provider {
+            self.fetch_many(provider, &keys, config).await;
         }
         let materials: Vec<KeyMaterial> = {
             let mut st = self.state();
@@ -767,12 +892,14 @@ impl Engine {
         }
         let result = self
             .hub
-            .request(
+            .request_seq(
                 host,
                 Command::PushKeys { keys: materials },
                 config.request_timeout,
             )
             .await;
+        let reply_seq = result.as_ref().map(|(_, seq)| *seq).unwrap_or(0);
+        let result = result.map(|(reply, _)| reply);
         let ok = matches!(result, Ok(Reply::Done));
         let event = if ok {
             tresor_core::events::KEY_PUSHED
@@ -792,6 +919,7 @@ impl Engine {
                 failed_before = v.push_failed;
                 v.push_failed = !ok;
                 if ok {
+                    v.pushed_seq = reply_seq;
                     // Until the host reports again, count the keys as there.
                     for hk in Arc::make_mut(&mut v.report)
                         .keys
@@ -800,7 +928,7 @@ impl Engine {
                     {
                         hk.on_host = true;
                     }
-                    v.unwritten = true;
+                    // Written with the verdict this changes, in the next pass.
                 }
                 st.dirty.insert(vm.clone());
             }

@@ -230,7 +230,7 @@ pub async fn serve(
         )))?;
     tracing::info!(api = %config.api_listen, agents = %config.agent_listen, "server listening");
     let app = router(AppState {
-        store,
+        store: store.clone(),
         engine: engine.clone(),
         hub: hub.clone(),
         enroller,
@@ -246,6 +246,10 @@ pub async fn serve(
     hub_task.abort();
     engine_task.abort();
     probe_task.abort();
+    // The VM states the engine took last.
+    if let Err(e) = store.write_deferred() {
+        tracing::error!(error = %e, "cannot store the VMs' last states");
+    }
     result.map_err(setup("The API server failed"))
 }
 
@@ -268,8 +272,9 @@ pub fn provider_client(
     };
     let key = tresor_tls::load_key(&key_path).map_err(|e| e.to_string())?;
     let tls = tresor_tls::client_config(&roots, certs, key).map_err(|e| e.to_string())?;
-    Ok(tresor_kmip_client::ClientConfig::new(
-        p.endpoints.clone(),
-        tls,
-    ))
+    let mut config = tresor_kmip_client::ClientConfig::new(p.endpoints.clone(), tls);
+    // As many idle connections as the engine has requests in flight, so that a storm of key
+    // requests does not open and close connections.
+    config.max_idle = crate::engine::CONCURRENT_REQUESTS;
+    Ok(config)
 }

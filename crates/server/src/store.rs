@@ -252,6 +252,36 @@ fn clear_alarm(conn: &Connection, kind: &str, object: &str, now: i64) -> Result<
         > 0)
 }
 
+fn write_vms(conn: &mut Connection, vms: &[VmRecord]) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO vms (id, name, host, path, encrypted, key_provider, key_id, power_state, crypto_state, connection_state, lock_reason, report)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+             ON CONFLICT(id) DO UPDATE SET name = ?2, host = ?3, path = ?4, encrypted = ?5, key_provider = ?6, key_id = ?7,
+                power_state = ?8, crypto_state = ?9, connection_state = ?10, lock_reason = ?11, report = ?12",
+        )?;
+        for v in vms {
+            stmt.execute(params![
+                v.id,
+                v.name,
+                v.host,
+                v.path,
+                v.encrypted,
+                v.key_provider,
+                v.key_id,
+                v.power_state,
+                v.crypto_state,
+                v.connection_state,
+                v.lock_reason,
+                v.report
+            ])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
 /// The server's database.
 ///
 /// The VMs are also kept in memory, as they were last written: they are read far more often
@@ -259,6 +289,13 @@ fn clear_alarm(conn: &Connection, kind: &str, object: &str, now: i64) -> Result<
 /// them reading the table back each time would dominate the server's work.
 pub struct Store {
     conn: Mutex<Connection>,
+    /// A second connection for reads, so that reading (signing in, listing events) does not
+    /// wait for a large write (WAL lets readers go on while one writes). None in memory.
+    read: Option<Mutex<Connection>>,
+    /// Renders a VM for the API when it is written, so that no request waits for it.
+    render: std::sync::OnceLock<fn(&VmRecord) -> String>,
+    /// VM states taken in memory and not written yet, by id (see [`Store::put_vms_deferred`]).
+    deferred: Mutex<std::collections::HashMap<String, VmRecord>>,
     vms: std::sync::RwLock<VmCache>,
 }
 
@@ -306,10 +343,16 @@ impl Store {
             source,
         };
         let conn = Connection::open(path).map_err(err)?;
-        Store::setup(conn).map_err(|e| match e {
+        let mut store = Store::setup(conn).map_err(|e| match e {
             StoreError::Sql(source) => err(source),
             other => other,
-        })
+        })?;
+        let read = Connection::open(path).map_err(err)?;
+        read.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(err)?;
+        read.pragma_update(None, "query_only", "ON").map_err(err)?;
+        store.read = Some(Mutex::new(read));
+        Ok(store)
     }
 
     /// A store in memory (tests).
@@ -331,6 +374,9 @@ impl Store {
         }
         let store = Store {
             conn: Mutex::new(conn),
+            read: None,
+            render: Default::default(),
+            deferred: Default::default(),
             vms: Default::default(),
         };
         let vms = store.vm_rows("", &[])?;
@@ -361,6 +407,13 @@ impl Store {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
+        match &self.read {
+            Some(read) => read.lock().unwrap_or_else(|p| p.into_inner()),
+            None => self.conn(),
+        }
+    }
+
     // Providers.
 
     /// Adds or replaces a provider; `is_default` moves the default marker to it.
@@ -380,7 +433,7 @@ impl Store {
     }
 
     pub fn providers(&self) -> Result<Vec<ProviderRecord>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare("SELECT name, endpoints, ca_pem, client_cert_pem, client_key_file, is_default FROM providers ORDER BY name")?;
         let rows = stmt.query_map([], |r| {
             Ok((
@@ -448,7 +501,7 @@ impl Store {
     }
 
     pub fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare(
             "SELECT name, boot_id, crypto_state, connected, last_seen, host_key_provider, host_key_id FROM hosts ORDER BY name",
         )?;
@@ -494,50 +547,88 @@ impl Store {
 
     /// Writes many VMs in one transaction (one disk flush for all of them).
     pub fn put_vms(&self, vms: &[VmRecord]) -> Result<(), StoreError> {
+        let stored = self.stored(vms);
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
         {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO vms (id, name, host, path, encrypted, key_provider, key_id, power_state, crypto_state, connection_state, lock_reason, report)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
-                 ON CONFLICT(id) DO UPDATE SET name = ?2, host = ?3, path = ?4, encrypted = ?5, key_provider = ?6, key_id = ?7,
-                    power_state = ?8, crypto_state = ?9, connection_state = ?10, lock_reason = ?11, report = ?12",
-            )?;
+            // Written now: a deferred older state of these VMs must not overwrite them.
+            let mut deferred = self.deferred();
             for v in vms {
-                stmt.execute(params![
-                    v.id,
-                    v.name,
-                    v.host,
-                    v.path,
-                    v.encrypted,
-                    v.key_provider,
-                    v.key_id,
-                    v.power_state,
-                    v.crypto_state,
-                    v.connection_state,
-                    v.lock_reason,
-                    v.report
-                ])?;
+                deferred.remove(&v.id);
             }
         }
-        tx.commit()?;
+        write_vms(&mut conn, vms)?;
+        self.cache(stored);
+        Ok(())
+    }
+
+    /// Takes the VMs' new states in memory at once (readers see them) and writes them to the
+    /// database at the next [`Store::write_deferred`]: the states the engine derives change
+    /// many times a second in a storm, and the database needs only the latest one. They are
+    /// observed state, derived again from the hosts' reports after a restart.
+    pub fn put_vms_deferred(&self, vms: Vec<VmRecord>) {
+        let stored = self.stored(&vms);
+        {
+            let mut deferred = self.deferred();
+            for v in vms {
+                deferred.insert(v.id.clone(), v);
+            }
+        }
+        self.cache(stored);
+    }
+
+    /// Writes the deferred VM states in one transaction; says how many.
+    pub fn write_deferred(&self) -> Result<usize, StoreError> {
+        let mut conn = self.conn();
+        let vms: Vec<VmRecord> = std::mem::take(&mut *self.deferred())
+            .into_values()
+            .collect();
+        if vms.is_empty() {
+            return Ok(0);
+        }
+        if let Err(e) = write_vms(&mut conn, &vms) {
+            // Kept for the next try, unless a newer state came meanwhile.
+            let mut deferred = self.deferred();
+            for v in vms {
+                deferred.entry(v.id.clone()).or_insert(v);
+            }
+            return Err(e);
+        }
+        Ok(vms.len())
+    }
+
+    fn deferred(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, VmRecord>> {
+        self.deferred.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The VMs as the cache holds them, rendered for the API when a renderer is set.
+    fn stored(&self, vms: &[VmRecord]) -> Vec<Arc<StoredVm>> {
+        let render = self.render.get();
+        vms.iter()
+            .map(|v| {
+                let rendered = std::sync::OnceLock::new();
+                if let Some(render) = render {
+                    let _ = rendered.set(render(v));
+                }
+                Arc::new(StoredVm {
+                    record: v.clone(),
+                    rendered,
+                })
+            })
+            .collect()
+    }
+
+    fn cache(&self, stored: Vec<Arc<StoredVm>>) {
         let mut cache = self.vm_cache_mut();
-        for v in vms {
+        for v in stored {
             // Upserted by id: a renamed VM leaves its old name.
-            if let Some(old) = cache.names.insert(v.id.clone(), v.name.clone()) {
-                if old != v.name {
+            let (id, name) = (v.record.id.clone(), v.record.name.clone());
+            if let Some(old) = cache.names.insert(id, name.clone()) {
+                if old != name {
                     cache.by_name.remove(&old);
                 }
             }
-            cache.by_name.insert(
-                v.name.clone(),
-                Arc::new(StoredVm {
-                    record: v.clone(),
-                    rendered: Default::default(),
-                }),
-            );
+            cache.by_name.insert(name, v);
         }
-        Ok(())
     }
 
     fn vm_rows(
@@ -579,6 +670,11 @@ impl Store {
             .collect())
     }
 
+    /// Renders each VM so when it is written (see [`StoredVm::rendered`]).
+    pub fn render_vms_with(&self, render: fn(&VmRecord) -> String) {
+        let _ = self.render.set(render);
+    }
+
     /// Every VM as stored, by name, without copying the records.
     pub fn stored_vms(&self) -> Vec<Arc<StoredVm>> {
         self.vm_cache().by_name.values().cloned().collect()
@@ -599,15 +695,16 @@ impl Store {
     }
 
     pub fn remove_vm(&self, name: &str) -> Result<bool, StoreError> {
-        let removed = self
-            .conn()
-            .execute("DELETE FROM vms WHERE name = ?1", params![name])?
-            > 0;
+        let conn = self.conn();
         let mut cache = self.vm_cache_mut();
-        if let Some(v) = cache.by_name.remove(name) {
+        let cached = cache.by_name.remove(name);
+        if let Some(v) = &cached {
             cache.names.remove(&v.record.id);
+            self.deferred().remove(&v.record.id);
         }
-        Ok(removed)
+        drop(cache);
+        let removed = conn.execute("DELETE FROM vms WHERE name = ?1", params![name])? > 0;
+        Ok(removed || cached.is_some())
     }
 
     // Events.
@@ -649,13 +746,13 @@ impl Store {
     /// The id of the newest event (0 when there is none).
     pub fn last_event_id(&self) -> Result<i64, StoreError> {
         Ok(self
-            .conn()
+            .reader()
             .query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))?)
     }
 
     /// Events matching the filter, oldest first.
     pub fn events(&self, f: &EventFilter) -> Result<Vec<EventRow>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare(
             "SELECT id, time, type, severity, vm, host, provider, user, args FROM events
              WHERE (?1 IS NULL OR vm = ?1) AND (?2 IS NULL OR host = ?2) AND (?3 IS NULL OR provider = ?3)
@@ -754,7 +851,7 @@ impl Store {
 
     /// Active alarms (or all, newest first).
     pub fn alarms(&self, active_only: bool) -> Result<Vec<AlarmRow>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare(
             "SELECT id, kind, object, reason, raised, cleared, acknowledged_by FROM alarms WHERE (?1 = 0 OR cleared IS NULL) ORDER BY id DESC",
         )?;
@@ -784,7 +881,7 @@ impl Store {
 
     pub fn password_hash(&self, name: &str) -> Result<Option<String>, StoreError> {
         Ok(self
-            .conn()
+            .reader()
             .query_row(
                 "SELECT password_hash FROM users WHERE name = ?1",
                 params![name],
@@ -794,7 +891,7 @@ impl Store {
     }
 
     pub fn users(&self) -> Result<Vec<String>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare("SELECT name FROM users ORDER BY name")?;
         let rows = stmt.query_map([], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -832,7 +929,7 @@ impl Store {
     /// The user an API token belongs to.
     pub fn token_user(&self, token_hash: &str) -> Result<Option<String>, StoreError> {
         Ok(self
-            .conn()
+            .reader()
             .query_row(
                 "SELECT user FROM tokens WHERE token_hash = ?1",
                 params![token_hash],
@@ -850,7 +947,7 @@ impl Store {
     }
 
     pub fn roles(&self) -> Result<Vec<(String, Vec<String>)>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare("SELECT name, privileges FROM roles ORDER BY name")?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
         let mut out = Vec::new();
@@ -878,7 +975,7 @@ impl Store {
 
     /// The roles granted to a user.
     pub fn grants_of(&self, user: &str) -> Result<Vec<String>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare("SELECT role FROM grants WHERE user = ?1 ORDER BY role")?;
         let rows = stmt.query_map(params![user], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -900,7 +997,7 @@ impl Store {
 
     /// Every privilege the user's roles give.
     pub fn privileges_of(&self, user: &str) -> Result<Vec<String>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare(
             "SELECT r.privileges FROM grants g JOIN roles r ON r.name = g.role WHERE g.user = ?1",
         )?;
@@ -921,7 +1018,7 @@ impl Store {
 
     pub fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
         Ok(self
-            .conn()
+            .reader()
             .query_row(
                 "SELECT value FROM settings WHERE key = ?1",
                 params![key],

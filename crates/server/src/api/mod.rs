@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tresor_core::access::Privilege;
 use tresor_core::protocol::VmReport;
@@ -201,44 +201,101 @@ fn authorize(
 /// A VM as the surface defines it (`tresor vm show NAME -o json`).
 pub fn vm_json(record: &VmRecord) -> Value {
     let report: Option<VmReport> = serde_json::from_str(&record.report).ok();
-    let key = |k: &tresor_core::ids::KeyRef| json!({"keyId": k.key_id, "providerId": {"id": k.provider()}});
-    let disks: Vec<Value> = report
-        .as_ref()
-        .map(|r| {
-            r.disks
-                .iter()
-                .map(|path| {
-                    let file = std::path::Path::new(path)
-                        .file_name()
-                        .and_then(|f| f.to_str())
-                        .unwrap_or_default()
-                        .to_owned();
-                    let hk = r.keys.iter().find(|k| {
-                        k.uses
-                            .iter()
-                            .any(|u| matches!(u, tresor_core::vm::KeyUse::Disk(p) if p == &file))
-                    });
-                    json!({
-                        "path": path,
-                        "keyId": hk.map(|k| key(&k.key)),
-                        "keyAvailable": hk.map(|k| k.on_host).unwrap_or(true),
+    serde_json::to_value(VmDoc::new(record, report.as_ref())).unwrap_or_default()
+}
+
+/// The same, as JSON text (made without building a `Value` first: the VM list renders tens of
+/// thousands of these).
+pub fn vm_json_text(record: &VmRecord) -> String {
+    let report: Option<VmReport> = serde_json::from_str(&record.report).ok();
+    serde_json::to_string(&VmDoc::new(record, report.as_ref())).unwrap_or_default()
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct VmDoc<'a> {
+    name: &'a str,
+    id: &'a str,
+    host: &'a str,
+    path: &'a str,
+    power_state: &'a str,
+    connection_state: &'a str,
+    crypto_state: &'a str,
+    lock_reason: Option<&'a str>,
+    config: VmConfigDoc<'a>,
+    disks: Vec<DiskDoc<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct VmConfigDoc<'a> {
+    key_id: Option<KeyDoc<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct KeyDoc<'a> {
+    key_id: &'a str,
+    provider_id: ProviderIdDoc<'a>,
+}
+
+#[derive(Serialize)]
+struct ProviderIdDoc<'a> {
+    id: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DiskDoc<'a> {
+    path: &'a str,
+    key_id: Option<KeyDoc<'a>>,
+    key_available: bool,
+}
+
+impl<'a> VmDoc<'a> {
+    fn new(record: &'a VmRecord, report: Option<&'a VmReport>) -> VmDoc<'a> {
+        let key = |k: &'a tresor_core::ids::KeyRef| KeyDoc {
+            key_id: &k.key_id,
+            provider_id: ProviderIdDoc { id: k.provider() },
+        };
+        let disks = report
+            .map(|r| {
+                r.disks
+                    .iter()
+                    .map(|path| {
+                        let file = std::path::Path::new(path)
+                            .file_name()
+                            .and_then(|f| f.to_str())
+                            .unwrap_or_default();
+                        let hk = r.keys.iter().find(|k| {
+                            k.uses
+                                .iter()
+                                .any(|u| matches!(u, tresor_core::vm::KeyUse::Disk(p) if p == file))
+                        });
+                        DiskDoc {
+                            path,
+                            key_id: hk.map(|k| key(&k.key)),
+                            key_available: hk.map(|k| k.on_host).unwrap_or(true),
+                        }
                     })
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    json!({
-        "name": record.name,
-        "id": record.id,
-        "host": record.host,
-        "path": record.path,
-        "powerState": record.power_state,
-        "connectionState": record.connection_state,
-        "cryptoState": record.crypto_state,
-        "lockReason": record.lock_reason,
-        "config": {"keyId": report.as_ref().and_then(|r| r.key_id.as_ref()).map(key)},
-        "disks": disks,
-    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        VmDoc {
+            name: &record.name,
+            id: &record.id,
+            host: &record.host,
+            path: &record.path,
+            power_state: &record.power_state,
+            connection_state: &record.connection_state,
+            crypto_state: &record.crypto_state,
+            lock_reason: record.lock_reason.as_deref(),
+            config: VmConfigDoc {
+                key_id: report.and_then(|r| r.key_id.as_ref()).map(key),
+            },
+            disks,
+        }
+    }
 }
 
 /// The VM list, answered from the store's memory with each VM's JSON rendered once per change
@@ -269,7 +326,7 @@ async fn list_vms(
             if body.len() > 1 {
                 body.push(',');
             }
-            body.push_str(v.rendered(|r| vm_json(r).to_string()));
+            body.push_str(v.rendered(vm_json_text));
         }
         total += 1;
     }
@@ -1020,6 +1077,7 @@ async fn create_vm(
         ));
     };
     s.engine.observe(&crate::agents::HubEvent::Inventory {
+        seq: s.hub.seq(),
         host: req.host.clone(),
         vms: vec![Arc::new(vm)],
         keys_held: vec![],
@@ -1295,6 +1353,7 @@ async fn register(
         }
         registered.push(vm.name.clone());
         s.engine.observe(&crate::agents::HubEvent::Inventory {
+            seq: s.hub.seq(),
             host: req.host.clone(),
             vms: vec![Arc::new(vm)],
             keys_held: vec![],
@@ -1419,6 +1478,7 @@ async fn add_disk(
     )?;
     if let tresor_core::protocol::Reply::Vm { vm } = reply {
         s.engine.observe(&crate::agents::HubEvent::Inventory {
+            seq: s.hub.seq(),
             host: record.host.clone(),
             vms: vec![Arc::new(vm)],
             keys_held: vec![],
@@ -1546,6 +1606,7 @@ async fn vm_op(
         }
         (_, tresor_core::protocol::Reply::Vm { vm }) => {
             s.engine.observe(&crate::agents::HubEvent::Inventory {
+                seq: s.hub.seq(),
                 host: record.host.clone(),
                 vms: vec![Arc::new(vm)],
                 keys_held: vec![],
@@ -1600,6 +1661,8 @@ async fn reboot_host(
 
 /// The API's routes.
 pub fn router(state: AppState) -> Router {
+    // The VM list is answered from renderings made when VMs are written.
+    state.store.render_vms_with(vm_json_text);
     Router::new()
         .route("/api/v1/vms", get(list_vms).post(create_vm))
         .route("/api/v1/vms/register", post(register))

@@ -30,7 +30,7 @@ macro_rules! ops {
 use Privilege as P;
 
 ops! {
-    "get" "/api/v1/vms" "vms" Some(P::SystemView), "", "List VMs (`?locked=true`: only the locked ones)";
+    "get" "/api/v1/vms" "vms" Some(P::SystemView), "", "List VMs, by name. Filters: `?locked=true`, `?host=NAME`, `?provider=NAME`; pages: `?limit=N&offset=M`, the number of matching VMs in the `X-Total-Count` header";
     "post" "/api/v1/vms" "vms" Some(P::VmCreate), r#"{"name": "web01", "host": "host-1", "disks": [1073741824]}"#, "Create a VM (encrypted ones need Cryptographer.EncryptNew)";
     "get" "/api/v1/vms/{name}" "vms" Some(P::SystemView), "", "A VM: power, crypto and connection state, lock reason, key ids";
     "get" "/api/v1/vms/{name}/diagnose" "vms" Some(P::SystemView), "", "Which case of the procedure applies, the evidence and the next steps (`?lang=en|de`)";

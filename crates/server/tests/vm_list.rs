@@ -1,0 +1,131 @@
+//! The VM list (`GET /api/v1/vms`): answered from the store's memory, filtered and paged, the
+//! same JSON as `vm show`; the engine's deferred VM states are seen at once and written later,
+//! and a removed VM does not come back with them.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{http, seed_users, serve};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tresor_server::api::vm_json;
+use tresor_server::store::{Store, VmRecord};
+
+fn record(i: usize) -> VmRecord {
+    let locked = i.is_multiple_of(3);
+    VmRecord {
+        id: format!("id-{i:04}"),
+        name: format!("vm-{i:04}"),
+        host: format!("host-{}", i % 2),
+        path: format!("/vms/vm-{i:04}"),
+        encrypted: true,
+        key_provider: Some(if i.is_multiple_of(5) { "other" } else { "kms" }.into()),
+        key_id: Some(format!("k{i}")),
+        power_state: "poweredOff".into(),
+        crypto_state: if locked { "locked" } else { "unlocked" }.into(),
+        connection_state: "connected".into(),
+        lock_reason: locked.then(|| "kmsClusterError".to_owned()),
+        report: "{}".into(),
+    }
+}
+
+/// A GET: the status, the `X-Total-Count` header and the JSON body.
+async fn get(addr: &str, path: &str) -> (u16, Option<usize>, serde_json::Value) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer viewer-token\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let total = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("x-total-count: ")
+                .map(str::to_owned)
+        })
+        .and_then(|v| v.trim().parse().ok());
+    (
+        head[9..12].parse().unwrap(),
+        total,
+        serde_json::from_str(body).unwrap_or_default(),
+    )
+}
+
+fn names(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_list_is_filtered_paged_and_shows_deferred_states_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("server.sqlite");
+    let store = Arc::new(Store::open(&path).unwrap());
+    seed_users(&store);
+    let records: Vec<VmRecord> = (0..250).map(record).collect();
+    store.put_vms(&records).unwrap();
+    let served = serve(store.clone(), dir.path()).await;
+    let addr = &served.addr;
+
+    // All of them, by name, each as `vm show` has it.
+    let (status, total, all) = get(addr, "/api/v1/vms").await;
+    assert_eq!((status, total), (200, Some(250)));
+    let expected: Vec<String> = records.iter().map(|r| r.name.clone()).collect();
+    assert_eq!(names(&all), expected);
+    for (shown, r) in all.as_array().unwrap().iter().zip(&records) {
+        assert_eq!(shown, &vm_json(r));
+    }
+    let (_, one) = http(addr, "GET", "/api/v1/vms/vm-0007", Some("viewer-token")).await;
+    assert_eq!(one, all[7]);
+
+    // A page.
+    let (_, total, page) = get(addr, "/api/v1/vms?limit=100&offset=200").await;
+    assert_eq!(total, Some(250));
+    assert_eq!(names(&page), expected[200..250]);
+    let (_, _, empty) = get(addr, "/api/v1/vms?limit=10&offset=300").await;
+    assert_eq!(names(&empty), Vec::<String>::new());
+
+    // Filters, alone and together, and paged.
+    let locked_on_0: Vec<String> = records
+        .iter()
+        .filter(|r| r.crypto_state == "locked" && r.host == "host-0")
+        .map(|r| r.name.clone())
+        .collect();
+    let (_, total, got) = get(addr, "/api/v1/vms?locked=true&host=host-0").await;
+    assert_eq!(total, Some(locked_on_0.len()));
+    assert_eq!(names(&got), locked_on_0);
+    let (_, total, got) = get(addr, "/api/v1/vms?provider=other&limit=3&offset=1").await;
+    assert_eq!(total, Some(50));
+    assert_eq!(names(&got), ["vm-0005", "vm-0010", "vm-0015"]);
+    let (status, _, _) = get(addr, "/api/v1/vms?limit=many").await;
+    assert_eq!(status, 400);
+
+    // A deferred state is listed at once, rendered anew.
+    let mut changed = records[3].clone();
+    changed.crypto_state = "unlocked".into();
+    changed.lock_reason = None;
+    store.put_vms_deferred(vec![changed.clone()]);
+    let (_, _, got) = get(addr, "/api/v1/vms?limit=1&offset=3").await;
+    assert_eq!(got[0]["cryptoState"], "unlocked");
+    assert_eq!(got[0], vm_json(&changed));
+    // A VM removed before the deferred write is not written back by it.
+    let mut gone = records[4].clone();
+    gone.power_state = "poweredOn".into();
+    store.put_vms_deferred(vec![gone]);
+    assert!(store.remove_vm("vm-0004").unwrap());
+    assert_eq!(store.write_deferred().unwrap(), 1);
+    let (_, total, _) = get(addr, "/api/v1/vms").await;
+    assert_eq!(total, Some(249));
+
+    // What was written is what a new server reads.
+    drop(served);
+    let reopened = Store::open(&path).unwrap();
+    assert_eq!(reopened.vm("vm-0003").unwrap().unwrap(), changed);
+    assert!(reopened.vm("vm-0004").unwrap().is_none());
+    assert_eq!(reopened.vms().unwrap().len(), 249);
+}
