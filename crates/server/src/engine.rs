@@ -31,6 +31,9 @@ const CONCURRENCY: usize = 256;
 const KEYS_PER_REQUEST: usize = 32;
 pub const CONCURRENT_REQUESTS: usize = 16;
 
+/// How many VMs a pass decides for before it lets other tasks run.
+const DECIDE_CHUNK: usize = 2000;
+
 /// How many recent events the engine keeps in memory.
 const MEMORY_EVENTS: usize = 10_000;
 
@@ -195,7 +198,7 @@ impl Default for EngineConfig {
             tick: Duration::from_millis(500),
             min_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(60),
-            provider_check_max: Duration::from_secs(1),
+            provider_check_max: Duration::from_millis(500),
             request_timeout: Duration::from_secs(30),
         }
     }
@@ -575,7 +578,8 @@ impl Engine {
     pub async fn tick(&self) {
         let config = self.config();
         self.check_down_providers(&config).await;
-        // Keys fetched in a pass are pushed by the next pass at once, not a tick later.
+        // Keys fetched in a pass are pushed by the next pass at once, and VMs whose keys were
+        // pushed are decided again at once, not a tick later.
         for _ in 0..4 {
             if !self.pass(&config).await {
                 break;
@@ -584,13 +588,100 @@ impl Engine {
         self.write_states().await;
     }
 
+    /// Decides for the VMs `names`: their verdicts, events and alarms, the states to write,
+    /// and the fetches and pushes to carry out.
+    fn decide(
+        &self,
+        names: &[String],
+        config: &EngineConfig,
+        now: Instant,
+        plans: &mut Vec<(String, Vec<Action>)>,
+        pending: &mut Vec<VmRecord>,
+        alarms: &mut Vec<AlarmChange>,
+    ) {
+        let mut guard = self.state();
+        let st = &mut *guard;
+        let mut to_record = Vec::new();
+        let keys = &st.keys;
+        let hosts_connected = &st.hosts_connected;
+        for name in names {
+            let Some(view) = st.vms.get_mut(name) else {
+                continue;
+            };
+            if let Some(c) = hosts_connected.get(&view.host) {
+                if view.host_connected != *c {
+                    view.host_connected = *c;
+                    view.unwritten = true;
+                }
+            }
+            let observations: Vec<KeyObservation> = view
+                .report
+                .keys
+                .iter()
+                .map(|k| KeyObservation {
+                    key: k.key.clone(),
+                    uses: k.uses.clone(),
+                    on_host: k.on_host,
+                    provider: keys
+                        .get(&k.key)
+                        .map(|s| s.answer.clone())
+                        .unwrap_or(ProviderAnswer::NotAsked),
+                })
+                .collect();
+            let input = VmState {
+                name: name.clone(),
+                host: view.host.clone(),
+                host_connected: view.host_connected,
+                encrypted: view.report.encrypted,
+                keys: observations,
+                published: view.published,
+                unlock_requested: view.unlock_requested,
+                push_failed: view.push_failed,
+            };
+            let due = |k: &KeyRef| match keys.get(k) {
+                Some(s) => s
+                    .last_attempt
+                    .is_none_or(|t| now.duration_since(t) >= s.backoff),
+                None => true,
+            };
+            let decision = reconcile(&input, config.policy, due);
+            for a in &decision.actions {
+                if let Action::Event { event, reason } = a {
+                    to_record.push((*event, *reason, name.clone(), view.host.clone()));
+                }
+            }
+            if view.verdict != decision.verdict {
+                view.verdict = decision.verdict;
+                view.unwritten = true;
+            }
+            view.published = decision.published;
+            if decision.actions.contains(&Action::UnlockDone) {
+                view.unlock_requested = false;
+            }
+            self.persist(view, &decision.actions, pending, alarms);
+            if decision
+                .actions
+                .iter()
+                .any(|a| matches!(a, Action::Fetch { .. } | Action::Push { .. }))
+            {
+                plans.push((name.clone(), decision.actions));
+            }
+        }
+        for (event, reason, name, host) in to_record {
+            let args = reason
+                .map(|r| vec![("reason".to_owned(), r.as_str().to_owned())])
+                .unwrap_or_default();
+            self.record(st, event, Some(&name), Some(&host), args);
+        }
+    }
+
     /// Decides for every VM whose inputs changed, then fetches and pushes; says whether it
-    /// fetched anything.
+    /// fetched or pushed anything.
     async fn pass(&self, config: &EngineConfig) -> bool {
         let now = Instant::now();
         let mut pending: Vec<VmRecord> = Vec::new();
         let mut alarms: Vec<AlarmChange> = Vec::new();
-        let plans: Vec<(String, Vec<Action>)> = {
+        let dirty: Vec<String> = {
             let mut guard = self.state();
             let st = &mut *guard;
             // Keys whose backoff ran out since the last pass: their VMs may fetch or push again.
@@ -607,82 +698,15 @@ impl Engine {
             for k in &woken {
                 st.wake_key(k);
             }
-            let dirty = std::mem::take(&mut st.dirty);
-            let mut plans = Vec::new();
-            let mut to_record = Vec::new();
-            let keys = &st.keys;
-            let hosts_connected = &st.hosts_connected;
-            for name in dirty {
-                let Some(view) = st.vms.get_mut(&name) else {
-                    continue;
-                };
-                if let Some(c) = hosts_connected.get(&view.host) {
-                    if view.host_connected != *c {
-                        view.host_connected = *c;
-                        view.unwritten = true;
-                    }
-                }
-                let observations: Vec<KeyObservation> = view
-                    .report
-                    .keys
-                    .iter()
-                    .map(|k| KeyObservation {
-                        key: k.key.clone(),
-                        uses: k.uses.clone(),
-                        on_host: k.on_host,
-                        provider: keys
-                            .get(&k.key)
-                            .map(|s| s.answer.clone())
-                            .unwrap_or(ProviderAnswer::NotAsked),
-                    })
-                    .collect();
-                let input = VmState {
-                    name: name.clone(),
-                    host: view.host.clone(),
-                    host_connected: view.host_connected,
-                    encrypted: view.report.encrypted,
-                    keys: observations,
-                    published: view.published,
-                    unlock_requested: view.unlock_requested,
-                    push_failed: view.push_failed,
-                };
-                let due = |k: &KeyRef| match keys.get(k) {
-                    Some(s) => s
-                        .last_attempt
-                        .is_none_or(|t| now.duration_since(t) >= s.backoff),
-                    None => true,
-                };
-                let decision = reconcile(&input, config.policy, due);
-                for a in &decision.actions {
-                    if let Action::Event { event, reason } = a {
-                        to_record.push((*event, *reason, name.clone(), view.host.clone()));
-                    }
-                }
-                if view.verdict != decision.verdict {
-                    view.verdict = decision.verdict;
-                    view.unwritten = true;
-                }
-                view.published = decision.published;
-                if decision.actions.contains(&Action::UnlockDone) {
-                    view.unlock_requested = false;
-                }
-                self.persist(view, &decision.actions, &mut pending, &mut alarms);
-                if decision
-                    .actions
-                    .iter()
-                    .any(|a| matches!(a, Action::Fetch { .. } | Action::Push { .. }))
-                {
-                    plans.push((name, decision.actions));
-                }
-            }
-            for (event, reason, name, host) in to_record {
-                let args = reason
-                    .map(|r| vec![("reason".to_owned(), r.as_str().to_owned())])
-                    .unwrap_or_default();
-                self.record(st, event, Some(&name), Some(&host), args);
-            }
-            plans
+            std::mem::take(&mut st.dirty).into_iter().collect()
         };
+        // Decided a few thousand at a time, letting the API and the agents' sessions in between.
+        let mut plans: Vec<(String, Vec<Action>)> = Vec::new();
+        for chunk in dirty.chunks(DECIDE_CHUNK) {
+            self.decide(chunk, config, now, &mut plans, &mut pending, &mut alarms);
+            tokio::task::yield_now().await;
+        }
+
         // The pass's events, every VM whose state changed and their alarms, one transaction
         // each, away from the tasks that serve agents and the API.
         let written = pending.len();
@@ -744,7 +768,7 @@ impl Engine {
                 "engine pass"
             );
         }
-        n_fetches > 0
+        n_fetches + n_pushes > 0
     }
 
     /// Asks each provider that did not answer, when its wait is over, whether it answers now;

@@ -252,17 +252,24 @@ fn clear_alarm(conn: &Connection, kind: &str, object: &str, now: i64) -> Result<
         > 0)
 }
 
-fn write_vms(conn: &mut Connection, vms: &[VmRecord]) -> Result<(), StoreError> {
+fn write_vms(conn: &mut Connection, vms: &[&VmRecord]) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
     {
-        let mut stmt = tx.prepare_cached(
+        // Most writes change a VM's state, not its name or host: an update that leaves the
+        // indexed columns alone, and an insert (or full upsert) only when that finds no row.
+        let mut update = tx.prepare_cached(
+            "UPDATE vms SET path = ?4, encrypted = ?5, key_provider = ?6, key_id = ?7, power_state = ?8,
+                crypto_state = ?9, connection_state = ?10, lock_reason = ?11, report = ?12
+             WHERE id = ?1 AND name = ?2 AND host = ?3",
+        )?;
+        let mut upsert = tx.prepare_cached(
             "INSERT INTO vms (id, name, host, path, encrypted, key_provider, key_id, power_state, crypto_state, connection_state, lock_reason, report)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
              ON CONFLICT(id) DO UPDATE SET name = ?2, host = ?3, path = ?4, encrypted = ?5, key_provider = ?6, key_id = ?7,
                 power_state = ?8, crypto_state = ?9, connection_state = ?10, lock_reason = ?11, report = ?12",
         )?;
         for v in vms {
-            stmt.execute(params![
+            let values = params![
                 v.id,
                 v.name,
                 v.host,
@@ -275,7 +282,10 @@ fn write_vms(conn: &mut Connection, vms: &[VmRecord]) -> Result<(), StoreError> 
                 v.connection_state,
                 v.lock_reason,
                 v.report
-            ])?;
+            ];
+            if update.execute(values)? == 0 {
+                upsert.execute(values)?;
+            }
         }
     }
     tx.commit()?;
@@ -295,7 +305,7 @@ pub struct Store {
     /// Renders a VM for the API when it is written, so that no request waits for it.
     render: std::sync::OnceLock<fn(&VmRecord) -> String>,
     /// VM states taken in memory and not written yet, by id (see [`Store::put_vms_deferred`]).
-    deferred: Mutex<std::collections::HashMap<String, VmRecord>>,
+    deferred: Mutex<std::collections::HashMap<String, Arc<StoredVm>>>,
     vms: std::sync::RwLock<VmCache>,
 }
 
@@ -556,7 +566,7 @@ impl Store {
                 deferred.remove(&v.id);
             }
         }
-        write_vms(&mut conn, vms)?;
+        write_vms(&mut conn, &vms.iter().collect::<Vec<_>>())?;
         self.cache(stored);
         Ok(())
     }
@@ -566,38 +576,64 @@ impl Store {
     /// many times a second in a storm, and the database needs only the latest one. They are
     /// observed state, derived again from the hosts' reports after a restart.
     pub fn put_vms_deferred(&self, vms: Vec<VmRecord>) {
-        let stored = self.stored(&vms);
+        let stored = self.stored_owned(vms);
         {
             let mut deferred = self.deferred();
-            for v in vms {
-                deferred.insert(v.id.clone(), v);
+            for v in &stored {
+                deferred.insert(v.record.id.clone(), v.clone());
             }
         }
         self.cache(stored);
     }
 
-    /// Writes the deferred VM states in one transaction; says how many.
+    /// Writes the deferred VM states, a few thousand per transaction so that other writes
+    /// (events, operators' changes) do not wait long behind them; says how many.
     pub fn write_deferred(&self) -> Result<usize, StoreError> {
-        let mut conn = self.conn();
-        let vms: Vec<VmRecord> = std::mem::take(&mut *self.deferred())
-            .into_values()
-            .collect();
-        if vms.is_empty() {
-            return Ok(0);
-        }
-        if let Err(e) = write_vms(&mut conn, &vms) {
-            // Kept for the next try, unless a newer state came meanwhile.
-            let mut deferred = self.deferred();
-            for v in vms {
-                deferred.entry(v.id.clone()).or_insert(v);
+        const CHUNK: usize = 2000;
+        let mut written = 0;
+        loop {
+            let mut conn = self.conn();
+            let chunk: Vec<Arc<StoredVm>> = {
+                let mut deferred = self.deferred();
+                let ids: Vec<String> = deferred.keys().take(CHUNK).cloned().collect();
+                ids.iter().filter_map(|id| deferred.remove(id)).collect()
+            };
+            if chunk.is_empty() {
+                return Ok(written);
             }
-            return Err(e);
+            let records: Vec<&VmRecord> = chunk.iter().map(|v| &v.record).collect();
+            if let Err(e) = write_vms(&mut conn, &records) {
+                // Kept for the next try, unless a newer state came meanwhile.
+                let mut deferred = self.deferred();
+                for v in chunk {
+                    deferred.entry(v.record.id.clone()).or_insert(v);
+                }
+                return Err(e);
+            }
+            written += chunk.len();
         }
-        Ok(vms.len())
     }
 
-    fn deferred(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, VmRecord>> {
+    fn deferred(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Arc<StoredVm>>> {
         self.deferred.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn stored_owned(&self, vms: Vec<VmRecord>) -> Vec<Arc<StoredVm>> {
+        let render = self.render.get();
+        vms.into_iter()
+            .map(|v| {
+                let rendered = std::sync::OnceLock::new();
+                if let Some(render) = render {
+                    let _ = rendered.set(render(&v));
+                }
+                Arc::new(StoredVm {
+                    record: v,
+                    rendered,
+                })
+            })
+            .collect()
     }
 
     /// The VMs as the cache holds them, rendered for the API when a renderer is set.

@@ -309,26 +309,31 @@ async fn list_vms(
 ) -> Result<axum::response::Response, ApiError> {
     authorize(&s, &headers, Privilege::SystemView, "Listing VMs")?;
     let vms = s.store.stored_vms();
-    let matching = vms.iter().filter(|v| {
+    let matches = |v: &&Arc<crate::store::StoredVm>| {
         let r = &v.record;
         (!q.locked.unwrap_or(false) || r.crypto_state == "locked")
             && q.host.as_ref().is_none_or(|h| &r.host == h)
             && q.provider
                 .as_ref()
                 .is_none_or(|p| r.key_provider.as_ref() == Some(p))
-    });
-    let mut total = 0usize;
-    let mut body = String::with_capacity(2 + vms.len().min(q.limit.unwrap_or(usize::MAX)) * 512);
-    body.push('[');
+    };
     let (offset, limit) = (q.offset.unwrap_or(0), q.limit.unwrap_or(usize::MAX));
-    for v in matching {
-        if total >= offset && total - offset < limit {
-            if body.len() > 1 {
-                body.push(',');
-            }
-            body.push_str(v.rendered(vm_json_text));
+    let page: Vec<&str> = vms
+        .iter()
+        .filter(matches)
+        .skip(offset)
+        .take(limit)
+        .map(|v| v.rendered(vm_json_text))
+        .collect();
+    let total = vms.iter().filter(matches).count();
+    // Sized once: the whole list of tens of thousands of VMs is megabytes.
+    let mut body = String::with_capacity(2 + page.iter().map(|r| r.len() + 1).sum::<usize>());
+    body.push('[');
+    for (i, rendered) in page.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
         }
-        total += 1;
+        body.push_str(rendered);
     }
     body.push(']');
     Ok((
