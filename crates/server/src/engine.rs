@@ -260,6 +260,19 @@ impl Engine {
         self.state().vms.get(name).cloned()
     }
 
+    /// How many distinct keys each host's VMs report as on the host.
+    pub fn keys_held_by_host(&self) -> HashMap<String, usize> {
+        let st = self.state();
+        let mut held: HashMap<&str, HashSet<&KeyRef>> = HashMap::new();
+        for v in st.vms.values() {
+            let keys = held.entry(v.host.as_str()).or_default();
+            keys.extend(v.report.keys.iter().filter(|k| k.on_host).map(|k| &k.key));
+        }
+        held.into_iter()
+            .map(|(h, k)| (h.to_owned(), k.len()))
+            .collect()
+    }
+
     /// Forgets a VM that was unregistered or deleted.
     pub fn forget(&self, name: &str) {
         let mut st = self.state();

@@ -712,27 +712,31 @@ async fn disable_encryption(
 /// The hosts as the API shows them.
 fn host_views(s: &AppState) -> Result<Vec<Value>, ApiError> {
     let connected = s.hub.connected();
-    let vms = s.store.vms()?;
+    // One pass over the VMs, not one per host: there may be thousands of each.
+    let mut counts: std::collections::HashMap<&str, (usize, usize)> = Default::default();
+    let vms = s.store.stored_vms();
+    for v in &vms {
+        let c = counts.entry(v.record.host.as_str()).or_default();
+        c.0 += 1;
+        if v.record.crypto_state == "locked" {
+            c.1 += 1;
+        }
+    }
+    // The keys its VMs report as held (the host key comes on top in encryption mode).
+    let held = s.engine.keys_held_by_host();
     let hosts: Vec<Value> = s
         .store
         .hosts()?
         .into_iter()
         .map(|h| {
-            let mine: Vec<&VmRecord> = vms.iter().filter(|v| v.host == h.name).collect();
-            // The keys its VMs report as held (the host key comes on top in encryption mode).
-            let mut held = std::collections::BTreeSet::new();
-            for v in &mine {
-                if let Ok(r) = serde_json::from_str::<VmReport>(&v.report) {
-                    held.extend(r.keys.into_iter().filter(|k| k.on_host).map(|k| k.key));
-                }
-            }
+            let (vm_count, locked) = counts.get(h.name.as_str()).copied().unwrap_or_default();
             json!({
                 "name": h.name,
                 "connected": connected.contains(&h.name),
                 "cryptoState": h.crypto_state,
-                "vmCount": mine.len(),
-                "lockedVmCount": mine.iter().filter(|v| v.crypto_state == "locked").count(),
-                "keysHeld": held.len(),
+                "vmCount": vm_count,
+                "lockedVmCount": locked,
+                "keysHeld": held.get(&h.name).copied().unwrap_or(0),
                 "lastSeen": h.last_seen,
             })
         })
