@@ -656,30 +656,22 @@ impl Host {
 
     /// Gives the disks `disks` of the VM in `dir` new secrets under its current KEK, recording
     /// after each which are left.
-    fn deep_rekey_disks(&mut self, dir: &Path, mut disks: Vec<String>) -> Result<(), HostError> {
-        diskops::write_intent(
-            dir,
-            &Intent {
-                operation: Operation::DeepRekey,
-                disks: disks.clone(),
-            },
-        )?;
-        while let Some(id) = disks.first().cloned() {
-            diskops::run(
-                dir,
-                &id,
-                &Change::DeepRekey { key: None },
-                &self.cache,
-                &self.config.tools,
-                None,
-            )?;
-            disks.remove(0);
+    fn deep_rekey_disks(&mut self, dir: &Path, disks: Vec<String>) -> Result<(), HostError> {
+        for done in 0..disks.len() {
             diskops::write_intent(
                 dir,
                 &Intent {
                     operation: Operation::DeepRekey,
-                    disks: disks.clone(),
+                    disks: disks[done..].to_vec(),
                 },
+            )?;
+            diskops::run(
+                dir,
+                &disks[done],
+                &Change::DeepRekey { key: None },
+                &self.cache,
+                &self.config.tools,
+                None,
             )?;
         }
         diskops::clear_intent(dir)?;

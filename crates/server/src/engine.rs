@@ -123,7 +123,7 @@ impl State {
     }
 
     /// Adds a VM to the indexes, or moves it, when its host or keys changed.
-    fn index(&mut self, name: &str, old: Option<(&str, Vec<KeyRef>)>, host: &str, keys: &[KeyRef]) {
+    fn index(&mut self, name: &str, old: Option<(&str, &[KeyRef])>, host: &str, keys: &[KeyRef]) {
         if let Some((old_host, old_keys)) = old {
             if old_host != host {
                 if let Some(set) = self.by_host.get_mut(old_host) {
@@ -532,7 +532,7 @@ impl Engine {
                     let keys = key_refs(report);
                     st.index(
                         name,
-                        old.as_ref().map(|(h, k)| (h.as_str(), k.clone())),
+                        old.as_ref().map(|(h, k)| (h.as_str(), k.as_slice())),
                         host,
                         &keys,
                     );

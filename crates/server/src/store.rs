@@ -557,7 +557,7 @@ impl Store {
 
     /// Writes many VMs in one transaction (one disk flush for all of them).
     pub fn put_vms(&self, vms: &[VmRecord]) -> Result<(), StoreError> {
-        let stored = self.stored(vms);
+        let stored = self.stored(vms.to_vec());
         let mut conn = self.conn();
         {
             // Written now: a deferred older state of these VMs must not overwrite them.
@@ -576,7 +576,7 @@ impl Store {
     /// many times a second in a storm, and the database needs only the latest one. They are
     /// observed state, derived again from the hosts' reports after a restart.
     pub fn put_vms_deferred(&self, vms: Vec<VmRecord>) {
-        let stored = self.stored_owned(vms);
+        let stored = self.stored(vms);
         {
             let mut deferred = self.deferred();
             for v in &stored {
@@ -620,7 +620,8 @@ impl Store {
         self.deferred.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn stored_owned(&self, vms: Vec<VmRecord>) -> Vec<Arc<StoredVm>> {
+    /// The VMs as the cache holds them, rendered for the API when a renderer is set.
+    fn stored(&self, vms: Vec<VmRecord>) -> Vec<Arc<StoredVm>> {
         let render = self.render.get();
         vms.into_iter()
             .map(|v| {
@@ -630,23 +631,6 @@ impl Store {
                 }
                 Arc::new(StoredVm {
                     record: v,
-                    rendered,
-                })
-            })
-            .collect()
-    }
-
-    /// The VMs as the cache holds them, rendered for the API when a renderer is set.
-    fn stored(&self, vms: &[VmRecord]) -> Vec<Arc<StoredVm>> {
-        let render = self.render.get();
-        vms.iter()
-            .map(|v| {
-                let rendered = std::sync::OnceLock::new();
-                if let Some(render) = render {
-                    let _ = rendered.set(render(v));
-                }
-                Arc::new(StoredVm {
-                    record: v.clone(),
                     rendered,
                 })
             })

@@ -973,6 +973,57 @@ fn reply_error(
 
 const AGENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
+/// A key's material from its provider, for a push that follows at once; `what` names it in the
+/// error ("new key", "host key").
+async fn fetch_key(
+    s: &AppState,
+    key: tresor_core::ids::KeyRef,
+    what: &str,
+) -> Result<tresor_core::protocol::KeyMaterial, ApiError> {
+    let (answer, material) = s.broker.fetch(&key).await;
+    let material = material.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "providerError",
+            format!("The {what} {key} cannot be fetched: {answer:?}"),
+        )
+    })?;
+    Ok(tresor_core::protocol::KeyMaterial { key, material })
+}
+
+/// A new KEK on `provider` for `purpose`, with its material.
+async fn new_key(
+    s: &AppState,
+    provider: &str,
+    purpose: &str,
+) -> Result<tresor_core::protocol::KeyMaterial, ApiError> {
+    let key = s
+        .broker
+        .create_kek(provider, purpose)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "providerError", e.to_string()))?;
+    fetch_key(s, key, "new key").await
+}
+
+/// Sends keys to a host and waits until it holds them.
+async fn push_keys(
+    s: &AppState,
+    host: &str,
+    keys: Vec<tresor_core::protocol::KeyMaterial>,
+) -> Result<(), ApiError> {
+    reply_error(
+        s.hub
+            .request(
+                host,
+                tresor_core::protocol::Command::PushKeys { keys },
+                AGENT_TIMEOUT,
+            )
+            .await
+            .map_err(agent_error)?,
+    )?;
+    Ok(())
+}
+
 async fn create_vm(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -1012,34 +1063,10 @@ async fn create_vm(
         }
         let mut keys = Vec::new();
         for purpose in purposes {
-            let key = s
-                .broker
-                .create_kek(&provider, &purpose)
-                .await
-                .map_err(|e| {
-                    ApiError::new(StatusCode::BAD_GATEWAY, "providerError", e.to_string())
-                })?;
-            let (answer, material) = s.broker.fetch(&key).await;
-            let material = material.ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "providerError",
-                    format!("The new key {key} cannot be fetched: {answer:?}"),
-                )
-            })?;
-            keys.push(tresor_core::protocol::KeyMaterial { key, material });
+            keys.push(new_key(&s, &provider, &purpose).await?);
         }
         let refs: Vec<tresor_core::ids::KeyRef> = keys.iter().map(|k| k.key.clone()).collect();
-        reply_error(
-            s.hub
-                .request(
-                    &req.host,
-                    tresor_core::protocol::Command::PushKeys { keys },
-                    AGENT_TIMEOUT,
-                )
-                .await
-                .map_err(agent_error)?,
-        )?;
+        push_keys(&s, &req.host, keys).await?;
         own_keys = refs[1..].to_vec();
         Some(refs[0].clone())
     } else {
@@ -1213,19 +1240,8 @@ async fn enable_encryption(
                 })?
         }
     };
-    let (answer, material) = s.broker.fetch(&key).await;
-    let material = material.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "providerError",
-            format!("The host key {key} cannot be fetched: {answer:?}"),
-        )
-    })?;
     let command = tresor_core::protocol::Command::EnableEncryption {
-        host_key: tresor_core::protocol::KeyMaterial {
-            key: key.clone(),
-            material,
-        },
+        host_key: fetch_key(&s, key.clone(), "host key").await?,
     };
     reply_error(
         s.hub
@@ -1436,34 +1452,9 @@ async fn add_disk(
                 format!("VM {name} is not encrypted; a disk with a key of its own needs an encrypted VM (tresor vm encrypt {name})"),
             )
         })?;
-        let key = s
-            .broker
-            .create_kek(&provider, &format!("{name}-disk"))
-            .await
-            .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "providerError", e.to_string()))?;
-        let (answer, material) = s.broker.fetch(&key).await;
-        let material = material.ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "providerError",
-                format!("The new key {key} cannot be fetched: {answer:?}"),
-            )
-        })?;
-        reply_error(
-            s.hub
-                .request(
-                    &record.host,
-                    tresor_core::protocol::Command::PushKeys {
-                        keys: vec![tresor_core::protocol::KeyMaterial {
-                            key: key.clone(),
-                            material,
-                        }],
-                    },
-                    AGENT_TIMEOUT,
-                )
-                .await
-                .map_err(agent_error)?,
-        )?;
+        let material = new_key(&s, &provider, &format!("{name}-disk")).await?;
+        let key = material.key.clone();
+        push_keys(&s, &record.host, vec![material]).await?;
         record_crypto(&s, &user, "add disk", &name, &key)?;
         Some(key)
     } else {
@@ -1541,32 +1532,9 @@ async fn vm_op(
                     .and_then(|b| b.provider.clone())
                     .or_else(|| record.key_provider.clone()),
             )?;
-            let key = s.broker.create_kek(&provider, name).await.map_err(|e| {
-                ApiError::new(StatusCode::BAD_GATEWAY, "providerError", e.to_string())
-            })?;
-            let (answer, material) = s.broker.fetch(&key).await;
-            let material = material.ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "providerError",
-                    format!("The new key {key} cannot be fetched: {answer:?}"),
-                )
-            })?;
-            reply_error(
-                s.hub
-                    .request(
-                        &record.host,
-                        Command::PushKeys {
-                            keys: vec![tresor_core::protocol::KeyMaterial {
-                                key: key.clone(),
-                                material,
-                            }],
-                        },
-                        AGENT_TIMEOUT,
-                    )
-                    .await
-                    .map_err(agent_error)?,
-            )?;
+            let material = new_key(s, &provider, name).await?;
+            let key = material.key.clone();
+            push_keys(s, &record.host, vec![material]).await?;
             record_crypto(
                 s,
                 &user,
