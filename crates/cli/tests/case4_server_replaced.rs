@@ -5,9 +5,8 @@
 //! VM found on the host, the new server fetches the keys by id, and the VM runs with its data.
 
 mod common;
-use std::process::{Command, Stdio};
 
-use common::{find_file, free_port, pid_of, stop, wait_for, Dev, Proc, Proxy, TRESOR};
+use common::{find_file, pid_of, stop, wait_for, Dev, Proxy};
 
 #[test]
 fn a_new_server_adopts_the_host_and_unlocks_its_vms() {
@@ -44,56 +43,14 @@ fn a_new_server_adopts_the_host_and_unlocks_its_vms() {
     stop(&pid_of(&["server --config", &old_config]));
     std::fs::remove_dir_all(root.join("server")).unwrap();
     let agent_toml = find_file(root, "host-1/agent.toml").expect("host-1's configuration");
-    let host_dir = agent_toml.parent().unwrap().to_owned();
     stop(&pid_of(&[
         "agent --config",
         &agent_toml.display().to_string(),
     ]));
 
     // A new, empty server.
-    let (api, agents) = (free_port(), free_port());
-    let new_dir = root.join("new-server");
-    let out = Command::new(TRESOR)
-        .args(["server", "init", "--data"])
-        .arg(&new_dir)
-        .args(["--api-listen", &format!("127.0.0.1:{api}")])
-        .args(["--agent-listen", &format!("127.0.0.1:{agents}")])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .unwrap()
-        .trim()
-        .to_owned();
-    let _server = Proc(
-        Command::new(TRESOR)
-            .args(["server", "--config"])
-            .arg(new_dir.join("server.toml"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for("the new server listens", || {
-        std::net::TcpStream::connect(("127.0.0.1", api)).is_ok()
-    });
-    let cli = |args: &[&str]| {
-        let out = Command::new(TRESOR)
-            .args(args)
-            .env("TRESOR_SERVER", format!("http://127.0.0.1:{api}"))
-            .env("TRESOR_TOKEN", &token)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "tresor {}: {err}", args.join(" "));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let server = common::NewServer::start(&root.join("new-server"));
+    let cli = |args: &[&str]| server.cli(args);
     assert_eq!(cli(&["vm", "list", "-o", "json"]).trim(), "[]");
 
     // Trust with the provider: the same name, another address, a certificate from a CSR.
@@ -133,35 +90,7 @@ fn a_new_server_adopts_the_host_and_unlocks_its_vms() {
     assert_eq!(st["activeEndpoint"], proxy.address().as_str());
 
     // The host re-enrols with the new server and starts again.
-    let join: serde_json::Value =
-        serde_json::from_str(&cli(&["host", "token", "-o", "json"])).unwrap();
-    let token_file = root.join("join-token");
-    std::fs::write(&token_file, join["token"].as_str().unwrap()).unwrap();
-    let out = Command::new(TRESOR)
-        .args(["agent", "join", "--server", &format!("127.0.0.1:{agents}")])
-        .args(["--name", "host-1", "--token-file"])
-        .arg(&token_file)
-        .arg("--dir")
-        .arg(&host_dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let _agent = Proc(
-        Command::new(TRESOR)
-            .args(["agent", "--config"])
-            .arg(&agent_toml)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for("host-1 is connected to the new server", || {
-        cli(&["host", "list", "-o", "json"]).contains("\"connected\": true")
-    });
+    let _agent = server.rejoin("host-1", &agent_toml);
 
     // One command registers every VM found on the host; the keys are fetched by id.
     let out = cli(&["vm", "register", "--all", "--host", "host-1", "-o", "json"]);

@@ -277,7 +277,6 @@ fn pykmip_as_the_provider_for_a_disk_key() {
 /// fetches the keys from PyKMIP by id.
 #[test]
 fn pykmip_as_the_provider_through_case_4() {
-    use std::process::{Command, Stdio};
     let dev = Dev::start(1);
     let pykmip = with_pykmip_default(&dev);
     dev.ok(&[
@@ -304,49 +303,8 @@ fn pykmip_as_the_provider_through_case_4() {
         &agent_toml.display().to_string(),
     ]));
 
-    let (api, agents) = (common::free_port(), common::free_port());
-    let new_dir = root.join("new-server");
-    let out = Command::new(common::TRESOR)
-        .args(["server", "init", "--data"])
-        .arg(&new_dir)
-        .args(["--api-listen", &format!("127.0.0.1:{api}")])
-        .args(["--agent-listen", &format!("127.0.0.1:{agents}")])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let token = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .unwrap()
-        .trim()
-        .to_owned();
-    let _server = common::Proc(
-        Command::new(common::TRESOR)
-            .args(["server", "--config"])
-            .arg(new_dir.join("server.toml"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for("the new server listens", || {
-        std::net::TcpStream::connect(("127.0.0.1", api)).is_ok()
-    });
-    let cli = |args: &[&str]| {
-        let out = Command::new(common::TRESOR)
-            .args(args)
-            .env("TRESOR_SERVER", format!("http://127.0.0.1:{api}"))
-            .env("TRESOR_TOKEN", &token)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "tresor {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let server = common::NewServer::start(&root.join("new-server"));
+    let cli = |args: &[&str]| server.cli(args);
     // The same name, another address: PyKMIP directly instead of through the proxy.
     let kms = root.join("kms");
     let path = |p: &str| kms.join(p).display().to_string();
@@ -363,42 +321,7 @@ fn pykmip_as_the_provider_through_case_4() {
         "--client-key",
         &path("clients/tresor-server.key"),
     ]);
-    let join: serde_json::Value =
-        serde_json::from_str(&cli(&["host", "token", "-o", "json"])).unwrap();
-    let token_file = root.join("join-token");
-    std::fs::write(&token_file, join["token"].as_str().unwrap()).unwrap();
-    let out = Command::new(common::TRESOR)
-        .args([
-            "agent",
-            "join",
-            "--server",
-            &format!("127.0.0.1:{agents}"),
-            "--name",
-            "host-1",
-            "--token-file",
-        ])
-        .arg(&token_file)
-        .arg("--dir")
-        .arg(agent_toml.parent().unwrap())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let _agent = common::Proc(
-        Command::new(common::TRESOR)
-            .args(["agent", "--config"])
-            .arg(&agent_toml)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for("host-1 connects", || {
-        cli(&["host", "list", "-o", "json"]).contains("\"connected\": true")
-    });
+    let _agent = server.rejoin("host-1", &agent_toml);
     assert!(cli(&["vm", "register", "--all", "--host", "host-1"]).contains("web01"));
     wait_for("web01 unlocks", || {
         cli(&["vm", "get", "web01", "cryptoState"]).trim() == "unlocked"

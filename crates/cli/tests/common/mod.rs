@@ -484,3 +484,107 @@ impl PyKmip {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 }
+
+/// A new, empty `tresor server` (the procedure's case 4): `server init` in `dir`, started, with
+/// the admin token `init` printed.
+pub struct NewServer {
+    pub api: u16,
+    pub agents: u16,
+    pub token: String,
+    _proc: Proc,
+}
+
+impl NewServer {
+    pub fn start(dir: &std::path::Path) -> NewServer {
+        use std::process::{Command, Stdio};
+        let (api, agents) = (free_port(), free_port());
+        let out = Command::new(TRESOR)
+            .args(["server", "init", "--data"])
+            .arg(dir)
+            .args(["--api-listen", &format!("127.0.0.1:{api}")])
+            .args(["--agent-listen", &format!("127.0.0.1:{agents}")])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let token = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap()
+            .trim()
+            .to_owned();
+        let proc = Proc(
+            Command::new(TRESOR)
+                .args(["server", "--config"])
+                .arg(dir.join("server.toml"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        wait_for("the new server listens", || {
+            std::net::TcpStream::connect(("127.0.0.1", api)).is_ok()
+        });
+        NewServer {
+            api,
+            agents,
+            token,
+            _proc: proc,
+        }
+    }
+
+    /// Runs a client command against it as admin; its standard output (it must succeed).
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new(TRESOR)
+            .args(args)
+            .env("TRESOR_SERVER", format!("http://127.0.0.1:{}", self.api))
+            .env("TRESOR_TOKEN", &self.token)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "tresor {}: {err}", args.join(" "));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Enrols the host whose agent configuration is `agent_toml` with this server (a join token
+    /// by file), starts its agent and waits until it is connected.
+    pub fn rejoin(&self, host: &str, agent_toml: &std::path::Path) -> Proc {
+        use std::process::{Command, Stdio};
+        let join: serde_json::Value =
+            serde_json::from_str(&self.cli(&["host", "token", "-o", "json"])).unwrap();
+        let token_file = agent_toml.with_file_name("join-token");
+        std::fs::write(&token_file, join["token"].as_str().unwrap()).unwrap();
+        let out = Command::new(TRESOR)
+            .args(["agent", "join", "--server"])
+            .arg(format!("127.0.0.1:{}", self.agents))
+            .args(["--name", host, "--token-file"])
+            .arg(&token_file)
+            .arg("--dir")
+            .arg(agent_toml.parent().unwrap())
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_file(&token_file);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let agent = Proc(
+            Command::new(TRESOR)
+                .args(["agent", "--config"])
+                .arg(agent_toml)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        wait_for(&format!("{host} connects to the new server"), || {
+            self.cli(&["host", "list", "-o", "json"])
+                .contains("\"connected\": true")
+        });
+        agent
+    }
+}
