@@ -161,6 +161,9 @@ pub fn init(
     })
 }
 
+/// Worker threads of the API's own runtime.
+const API_THREADS: usize = 2;
+
 /// Runs the server until `shutdown` resolves.
 pub async fn serve(
     config: ServerConfig,
@@ -242,7 +245,26 @@ pub async fn serve(
     let probe_task = tokio::spawn(providers.run(std::time::Duration::from_secs(
         config.provider_probe_secs.max(1),
     )));
-    let result = axum::serve(api, app).with_graceful_shutdown(shutdown).await;
+    // The API has threads of its own: during a storm the engine and the agent sessions keep the
+    // main runtime's workers busy, and an operator's request should not queue behind them.
+    let api_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(API_THREADS)
+        .thread_name("tresor-api")
+        .enable_all()
+        .build()
+        .map_err(setup("Cannot start the API's threads"))?;
+    let api = api
+        .into_std()
+        .map_err(setup("Cannot hand over the API socket"))?;
+    let served = api_runtime.spawn(async move {
+        let api = tokio::net::TcpListener::from_std(api)?;
+        axum::serve(api, app).with_graceful_shutdown(shutdown).await
+    });
+    let result = match served.await {
+        Ok(result) => result,
+        Err(e) => Err(std::io::Error::other(format!("the API stopped: {e}"))),
+    };
+    api_runtime.shutdown_background();
     hub_task.abort();
     engine_task.abort();
     probe_task.abort();

@@ -637,18 +637,38 @@ impl Store {
             .collect()
     }
 
+    /// Puts VMs into the cache, a thousand at a time, so that readers (the VM list) never wait
+    /// long behind a storm's worth of new states; the records replaced are freed outside the lock.
     fn cache(&self, stored: Vec<Arc<StoredVm>>) {
-        let mut cache = self.vm_cache_mut();
-        for v in stored {
-            // Upserted by id: a renamed VM leaves its old name.
-            let (id, name) = (v.record.id.clone(), v.record.name.clone());
-            if let Some(old) = cache.names.insert(id, name.clone()) {
-                if old != name {
-                    cache.by_name.remove(&old);
+        const AT_A_TIME: usize = 1000;
+        let mut replaced = Vec::with_capacity(stored.len());
+        for chunk in stored.chunks(AT_A_TIME) {
+            let mut guard = self.vm_cache_mut();
+            let cache = &mut *guard;
+            for v in chunk {
+                let (id, name) = (&v.record.id, &v.record.name);
+                // Upserted by id: a renamed VM leaves its old name.
+                match cache.names.get(id) {
+                    Some(old) if old == name => {
+                        if let Some(slot) = cache.by_name.get_mut(name) {
+                            replaced.push(std::mem::replace(slot, v.clone()));
+                            continue;
+                        }
+                    }
+                    Some(old) => {
+                        if let Some(gone) = cache.by_name.remove(old) {
+                            replaced.push(gone);
+                        }
+                    }
+                    None => {}
+                }
+                cache.names.insert(id.clone(), name.clone());
+                if let Some(gone) = cache.by_name.insert(name.clone(), v.clone()) {
+                    replaced.push(gone);
                 }
             }
-            cache.by_name.insert(name, v);
         }
+        drop(replaced);
     }
 
     fn vm_rows(
@@ -693,6 +713,26 @@ impl Store {
     /// Renders each VM so when it is written (see [`StoredVm::rendered`]).
     pub fn render_vms_with(&self, render: fn(&VmRecord) -> String) {
         let _ = self.render.set(render);
+    }
+
+    /// The VMs that match, by name: how many, and those from `offset`, at most `limit`, without
+    /// copying the records.
+    pub fn select_vms(
+        &self,
+        matches: impl Fn(&VmRecord) -> bool,
+        offset: usize,
+        limit: usize,
+    ) -> (usize, Vec<Arc<StoredVm>>) {
+        let cache = self.vm_cache();
+        let mut total = 0;
+        let mut page = Vec::new();
+        for v in cache.by_name.values().filter(|v| matches(&v.record)) {
+            if total >= offset && page.len() < limit {
+                page.push(v.clone());
+            }
+            total += 1;
+        }
+        (total, page)
     }
 
     /// Every VM as stored, by name, without copying the records.

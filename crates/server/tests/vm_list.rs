@@ -46,11 +46,22 @@ async fn get(addr: &str, path: &str) -> (u16, Option<usize>, serde_json::Value) 
                 .map(str::to_owned)
         })
         .and_then(|v| v.trim().parse().ok());
-    (
-        head[9..12].parse().unwrap(),
-        total,
-        serde_json::from_str(body).unwrap_or_default(),
-    )
+    let status: u16 = head[9..12].parse().unwrap();
+    if status == 200 {
+        // The list is streamed in pieces, with its length said first.
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length: ")
+                    .map(str::to_owned)
+            })
+            .and_then(|v| v.trim().parse().ok())
+            .expect("a Content-Length");
+        assert_eq!(length, body.len());
+        return (status, total, serde_json::from_str(body).expect("JSON"));
+    }
+    (status, total, serde_json::Value::Null)
 }
 
 fn names(v: &serde_json::Value) -> Vec<String> {
@@ -67,14 +78,14 @@ async fn the_list_is_filtered_paged_and_shows_deferred_states_at_once() {
     let path = dir.path().join("server.sqlite");
     let store = Arc::new(Store::open(&path).unwrap());
     seed_users(&store);
-    let records: Vec<VmRecord> = (0..250).map(record).collect();
+    let records: Vec<VmRecord> = (0..1100).map(record).collect();
     store.put_vms(&records).unwrap();
     let served = serve(store.clone(), dir.path()).await;
     let addr = &served.addr;
 
     // All of them, by name, each as `vm show` has it.
     let (status, total, all) = get(addr, "/api/v1/vms").await;
-    assert_eq!((status, total), (200, Some(250)));
+    assert_eq!((status, total), (200, Some(1100)));
     let expected: Vec<String> = records.iter().map(|r| r.name.clone()).collect();
     assert_eq!(names(&all), expected);
     for (shown, r) in all.as_array().unwrap().iter().zip(&records) {
@@ -84,10 +95,12 @@ async fn the_list_is_filtered_paged_and_shows_deferred_states_at_once() {
     assert_eq!(one, all[7]);
 
     // A page.
-    let (_, total, page) = get(addr, "/api/v1/vms?limit=100&offset=200").await;
-    assert_eq!(total, Some(250));
-    assert_eq!(names(&page), expected[200..250]);
-    let (_, _, empty) = get(addr, "/api/v1/vms?limit=10&offset=300").await;
+    let (_, total, page) = get(addr, "/api/v1/vms?limit=100&offset=1050").await;
+    assert_eq!(total, Some(1100));
+    assert_eq!(names(&page), expected[1050..1100]);
+    let (_, _, page) = get(addr, "/api/v1/vms?limit=600&offset=100").await;
+    assert_eq!(names(&page), expected[100..700]);
+    let (_, _, empty) = get(addr, "/api/v1/vms?limit=10&offset=1200").await;
     assert_eq!(names(&empty), Vec::<String>::new());
 
     // Filters, alone and together, and paged.
@@ -100,7 +113,7 @@ async fn the_list_is_filtered_paged_and_shows_deferred_states_at_once() {
     assert_eq!(total, Some(locked_on_0.len()));
     assert_eq!(names(&got), locked_on_0);
     let (_, total, got) = get(addr, "/api/v1/vms?provider=other&limit=3&offset=1").await;
-    assert_eq!(total, Some(50));
+    assert_eq!(total, Some(220));
     assert_eq!(names(&got), ["vm-0005", "vm-0010", "vm-0015"]);
     let (status, _, _) = get(addr, "/api/v1/vms?limit=many").await;
     assert_eq!(status, 400);
@@ -120,12 +133,12 @@ async fn the_list_is_filtered_paged_and_shows_deferred_states_at_once() {
     assert!(store.remove_vm("vm-0004").unwrap());
     assert_eq!(store.write_deferred().unwrap(), 1);
     let (_, total, _) = get(addr, "/api/v1/vms").await;
-    assert_eq!(total, Some(249));
+    assert_eq!(total, Some(1099));
 
     // What was written is what a new server reads.
     drop(served);
     let reopened = Store::open(&path).unwrap();
     assert_eq!(reopened.vm("vm-0003").unwrap().unwrap(), changed);
     assert!(reopened.vm("vm-0004").unwrap().is_none());
-    assert_eq!(reopened.vms().unwrap().len(), 249);
+    assert_eq!(reopened.vms().unwrap().len(), 1099);
 }
