@@ -260,10 +260,9 @@ pub async fn serve(
         let api = tokio::net::TcpListener::from_std(api)?;
         axum::serve(api, app).with_graceful_shutdown(shutdown).await
     });
-    let result = match served.await {
-        Ok(result) => result,
-        Err(e) => Err(std::io::Error::other(format!("the API stopped: {e}"))),
-    };
+    let result = served
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
     api_runtime.shutdown_background();
     hub_task.abort();
     engine_task.abort();

@@ -38,30 +38,21 @@ async fn get(addr: &str, path: &str) -> (u16, Option<usize>, serde_json::Value) 
     s.read_to_end(&mut out).await.unwrap();
     let text = String::from_utf8_lossy(&out);
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let total = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("x-total-count: ")
-                .map(str::to_owned)
+    let header = |name: &str| -> Option<usize> {
+        head.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name)
+                .then(|| v.trim().parse().ok())?
         })
-        .and_then(|v| v.trim().parse().ok());
+    };
     let status: u16 = head[9..12].parse().unwrap();
-    if status == 200 {
-        // The list is streamed in pieces, with its length said first.
-        let length: usize = head
-            .lines()
-            .find_map(|l| {
-                l.to_ascii_lowercase()
-                    .strip_prefix("content-length: ")
-                    .map(str::to_owned)
-            })
-            .and_then(|v| v.trim().parse().ok())
-            .expect("a Content-Length");
-        assert_eq!(length, body.len());
-        return (status, total, serde_json::from_str(body).expect("JSON"));
+    if status != 200 {
+        return (status, header("x-total-count"), serde_json::Value::Null);
     }
-    (status, total, serde_json::Value::Null)
+    // The list is streamed in pieces, with its length said first.
+    assert_eq!(header("content-length"), Some(body.len()));
+    let json = serde_json::from_str(body).expect("JSON");
+    (status, header("x-total-count"), json)
 }
 
 fn names(v: &serde_json::Value) -> Vec<String> {

@@ -321,26 +321,25 @@ async fn list_vms(
         offset,
         limit,
     );
-    // Streamed in pieces of a few dozen VMs, from the snapshot taken above: the whole list of
-    // tens of thousands of VMs is megabytes, and its first bytes leave before the last are copied.
-    let length = 2 + page
-        .iter()
-        .map(|v| v.rendered(vm_json_text).len() + 1)
-        .sum::<usize>()
-        - usize::from(!page.is_empty());
+    // Streamed in pieces from the snapshot taken above: the whole list of tens of thousands of
+    // VMs is megabytes, and its first bytes leave before the last are copied. Each piece starts
+    // with `[` (the first) or `,`, and the last ends with `]`.
+    let length = 1
+        + page
+            .iter()
+            .map(|v| v.rendered(vm_json_text).len() + 1)
+            .sum::<usize>()
+        + usize::from(page.is_empty());
     let pieces = page.len().div_ceil(LIST_PIECE).max(1);
     let body = futures_util::stream::iter(0..pieces).map(move |i| {
-        let vms = &page[(i * LIST_PIECE).min(page.len())..((i + 1) * LIST_PIECE).min(page.len())];
-        let mut piece =
-            Vec::with_capacity(vms.iter().map(|v| v.rendered(vm_json_text).len() + 2).sum());
-        if i == 0 {
-            piece.push(b'[');
-        }
-        for (j, v) in vms.iter().enumerate() {
-            if i > 0 || j > 0 {
-                piece.push(b',');
-            }
+        let mut piece = Vec::with_capacity(64 * LIST_PIECE);
+        let vms = page.iter().skip(i * LIST_PIECE).take(LIST_PIECE);
+        for (j, v) in vms.enumerate() {
+            piece.push(if i == 0 && j == 0 { b'[' } else { b',' });
             piece.extend_from_slice(v.rendered(vm_json_text).as_bytes());
+        }
+        if page.is_empty() {
+            piece.push(b'[');
         }
         if i + 1 == pieces {
             piece.push(b']');
