@@ -42,6 +42,8 @@ fn client(
     let mut config = ClientConfig::new(vec![args.endpoint.clone()], tls.clone());
     config.version = Some(version);
     config.max_idle = 1;
+    // Requests go back to back: take each answer as it comes rather than sleeping for it.
+    config.poll_for_answer = Duration::from_micros(200);
     KmipClient::new(config)
 }
 
@@ -56,22 +58,54 @@ fn report(label: &str, row: &str, ops: u64, errors: u64, elapsed: Duration) {
     );
 }
 
-async fn run_workers<F, Fut>(workers: usize, duration: Duration, make: F) -> (u64, u64, Duration)
+/// Runs `workers` clients side by side on client threads, each with a single-threaded runtime
+/// (`KMIP_BENCH_THREADS`, default 1), and adds up what they did.
+async fn run_workers<F, Fut>(workers: usize, make: F) -> (u64, u64, Duration)
 where
     F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = (u64, u64)> + Send + 'static,
 {
-    let start = Instant::now();
-    let handles: Vec<_> = (0..workers).map(|i| tokio::spawn(make(i))).collect();
-    let (mut ok, mut err) = (0, 0);
-    for h in handles {
-        if let Ok((o, e)) = h.await {
-            ok += o;
-            err += e;
-        }
+    let threads: usize = std::env::var("KMIP_BENCH_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let mut groups: Vec<Vec<Fut>> = (0..threads.clamp(1, workers)).map(|_| Vec::new()).collect();
+    for i in 0..workers {
+        let n = groups.len();
+        groups[i % n].push(make(i));
     }
-    let _ = duration;
-    (ok, err, start.elapsed())
+    let start = Instant::now();
+    let threads: Vec<_> = groups
+        .into_iter()
+        .map(|group| {
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime for benchmark clients");
+                rt.block_on(async move {
+                    let handles: Vec<_> = group.into_iter().map(tokio::spawn).collect();
+                    let (mut ok, mut err) = (0, 0);
+                    for h in handles {
+                        if let Ok((o, e)) = h.await {
+                            ok += o;
+                            err += e;
+                        }
+                    }
+                    (ok, err)
+                })
+            })
+        })
+        .collect();
+    let done = tokio::task::spawn_blocking(move || {
+        threads
+            .into_iter()
+            .filter_map(|t| t.join().ok())
+            .fold((0, 0), |(o, e), (ok, err)| (o + ok, e + err))
+    })
+    .await
+    .unwrap_or((0, 0));
+    (done.0, done.1, start.elapsed())
 }
 
 #[tokio::main]
@@ -93,7 +127,7 @@ async fn main() {
     if let Some(n) = args.fill {
         let next = Arc::new(AtomicU64::new(0));
         let args = Arc::new(args);
-        let (ok, err, elapsed) = run_workers(16, duration, |_| {
+        let (ok, err, elapsed) = run_workers(16, |_| {
             let c = client(&args, &tls, version);
             let next = next.clone();
             async move {
@@ -119,7 +153,7 @@ async fn main() {
     let args = Arc::new(args);
     for workers in [1usize, 4, 16] {
         let key = key.clone();
-        let (ok, err, elapsed) = run_workers(workers, duration, |_| {
+        let (ok, err, elapsed) = run_workers(workers, |_| {
             let c = client(&args, &tls, version);
             let key = key.clone();
             async move {
@@ -144,7 +178,7 @@ async fn main() {
         );
     }
     for workers in [1usize, 4, 16] {
-        let (ok, err, elapsed) = run_workers(workers, duration, |_| {
+        let (ok, err, elapsed) = run_workers(workers, |_| {
             let c = client(&args, &tls, version);
             async move {
                 let (mut ok, mut err) = (0, 0);
@@ -167,7 +201,7 @@ async fn main() {
             elapsed,
         );
     }
-    let (ok, err, elapsed) = run_workers(4, duration, |_| {
+    let (ok, err, elapsed) = run_workers(4, |_| {
         let args = args.clone();
         let tls = tls.clone();
         let key = key.clone();

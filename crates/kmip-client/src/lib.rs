@@ -28,6 +28,7 @@ use tresor_kmip::spec::{
 };
 use tresor_kmip::ttlv::{self, Bytes, Item, Limits, HEADER_LEN};
 use tresor_kmip::Value;
+use tresor_tls::io::Poller;
 use tresor_tls::ServerName;
 use zeroize::Zeroizing;
 
@@ -105,6 +106,10 @@ pub struct ClientConfig {
     /// How many idle connections to keep per client.
     pub max_idle: usize,
     pub max_response_bytes: usize,
+    /// How long to keep asking for an answer before the task sleeps until it comes: answers
+    /// that come within it are taken without the thread being put to sleep and woken. For
+    /// clients that send requests back to back; zero (the default) waits at once.
+    pub poll_for_answer: Duration,
 }
 
 impl ClientConfig {
@@ -117,6 +122,7 @@ impl ClientConfig {
             version: None,
             max_idle: 8,
             max_response_bytes: 4 * 1024 * 1024,
+            poll_for_answer: Duration::ZERO,
         }
     }
 }
@@ -124,6 +130,7 @@ impl ClientConfig {
 struct Conn {
     endpoint: usize,
     stream: TlsStream<TcpStream>,
+    poller: Poller,
 }
 
 /// A KMIP client for one provider.
@@ -464,7 +471,11 @@ impl KmipClient {
         .await
         .map_err(|_| err("TLS handshake timed out".into()))?
         .map_err(|e| err(format!("TLS handshake failed: {e}")))?;
-        Ok(Conn { endpoint, stream })
+        Ok(Conn {
+            endpoint,
+            stream,
+            poller: Poller::new(self.config.poll_for_answer),
+        })
     }
 
     /// One request and its response on a connection. On failure, says whether any of the
@@ -494,12 +505,15 @@ impl KmipClient {
                 .await
                 .map_err(|e| (false, cerr(format!("send failed: {e}"))))?;
             let mut header = [0u8; HEADER_LEN];
-            conn.stream.read_exact(&mut header).await.map_err(|e| {
-                (
-                    false,
-                    cerr(format!("connection closed before an answer: {e}")),
-                )
-            })?;
+            conn.poller
+                .read_exact(&mut conn.stream, &mut header)
+                .await
+                .map_err(|e| {
+                    (
+                        false,
+                        cerr(format!("connection closed before an answer: {e}")),
+                    )
+                })?;
             let limits = Limits {
                 max_message_len: self.config.max_response_bytes,
                 ..Limits::default()

@@ -15,6 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tresor_kmip::ttlv::{self, Limits, HEADER_LEN};
+use tresor_tls::io::Poller;
 use tresor_tls::{load_certs, load_key, peer_identity, server_config, ClientAuth, TlsError};
 use zeroize::Zeroizing;
 
@@ -93,6 +94,11 @@ pub async fn bind(config: &KmsConfig) -> Result<TcpListener, ServeError> {
 
 /// Serves KMIP on `listener` until `shutdown` completes, then waits (up to the message timeout)
 /// for requests in flight.
+///
+/// Connections are spread over one event loop per core, each a single-threaded runtime on a
+/// thread of its own: a connection's request is read, answered and written by the thread whose
+/// epoll saw it arrive, without handing it to another thread (on a virtual machine, waking an
+/// idle sibling thread costs more than answering a Get).
 pub async fn serve(
     listener: TcpListener,
     acceptor: TlsAcceptor,
@@ -100,10 +106,18 @@ pub async fn serve(
     limits: LimitsConfig,
     shutdown: impl Future<Output = ()>,
 ) {
+    let loops = match EventLoops::start() {
+        Ok(loops) => loops,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the key server's event loops");
+            return;
+        }
+    };
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let limits = Arc::new(limits);
     let (closing_tx, closing) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
+    let mut next = 0usize;
     loop {
         let permit = tokio::select! {
             _ = &mut shutdown => break,
@@ -123,12 +137,24 @@ pub async fn serve(
                 }
             },
         };
+        // The socket moves to the event loop that will serve it.
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "cannot hand a connection to an event loop");
+                continue;
+            }
+        };
         let acceptor = acceptor.clone();
         let engine = engine.clone();
         let limits = limits.clone();
         let closing = closing.clone();
-        tokio::spawn(async move {
-            connection(stream, peer, acceptor, engine, &limits, closing).await;
+        next = next.wrapping_add(1);
+        loops.pick(next).spawn(async move {
+            match TcpStream::from_std(stream) {
+                Ok(stream) => connection(stream, peer, acceptor, engine, &limits, closing).await,
+                Err(e) => tracing::warn!(%peer, error = %e, "cannot serve a connection"),
+            }
             drop(permit);
         });
     }
@@ -138,6 +164,57 @@ pub async fn serve(
     let deadline = Duration::from_secs(limits.message_timeout_secs.max(1));
     let all = permits.acquire_many(limits.max_connections.max(1) as u32);
     let _ = tokio::time::timeout(deadline, all).await;
+    loops.stop();
+}
+
+/// One single-threaded runtime per core, each on a thread of its own.
+struct EventLoops {
+    handles: Vec<tokio::runtime::Handle>,
+    stops: Vec<tokio::sync::oneshot::Sender<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl EventLoops {
+    fn start() -> std::io::Result<EventLoops> {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut loops = EventLoops {
+            handles: Vec::with_capacity(n),
+            stops: Vec::with_capacity(n),
+            threads: Vec::with_capacity(n),
+        };
+        for i in 0..n {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            loops.handles.push(rt.handle().clone());
+            loops.stops.push(stop);
+            let thread = std::thread::Builder::new()
+                .name(format!("kmip-{i}"))
+                .spawn(move || {
+                    rt.block_on(async {
+                        let _ = stopped.await;
+                    });
+                    // Connections still open are dropped with the runtime.
+                    rt.shutdown_background();
+                })?;
+            loops.threads.push(thread);
+        }
+        Ok(loops)
+    }
+
+    fn pick(&self, n: usize) -> &tokio::runtime::Handle {
+        &self.handles[n % self.handles.len()]
+    }
+
+    fn stop(self) {
+        for stop in self.stops {
+            let _ = stop.send(());
+        }
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
 }
 
 async fn connection(
@@ -180,13 +257,14 @@ async fn connection(
         max_message_len: limits.max_message_bytes,
         ..Limits::default()
     };
+    let mut poller = Poller::new(POLL_FOR_NEXT);
     loop {
         let mut header = [0u8; HEADER_LEN];
         if *closing.borrow() {
             break;
         }
         tokio::select! {
-            r = tokio::time::timeout(idle_timeout, tls.read_exact(&mut header)) => match r {
+            r = tokio::time::timeout(idle_timeout, poller.read_exact(&mut tls, &mut header)) => match r {
                 Ok(Ok(_)) => {}
                 Ok(Err(_)) => break, // closed by the client
                 Err(_) => {
@@ -247,3 +325,8 @@ async fn connection(
     }
     let _ = tls.shutdown().await;
 }
+
+/// How long a connection that has just been answered looks for its next request before its
+/// event loop sleeps: a client that sends requests back to back is answered without this thread
+/// being put to sleep and woken between them.
+const POLL_FOR_NEXT: Duration = Duration::from_micros(200);

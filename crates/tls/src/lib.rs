@@ -7,6 +7,7 @@
 mod ca;
 mod config;
 mod identity;
+pub mod io;
 mod pem;
 
 pub use ca::{
