@@ -232,6 +232,26 @@ impl Engine {
         })
     }
 
+    /// Whether a request changes objects and reads only single objects: such requests run on
+    /// the database writer's thread ([`Store::submit`]), and are answered once committed.
+    pub fn runs_on_writer(request: &RequestMessage) -> bool {
+        request.items.iter().all(|i| {
+            !matches!(
+                Operation::from_u32(i.operation),
+                Some(Operation::Locate | Operation::Query) | None
+            )
+        })
+    }
+
+    /// The answer to a request whose changes could not be committed.
+    pub fn not_committed(&self, version: ProtocolVersion, error: &StoreError) -> ResponseMessage {
+        self.error_response(
+            negotiate(version),
+            ResultReason::GeneralFailure,
+            error.to_string(),
+        )
+    }
+
     fn error_response(
         &self,
         version: ProtocolVersion,

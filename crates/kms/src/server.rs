@@ -301,10 +301,24 @@ async fn connection(
         let response = match engine.parse(&identity, &message) {
             Err(error_response) => Ok(*error_response),
             Ok(request) if Engine::is_read_only(&request) => Ok(engine.handle(&identity, request)),
+            Ok(request) if Engine::runs_on_writer(&request) => {
+                let version = request.header.protocol_version;
+                let (e1, e2, id) = (engine.clone(), engine.clone(), identity.clone());
+                engine
+                    .store()
+                    .submit(
+                        move || e1.handle(&id, request),
+                        move |error| e2.not_committed(version, &error),
+                    )
+                    .await
+                    .map_err(|_| "the database writer has stopped")
+            }
             Ok(request) => {
                 let engine = engine.clone();
                 let id = identity.clone();
-                tokio::task::spawn_blocking(move || engine.handle(&id, request)).await
+                tokio::task::spawn_blocking(move || engine.handle(&id, request))
+                    .await
+                    .map_err(|_| "the request's handler failed")
             }
         };
         drop(message);
@@ -315,7 +329,7 @@ async fn connection(
                 break;
             }
             Err(e) => {
-                tracing::error!(%peer, error = %e, "request handler failed");
+                tracing::error!(%peer, error = %e, "request not answered; closing the connection");
                 break;
             }
         };

@@ -5,10 +5,15 @@
 //! commit): a change is durable on disk before its caller hears back, and one fsync serves many
 //! callers. Each change runs in its own savepoint, so a change that fails leaves the others intact.
 //! Reads use a small pool of read-only connections and never wait for the writer.
+//!
+//! A whole request that changes objects may also run on the writer thread ([`Store::submit`]):
+//! its reads and changes then use the writer's connection inside the group's transaction (so a
+//! batch reads what it wrote), and its answer is released only after the group is committed.
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tresor_kmip::message::{Attribute, TemplateAttribute};
@@ -17,6 +22,34 @@ use tresor_kmip::ttlv::{self, Limits};
 
 /// How many changes the writer commits together at most.
 const MAX_GROUP: usize = 512;
+
+thread_local! {
+    /// The writer's connection, set on the writer thread only: reads and changes made there
+    /// (by requests given to [`Store::submit`]) join the transaction of the group it is running.
+    static WRITER: RefCell<Option<Connection>> = const { RefCell::new(None) };
+}
+
+fn on_writer_thread() -> bool {
+    WRITER.with_borrow(|w| w.is_some())
+}
+
+/// Runs `f` on the writer's connection in a savepoint of its own: if `f` fails, what it changed
+/// is undone and the rest of the group stays.
+fn in_savepoint<T, E: From<StoreError>>(
+    f: impl FnOnce(&Connection) -> Result<T, E>,
+) -> Result<T, E> {
+    WRITER.with_borrow(|w| {
+        let conn = w.as_ref().ok_or(StoreError::WriterGone)?;
+        let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
+        run("SAVEPOINT change").map_err(StoreError::from)?;
+        let result = f(conn);
+        if result.is_err() {
+            let _ = run("ROLLBACK TO change");
+        }
+        let _ = run("RELEASE change");
+        result
+    })
+}
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +67,8 @@ pub enum StoreError {
     WriterGone,
     #[error("Cannot commit to the database (is the disk full or read-only?): {0}")]
     Commit(String),
+    #[error("The request failed inside the key server and changed nothing; see the key server's log and report it")]
+    HandlerFailed,
 }
 
 /// A stored object: everything but the key material is in the clear; the key material is sealed
@@ -196,6 +231,13 @@ impl Store {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, E>,
     ) -> Result<T, E> {
+        if on_writer_thread() {
+            // A request running on the writer reads what it has written so far.
+            return WRITER.with_borrow(|w| match w {
+                Some(conn) => f(conn),
+                None => Err(StoreError::WriterGone.into()),
+            });
+        }
         let conn = match self.readers.lock().ok().and_then(|mut r| r.pop()) {
             Some(c) => c,
             None => {
@@ -230,6 +272,9 @@ impl Store {
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
     {
+        if on_writer_thread() {
+            return in_savepoint(f);
+        }
         let (tx, rx) = mpsc::sync_channel::<Result<T, E>>(1);
         let fail_tx = tx.clone();
         let job = Job {
@@ -266,6 +311,14 @@ impl Store {
         &self,
         f: impl FnOnce(&Connection) -> Result<(), E> + Send + 'static,
     ) {
+        if on_writer_thread() {
+            if let Err(e) =
+                in_savepoint(|conn| f(conn).map_err(|e| StoreError::Commit(e.to_string())))
+            {
+                tracing::warn!(error = %e, "background database change failed");
+            }
+            return;
+        }
         let job = Job {
             run: Box::new(move |conn| {
                 let result = f(conn);
@@ -283,6 +336,49 @@ impl Store {
         if let Some(sender) = self.writer.lock().ok().and_then(|w| w.clone()) {
             let _ = sender.send(job);
         }
+    }
+
+    /// Runs `request` on the writer thread as part of the next group: the reads and changes it
+    /// makes through this store use the group's transaction, and its result is handed over only
+    /// once that transaction is committed (durable on disk). If the group cannot be committed,
+    /// the result is `failed(error)` instead.
+    pub fn submit<T: Send + 'static>(
+        &self,
+        request: impl FnOnce() -> T + Send + 'static,
+        failed: impl FnOnce(StoreError) -> T + Send + 'static,
+    ) -> tokio::sync::oneshot::Receiver<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // Exactly one of the job's two ends runs; both need the sender and the fallback.
+        let reply = Arc::new(Mutex::new(Some((tx, failed))));
+        let on_fail = reply.clone();
+        let job = Job {
+            run: Box::new(move |_| {
+                // A handler that panics must not take the writer, and everyone's changes, with it.
+                let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(request));
+                Completion {
+                    keep: out.is_ok(),
+                    finish: Box::new(move |commit_error| {
+                        if let Some((tx, failed)) = reply.lock().ok().and_then(|mut r| r.take()) {
+                            let _ = tx.send(match (out, commit_error) {
+                                (Ok(out), None) => out,
+                                (Ok(_), Some(e)) => failed(e),
+                                (Err(_), _) => failed(StoreError::HandlerFailed),
+                            });
+                        }
+                    }),
+                }
+            }),
+            fail: Box::new(move |e| {
+                if let Some((tx, failed)) = on_fail.lock().ok().and_then(|mut r| r.take()) {
+                    let _ = tx.send(failed(e));
+                }
+            }),
+        };
+        // A writer that is gone drops the job and with it the sender: the caller hears so.
+        if let Some(sender) = self.writer.lock().ok().and_then(|w| w.clone()) {
+            let _ = sender.send(job);
+        }
+        rx
     }
 
     /// Stops the writer after the changes already queued.
@@ -303,6 +399,7 @@ impl Drop for Store {
 }
 
 fn writer_loop(conn: Connection, jobs: Receiver<Job>) {
+    WRITER.with_borrow_mut(|w| *w = Some(conn));
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_GROUP {
@@ -311,38 +408,47 @@ fn writer_loop(conn: Connection, jobs: Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let mut done = Vec::with_capacity(batch.len());
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-            tracing::error!(error = %e, "cannot start a database transaction");
-            for job in batch {
-                (job.fail)(StoreError::Commit(e.to_string()));
+        WRITER.with_borrow(|w| {
+            if let Some(conn) = w {
+                run_group(conn, batch);
             }
-            continue;
-        }
-        // Statements prepared once: a group may hold thousands of small jobs.
-        let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
+        });
+    }
+    WRITER.with_borrow_mut(|w| w.take());
+}
+
+fn run_group(conn: &Connection, batch: Vec<Job>) {
+    let mut done = Vec::with_capacity(batch.len());
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        tracing::error!(error = %e, "cannot start a database transaction");
         for job in batch {
-            let _ = run("SAVEPOINT job");
-            let completion = (job.run)(&conn);
-            if !completion.keep {
-                let _ = run("ROLLBACK TO job");
-            }
-            let _ = run("RELEASE job");
-            done.push(completion);
+            (job.fail)(StoreError::Commit(e.to_string()));
         }
-        let error = conn.execute_batch("COMMIT").err().map(|e| e.to_string());
-        if let Some(e) = &error {
-            tracing::error!(error = %e, "database commit failed");
-            let _ = conn.execute_batch("ROLLBACK");
+        return;
+    }
+    // Statements prepared once: a group may hold thousands of small jobs.
+    let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
+    for job in batch {
+        let _ = run("SAVEPOINT job");
+        let completion = (job.run)(conn);
+        if !completion.keep {
+            let _ = run("ROLLBACK TO job");
         }
-        for c in done {
-            // A change that failed reports its own error, not the commit's.
-            let err = error
-                .as_ref()
-                .filter(|_| c.keep)
-                .map(|e| StoreError::Commit(e.clone()));
-            (c.finish)(err);
-        }
+        let _ = run("RELEASE job");
+        done.push(completion);
+    }
+    let error = conn.execute_batch("COMMIT").err().map(|e| e.to_string());
+    if let Some(e) = &error {
+        tracing::error!(error = %e, "database commit failed");
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    for c in done {
+        // A change that failed reports its own error, not the commit's.
+        let err = error
+            .as_ref()
+            .filter(|_| c.keep)
+            .map(|e| StoreError::Commit(e.clone()));
+        (c.finish)(err);
     }
 }
 
@@ -592,4 +698,79 @@ pub fn audit_log(conn: &Connection, uid: Option<&str>) -> Result<Vec<AuditRecord
 /// How many objects there are.
 pub fn count_objects(conn: &Connection) -> Result<u64, StoreError> {
     Ok(conn.query_row("SELECT COUNT(*) FROM objects", [], |r| r.get::<_, i64>(0))? as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(uid: &str) -> ObjectRow {
+        ObjectRow {
+            uid: uid.into(),
+            object_type: 2,
+            state: 1,
+            owner: "alice".into(),
+            attributes: Vec::new(),
+            sealed: Some(vec![1, 2, 3]),
+            created: 0,
+            updated: 0,
+        }
+    }
+
+    fn count(store: &Store) -> u64 {
+        store
+            .read(|conn| count_objects(conn))
+            .expect("count objects")
+    }
+
+    #[tokio::test]
+    async fn a_submitted_request_reads_its_own_changes_and_is_answered_once_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("kms.db")).unwrap());
+        let inner = store.clone();
+        let answer = store.submit(
+            move || -> Result<(bool, u64), StoreError> {
+                // Two changes, as a batch of Create and Activate makes them, and a read between.
+                inner.write(|conn| insert_object(conn, &row("k1")))?;
+                let seen = inner.read(|conn| get_object(conn, "k1"))?.is_some();
+                // A change that fails is undone alone.
+                let failed = inner.write(|conn| {
+                    insert_object(conn, &row("k2"))?;
+                    Err::<(), _>(StoreError::Corrupt("k2".into()))
+                });
+                assert!(failed.is_err());
+                Ok((seen, inner.read(|conn| count_objects(conn))?))
+            },
+            Err,
+        );
+        let (seen, counted) = answer.await.unwrap().unwrap();
+        assert!(seen, "the request reads what it wrote before the commit");
+        assert_eq!(counted, 1, "the failed change was rolled back alone");
+        // Answered means committed: another connection sees it.
+        assert_eq!(count(&store), 1);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_request_changes_nothing_and_the_writer_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("kms.db")).unwrap());
+        let inner = store.clone();
+        let answer = store.submit(
+            move || {
+                inner
+                    .write(|conn| insert_object(conn, &row("lost")))
+                    .unwrap();
+                panic!("a handler bug");
+            },
+            |e: StoreError| e.to_string(),
+        );
+        let message = answer.await.unwrap();
+        assert!(message.contains("changed nothing"), "{message}");
+        assert_eq!(count(&store), 0);
+        // The writer still commits other changes.
+        store
+            .write(|conn| insert_object(conn, &row("kept")))
+            .unwrap();
+        assert_eq!(count(&store), 1);
+    }
 }
