@@ -718,9 +718,7 @@ mod tests {
     }
 
     fn count(store: &Store) -> u64 {
-        store
-            .read(|conn| count_objects(conn))
-            .expect("count objects")
+        store.read(count_objects).expect("count objects")
     }
 
     #[tokio::test]
@@ -739,7 +737,7 @@ mod tests {
                     Err::<(), _>(StoreError::Corrupt("k2".into()))
                 });
                 assert!(failed.is_err());
-                Ok((seen, inner.read(|conn| count_objects(conn))?))
+                Ok((seen, inner.read(count_objects)?))
             },
             Err,
         );
