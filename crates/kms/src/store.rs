@@ -1,6 +1,7 @@
 //! Persistence: the only module that speaks SQL.
 //!
-//! Objects live in SQLite (WAL mode, `synchronous=FULL`). All changes go through one writer thread
+//! Objects live in SQLite (WAL mode, `synchronous=FULL`; a thread of its own copies the log into
+//! the database, so that commits do not wait for that). All changes go through one writer thread
 //! that runs the changes of many connections in one transaction and commits them together (group
 //! commit): a change is durable on disk before its caller hears back, and one fsync serves many
 //! callers. Each change runs in its own savepoint, so a change that fails leaves the others intact.
@@ -22,6 +23,14 @@ use tresor_kmip::ttlv::{self, Limits};
 
 /// How many changes the writer commits together at most.
 const MAX_GROUP: usize = 512;
+
+/// How often committed changes are copied from the write-ahead log into the database, by a
+/// thread of its own so that commits do not wait for it.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// The write-ahead log's size (in 4 KiB pages) at which a commit copies it into the database
+/// itself: only reached if the background checkpoints cannot keep up.
+const CHECKPOINT_IN_COMMIT_PAGES: i64 = 16_384;
 
 thread_local! {
     /// The writer's connection, set on the writer thread only: reads and changes made there
@@ -134,6 +143,7 @@ pub struct Store {
     writer: Mutex<Option<SyncSender<Job>>>,
     readers: Mutex<Vec<Connection>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    checkpointer: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -200,6 +210,11 @@ impl Store {
             .map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(open_err)?;
+        conn.pragma_update(None, "wal_autocheckpoint", CHECKPOINT_IN_COMMIT_PAGES)
+            .map_err(open_err)?;
+        // A log that grew under load is cut back to this size when it starts over.
+        conn.pragma_update(None, "journal_size_limit", 16 * 1024 * 1024)
+            .map_err(open_err)?;
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(open_err)?;
@@ -218,11 +233,22 @@ impl Store {
                 path: path.to_owned(),
                 source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
             })?;
+        let checkpoints = Connection::open(path).map_err(open_err)?;
+        configure(&checkpoints).map_err(open_err)?;
+        let (stop, stopped) = mpsc::channel::<()>();
+        let checkpointer = std::thread::Builder::new()
+            .name("kms-db-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpoints, stopped))
+            .map_err(|e| StoreError::Open {
+                path: path.to_owned(),
+                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+            })?;
         Ok(Store {
             path: path.to_owned(),
             writer: Mutex::new(Some(sender)),
             readers: Mutex::new(Vec::new()),
             writer_thread: Mutex::new(Some(handle)),
+            checkpointer: Mutex::new(Some((stop, checkpointer))),
         })
     }
 
@@ -389,6 +415,10 @@ impl Store {
         if let Some(handle) = self.writer_thread.lock().ok().and_then(|mut h| h.take()) {
             let _ = handle.join();
         }
+        if let Some((stop, handle)) = self.checkpointer.lock().ok().and_then(|mut c| c.take()) {
+            drop(stop);
+            let _ = handle.join();
+        }
     }
 }
 
@@ -417,17 +447,27 @@ fn writer_loop(conn: Connection, jobs: Receiver<Job>) {
     WRITER.with_borrow_mut(|w| w.take());
 }
 
+/// Copies committed changes into the database every [`CHECKPOINT_EVERY`] until told to stop
+/// (or the store is dropped). A passive checkpoint never makes the writer or readers wait.
+fn checkpoint_loop(conn: Connection, stop: Receiver<()>) {
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "cannot copy the write-ahead log into the database; will retry");
+        }
+    }
+}
+
 fn run_group(conn: &Connection, batch: Vec<Job>) {
     let mut done = Vec::with_capacity(batch.len());
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+    // Statements prepared once: a group may hold thousands of small jobs.
+    let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
+    if let Err(e) = run("BEGIN IMMEDIATE") {
         tracing::error!(error = %e, "cannot start a database transaction");
         for job in batch {
             (job.fail)(StoreError::Commit(e.to_string()));
         }
         return;
     }
-    // Statements prepared once: a group may hold thousands of small jobs.
-    let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
     for job in batch {
         let _ = run("SAVEPOINT job");
         let completion = (job.run)(conn);
@@ -437,7 +477,7 @@ fn run_group(conn: &Connection, batch: Vec<Job>) {
         let _ = run("RELEASE job");
         done.push(completion);
     }
-    let error = conn.execute_batch("COMMIT").err().map(|e| e.to_string());
+    let error = run("COMMIT").err().map(|e| e.to_string());
     if let Some(e) = &error {
         tracing::error!(error = %e, "database commit failed");
         let _ = conn.execute_batch("ROLLBACK");
@@ -522,22 +562,20 @@ fn finish_row((mut row, attrs): (ObjectRow, Vec<u8>)) -> Result<ObjectRow, Store
 
 /// Inserts a new object.
 pub fn insert_object(conn: &Connection, obj: &ObjectRow) -> Result<(), StoreError> {
-    conn.execute(
-        &format!(
-            "INSERT INTO objects ({COLUMNS}, fresh) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
-        ),
-        params![
-            obj.uid,
-            obj.object_type,
-            obj.state,
-            obj.owner,
-            encode_attributes(&obj.attributes),
-            obj.sealed,
-            obj.created,
-            obj.updated,
-            is_fresh(&obj.attributes)
-        ],
-    )?;
+    conn.prepare_cached(&format!(
+        "INSERT INTO objects ({COLUMNS}, fresh) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+    ))?
+    .execute(params![
+        obj.uid,
+        obj.object_type,
+        obj.state,
+        obj.owner,
+        encode_attributes(&obj.attributes),
+        obj.sealed,
+        obj.created,
+        obj.updated,
+        is_fresh(&obj.attributes)
+    ])?;
     write_names(conn, obj)?;
     Ok(())
 }
