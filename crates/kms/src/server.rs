@@ -95,10 +95,11 @@ pub async fn bind(config: &KmsConfig) -> Result<TcpListener, ServeError> {
 /// Serves KMIP on `listener` until `shutdown` completes, then waits (up to the message timeout)
 /// for requests in flight.
 ///
-/// Connections are spread over one event loop per core, each a single-threaded runtime on a
-/// thread of its own: a connection's request is read, answered and written by the thread whose
-/// epoll saw it arrive, without handing it to another thread (on a virtual machine, waking an
-/// idle sibling thread costs more than answering a Get).
+/// Each core runs an event loop of its own (a single-threaded runtime on its own thread) that
+/// accepts connections on the shared listening socket and serves them itself: a connection's
+/// requests are read, answered and written by the thread whose epoll saw them arrive, never
+/// handed to another thread (on a virtual machine, waking an idle thread costs more than
+/// answering a Get).
 pub async fn serve(
     listener: TcpListener,
     acceptor: TlsAcceptor,
@@ -106,6 +107,13 @@ pub async fn serve(
     limits: LimitsConfig,
     shutdown: impl Future<Output = ()>,
 ) {
+    let listener = match listener.into_std() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot share the listening socket with the event loops");
+            return;
+        }
+    };
     let loops = match EventLoops::start() {
         Ok(loops) => loops,
         Err(e) => {
@@ -113,21 +121,67 @@ pub async fn serve(
             return;
         }
     };
-    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let limits = Arc::new(limits);
+    let shared = Arc::new(Shared {
+        acceptor,
+        engine,
+        permits: Arc::new(Semaphore::new(limits.max_connections.max(1))),
+        limits,
+    });
     let (closing_tx, closing) = tokio::sync::watch::channel(false);
-    tokio::pin!(shutdown);
-    let mut next = 0usize;
+    for handle in &loops.handles {
+        let listener = match listener.try_clone() {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot share the listening socket with an event loop");
+                continue;
+            }
+        };
+        handle.spawn(accept_loop(listener, shared.clone(), closing.clone()));
+    }
+    drop(listener);
+    shutdown.await;
+    // No new connections; idle ones close now, busy ones after their current request.
+    let _ = closing_tx.send(true);
+    let deadline = Duration::from_secs(shared.limits.message_timeout_secs.max(1));
+    let all = shared
+        .permits
+        .acquire_many(shared.limits.max_connections.max(1) as u32);
+    let _ = tokio::time::timeout(deadline, all).await;
+    loops.stop();
+}
+
+/// What every event loop's connections share.
+struct Shared {
+    acceptor: TlsAcceptor,
+    engine: Arc<Engine>,
+    limits: LimitsConfig,
+    /// One per open connection, up to the configured maximum.
+    permits: Arc<Semaphore>,
+}
+
+/// Accepts connections on one event loop and serves them there, until the server closes.
+async fn accept_loop(
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    mut closing: tokio::sync::watch::Receiver<bool>,
+) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "an event loop cannot listen");
+            return;
+        }
+    };
     loop {
         let permit = tokio::select! {
-            _ = &mut shutdown => break,
-            p = permits.clone().acquire_owned() => match p {
+            _ = closing.changed() => break,
+            p = shared.permits.clone().acquire_owned() => match p {
                 Ok(p) => p,
                 Err(_) => break,
             },
         };
         let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => break,
+            _ = closing.changed() => break,
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -137,34 +191,12 @@ pub async fn serve(
                 }
             },
         };
-        // The socket moves to the event loop that will serve it.
-        let stream = match stream.into_std() {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(%peer, error = %e, "cannot hand a connection to an event loop");
-                continue;
-            }
-        };
-        let acceptor = acceptor.clone();
-        let engine = engine.clone();
-        let limits = limits.clone();
-        let closing = closing.clone();
-        next = next.wrapping_add(1);
-        loops.pick(next).spawn(async move {
-            match TcpStream::from_std(stream) {
-                Ok(stream) => connection(stream, peer, acceptor, engine, &limits, closing).await,
-                Err(e) => tracing::warn!(%peer, error = %e, "cannot serve a connection"),
-            }
+        let (shared, closing) = (shared.clone(), closing.clone());
+        tokio::spawn(async move {
+            connection(stream, peer, &shared, closing).await;
             drop(permit);
         });
     }
-    // Idle connections close now; busy ones after their current request.
-    let _ = closing_tx.send(true);
-    // Let connections in flight finish their current request.
-    let deadline = Duration::from_secs(limits.message_timeout_secs.max(1));
-    let all = permits.acquire_many(limits.max_connections.max(1) as u32);
-    let _ = tokio::time::timeout(deadline, all).await;
-    loops.stop();
 }
 
 /// One single-threaded runtime per core, each on a thread of its own.
@@ -203,10 +235,6 @@ impl EventLoops {
         Ok(loops)
     }
 
-    fn pick(&self, n: usize) -> &tokio::runtime::Handle {
-        &self.handles[n % self.handles.len()]
-    }
-
     fn stop(self) {
         for stop in self.stops {
             let _ = stop.send(());
@@ -220,11 +248,10 @@ impl EventLoops {
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
-    acceptor: TlsAcceptor,
-    engine: Arc<Engine>,
-    limits: &LimitsConfig,
+    shared: &Shared,
     mut closing: tokio::sync::watch::Receiver<bool>,
 ) {
+    let (acceptor, engine, limits) = (&shared.acceptor, &shared.engine, &shared.limits);
     let _ = stream.set_nodelay(true);
     let message_timeout = Duration::from_secs(limits.message_timeout_secs.max(1));
     let idle_timeout = Duration::from_secs(limits.idle_timeout_secs.max(1));

@@ -26,7 +26,7 @@ const MAX_GROUP: usize = 512;
 
 /// How often committed changes are copied from the write-ahead log into the database, by a
 /// thread of its own so that commits do not wait for it.
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The write-ahead log's size (in 4 KiB pages) at which a commit copies it into the database
 /// itself: only reached if the background checkpoints cannot keep up.
@@ -213,7 +213,7 @@ impl Store {
         conn.pragma_update(None, "wal_autocheckpoint", CHECKPOINT_IN_COMMIT_PAGES)
             .map_err(open_err)?;
         // A log that grew under load is cut back to this size when it starts over.
-        conn.pragma_update(None, "journal_size_limit", 16 * 1024 * 1024)
+        conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
             .map_err(open_err)?;
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
