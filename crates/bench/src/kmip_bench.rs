@@ -5,6 +5,10 @@
 //! Rows: warm Get/s and Create/s on 1, 4 and 16 connections (each connection used by one
 //! worker, back to back), and a new TLS connection plus one Get per request (as vCenter does),
 //! with 4 workers. `--fill N` instead creates N keys with 16 connections and reports the rate.
+//!
+//! The workers run on one thread with a single-threaded runtime (`KMIP_BENCH_THREADS=N` spreads
+//! them over N), and poll up to 200 µs for each answer before sleeping, as a client sending
+//! requests back to back would.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
