@@ -226,23 +226,26 @@ impl Store {
             tx.commit().map_err(open_err)?;
         }
         let (sender, receiver) = mpsc::sync_channel::<Job>(4096);
-        let handle = std::thread::Builder::new()
-            .name("kms-db-writer".into())
-            .spawn(move || writer_loop(conn, receiver))
-            .map_err(|e| StoreError::Open {
-                path: path.to_owned(),
-                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
-            })?;
+        let spawn = |name: &str, run: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(run)
+                .map_err(|e| StoreError::Open {
+                    path: path.to_owned(),
+                    source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+                })
+        };
+        let handle = spawn(
+            "kms-db-writer",
+            Box::new(move || writer_loop(conn, receiver)),
+        )?;
         let checkpoints = Connection::open(path).map_err(open_err)?;
         configure(&checkpoints).map_err(open_err)?;
         let (stop, stopped) = mpsc::channel::<()>();
-        let checkpointer = std::thread::Builder::new()
-            .name("kms-db-checkpoint".into())
-            .spawn(move || checkpoint_loop(checkpoints, stopped))
-            .map_err(|e| StoreError::Open {
-                path: path.to_owned(),
-                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
-            })?;
+        let checkpointer = spawn(
+            "kms-db-checkpoint",
+            Box::new(move || checkpoint_loop(checkpoints, stopped)),
+        )?;
         Ok(Store {
             path: path.to_owned(),
             writer: Mutex::new(Some(sender)),
@@ -755,14 +758,19 @@ mod tests {
         }
     }
 
+    fn open() -> (tempfile::TempDir, Arc<Store>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("kms.db")).unwrap());
+        (dir, store)
+    }
+
     fn count(store: &Store) -> u64 {
         store.read(count_objects).expect("count objects")
     }
 
     #[tokio::test]
     async fn a_submitted_request_reads_its_own_changes_and_is_answered_once_committed() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(&dir.path().join("kms.db")).unwrap());
+        let (_dir, store) = open();
         let inner = store.clone();
         let answer = store.submit(
             move || -> Result<(bool, u64), StoreError> {
@@ -788,8 +796,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_request_changes_nothing_and_the_writer_goes_on() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(&dir.path().join("kms.db")).unwrap());
+        let (_dir, store) = open();
         let inner = store.clone();
         let answer = store.submit(
             move || {
