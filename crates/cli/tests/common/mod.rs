@@ -70,6 +70,9 @@ impl Drop for PyKmip {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        if !matches!(self.0.try_wait(), Ok(None)) {
+            return; // already gone, and waited for
+        }
         let _ = std::process::Command::new("kill")
             .args(["-INT", &self.0.id().to_string()])
             .status();
