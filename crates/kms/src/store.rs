@@ -42,21 +42,40 @@ fn on_writer_thread() -> bool {
     WRITER.with_borrow(|w| w.is_some())
 }
 
-/// Runs `f` on the writer's connection in a savepoint of its own: if `f` fails, what it changed
-/// is undone and the rest of the group stays.
+/// Runs `f` on the writer's connection (only on the writer thread).
+fn with_writer<T, E: From<StoreError>>(
+    f: impl FnOnce(&Connection) -> Result<T, E>,
+) -> Result<T, E> {
+    WRITER.with_borrow(|w| match w {
+        Some(conn) => f(conn),
+        None => Err(StoreError::WriterGone.into()),
+    })
+}
+
+/// Runs `f` on `conn` in a savepoint of its own, inside the group's transaction: unless `keep`
+/// says otherwise of its result, what it changed is undone and the rest of the group stays.
+fn savepoint<R>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> R,
+    keep: impl FnOnce(&R) -> bool,
+) -> Result<R, rusqlite::Error> {
+    // Statements prepared once: a group may hold thousands of small changes.
+    let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
+    run("SAVEPOINT change")?;
+    let result = f(conn);
+    if !keep(&result) {
+        let _ = run("ROLLBACK TO change");
+    }
+    let _ = run("RELEASE change");
+    Ok(result)
+}
+
+/// A change made on the writer thread by a request given to [`Store::submit`].
 fn in_savepoint<T, E: From<StoreError>>(
     f: impl FnOnce(&Connection) -> Result<T, E>,
 ) -> Result<T, E> {
-    WRITER.with_borrow(|w| {
-        let conn = w.as_ref().ok_or(StoreError::WriterGone)?;
-        let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
-        run("SAVEPOINT change").map_err(StoreError::from)?;
-        let result = f(conn);
-        if result.is_err() {
-            let _ = run("ROLLBACK TO change");
-        }
-        let _ = run("RELEASE change");
-        result
+    with_writer(|conn| {
+        savepoint(conn, f, Result::is_ok).map_err(|e| E::from(StoreError::from(e)))?
     })
 }
 
@@ -262,10 +281,7 @@ impl Store {
     ) -> Result<T, E> {
         if on_writer_thread() {
             // A request running on the writer reads what it has written so far.
-            return WRITER.with_borrow(|w| match w {
-                Some(conn) => f(conn),
-                None => Err(StoreError::WriterGone.into()),
-            });
+            return with_writer(f);
         }
         let conn = match self.readers.lock().ok().and_then(|mut r| r.pop()) {
             Some(c) => c,
@@ -462,7 +478,6 @@ fn checkpoint_loop(conn: Connection, stop: Receiver<()>) {
 
 fn run_group(conn: &Connection, batch: Vec<Job>) {
     let mut done = Vec::with_capacity(batch.len());
-    // Statements prepared once: a group may hold thousands of small jobs.
     let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
     if let Err(e) = run("BEGIN IMMEDIATE") {
         tracing::error!(error = %e, "cannot start a database transaction");
@@ -472,13 +487,10 @@ fn run_group(conn: &Connection, batch: Vec<Job>) {
         return;
     }
     for job in batch {
-        let _ = run("SAVEPOINT job");
-        let completion = (job.run)(conn);
-        if !completion.keep {
-            let _ = run("ROLLBACK TO job");
+        match savepoint(conn, job.run, |c| c.keep) {
+            Ok(completion) => done.push(completion),
+            Err(e) => (job.fail)(StoreError::from(e)),
         }
-        let _ = run("RELEASE job");
-        done.push(completion);
     }
     let error = run("COMMIT").err().map(|e| e.to_string());
     if let Some(e) = &error {

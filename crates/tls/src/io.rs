@@ -61,7 +61,7 @@ impl Poller {
                 Poll::Pending => break,
             }
         }
-        if filled == 0 && filled < buf.len() {
+        if filled == 0 && !buf.is_empty() {
             // Nothing came while polling (or polling was off): when the first bytes come
             // decides whether the next read polls.
             let n = stream.read(buf).await?;
