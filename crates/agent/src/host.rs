@@ -132,6 +132,17 @@ impl Host {
                 ))
             }
         };
+        // A name that is not a plain name (the file was edited) is not a VM of this host.
+        let vms: BTreeMap<String, PathBuf> = vms
+            .into_iter()
+            .filter(|(name, dir)| match check_vm_name(name) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::error!(dir = %dir.display(), error = %e.message, "ignored a registered VM");
+                    false
+                }
+            })
+            .collect();
         for (name, dir) in &vms {
             match diskops::recover(dir) {
                 Ok(diskops::Recovery::Nothing) => {}
@@ -225,12 +236,39 @@ impl Host {
     pub fn report(&mut self, vm: &str) -> Result<VmReport, HostError> {
         let dir = self.dir(vm)?;
         let file = VmFile::load(&dir)?;
+        Ok(self.report_of(vm, &dir, &file))
+    }
+
+    /// A VM directory named by the server: a folder of the datastore holding a VM, never a
+    /// path outside it.
+    fn vm_dir_at(&self, path: &str) -> Result<PathBuf, HostError> {
+        let outside = || {
+            fail(
+                "badPath",
+                format!(
+                    "{path} is not a VM folder in the datastore {} of host {}",
+                    self.config.datastore.display(),
+                    self.config.name
+                ),
+            )
+        };
+        let store = std::fs::canonicalize(&self.config.datastore).map_err(|_| outside())?;
+        let dir = std::fs::canonicalize(path).map_err(|_| outside())?;
+        match (dir.parent(), dir.file_name()) {
+            (Some(parent), Some(name)) if parent == store && dir.join(CONFIG_FILE).is_file() => {
+                Ok(self.config.datastore.join(name))
+            }
+            _ => Err(outside()),
+        }
+    }
+
+    fn report_of(&mut self, vm: &str, dir: &Path, file: &VmFile) -> VmReport {
         let power_state = if self.is_running(vm) {
             PowerState::PoweredOn
         } else {
             PowerState::PoweredOff
         };
-        Ok(VmReport {
+        VmReport {
             id: file.id.clone(),
             name: file.name.clone(),
             path: dir.display().to_string(),
@@ -251,7 +289,7 @@ impl Host {
                 .iter()
                 .map(|d| dir.join(&d.file).display().to_string())
                 .collect(),
-        })
+        }
     }
 
     /// Every registered VM, as the server is told.
@@ -340,9 +378,18 @@ impl Host {
                 }
                 Ok(Reply::Done)
             }
-            Command::Register { path } => {
-                let dir = PathBuf::from(&path);
+            Command::Inspect { path } => {
+                let dir = self.vm_dir_at(&path)?;
                 let file = VmFile::load(&dir)?;
+                check_vm_name(&file.name)?;
+                Ok(Reply::Vm {
+                    vm: self.report_of(&file.name, &dir, &file),
+                })
+            }
+            Command::Register { path } => {
+                let dir = self.vm_dir_at(&path)?;
+                let file = VmFile::load(&dir)?;
+                check_vm_name(&file.name)?;
                 if let Some(existing) = self.vms.get(&file.name) {
                     if existing != &dir {
                         return Err(fail(
@@ -410,6 +457,12 @@ impl Host {
     }
 
     fn create(&mut self, spec: VmSpec) -> Result<Reply, HostError> {
+        check_vm_name(&spec.name)?;
+        if let Some(id) = &spec.id {
+            if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(fail("badId", "A VM id must be 1 to 64 hexadecimal digits"));
+            }
+        }
         if self.vms.contains_key(&spec.name) {
             return Err(fail(
                 "exists",
@@ -431,7 +484,10 @@ impl Host {
         }
         std::fs::create_dir_all(&dir)
             .map_err(|e| fail("io", format!("Cannot create {}: {e}", dir.display())))?;
-        let id = hex_id()?;
+        let id = match &spec.id {
+            Some(id) => id.clone(),
+            None => hex_id()?,
+        };
         let config = VmConfig {
             memory_mib: spec.memory_mib,
             vcpus: spec.vcpus,
@@ -759,6 +815,12 @@ impl Host {
     pub fn datastore(&self) -> &Path {
         &self.config.datastore
     }
+}
+
+/// A VM name from the server or a file: plain, so that it never leaves the datastore as a path.
+fn check_vm_name(name: &str) -> Result<(), HostError> {
+    tresor_core::ids::check_name(tresor_core::ids::NameKind::Vm, name)
+        .map_err(|e| fail("badName", e.to_string()))
 }
 
 fn hex_id() -> Result<String, HostError> {

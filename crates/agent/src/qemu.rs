@@ -205,7 +205,8 @@ impl RunningVm {
             "tcg"
         };
         let mut cmd = Command::new(&config.binary);
-        cmd.args(["-name", name, "-machine", &format!("q35,accel={accel}")])
+        cmd.args(["-name", &format!("guest={}", opt(name))])
+            .args(["-machine", &format!("q35,accel={accel}")])
             .args([
                 "-m",
                 &plan.config.memory_mib.to_string(),
@@ -214,16 +215,22 @@ impl RunningVm {
             ])
             .args(["-nodefaults", "-display", "none", "-S"])
             .arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", socket.display()))
+            .arg(format!(
+                "unix:{},server=on,wait=off",
+                opt(&socket.display().to_string())
+            ))
             // A second monitor for operators (what `virsh qemu-monitor-command` gives): the agent
             // keeps the first. The run folder is private to the agent's user.
             .arg("-qmp")
             .arg(format!(
                 "unix:{},server=on,wait=off",
-                run_dir.join("monitor.sock").display()
+                opt(&run_dir.join("monitor.sock").display().to_string())
             ))
             .arg("-serial")
-            .arg(format!("file:{}", run_dir.join("serial.log").display()));
+            .arg(format!(
+                "file:{}",
+                opt(&run_dir.join("serial.log").display().to_string())
+            ));
         for i in 0..MAX_DISKS {
             cmd.args([
                 "-device",
@@ -360,4 +367,10 @@ impl Drop for RunningVm {
             self.kill();
         }
     }
+}
+
+/// A value inside a QEMU option string: a comma is written twice, so that it cannot end the
+/// value and start another option.
+fn opt(value: &str) -> String {
+    value.replace(',', ",,")
 }

@@ -450,6 +450,21 @@ async fn main() {
         ],
     );
     let token = init.lines().last().expect("token").trim().to_owned();
+    // The VMs were registered by operators before the storm: the registry holds each one, on
+    // its host, with its key (the server pushes keys only for registered VMs).
+    {
+        let store = tresor_server::store::Store::open(&server_dir.join("server.sqlite"))
+            .expect("server database");
+        let regs: Vec<tresor_core::registry::Registration> = (0..total)
+            .map(|i| tresor_core::registry::Registration {
+                id: format!("id-vm-{i}"),
+                name: format!("vm-{i}"),
+                host: format!("host-{}", i / args.vms_per_host),
+                keys: [KeyRef::new("tresor-kms", &ids[i])].into(),
+            })
+            .collect();
+        store.put_registrations(&regs).expect("registry");
+    }
     let server = spawn(
         &bin,
         &[

@@ -145,10 +145,14 @@ pub struct VmCommand {
 
 #[derive(Debug, Subcommand)]
 enum VmSub {
-    /// Every VM (or the locked ones).
+    /// Every VM (or the locked ones, or those hosts report that are not registered).
     List {
-        #[arg(long)]
+        #[arg(long, conflicts_with = "discovered")]
         locked: bool,
+        /// VMs that hosts report but the server has not registered (or holds otherwise): never
+        /// unlocked until an operator registers them.
+        #[arg(long)]
+        discovered: bool,
     },
     /// One VM.
     Show {
@@ -348,10 +352,39 @@ fn diagnosis_text(d: &Value) -> String {
     out
 }
 
+/// The discovered VMs as a table: where, what, why not registered.
+fn discovered_rows(v: &Value) -> String {
+    let items = v.as_array().cloned().unwrap_or_default();
+    if items.is_empty() {
+        return "No host reports a VM that is not registered.\n".into();
+    }
+    let mut out = format!(
+        "{:<20} {:<12} {:<10} {}\n",
+        "NAME", "HOST", "ENCRYPTED", "WHY NOT REGISTERED / PATH"
+    );
+    for d in items {
+        out.push_str(&format!(
+            "{:<20} {:<12} {:<10} {}\n{:<44} {}\n",
+            d["name"].as_str().unwrap_or("?"),
+            d["host"].as_str().unwrap_or("?"),
+            if d["encrypted"] == true { "yes" } else { "no" },
+            d["message"].as_str().unwrap_or(""),
+            "",
+            d["path"].as_str().unwrap_or(""),
+        ));
+    }
+    out
+}
+
 pub fn run_vm(cmd: VmCommand) -> Result<(), CliError> {
     let c = &cmd.conn;
     match cmd.command {
-        VmSub::List { locked } => {
+        VmSub::List { locked, discovered } => {
+            if discovered {
+                let v = c.call("GET", "/api/v1/vms?discovered=true", "")?;
+                c.print(&v, discovered_rows);
+                return Ok(());
+            }
             let v = c.call(
                 "GET",
                 if locked {

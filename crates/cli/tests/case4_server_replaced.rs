@@ -92,6 +92,22 @@ fn a_new_server_adopts_the_host_and_unlocks_its_vms() {
     // The host re-enrols with the new server and starts again.
     let _agent = server.rejoin("host-1", &agent_toml);
 
+    // The new server learns the host's VMs as discovered: shown, not registered, not unlocked.
+    wait_for("the host's VMs show as discovered", || {
+        let out = cli(&["vm", "list", "--discovered", "-o", "json"]);
+        out.contains("\"web01\"") && out.contains("\"plain01\"")
+    });
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(cli(&["vm", "list", "-o", "json"]).trim(), "[]");
+    let pushed = cli(&["event", "list", "--type", "key.pushed", "-o", "json"]);
+    assert_eq!(
+        pushed.trim(),
+        "[]",
+        "no key moves before an operator registers"
+    );
+    let alarms = cli(&["alarm", "list", "-o", "json"]);
+    assert!(alarms.contains("vm.discovered"), "{alarms}");
+
     // One command registers every VM found on the host; the keys are fetched by id.
     let out = cli(&["vm", "register", "--all", "--host", "host-1", "-o", "json"]);
     let registered: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -111,6 +127,38 @@ fn a_new_server_adopts_the_host_and_unlocks_its_vms() {
     assert_eq!(
         cli(&["vm", "get", "web01", "config.keyId.keyId"]).trim(),
         key
+    );
+    // Registering ended the discovery and its alarms; the push names who registered.
+    assert_eq!(
+        cli(&["vm", "list", "--discovered", "-o", "json"]).trim(),
+        "[]"
+    );
+    let alarms: serde_json::Value =
+        serde_json::from_str(&cli(&["alarm", "list", "-o", "json"])).unwrap();
+    assert!(
+        !alarms
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["kind"] == "vm.discovered" && a["cleared"].is_null()),
+        "{alarms}"
+    );
+    let pushed: serde_json::Value = serde_json::from_str(&cli(&[
+        "event",
+        "list",
+        "--type",
+        "key.pushed",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    assert!(
+        pushed
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["user"] == "admin"),
+        "{pushed}"
     );
     assert_eq!(
         cli(&["vm", "get", "plain01", "cryptoState"]).trim(),

@@ -83,8 +83,36 @@ fn keys_missing_only_on_the_host_are_pushed_by_an_unlock() {
     dev.ok(&["vm", "reload", "web02"]);
     let path = dev.ok(&["vm", "get", "web02", "path"]).trim().to_owned();
     dev.ok(&["vm", "unregister", "web02"]);
+    // Registering by a user with Cryptographer.RegisterVM unlocks, under the manual policy too
+    // (the page's cases 1, 2 and 4 unlock by registering), and the push names who caused it.
     dev.ok(&["vm", "register", &path, "--host", "host-1"]);
-    wait_for("web02 is locked again after registering", || {
+    wait_for("web02 is unlocked by registering", || {
+        dev.vm("web02")["cryptoState"] == "unlocked"
+    });
+    let pushed: serde_json::Value = serde_json::from_str(&dev.ok(&[
+        "event",
+        "list",
+        "--vm",
+        "web02",
+        "--type",
+        "key.pushed",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    let last = pushed.as_array().unwrap().last().unwrap();
+    assert_eq!(last["user"], "admin", "{last}");
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .contains("caused by admin"),
+        "{last}"
+    );
+    assert_eq!(dev.vm("web01")["lockReason"], "keyMissingOnHost");
+    // The host restarts again: both are locked, and the manual policy waits for an operator.
+    dev.ok(&["host", "reboot", "host-1"]);
+    wait_for("web02 is locked again", || {
         dev.vm("web02")["lockReason"] == "keyMissingOnHost"
     });
 

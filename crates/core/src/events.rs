@@ -69,8 +69,8 @@ catalogue! {
         "The {which} certificate of key provider {provider} expires on {date}.",
         "Das {which}-Zertifikat des Schlüsselanbieters {provider} läuft am {date} ab.";
     KEY_PUSHED = "key.pushed", Info,
-        "Key {key} was sent to host {host}.",
-        "Schlüssel {key} wurde an Host {host} gesendet.";
+        "Key {key} was sent to host {host} (caused by {by}).",
+        "Schlüssel {key} wurde an Host {host} gesendet (veranlasst von {by}).";
     KEY_PUSH_FAILED = "key.push.failed", Error,
         "Key {key} could not be sent to host {host}: {error}",
         "Schlüssel {key} konnte nicht an Host {host} gesendet werden: {error}";
@@ -83,6 +83,9 @@ catalogue! {
     HOST_CRYPTO_DISABLED = "host.crypto.disabled", Info,
         "Encryption mode of host {host} is disabled; it ends when the host restarts.",
         "Der Verschlüsselungsmodus von Host {host} ist deaktiviert; er endet mit dem Neustart des Hosts.";
+    VM_DISCOVERED = "vm.discovered", Warning,
+        "Host {host} reports VM {vm} ({path}), which the server's registry does not hold as reported: {reason}. It is not unlocked; if it is yours, register it (tresor vm register PATH --host {host}).",
+        "Host {host} meldet die VM {vm} ({path}), die das Register des Servers so nicht enthält: {reason}. Sie wird nicht entsperrt; gehört sie Ihnen, registrieren Sie sie (tresor vm register PFAD --host {host}).";
     CRYPTO_OPERATION = "crypto.operation", Info,
         "{user} performed {operation} with key {key}.",
         "{user} hat {operation} mit Schlüssel {key} ausgeführt.";

@@ -44,9 +44,100 @@ impl std::fmt::Display for KeyRef {
     }
 }
 
+/// What a name names, for the message of a refused one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NameKind {
+    Vm,
+    Host,
+    Provider,
+    User,
+    Role,
+}
+
+impl NameKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            NameKind::Vm => "VM",
+            NameKind::Host => "host",
+            NameKind::Provider => "key provider",
+            NameKind::User => "user",
+            NameKind::Role => "role",
+        }
+    }
+}
+
+/// The longest name of a VM, host, provider, user or role.
+pub const MAX_NAME: usize = 63;
+
+/// A name that is refused, and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("The {kind} name {shown} is not allowed: {why}. Use 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit")]
+pub struct BadName {
+    kind: &'static str,
+    /// The name as it may be shown (control characters escaped, cut short).
+    shown: String,
+    why: &'static str,
+}
+
+/// Checks the name of a VM, host, provider, user or role. Names become folder names, QEMU
+/// option values, table cells and log fields, so they are plain: ASCII letters, digits, `.`, `_`
+/// and `-`, starting with a letter or digit, at most [`MAX_NAME`] long. No `/`, no `..`, no
+/// comma, no white space or control characters.
+pub fn check_name(kind: NameKind, name: &str) -> Result<(), BadName> {
+    let why = if name.is_empty() {
+        Some("it is empty")
+    } else if name.len() > MAX_NAME {
+        Some("it is longer than 63 characters")
+    } else if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        Some("it must start with a letter or digit")
+    } else if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        Some("it holds a character other than letters, digits, '.', '_' and '-'")
+    } else {
+        None
+    };
+    match why {
+        None => Ok(()),
+        Some(why) => Err(BadName {
+            kind: kind.as_str(),
+            shown: format!("{:?}", name.chars().take(80).collect::<String>()),
+            why,
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_that_could_become_paths_options_or_rows_are_refused() {
+        for good in ["web01", "db-01.prod", "A_b", "host-1", "x"] {
+            assert_eq!(check_name(NameKind::Vm, good), Ok(()), "{good}");
+        }
+        let long = "a".repeat(64);
+        for bad in [
+            "",
+            "../../../x",
+            "/etc",
+            "a/b",
+            "..",
+            ".hidden",
+            "a,b",
+            "a\nb",
+            "a b",
+            "-x",
+            "web\u{0}01",
+            "wéb",
+            &long,
+        ] {
+            let e = check_name(NameKind::Vm, bad).unwrap_err();
+            assert!(e.to_string().starts_with("The VM name"), "{e}");
+            assert!(!e.to_string().contains('\n'), "{e}");
+        }
+    }
 
     #[test]
     fn key_refs_serialise_as_the_reference_api_does() {

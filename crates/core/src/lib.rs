@@ -4,6 +4,7 @@
 //! - [`ids`]: names of VMs, hosts, providers and keys.
 //! - [`vm`]: a VM's crypto state, and the verdict that decides when it is locked and why.
 //! - [`reconcile`]: the locked-VM engine's decisions: fetch, push, publish.
+//! - [`registry`]: the registered VMs, which decide where keys may go.
 //! - [`host`]: a host's encryption mode.
 //! - [`ops`]: which operations a VM's state allows, and the messages of refusal.
 //! - [`events`]: event types with their messages in English and German.
@@ -21,6 +22,7 @@ pub mod ids;
 pub mod ops;
 pub mod protocol;
 pub mod reconcile;
+pub mod registry;
 pub mod vm;
 
 /// A language for messages people read.

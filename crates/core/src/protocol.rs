@@ -119,6 +119,9 @@ pub struct HostKey {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VmSpec {
+    /// The VM's id, chosen by the server's registry (an agent of an older server makes one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     pub name: String,
     pub memory_mib: u32,
     pub vcpus: u32,
@@ -164,6 +167,10 @@ pub enum Command {
     },
     /// Register the VM in this directory (it is read, not changed).
     Register {
+        path: String,
+    },
+    /// What the VM in this directory is, without registering it (the server decides first).
+    Inspect {
         path: String,
     },
     /// Every VM directory in the host's datastore.

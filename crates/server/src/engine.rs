@@ -16,6 +16,7 @@ use tresor_core::events::{EventType, Severity};
 use tresor_core::ids::KeyRef;
 use tresor_core::protocol::{Command, KeyMaterial, PowerState, Reply, SecretBytes, VmReport};
 use tresor_core::reconcile::{reconcile, Action, Published, UnlockPolicy, VmState};
+use tresor_core::registry::{Discrepancy, Registration, Registry};
 use tresor_core::vm::{KeyObservation, LockReason, ProviderAnswer, Verdict};
 use tresor_core::Lang;
 
@@ -73,6 +74,8 @@ pub struct VmView {
     pub verdict: Option<Verdict>,
     pub published: Published,
     pub unlock_requested: bool,
+    /// Who asked for the unlock under way (a user with `Cryptographer.RegisterVM`).
+    pub unlock_by: Option<String>,
     pub push_failed: bool,
     /// When the last successful push of keys to its host was answered (see
     /// [`AgentHub::seq`]).
@@ -112,9 +115,67 @@ struct State {
     /// The VMs of each host, and the VMs that need each key.
     by_host: HashMap<String, HashSet<String>>,
     by_key: HashMap<KeyRef, HashSet<String>>,
+    /// The registered VMs: only these are decided for, and keys go only to their hosts.
+    registry: Registry,
+    /// What hosts report that the registry does not hold, by (host, VM name).
+    discovered: HashMap<(String, String), DiscoveredVm>,
+    /// Alarms raised or cleared outside a pass, written with the next one.
+    unwritten_alarms: Vec<AlarmChange>,
+}
+
+/// A VM a host reports that the registry does not hold, or holds otherwise: shown, never
+/// unlocked, registered only by an operator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiscoveredVm {
+    pub host: String,
+    pub report: Arc<VmReport>,
+    pub reason: Discrepancy,
+}
+
+impl DiscoveredVm {
+    fn alarm_object(&self) -> String {
+        format!("host:{}/{}", self.host, self.report.name)
+    }
 }
 
 impl State {
+    /// Notes a VM a host reports that the registry does not admit: an event and an alarm the
+    /// first time (or when the reason changes).
+    fn discover(&mut self, host: &str, report: &Arc<VmReport>, reason: Discrepancy) -> bool {
+        let found = DiscoveredVm {
+            host: host.to_owned(),
+            report: report.clone(),
+            reason,
+        };
+        let key = (host.to_owned(), report.name.clone());
+        let new = self
+            .discovered
+            .get(&key)
+            .is_none_or(|d| d.reason != found.reason || d.report.id != found.report.id);
+        if new {
+            self.unwritten_alarms.push(AlarmChange::Raise {
+                kind: "vm.discovered",
+                object: found.alarm_object(),
+                reason: format!(
+                    "VM {} in {} (id {}): {}",
+                    report.name, report.path, report.id, found.reason
+                ),
+            });
+        }
+        self.discovered.insert(key, found);
+        new
+    }
+
+    /// A VM is no longer reported as discovered on `host`.
+    fn undiscover(&mut self, host: &str, name: &str) {
+        if let Some(d) = self.discovered.remove(&(host.to_owned(), name.to_owned())) {
+            self.unwritten_alarms.push(AlarmChange::Clear {
+                kind: "vm.discovered",
+                object: d.alarm_object(),
+            });
+        }
+    }
+
     /// The VMs that need this key are to be looked at.
     fn wake_key(&mut self, key: &KeyRef) {
         if let Some(vms) = self.by_key.get(key) {
@@ -228,14 +289,77 @@ impl Engine {
         config: EngineConfig,
         store: Option<Arc<Store>>,
     ) -> Arc<Engine> {
+        let registry = match &store {
+            Some(store) => match store.registrations() {
+                Ok(r) => Registry::new(r),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the registry; no VM is admitted");
+                    Registry::default()
+                }
+            },
+            None => Registry::default(),
+        };
         Arc::new(Engine {
             store,
             hub,
             broker,
             config: Mutex::new(config),
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                registry,
+                ..State::default()
+            }),
             last_write: Mutex::new(None),
         })
+    }
+
+    /// The registration of a VM.
+    pub fn registration(&self, name: &str) -> Option<Registration> {
+        self.state().registry.get(name).cloned()
+    }
+
+    /// Whether `reg` may be registered (see [`Registry::check`]).
+    pub fn check_registration(
+        &self,
+        reg: &Registration,
+    ) -> Result<(), tresor_core::registry::Conflict> {
+        self.state().registry.check(reg)
+    }
+
+    /// Registers a VM (or changes its registration): written to the store first, then taken
+    /// by the engine. What its host reported of it before is looked at again.
+    pub fn register(&self, reg: Registration) -> Result<(), crate::store::StoreError> {
+        if let Some(store) = &self.store {
+            store.put_registration(&reg)?;
+        }
+        let host = reg.host.clone();
+        let name = reg.name.clone();
+        self.state().registry.insert(reg);
+        // A report of it that was held back as discovered is admitted now.
+        let report = self
+            .state()
+            .discovered
+            .get(&(host.clone(), name))
+            .map(|d| d.report.clone());
+        if let Some(report) = report {
+            self.observe_report(&host, report);
+        }
+        Ok(())
+    }
+
+    /// The VMs hosts report that the registry does not admit, by host and name.
+    pub fn discovered(&self) -> Vec<DiscoveredVm> {
+        let mut d: Vec<DiscoveredVm> = self.state().discovered.values().cloned().collect();
+        d.sort_by(|a, b| (&a.host, &a.report.name).cmp(&(&b.host, &b.report.name)));
+        d
+    }
+
+    /// A discovered VM on `host` whose directory is `path`.
+    pub fn discovered_at(&self, host: &str, path: &str) -> Option<DiscoveredVm> {
+        self.state()
+            .discovered
+            .values()
+            .find(|d| d.host == host && d.report.path == path)
+            .cloned()
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -276,6 +400,7 @@ impl Engine {
     /// Forgets a VM that was unregistered or deleted.
     pub fn forget(&self, name: &str) {
         let mut st = self.state();
+        st.registry.remove(name);
         if let Some(v) = st.vms.remove(name) {
             st.unindex(name, &v.host, &key_refs(&v.report));
         }
@@ -288,11 +413,12 @@ impl Engine {
 
     /// Asks for a VM to be unlocked (the `manual` policy waits for this). The provider is asked
     /// again at once.
-    pub fn request_unlock(&self, name: &str) -> bool {
+    pub fn request_unlock(&self, name: &str, by: &str) -> bool {
         let mut st = self.state();
         let keys: Vec<KeyRef> = match st.vms.get_mut(name) {
             Some(v) => {
                 v.unlock_requested = true;
+                v.unlock_by = Some(by.to_owned());
                 v.report
                     .keys
                     .iter()
@@ -319,6 +445,19 @@ impl Engine {
         host: Option<&str>,
         args: Vec<(String, String)>,
     ) {
+        self.record_by(st, event, vm, host, None, args)
+    }
+
+    /// Records an event a user caused.
+    fn record_by(
+        &self,
+        st: &mut State,
+        event: EventType,
+        vm: Option<&str>,
+        host: Option<&str>,
+        user: Option<&str>,
+        args: Vec<(String, String)>,
+    ) {
         st.next_event += 1;
         let record = EventRecord {
             id: st.next_event,
@@ -338,7 +477,7 @@ impl Engine {
                 vm: record.vm.clone(),
                 host: record.host.clone(),
                 provider: None,
-                user: None,
+                user: user.map(str::to_owned),
                 args: record.args.clone(),
             };
             // Written in batches by `flush_events`, one transaction for a pass's events.
@@ -354,11 +493,18 @@ impl Engine {
 
     /// Stores the events recorded since the last flush, then `vms` and `alarms`, on a thread
     /// that may block. What could not be written is tried again.
-    async fn flush(&self, vms: Vec<VmRecord>, alarms: Vec<AlarmChange>) {
+    async fn flush(&self, vms: Vec<VmRecord>, mut alarms: Vec<AlarmChange>) {
         let Some(store) = self.store.clone() else {
             return;
         };
-        let rows = std::mem::take(&mut self.state().unwritten);
+        let rows = {
+            let mut st = self.state();
+            // Alarms raised outside a pass (discovered VMs) come first.
+            let mut earlier = std::mem::take(&mut st.unwritten_alarms);
+            earlier.append(&mut alarms);
+            alarms = earlier;
+            std::mem::take(&mut st.unwritten)
+        };
         if rows.is_empty() && vms.is_empty() && alarms.is_empty() {
             return;
         }
@@ -481,62 +627,20 @@ impl Engine {
                 if st.hosts_connected.insert(host.clone(), true) != Some(true) {
                     Self::host_changed(st, host);
                 }
+                // An agent reports all its VMs: what it no longer reports is no longer
+                // discovered there.
+                let reported: HashSet<&str> = vms.iter().map(|r| r.name.as_str()).collect();
+                let gone: Vec<String> = st
+                    .discovered
+                    .keys()
+                    .filter(|(h, n)| h == host && !reported.contains(n.as_str()))
+                    .map(|(_, n)| n.clone())
+                    .collect();
+                for name in gone {
+                    st.undiscover(host, &name);
+                }
                 for report in vms {
-                    let name = &report.name;
-                    let old = match st.vms.get_mut(name) {
-                        Some(view) => {
-                            // A report older than a push of keys to the host (it waited in a
-                            // queue while the push went on) does not undo the push.
-                            let mut report = report.clone();
-                            if *seq < view.pushed_seq && view.host == *host {
-                                for hk in Arc::make_mut(&mut report).keys.iter_mut() {
-                                    if !hk.on_host
-                                        && view
-                                            .report
-                                            .keys
-                                            .iter()
-                                            .any(|k| k.key == hk.key && k.on_host)
-                                    {
-                                        hk.on_host = true;
-                                    }
-                                }
-                            }
-                            if view.report == report && view.host == *host && view.host_connected {
-                                continue;
-                            }
-                            let old = (view.host.clone(), key_refs(&view.report));
-                            view.report = report;
-                            view.host = host.clone();
-                            view.host_connected = true;
-                            view.unwritten = true;
-                            Some(old)
-                        }
-                        None => {
-                            st.vms.insert(
-                                name.clone(),
-                                VmView {
-                                    report: report.clone(),
-                                    host: host.clone(),
-                                    host_connected: true,
-                                    verdict: None,
-                                    published: Published::default(),
-                                    unlock_requested: false,
-                                    push_failed: false,
-                                    pushed_seq: 0,
-                                    unwritten: true,
-                                },
-                            );
-                            None
-                        }
-                    };
-                    let keys = key_refs(report);
-                    st.index(
-                        name,
-                        old.as_ref().map(|(h, k)| (h.as_str(), k.as_slice())),
-                        host,
-                        &keys,
-                    );
-                    st.dirty.insert(name.clone());
+                    self.take_report(st, host, *seq, report);
                 }
             }
             HubEvent::Connected { host, .. } => {
@@ -551,6 +655,93 @@ impl Engine {
             }
             HubEvent::Notice { .. } => {}
         }
+    }
+
+    /// Takes in one VM a host reported outside its inventory (the answer to a request).
+    pub fn observe_report(&self, host: &str, report: Arc<VmReport>) {
+        let seq = self.hub.seq();
+        let mut guard = self.state();
+        self.take_report(&mut guard, host, seq, &report);
+    }
+
+    /// One VM's report: taken when the registry admits it, held back as discovered when not.
+    fn take_report(&self, st: &mut State, host: &str, seq: u64, report: &Arc<VmReport>) {
+        let name = &report.name;
+        if let Err(reason) = st.registry.admit(host, report) {
+            if st.discover(host, report, reason.clone()) {
+                tracing::warn!(host, vm = %name, id = %report.id, %reason, "a host reports a VM the registry does not admit");
+                let args = vec![
+                    ("vm".to_owned(), name.clone()),
+                    ("host".to_owned(), host.to_owned()),
+                    ("path".to_owned(), report.path.clone()),
+                    ("reason".to_owned(), reason.to_string()),
+                ];
+                self.record(
+                    st,
+                    tresor_core::events::VM_DISCOVERED,
+                    Some(name),
+                    Some(host),
+                    args,
+                );
+            }
+            return;
+        }
+        st.undiscover(host, name);
+        let old = match st.vms.get_mut(name) {
+            Some(view) => {
+                // A report older than a push of keys to the host (it waited in a queue while
+                // the push went on) does not undo the push.
+                let mut report = report.clone();
+                if seq < view.pushed_seq && view.host == host {
+                    for hk in Arc::make_mut(&mut report).keys.iter_mut() {
+                        if !hk.on_host
+                            && view
+                                .report
+                                .keys
+                                .iter()
+                                .any(|k| k.key == hk.key && k.on_host)
+                        {
+                            hk.on_host = true;
+                        }
+                    }
+                }
+                if view.report == report && view.host == host && view.host_connected {
+                    return;
+                }
+                let old = (view.host.clone(), key_refs(&view.report));
+                view.report = report;
+                view.host = host.to_owned();
+                view.host_connected = true;
+                view.unwritten = true;
+                Some(old)
+            }
+            None => {
+                st.vms.insert(
+                    name.clone(),
+                    VmView {
+                        report: report.clone(),
+                        host: host.to_owned(),
+                        host_connected: true,
+                        verdict: None,
+                        published: Published::default(),
+                        unlock_requested: false,
+                        unlock_by: None,
+                        push_failed: false,
+                        pushed_seq: 0,
+                        unwritten: true,
+                    },
+                );
+                None
+            }
+        };
+        let keys = key_refs(report);
+        st.index(
+            name,
+            old.as_ref().map(|(h, k)| (h.as_str(), k.as_slice())),
+            host,
+            &keys,
+        );
+        st.dirty.insert(name.clone());
     }
 
     /// A host came or went: its VMs are looked at in the next pass.
@@ -670,6 +861,7 @@ impl Engine {
             view.published = decision.published;
             if decision.actions.contains(&Action::UnlockDone) {
                 view.unlock_requested = false;
+                view.unlock_by = None;
             }
             self.persist(view, &decision.actions, pending, alarms);
             if decision
@@ -889,6 +1081,27 @@ impl Engine {
     /// Sends one host the keys of several of its VMs in one request, and books the result for
     /// each VM: its keys count as there, or its push failed (an alarm until one succeeds).
     async fn push(&self, host: &str, batch: &[(String, Vec<KeyRef>)], config: &EngineConfig) {
+        // Keys go only to the host a VM is registered on, and only the keys it was registered
+        // with (the decisions come from admitted reports; this is the last check before keys
+        // leave).
+        let batch: Vec<(String, Vec<KeyRef>)> = {
+            let st = self.state();
+            batch
+                .iter()
+                .filter(|(vm, keys)| {
+                    let ok = st
+                        .registry
+                        .get(vm)
+                        .is_some_and(|r| r.host == host && keys.iter().all(|k| r.keys.contains(k)));
+                    if !ok {
+                        tracing::error!(vm = %vm, host, "refused to push keys the registry does not allow");
+                    }
+                    ok
+                })
+                .cloned()
+                .collect()
+        };
+        let batch = &batch[..];
         let mut keys: Vec<KeyRef> = batch.iter().flat_map(|(_, k)| k.iter().cloned()).collect();
         keys.sort();
         keys.dedup();
@@ -952,7 +1165,9 @@ impl Engine {
         let mut st = self.state();
         for (vm, vm_keys) in batch {
             let mut failed_before = false;
+            let mut by = None;
             if let Some(v) = st.vms.get_mut(vm) {
+                by = v.unlock_by.clone();
                 failed_before = v.push_failed;
                 v.push_failed = !ok;
                 if ok {
@@ -983,15 +1198,19 @@ impl Engine {
                     reason: format!("keys could not be sent to host {host}: {error}"),
                 });
             }
+            let cause = by
+                .clone()
+                .unwrap_or_else(|| "the automatic unlock policy".to_owned());
             for k in vm_keys {
                 let mut args = vec![
                     ("key".to_owned(), k.key_id.clone()),
                     ("host".to_owned(), host.to_owned()),
+                    ("by".to_owned(), cause.clone()),
                 ];
                 if !ok {
                     args.push(("error".to_owned(), error.clone()));
                 }
-                self.record(&mut st, event, Some(vm), Some(host), args);
+                self.record_by(&mut st, event, Some(vm), Some(host), by.as_deref(), args);
             }
         }
         drop(st);

@@ -48,13 +48,9 @@ pub fn now() -> i64 {
         .unwrap_or(0)
 }
 
-/// Whether a host name is acceptable: letters, digits, `-` and `.`, 1 to 63 characters.
+/// Whether a host name is acceptable (see [`tresor_core::ids::check_name`]).
 pub fn valid_host_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    tresor_core::ids::check_name(tresor_core::ids::NameKind::Host, name).is_ok()
 }
 
 impl Enroller {

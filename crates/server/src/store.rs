@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
+use tresor_core::ids::KeyRef;
+use tresor_core::registry::Registration;
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -202,6 +204,14 @@ const MIGRATIONS: &[&str] = &[
     // 2: the host key of a host in encryption mode (its id; never its material).
     "ALTER TABLE hosts ADD COLUMN host_key_provider TEXT;
     ALTER TABLE hosts ADD COLUMN host_key_id TEXT;",
+    // 3: the registry, the operators' intent: which VM (id, name) is on which host with which
+    // keys. The vms table beside it is what the hosts last reported of the registered VMs.
+    "CREATE TABLE registry (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        host TEXT NOT NULL,
+        keys TEXT NOT NULL
+    );",
 ];
 
 /// An alarm to raise or clear (see [`Store::change_alarms`]).
@@ -292,6 +302,26 @@ fn write_vms(conn: &mut Connection, vms: &[&VmRecord]) -> Result<(), StoreError>
     Ok(())
 }
 
+/// Migration 3: the VMs a server held before it had a registry are registered as their hosts
+/// last reported them (they were registered then, by the rules of that time).
+fn registry_from_reports(tx: &Connection) -> Result<(), StoreError> {
+    let rows: Vec<(String, String, String, String)> = tx
+        .prepare("SELECT id, name, host, report FROM vms")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<Result<_, _>>()?;
+    for (id, name, host, report) in rows {
+        let keys: std::collections::BTreeSet<KeyRef> =
+            serde_json::from_str::<tresor_core::protocol::VmReport>(&report)
+                .map(|r| r.keys.into_iter().map(|k| k.key).collect())
+                .unwrap_or_default();
+        tx.execute(
+            "INSERT INTO registry (id, name, host, keys) VALUES (?1, ?2, ?3, ?4)",
+            params![id, name, host, json(&keys)?],
+        )?;
+    }
+    Ok(())
+}
+
 /// The server's database.
 ///
 /// The VMs are also kept in memory, as they were last written: they are read far more often
@@ -379,6 +409,9 @@ impl Store {
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             let tx = conn.unchecked_transaction()?;
             tx.execute_batch(sql)?;
+            if i == 2 {
+                registry_from_reports(&tx)?;
+            }
             tx.pragma_update(None, "user_version", (i + 1) as i64)?;
             tx.commit()?;
         }
@@ -754,8 +787,55 @@ impl Store {
         Ok(self.vm_cache().by_name.get(name).map(|v| v.record.clone()))
     }
 
+    // The registry.
+
+    /// Every registered VM.
+    pub fn registrations(&self) -> Result<Vec<Registration>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT id, name, host, keys FROM registry ORDER BY name")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, String>(3)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, name, host, keys) = row?;
+            out.push(Registration {
+                id,
+                name,
+                host,
+                keys: unjson(&keys)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Registers a VM, or changes its registration (by name), on disk before it returns.
+    pub fn put_registration(&self, reg: &Registration) -> Result<(), StoreError> {
+        self.put_registrations(std::slice::from_ref(reg))
+    }
+
+    /// Registers many VMs in one transaction.
+    pub fn put_registrations(&self, regs: &[Registration]) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut delete = tx.prepare_cached("DELETE FROM registry WHERE name = ?1")?;
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO registry (id, name, host, keys) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for reg in regs {
+                delete.execute(params![reg.name])?;
+                insert.execute(params![reg.id, reg.name, reg.host, json(&reg.keys)?])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Unregisters a VM: its registration and its last reported state go.
     pub fn remove_vm(&self, name: &str) -> Result<bool, StoreError> {
         let conn = self.conn();
+        conn.execute("DELETE FROM registry WHERE name = ?1", params![name])?;
         let mut cache = self.vm_cache_mut();
         let cached = cache.by_name.remove(name);
         if let Some(v) = &cached {

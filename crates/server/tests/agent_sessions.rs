@@ -137,6 +137,7 @@ async fn an_agent_connects_reports_obeys_and_reconnects() {
     .await;
     assert!(matches!(e, HubEvent::Inventory { keys_held, .. } if keys_held == vec![k.clone()]));
     let spec = VmSpec {
+        id: None,
         name: "vm1".into(),
         memory_mib: 64,
         vcpus: 1,

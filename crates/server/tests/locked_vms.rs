@@ -13,6 +13,7 @@ use tresor_agent::qemu::QemuConfig;
 use tresor_agent::session::{self, SessionConfig};
 use tresor_core::protocol::{Command, DiskSpec, KeyMaterial, Reply, VmSpec};
 use tresor_core::reconcile::UnlockPolicy;
+use tresor_core::registry::Registration;
 use tresor_core::vm::LockReason;
 use tresor_core::Lang;
 use tresor_kmip_client::ClientConfig;
@@ -145,7 +146,17 @@ async fn the_procedures_cases_1_3_and_5_in_one_process() {
     )
     .await
     .unwrap();
+    // The operator's intent first: web01, with this id and key, on host-1.
+    engine
+        .register(Registration {
+            id: "0123456789abcdef".into(),
+            name: "web01".into(),
+            host: "host-1".into(),
+            keys: [kek.clone()].into(),
+        })
+        .unwrap();
     let spec = VmSpec {
+        id: Some("0123456789abcdef".into()),
         name: "web01".into(),
         memory_mib: 64,
         vcpus: 1,
@@ -253,7 +264,7 @@ async fn the_procedures_cases_1_3_and_5_in_one_process() {
             ))
     })
     .await;
-    assert!(engine.request_unlock("web01"));
+    assert!(engine.request_unlock("web01", "operator"));
     wait_until("web01 unlocked by the operator", || {
         state(&engine) == unlocked()
     })

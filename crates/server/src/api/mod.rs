@@ -309,6 +309,9 @@ async fn list_vms(
     Query(q): Query<VmQuery>,
 ) -> Result<axum::response::Response, ApiError> {
     authorize(&s, &headers, Privilege::SystemView, "Listing VMs")?;
+    if q.discovered.unwrap_or(false) {
+        return Ok(Json(discovered_json(&s, q.host.as_deref())).into_response());
+    }
     let (offset, limit) = (q.offset.unwrap_or(0), q.limit.unwrap_or(usize::MAX));
     let (total, page) = s.store.select_vms(
         |r| {
@@ -366,8 +369,41 @@ async fn list_vms(
 /// VMs per piece of the streamed VM list (about 32 KiB).
 const LIST_PIECE: usize = 512;
 
+/// The VMs hosts report that the registry does not hold as reported: what each is and why it
+/// is not admitted.
+fn discovered_json(s: &AppState, host: Option<&str>) -> Value {
+    let vms: Vec<Value> = s
+        .engine
+        .discovered()
+        .into_iter()
+        .filter(|d| host.is_none_or(|h| d.host == h))
+        .map(|d| {
+            json!({
+                "name": d.report.name,
+                "id": d.report.id,
+                "host": d.host,
+                "path": d.report.path,
+                "encrypted": d.report.encrypted,
+                "powerState": d.report.power_state.as_str(),
+                "config": {"keyId": d.report.key_id},
+                "keyIds": d.report.keys.iter().map(|k| &k.key).collect::<Vec<_>>(),
+                "discovered": true,
+                "reason": d.reason,
+                "message": format!("Not registered: {}", d.reason),
+                "nextStep": format!(
+                    "If it is yours: tresor vm register {} --host {} (needs Cryptographer.RegisterVM when its keys must be fetched)",
+                    d.report.path, d.host
+                ),
+            })
+        })
+        .collect();
+    Value::Array(vms)
+}
+
 #[derive(Debug, Deserialize)]
 struct VmQuery {
+    /// The VMs hosts report that the registry does not admit, instead of the registered ones.
+    discovered: Option<bool>,
     locked: Option<bool>,
     host: Option<String>,
     provider: Option<String>,
@@ -514,7 +550,7 @@ async fn unlock_vm(
         &format!("Unlocking VM {name}"),
     )?;
     let record = s.store.vm(&name)?.ok_or_else(|| no_vm(&name))?;
-    s.engine.request_unlock(&name);
+    s.engine.request_unlock(&name, &user);
     audit_unlock(&s, &user, &record)?;
     Ok(Json(json!({"vm": name, "unlock": "requested"})))
 }
@@ -615,7 +651,7 @@ async fn unlock_many(
     };
     let mut requested = Vec::new();
     for vm in vms {
-        s.engine.request_unlock(&vm.name);
+        s.engine.request_unlock(&vm.name, &user);
         audit_unlock(&s, &user, &vm)?;
         requested.push(vm.name);
     }
@@ -900,6 +936,13 @@ fn alarm_json(a: &crate::store::AlarmRow) -> Value {
             format!("The keys of VM {name} {}", a.reason),
             format!("Check host connectivity and its agent's log; the server tries again. `tresor vm diagnose {name}`"),
         ),
+        ("vm.discovered", _) => {
+            let host = name.split('/').next().unwrap_or(name);
+            (
+                format!("Host {host} reports a VM the server has not registered: {}", a.reason),
+                format!("Check host {host}; if the VM is yours, register it (`tresor vm list --discovered` shows its folder)"),
+            )
+        }
         ("provider.certificate.expiring", _) => {
             let provider = name.split(':').next().unwrap_or(name);
             (
@@ -1054,6 +1097,8 @@ async fn create_vm(
         privilege,
         &format!("Creating VM {}", req.name),
     )?;
+    check_name(tresor_core::ids::NameKind::Vm, &req.name)?;
+    check_name(tresor_core::ids::NameKind::Host, &req.host)?;
     if s.store.vm(&req.name)?.is_some() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -1068,6 +1113,8 @@ async fn create_vm(
             "Disks with a key of their own need an encrypted VM; add --encrypt",
         ));
     }
+    // The registry decides the VM's id and keys before the host makes anything.
+    let id = new_vm_id()?;
     let mut own_keys = Vec::new();
     let key = if req.encrypt {
         let provider = provider_or_default(&s, req.provider.clone())?;
@@ -1080,13 +1127,16 @@ async fn create_vm(
             keys.push(new_key(&s, &provider, &purpose).await?);
         }
         let refs: Vec<tresor_core::ids::KeyRef> = keys.iter().map(|k| k.key.clone()).collect();
+        register_vm(&s, &id, &req.name, &req.host, refs.iter().cloned())?;
         push_keys(&s, &req.host, keys).await?;
         own_keys = refs[1..].to_vec();
         Some(refs[0].clone())
     } else {
+        register_vm(&s, &id, &req.name, &req.host, [])?;
         None
     };
     let spec = tresor_core::protocol::VmSpec {
+        id: Some(id),
         name: req.name.clone(),
         memory_mib: req.memory_mib,
         vcpus: 1,
@@ -1106,16 +1156,25 @@ async fn create_vm(
             .collect(),
         key: key.clone(),
     };
-    let reply = reply_error(
-        s.hub
-            .request(
-                &req.host,
-                tresor_core::protocol::Command::CreateVm { spec },
-                AGENT_TIMEOUT,
-            )
-            .await
-            .map_err(agent_error)?,
-    )?;
+    let reply = s
+        .hub
+        .request(
+            &req.host,
+            tresor_core::protocol::Command::CreateVm { spec },
+            AGENT_TIMEOUT,
+        )
+        .await
+        .map_err(agent_error)
+        .and_then(reply_error);
+    let reply = match reply {
+        Ok(r) => r,
+        Err(e) => {
+            // Nothing was made: the registration goes again.
+            s.engine.forget(&req.name);
+            s.store.remove_vm(&req.name)?;
+            return Err(e);
+        }
+    };
     if let Some(k) = &key {
         record_crypto(&s, &user, "create-encrypted", &req.name, k)?;
     }
@@ -1126,15 +1185,78 @@ async fn create_vm(
             "The host did not report the new VM",
         ));
     };
-    s.engine.observe(&crate::agents::HubEvent::Inventory {
-        seq: s.hub.seq(),
-        host: req.host.clone(),
-        vms: vec![Arc::new(vm)],
-        keys_held: vec![],
-    });
+    s.engine.observe_report(&req.host, Arc::new(vm));
     s.engine.tick().await;
     let record = s.store.vm(&req.name)?.ok_or_else(|| no_vm(&req.name))?;
     Ok(Json(vm_json(&record)))
+}
+
+/// Refuses a name that could become a path, an option or a line break (400, `badName`).
+pub(crate) fn check_name(kind: tresor_core::ids::NameKind, name: &str) -> Result<(), ApiError> {
+    tresor_core::ids::check_name(kind, name)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "badName", e.to_string()))
+}
+
+/// A new VM id, chosen by the server.
+fn new_vm_id() -> Result<String, ApiError> {
+    let mut b = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "The system's random number generator failed; try again",
+        )
+    })?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// Registers a VM with these keys (written before the answer), unless the registry refuses it.
+fn register_vm(
+    s: &AppState,
+    id: &str,
+    name: &str,
+    host: &str,
+    keys: impl IntoIterator<Item = tresor_core::ids::KeyRef>,
+) -> Result<(), ApiError> {
+    let reg = tresor_core::registry::Registration {
+        id: id.to_owned(),
+        name: name.to_owned(),
+        host: host.to_owned(),
+        keys: keys.into_iter().collect(),
+    };
+    admit(s, reg)
+}
+
+/// Adds a registration (or changes one) after the registry's checks.
+fn admit(s: &AppState, reg: tresor_core::registry::Registration) -> Result<(), ApiError> {
+    s.engine
+        .check_registration(&reg)
+        .map_err(|c| ApiError::new(StatusCode::CONFLICT, "registryConflict", c.to_string()))?;
+    s.engine.register(reg)?;
+    Ok(())
+}
+
+/// Lets a registered VM use one more key (a new key of the server's, before it is pushed).
+fn allow_key(s: &AppState, vm: &str, key: &tresor_core::ids::KeyRef) -> Result<(), ApiError> {
+    let mut reg = s.engine.registration(vm).ok_or_else(|| no_vm(vm))?;
+    reg.keys.insert(key.clone());
+    s.engine.register(reg)?;
+    Ok(())
+}
+
+/// After an operation the server started, a VM keeps only the keys its host still names (the
+/// registry never gains a key from what a host says).
+fn settle_keys(s: &AppState, report: &VmReport) -> Result<(), ApiError> {
+    let Some(mut reg) = s.engine.registration(&report.name) else {
+        return Ok(());
+    };
+    let named: std::collections::BTreeSet<_> = report.keys.iter().map(|k| &k.key).collect();
+    let before = reg.keys.len();
+    reg.keys.retain(|k| named.contains(k));
+    if reg.keys.len() != before {
+        s.engine.register(reg)?;
+    }
+    Ok(())
 }
 
 /// The audit record of a cryptographic operation.
@@ -1346,13 +1468,15 @@ async fn register(
     let may_fetch = privileges
         .iter()
         .any(|p| p == Privilege::CryptoRegisterVm.id());
-    let mut registered = Vec::new();
+    // First what each folder holds, asked without registering anything; every privilege and
+    // every conflict is decided before the host or the registry changes.
+    let mut found = Vec::new();
     for path in paths {
         let reply = reply_error(
             s.hub
                 .request(
                     &req.host,
-                    tresor_core::protocol::Command::Register { path: path.clone() },
+                    tresor_core::protocol::Command::Inspect { path: path.clone() },
                     AGENT_TIMEOUT,
                 )
                 .await
@@ -1361,21 +1485,9 @@ async fn register(
         let tresor_core::protocol::Reply::Vm { vm } = reply else {
             continue;
         };
+        check_name(tresor_core::ids::NameKind::Vm, &vm.name)?;
         let needs_fetch = vm.encrypted && vm.keys.iter().any(|k| !k.on_host);
         if needs_fetch && !may_fetch {
-            // Undo: the host forgets the VM again.
-            let _ = s
-                .hub
-                .request(
-                    &req.host,
-                    tresor_core::protocol::Command::Unregister {
-                        vm: vm.name.clone(),
-                    },
-                    AGENT_TIMEOUT,
-                )
-                .await;
-            s.engine.forget(&vm.name);
-            s.store.remove_vm(&vm.name)?;
             let denied = tresor_core::access::Denied {
                 user: user.clone(),
                 action: format!(
@@ -1390,13 +1502,41 @@ async fn register(
                 denied.to_string(),
             ));
         }
-        registered.push(vm.name.clone());
-        s.engine.observe(&crate::agents::HubEvent::Inventory {
-            seq: s.hub.seq(),
-            host: req.host.clone(),
-            vms: vec![Arc::new(vm)],
-            keys_held: vec![],
-        });
+        let reg = tresor_core::registry::Registration::of_report(&req.host, &vm);
+        s.engine
+            .check_registration(&reg)
+            .map_err(|c| ApiError::new(StatusCode::CONFLICT, "registryConflict", c.to_string()))?;
+        found.push((path, reg, vm.encrypted));
+    }
+    let mut registered = Vec::new();
+    for (path, reg, encrypted) in found {
+        let name = reg.name.clone();
+        admit(&s, reg)?;
+        let reply = s
+            .hub
+            .request(
+                &req.host,
+                tresor_core::protocol::Command::Register { path },
+                AGENT_TIMEOUT,
+            )
+            .await
+            .map_err(agent_error)
+            .and_then(reply_error);
+        let vm = match reply {
+            Ok(tresor_core::protocol::Reply::Vm { vm }) => vm,
+            Ok(_) => continue,
+            Err(e) => {
+                s.engine.forget(&name);
+                s.store.remove_vm(&name)?;
+                return Err(e);
+            }
+        };
+        s.engine.observe_report(&req.host, Arc::new(vm));
+        // Registering unlocks, under either policy, when the user may cause keys to move.
+        if encrypted && may_fetch {
+            s.engine.request_unlock(&name, &user);
+        }
+        registered.push(name);
     }
     s.engine.tick().await;
     Ok(Json(json!({"registered": registered})))
@@ -1468,6 +1608,7 @@ async fn add_disk(
         })?;
         let material = new_key(&s, &provider, &format!("{name}-disk")).await?;
         let key = material.key.clone();
+        allow_key(&s, &name, &key)?;
         push_keys(&s, &record.host, vec![material]).await?;
         record_crypto(&s, &user, "add disk", &name, &key)?;
         Some(key)
@@ -1491,12 +1632,7 @@ async fn add_disk(
             .map_err(agent_error)?,
     )?;
     if let tresor_core::protocol::Reply::Vm { vm } = reply {
-        s.engine.observe(&crate::agents::HubEvent::Inventory {
-            seq: s.hub.seq(),
-            host: record.host.clone(),
-            vms: vec![Arc::new(vm)],
-            keys_held: vec![],
-        });
+        s.engine.observe_report(&record.host, Arc::new(vm));
         s.engine.tick().await;
     }
     let record = s.store.vm(&name)?.ok_or_else(|| no_vm(&name))?;
@@ -1548,6 +1684,7 @@ async fn vm_op(
             )?;
             let material = new_key(s, &provider, name).await?;
             let key = material.key.clone();
+            allow_key(s, name, &key)?;
             push_keys(s, &record.host, vec![material]).await?;
             record_crypto(
                 s,
@@ -1596,12 +1733,10 @@ async fn vm_op(
             s.store.remove_vm(name)?;
         }
         (_, tresor_core::protocol::Reply::Vm { vm }) => {
-            s.engine.observe(&crate::agents::HubEvent::Inventory {
-                seq: s.hub.seq(),
-                host: record.host.clone(),
-                vms: vec![Arc::new(vm)],
-                keys_held: vec![],
-            });
+            if op != "reload" {
+                settle_keys(s, &vm)?;
+            }
+            s.engine.observe_report(&record.host, Arc::new(vm));
             s.engine.tick().await;
         }
         _ => {}

@@ -67,6 +67,7 @@ pub(super) async fn add(
         Privilege::CryptoManageKeyServers,
         &format!("Adding key provider {}", body.name),
     )?;
+    super::check_name(tresor_core::ids::NameKind::Provider, &body.name)?;
     let invalid = |m: &str| ApiError::new(StatusCode::BAD_REQUEST, "invalid", m);
     let credentials = match (
         body.client_cert_pem,

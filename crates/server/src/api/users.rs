@@ -149,6 +149,7 @@ pub(super) async fn add_user(
         Privilege::AuthorizationModify,
         &format!("Adding user {}", body.name),
     )?;
+    super::check_name(tresor_core::ids::NameKind::User, &body.name)?;
     let store = s.store.clone();
     let (name, roles) = (body.name.clone(), body.roles.clone());
     tokio::task::spawn_blocking(move || {
@@ -274,6 +275,7 @@ pub(super) async fn put_role(
         Privilege::AuthorizationModify,
         &format!("Defining role {}", body.name),
     )?;
+    super::check_name(tresor_core::ids::NameKind::Role, &body.name)?;
     Accounts::new(&s.store).put_role(&body.name, &body.privileges)?;
     show_role(State(s), headers, Path(body.name)).await
 }
