@@ -34,8 +34,8 @@ fn hostile_names_are_refused_and_change_nothing() {
             &body.to_string(),
         );
         assert_eq!(status, 400, "{name:?}: {v}");
-        assert_eq!(v["code"], "badName", "{v}");
-        let message = v["message"].as_str().unwrap();
+        assert_eq!(v["error"]["code"], "badName", "{v}");
+        let message = v["error"]["message"].as_str().unwrap();
         assert!(
             message.starts_with("The VM name") && !message.contains('\n'),
             "{message}"
@@ -56,7 +56,7 @@ fn hostile_names_are_refused_and_change_nothing() {
         ] {
             let (status, v) = http(dev.port, "POST", path, &dev.token, &body.to_string());
             assert_eq!(status, 400, "{path} {name:?}: {v}");
-            assert_eq!(v["code"], "badName", "{path}: {v}");
+            assert_eq!(v["error"]["code"], "badName", "{path}: {v}");
         }
     }
     for p in &escaped {

@@ -21,6 +21,10 @@ pub const VERSION: u32 = 1;
 /// The largest frame accepted.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 
+/// The largest frame accepted from a peer that has not authenticated (a join: a token, a host
+/// name and a certificate request).
+pub const MAX_UNAUTHENTICATED_FRAME: usize = 8 * 1024;
+
 /// Key material in a message: hex on the wire, wiped when dropped, hidden from `Debug`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SecretBytes(pub Zeroizing<Vec<u8>>);
@@ -281,8 +285,8 @@ pub enum AgentMessage {
 /// Why a frame cannot be read.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
-    #[error("Frame of {0} bytes exceeds the limit of {MAX_FRAME} bytes")]
-    TooLarge(usize),
+    #[error("Frame of {0} bytes exceeds the limit of {1} bytes")]
+    TooLarge(usize, usize),
     #[error("Invalid message: {0}")]
     Json(#[from] serde_json::Error),
 }
@@ -291,7 +295,7 @@ pub enum FrameError {
 pub fn encode<T: Serialize>(message: &T) -> Result<Zeroizing<Vec<u8>>, FrameError> {
     let body = Zeroizing::new(serde_json::to_vec(message)?);
     if body.len() > MAX_FRAME {
-        return Err(FrameError::TooLarge(body.len()));
+        return Err(FrameError::TooLarge(body.len(), MAX_FRAME));
     }
     let mut out = Zeroizing::new(Vec::with_capacity(4 + body.len()));
     out.extend_from_slice(&(body.len() as u32).to_be_bytes());
@@ -300,9 +304,15 @@ pub fn encode<T: Serialize>(message: &T) -> Result<Zeroizing<Vec<u8>>, FrameErro
 }
 
 /// Collects bytes and yields whole frames.
-#[derive(Default)]
 pub struct FrameDecoder {
     buf: Zeroizing<Vec<u8>>,
+    limit: usize,
+}
+
+impl Default for FrameDecoder {
+    fn default() -> Self {
+        FrameDecoder::with_limit(MAX_FRAME)
+    }
 }
 
 impl std::fmt::Debug for FrameDecoder {
@@ -312,19 +322,37 @@ impl std::fmt::Debug for FrameDecoder {
 }
 
 impl FrameDecoder {
+    /// A decoder that refuses frames longer than `limit` bytes (at most [`MAX_FRAME`]).
+    pub fn with_limit(limit: usize) -> FrameDecoder {
+        FrameDecoder {
+            buf: Zeroizing::new(Vec::new()),
+            limit: limit.min(MAX_FRAME),
+        }
+    }
+
+    /// From now on frames up to `limit` bytes are taken (after the peer authenticated).
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit.min(MAX_FRAME);
+    }
+
     pub fn push(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
     }
 
-    /// The next whole message, if one has arrived. A frame that announces more than
-    /// [`MAX_FRAME`] bytes is an error before it is read.
+    /// How many bytes wait to be decoded.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The next whole message, if one has arrived. A frame that announces more than the
+    /// decoder's limit is an error before it is read.
     pub fn next_message<T: for<'de> Deserialize<'de>>(&mut self) -> Result<Option<T>, FrameError> {
         if self.buf.len() < 4 {
             return Ok(None);
         }
         let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
-        if len > MAX_FRAME {
-            return Err(FrameError::TooLarge(len));
+        if len > self.limit {
+            return Err(FrameError::TooLarge(len, self.limit));
         }
         if self.buf.len() < 4 + len {
             return Ok(None);
@@ -383,7 +411,7 @@ mod tests {
         d.push(&[0xFF, 0xFF, 0xFF, 0xFF]);
         assert!(matches!(
             d.next_message::<AgentMessage>(),
-            Err(FrameError::TooLarge(_))
+            Err(FrameError::TooLarge(..))
         ));
         let mut d = FrameDecoder::default();
         d.push(&[0, 0, 0, 2, b'{', b'x']);

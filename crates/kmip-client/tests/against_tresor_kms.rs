@@ -252,3 +252,46 @@ async fn tls_1_2_clients_and_rsa_server_certificates_work() {
     assert_eq!(c.get_key(&uid).await.unwrap().len(), 16);
     s.stop().await;
 }
+
+/// Thousands of connections that never start a handshake take no client's place: a few per
+/// address are set up, the rest are closed at once, and a client with a certificate is served
+/// while they are open (before, it waited for them to time out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_strangers_do_not_keep_clients_out() {
+    let limits = LimitsConfig {
+        max_connections: 64,
+        ..LimitsConfig::default()
+    };
+    let (s, _dir) = server(limits).await;
+    let mut idle = Vec::new();
+    // From another address than the client's (all of 127.0.0.0/8 is this machine).
+    let stranger: std::net::SocketAddr = "127.0.0.2:0".parse().unwrap();
+    for _ in 0..4200 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(stranger).unwrap();
+        if let Ok(c) = socket.connect(s.addr).await {
+            idle.push(c);
+        }
+    }
+    let good = client(&s, vec![s.addr.to_string()]);
+    let served = tokio::time::timeout(Duration::from_secs(10), good.version()).await;
+    assert!(
+        matches!(served, Ok(Ok(_))),
+        "a client was kept out by idle connections: {served:?}"
+    );
+    // Most of the idle ones were closed at once.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut open = 0;
+    for c in &idle {
+        let mut b = [0u8; 1];
+        if let Err(e) = c.try_read(&mut b) {
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                open += 1;
+            }
+        }
+    }
+    assert!(
+        open <= 32,
+        "{open} idle connections from one address were kept"
+    );
+}

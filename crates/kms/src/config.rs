@@ -59,7 +59,14 @@ pub struct LimitsConfig {
     /// Seconds a client has to send the rest of a message it started, and to finish the TLS
     /// handshake.
     pub message_timeout_secs: u64,
+    /// Authenticated connections (clients that showed a certificate of the client CA).
     pub max_connections: usize,
+    /// Connections still in their TLS handshake, in total and from one address: more are
+    /// closed at once, so that strangers cannot take the places of clients.
+    pub max_handshakes: usize,
+    pub max_handshakes_per_address: usize,
+    /// Seconds a client has to finish the TLS handshake.
+    pub handshake_timeout_secs: u64,
 }
 
 impl Default for LimitsConfig {
@@ -69,6 +76,9 @@ impl Default for LimitsConfig {
             idle_timeout_secs: 300,
             message_timeout_secs: 30,
             max_connections: 4096,
+            max_handshakes: 256,
+            max_handshakes_per_address: 32,
+            handshake_timeout_secs: 5,
         }
     }
 }
@@ -100,8 +110,11 @@ require_client_auth_usage = false
 [limits]
 max_message_bytes = 4194304    # largest KMIP message accepted
 idle_timeout_secs = 300        # close connections idle this long
-message_timeout_secs = 30      # time to finish a handshake or a started message
-max_connections = 4096
+message_timeout_secs = 30      # time to finish a started message
+max_connections = 4096         # connections of authenticated clients
+max_handshakes = 256           # connections still in their TLS handshake; more are closed at once
+max_handshakes_per_address = 32
+handshake_timeout_secs = 5     # time to finish the TLS handshake
 "#;
 
 impl KmsConfig {

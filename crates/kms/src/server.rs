@@ -125,6 +125,10 @@ pub async fn serve(
         acceptor,
         engine,
         permits: Arc::new(Semaphore::new(limits.max_connections.max(1))),
+        handshakes: tresor_tls::gate::Gate::new(
+            limits.max_handshakes,
+            limits.max_handshakes_per_address,
+        ),
         limits,
     });
     let (closing_tx, closing) = tokio::sync::watch::channel(false);
@@ -155,8 +159,10 @@ struct Shared {
     acceptor: TlsAcceptor,
     engine: Arc<Engine>,
     limits: LimitsConfig,
-    /// One per open connection, up to the configured maximum.
+    /// One per authenticated connection, up to the configured maximum.
     permits: Arc<Semaphore>,
+    /// Connections in their TLS handshake.
+    handshakes: Arc<tresor_tls::gate::Gate>,
 }
 
 /// Accepts connections on one event loop and serves them there, until the server closes.
@@ -172,14 +178,8 @@ async fn accept_loop(
             return;
         }
     };
+    let mut last_refusal: Option<std::time::Instant> = None;
     loop {
-        let permit = tokio::select! {
-            _ = closing.changed() => break,
-            p = shared.permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
         let (stream, peer) = tokio::select! {
             _ = closing.changed() => break,
             r = listener.accept() => match r {
@@ -191,10 +191,21 @@ async fn accept_loop(
                 }
             },
         };
+        // Strangers are bounded before anything is spent on them; a client gets its place among
+        // the connections once its certificate is verified.
+        let slot = match shared.handshakes.enter(peer.ip()) {
+            Ok(slot) => slot,
+            Err(refused) => {
+                if last_refusal.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    tracing::warn!(%peer, "{refused}");
+                    last_refusal = Some(std::time::Instant::now());
+                }
+                continue;
+            }
+        };
         let (shared, closing) = (shared.clone(), closing.clone());
         tokio::spawn(async move {
-            connection(stream, peer, &shared, closing).await;
-            drop(permit);
+            connection(stream, peer, slot, &shared, closing).await;
         });
     }
 }
@@ -248,6 +259,7 @@ impl EventLoops {
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
+    slot: tresor_tls::gate::Slot,
     shared: &Shared,
     mut closing: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -255,7 +267,8 @@ async fn connection(
     let _ = stream.set_nodelay(true);
     let message_timeout = Duration::from_secs(limits.message_timeout_secs.max(1));
     let idle_timeout = Duration::from_secs(limits.idle_timeout_secs.max(1));
-    let mut tls = match tokio::time::timeout(message_timeout, acceptor.accept(stream)).await {
+    let handshake_timeout = Duration::from_secs(limits.handshake_timeout_secs.max(1));
+    let mut tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             tracing::info!(%peer, error = %e, "TLS handshake failed");
@@ -278,6 +291,11 @@ async fn connection(
             tracing::info!(%peer, "client certificate unreadable");
             return;
         }
+    };
+    drop(slot);
+    let Ok(_permit) = shared.permits.clone().try_acquire_owned() else {
+        tracing::warn!(%peer, client = &*identity, max = limits.max_connections, "too many client connections; this one is closed");
+        return;
     };
     tracing::debug!(%peer, client = &*identity, "connection opened");
     let frame_limits = Limits {

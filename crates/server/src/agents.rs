@@ -96,6 +96,15 @@ impl Drop for SessionGuard {
     }
 }
 
+/// How many connections may be in their TLS handshake or enrolling at once, in total and from
+/// one address; more are closed at once. Hosts with a certificate are not counted once the
+/// handshake is done.
+const MAX_UNAUTHENTICATED: usize = 128;
+const MAX_UNAUTHENTICATED_PER_ADDRESS: usize = 16;
+/// Time for a TLS handshake, and for the first message after it.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Decides enrolments: checks a join token and signs the agent's certificate request.
 pub trait JoinAuthority: Send + Sync {
     /// Returns the agent's certificate and the CA (PEM), or why the join is refused.
@@ -242,6 +251,10 @@ impl AgentHub {
     /// Accepts agents on `listener` until the future is dropped, which also ends their sessions.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, acceptor: TlsAcceptor) {
         let mut sessions = tokio::task::JoinSet::new();
+        // Connections that have not shown a certificate yet (in their handshake, or enrolling).
+        let gate =
+            tresor_tls::gate::Gate::new(MAX_UNAUTHENTICATED, MAX_UNAUTHENTICATED_PER_ADDRESS);
+        let mut last_refusal: Option<std::time::Instant> = None;
         loop {
             // Reap finished sessions as we go.
             while sessions.try_join_next().is_some() {}
@@ -253,13 +266,25 @@ impl AgentHub {
                     continue;
                 }
             };
+            let slot = match gate.enter(peer.ip()) {
+                Ok(slot) => slot,
+                Err(refused) => {
+                    // Said at most once a second: a flood must not flood the log too.
+                    if last_refusal.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        tracing::warn!(%peer, "{refused}");
+                        last_refusal = Some(std::time::Instant::now());
+                    }
+                    drop(stream);
+                    continue;
+                }
+            };
             let hub = self.clone();
             let acceptor = acceptor.clone();
             sessions.spawn(async move {
                 let _ = stream.set_nodelay(true);
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => {
-                        if let Err(e) = hub.session(tls).await {
+                        if let Err(e) = hub.session(tls, slot).await {
                             tracing::info!(%peer, error = %e, "agent session ended");
                         }
                     }
@@ -273,6 +298,7 @@ impl AgentHub {
     async fn session(
         self: &Arc<Self>,
         tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        slot: tresor_tls::gate::Slot,
     ) -> std::io::Result<()> {
         let cn = tls
             .get_ref()
@@ -281,10 +307,21 @@ impl AgentHub {
             .and_then(|c| c.first())
             .and_then(|c| tresor_tls::certificate_info(c).ok())
             .map(|i| i.subject.trim_start_matches("CN=").to_owned());
+        // A host with a certificate of this server's CA has authenticated: its place among the
+        // strangers is given back. One without may only enrol, in a small frame, soon.
+        let (mut slot, limit) = match cn {
+            Some(_) => {
+                drop(slot);
+                (None, protocol::MAX_FRAME)
+            }
+            None => (Some(slot), protocol::MAX_UNAUTHENTICATED_FRAME),
+        };
         let (mut reader, mut writer) = tokio::io::split(tls);
-        let mut decoder = FrameDecoder::default();
-        let mut buf = vec![0u8; 64 * 1024];
-        // The first message must be hello, from the host the certificate names.
+        let mut decoder = FrameDecoder::with_limit(limit);
+        let mut buf = vec![0u8; 16 * 1024];
+        // The first message must be hello, from the host the certificate names, within the
+        // hello's deadline however the bytes trickle in.
+        let deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
         let hello = loop {
             if let Some(m) = decoder
                 .next_message::<AgentMessage>()
@@ -292,7 +329,7 @@ impl AgentHub {
             {
                 break m;
             }
-            let n = tokio::time::timeout(Duration::from_secs(10), reader.read(&mut buf))
+            let n = tokio::time::timeout_at(deadline, reader.read(&mut buf))
                 .await
                 .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no hello"))??;
             if n == 0 {
@@ -300,6 +337,7 @@ impl AgentHub {
             }
             decoder.push(&buf[..n]);
         };
+        decoder.set_limit(protocol::MAX_FRAME);
         let cn = match (cn, hello) {
             (None, AgentMessage::Join { token, host, csr }) => {
                 let authority = self.authority.lock().ok().and_then(|a| a.clone());
@@ -319,8 +357,13 @@ impl AgentHub {
                     },
                 };
                 let frame = protocol::encode(&answer).map_err(std::io::Error::other)?;
-                writer.write_all(&frame).await?;
-                writer.flush().await?;
+                tokio::time::timeout_at(deadline, async {
+                    writer.write_all(&frame).await?;
+                    writer.flush().await
+                })
+                .await
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "join answer"))??;
+                slot.take();
                 return Ok(());
             }
             (None, _) => {

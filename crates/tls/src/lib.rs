@@ -6,6 +6,7 @@
 
 mod ca;
 mod config;
+pub mod gate;
 mod identity;
 pub mod io;
 mod pem;

@@ -1,0 +1,123 @@
+//! The agent port bounds what strangers cost, with real processes: connections without a
+//! certificate that announce huge frames, or that never say anything, are closed; only a few
+//! per address are set up at once; the server's memory (read from `/proc`) stays where it was,
+//! and the enrolled host stays connected.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::{pid_of, Dev};
+
+/// The resident memory of process `pid`, in KiB.
+fn rss_kib(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// The SHA-256 of the server CA's certificate, as a join token pins it.
+fn ca_pin(ca_pem: &std::path::Path) -> String {
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(ca_pem)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .rsplit('=')
+        .next()
+        .unwrap()
+        .replace(':', "")
+        .to_ascii_lowercase()
+}
+
+#[test]
+fn strangers_on_the_agent_port_cost_bounded_memory_and_leave_hosts_alone() {
+    let dev = Dev::start(1);
+    let server_toml = dev.dir.path().join("server/server.toml");
+    let pid = pid_of(&["server --config", &server_toml.display().to_string()]);
+    let agents = dev.port + 1;
+    let tls =
+        tresor_tls::pinned_client_config(&ca_pin(&dev.dir.path().join("server/ca.pem"))).unwrap();
+    let before = rss_kib(&pid);
+
+    // 40 clients without a certificate, each announcing a 16 MiB frame and sending it slowly.
+    let mut set_up = 0;
+    let mut streams = Vec::new();
+    for _ in 0..40 {
+        let tcp = std::net::TcpStream::connect(("127.0.0.1", agents)).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let conn = tresor_tls::rustls::ClientConnection::new(
+            tls.clone(),
+            tresor_tls::ServerName::try_from("localhost").unwrap(),
+        )
+        .unwrap();
+        let mut s = tresor_tls::rustls::StreamOwned::new(conn, tcp);
+        let mut frame = (16u32 << 20).to_be_bytes().to_vec();
+        frame.extend(std::iter::repeat_n(b'{', 64 * 1024));
+        if s.write_all(&frame).and_then(|()| s.flush()).is_ok() {
+            set_up += 1;
+            streams.push(s);
+        }
+    }
+    // Each is closed: the frame is refused before it is read.
+    let mut closed = 0;
+    for s in &mut streams {
+        let chunk = vec![b' '; 64 * 1024];
+        let mut gone = false;
+        for _ in 0..20 {
+            if s.write_all(&chunk).and_then(|()| s.flush()).is_err() {
+                gone = true;
+                break;
+            }
+        }
+        let mut b = [0u8; 1];
+        if gone || matches!(s.read(&mut b), Ok(0) | Err(_)) {
+            closed += 1;
+        }
+    }
+    assert!(set_up > 0, "no connection could be set up at all");
+    assert_eq!(
+        closed,
+        streams.len(),
+        "connections that announced 16 MiB stayed open"
+    );
+    let after = rss_kib(&pid);
+    assert!(
+        after < before + 64 * 1024,
+        "the server grew from {before} KiB to {after} KiB"
+    );
+    drop(streams);
+
+    // Connections that say nothing: only a few from one address are held, and not for long.
+    let idle: Vec<std::net::TcpStream> = (0..200)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", agents)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut open = 0;
+    for s in &idle {
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let mut b = [0u8; 1];
+        match (&*s).read(&mut b) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => open += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => open += 1,
+            _ => {}
+        }
+    }
+    assert!(
+        open <= 16,
+        "{open} silent connections from one address were kept"
+    );
+    assert!(rss_kib(&pid) < before + 64 * 1024);
+
+    // The enrolled host never noticed.
+    let hosts: serde_json::Value =
+        serde_json::from_str(&dev.ok(&["host", "list", "-o", "json"])).unwrap();
+    assert_eq!(hosts[0]["connected"], true, "{hosts}");
+    drop(idle);
+}
