@@ -134,13 +134,15 @@ impl QemuTools {
         loop {
             match self.run_once(tool, args, secrets, path) {
                 Err(DiskError::Tool { message, .. })
-                    if message.contains("Unable to get accurate CPU usage") && attempt < 4 =>
+                    if message.contains("Unable to get accurate CPU usage") && attempt < 6 =>
                 {
                     attempt += 1;
                     tracing::debug!(
                         attempt,
                         "QEMU could not time its key stretching; trying again"
                     );
+                    // The measurement fails when the machine is busy: wait for it to calm.
+                    std::thread::sleep(std::time::Duration::from_millis(50 << attempt));
                 }
                 other => return other,
             }

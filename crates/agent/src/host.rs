@@ -87,8 +87,28 @@ pub struct Host {
     /// Registered VMs by name: their directories.
     vms: BTreeMap<String, PathBuf>,
     running: HashMap<String, RunningVm>,
-    /// VMs whose interrupted operation this run of the agent tried to finish.
-    resumed: std::collections::HashSet<String>,
+    /// VMs whose interrupted operation this run of the agent tried to finish and could not:
+    /// tried again after a doubling wait.
+    resumed: HashMap<String, Retry>,
+}
+
+/// The next try of an interrupted operation that failed.
+#[derive(Clone, Copy, Debug)]
+struct Retry {
+    failures: u32,
+    next: std::time::Instant,
+}
+
+/// After this many failed tries, the server is told (it raises an alarm on the VM).
+const RETRIES_BEFORE_ALARM: u32 = 3;
+
+/// What the agent tells the server about an interrupted operation it finishes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OperationNotice {
+    pub vm: String,
+    /// `operation.failing` or `operation.finished`.
+    pub kind: &'static str,
+    pub message: String,
 }
 
 impl std::fmt::Debug for Host {
@@ -737,11 +757,16 @@ impl Host {
     /// Finishes the VM-wide operations (encrypt, decrypt, deep rekey) that were interrupted,
     /// for each powered-off VM whose key the agent holds now: after a restart of the agent the
     /// key comes back with the server's next push, and the operation is completed then.
-    pub fn resume(&mut self) {
+    pub fn resume(&mut self) -> Vec<OperationNotice> {
+        let now = std::time::Instant::now();
+        let mut notices = Vec::new();
         let pending: Vec<(String, PathBuf)> = self
             .vms
             .iter()
-            .filter(|(n, dir)| !self.resumed.contains(*n) && dir.join(diskops::INTENT).exists())
+            .filter(|(n, dir)| {
+                self.resumed.get(*n).is_none_or(|r| r.next <= now)
+                    && dir.join(diskops::INTENT).exists()
+            })
             .map(|(n, d)| (n.clone(), d.clone()))
             .collect();
         for (vm, dir) in pending {
@@ -774,9 +799,6 @@ impl Host {
                 // Not yet: the server sends the key when it sees the VM needs it.
                 continue;
             };
-            // Once per run of the agent: one that fails waits for the operator (who may run the
-            // operation again) or the next start.
-            self.resumed.insert(vm.clone());
             let result = match intent.operation {
                 Operation::Encrypt => self.encrypt(&vm, key).map(|_| ()),
                 Operation::Decrypt => self.decrypt(&vm).map(|_| ()),
@@ -784,13 +806,51 @@ impl Host {
             };
             match result {
                 Ok(()) => {
-                    tracing::warn!(vm = %vm, operation = ?intent.operation, "finished an interrupted operation")
+                    tracing::warn!(vm = %vm, operation = ?intent.operation, "finished an interrupted operation");
+                    if self
+                        .resumed
+                        .remove(&vm)
+                        .is_some_and(|r| r.failures >= RETRIES_BEFORE_ALARM)
+                    {
+                        notices.push(OperationNotice {
+                            vm: vm.clone(),
+                            kind: "operation.finished",
+                            message: format!(
+                                "The interrupted {:?} of VM {vm} is finished",
+                                intent.operation
+                            ),
+                        });
+                    }
                 }
                 Err(e) => {
-                    tracing::error!(vm = %vm, operation = ?intent.operation, error = %e.message, "cannot finish an interrupted operation")
+                    // Transient failures (a busy disk, QEMU's timing of key stretching) pass:
+                    // tried again after 1, 2, 4 … 60 s; the server hears of one that keeps
+                    // failing.
+                    let failures = self.resumed.get(&vm).map_or(0, |r| r.failures) + 1;
+                    let wait =
+                        Duration::from_secs(1u64 << failures.min(6)).min(Duration::from_secs(60));
+                    self.resumed.insert(
+                        vm.clone(),
+                        Retry {
+                            failures,
+                            next: std::time::Instant::now() + wait,
+                        },
+                    );
+                    tracing::error!(vm = %vm, operation = ?intent.operation, failures, retry_in_secs = wait.as_secs(), error = %e.message, "cannot finish an interrupted operation yet");
+                    if failures >= RETRIES_BEFORE_ALARM {
+                        notices.push(OperationNotice {
+                            vm: vm.clone(),
+                            kind: "operation.failing",
+                            message: format!(
+                                "The interrupted {:?} of VM {vm} failed {failures} times (the agent keeps trying): {}",
+                                intent.operation, e.message
+                            ),
+                        });
+                    }
                 }
             }
         }
+        notices
     }
 
     /// Stops every VM and empties the key cache, as a host restart does.

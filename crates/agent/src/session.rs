@@ -155,14 +155,22 @@ async fn report<W: AsyncWriteExt + Unpin>(
     host: &Arc<Mutex<Host>>,
 ) -> std::io::Result<()> {
     let h = host.clone();
-    let (vms, keys_held) = tokio::task::spawn_blocking(move || {
+    let (notices, vms, keys_held) = tokio::task::spawn_blocking(move || {
         let mut h = lock(&h);
         // An operation the agent was killed in is finished once the VM's key is here again.
-        h.resume();
-        (h.inventory(), h.keys_held())
+        let notices = h.resume();
+        (notices, h.inventory(), h.keys_held())
     })
     .await
     .map_err(std::io::Error::other)?;
+    for n in notices {
+        let notice = AgentMessage::Notice {
+            vm: Some(n.vm),
+            kind: n.kind.into(),
+            message: n.message,
+        };
+        send(w, &notice).await?;
+    }
     send(w, &AgentMessage::Inventory { vms, keys_held }).await
 }
 

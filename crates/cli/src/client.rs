@@ -669,11 +669,23 @@ pub struct HostCommand {
 
 #[derive(Debug, Subcommand)]
 enum HostSub {
-    /// A one-time join token for `tresor agent join`.
+    /// A one-time join token for `tresor agent join`: for one host name, or for any name not
+    /// enrolled yet.
     Token {
         /// Seconds the token is valid.
         #[arg(long, default_value_t = 3600)]
         ttl: i64,
+        /// The host the token enrols (only that name).
+        #[arg(long)]
+        host: Option<String>,
+        /// The token replaces the enrolled host of that name: its old certificate is refused
+        /// from then on.
+        #[arg(long, requires = "host")]
+        replace: bool,
+    },
+    /// Forget a host and refuse its certificate from now on (its VMs stay registered).
+    Remove {
+        name: String,
     },
     List,
     /// One host and its VMs.
@@ -696,11 +708,15 @@ enum HostSub {
 pub fn run_host(cmd: HostCommand) -> Result<(), CliError> {
     let c = &cmd.conn;
     match cmd.command {
-        HostSub::Token { ttl } => {
+        HostSub::Remove { name } => {
+            c.call("DELETE", &format!("/api/v1/hosts/{name}"), "")?;
+            println!("{name}: removed; its certificate is refused from now on");
+        }
+        HostSub::Token { ttl, host, replace } => {
             let v = c.call(
                 "POST",
                 "/api/v1/hosts/token",
-                &serde_json::json!({"ttlSecs": ttl}).to_string(),
+                &serde_json::json!({"ttlSecs": ttl, "host": host, "replace": replace}).to_string(),
             )?;
             c.print(&v, |v| {
                 format!("{}\n", v["token"].as_str().unwrap_or_default())

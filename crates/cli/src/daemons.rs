@@ -99,6 +99,11 @@ pub fn run_server(cmd: ServerCommand) -> Result<(), CliError> {
             Ok(())
         }
         None => {
+            // The server holds keys between a fetch and their push: no core dumps, and no
+            // reading of its memory by other processes of its user.
+            if let Err(e) = tresor_agent::memory::harden_process() {
+                tracing::warn!(error = %e, "cannot keep the process from dumping core");
+            }
             let config = tresor_server::run::ServerConfig::load(&cmd.config).map_err(|e| {
                 CliError::msg(format!(
                     "{e}; create one with: tresor server init --data DIR"

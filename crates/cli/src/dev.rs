@@ -200,7 +200,13 @@ pub fn run(args: DevArgs) -> Result<(), CliError> {
         let name = format!("host-{i}");
         let dir = data.join(&name);
         if !dir.join("agent.toml").exists() {
-            let (status, body) = local_http(api, "POST", "/api/v1/hosts/token", admin.trim(), "")?;
+            let (status, body) = local_http(
+                api,
+                "POST",
+                "/api/v1/hosts/token",
+                admin.trim(),
+                &serde_json::json!({"host": name, "replace": true}).to_string(),
+            )?;
             let token = serde_json::from_str::<serde_json::Value>(&body)
                 .ok()
                 .and_then(|v| v["token"].as_str().map(str::to_owned))

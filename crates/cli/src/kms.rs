@@ -209,6 +209,11 @@ pub fn run(cmd: KmsCommand) -> Result<(), CliError> {
 }
 
 fn serve(config: &KmsConfig) -> Result<(), CliError> {
+    // The master key and the keys it unseals are in this process's memory: no core dumps, and
+    // no reading of its memory by other processes of its user.
+    if let Err(e) = tresor_agent::memory::harden_process() {
+        tracing::warn!(error = %e, "cannot keep the process from dumping core");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

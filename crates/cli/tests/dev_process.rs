@@ -59,6 +59,17 @@ fn tresor_dev_runs_an_encrypted_vm_and_stops_cleanly() {
         String::from_utf8_lossy(&out.stdout)
     );
 
+    // The server's database holds password hashes: private, in a private folder.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&tmp.path().join("server")), 0o700);
+    for f in ["server.sqlite", "server.sqlite-wal"] {
+        let p = tmp.path().join("server").join(f);
+        if p.exists() {
+            assert_eq!(mode(&p), 0o600, "{f}");
+        }
+    }
+
     Command::new("kill")
         .args(["-INT", &dev.id().to_string()])
         .status()

@@ -118,4 +118,36 @@ fn a_host_enrols_connects_and_is_seen_to_go() {
     wait_for("host-1 to connect", || connected(true));
     drop(agent);
     wait_for("host-1 to be seen gone", || connected(false));
+
+    // A token for any new name does not enrol host-1 a second time.
+    let (_, body) = http(api, "POST", "/api/v1/hosts/token", &admin, "");
+    let token = body["token"].as_str().unwrap().to_owned();
+    let again = Command::new(TRESOR)
+        .args(["agent", "join", "--server", &format!("127.0.0.1:{agents}")])
+        .args(["--token", &token, "--name", "host-1", "--dir"])
+        .arg(tmp.path().join("agent-copy"))
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        err.contains("enrolled already") && err.contains("--replace"),
+        "{err}"
+    );
+
+    // A removed host's certificate is refused.
+    let (status, body) = http(api, "DELETE", "/api/v1/hosts/host-1", &admin, "");
+    assert_eq!(status, 200, "{body}");
+    let _agent = Proc(
+        Command::new(TRESOR)
+            .args(["agent", "--config"])
+            .arg(agent_dir.join("agent.toml"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(tmp.path().join("agent-again.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let (_, hosts) = http(api, "GET", "/api/v1/hosts", &admin, "");
+    assert_eq!(hosts, serde_json::json!([]), "a removed host came back");
 }

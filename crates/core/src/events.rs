@@ -86,6 +86,9 @@ catalogue! {
     VM_DISCOVERED = "vm.discovered", Warning,
         "Host {host} reports VM {vm} ({path}), which the server's registry does not hold as reported: {reason}. It is not unlocked; if it is yours, register it (tresor vm register PATH --host {host}).",
         "Host {host} meldet die VM {vm} ({path}), die das Register des Servers so nicht enthält: {reason}. Sie wird nicht entsperrt; gehört sie Ihnen, registrieren Sie sie (tresor vm register PFAD --host {host}).";
+    HOST_REMOVED = "host.removed", Warning,
+        "Host {host} was removed by {user}; its certificate is refused from now on.",
+        "Host {host} wurde von {user} entfernt; sein Zertifikat wird ab jetzt abgewiesen.";
     CRYPTO_OPERATION = "crypto.operation", Info,
         "{user} performed {operation} with key {key}.",
         "{user} hat {operation} mit Schlüssel {key} ausgeführt.";

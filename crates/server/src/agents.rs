@@ -68,6 +68,8 @@ struct Session {
     pending: Pending,
     /// Tells sessions of the same host apart when one replaces another.
     serial: u64,
+    /// Ends the session (the host was removed).
+    close: Arc<tokio::sync::Notify>,
 }
 
 /// Ends a session's registration however the session ends (also when its task is aborted).
@@ -109,6 +111,10 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 pub trait JoinAuthority: Send + Sync {
     /// Returns the agent's certificate and the CA (PEM), or why the join is refused.
     fn join(&self, token: &str, host: &str, csr_pem: &str) -> Result<(String, String), String>;
+
+    /// Whether `host` may start a session with the certificate whose SHA-256 is `cert_sha256`
+    /// (the one it was enrolled with; not a removed host's, not an older one).
+    fn admits(&self, host: &str, cert_sha256: &str) -> Result<(), String>;
 }
 
 /// The sessions of all connected agents.
@@ -189,6 +195,18 @@ impl AgentHub {
     /// Events from agents, from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<HubEvent> {
         self.events.subscribe()
+    }
+
+    /// Ends a host's session, if it has one.
+    pub fn disconnect(&self, host: &str) {
+        if let Some(s) = self
+            .sessions
+            .lock()
+            .ok()
+            .and_then(|s| s.get(host).map(|x| x.close.clone()))
+        {
+            s.notify_one();
+        }
     }
 
     /// The hosts with a session.
@@ -300,11 +318,14 @@ impl AgentHub {
         tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
         slot: tresor_tls::gate::Slot,
     ) -> std::io::Result<()> {
-        let cn = tls
+        let peer_cert = tls
             .get_ref()
             .1
             .peer_certificates()
             .and_then(|c| c.first())
+            .cloned();
+        let cn = peer_cert
+            .as_ref()
             .and_then(|c| tresor_tls::certificate_info(c).ok())
             .map(|i| i.subject.trim_start_matches("CN=").to_owned());
         // A host with a certificate of this server's CA has authenticated: its place among the
@@ -348,6 +369,8 @@ impl AgentHub {
                     Some(a) => match a.join(&token, &host, &csr) {
                         Ok((certificate, ca)) => {
                             tracing::info!(host = %host, "host enrolled");
+                            // A replaced host's session ends; its certificate is refused.
+                            self.disconnect(&host);
                             ServerMessage::Joined { certificate, ca }
                         }
                         Err(message) => {
@@ -390,6 +413,15 @@ impl AgentHub {
                 "certificate of {cn:?} says hello as host {host:?}"
             )));
         }
+        let authority = self.authority.lock().ok().and_then(|a| a.clone());
+        if let (Some(authority), Some(cert)) = (authority, &peer_cert) {
+            let digest = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
+            let sha256: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+            if let Err(why) = authority.admits(&host, &sha256) {
+                tracing::warn!(host = %host, "{why}");
+                return Err(std::io::Error::other(why));
+            }
+        }
         if version != protocol::VERSION {
             return Err(std::io::Error::other(format!(
                 "agent speaks protocol {version}, the server {}",
@@ -399,6 +431,7 @@ impl AgentHub {
         let (tx, mut rx) = mpsc::channel::<ServerMessage>(256);
         let pending: Pending = Arc::default();
         let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
+        let close = Arc::new(tokio::sync::Notify::new());
         if let Ok(mut s) = self.sessions.lock() {
             // A newer session of the same host replaces an older one.
             s.insert(
@@ -407,6 +440,7 @@ impl AgentHub {
                     tx: tx.clone(),
                     pending: pending.clone(),
                     serial,
+                    close: close.clone(),
                 },
             );
         }
@@ -484,11 +518,15 @@ impl AgentHub {
                         }
                     }
                 }
-                let n = tokio::time::timeout(Duration::from_secs(60), reader.read(&mut buf))
-                    .await
-                    .map_err(|_| {
-                        std::io::Error::new(std::io::ErrorKind::TimedOut, "agent silent for 60 s")
-                    })??;
+                let n = tokio::select! {
+                    n = tokio::time::timeout(Duration::from_secs(60), reader.read(&mut buf)) => n
+                        .map_err(|_| {
+                            std::io::Error::new(std::io::ErrorKind::TimedOut, "agent silent for 60 s")
+                        })??,
+                    _ = close.notified() => {
+                        return Err(std::io::Error::other("the host was removed"));
+                    }
+                };
                 if n == 0 {
                     return Ok(());
                 }

@@ -653,6 +653,36 @@ impl Engine {
                     Self::host_changed(st, host);
                 }
             }
+            HubEvent::Notice {
+                host,
+                vm: Some(vm),
+                kind,
+                message,
+            } => {
+                // Only about a VM registered on that host.
+                if st.registry.get(vm).is_none_or(|r| &r.host != host) {
+                    return;
+                }
+                let object = format!("vm:{vm}");
+                match kind.as_str() {
+                    "operation.failing" => {
+                        tracing::error!(host, vm, "{message}");
+                        st.unwritten_alarms.push(AlarmChange::Raise {
+                            kind: "vm.operation.failing",
+                            object,
+                            reason: message.chars().take(1000).collect(),
+                        });
+                    }
+                    "operation.finished" => {
+                        tracing::info!(host, vm, "{message}");
+                        st.unwritten_alarms.push(AlarmChange::Clear {
+                            kind: "vm.operation.failing",
+                            object,
+                        });
+                    }
+                    _ => {}
+                }
+            }
             HubEvent::Notice { .. } => {}
         }
     }

@@ -11,7 +11,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use tresor_tls::CertificateAuthority;
 
 use crate::agents::JoinAuthority;
-use crate::store::{HostRecord, Store, StoreError};
+use crate::store::{HostRecord, JoinGrant, Store, StoreError};
 
 /// How long an agent's certificate is valid, in days.
 pub const AGENT_CERT_DAYS: i64 = 825;
@@ -74,15 +74,19 @@ impl Enroller {
         self
     }
 
-    /// A new one-time join token valid for `ttl_secs`.
-    pub fn new_token(&self, ttl_secs: i64) -> Result<String, StoreError> {
+    /// A new one-time join token valid for `ttl_secs`, for the host `grant` names (or any name
+    /// not enrolled yet).
+    pub fn new_token(&self, ttl_secs: i64, grant: &JoinGrant) -> Result<String, StoreError> {
         let mut secret = [0u8; 24];
         SystemRandom::new()
             .fill(&mut secret)
             .map_err(|_| StoreError::Corrupt("the system random number generator failed".into()))?;
         let secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-        self.store
-            .add_join_token(&sha256_hex(secret.as_bytes()), (self.clock)() + ttl_secs)?;
+        self.store.add_join_token(
+            &sha256_hex(secret.as_bytes()),
+            (self.clock)() + ttl_secs,
+            grant,
+        )?;
         Ok(format!("{secret}.{}", self.ca_sha256))
     }
 }
@@ -95,16 +99,32 @@ impl JoinAuthority for Enroller {
             ));
         }
         let now = (self.clock)();
-        match self
+        let grant = match self
             .store
             .consume_join_token(&sha256_hex(token.as_bytes()), now)
         {
-            Ok(true) => {}
-            Ok(false) => return Err(
+            Ok(Some(grant)) => grant,
+            Ok(None) => return Err(
                 "the join token is unknown, used or expired; get a new one with: tresor host token"
                     .into(),
             ),
             Err(e) => return Err(format!("the server cannot check the token: {e}")),
+        };
+        if let Some(named) = &grant.host {
+            if named != host {
+                return Err(format!(
+                    "this join token is for host {named}, not {host}; get one for {host} with: tresor host token --host {host}"
+                ));
+            }
+        }
+        let enrolled = match self.store.hosts() {
+            Ok(h) => h.iter().any(|r| r.name == host),
+            Err(e) => return Err(format!("the server cannot check its hosts: {e}")),
+        };
+        if enrolled && !grant.replace {
+            return Err(format!(
+                "host {host} is enrolled already; replacing it is an operator's decision: tresor host token --host {host} --replace"
+            ));
         }
         let certificate = self
             .ca
@@ -128,6 +148,34 @@ impl JoinAuthority for Enroller {
         if let Err(e) = self.store.put_host(&record) {
             tracing::error!(host, error = %e, "cannot record the host");
         }
+        // Only this certificate is the host from now on (a replaced host's is refused).
+        let der = tresor_tls::parse_certs(certificate.as_bytes(), "agent certificate")
+            .map_err(|e| format!("the server made an unreadable certificate: {e}"))?;
+        self.store
+            .set_host_cert(host, &sha256_hex(der[0].as_ref()))
+            .map_err(|e| format!("the server cannot record the certificate: {e}"))?;
         Ok((certificate, self.ca.cert_pem().to_owned()))
+    }
+
+    fn admits(&self, host: &str, cert_sha256: &str) -> Result<(), String> {
+        let refused = || {
+            format!("host {host} presented a certificate that is not its enrolled one (removed, or replaced); enrol it again with a token from: tresor host token --host {host} --replace")
+        };
+        match self.store.host_cert(host) {
+            Ok(Some(enrolled)) if enrolled == cert_sha256 => Ok(()),
+            Ok(Some(_)) => Err(refused()),
+            Ok(None) => {
+                // Enrolled before certificates were recorded: the first one seen is its own.
+                match self.store.hosts() {
+                    Ok(h) if h.iter().any(|r| r.name == host) => self
+                        .store
+                        .set_host_cert(host, cert_sha256)
+                        .map_err(|e| format!("the server cannot record the certificate: {e}")),
+                    Ok(_) => Err(refused()),
+                    Err(e) => Err(format!("the server cannot check its hosts: {e}")),
+                }
+            }
+            Err(e) => Err(format!("the server cannot check the certificate: {e}")),
+        }
     }
 }

@@ -36,7 +36,7 @@ pub enum ProviderError {
     BadEndpoint(String),
     #[error("The provider's CA certificate is unusable ({0}); upload the PEM of the CA that signed the provider's server certificate")]
     BadCa(String),
-    #[error("The client certificate or key is unusable ({0}); give PEM files")]
+    #[error("The client certificate or key is unusable: {0}. Give the certificate as PEM (BEGIN CERTIFICATE) and its private key as PEM in PKCS#8, PKCS#1 or SEC1 form")]
     BadClientCert(String),
     #[error(
         "The client certificate is not for the client key; give the pair that belongs together"

@@ -22,6 +22,13 @@ pub enum StoreError {
         path: String,
         source: rusqlite::Error,
     },
+    #[error(
+        "Cannot make the server database {path} and its folder private (0600, 0700): {source}"
+    )]
+    Private {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("Database error: {0}")]
     Sql(#[from] rusqlite::Error),
     #[error("Stored data is corrupt: {0}")]
@@ -212,7 +219,25 @@ const MIGRATIONS: &[&str] = &[
         host TEXT NOT NULL,
         keys TEXT NOT NULL
     );",
+    // 4: a join token names the host it enrols (and whether it may replace an enrolled one);
+    // each enrolled host's certificate, by its SHA-256: no other certificate of that name is
+    // taken, and a removed host's is refused.
+    "ALTER TABLE join_tokens ADD COLUMN host TEXT;
+    ALTER TABLE join_tokens ADD COLUMN replace INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE host_certs (
+        host TEXT PRIMARY KEY,
+        cert_sha256 TEXT NOT NULL
+    );",
 ];
+
+/// What a join token allows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JoinGrant {
+    /// The host name it enrols; any name not enrolled yet when `None`.
+    pub host: Option<String>,
+    /// Whether it may replace an enrolled host of that name.
+    pub replace: bool,
+}
 
 /// An alarm to raise or clear (see [`Store::change_alarms`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -302,6 +327,28 @@ fn write_vms(conn: &mut Connection, vms: &[&VmRecord]) -> Result<(), StoreError>
     Ok(())
 }
 
+/// Creates `path` with mode 0600 (or sets it), and makes its folder 0700.
+fn private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        match std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Migration 3: the VMs a server held before it had a registry are registered as their hosts
 /// last reported them (they were registered then, by the rules of that time).
 fn registry_from_reports(tx: &Connection) -> Result<(), StoreError> {
@@ -382,6 +429,12 @@ impl Store {
             path: path.display().to_string(),
             source,
         };
+        // It holds password hashes: readable by the server's user only (SQLite gives its
+        // journal files the database's mode), in a folder only that user may enter.
+        private_file(path).map_err(|source| StoreError::Private {
+            path: path.display().to_string(),
+            source,
+        })?;
         let conn = Connection::open(path).map_err(err)?;
         let mut store = Store::setup(conn).map_err(|e| match e {
             StoreError::Sql(source) => err(source),
@@ -563,23 +616,73 @@ impl Store {
     }
 
     /// Records a one-time join token (its hash) valid until `expires`.
-    pub fn add_join_token(&self, token_hash: &str, expires: i64) -> Result<(), StoreError> {
+    pub fn add_join_token(
+        &self,
+        token_hash: &str,
+        expires: i64,
+        grant: &JoinGrant,
+    ) -> Result<(), StoreError> {
         self.conn().execute(
-            "INSERT INTO join_tokens (token_hash, expires) VALUES (?1, ?2)",
-            params![token_hash, expires],
+            "INSERT INTO join_tokens (token_hash, expires, host, replace) VALUES (?1, ?2, ?3, ?4)",
+            params![token_hash, expires, grant.host, grant.replace],
         )?;
         Ok(())
     }
 
-    /// Uses up a join token; false if it is unknown, used or expired.
-    pub fn consume_join_token(&self, token_hash: &str, now: i64) -> Result<bool, StoreError> {
-        let conn = self.conn();
-        let n = conn.execute(
-            "DELETE FROM join_tokens WHERE token_hash = ?1 AND expires >= ?2",
-            params![token_hash, now],
+    /// Uses up a join token: what it allows, or `None` if it is unknown, used or expired.
+    pub fn consume_join_token(
+        &self,
+        token_hash: &str,
+        now: i64,
+    ) -> Result<Option<JoinGrant>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let grant = tx
+            .query_row(
+                "DELETE FROM join_tokens WHERE token_hash = ?1 AND expires >= ?2 RETURNING host, replace",
+                params![token_hash, now],
+                |r| {
+                    Ok(JoinGrant {
+                        host: r.get(0)?,
+                        replace: r.get(1)?,
+                    })
+                },
+            )
+            .optional()?;
+        tx.execute("DELETE FROM join_tokens WHERE expires < ?1", params![now])?;
+        tx.commit()?;
+        Ok(grant)
+    }
+
+    /// The SHA-256 of the certificate a host was enrolled with.
+    pub fn host_cert(&self, host: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .reader()
+            .query_row(
+                "SELECT cert_sha256 FROM host_certs WHERE host = ?1",
+                params![host],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    pub fn set_host_cert(&self, host: &str, cert_sha256: &str) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO host_certs (host, cert_sha256) VALUES (?1, ?2)
+             ON CONFLICT(host) DO UPDATE SET cert_sha256 = ?2",
+            params![host, cert_sha256],
         )?;
-        conn.execute("DELETE FROM join_tokens WHERE expires < ?1", params![now])?;
-        Ok(n == 1)
+        Ok(())
+    }
+
+    /// Removes a host: its record and its certificate (refused from then on).
+    pub fn remove_host(&self, name: &str) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM host_certs WHERE host = ?1", params![name])?;
+        let n = tx.execute("DELETE FROM hosts WHERE name = ?1", params![name])?;
+        tx.commit()?;
+        Ok(n > 0)
     }
 
     // VMs.
@@ -1231,11 +1334,23 @@ mod tests {
     #[test]
     fn join_tokens_work_once_and_expire() {
         let s = Store::in_memory().unwrap();
-        s.add_join_token("h1", 100).unwrap();
-        s.add_join_token("h2", 50).unwrap();
-        assert!(s.consume_join_token("h1", 60).unwrap());
-        assert!(!s.consume_join_token("h1", 60).unwrap(), "used");
-        assert!(!s.consume_join_token("h2", 60).unwrap(), "expired");
+        let grant = JoinGrant {
+            host: Some("host-1".into()),
+            replace: true,
+        };
+        s.add_join_token("h1", 100, &grant).unwrap();
+        s.add_join_token(
+            "h2",
+            50,
+            &JoinGrant {
+                host: None,
+                replace: false,
+            },
+        )
+        .unwrap();
+        assert_eq!(s.consume_join_token("h1", 60).unwrap(), Some(grant));
+        assert_eq!(s.consume_join_token("h1", 60).unwrap(), None, "used");
+        assert_eq!(s.consume_join_token("h2", 60).unwrap(), None, "expired");
     }
 
     #[test]

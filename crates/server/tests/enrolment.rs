@@ -10,7 +10,7 @@ use tresor_agent::qemu::QemuConfig;
 use tresor_agent::session::{self, SessionConfig};
 use tresor_server::agents::AgentHub;
 use tresor_server::enrol::Enroller;
-use tresor_server::store::Store;
+use tresor_server::store::{JoinGrant, Store};
 use tresor_tls::{CertKind, CertificateAuthority, ClientAuth};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -41,7 +41,11 @@ async fn a_host_joins_once_with_a_token_and_then_connects() {
     let addr = listener.local_addr().unwrap().to_string();
     let _server = tokio::spawn(hub.clone().serve(listener, acceptor));
 
-    let token = enroller.new_token(600).unwrap();
+    let any_new = JoinGrant {
+        host: None,
+        replace: false,
+    };
+    let token = enroller.new_token(600, &any_new).unwrap();
     let enrolment = session::join(&addr, "localhost", &token, "host-7")
         .await
         .unwrap();
@@ -95,8 +99,9 @@ async fn a_host_joins_once_with_a_token_and_then_connects() {
         })
         .unwrap(),
     ));
+    let listener_addr = addr.clone();
     let config = SessionConfig {
-        server: addr,
+        server: addr.clone(),
         server_name: "localhost".into(),
         tls,
         heartbeat: Duration::from_millis(200),
@@ -111,4 +116,80 @@ async fn a_host_joins_once_with_a_token_and_then_connects() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+
+    // A token made for any new name cannot enrol host-7 a second time.
+    let token = enroller.new_token(600, &any_new).unwrap();
+    let err = session::join(&addr, "localhost", &token, "host-7")
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("enrolled already") && err.contains("--replace"),
+        "{err}"
+    );
+    // A token for one name enrols only that name.
+    let for_8 = JoinGrant {
+        host: Some("host-8".into()),
+        replace: false,
+    };
+    let token = enroller.new_token(600, &for_8).unwrap();
+    let err = session::join(&addr, "localhost", &token, "host-9")
+        .await
+        .unwrap_err();
+    assert!(err.contains("for host host-8"), "{err}");
+
+    // Replacing host-7 is an explicit act: the new certificate is host-7, the old one is refused
+    // (its session ends and does not come back).
+    let replace = JoinGrant {
+        host: Some("host-7".into()),
+        replace: true,
+    };
+    let token = enroller.new_token(600, &replace).unwrap();
+    let second = session::join(&addr, "localhost", &token, "host-7")
+        .await
+        .unwrap();
+    assert!(second.certificate.contains("BEGIN CERTIFICATE"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        hub.connected().is_empty(),
+        "the replaced certificate still holds a session"
+    );
+
+    // The new certificate connects; after the host is removed it is refused too.
+    let host2 = Arc::new(Mutex::new(
+        Host::open(HostConfig {
+            name: "host-7".into(),
+            datastore: tmp.path().join("ds2"),
+            state_dir: tmp.path().join("state2"),
+            key_capacity: 8,
+            qemu: QemuConfig::default(),
+            tools: QemuTools::default(),
+        })
+        .unwrap(),
+    ));
+    let tls2 = tresor_tls::client_config(
+        &tresor_tls::parse_certs(second.ca.as_bytes(), "ca").unwrap(),
+        tresor_tls::parse_certs(second.certificate.as_bytes(), "c").unwrap(),
+        tresor_tls::parse_key(second.key.as_bytes(), "k").unwrap(),
+    )
+    .unwrap();
+    let config2 = SessionConfig {
+        server: listener_addr.clone(),
+        server_name: "localhost".into(),
+        tls: tls2,
+        heartbeat: Duration::from_millis(200),
+        max_backoff: Duration::from_millis(300),
+    };
+    let _agent2 = tokio::spawn(session::run(config2, host2, std::future::pending()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while hub.connected() != vec!["host-7".to_string()] {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the replacing host did not connect"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(store.remove_host("host-7").unwrap());
+    hub.disconnect("host-7");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(hub.connected().is_empty(), "a removed host holds a session");
 }

@@ -197,8 +197,18 @@ pub fn cert_matches_key(cert_pem: &str, key_pem: &str) -> Result<bool, TlsError>
         .ok_or_else(|| TlsError::Certificate("no certificate in the PEM text".into()))?;
     let (_, x509) = x509_parser::parse_x509_certificate(cert.as_ref())
         .map_err(|e| TlsError::Certificate(format!("not an X.509 certificate: {e}")))?;
-    let key = KeyPair::from_pem(key_pem)?;
-    Ok(x509.public_key().subject_public_key.data.as_ref() == key.public_key_raw())
+    // PKCS#8, PKCS#1 (`BEGIN RSA PRIVATE KEY`) or SEC1 (`BEGIN EC PRIVATE KEY`, what
+    // `openssl ecparam -genkey` writes).
+    let key = crate::parse_key(key_pem.as_bytes(), "private key")?;
+    let signer = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| {
+        TlsError::Certificate(format!(
+            "the private key is not an RSA, ECDSA P-256/P-384 or Ed25519 key ({e})"
+        ))
+    })?;
+    let spki = signer.public_key().ok_or_else(|| {
+        TlsError::Certificate("the private key's public half cannot be derived".into())
+    })?;
+    Ok(x509.public_key().raw == spki.as_ref())
 }
 
 #[cfg(test)]
@@ -216,6 +226,41 @@ mod tests {
         let signed = ca.sign_client_csr(&csr, "tresor-server", 30).unwrap();
         assert!(cert_matches_key(&signed, &key).unwrap());
         assert!(cert_matches_key("not pem", &key).is_err());
+    }
+
+    #[test]
+    fn keys_in_sec1_and_pkcs1_match_their_certificates() {
+        // The same keys in the older PEM forms openssl writes.
+        let ca = CertificateAuthority::generate("ca", 30).unwrap();
+        for (args, header) in [
+            (
+                &["ecparam", "-name", "prime256v1", "-genkey", "-noout"][..],
+                "BEGIN EC PRIVATE KEY",
+            ),
+            (
+                &["genrsa", "-traditional", "2048"][..],
+                "BEGIN RSA PRIVATE KEY",
+            ),
+        ] {
+            let Ok(out) = std::process::Command::new("openssl").args(args).output() else {
+                return; // no openssl here
+            };
+            let key = String::from_utf8(out.stdout).unwrap();
+            assert!(key.contains(header), "{key}");
+            let dir = tempfile::tempdir().unwrap();
+            let key_file = dir.path().join("k.pem");
+            std::fs::write(&key_file, &key).unwrap();
+            let csr = std::process::Command::new("openssl")
+                .args(["req", "-new", "-subj", "/CN=tresor-server", "-key"])
+                .arg(&key_file)
+                .output()
+                .unwrap();
+            let csr = String::from_utf8(csr.stdout).unwrap();
+            let cert = ca.sign_client_csr(&csr, "tresor-server", 30).unwrap();
+            assert!(cert_matches_key(&cert, &key).unwrap(), "{header}");
+            let other = self_signed_client("x", 30).unwrap();
+            assert!(!cert_matches_key(&other.cert_pem, &key).unwrap());
+        }
     }
 
     #[test]

@@ -453,7 +453,20 @@ async fn show_vm(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&s, &headers, Privilege::SystemView, "Reading a VM")?;
-    let record = s.store.vm(&name)?.ok_or_else(|| no_vm(&name))?;
+    let record = s.store.vm(&name)?.ok_or_else(|| {
+        // A VM a host reports but the registry does not hold: say where it is.
+        match s.engine.discovered().into_iter().find(|d| d.report.name == name) {
+            Some(d) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "notRegistered",
+                format!(
+                    "VM {name} is not registered: host {} reports it in {} ({}); see `tresor vm list --discovered`, and register it if it is yours",
+                    d.host, d.report.path, d.reason
+                ),
+            ),
+            None => no_vm(&name),
+        }
+    })?;
     Ok(Json(vm_json(&record)))
 }
 
@@ -669,18 +682,69 @@ async fn host_token(
         Privilege::CryptoRegisterHost,
         "Creating a join token",
     )?;
-    let ttl = body
-        .and_then(|b| b.0.ttl_secs)
-        .unwrap_or(3600)
-        .clamp(60, 7 * 86400);
-    let token = s.enroller.new_token(ttl)?;
-    Ok(Json(json!({"token": token, "ttlSecs": ttl})))
+    let req = body.map(|b| b.0).unwrap_or_default();
+    let ttl = req.ttl_secs.unwrap_or(3600).clamp(60, 7 * 86400);
+    if let Some(h) = &req.host {
+        check_name(tresor_core::ids::NameKind::Host, h)?;
+    }
+    if req.replace && req.host.is_none() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "badRequest",
+            "Replacing a host needs its name: tresor host token --host NAME --replace",
+        ));
+    }
+    let grant = crate::store::JoinGrant {
+        host: req.host.clone(),
+        replace: req.replace,
+    };
+    let token = s.enroller.new_token(ttl, &grant)?;
+    Ok(Json(
+        json!({"token": token, "ttlSecs": ttl, "host": req.host, "replace": req.replace}),
+    ))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct TokenRequest {
     ttl_secs: Option<i64>,
+    /// The host the token enrols; without it, any name not enrolled yet.
+    host: Option<String>,
+    /// The token may replace the enrolled host of that name (its old certificate is refused
+    /// from then on).
+    #[serde(default)]
+    replace: bool,
+}
+
+/// `DELETE /api/v1/hosts/{name}`: the host is forgotten and its certificate refused from now
+/// on; its session ends. Its VMs stay registered (shown disconnected) until unregistered.
+async fn remove_host(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(host): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let user = authorize(
+        &s,
+        &headers,
+        Privilege::CryptoRegisterHost,
+        &format!("Removing host {host}"),
+    )?;
+    if !s.store.remove_host(&host)? {
+        return Err(no_host(&host));
+    }
+    s.hub.disconnect(&host);
+    s.store.add_event(&crate::store::EventRow {
+        id: 0,
+        time: crate::enrol::now(),
+        event_type: tresor_core::events::HOST_REMOVED.id.into(),
+        severity: "warning".into(),
+        vm: None,
+        host: Some(host.clone()),
+        provider: None,
+        user: Some(user.clone()),
+        args: vec![("host".into(), host.clone()), ("user".into(), user)],
+    })?;
+    Ok(Json(json!({"host": host, "removed": true})))
 }
 
 async fn list_hosts(
@@ -935,6 +999,10 @@ fn alarm_json(a: &crate::store::AlarmRow) -> Value {
         ("key.push.failed", _) => (
             format!("The keys of VM {name} {}", a.reason),
             format!("Check host connectivity and its agent's log; the server tries again. `tresor vm diagnose {name}`"),
+        ),
+        ("vm.operation.failing", _) => (
+            format!("An interrupted operation on VM {name} keeps failing: {}", a.reason),
+            format!("Read host's agent log for VM {name}; the agent keeps trying, and the alarm clears when it succeeds"),
         ),
         ("vm.discovered", _) => {
             let host = name.split('/').next().unwrap_or(name);
@@ -1354,15 +1422,7 @@ async fn enable_encryption(
         .hosts()?
         .into_iter()
         .find(|h| h.name == host)
-        .unwrap_or(crate::store::HostRecord {
-            name: host.clone(),
-            boot_id: String::new(),
-            crypto_state: String::new(),
-            connected: true,
-            last_seen: crate::enrol::now(),
-            host_key_provider: None,
-            host_key_id: None,
-        });
+        .ok_or_else(|| no_host(&host))?;
     // A host keeps its host key: enabling again (after a restart) sends the same one.
     let key = match (&record.host_key_provider, &record.host_key_id) {
         (Some(p), Some(id)) => tresor_core::ids::KeyRef::new(p, id),
@@ -1776,6 +1836,9 @@ async fn reboot_host(
         Privilege::HostConfig,
         &format!("Rebooting host {host}"),
     )?;
+    if !s.store.hosts()?.iter().any(|h| h.name == host) {
+        return Err(no_host(&host));
+    }
     reply_error(
         s.hub
             .request(&host, tresor_core::protocol::Command::Reboot, AGENT_TIMEOUT)
@@ -1804,7 +1867,7 @@ pub fn router(state: AppState) -> Router {
             post(enable_encryption),
         )
         .route("/api/v1/hosts/{name}/reboot", post(reboot_host))
-        .route("/api/v1/hosts/{name}", get(show_host))
+        .route("/api/v1/hosts/{name}", get(show_host).delete(remove_host))
         .route(
             "/api/v1/hosts/{name}/disable-encryption",
             post(disable_encryption),
