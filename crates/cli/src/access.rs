@@ -184,6 +184,10 @@ enum UserSub {
         /// A file whose first line is the new password (at least 12 characters).
         #[arg(long)]
         password_file: Option<PathBuf>,
+        /// For one's own password: a file whose first line is the current one (without it, it is
+        /// asked for, or read as the first line of standard input).
+        #[arg(long)]
+        current_password_file: Option<PathBuf>,
     },
 }
 
@@ -225,9 +229,23 @@ pub fn run_user(cmd: UserCommand) -> Result<(), CliError> {
         UserSub::Passwd {
             name,
             password_file,
+            current_password_file,
         } => {
+            // One's own password: the current one first.
+            let me = c.call("GET", "/api/v1/me", "")?;
+            let current = if me["user"] == name.as_str() {
+                Some(read_password(
+                    current_password_file.as_deref(),
+                    "Current password: ",
+                )?)
+            } else {
+                None
+            };
             let password = read_password(password_file.as_deref(), "New password: ")?;
-            let body = Zeroizing::new(json!({"password": password.as_str()}).to_string());
+            let body = Zeroizing::new(
+                json!({"password": password.as_str(), "currentPassword": current.as_deref().map(|c| c.as_str())})
+                    .to_string(),
+            );
             c.call("PUT", &format!("/api/v1/users/{name}/password"), &body)?;
             println!("password of {name} set");
         }

@@ -125,7 +125,16 @@ fn registering_a_vm_whose_keys_must_be_fetched_needs_the_privilege() {
         !ok && err.contains("Authorization.ModifyPermissions"),
         "{err}"
     );
-    let (ok, _, err) = op("a-new-long-password\n", &["user", "passwd", "operator"]);
+    // Its own password only with the current one.
+    let (ok, _, err) = op(
+        "not-the-current-one\na-new-long-password\n",
+        &["user", "passwd", "operator"],
+    );
+    assert!(!ok && err.contains("current password is wrong"), "{err}");
+    let (ok, _, err) = op(
+        "operators-long-password\na-new-long-password\n",
+        &["user", "passwd", "operator"],
+    );
     assert!(ok, "{err}");
     // Logging out ends the token on the server and forgets it here.
     let stored: serde_json::Value =

@@ -121,3 +121,39 @@ fn strangers_on_the_agent_port_cost_bounded_memory_and_leave_hosts_alone() {
     assert_eq!(hosts[0]["connected"], true, "{hosts}");
     drop(idle);
 }
+
+/// A flood of wrong passwords: the server checks as many at once as it has cores, answers 429
+/// after a few, and its memory stays bounded (each check costs argon2's megabytes).
+#[test]
+fn a_login_flood_is_answered_429_in_bounded_memory() {
+    let dev = Dev::start(1);
+    let server_toml = dev.dir.path().join("server/server.toml");
+    let pid = pid_of(&["server --config", &server_toml.display().to_string()]);
+    let before = rss_kib(&pid);
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..100)
+            .map(|i| {
+                s.spawn(move || {
+                    let body = serde_json::json!({"user": "admin", "password": format!("guess-{i}-xxxxxxxx")});
+                    common::http(dev.port, "POST", "/api/v1/login", "", &body.to_string()).0
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let after = rss_kib(&pid);
+    assert!(
+        statuses.iter().all(|s| *s == 401 || *s == 429),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().filter(|s| **s == 429).count() > 50,
+        "{statuses:?}"
+    );
+    assert!(
+        after < before + 256 * 1024,
+        "the server grew from {before} KiB to {after} KiB"
+    );
+    // The operators' tokens still work.
+    dev.ok(&["host", "list"]);
+}

@@ -136,6 +136,14 @@ impl<'a> Accounts<'a> {
         Ok(())
     }
 
+    /// Whether `password` is the user's.
+    pub fn check_password(&self, name: &str, password: &str) -> bool {
+        match self.store.password_hash(name) {
+            Ok(Some(h)) => verify_password(&h, password),
+            _ => false,
+        }
+    }
+
     /// Checks a password and hands out a new token for the user.
     pub fn login(&self, name: &str, password: &str) -> Result<Zeroizing<String>, AccountError> {
         let hash = self.store.password_hash(name)?;
@@ -287,8 +295,8 @@ mod tests {
         assert_eq!(
             s.token_user(&crate::api::token_hash(&token))
                 .unwrap()
-                .as_deref(),
-            Some("alice")
+                .map(|(user, label, _)| (user, label)),
+            Some(("alice".to_owned(), "login".to_owned()))
         );
         assert!(matches!(
             a.login("alice", "wrong password"),
@@ -346,5 +354,117 @@ mod tests {
         );
         a.remove_role("Operator").unwrap();
         assert!(s.privileges_of("op").unwrap().is_empty());
+    }
+}
+
+/// What protects sign-in: a bound on concurrent password checks (each costs argon2's memory),
+/// a doubling wait after repeated failures per user and per address, and how long a login
+/// token lives.
+#[derive(Debug)]
+pub struct LoginGuard {
+    /// Seconds a token from `login` stays valid.
+    pub token_ttl_secs: i64,
+    hashing: tokio::sync::Semaphore,
+    failures: std::sync::Mutex<std::collections::HashMap<String, Backoff>>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Backoff {
+    failures: u32,
+    until: std::time::Instant,
+}
+
+/// Failures allowed before waits begin, the longest wait, and how many users and addresses
+/// are remembered.
+const FREE_FAILURES: u32 = 3;
+const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+const REMEMBERED: usize = 100_000;
+
+impl LoginGuard {
+    pub fn new(token_ttl_secs: i64) -> LoginGuard {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        LoginGuard {
+            token_ttl_secs,
+            hashing: tokio::sync::Semaphore::new(cores),
+            failures: Default::default(),
+        }
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Backoff>> {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How long the caller must wait before trying again, if any of `keys` (a user, an
+    /// address) is waiting.
+    pub fn wait(&self, keys: &[String]) -> Option<std::time::Duration> {
+        let now = std::time::Instant::now();
+        let f = self.failures();
+        keys.iter()
+            .filter_map(|k| f.get(k))
+            .filter(|b| b.until > now)
+            .map(|b| b.until - now)
+            .max()
+    }
+
+    /// A wrong password for `keys`: from the fourth on, a wait of 1, 2, 4 … 300 s.
+    pub fn failed(&self, keys: &[String]) {
+        let now = std::time::Instant::now();
+        let mut f = self.failures();
+        if f.len() >= REMEMBERED {
+            f.retain(|_, b| b.until > now);
+        }
+        for k in keys {
+            if f.len() >= REMEMBERED && !f.contains_key(k) {
+                continue;
+            }
+            let b = f.entry(k.clone()).or_insert(Backoff {
+                failures: 0,
+                until: now,
+            });
+            b.failures += 1;
+            if b.failures > FREE_FAILURES {
+                let exp = (b.failures - FREE_FAILURES - 1).min(16);
+                b.until = now + std::time::Duration::from_secs(1 << exp).min(MAX_WAIT);
+            }
+        }
+    }
+
+    /// A successful sign-in ends the user's waits (not the address's).
+    pub fn succeeded(&self, user_key: &str) {
+        self.failures().remove(user_key);
+    }
+
+    /// A permit to run one password check; waits while as many run as there are cores.
+    pub async fn hashing(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.hashing.acquire().await.ok()
+    }
+}
+
+#[cfg(test)]
+mod guard_tests {
+    use super::*;
+
+    #[test]
+    fn waits_start_after_three_failures_double_and_end_with_success() {
+        let g = LoginGuard::new(3600);
+        let keys = ["user:alice".to_owned(), "addr:10.0.0.1".to_owned()];
+        for _ in 0..3 {
+            g.failed(&keys);
+        }
+        assert_eq!(g.wait(&keys), None, "three tries are free");
+        g.failed(&keys);
+        let first = g.wait(&keys).unwrap();
+        assert!(first <= std::time::Duration::from_secs(1));
+        g.failed(&keys);
+        assert!(g.wait(&keys).unwrap() > first);
+        g.succeeded("user:alice");
+        assert!(
+            g.wait(&["user:alice".to_owned()]).is_none(),
+            "the user may sign in"
+        );
+        assert!(
+            g.wait(&["addr:10.0.0.1".to_owned()]).is_some(),
+            "the address still waits"
+        );
     }
 }

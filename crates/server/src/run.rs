@@ -47,6 +47,9 @@ pub struct ServerConfig {
     /// within this many days raise an alarm.
     #[serde(default = "default_warn_days")]
     pub certificate_warning_days: i64,
+    /// Seconds a token from `tresor login` stays valid.
+    #[serde(default = "default_token_ttl")]
+    pub token_ttl_secs: i64,
 }
 
 fn default_api() -> String {
@@ -63,6 +66,9 @@ fn default_probe() -> u64 {
 }
 fn default_warn_days() -> i64 {
     30
+}
+fn default_token_ttl() -> i64 {
+    12 * 3600
 }
 
 impl ServerConfig {
@@ -152,7 +158,8 @@ pub fn init(
          # How often the locked-VM engine looks at every VM, in milliseconds.\nengine_tick_ms = 500\n\n\
          # How often every key provider's endpoints are probed, in seconds.\n# provider_probe_secs = 60\n\n\
          # Certificates of a provider (its CA and server certificate, and the server's client\n\
-         # certificate) expiring within this many days raise an alarm.\n# certificate_warning_days = 30\n"
+         # certificate) expiring within this many days raise an alarm.\n# certificate_warning_days = 30\n\n\
+         # Seconds a token from `tresor login` stays valid (12 hours).\n# token_ttl_secs = 43200\n"
     );
     std::fs::write(dir.join("server.toml"), config).map_err(setup("Cannot write server.toml"))?;
     Ok(Initialised {
@@ -239,6 +246,7 @@ pub async fn serve(
         enroller,
         broker,
         providers: providers.clone(),
+        logins: Arc::new(crate::accounts::LoginGuard::new(config.token_ttl_secs)),
     });
     let hub_task = tokio::spawn(hub.serve(agents, tokio_rustls::TlsAcceptor::from(tls)));
     let engine_task = tokio::spawn(engine.run());
@@ -258,7 +266,13 @@ pub async fn serve(
         .map_err(setup("Cannot hand over the API socket"))?;
     let served = api_runtime.spawn(async move {
         let api = tokio::net::TcpListener::from_std(api)?;
-        axum::serve(api, app).with_graceful_shutdown(shutdown).await
+        // Each connection's address, for the sign-in limits.
+        axum::serve(
+            api,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
     });
     let result = served
         .await

@@ -1170,15 +1170,27 @@ impl Store {
     }
 
     /// The user an API token belongs to.
-    pub fn token_user(&self, token_hash: &str) -> Result<Option<String>, StoreError> {
+    /// The user of a token, its label (`login`, …) and when it was made.
+    pub fn token_user(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<(String, String, i64)>, StoreError> {
         Ok(self
             .reader()
             .query_row(
-                "SELECT user FROM tokens WHERE token_hash = ?1",
+                "SELECT user, label, created FROM tokens WHERE token_hash = ?1",
                 params![token_hash],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?)
+    }
+
+    /// Ends every token of a user but `keep` (a token hash).
+    pub fn revoke_tokens(&self, user: &str, keep: Option<&str>) -> Result<usize, StoreError> {
+        Ok(self.conn().execute(
+            "DELETE FROM tokens WHERE user = ?1 AND token_hash IS NOT ?2",
+            params![user, keep],
+        )?)
     }
 
     pub fn put_role(&self, name: &str, privileges: &[String]) -> Result<(), StoreError> {
@@ -1458,7 +1470,10 @@ mod tests {
             ]
         );
         s.add_token("t-hash", "alice", "laptop", 1).unwrap();
-        assert_eq!(s.token_user("t-hash").unwrap(), Some("alice".into()));
+        assert_eq!(
+            s.token_user("t-hash").unwrap(),
+            Some(("alice".into(), "laptop".into(), 1))
+        );
         assert!(s.remove_user("alice").unwrap());
         assert_eq!(
             s.token_user("t-hash").unwrap(),

@@ -34,6 +34,8 @@ pub struct AppState {
     pub enroller: Arc<Enroller>,
     pub broker: Arc<crate::broker::KeyBroker>,
     pub providers: Arc<crate::providers::Providers>,
+    /// Sign-in limits and how long login tokens live.
+    pub logins: Arc<crate::accounts::LoginGuard>,
 }
 
 /// An API error: an HTTP status, a stable code, and a message that says what to do.
@@ -166,13 +168,26 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<String, ApiErro
             "No API token; log in with `tresor login` or set TRESOR_TOKEN",
         )
     })?;
-    state.store.token_user(&token_hash(token))?.ok_or_else(|| {
+    let invalid = || {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthenticated",
             "The API token is not valid; log in again with `tresor login`",
         )
-    })
+    };
+    let (user, label, created) = state
+        .store
+        .token_user(&token_hash(token))?
+        .ok_or_else(invalid)?;
+    // Tokens from a login expire; the one `server init` printed is the operator's to revoke.
+    if label == "login" && crate::enrol::now() - created > state.logins.token_ttl_secs {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "The API token has expired; log in again with `tresor login`",
+        ));
+    }
+    Ok(user)
 }
 
 /// The user a request comes from, if it may do `action` with `privilege`.

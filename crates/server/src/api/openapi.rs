@@ -30,7 +30,7 @@ macro_rules! ops {
 use Privilege as P;
 
 ops! {
-    "get" "/api/v1/vms" "vms" Some(P::SystemView), "", "List VMs, by name. Filters: `?locked=true`, `?host=NAME`, `?provider=NAME`; pages: `?limit=N&offset=M`, the number of matching VMs in the `X-Total-Count` header";
+    "get" "/api/v1/vms" "vms" Some(P::SystemView), "", "List VMs, by name. Filters: `?locked=true`, `?host=NAME`, `?provider=NAME`; pages: `?limit=N&offset=M`, the number of matching VMs in the `X-Total-Count` header. `?discovered=true` lists instead the VMs hosts report that the registry does not hold (never unlocked until registered), with why";
     "post" "/api/v1/vms" "vms" Some(P::VmCreate), r#"{"name": "web01", "host": "host-1", "disks": [1073741824]}"#, "Create a VM (encrypted ones need Cryptographer.EncryptNew)";
     "get" "/api/v1/vms/{name}" "vms" Some(P::SystemView), "", "A VM: power, crypto and connection state, lock reason, key ids";
     "get" "/api/v1/vms/{name}/diagnose" "vms" Some(P::SystemView), "", "Which case of the procedure applies, the evidence and the next steps (`?lang=en|de`)";
@@ -47,7 +47,8 @@ ops! {
     "post" "/api/v1/vms/{name}/decrypt" "vms" Some(P::CryptoDecrypt), "", "Decrypt a VM";
     "post" "/api/v1/vms/{name}/rekey" "vms" Some(P::CryptoRecrypt), r#"{"deep": false}"#, "A new key for a VM (`deep`: re-encrypt its disks)";
     "get" "/api/v1/hosts" "hosts" Some(P::SystemView), "", "List hosts";
-    "post" "/api/v1/hosts/token" "hosts" Some(P::CryptoRegisterHost), r#"{"ttlSecs": 3600}"#, "A one-time join token for `tresor agent join`";
+    "post" "/api/v1/hosts/token" "hosts" Some(P::CryptoRegisterHost), r#"{"ttlSecs": 3600, "host": "host-1", "replace": false}"#, "A one-time join token for `tresor agent join`: for the host named (`replace` lets it replace the enrolled host of that name), or for any name not enrolled yet";
+    "delete" "/api/v1/hosts/{name}" "hosts" Some(P::CryptoRegisterHost), "", "Remove a host: its certificate is refused from now on, its session ends";
     "post" "/api/v1/hosts/{name}/enable-encryption" "hosts" Some(P::CryptoRegisterHost), "", "Put a host in encryption mode";
     "get" "/api/v1/hosts/{name}" "hosts" Some(P::SystemView), "", "A host and its VMs";
     "post" "/api/v1/hosts/{name}/disable-encryption" "hosts" Some(P::CryptoRegisterHost), "", "Take a host out of encryption mode (it ends when the host restarts)";

@@ -43,23 +43,63 @@ pub(super) struct Login {
 /// Exchanges a user's password for an API token.
 pub(super) async fn login(
     State(s): State<AppState>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     ApiJson(body): ApiJson<Login>,
 ) -> Result<Json<Value>, ApiError> {
+    // Who is trying: the user named and the address it comes from; each waits after repeated
+    // failures, before any password is checked.
+    let user_key = format!("user:{}", body.user.chars().take(64).collect::<String>());
+    let mut keys = vec![user_key.clone()];
+    if let Some(axum::Extension(axum::extract::ConnectInfo(addr))) = peer {
+        keys.push(format!("addr:{}", addr.ip()));
+    }
+    if let Some(wait) = s.logins.wait(&keys) {
+        return Err(too_many(wait));
+    }
+    // argon2 takes tens of milliseconds and megabytes: as many at once as there are cores, off
+    // the async workers.
+    let _permit = s.logins.hashing().await;
+    // Failures may have piled up while this one waited for its turn.
+    if let Some(wait) = s.logins.wait(&keys) {
+        return Err(too_many(wait));
+    }
     let store = s.store.clone();
-    // argon2 takes tens of milliseconds: off the async workers.
-    let result = tokio::task::spawn_blocking(move || {
-        Accounts::new(&store).login(&body.user, &body.password)
-    })
-    .await
-    .map_err(|_| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "Login failed; see the server log",
-        )
-    })?;
-    let token = result?;
-    Ok(Json(json!({"token": token.as_str()})))
+    let (user, password) = (body.user.clone(), body.password);
+    let result = tokio::task::spawn_blocking(move || Accounts::new(&store).login(&user, &password))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Login failed; see the server log",
+            )
+        })?;
+    match result {
+        Ok(token) => {
+            s.logins.succeeded(&user_key);
+            Ok(Json(
+                json!({"token": token.as_str(), "expiresInSecs": s.logins.token_ttl_secs}),
+            ))
+        }
+        Err(e) => {
+            if matches!(e, AccountError::BadCredentials) {
+                s.logins.failed(&keys);
+            }
+            Err(e.into())
+        }
+    }
+}
+
+/// 429 with how long to wait.
+fn too_many(wait: std::time::Duration) -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "tooManyAttempts",
+        format!(
+            "Too many failed sign-ins for this user or from this address; try again in {} s",
+            wait.as_secs().max(1)
+        ),
+    )
 }
 
 /// The user a token belongs to, and what it may do (the console hides what would be refused).
@@ -297,8 +337,11 @@ pub(super) async fn remove_role(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub(super) struct NewPassword {
     password: Zeroizing<String>,
+    /// One's own password is changed only with the current one.
+    current_password: Option<Zeroizing<String>>,
 }
 
 /// Sets a user's password: one's own with any valid token, another's with
@@ -310,7 +353,8 @@ pub(super) async fn set_password(
     ApiJson(body): ApiJson<NewPassword>,
 ) -> Result<Json<Value>, ApiError> {
     let me = super::authenticate(&s, &headers)?;
-    if me != name {
+    let own = me == name;
+    if !own {
         authorize(
             &s,
             &headers,
@@ -318,6 +362,37 @@ pub(super) async fn set_password(
             &format!("Setting the password of user {name}"),
         )?;
     }
+    let user_key = format!("user:{name}");
+    if own {
+        // A stolen token alone does not change the password.
+        let Some(current) = body.current_password.clone() else {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "currentPasswordNeeded",
+                "Changing your own password needs your current one (currentPassword)",
+            ));
+        };
+        if let Some(wait) = s.logins.wait(std::slice::from_ref(&user_key)) {
+            return Err(too_many(wait));
+        }
+        let _permit = s.logins.hashing().await;
+        let store = s.store.clone();
+        let who = name.clone();
+        let ok = tokio::task::spawn_blocking(move || {
+            Accounts::new(&store).check_password(&who, &current)
+        })
+        .await
+        .unwrap_or(false);
+        if !ok {
+            s.logins.failed(std::slice::from_ref(&user_key));
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "wrongPassword",
+                "The current password is wrong; your password is unchanged",
+            ));
+        }
+    }
+    let _permit = s.logins.hashing().await;
     let store = s.store.clone();
     let who = name.clone();
     tokio::task::spawn_blocking(move || Accounts::new(&store).set_password(&who, &body.password))
@@ -329,7 +404,15 @@ pub(super) async fn set_password(
                 "Setting the password failed; see the server log",
             )
         })??;
-    Ok(Json(json!({"user": name, "password": "set"})))
+    // The old password's sessions end: all of them after a reset, all but this one after a
+    // change of one's own.
+    let keep = own
+        .then(|| super::bearer(&headers).map(super::token_hash))
+        .flatten();
+    let revoked = s.store.revoke_tokens(&name, keep.as_deref())?;
+    Ok(Json(
+        json!({"user": name, "password": "set", "tokensRevoked": revoked}),
+    ))
 }
 
 /// Ends the session: the token used for this request stops working.

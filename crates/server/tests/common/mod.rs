@@ -81,6 +81,11 @@ pub struct Served {
 
 /// Serves the API over `store` on a free loopback port; the data folder is `dir`.
 pub async fn serve(store: Arc<Store>, dir: &Path) -> Served {
+    serve_with(store, dir, 3600).await
+}
+
+/// Serves the API with login tokens that live `token_ttl_secs`.
+pub async fn serve_with(store: Arc<Store>, dir: &Path, token_ttl_secs: i64) -> Served {
     let hub = AgentHub::new();
     let broker = Arc::new(KeyBroker::new());
     let engine = Engine::new(
@@ -107,10 +112,18 @@ pub async fn serve(store: Arc<Store>, dir: &Path) -> Served {
         enroller,
         broker: broker.clone(),
         providers: providers.clone(),
+        logins: Arc::new(tresor_server::accounts::LoginGuard::new(token_ttl_secs)),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+        .unwrap()
+    });
     Served {
         addr,
         engine,
