@@ -24,6 +24,12 @@ pub enum BrokerError {
         provider: String,
         error: ClientError,
     },
+    #[error("Key provider {provider} could not deactivate key {key}: {error}; deactivate it there by hand")]
+    Deactivate {
+        provider: String,
+        key: String,
+        error: ClientError,
+    },
 }
 
 /// The providers the server knows, by name.
@@ -74,6 +80,26 @@ impl KeyBroker {
             .map_err(err)?;
         client.activate(&uid).await.map_err(err)?;
         Ok(KeyRef::new(provider, &uid))
+    }
+
+    /// Deactivates a key the server created for an operation that then failed, so that no
+    /// Active key is left behind that nothing uses (KMIP Revoke, cessation of operation).
+    pub async fn deactivate(&self, key: &KeyRef, why: &str) -> Result<(), BrokerError> {
+        let client = self
+            .client_of(key.provider())
+            .ok_or_else(|| BrokerError::UnknownProvider(key.provider().into()))?;
+        let reason = tresor_kmip::message::RevocationReason {
+            code: tresor_kmip::spec::RevocationReasonCode::CessationOfOperation as u32,
+            message: Some(why.chars().take(200).collect()),
+        };
+        client
+            .revoke(&key.key_id, reason)
+            .await
+            .map_err(|error| BrokerError::Deactivate {
+                provider: key.provider().into(),
+                key: key.key_id.clone(),
+                error,
+            })
     }
 
     /// Asks the provider for a key: its state, and its material when it is Active.

@@ -1196,9 +1196,35 @@ async fn create_vm(
             "Disks with a key of their own need an encrypted VM; add --encrypt",
         ));
     }
+    // What can be checked is checked before a key is made on the provider.
+    if !s.hub.connected().contains(&req.host) {
+        return Err(if s.store.hosts()?.iter().any(|h| h.name == req.host) {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "hostUnavailable",
+                format!(
+                    "Host {} is not connected; start its agent and try again",
+                    req.host
+                ),
+            )
+        } else {
+            no_host(&req.host)
+        });
+    }
+    if let Some(other) = s.engine.registration(&req.name) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "exists",
+            format!(
+                "A VM named {} is registered already (on host {})",
+                req.name, other.host
+            ),
+        ));
+    }
     // The registry decides the VM's id and keys before the host makes anything.
     let id = new_vm_id()?;
     let mut own_keys = Vec::new();
+    let mut created: Vec<tresor_core::ids::KeyRef> = Vec::new();
     let key = if req.encrypt {
         let provider = provider_or_default(&s, req.provider.clone())?;
         let mut purposes = vec![req.name.clone()];
@@ -1207,11 +1233,27 @@ async fn create_vm(
         }
         let mut keys = Vec::new();
         for purpose in purposes {
-            keys.push(new_key(&s, &provider, &purpose).await?);
+            match new_key(&s, &provider, &purpose).await {
+                Ok(k) => keys.push(k),
+                Err(e) => {
+                    let made: Vec<_> = keys.iter().map(|k| k.key.clone()).collect();
+                    retire_keys(&s, &user, &req.name, &made).await;
+                    return Err(e);
+                }
+            }
         }
         let refs: Vec<tresor_core::ids::KeyRef> = keys.iter().map(|k| k.key.clone()).collect();
-        register_vm(&s, &id, &req.name, &req.host, refs.iter().cloned())?;
-        push_keys(&s, &req.host, keys).await?;
+        created = refs.clone();
+        if let Err(e) = register_vm(&s, &id, &req.name, &req.host, refs.iter().cloned()) {
+            retire_keys(&s, &user, &req.name, &refs).await;
+            return Err(e);
+        }
+        if let Err(e) = push_keys(&s, &req.host, keys).await {
+            s.engine.forget(&req.name);
+            s.store.remove_vm(&req.name)?;
+            retire_keys(&s, &user, &req.name, &refs).await;
+            return Err(e);
+        }
         own_keys = refs[1..].to_vec();
         Some(refs[0].clone())
     } else {
@@ -1252,9 +1294,10 @@ async fn create_vm(
     let reply = match reply {
         Ok(r) => r,
         Err(e) => {
-            // Nothing was made: the registration goes again.
+            // Nothing was made: the registration and the new keys go again.
             s.engine.forget(&req.name);
             s.store.remove_vm(&req.name)?;
+            retire_keys(&s, &user, &req.name, &created).await;
             return Err(e);
         }
     };
@@ -1278,6 +1321,34 @@ async fn create_vm(
 pub(crate) fn check_name(kind: tresor_core::ids::NameKind, name: &str) -> Result<(), ApiError> {
     tresor_core::ids::check_name(kind, name)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "badName", e.to_string()))
+}
+
+/// Deactivates keys the server made for an operation that failed, each audited; a key that
+/// cannot be deactivated is named in the log and an alarm, so that nothing Active is forgotten.
+async fn retire_keys(s: &AppState, user: &str, vm: &str, keys: &[tresor_core::ids::KeyRef]) {
+    for key in keys {
+        let result = s
+            .broker
+            .deactivate(
+                key,
+                &format!("tresor: the operation on VM {vm} that made it failed"),
+            )
+            .await;
+        match result {
+            Ok(()) => {
+                let _ = record_crypto(s, user, "deactivate unused key", vm, key);
+            }
+            Err(e) => {
+                tracing::error!(vm, key = %key, error = %e, "a key made for a failed operation is still Active");
+                let _ = s.store.raise_alarm(
+                    "key.orphaned",
+                    &format!("provider:{}/{}", key.provider(), key.key_id),
+                    &e.to_string(),
+                    crate::enrol::now(),
+                );
+            }
+        }
+    }
 }
 
 /// A new VM id, chosen by the server.
@@ -1438,7 +1509,15 @@ async fn enable_encryption(
         .into_iter()
         .find(|h| h.name == host)
         .ok_or_else(|| no_host(&host))?;
+    if !s.hub.connected().contains(&host) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "hostUnavailable",
+            format!("Host {host} is not connected; start its agent and try again"),
+        ));
+    }
     // A host keeps its host key: enabling again (after a restart) sends the same one.
+    let new_key = record.host_key_id.is_none();
     let key = match (&record.host_key_provider, &record.host_key_id) {
         (Some(p), Some(id)) => tresor_core::ids::KeyRef::new(p, id),
         _ => {
@@ -1454,12 +1533,24 @@ async fn enable_encryption(
     let command = tresor_core::protocol::Command::EnableEncryption {
         host_key: fetch_key(&s, key.clone(), "host key").await?,
     };
-    reply_error(
-        s.hub
-            .request(&host, command, AGENT_TIMEOUT)
-            .await
-            .map_err(agent_error)?,
-    )?;
+    // A host that did not answer may have taken the key; one that refused did not.
+    let reply = s
+        .hub
+        .request(&host, command, AGENT_TIMEOUT)
+        .await
+        .map_err(agent_error)?;
+    if let Err(e) = reply_error(reply) {
+        if new_key {
+            retire_keys(
+                &s,
+                &user,
+                &format!("host:{host}"),
+                std::slice::from_ref(&key),
+            )
+            .await;
+        }
+        return Err(e);
+    }
     record.crypto_state = "safe".into();
     record.host_key_provider = Some(key.provider().to_owned());
     record.host_key_id = Some(key.key_id.clone());
@@ -1745,6 +1836,7 @@ async fn vm_op(
     tresor_core::ops::check(name, vm_op, state, reason)
         .map_err(|r| ApiError::new(StatusCode::CONFLICT, "vmLocked", r.message))?;
     use tresor_core::protocol::Command;
+    let mut new_key_made = None;
     let command = match op {
         "unregister" => Command::Unregister { vm: name.into() },
         "reload" => Command::Reload { vm: name.into() },
@@ -1759,8 +1851,15 @@ async fn vm_op(
             )?;
             let material = new_key(s, &provider, name).await?;
             let key = material.key.clone();
-            allow_key(s, name, &key)?;
-            push_keys(s, &record.host, vec![material]).await?;
+            if let Err(e) = allow_key(s, name, &key) {
+                retire_keys(s, &user, name, std::slice::from_ref(&key)).await;
+                return Err(e);
+            }
+            if let Err(e) = push_keys(s, &record.host, vec![material]).await {
+                retire_keys(s, &user, name, std::slice::from_ref(&key)).await;
+                return Err(e);
+            }
+            new_key_made = Some(key.clone());
             record_crypto(
                 s,
                 &user,
@@ -1795,12 +1894,22 @@ async fn vm_op(
             ))
         }
     };
-    let reply = reply_error(
-        s.hub
-            .request(&record.host, command, AGENT_TIMEOUT)
-            .await
-            .map_err(agent_error)?,
-    )?;
+    let reply = s
+        .hub
+        .request(&record.host, command, AGENT_TIMEOUT)
+        .await
+        .map_err(agent_error)?;
+    let reply = match reply_error(reply) {
+        Ok(r) => r,
+        Err(e) => {
+            // The host refused or undid the operation: its new key is used by nothing. (When
+            // the host did not answer, the operation may still finish; the key stays.)
+            if let Some(key) = &new_key_made {
+                retire_keys(s, &user, name, std::slice::from_ref(key)).await;
+            }
+            return Err(e);
+        }
+    };
     match (op, reply) {
         ("unregister" | "delete", _) => {
             // The engine first: a pass of it that is under way may still write the VM.
