@@ -40,6 +40,34 @@ fn keys_missing_only_on_the_host_are_pushed_by_an_unlock() {
         serde_json::from_str(&dev.ok(&["vm", "diagnose", "web01", "-o", "json"])).unwrap();
     assert_eq!(d["case"], 5, "{d}");
     assert_eq!(d["providerStatus"]["tresor-kms"]["health"], "ok", "{d}");
+    // A read-only user sees the diagnosis, not the provider's endpoints and certificates.
+    let password = dev.dir.path().join("viewer.password");
+    std::fs::write(&password, "viewers-long-password\n").unwrap();
+    dev.ok(&[
+        "user",
+        "add",
+        "viewer",
+        "--password-file",
+        &password.display().to_string(),
+        "--role",
+        "ReadOnly",
+    ]);
+    let config = dev.dir.path().join("viewer-config");
+    let (ok, _, err) = dev.cli_logged_in(
+        &config,
+        "viewers-long-password\n",
+        &["login", "--user", "viewer"],
+    );
+    assert!(ok, "{err}");
+    let (ok, out, err) = dev.cli_logged_in(&config, "", &["vm", "diagnose", "web01", "-o", "json"]);
+    assert!(ok, "{err}");
+    let seen: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(seen["case"], 5, "{seen}");
+    assert!(seen.get("providerStatus").is_none(), "{seen}");
+    assert!(
+        !out.contains("127.0.0.1"),
+        "a viewer saw an endpoint: {out}"
+    );
     let all: serde_json::Value =
         serde_json::from_str(&dev.ok(&["vm", "diagnose", "--all", "-o", "json"])).unwrap();
     let cases: Vec<(&str, u64)> = all

@@ -507,11 +507,13 @@ async fn diagnose_vm(
     let user = authorize(&s, &headers, Privilege::SystemView, "Diagnosing a VM")?;
     let lang = parse_lang(q.lang.as_deref())?;
     let record = s.store.vm(&name)?.ok_or_else(|| no_vm(&name))?;
-    let user_may_unlock = s
-        .store
-        .privileges_of(&user)?
+    let privileges = s.store.privileges_of(&user)?;
+    let user_may_unlock = privileges
         .iter()
         .any(|p| p == Privilege::CryptoRegisterVm.id());
+    let user_may_read_providers = privileges
+        .iter()
+        .any(|p| p == Privilege::CryptoReadKeyServersInfo.id());
     let view = s.engine.vm(&name);
     let (host_connected, verdict) = match &view {
         Some(v) => (v.host_connected, v.verdict.clone()),
@@ -551,20 +553,34 @@ async fn diagnose_vm(
         input.missing.iter().map(|k| k.provider.clone()).collect();
     let diagnosis = tresor_core::diagnose::diagnose(&input, lang);
     let mut v = serde_json::to_value(diagnosis).unwrap_or(Value::Null);
-    // Each provider involved, probed now: which endpoint answers what.
-    let mut statuses = serde_json::Map::new();
-    for p in providers {
-        let status = match s.providers.probe(&p).await {
-            Ok(st) => Some(st),
-            Err(_) => s.providers.last_status(&p),
-        };
-        if let Some(st) = status {
-            statuses.insert(p, serde_json::to_value(st).unwrap_or_default());
+    // Each provider involved (endpoints, certificates), only for those who may read providers:
+    // as last probed when that is a few seconds old, else probed now (and so at most once in
+    // that time, however often diagnoses are asked for).
+    if user_may_read_providers {
+        let mut statuses = serde_json::Map::new();
+        for p in providers {
+            let cached = s
+                .providers
+                .last_status(&p)
+                .filter(|st| crate::enrol::now() - st.checked_at <= FRESH_STATUS_SECS);
+            let status = match cached {
+                Some(st) => Some(st),
+                None => match s.providers.probe(&p).await {
+                    Ok(st) => Some(st),
+                    Err(_) => s.providers.last_status(&p),
+                },
+            };
+            if let Some(st) = status {
+                statuses.insert(p, serde_json::to_value(st).unwrap_or_default());
+            }
         }
+        v["providerStatus"] = Value::Object(statuses);
     }
-    v["providerStatus"] = Value::Object(statuses);
     Ok(Json(v))
 }
+
+/// How old a provider's status may be for a diagnosis to show it without probing again.
+const FRESH_STATUS_SECS: i64 = 5;
 
 async fn unlock_vm(
     State(s): State<AppState>,
