@@ -478,6 +478,10 @@ impl Host {
 
     fn create(&mut self, spec: VmSpec) -> Result<Reply, HostError> {
         check_vm_name(&spec.name)?;
+        let sizes: Vec<u64> = spec.disks.iter().map(|d| d.size).collect();
+        tresor_core::protocol::check_shape(0, &sizes, Some(spec.memory_mib))
+            .map_err(|e| fail("badShape", e.to_string()))?;
+        self.check_space(sizes.iter().sum())?;
         if let Some(id) = &spec.id {
             if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
                 return Err(fail("badId", "A VM id must be 1 to 64 hexadecimal digits"));
@@ -574,6 +578,9 @@ impl Host {
         let dir = self.dir(vm)?;
         self.require_off(vm, "add a disk")?;
         let mut file = VmFile::load(&dir)?;
+        tresor_core::protocol::check_shape(file.disks.len(), &[spec.size], None)
+            .map_err(|e| fail("badShape", e.to_string()))?;
+        self.check_space(spec.size)?;
         if spec.own_key.is_some() && !file.encrypted {
             return Err(fail(
                 "plainVm",
@@ -875,6 +882,39 @@ impl Host {
     pub fn datastore(&self) -> &Path {
         &self.config.datastore
     }
+}
+
+impl Host {
+    /// Refuses disks whose sizes together exceed the datastore's free space (thin images grow to
+    /// their size; promising more than there is ends in a full disk under running guests).
+    fn check_space(&self, bytes: u64) -> Result<(), HostError> {
+        let free = free_bytes(&self.config.datastore).map_err(|e| {
+            fail(
+                "io",
+                format!(
+                    "Cannot read the free space of {}: {e}",
+                    self.config.datastore.display()
+                ),
+            )
+        })?;
+        if bytes > free {
+            return Err(fail(
+                "noSpace",
+                format!(
+                    "The disks need {bytes} bytes, and the datastore {} of host {} has {free} free; make them smaller or free space",
+                    self.config.datastore.display(),
+                    self.config.name
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The bytes free for this user on the file system holding `path`.
+fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    let st = rustix::fs::statvfs(path)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// A VM name from the server or a file: plain, so that it never leaves the datastore as a path.

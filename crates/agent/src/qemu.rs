@@ -17,7 +17,7 @@ use crate::disk::DiskFormat;
 use crate::vmfile::PowerOnPlan;
 
 /// The most disks a VM has root ports for.
-pub const MAX_DISKS: usize = 8;
+pub use tresor_core::protocol::MAX_DISKS;
 
 /// Why QEMU could not run a VM.
 #[derive(Debug, thiserror::Error)]

@@ -65,6 +65,47 @@ fn hostile_names_are_refused_and_change_nothing() {
     let vms = dev.ok(&["vm", "list", "-o", "json"]);
     assert_eq!(vms.trim(), "[]");
 
+    // Shapes that would fill the host: refused before anything is made.
+    let many: Vec<u64> = vec![4096; 400_000];
+    for (body, code) in [
+        (
+            serde_json::json!({"name": "big", "host": "host-1", "disks": many}),
+            "badShape",
+        ),
+        (
+            serde_json::json!({"name": "big", "host": "host-1", "disks": [0]}),
+            "badShape",
+        ),
+        (
+            serde_json::json!({"name": "big", "host": "host-1", "disks": [1u64 << 50]}),
+            "badShape",
+        ),
+        (
+            serde_json::json!({"name": "big", "host": "host-1", "memoryMib": 0}),
+            "badShape",
+        ),
+        (
+            serde_json::json!({"name": "big", "host": "host-1", "memoryMib": 4_000_000_000u32}),
+            "badShape",
+        ),
+        // Within the limits, but more than the datastore holds: the host refuses.
+        (
+            serde_json::json!({"name": "big", "host": "host-1", "disks": [60u64 << 40]}),
+            "hostRefused",
+        ),
+    ] {
+        let (status, v) = http(
+            dev.port,
+            "POST",
+            "/api/v1/vms",
+            &dev.token,
+            &body.to_string(),
+        );
+        assert!(status == 400 || status == 422, "{status}: {v}");
+        assert_eq!(v["error"]["code"], code, "{v}");
+    }
+    assert!(!dev.dir.path().join("host-1/datastore/big").exists());
+
     // A VM folder whose vm.json names a VM "../../escape": the host refuses to register it.
     dev.ok(&[
         "vm", "create", "plain01", "--host", "host-1", "--disk", "4M",

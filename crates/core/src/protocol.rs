@@ -135,6 +135,44 @@ pub struct VmSpec {
     pub key: Option<KeyRef>,
 }
 
+/// The most disks a VM has (each sits behind a PCIe root port made at start).
+pub const MAX_DISKS: usize = 8;
+/// The largest disk, and the memory a VM may be given, in MiB.
+pub const MAX_DISK_BYTES: u64 = 64 << 40;
+pub const MIN_MEMORY_MIB: u32 = 16;
+pub const MAX_MEMORY_MIB: u32 = 1 << 20;
+
+/// Why a VM's shape is refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ShapeError {
+    #[error("A VM has at most {MAX_DISKS} disks; {0} were asked for")]
+    TooManyDisks(usize),
+    #[error("A disk of {0} bytes is not possible; give 1 byte to 64 TiB, for example --disk 10G")]
+    DiskSize(u64),
+    #[error("{0} MiB of memory is not possible; give {MIN_MEMORY_MIB} MiB to 1 TiB")]
+    Memory(u32),
+}
+
+/// Checks what a VM is made of: how many disks (with those it has already), their sizes, its
+/// memory.
+pub fn check_shape(
+    disks_before: usize,
+    new_disks: &[u64],
+    memory_mib: Option<u32>,
+) -> Result<(), ShapeError> {
+    let total = disks_before.saturating_add(new_disks.len());
+    if total > MAX_DISKS {
+        return Err(ShapeError::TooManyDisks(total));
+    }
+    if let Some(&bad) = new_disks.iter().find(|&&s| s == 0 || s > MAX_DISK_BYTES) {
+        return Err(ShapeError::DiskSize(bad));
+    }
+    if let Some(m) = memory_mib.filter(|m| !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(m)) {
+        return Err(ShapeError::Memory(m));
+    }
+    Ok(())
+}
+
 /// One disk of a new VM or a disk to add.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

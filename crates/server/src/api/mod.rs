@@ -1198,6 +1198,13 @@ async fn create_vm(
     )?;
     check_name(tresor_core::ids::NameKind::Vm, &req.name)?;
     check_name(tresor_core::ids::NameKind::Host, &req.host)?;
+    let all_disks: Vec<u64> = req
+        .disks
+        .iter()
+        .chain(&req.own_key_disks)
+        .copied()
+        .collect();
+    tresor_core::protocol::check_shape(0, &all_disks, Some(req.memory_mib)).map_err(bad_shape)?;
     if s.store.vm(&req.name)?.is_some() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -1365,6 +1372,10 @@ async fn retire_keys(s: &AppState, user: &str, vm: &str, keys: &[tresor_core::id
             }
         }
     }
+}
+
+fn bad_shape(e: tresor_core::protocol::ShapeError) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "badShape", e.to_string())
 }
 
 /// A new VM id, chosen by the server.
@@ -1780,6 +1791,10 @@ async fn add_disk(
             "A disk needs a size above zero, for example --size 10G",
         ));
     }
+    let disks_before = serde_json::from_str::<VmReport>(&record.report)
+        .map(|r| r.disks.len())
+        .unwrap_or(0);
+    tresor_core::protocol::check_shape(disks_before, &[req.size], None).map_err(bad_shape)?;
     let own_key = if req.own_key {
         let provider = record.key_provider.clone().ok_or_else(|| {
             ApiError::new(
