@@ -185,13 +185,23 @@ impl Host {
                 .unwrap_or(saved.crypto_state),
             None => HostCryptoState::Incapable,
         };
+        // VMs that ran on while the agent was away are its VMs again.
+        let mut running = HashMap::new();
+        for (name, dir) in &vms {
+            let run_dir = config.state_dir.join("run").join(name);
+            let disks = VmFile::load(dir).map(|f| f.disks.len()).unwrap_or(0);
+            if let Some(vm) = RunningVm::adopt(name, &run_dir, disks) {
+                tracing::info!(vm = %name, pid = vm.pid(), "found the VM running; it goes on");
+                running.insert(name.clone(), vm);
+            }
+        }
         Ok(Host {
             config,
             cache,
             crypto,
             host_key: None,
             vms,
-            running: HashMap::new(),
+            running,
             resumed: Default::default(),
         })
     }
@@ -858,6 +868,14 @@ impl Host {
             }
         }
         notices
+    }
+
+    /// Lets the running VMs go on without the agent (it stops; a new one finds them again).
+    pub fn detach_running(&mut self) {
+        for (name, vm) in self.running.drain() {
+            tracing::info!(vm = %name, pid = vm.pid(), "the VM goes on running without the agent");
+            vm.detach();
+        }
     }
 
     /// Stops every VM and empties the key cache, as a host restart does.

@@ -167,18 +167,26 @@ impl Qmp {
 /// A VM running in QEMU.
 pub struct RunningVm {
     name: String,
-    child: Child,
+    process: Process,
     qmp: Qmp,
     pub accel: &'static str,
     /// The block node names of the disks, in order.
     pub nodes: Vec<String>,
+    /// Left running when this handle is dropped (the agent stops, its VMs go on).
+    detached: bool,
+}
+
+/// The QEMU process: started by this agent, or found running by it after a restart.
+enum Process {
+    Child(Child),
+    Adopted { pid: u32, qmp_socket: PathBuf },
 }
 
 impl std::fmt::Debug for RunningVm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RunningVm")
             .field("name", &self.name)
-            .field("pid", &self.child.id())
+            .field("pid", &self.pid())
             .finish()
     }
 }
@@ -214,6 +222,9 @@ impl RunningVm {
                 &plan.config.vcpus.max(1).to_string(),
             ])
             .args(["-nodefaults", "-display", "none", "-S"])
+            // Found again by an agent that restarts.
+            .arg("-pidfile")
+            .arg(run_dir.join("qemu.pid"))
             .arg("-qmp")
             .arg(format!(
                 "unix:{},server=on,wait=off",
@@ -247,6 +258,8 @@ impl RunningVm {
         cmd.stdin(Stdio::null())
             .stdout(out)
             .stderr(log.map(Stdio::from).unwrap_or(Stdio::null()));
+        // A process group of its own: a Ctrl-C meant for the agent does not stop the guests.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let mut child = cmd.spawn().map_err(|source| QemuError::Spawn {
             binary: config.binary.display().to_string(),
             source,
@@ -262,10 +275,11 @@ impl RunningVm {
         };
         let mut vm = RunningVm {
             name: name.into(),
-            child,
+            process: Process::Child(child),
             qmp,
             accel,
             nodes: Vec::new(),
+            detached: false,
         };
         match vm.attach_disks(plan) {
             Ok(()) => {}
@@ -317,14 +331,55 @@ impl RunningVm {
         Ok(())
     }
 
+    /// Finds VM `name` still running from an earlier run of the agent: the QEMU whose process
+    /// id `run_dir` names, whose command line names this folder's control socket, and which
+    /// answers on it. Its disks are `disks` (they keep the node names they were given).
+    pub fn adopt(name: &str, run_dir: &Path, disks: usize) -> Option<RunningVm> {
+        let pid: u32 = std::fs::read_to_string(run_dir.join("qemu.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let qmp_socket = run_dir.join("qmp.sock");
+        if !adopted_alive(pid, &qmp_socket) {
+            return None;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let accel = if String::from_utf8_lossy(&cmdline).contains("accel=kvm") {
+            "kvm"
+        } else {
+            "tcg"
+        };
+        let qmp = Qmp::connect(name, &qmp_socket, Instant::now() + Duration::from_secs(2)).ok()?;
+        Some(RunningVm {
+            name: name.into(),
+            process: Process::Adopted { pid, qmp_socket },
+            qmp,
+            accel,
+            nodes: (0..disks).map(|i| format!("disk{i}")).collect(),
+            detached: false,
+        })
+    }
+
+    /// Leaves QEMU running when this handle goes (the agent stops; the guest does not).
+    pub fn detach(mut self) {
+        self.detached = true;
+    }
+
     /// The QEMU process id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        match &self.process {
+            Process::Child(c) => c.id(),
+            Process::Adopted { pid, .. } => *pid,
+        }
     }
 
     /// Whether QEMU still runs (a VM that died is noticed here).
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        match &mut self.process {
+            Process::Child(c) => matches!(c.try_wait(), Ok(None)),
+            Process::Adopted { pid, qmp_socket } => adopted_alive(*pid, qmp_socket),
+        }
     }
 
     /// Runs a monitor (HMP) command, for example `qemu-io disk0 "read 0 512"` in tests.
@@ -356,14 +411,43 @@ impl RunningVm {
     }
 
     fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        match &mut self.process {
+            Process::Child(c) => {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            Process::Adopted { pid, qmp_socket } => {
+                if adopted_alive(*pid, qmp_socket) {
+                    if let Some(p) = rustix::process::Pid::from_raw(*pid as i32) {
+                        let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+                    }
+                }
+            }
+        }
     }
+}
+
+/// Whether process `pid` runs and is the QEMU of this control socket (not another process that
+/// got its id later).
+fn adopted_alive(pid: u32, qmp_socket: &Path) -> bool {
+    let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false);
+    alive
+        && std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).contains(&qmp_socket.display().to_string()))
+            .unwrap_or(false)
 }
 
 impl Drop for RunningVm {
     fn drop(&mut self) {
-        if self.is_running() {
+        if !self.detached && self.is_running() {
             self.kill();
         }
     }

@@ -142,6 +142,12 @@ pub async fn run(
         max_backoff: Duration::from_secs(30),
     };
     tracing::info!(host = %config.name, server = %config.server, "agent starting");
-    session::run(session, Arc::new(Mutex::new(host)), shutdown).await;
+    let host = Arc::new(Mutex::new(host));
+    session::run(session, host.clone(), shutdown).await;
+    // An agent that stops (an upgrade, a restart) leaves its VMs running: `tresor host reboot`
+    // is the way to stop them.
+    host.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .detach_running();
     Ok(())
 }

@@ -323,6 +323,41 @@ pub fn run(args: DevArgs) -> Result<(), CliError> {
             }
         }
     });
+    // Agents that stop leave their VMs running (so that an agent can be restarted under
+    // them); `tresor dev` stops everything it started: the hosts' VMs first, as a restart does.
+    for i in 1..=args.hosts.max(1) {
+        let _ = local_http(
+            api,
+            "POST",
+            &format!("/api/v1/hosts/host-{i}/reboot"),
+            admin.trim(),
+            "",
+        );
+    }
     drop(children);
+    stop_leftover_vms(&data);
     Ok(())
+}
+
+/// Stops QEMU processes of this development setup that are still running (the server was gone
+/// and could not ask their hosts to stop them): those whose command line names its folder.
+fn stop_leftover_vms(data: &Path) {
+    let marker = data.display().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if cmdline.starts_with("qemu-system") && cmdline.contains(&marker) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    }
 }
