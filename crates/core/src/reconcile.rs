@@ -9,7 +9,11 @@
 //!   and only when an operator unlocks the VM under `manual`;
 //! - a settled change of the verdict is an event (`vm.locked.<cause>` or `vm.unlocked`) and
 //!   raises or clears the VM's locked alarm;
-//! - nothing happens while the VM's host is disconnected (its keys cannot be known).
+//! - nothing happens while the VM's host is disconnected (its keys cannot be known);
+//! - the cause of a lock is decided from what the provider says now: a key the host lacks whose
+//!   provider's answer is older than the server allows (`stale`) is asked for again, and a VM is
+//!   not published as locked on such an answer; a locked VM's keys are asked for again from time
+//!   to time, so that its cause follows the provider.
 
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +46,8 @@ pub struct VmState {
     pub unlock_requested: bool,
     /// The last push of this VM's keys to its host failed.
     pub push_failed: bool,
+    /// Keys whose provider answer is too old to decide from.
+    pub stale: Vec<KeyRef>,
 }
 
 /// The state the server last published for a VM.
@@ -96,11 +102,37 @@ pub fn reconcile(vm: &VmState, policy: UnlockPolicy, due: impl Fn(&KeyRef) -> bo
             published: vm.published,
         };
     }
-    let v = verdict(&vm.keys);
+    let may_push = policy == UnlockPolicy::Automatic || vm.unlock_requested;
+    // An old answer that the provider has the key is not what it says now: until it answers
+    // again, the VM is not published as locked on it. (A push asks the provider anyway.)
+    let keys: Vec<KeyObservation> = vm
+        .keys
+        .iter()
+        .map(|k| {
+            let mut k = k.clone();
+            if !k.on_host
+                && !may_push
+                && vm.published.locked.is_none()
+                && k.provider == ProviderAnswer::Active
+                && vm.stale.contains(&k.key)
+            {
+                k.provider = ProviderAnswer::NotAsked;
+            }
+            k
+        })
+        .collect();
+    let v = verdict(&keys);
     // Keys the host lacks: fetch what the provider has not answered for (or failed on), push
     // what it has.
     let mut push = Vec::new();
-    for k in vm.keys.iter().filter(|k| !k.on_host) {
+    for k in keys.iter().filter(|k| !k.on_host) {
+        if vm.stale.contains(&k.key) && k.provider != ProviderAnswer::NotAsked {
+            actions.push(Action::Fetch { key: k.key.clone() });
+            if k.provider == ProviderAnswer::Active && may_push {
+                push.push(k.key.clone());
+            }
+            continue;
+        }
         match &k.provider {
             ProviderAnswer::Active => push.push(k.key.clone()),
             ProviderAnswer::NotAsked => actions.push(Action::Fetch { key: k.key.clone() }),
@@ -114,7 +146,6 @@ pub fn reconcile(vm: &VmState, policy: UnlockPolicy, due: impl Fn(&KeyRef) -> bo
             }
         }
     }
-    let may_push = policy == UnlockPolicy::Automatic || vm.unlock_requested;
     // A push that failed is tried again when its backoff has run out.
     let pushing = !push.is_empty() && may_push && (!vm.push_failed || push.iter().any(&due));
     if pushing {
@@ -187,6 +218,7 @@ mod tests {
             published: Published::default(),
             unlock_requested: false,
             push_failed: false,
+            stale: vec![],
         }
     }
 
@@ -382,6 +414,41 @@ mod tests {
         assert!(d.actions.contains(&Action::Event {
             event: events::VM_LOCKED_KEY_MISSING_ON_KMS,
             reason: Some(LockReason::KeyMissingOnKms)
+        }));
+    }
+
+    #[test]
+    fn a_lock_is_not_decided_from_an_old_answer_and_a_locked_vm_asks_again() {
+        // The host restarted; the provider said Active long ago (it may be gone since).
+        let mut v = vm(false, ProviderAnswer::Active);
+        v.stale = vec![KeyRef::new("kms", "k1")];
+        let d = reconcile(&v, UnlockPolicy::Manual, always);
+        assert!(d.actions.contains(&Action::Fetch {
+            key: KeyRef::new("kms", "k1")
+        }));
+        assert_eq!(d.published, Published::default(), "nothing published yet");
+        assert!(!d.verdict.unwrap().settled);
+        // A fresh answer decides.
+        v.stale.clear();
+        let d = reconcile(&v, UnlockPolicy::Manual, always);
+        assert_eq!(d.published.locked, Some(LockReason::KeyMissingOnHost));
+        // Locked, and its answer grew old: asked again, the cause stays until the answer comes.
+        v.published = d.published;
+        v.stale = vec![KeyRef::new("kms", "k1")];
+        let d = reconcile(&v, UnlockPolicy::Manual, always);
+        assert!(d.actions.contains(&Action::Fetch {
+            key: KeyRef::new("kms", "k1")
+        }));
+        assert_eq!(d.published.locked, Some(LockReason::KeyMissingOnHost));
+        assert!(!d.actions.iter().any(|a| matches!(a, Action::Event { .. })));
+        // The provider went away: the cause follows it.
+        let mut gone = vm(false, ProviderAnswer::Unreachable("refused".into()));
+        gone.published = d.published;
+        let d = reconcile(&gone, UnlockPolicy::Manual, always);
+        assert_eq!(d.published.locked, Some(LockReason::KmsClusterError));
+        assert!(d.actions.contains(&Action::Event {
+            event: events::VM_LOCKED_KMS_CLUSTER_ERROR,
+            reason: Some(LockReason::KmsClusterError)
         }));
     }
 }

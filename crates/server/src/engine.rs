@@ -91,6 +91,8 @@ struct KeyStatus {
     backoff: Duration,
     /// Its VMs were looked at again when its backoff ran out.
     woken: bool,
+    /// Its locked VMs were looked at again when the answer grew old.
+    rechecked: bool,
 }
 
 #[derive(Default)]
@@ -121,6 +123,8 @@ struct State {
     discovered: HashMap<(String, String), DiscoveredVm>,
     /// Alarms raised or cleared outside a pass, written with the next one.
     unwritten_alarms: Vec<AlarmChange>,
+    /// When the providers locked VMs wait for were last probed.
+    last_watch: Option<Instant>,
 }
 
 /// A VM a host reports that the registry does not hold, or holds otherwise: shown, never
@@ -250,6 +254,12 @@ pub struct EngineConfig {
     /// Longest wait between two checks of a provider that does not answer.
     pub provider_check_max: Duration,
     pub request_timeout: Duration,
+    /// How old a provider's answer may be to decide that a VM is locked, and why.
+    pub answer_fresh: Duration,
+    /// How often the keys of a locked VM are asked for again (so that its cause follows the
+    /// provider), and how often a provider that locked VMs depend on is probed.
+    pub locked_recheck: Duration,
+    pub provider_watch: Duration,
 }
 
 impl Default for EngineConfig {
@@ -261,6 +271,9 @@ impl Default for EngineConfig {
             max_backoff: Duration::from_secs(60),
             provider_check_max: Duration::from_millis(500),
             request_timeout: Duration::from_secs(30),
+            answer_fresh: Duration::from_secs(5),
+            locked_recheck: Duration::from_secs(15),
+            provider_watch: Duration::from_secs(5),
         }
     }
 }
@@ -812,6 +825,7 @@ impl Engine {
     pub async fn tick(&self) {
         let config = self.config();
         self.check_down_providers(&config).await;
+        self.watch_providers(&config).await;
         // Keys fetched in a pass are pushed by the next pass at once, and VMs whose keys were
         // pushed are decided again at once, not a tick later.
         for _ in 0..4 {
@@ -862,6 +876,23 @@ impl Engine {
                         .unwrap_or(ProviderAnswer::NotAsked),
                 })
                 .collect();
+            // Answers too old to decide from: a few seconds to decide a new lock, longer to
+            // keep a lock's cause.
+            let bound = if view.published.locked.is_none() {
+                config.answer_fresh
+            } else {
+                config.locked_recheck
+            };
+            let stale: Vec<KeyRef> = observations
+                .iter()
+                .filter(|o| !o.on_host && o.provider == ProviderAnswer::Active)
+                .filter(|o| {
+                    keys.get(&o.key)
+                        .and_then(|s| s.last_attempt)
+                        .is_none_or(|t| now.duration_since(t) >= bound)
+                })
+                .map(|o| o.key.clone())
+                .collect();
             let input = VmState {
                 name: name.clone(),
                 host: view.host.clone(),
@@ -871,6 +902,7 @@ impl Engine {
                 published: view.published,
                 unlock_requested: view.unlock_requested,
                 push_failed: view.push_failed,
+                stale,
             };
             let due = |k: &KeyRef| match keys.get(k) {
                 Some(s) => s
@@ -920,13 +952,17 @@ impl Engine {
             let mut guard = self.state();
             let st = &mut *guard;
             // Keys whose backoff ran out since the last pass: their VMs may fetch or push again.
+            // Keys whose answer grew too old to keep a lock's cause: their VMs ask again.
             let mut woken = Vec::new();
             for (k, status) in st.keys.iter_mut() {
-                let due = status
-                    .last_attempt
-                    .is_none_or(|t| now.duration_since(t) >= status.backoff);
+                let age = status.last_attempt.map(|t| now.duration_since(t));
+                let due = age.is_none_or(|a| a >= status.backoff);
                 if due && !status.woken {
                     status.woken = true;
+                    woken.push(k.clone());
+                }
+                if age.is_some_and(|a| a >= config.locked_recheck) && !status.rechecked {
+                    status.rechecked = true;
                     woken.push(k.clone());
                 }
             }
@@ -1029,6 +1065,60 @@ impl Engine {
         }
     }
 
+    /// Probes, every `provider_watch`, each provider that has keys locked VMs wait for, so that
+    /// their cause follows it: one that stops answering has its keys' answers become
+    /// unreachable (`kmsClusterError`), and is watched until it answers again.
+    async fn watch_providers(&self, config: &EngineConfig) {
+        let providers: Vec<String> = {
+            let mut st = self.state();
+            let now = Instant::now();
+            if st
+                .last_watch
+                .is_some_and(|t| now.duration_since(t) < config.provider_watch)
+            {
+                return;
+            }
+            st.last_watch = Some(now);
+            let st = &*st;
+            let mut set: HashSet<String> = HashSet::new();
+            for (k, status) in &st.keys {
+                if status.answer != ProviderAnswer::Active
+                    || st.down.contains_key(k.provider())
+                    || set.contains(k.provider())
+                {
+                    continue;
+                }
+                let waiting = st.by_key.get(k).is_some_and(|vms| {
+                    vms.iter().any(|n| {
+                        st.vms.get(n).is_some_and(|v| {
+                            v.published.locked.is_some()
+                                && v.report.keys.iter().any(|hk| &hk.key == k && !hk.on_host)
+                        })
+                    })
+                });
+                if waiting {
+                    set.insert(k.provider().to_owned());
+                }
+            }
+            set.into_iter().collect()
+        };
+        for provider in providers {
+            if let Err(error) = self.broker.probe(&provider).await {
+                tracing::warn!(provider = %provider, error = %error, "a key provider that locked VMs wait for stopped answering");
+                let keys: Vec<KeyRef> = self
+                    .state()
+                    .keys
+                    .keys()
+                    .filter(|k| k.provider() == provider)
+                    .cloned()
+                    .collect();
+                for k in keys {
+                    self.book(&k, ProviderAnswer::Unreachable(error.clone()), None, config);
+                }
+            }
+        }
+    }
+
     /// A provider that did not answer answers again: every key it failed on is due at once
     /// (whatever its own backoff), and their VMs are looked at.
     fn provider_back(st: &mut State, provider: &str) {
@@ -1071,11 +1161,19 @@ impl Engine {
             .get(key)
             .map(|s| s.backoff)
             .unwrap_or(Duration::ZERO);
-        // Ask a failing provider again after a doubling wait; a good answer resets it.
+        // Ask a failing provider again after a doubling wait; a good answer resets it. A key
+        // that is missing or inactive is asked for at least as often as a locked VM's keys are
+        // rechecked, so that its reactivation is noticed.
         let backoff = if answer == ProviderAnswer::Active || previous.is_zero() {
             config.min_backoff
         } else {
-            (previous * 2).min(config.max_backoff)
+            let longest = match answer {
+                ProviderAnswer::NotFound | ProviderAnswer::NotActive(_) => {
+                    config.max_backoff.min(config.locked_recheck)
+                }
+                _ => config.max_backoff,
+            };
+            (previous * 2).min(longest)
         };
         if let ProviderAnswer::Unreachable(e) = &answer {
             // Said once per provider, not once per key (there may be tens of thousands).
@@ -1100,6 +1198,7 @@ impl Engine {
                 last_attempt: Some(Instant::now()),
                 backoff,
                 woken: false,
+                rechecked: false,
             },
         );
         st.wake_key(key);

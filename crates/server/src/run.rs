@@ -50,6 +50,10 @@ pub struct ServerConfig {
     /// Seconds a token from `tresor login` stays valid.
     #[serde(default = "default_token_ttl")]
     pub token_ttl_secs: i64,
+    /// Seconds after which the keys of a locked VM are asked for again, so that the cause of
+    /// the lock follows the provider (a deactivated or reactivated key).
+    #[serde(default = "default_locked_recheck")]
+    pub locked_recheck_secs: u64,
 }
 
 fn default_api() -> String {
@@ -69,6 +73,9 @@ fn default_warn_days() -> i64 {
 }
 fn default_token_ttl() -> i64 {
     12 * 3600
+}
+fn default_locked_recheck() -> u64 {
+    15
 }
 
 impl ServerConfig {
@@ -159,7 +166,9 @@ pub fn init(
          # How often every key provider's endpoints are probed, in seconds.\n# provider_probe_secs = 60\n\n\
          # Certificates of a provider (its CA and server certificate, and the server's client\n\
          # certificate) expiring within this many days raise an alarm.\n# certificate_warning_days = 30\n\n\
-         # Seconds a token from `tresor login` stays valid (12 hours).\n# token_ttl_secs = 43200\n"
+         # Seconds a token from `tresor login` stays valid (12 hours).\n# token_ttl_secs = 43200\n\n\
+         # Seconds after which a locked VM's keys are asked for again, so that the cause of the\n\
+         # lock follows the provider.\n# locked_recheck_secs = 15\n"
     );
     std::fs::write(dir.join("server.toml"), config).map_err(setup("Cannot write server.toml"))?;
     Ok(Initialised {
@@ -218,6 +227,7 @@ pub async fn serve(
         broker.clone(),
         EngineConfig {
             tick: std::time::Duration::from_millis(config.engine_tick_ms.max(50)),
+            locked_recheck: std::time::Duration::from_secs(config.locked_recheck_secs.max(1)),
             ..EngineConfig::default()
         },
         Some(store.clone()),

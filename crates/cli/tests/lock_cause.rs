@@ -1,0 +1,173 @@
+//! The cause of a lock follows the provider, with real processes, under both unlock policies:
+//! decided from what the provider says when the VM locks (not from an earlier answer), and
+//! changed, with an event each time, when the provider goes, comes back with the key, or comes
+//! back without it.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::{wait_for, Dev, Proc, TRESOR};
+
+/// Starts the key server again (after `stop_kms`).
+fn start_kms(dev: &Dev) -> Proc {
+    let p = Proc(
+        Command::new(TRESOR)
+            .args(["kms", "serve", "--config", &dev.kms_config()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    p
+}
+
+fn stop_kms(dev: &Dev) {
+    common::stop(&dev.kms_pid());
+}
+
+fn wait_cause(dev: &Dev, cause: &str) {
+    wait_for(&format!("web01's cause becomes {cause}"), || {
+        let v = dev.vm("web01");
+        v["cryptoState"] == "locked" && v["lockReason"] == cause
+    });
+}
+
+/// The lock events of web01, oldest first.
+fn lock_events(dev: &Dev) -> Vec<String> {
+    let v: serde_json::Value =
+        serde_json::from_str(&dev.ok(&["event", "list", "--vm", "web01", "-o", "json"])).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .filter(|t| t.starts_with("vm.locked") || *t == "vm.unlocked")
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn under_the_manual_policy_the_cause_follows_the_provider() {
+    let dev = Dev::start(1);
+    dev.ok(&["settings", "set", "unlock.policy", "manual"]);
+    dev.ok(&[
+        "vm",
+        "create",
+        "web01",
+        "--host",
+        "host-1",
+        "--disk",
+        "4M",
+        "--encrypt",
+    ]);
+    let key = dev
+        .ok(&["vm", "get", "web01", "config.keyId.keyId"])
+        .trim()
+        .to_owned();
+
+    // The provider is gone when the host restarts.
+    stop_kms(&dev);
+    dev.ok(&["host", "reboot", "host-1"]);
+    wait_cause(&dev, "kmsClusterError");
+    // It comes back with the key: missing only on the host, an operator unlocks.
+    let kms = start_kms(&dev);
+    wait_cause(&dev, "keyMissingOnHost");
+    dev.ok(&["vm", "unlock", "web01"]);
+    wait_for("web01 is unlocked", || {
+        dev.vm("web01")["cryptoState"] == "unlocked"
+    });
+
+    // The steps of the report: the provider goes again, then the host restarts. The server
+    // asked the provider long ago; the cause comes from what it says now.
+    drop(kms);
+    stop_kms_if_running(&dev);
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    dev.ok(&["host", "reboot", "host-1"]);
+    wait_cause(&dev, "kmsClusterError");
+    let d: serde_json::Value =
+        serde_json::from_str(&dev.ok(&["vm", "diagnose", "web01", "-o", "json"])).unwrap();
+    assert_eq!(d["case"], 1, "{d}");
+    assert!(!d["evidence"].to_string().contains("is active"), "{d}");
+
+    // Back without the key (deactivated meanwhile): keys missing on the provider.
+    dev.kms_admin(&["key", "deactivate", &key]);
+    let kms = start_kms(&dev);
+    wait_cause(&dev, "keyMissingOnKms");
+    // Reactivated while locked: missing only on the host again (asked again by itself).
+    dev.kms_admin(&["key", "activate", &key]);
+    wait_cause(&dev, "keyMissingOnHost");
+    // The provider goes while the VM is locked: the cause follows at once, not at the next
+    // operator's click.
+    drop(kms);
+    stop_kms_if_running(&dev);
+    wait_cause(&dev, "kmsClusterError");
+    let alarms = dev.ok(&["alarm", "list", "-o", "json"]);
+    assert!(alarms.contains("kmsClusterError"), "{alarms}");
+    // Each change was an event.
+    let events = lock_events(&dev);
+    let want = [
+        "vm.locked.kmsClusterError",
+        "vm.locked.keyMissingOnHost",
+        "vm.unlocked",
+        "vm.locked.kmsClusterError",
+        "vm.locked.keyMissingOnKms",
+        "vm.locked.keyMissingOnHost",
+        "vm.locked.kmsClusterError",
+    ];
+    assert_eq!(events, want, "{events:?}");
+}
+
+/// Stops the key server if one runs (a `Proc` dropped has stopped its own already).
+fn stop_kms_if_running(dev: &Dev) {
+    let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+    if String::from_utf8_lossy(&ps.stdout)
+        .lines()
+        .any(|l| l.contains("kms serve") && l.contains(&dev.kms_config()))
+    {
+        stop_kms(dev);
+    }
+}
+
+#[test]
+fn under_the_automatic_policy_the_cause_follows_the_provider_and_its_return_unlocks() {
+    let dev = Dev::start(1);
+    dev.ok(&[
+        "vm",
+        "create",
+        "web01",
+        "--host",
+        "host-1",
+        "--disk",
+        "4M",
+        "--encrypt",
+    ]);
+    let key = dev
+        .ok(&["vm", "get", "web01", "config.keyId.keyId"])
+        .trim()
+        .to_owned();
+    // Asked long ago; the provider goes; the host restarts.
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    stop_kms(&dev);
+    dev.ok(&["host", "reboot", "host-1"]);
+    wait_cause(&dev, "kmsClusterError");
+    // Back without the key.
+    dev.kms_admin(&["key", "deactivate", &key]);
+    let kms = start_kms(&dev);
+    wait_cause(&dev, "keyMissingOnKms");
+    // Reactivated: unlocked by itself.
+    dev.kms_admin(&["key", "activate", &key]);
+    let _kms = kms;
+    wait_for("web01 is unlocked", || {
+        dev.vm("web01")["cryptoState"] == "unlocked"
+    });
+    let events = lock_events(&dev);
+    assert_eq!(
+        events,
+        [
+            "vm.locked.kmsClusterError",
+            "vm.locked.keyMissingOnKms",
+            "vm.unlocked"
+        ],
+        "{events:?}"
+    );
+}
