@@ -145,6 +145,8 @@ async fn proxy(port: u16, target: u16, open: Arc<AtomicBool>) {
 /// One simulated host: its VMs (as data) and the keys it holds.
 struct SimHost {
     name: String,
+    /// The loopback address it connects from.
+    source: std::net::SocketAddr,
     vms: Vec<(String, KeyRef)>,
     held: Mutex<HashSet<KeyRef>>,
     boot: AtomicU64,
@@ -193,7 +195,13 @@ async fn host_session(
     loop {
         let boot = host.boot.load(Ordering::SeqCst);
         let result: std::io::Result<()> = async {
-            let tcp = tokio::net::TcpStream::connect(&server).await?;
+            // Each host from an address of its own, as real hosts are (the server bounds the
+            // connections one address may have in their handshake).
+            let server_addr: std::net::SocketAddr =
+                server.parse().map_err(std::io::Error::other)?;
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(host.source)?;
+            let tcp = socket.connect(server_addr).await?;
             let _ = tcp.set_nodelay(true);
             let name =
                 tresor_tls::ServerName::try_from("localhost").map_err(std::io::Error::other)?;
@@ -450,11 +458,44 @@ async fn main() {
         ],
     );
     let token = init.lines().last().expect("token").trim().to_owned();
-    // The VMs were registered by operators before the storm: the registry holds each one, on
-    // its host, with its key (the server pushes keys only for registered VMs).
+    // The simulated hosts' certificates, from the server's CA, as enrolment would give them.
+    let server_ca = CertificateAuthority::from_pem(
+        &std::fs::read_to_string(server_dir.join("ca.pem")).expect("ca"),
+        &std::fs::read_to_string(server_dir.join("ca.key")).expect("ca key"),
+    )
+    .expect("server ca");
+    let issued: Vec<_> = (0..args.hosts)
+        .map(|h| {
+            server_ca
+                .issue(CertKind::Client, &format!("host-{h}"), &[], 2)
+                .expect("cert")
+        })
+        .collect();
+    // The hosts were enrolled and the VMs registered by operators before the storm: the server
+    // knows each host's certificate, and the registry holds each VM, on its host, with its key
+    // (the server takes only enrolled certificates and pushes keys only for registered VMs).
     {
         let store = tresor_server::store::Store::open(&server_dir.join("server.sqlite"))
             .expect("server database");
+        for (h, cert) in issued.iter().enumerate() {
+            let name = format!("host-{h}");
+            store
+                .put_host(&tresor_server::store::HostRecord {
+                    name: name.clone(),
+                    boot_id: String::new(),
+                    crypto_state: "safe".into(),
+                    connected: false,
+                    last_seen: 0,
+                    host_key_provider: None,
+                    host_key_id: None,
+                })
+                .expect("host");
+            let der = tresor_tls::parse_certs(cert.cert_pem.as_bytes(), "c").expect("c");
+            let sha256 = tresor_tls::certificate_info(&der[0]).expect("info").sha256;
+            store
+                .set_host_cert(&name, &sha256)
+                .expect("host certificate");
+        }
         let regs: Vec<tresor_core::registry::Registration> = (0..total)
             .map(|i| tresor_core::registry::Registration {
                 id: format!("id-vm-{i}"),
@@ -498,18 +539,10 @@ async fn main() {
     );
 
     // The simulated hosts, each with its client certificate from the server's CA.
-    let server_ca = CertificateAuthority::from_pem(
-        &std::fs::read_to_string(server_dir.join("ca.pem")).expect("ca"),
-        &std::fs::read_to_string(server_dir.join("ca.key")).expect("ca key"),
-    )
-    .expect("server ca");
     let roots = tresor_tls::parse_certs(server_ca.cert_pem().as_bytes(), "ca").expect("roots");
     let mut hosts = Vec::new();
-    for h in 0..args.hosts {
+    for (h, issued) in issued.iter().enumerate() {
         let name = format!("host-{h}");
-        let issued = server_ca
-            .issue(CertKind::Client, &name, &[], 2)
-            .expect("cert");
         let tls = tresor_tls::client_config(
             &roots,
             tresor_tls::parse_certs(issued.cert_pem.as_bytes(), "c").expect("c"),
@@ -524,6 +557,7 @@ async fn main() {
             .collect();
         let held = vms.iter().map(|(_, k)| k.clone()).collect();
         let host = Arc::new(SimHost {
+            source: std::net::SocketAddr::from(([127, 1, (h / 250) as u8, (h % 250 + 1) as u8], 0)),
             name,
             vms,
             held: Mutex::new(held),

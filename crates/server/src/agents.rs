@@ -101,8 +101,8 @@ impl Drop for SessionGuard {
 /// How many connections may be in their TLS handshake or enrolling at once, in total and from
 /// one address; more are closed at once. Hosts with a certificate are not counted once the
 /// handshake is done.
-const MAX_UNAUTHENTICATED: usize = 128;
-const MAX_UNAUTHENTICATED_PER_ADDRESS: usize = 16;
+const MAX_UNAUTHENTICATED: usize = 512;
+const MAX_UNAUTHENTICATED_PER_ADDRESS: usize = 64;
 /// Time for a TLS handshake, and for the first message after it.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
