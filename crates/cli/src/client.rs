@@ -587,15 +587,40 @@ fn unlock(
         })
         .unwrap_or_default();
     let json = c.is_json();
+    // Unlocks that failed at once (the provider cannot give the keys now): said, and the
+    // command fails after following the others.
+    let failed: Vec<String> = v["failed"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| f["message"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    if failed.len() > 1 && !json {
+        for f in &failed {
+            eprintln!("{f}");
+        }
+    }
+    let failure = |ok: Result<(), CliError>| -> Result<(), CliError> {
+        ok?;
+        match failed.len() {
+            0 => Ok(()),
+            1 => Err(CliError::msg(failed[0].clone())),
+            n => Err(CliError::msg(format!(
+                "{n} VMs could not be unlocked (each said above); `tresor vm diagnose --all` shows the way forward"
+            ))),
+        }
+    };
     if no_wait || requested.is_empty() {
         if json {
             c.print(&v, |_| String::new());
-        } else if requested.is_empty() {
+        } else if requested.is_empty() && failed.is_empty() {
             println!("No locked VM matched; nothing to unlock");
-        } else {
+        } else if !requested.is_empty() {
             println!("unlock requested: {}", requested.join(", "));
         }
-        return Ok(());
+        return failure(Ok(()));
     }
     let total = requested.len();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
@@ -636,7 +661,7 @@ fn unlock(
         if !json {
             println!("{total} of {total} unlocked");
         }
-        return Ok(());
+        return failure(Ok(()));
     }
     let list: Vec<String> = pending
         .iter()

@@ -106,6 +106,14 @@ fn an_operator_unlocks_a_vm_from_the_browser() {
     );
     shot(&browser, "vm-locked");
 
+    // Unlock while the provider is still away: a visible error, announced, and nothing pending.
+    browser.click("#unlock");
+    browser.wait_text("#op-result", |t| t.contains("Cannot unlock VM"));
+    assert_eq!(
+        browser.attribute("#op-result", "role").unwrap_or_default(),
+        "alert"
+    );
+
     // The provider returns; the operator presses Unlock and sees the VM unlocked without a reload.
     let _kms = Proc(
         Command::new(TRESOR)

@@ -69,9 +69,28 @@ fn under_the_manual_policy_the_cause_follows_the_provider() {
     stop_kms(&dev);
     dev.ok(&["host", "reboot", "host-1"]);
     wait_cause(&dev, "kmsClusterError");
-    // It comes back with the key: missing only on the host, an operator unlocks.
+    // An unlock now fails at once, says why, is audited as failed, and is over.
+    let (ok, _, err) = dev.cli(&["vm", "unlock", "web01"]);
+    assert!(!ok, "an unlock without the provider succeeded");
+    assert!(
+        err.contains("Cannot unlock VM web01") && err.contains("cannot be reached"),
+        "{err}"
+    );
+    let failed = dev.ok(&[
+        "event",
+        "list",
+        "--type",
+        "crypto.operation.failed",
+        "-o",
+        "json",
+    ]);
+    assert!(failed.contains("could not perform unlock"), "{failed}");
+    // It comes back with the key: missing only on the host; nothing unlocks by itself.
     let kms = start_kms(&dev);
     wait_cause(&dev, "keyMissingOnHost");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(dev.vm("web01")["lockReason"], "keyMissingOnHost");
+    // An operator unlocks.
     dev.ok(&["vm", "unlock", "web01"]);
     wait_for("web01 is unlocked", || {
         dev.vm("web01")["cryptoState"] == "unlocked"

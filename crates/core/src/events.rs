@@ -89,6 +89,9 @@ catalogue! {
     HOST_REMOVED = "host.removed", Warning,
         "Host {host} was removed by {user}; its certificate is refused from now on.",
         "Host {host} wurde von {user} entfernt; sein Zertifikat wird ab jetzt abgewiesen.";
+    CRYPTO_OPERATION_FAILED = "crypto.operation.failed", Warning,
+        "{user} could not perform {operation} with key {key}: {error}",
+        "{user} konnte {operation} mit Schlüssel {key} nicht ausführen: {error}";
     CRYPTO_OPERATION = "crypto.operation", Info,
         "{user} performed {operation} with key {key}.",
         "{user} hat {operation} mit Schlüssel {key} ausgeführt.";

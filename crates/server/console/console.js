@@ -87,6 +87,8 @@ const state = {
   refreshTimer: null,
   progress: "",
   registerResult: "",
+  // The last action's failure on each VM's page, by VM.
+  opResult: {},
 };
 
 function t(key, args) {
@@ -250,7 +252,7 @@ async function renderVms() {
       ${button(t("unlockAll"), "Cryptographer.RegisterVM", 'id="unlock-all"')}
       <select id="unlock-host-pick">${hostOptions}</select>${button(t("unlockHost"), "Cryptographer.RegisterVM", 'id="unlock-host"')}
       ${providerOptions ? `<select id="unlock-provider-pick">${providerOptions}</select>${button(t("unlockProvider"), "Cryptographer.RegisterVM", 'id="unlock-provider"')}` : ""}
-      <span class="progress" id="progress">${esc(state.progress)}</span>
+      <span class="progress" id="progress" role="status" aria-live="polite">${esc(state.progress)}</span>
     </div>
     <div class="toolbar">
       <select id="register-host">${hostOptions}</select>
@@ -367,7 +369,7 @@ async function renderVm(name) {
       <td>${d.keyAvailable === false ? badge("missing", "bad") : badge("yes", "ok")}</td></tr>`).join("");
   const body = `<h1>${esc(vm.name)} <span id="vm-state">${cryptoBadge(vm)}</span></h1>
     ${banner}
-    <div class="toolbar">${actions}<span class="progress" id="op-result"></span></div>
+    <div class="toolbar">${actions}<span class="progress" id="op-result" role="alert" aria-live="assertive">${esc(state.opResult[name] || "")}</span></div>
     <div class="grid2"><div class="panel"><dl class="facts">
       <dt>${t("host")}</dt><dd>${esc(vm.host)}</dd>
       <dt>${t("power")}</dt><dd>${badge(vm.powerState === "poweredOn" ? "on" : "off")}</dd>
@@ -387,8 +389,14 @@ async function renderVm(name) {
     const unlock = document.getElementById("unlock");
     if (unlock) unlock.onclick = async () => {
       unlock.disabled = true;
+      state.opResult[name] = "";
       try { await api("POST", `/api/v1/vms/${encodeURIComponent(name)}/unlock`); } catch (e) {
+        // Failed and over: said where the operator looks (and to screen readers), and the
+        // button is there again for the next try.
+        // Kept across the page's live refreshes until the next action.
+        state.opResult[name] = e.message;
         document.getElementById("op-result").textContent = e.message;
+        unlock.disabled = false;
       }
     };
     for (const b of document.querySelectorAll("button[data-op]")) {
@@ -398,12 +406,14 @@ async function renderVm(name) {
           !confirm(t("confirm", { op: b.dataset.label, vm: name }))) return;
         const out = document.getElementById("op-result");
         out.textContent = "…";
+        state.opResult[name] = "";
         try {
           await api("POST", `/api/v1/vms/${encodeURIComponent(name)}/${opName}`, opName === "rekey" ? { deep: false } : undefined);
           out.textContent = "✓ " + b.dataset.label;
           if (opName === "unregister") { location.hash = "#/vms"; return; }
           refresh();
         } catch (e) {
+          state.opResult[name] = e.message;
           out.textContent = e.message;
         }
       };

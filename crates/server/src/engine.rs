@@ -419,6 +419,29 @@ impl Engine {
         }
     }
 
+    /// The keys a VM's host lacks, as it last reported.
+    pub fn missing_keys(&self, name: &str) -> Vec<KeyRef> {
+        self.state()
+            .vms
+            .get(name)
+            .map(|v| {
+                v.report
+                    .keys
+                    .iter()
+                    .filter(|k| !k.on_host)
+                    .map(|k| k.key.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Takes a provider's answer the API got for a key (and its material, for the push that
+    /// follows), as if the engine had asked.
+    pub fn take_answer(&self, key: &KeyRef, answer: ProviderAnswer, material: Option<SecretBytes>) {
+        let config = self.config();
+        self.book(key, answer, material, &config);
+    }
+
     /// Every event so far, oldest first.
     pub fn events(&self) -> Vec<EventRecord> {
         self.state().events.clone()

@@ -594,9 +594,149 @@ async fn unlock_vm(
         &format!("Unlocking VM {name}"),
     )?;
     let record = s.store.vm(&name)?.ok_or_else(|| no_vm(&name))?;
-    s.engine.request_unlock(&name, &user);
-    audit_unlock(&s, &user, &record)?;
-    Ok(Json(json!({"vm": name, "unlock": "requested"})))
+    let (requested, failed) = request_unlocks(&s, &user, vec![record]).await?;
+    if let Some(f) = failed.into_iter().next() {
+        return Err(f.error);
+    }
+    Ok(Json(
+        json!({"vm": name, "unlock": if requested.is_empty() { "nothing to do" } else { "requested" }}),
+    ))
+}
+
+/// An unlock that cannot be done now, and why.
+struct UnlockFailure {
+    vm: String,
+    key: tresor_core::ids::KeyRef,
+    error: ApiError,
+}
+
+/// Asks the providers now for the keys the VMs' hosts lack. The VMs whose keys are all there are
+/// unlocked (the engine pushes them, the material already at hand); for the others the unlock
+/// fails at once, with the provider's answer, and is over (nothing stays pending to happen later
+/// by itself). Each outcome is audited.
+async fn request_unlocks(
+    s: &AppState,
+    user: &str,
+    vms: Vec<VmRecord>,
+) -> Result<(Vec<String>, Vec<UnlockFailure>), ApiError> {
+    use tresor_core::vm::ProviderAnswer;
+    let mut missing: std::collections::BTreeMap<String, Vec<tresor_core::ids::KeyRef>> =
+        Default::default();
+    let mut wanted: std::collections::BTreeSet<tresor_core::ids::KeyRef> = Default::default();
+    for vm in &vms {
+        let keys = s.engine.missing_keys(&vm.name);
+        wanted.extend(keys.iter().cloned());
+        missing.insert(vm.name.clone(), keys);
+    }
+    // Many keys of one provider per request.
+    let mut by_provider: std::collections::BTreeMap<String, Vec<tresor_core::ids::KeyRef>> =
+        Default::default();
+    for k in wanted {
+        by_provider
+            .entry(k.provider().to_owned())
+            .or_default()
+            .push(k);
+    }
+    let mut answers: std::collections::HashMap<tresor_core::ids::KeyRef, ProviderAnswer> =
+        Default::default();
+    let mut materials: std::collections::HashMap<
+        tresor_core::ids::KeyRef,
+        tresor_core::protocol::SecretBytes,
+    > = Default::default();
+    for (provider, keys) in by_provider {
+        for chunk in keys.chunks(32) {
+            let got = s.broker.fetch_many(&provider, chunk).await;
+            for (key, (answer, material)) in chunk.iter().zip(got) {
+                answers.insert(key.clone(), answer);
+                if let Some(m) = material {
+                    materials.insert(key.clone(), m);
+                }
+            }
+        }
+    }
+    let mut requested = Vec::new();
+    let mut failed = Vec::new();
+    for vm in vms {
+        let keys = missing.remove(&vm.name).unwrap_or_default();
+        let bad = keys.iter().find_map(|k| match answers.get(k) {
+            Some(ProviderAnswer::Active) | None => None,
+            Some(a) => Some((k.clone(), a.clone())),
+        });
+        match bad {
+            None => {
+                if !keys.is_empty() {
+                    // The engine pushes with the material at hand.
+                    for k in &keys {
+                        let material = materials.remove(k);
+                        if material.is_some() {
+                            s.engine.take_answer(k, ProviderAnswer::Active, material);
+                        }
+                    }
+                    s.engine.request_unlock(&vm.name, user);
+                    requested.push(vm.name.clone());
+                    audit_unlock(s, user, &vm)?;
+                }
+            }
+            Some((key, answer)) => {
+                let (status, code, why) = match &answer {
+                    ProviderAnswer::Unreachable(e) => (
+                        StatusCode::BAD_GATEWAY,
+                        "providerUnreachable",
+                        format!("key provider {} cannot be reached ({e})", key.provider()),
+                    ),
+                    ProviderAnswer::PermissionDenied(e) => (
+                        StatusCode::BAD_GATEWAY,
+                        "providerRefused",
+                        format!("key provider {} refuses the server ({e})", key.provider()),
+                    ),
+                    ProviderAnswer::NotFound => (
+                        StatusCode::CONFLICT,
+                        "keyMissingOnKms",
+                        format!("key {key} is not on the provider"),
+                    ),
+                    ProviderAnswer::NotActive(state) => (
+                        StatusCode::CONFLICT,
+                        "keyMissingOnKms",
+                        format!("key {key} is {state} on the provider; its administrator reactivates it"),
+                    ),
+                    _ => (StatusCode::BAD_GATEWAY, "providerError", format!("{answer:?}")),
+                };
+                s.store.add_event(&crate::store::EventRow {
+                    id: 0,
+                    time: crate::enrol::now(),
+                    event_type: tresor_core::events::CRYPTO_OPERATION_FAILED.id.into(),
+                    severity: "warning".into(),
+                    vm: Some(vm.name.clone()),
+                    host: None,
+                    provider: Some(key.provider().into()),
+                    user: Some(user.into()),
+                    args: vec![
+                        ("user".into(), user.into()),
+                        ("operation".into(), "unlock".into()),
+                        ("key".into(), key.key_id.clone()),
+                        ("error".into(), why.clone()),
+                    ],
+                })?;
+                s.engine.take_answer(&key, answer.clone(), None);
+                let error = ApiError::new(
+                    status,
+                    code,
+                    format!(
+                        "Cannot unlock VM {}: {why}. Nothing was changed; run `tresor vm diagnose {}` for the way forward",
+                        vm.name, vm.name
+                    ),
+                );
+                failed.push(UnlockFailure {
+                    vm: vm.name.clone(),
+                    key,
+                    error,
+                });
+            }
+        }
+    }
+    // Material no requested VM needs is dropped (and wiped) here.
+    drop(materials);
+    Ok((requested, failed))
 }
 
 /// The audit record of an unlock a person asked for (the VM's key names it).
@@ -693,13 +833,14 @@ async fn unlock_many(
             .filter(|v| req.provider.as_ref().is_none_or(|p| uses_provider(v, p)))
             .collect()
     };
-    let mut requested = Vec::new();
-    for vm in vms {
-        s.engine.request_unlock(&vm.name, &user);
-        audit_unlock(&s, &user, &vm)?;
-        requested.push(vm.name);
-    }
-    Ok(Json(json!({"requested": requested})))
+    let (requested, failed) = request_unlocks(&s, &user, vms).await?;
+    let failed: Vec<Value> = failed
+        .into_iter()
+        .map(|f| {
+            json!({"vm": f.vm, "keyId": f.key, "code": f.error.code, "message": f.error.message})
+        })
+        .collect();
+    Ok(Json(json!({"requested": requested, "failed": failed})))
 }
 
 async fn host_token(
