@@ -97,13 +97,27 @@ fn an_operator_unlocks_a_vm_from_the_browser() {
     assert_eq!(browser.text("#key-id"), key);
     assert!(browser.text("#diagnosis-summary").len() > 10);
     assert!(browser.text("#next-steps").contains("unlock"));
-    let why = browser
-        .attribute("#power-on-locked", "title")
-        .unwrap_or_default();
+    // Power on is disabled, and why is written on the page; only what a locked VM allows is
+    // offered.
+    let why = browser.text("#power-on-why");
     assert!(
         why.contains("locked"),
         "power-on is disabled while locked: {why}"
     );
+    assert_eq!(
+        browser
+            .attribute("#power-on-locked", "aria-describedby")
+            .unwrap_or_default(),
+        "power-on-why"
+    );
+    for op in ["decrypt", "rekey", "encrypt", "power-off"] {
+        assert!(
+            browser.find(&format!("button[data-op=\"{op}\"]")).is_none(),
+            "{op} is offered on a locked, powered-off VM"
+        );
+    }
+    assert!(browser.find("button[data-op=\"unregister\"]").is_some());
+    assert!(browser.find("button[data-op=\"reload\"]").is_some());
     shot(&browser, "vm-locked");
 
     // Unlock while the provider is still away: a visible error, announced, and nothing pending.

@@ -355,15 +355,18 @@ async function renderVm(name) {
   const op = (label, privilege, opName) =>
     button(label, privilege, `data-op="${opName}" data-label="${esc(label)}"`);
   const locked = vm.cryptoState === "locked";
+  const on = vm.powerState === "poweredOn";
+  // Only what can be done now: a locked VM allows unregister and reload (and unlock, above);
+  // power on only when off and unlocked, power off only when on.
   const actions = [
-    locked ? `<button class="action" disabled title="${esc(t("lockedNoPowerOn"))}" id="power-on-locked">${esc(t("powerOn"))}</button>`
-      : op(t("powerOn"), "VirtualMachine.PowerOn", "power-on"),
-    op(t("powerOff"), "VirtualMachine.PowerOff", "power-off"),
+    locked ? `<button class="action" disabled id="power-on-locked" aria-describedby="power-on-why">${esc(t("powerOn"))}</button>`
+      : on ? "" : op(t("powerOn"), "VirtualMachine.PowerOn", "power-on"),
+    on ? op(t("powerOff"), "VirtualMachine.PowerOff", "power-off") : "",
     op(t("unregister"), "VirtualMachine.Unregister", "unregister"),
     op(t("reload"), "VirtualMachine.Config", "reload"),
-    vm.cryptoState === "unencrypted" ? op(t("encrypt"), "Cryptographer.Encrypt", "encrypt")
+    locked ? "" : vm.cryptoState === "unencrypted" ? op(t("encrypt"), "Cryptographer.Encrypt", "encrypt")
       : op(t("decrypt"), "Cryptographer.Decrypt", "decrypt") + op(t("rekey"), "Cryptographer.Recrypt", "rekey"),
-  ].join("");
+  ].join("") + (locked ? `<p class="why" id="power-on-why">${esc(t("lockedNoPowerOn"))}</p>` : "");
   const disks = (vm.disks || []).map((d) => `<tr><td class="mono">${esc(d.path)}</td>
       <td class="mono">${esc(d.keyId ? d.keyId.keyId : "")}</td>
       <td>${d.keyAvailable === false ? badge("missing", "bad") : badge("yes", "ok")}</td></tr>`).join("");
