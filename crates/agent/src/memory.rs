@@ -168,6 +168,50 @@ impl Drop for Secret {
     }
 }
 
+/// An allocator that wipes every block it frees, so that what a library held and let go (TLS
+/// records that carried keys, AES key schedules, parsed messages) does not stay in the heap. The
+/// `tresor` binary's allocator wraps its real one with it: the server, the key server and the
+/// agent all pass keys through code that does not wipe its buffers.
+#[derive(Debug, Default)]
+pub struct Wiping<A>(pub A);
+
+// SAFETY: every method forwards to the inner allocator with the caller's pointer and layout
+// unchanged; `dealloc` first writes zeros over the block's `layout.size()` bytes, which the
+// caller guarantees belong to it. `realloc` is the trait's default (allocate, copy, `dealloc`),
+// so that a block that moves is wiped too.
+unsafe impl<A: std::alloc::GlobalAlloc> std::alloc::GlobalAlloc for Wiping<A> {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: forwarded as given.
+        unsafe { self.0.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: forwarded as given.
+        unsafe { self.0.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: the block is `layout.size()` bytes at `ptr`, still owned by the caller. The
+        // inner allocator's `dealloc` is opaque to the compiler (mimalloc's is a C function), and
+        // the fence keeps the wipe before it, so the zeros are written.
+        unsafe {
+            std::ptr::write_bytes(ptr, 0, layout.size());
+            std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
+            self.0.dealloc(ptr, layout)
+        }
+    }
+}
+
+/// Overwrites the part of this thread's stack below the caller with zeros: the frames of the
+/// work just done there (AES key schedules, unwrapped data keys, secrets on their way to QEMU)
+/// are gone. Called after each piece of work that used keys.
+#[inline(never)]
+pub fn scrub_stack() {
+    let mut scratch = [0u8; 256 * 1024];
+    // Written and read through an opaque reference, so that it is not optimised away.
+    std::hint::black_box(&mut scratch);
+}
+
 /// Makes the process unable to dump core or be read through ptrace by others of its user.
 pub fn harden_process() -> Result<(), std::io::Error> {
     // SAFETY: plain system calls with constant arguments.

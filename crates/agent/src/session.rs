@@ -156,10 +156,14 @@ async fn report<W: AsyncWriteExt + Unpin>(
 ) -> std::io::Result<()> {
     let h = host.clone();
     let (notices, vms, keys_held) = tokio::task::spawn_blocking(move || {
-        let mut h = lock(&h);
-        // An operation the agent was killed in is finished once the VM's key is here again.
-        let notices = h.resume();
-        (notices, h.inventory(), h.keys_held())
+        let out = {
+            let mut h = lock(&h);
+            // An operation the agent was killed in is finished once the VM's key is here again.
+            let notices = h.resume();
+            (notices, h.inventory(), h.keys_held())
+        };
+        crate::memory::scrub_stack();
+        out
     })
     .await
     .map_err(std::io::Error::other)?;
@@ -219,7 +223,11 @@ async fn session(config: &SessionConfig, host: &Arc<Mutex<Host>>) -> std::io::Re
                         ServerMessage::HeartbeatAck { .. } => unanswered = 0,
                         ServerMessage::Request { id, body } => {
                             let h = host.clone();
-                            let reply = tokio::task::spawn_blocking(move || lock(&h).handle(body)).await.map_err(std::io::Error::other)?;
+                            let reply = tokio::task::spawn_blocking(move || {
+                                let reply = lock(&h).handle(body);
+                                crate::memory::scrub_stack();
+                                reply
+                            }).await.map_err(std::io::Error::other)?;
                             send(&mut writer, &AgentMessage::Reply { id, reply }).await?;
                             report(&mut writer, host).await?;
                         }
