@@ -145,9 +145,30 @@ pub async fn run(
     let host = Arc::new(Mutex::new(host));
     session::run(session, host.clone(), shutdown).await;
     // An agent that stops (an upgrade, a restart) leaves its VMs running: `tresor host reboot`
-    // is the way to stop them.
-    host.lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .detach_running();
+    // is the way to stop them. Work under way holds the host; the agent does not wait for it
+    // (disk operations are journaled: the next agent finishes or rolls them back), and its VMs
+    // run on anyway (QEMU has a process group of its own and is not killed by the agent's end).
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        match host.try_lock() {
+            Ok(mut h) => {
+                h.detach_running();
+                break;
+            }
+            Err(std::sync::TryLockError::Poisoned(p)) => {
+                p.into_inner().detach_running();
+                break;
+            }
+            Err(std::sync::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(std::sync::TryLockError::WouldBlock) => {
+                tracing::warn!(
+                    "stopping while host work is under way; the next start finishes or undoes it"
+                );
+                break;
+            }
+        }
+    }
     Ok(())
 }

@@ -208,8 +208,36 @@ async fn session(config: &SessionConfig, host: &Arc<Mutex<Host>>) -> std::io::Re
     heartbeat.tick().await;
     let mut seq = 0u64;
     let mut unanswered = 0u32;
+    // The server's requests run one at a time, in order, on a blocking thread; the session goes
+    // on meanwhile (heartbeats, new requests queued), so that long host work never silences it.
+    let mut queue: std::collections::VecDeque<(u64, protocol::Command)> = Default::default();
+    let mut running: Option<(u64, tokio::task::JoinHandle<protocol::Reply>)> = None;
     loop {
+        if running.is_none() {
+            if let Some((id, body)) = queue.pop_front() {
+                let h = host.clone();
+                running = Some((
+                    id,
+                    tokio::task::spawn_blocking(move || {
+                        let reply = lock(&h).handle(body);
+                        crate::memory::scrub_stack();
+                        reply
+                    }),
+                ));
+            }
+        }
         tokio::select! {
+            reply = async {
+                match running.as_mut() {
+                    Some((_, task)) => task.await,
+                    None => std::future::pending().await,
+                }
+            }, if running.is_some() => {
+                let id = running.take().map(|(id, _)| id).unwrap_or_default();
+                let reply = reply.map_err(std::io::Error::other)?;
+                send(&mut writer, &AgentMessage::Reply { id, reply }).await?;
+                report(&mut writer, host).await?;
+            }
             n = reader.read(&mut buf) => {
                 let n = n?;
                 if n == 0 {
@@ -221,16 +249,7 @@ async fn session(config: &SessionConfig, host: &Arc<Mutex<Host>>) -> std::io::Re
                     match message {
                         ServerMessage::Welcome { .. } | ServerMessage::Joined { .. } | ServerMessage::JoinRefused { .. } => {}
                         ServerMessage::HeartbeatAck { .. } => unanswered = 0,
-                        ServerMessage::Request { id, body } => {
-                            let h = host.clone();
-                            let reply = tokio::task::spawn_blocking(move || {
-                                let reply = lock(&h).handle(body);
-                                crate::memory::scrub_stack();
-                                reply
-                            }).await.map_err(std::io::Error::other)?;
-                            send(&mut writer, &AgentMessage::Reply { id, reply }).await?;
-                            report(&mut writer, host).await?;
-                        }
+                        ServerMessage::Request { id, body } => queue.push_back((id, body)),
                     }
                 }
             }
@@ -241,8 +260,11 @@ async fn session(config: &SessionConfig, host: &Arc<Mutex<Host>>) -> std::io::Re
                 seq += 1;
                 unanswered += 1;
                 send(&mut writer, &AgentMessage::Heartbeat { seq }).await?;
-                // A VM that died shows in the next inventory.
-                report(&mut writer, host).await?;
+                // A VM that died shows in the next inventory (after the work under way, which
+                // holds the host).
+                if running.is_none() {
+                    report(&mut writer, host).await?;
+                }
             }
         }
     }

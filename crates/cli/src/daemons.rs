@@ -165,12 +165,14 @@ pub fn run_agent(cmd: AgentCommand) -> Result<(), CliError> {
         None => {
             let config =
                 tresor_agent::run::AgentConfig::load(&cmd.config).map_err(CliError::msg)?;
-            runtime()?
-                .block_on(tresor_agent::run::run(
-                    config,
-                    crate::kms::shutdown_signal(),
-                ))
-                .map_err(CliError::msg)
+            let rt = runtime()?;
+            let result = rt.block_on(tresor_agent::run::run(
+                config,
+                crate::kms::shutdown_signal(),
+            ));
+            // Host work still under way on a blocking thread is not waited for: a stop is a stop.
+            rt.shutdown_timeout(std::time::Duration::from_secs(1));
+            result.map_err(CliError::msg)
         }
     }
 }

@@ -92,3 +92,60 @@ fn an_agent_restart_keeps_vms_running() {
         dev.vm("web01")["powerState"] == "poweredOff"
     });
 }
+
+/// Long host work does not hold the agent: while a disk is being encrypted, its session goes
+/// on (the host stays connected) and a stop (SIGINT) ends it within seconds; the next agent
+/// finishes or undoes the interrupted work from its journal.
+#[test]
+fn an_agent_stops_promptly_during_long_work_and_the_next_one_finishes_it() {
+    let dev = Dev::start(1);
+    dev.ok(&["vm", "create", "big", "--host", "host-1", "--disk", "4G"]);
+    let toml = dev.dir.path().join("host-1/agent.toml");
+    let encrypt = std::thread::scope(|s| {
+        let encrypt = s.spawn(|| dev.cli(&["vm", "encrypt", "big"]));
+        // The operation is under way when its journal or new image shows up.
+        let folder = std::path::PathBuf::from(dev.ok(&["vm", "get", "big", "path"]).trim());
+        wait_for("the encryption to start", || {
+            std::fs::read_dir(&folder)
+                .map(|d| d.count() > 2)
+                .unwrap_or(false)
+        });
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        // The session answers meanwhile.
+        let hosts = dev.ok(&["host", "list", "-o", "json"]);
+        assert!(hosts.contains("\"connected\": true"), "{hosts}");
+        let pid = pid_of(&["agent --config", &toml.display().to_string()]);
+        let asked = std::time::Instant::now();
+        std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap();
+        wait_for("the agent to stop", || !alive(&pid));
+        assert!(
+            asked.elapsed() < std::time::Duration::from_secs(10),
+            "the agent took {:?} to stop",
+            asked.elapsed()
+        );
+        encrypt.join().unwrap()
+    });
+    assert!(!encrypt.0, "the interrupted encrypt reported success");
+    // The next agent finishes or undoes it; the VM is one or the other, whole.
+    let _agent = Proc(
+        std::process::Command::new(TRESOR)
+            .args(["agent", "--config"])
+            .arg(&toml)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("the interrupted operation is settled", || {
+        let v = dev.vm("big");
+        v["connectionState"] == "connected"
+            && (v["cryptoState"] == "unencrypted" || v["cryptoState"] == "unlocked")
+            && !std::path::Path::new(v["path"].as_str().unwrap_or("/"))
+                .join("vm-operation.json")
+                .exists()
+    });
+    dev.ok(&["vm", "power-on", "big"]);
+}
