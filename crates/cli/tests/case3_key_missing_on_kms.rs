@@ -112,10 +112,12 @@ fn a_key_deactivated_on_the_provider_locks_and_its_reactivation_unlocks() {
         "{en}"
     );
 
-    // Unlocking before the key is back fails and says why.
+    // Unlocking before the key is back fails at once and says why.
     let (ok, _, err) = dev.cli(&["vm", "unlock", "web01", "--timeout", "3"]);
     assert!(
-        !ok && err.contains("still locked") && err.contains("keyMissingOnKms"),
+        !ok && err.contains("Cannot unlock VM web01")
+            && err.contains("Deactivated")
+            && err.contains("keyMissingOnKms"),
         "{err}"
     );
 

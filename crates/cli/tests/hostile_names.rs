@@ -106,6 +106,19 @@ fn hostile_names_are_refused_and_change_nothing() {
     }
     assert!(!dev.dir.path().join("host-1/datastore/big").exists());
 
+    // A host that does not exist is not found (not "unavailable").
+    for path in [
+        "/api/v1/hosts/host-9/reboot",
+        "/api/v1/hosts/host-9/enable-encryption",
+    ] {
+        let (status, v) = http(dev.port, "POST", path, &dev.token, "");
+        assert_eq!(status, 404, "{path}: {v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("host-9"),
+            "{v}"
+        );
+    }
+
     // A VM folder whose vm.json names a VM "../../escape": the host refuses to register it.
     dev.ok(&[
         "vm", "create", "plain01", "--host", "host-1", "--disk", "4M",

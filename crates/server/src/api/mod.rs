@@ -682,22 +682,28 @@ async fn request_unlocks(
                     ProviderAnswer::Unreachable(e) => (
                         StatusCode::BAD_GATEWAY,
                         "providerUnreachable",
-                        format!("key provider {} cannot be reached ({e})", key.provider()),
+                        format!(
+                            "key provider {} cannot be reached ({e}; kmsClusterError)",
+                            key.provider()
+                        ),
                     ),
                     ProviderAnswer::PermissionDenied(e) => (
                         StatusCode::BAD_GATEWAY,
                         "providerRefused",
-                        format!("key provider {} refuses the server ({e})", key.provider()),
+                        format!(
+                            "key provider {} refuses the server ({e}; kmsClusterError)",
+                            key.provider()
+                        ),
                     ),
                     ProviderAnswer::NotFound => (
                         StatusCode::CONFLICT,
                         "keyMissingOnKms",
-                        format!("key {key} is not on the provider"),
+                        format!("key {key} is not on the provider (keyMissingOnKms)"),
                     ),
                     ProviderAnswer::NotActive(state) => (
                         StatusCode::CONFLICT,
                         "keyMissingOnKms",
-                        format!("key {key} is {state} on the provider; its administrator reactivates it"),
+                        format!("key {key} is {state} on the provider (keyMissingOnKms); its administrator reactivates it"),
                     ),
                     _ => (StatusCode::BAD_GATEWAY, "providerError", format!("{answer:?}")),
                 };
