@@ -615,6 +615,8 @@ fn unlock(
     if no_wait || requested.is_empty() {
         if json {
             c.print(&v, |_| String::new());
+        } else if requested.is_empty() && failed.is_empty() && !names.is_empty() {
+            println!("{}: not locked; nothing to unlock", names.join(", "));
         } else if requested.is_empty() && failed.is_empty() {
             println!("No locked VM matched; nothing to unlock");
         } else if !requested.is_empty() {
