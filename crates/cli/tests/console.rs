@@ -155,6 +155,13 @@ fn an_operator_unlocks_a_vm_from_the_browser() {
     browser.wait_text("#event-table", |t| {
         t.contains("keys are missing on the host")
     });
+    // The column is named for what it holds; a VM is a link to its page.
+    assert!(browser
+        .text("#event-table thead")
+        .contains("VM, host or provider"));
+    assert!(browser
+        .find("#event-table a[href=\"#/vms/web01\"]")
+        .is_some());
     assert_eq!(
         browser.script("return window.__marker;"),
         "same page",
@@ -222,6 +229,11 @@ fn an_operator_unlocks_a_vm_from_the_browser() {
     );
     let why = browser.attribute("#unlock", "title").unwrap_or_default();
     assert!(why.contains("Cryptographer.RegisterVM"), "{why}");
+    // The locked VM's alarm links to the VM.
+    browser.click("#nav-alarms");
+    browser.wait_text("#alarm-table", |t| t.contains("web01"));
+    browser.click("#alarm-table a.alarm-vm[href=\"#/vms/web01\"]");
+    browser.wait("#locked-banner");
     // A wrong password is refused on the sign-in page.
     browser.click("#signout");
     browser.type_into("#user", "bob");

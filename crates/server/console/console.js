@@ -32,6 +32,7 @@ const TEXT = {
     health: "Health", certificates: "Certificates", isDefault: "Default", checkNow: "Check now",
     acknowledge: "Acknowledge", raised: "Raised", kind: "Kind", what: "What / next step",
     time: "Time", type: "Type", message: "Message", vm: "VM", noneLocked: "No VM is locked.",
+    about: "VM, host or provider",
     lockedBanner: "This virtual machine is locked", confirm: "Really {op} {vm}?",
     needs: "Needs the privilege {label} ({id}), which you do not have",
     unlocking: "Unlocking {n} VM(s)…", unlocked: "{done} of {n} unlocked",
@@ -61,6 +62,7 @@ const TEXT = {
     health: "Zustand", certificates: "Zertifikate", isDefault: "Standard", checkNow: "Jetzt prüfen",
     acknowledge: "Bestätigen", raised: "Ausgelöst", kind: "Art", what: "Was / nächster Schritt",
     time: "Zeit", type: "Typ", message: "Meldung", vm: "VM", noneLocked: "Keine VM ist gesperrt.",
+    about: "VM, Host oder Anbieter",
     lockedBanner: "Diese virtuelle Maschine ist gesperrt", confirm: "{vm} wirklich: {op}?",
     needs: "Dafür fehlt Ihnen das Recht {label} ({id})",
     unlocking: "{n} VM(s) werden entsperrt…", unlocked: "{done} von {n} entsperrt",
@@ -471,8 +473,10 @@ async function renderProviders() {
 
 async function renderAlarms() {
   const alarms = await api("GET", "/api/v1/alarms");
+  // An alarm about a VM links to it.
+  const vmOf = (a) => (a.object || "").startsWith("vm:") ? a.object.slice(3) : null;
   const rows = alarms.map((a) => `<tr><td>${esc(a.id)}</td><td>${time(a.raised)}</td><td>${esc(a.kind)}</td>
-      <td>${esc(a.message)}<div class="muted">${esc(a.nextStep)}</div></td>
+      <td>${esc(a.message)}${vmOf(a) ? ` <a class="alarm-vm" href="#/vms/${encodeURIComponent(vmOf(a))}">${esc(vmOf(a))}</a>` : ""}<div class="muted">${esc(a.nextStep)}</div></td>
       <td>${a.acknowledgedBy ? esc(t("ackBy")) + " " + esc(a.acknowledgedBy) : button(t("acknowledge"), "Alarm.Acknowledge", `data-ack="${esc(a.id)}"`)}</td></tr>`).join("");
   return [`<h1>${t("alarms")}</h1><table id="alarm-table"><thead><tr><th>#</th><th>${t("raised")}</th><th>${t("kind")}</th>
     <th>${t("what")}</th><th></th></tr></thead><tbody>${rows || `<tr><td colspan="5" class="muted">${t("noAlarms")}</td></tr>`}</tbody></table>`, () => {
@@ -488,7 +492,15 @@ async function renderAlarms() {
 function eventRows(events) {
   return events.map((e) => `<tr class="event" data-type="${esc(e.type)}"><td>${time(e.time)}</td>
     <td>${badge(e.type, e.severity === "error" ? "bad" : e.severity === "warning" ? "warn" : "grey")}</td>
-    <td>${esc(e.vm || e.host || e.provider || "")}</td><td class="message">${esc(e.message)}</td></tr>`).join("");
+    <td>${about(e)}</td><td class="message">${esc(e.message)}</td></tr>`).join("");
+}
+
+// What an event is about: a VM (a link to its page), else its host, else its provider.
+function about(e) {
+  if (e.vm) return `${esc(t("vm"))} <a href="#/vms/${encodeURIComponent(e.vm)}">${esc(e.vm)}</a>`;
+  if (e.host) return `${esc(t("host"))} ${esc(e.host)}`;
+  if (e.provider) return `${esc(t("provider"))} ${esc(e.provider)}`;
+  return "";
 }
 
 async function renderEvents() {
@@ -500,7 +512,7 @@ async function renderEvents() {
   const shown = state.events.filter((e) => !filter || [e.vm, e.host, e.provider, e.type].some((v) => v && v.includes(filter)));
   return [`<h1>${t("events")} <span class="badge ok">${t("live")}</span></h1>
     <div class="toolbar"><input id="event-filter" placeholder="VM, host, provider, type" value="${esc(filter)}"></div>
-    <table id="event-table"><thead><tr><th>${t("time")}</th><th>${t("type")}</th><th>${t("vm")}</th><th>${t("message")}</th></tr></thead>
+    <table id="event-table"><thead><tr><th>${t("time")}</th><th>${t("type")}</th><th>${t("about")}</th><th>${t("message")}</th></tr></thead>
     <tbody>${eventRows(shown) || `<tr><td colspan="4" class="muted">${t("noEvents")}</td></tr>`}</tbody></table>`, () => {
     const f = document.getElementById("event-filter");
     f.onchange = () => { sessionStorage.setItem("tresor.eventFilter", f.value); render(); };
