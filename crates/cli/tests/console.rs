@@ -210,7 +210,21 @@ fn an_operator_unlocks_a_vm_from_the_browser() {
     browser.wait_text("#nav-vms", |t| t == "Virtuelle Maschinen");
     browser.go(&url);
     browser.wait_text("#nav-vms", |t| t == "Virtuelle Maschinen");
+    // The state words too, and the page says its language.
+    browser.wait_text("tr[data-vm=web01] .crypto", |t| t.contains("entsperrt"));
+    assert_eq!(
+        browser.script("return document.documentElement.lang;"),
+        "de"
+    );
     browser.click("#signout");
+    // The sign-in page offers the language; English chosen there, English it is.
+    browser.wait("#signin-lang");
+    browser.script("const s = document.getElementById('signin-lang'); s.value = 'en'; s.dispatchEvent(new Event('change'));");
+    browser.wait_text("#signin-button", |t| t == "Sign in");
+    assert_eq!(
+        browser.script("return document.documentElement.lang;"),
+        "en"
+    );
 
     // A user without Cryptographer.RegisterVM sees Unlock disabled, and why.
     dev.ok(&["host", "reboot", "host-1"]);

@@ -44,6 +44,12 @@ const TEXT = {
     },
     live: "live", ackBy: "Acknowledged by", disks: "Disks", path: "Path", keyAvailable: "Key on host",
     state: "State", noEvents: "No events yet.", noAlarms: "No active alarms.",
+    badges: {},
+    reasons: {
+      kmsClusterError: "key provider error", keyMissingOnKms: "keys missing on the key provider",
+      keyMissingOnHost: "keys missing on the host",
+    },
+    language: "Language",
     lockedNoPowerOn: "The VM is locked: unlock it first (or unregister it)",
     register: "Register", registerAll: "Register all on host", registerPath: "folder of the VM on the host",
     registered: "registered: {names}",
@@ -74,6 +80,17 @@ const TEXT = {
     },
     live: "live", ackBy: "Bestätigt von", disks: "Festplatten", path: "Pfad", keyAvailable: "Schlüssel auf dem Host",
     state: "Zustand", noEvents: "Noch keine Ereignisse.", noAlarms: "Keine aktiven Alarme.",
+    // The state words of the badges (the code stays the badge's class).
+    badges: {
+      locked: "gesperrt", unlocked: "entsperrt", unencrypted: "unverschlüsselt", invalid: "ungültig",
+      disconnected: "getrennt", connected: "verbunden", on: "an", off: "aus", missing: "fehlt",
+      yes: "ja", no: "nein", unknown: "unbekannt", ok: "ok", unreachable: "nicht erreichbar",
+    },
+    reasons: {
+      kmsClusterError: "KMS-Clusterfehler", keyMissingOnKms: "Schlüssel fehlen auf dem KMS-Cluster",
+      keyMissingOnHost: "Schlüssel fehlen auf dem Host",
+    },
+    language: "Sprache",
     lockedNoPowerOn: "Die VM ist gesperrt: zuerst entsperren (oder die Registrierung aufheben)",
     register: "Registrieren", registerAll: "Alle auf dem Host registrieren", registerPath: "Ordner der VM auf dem Host",
     registered: "registriert: {names}",
@@ -142,7 +159,15 @@ function button(label, privilege, attrs, primary) {
 }
 
 function badge(value, cls) {
-  return `<span class="badge ${esc(cls || value)}">${esc(value)}</span>`;
+  const words = (TEXT[state.lang] || TEXT.en).badges || {};
+  return `<span class="badge ${esc(cls || value)}">${esc(words[value] || value)}</span>`;
+}
+
+// A lock reason: its code, and beside it its words in the chosen language.
+function reasonText(code) {
+  if (!code) return "";
+  const words = ((TEXT[state.lang] || TEXT.en).reasons || {})[code];
+  return words ? `${code} – ${words}` : code;
 }
 
 function cryptoBadge(vm) {
@@ -170,12 +195,21 @@ function renderSignIn(error) {
   document.getElementById("app").innerHTML = `
     <form class="signin panel" id="signin">
       <h1>Tresor</h1>
+      <label for="signin-lang">${t("language")}</label>
+      <select id="signin-lang"><option value="en"${state.lang === "en" ? " selected" : ""}>English</option>
+        <option value="de"${state.lang === "de" ? " selected" : ""}>Deutsch</option></select>
       <label for="user">${t("user")}</label><input id="user" autocomplete="username">
       <label for="password">${t("password")}</label><input id="password" type="password" autocomplete="current-password">
       <label for="token">${t("orToken")}</label><input id="token" type="password" autocomplete="off">
       <p><button class="action primary" id="signin-button" type="submit">${t("signIn")}</button></p>
       <p class="error" id="signin-error">${esc(error || "")}</p>
     </form>`;
+  document.documentElement.lang = state.lang;
+  document.getElementById("signin-lang").onchange = (ev) => {
+    state.lang = ev.target.value;
+    sessionStorage.setItem("tresor.lang", state.lang);
+    renderSignIn(error);
+  };
   document.getElementById("signin").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const user = document.getElementById("user").value.trim();
@@ -199,6 +233,13 @@ function renderSignIn(error) {
 
 async function start() {
   state.me = await api("GET", "/api/v1/me");
+  // A language chosen on the sign-in page is kept for the user; else the user's own.
+  const chosen = sessionStorage.getItem("tresor.lang");
+  sessionStorage.removeItem("tresor.lang");
+  if (chosen && chosen !== state.me.lang) {
+    try { await api("PUT", "/api/v1/me/lang", { value: chosen }); } catch (_) { /* the user's own stays */ }
+    state.me.lang = chosen;
+  }
   state.lang = state.me.lang === "de" ? "de" : "en";
   document.documentElement.lang = state.lang;
   follow();
@@ -212,6 +253,7 @@ function shell(active, body) {
     .map(([r, label]) => `<a href="#/${r}" id="nav-${r}" class="${active === r ? "active" : ""}">${esc(label)}</a>`)
     .join("");
   return `<header><span class="brand">TRESOR</span><nav>${nav}</nav><span class="spacer"></span>
+    <label for="lang" class="visually-hidden">${t("language")}</label>
     <select id="lang" title="Language / Sprache"><option value="en"${state.lang === "en" ? " selected" : ""}>EN</option>
     <option value="de"${state.lang === "de" ? " selected" : ""}>DE</option></select>
     <span>${esc(state.me.user)}</span><button id="signout">${t("signOut")}</button></header>
@@ -243,7 +285,7 @@ async function renderVms() {
       <td>${esc(vm.host)}</td>
       <td>${badge(vm.powerState === "poweredOn" ? "on" : "off")}</td>
       <td class="crypto">${cryptoBadge(vm)}</td>
-      <td class="reason">${esc(vm.lockReason || "")}</td>
+      <td class="reason">${esc(reasonText(vm.lockReason))}</td>
       <td>${esc(vm.config && vm.config.keyId ? vm.config.keyId.providerId.id : "")}</td></tr>`).join("");
   const hostOptions = hosts.map((h) => `<option>${esc(h.name)}</option>`).join("");
   const providerOptions = providers.map((p) => `<option>${esc(p.name)}</option>`).join("");
@@ -348,7 +390,7 @@ async function renderVm(name) {
       ${diagnosis.evidence && diagnosis.evidence.length ? `<h2>${t("evidence")}</h2>${list(diagnosis.evidence)}` : ""}
       ${diagnosis.nextSteps && diagnosis.nextSteps.length ? `<h2>${t("nextSteps")}</h2><div id="next-steps">${list(diagnosis.nextSteps)}</div>` : ""}`;
   const banner = vm.cryptoState === "locked"
-    ? `<div class="banner" id="locked-banner"><h2>${t("lockedBanner")} (${esc(vm.lockReason || "")})</h2>
+    ? `<div class="banner" id="locked-banner"><h2>${t("lockedBanner")} (${esc(reasonText(vm.lockReason))})</h2>
         <p id="lock-cause">${esc((TEXT[state.lang].causes || {})[vm.lockReason] || "")}</p>
         <p>${t("keyId")}: ${keyBox}</p>
         ${diag}
