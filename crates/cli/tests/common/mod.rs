@@ -105,7 +105,7 @@ impl Dev {
             .arg(dir.path())
             .args(["--port", &port.to_string()])
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("dev.stderr")).unwrap())
             .spawn()
             .unwrap();
         let mut token = String::new();
@@ -120,7 +120,23 @@ impl Dev {
                 break;
             }
         }
-        assert!(!token.is_empty(), "tresor dev printed no admin token");
+        if token.is_empty() {
+            // Say why: what tresor dev and its parts wrote.
+            let mut logs =
+                std::fs::read_to_string(dir.path().join("dev.stderr")).unwrap_or_default();
+            for e in std::fs::read_dir(dir.path().join("logs"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                logs.push_str(&format!(
+                    "\n== {}\n{}",
+                    e.path().display(),
+                    std::fs::read_to_string(e.path()).unwrap_or_default()
+                ));
+            }
+            panic!("tresor dev printed no admin token:\n{logs}");
+        }
         Dev {
             dir,
             port,
