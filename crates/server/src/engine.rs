@@ -448,8 +448,9 @@ impl Engine {
     }
 
     /// Asks for a VM to be unlocked (the `manual` policy waits for this). The provider is asked
-    /// again at once.
+    /// again at once, unless its answer is fresh (the API has just asked it).
     pub fn request_unlock(&self, name: &str, by: &str) -> bool {
+        let fresh = self.config().answer_fresh;
         let mut st = self.state();
         let keys: Vec<KeyRef> = match st.vms.get_mut(name) {
             Some(v) => {
@@ -466,7 +467,9 @@ impl Engine {
         };
         for k in keys {
             if let Some(s) = st.keys.get_mut(&k) {
-                s.last_attempt = None;
+                if s.last_attempt.is_none_or(|t| t.elapsed() >= fresh) {
+                    s.last_attempt = None;
+                }
             }
         }
         st.dirty.insert(name.to_owned());

@@ -1352,13 +1352,6 @@ async fn create_vm(
         .copied()
         .collect();
     tresor_core::protocol::check_shape(0, &all_disks, Some(req.memory_mib)).map_err(bad_shape)?;
-    if s.store.vm(&req.name)?.is_some() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "exists",
-            format!("A VM named {} exists already", req.name),
-        ));
-    }
     if !req.own_key_disks.is_empty() && !req.encrypt {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -1407,7 +1400,7 @@ async fn create_vm(
                 Ok(k) => keys.push(k),
                 Err(e) => {
                     let made: Vec<_> = keys.iter().map(|k| k.key.clone()).collect();
-                    retire_keys(&s, &user, &req.name, &made).await;
+                    retire_keys(&s, &user, Audited::Vm(&req.name), &made).await;
                     return Err(e);
                 }
             }
@@ -1415,13 +1408,13 @@ async fn create_vm(
         let refs: Vec<tresor_core::ids::KeyRef> = keys.iter().map(|k| k.key.clone()).collect();
         created = refs.clone();
         if let Err(e) = register_vm(&s, &id, &req.name, &req.host, refs.iter().cloned()) {
-            retire_keys(&s, &user, &req.name, &refs).await;
+            retire_keys(&s, &user, Audited::Vm(&req.name), &refs).await;
             return Err(e);
         }
         if let Err(e) = push_keys(&s, &req.host, keys).await {
             s.engine.forget(&req.name);
             s.store.remove_vm(&req.name)?;
-            retire_keys(&s, &user, &req.name, &refs).await;
+            retire_keys(&s, &user, Audited::Vm(&req.name), &refs).await;
             return Err(e);
         }
         own_keys = refs[1..].to_vec();
@@ -1467,7 +1460,7 @@ async fn create_vm(
             // Nothing was made: the registration and the new keys go again.
             s.engine.forget(&req.name);
             s.store.remove_vm(&req.name)?;
-            retire_keys(&s, &user, &req.name, &created).await;
+            retire_keys(&s, &user, Audited::Vm(&req.name), &created).await;
             return Err(e);
         }
     };
@@ -1495,21 +1488,26 @@ pub(crate) fn check_name(kind: tresor_core::ids::NameKind, name: &str) -> Result
 
 /// Deactivates keys the server made for an operation that failed, each audited; a key that
 /// cannot be deactivated is named in the log and an alarm, so that nothing Active is forgotten.
-async fn retire_keys(s: &AppState, user: &str, vm: &str, keys: &[tresor_core::ids::KeyRef]) {
+async fn retire_keys(
+    s: &AppState,
+    user: &str,
+    made_for: Audited<'_>,
+    keys: &[tresor_core::ids::KeyRef],
+) {
     for key in keys {
         let result = s
             .broker
             .deactivate(
                 key,
-                &format!("tresor: the operation on VM {vm} that made it failed"),
+                &format!("tresor: the operation on {made_for} that made it failed"),
             )
             .await;
         match result {
             Ok(()) => {
-                let _ = record_crypto(s, user, "deactivate unused key", vm, key);
+                let _ = crypto_event(s, user, "deactivate unused key", made_for, key);
             }
             Err(e) => {
-                tracing::error!(vm, key = %key, error = %e, "a key made for a failed operation is still Active");
+                tracing::error!(%made_for, key = %key, error = %e, "a key made for a failed operation is still Active");
                 let _ = s.store.raise_alarm(
                     "key.orphaned",
                     &format!("provider:{}/{}", key.provider(), key.key_id),
@@ -1587,7 +1585,23 @@ fn settle_keys(s: &AppState, report: &VmReport) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The audit record of a cryptographic operation.
+/// What a cryptographic operation was done on, for its audit record.
+#[derive(Clone, Copy, Debug)]
+enum Audited<'a> {
+    Vm(&'a str),
+    Host(&'a str),
+}
+
+impl std::fmt::Display for Audited<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Audited::Vm(n) => write!(f, "VM {n}"),
+            Audited::Host(n) => write!(f, "host {n}"),
+        }
+    }
+}
+
+/// The audit record of a cryptographic operation on a VM.
 fn record_crypto(
     s: &AppState,
     user: &str,
@@ -1595,13 +1609,28 @@ fn record_crypto(
     vm: &str,
     key: &tresor_core::ids::KeyRef,
 ) -> Result<(), ApiError> {
+    crypto_event(s, user, operation, Audited::Vm(vm), key)
+}
+
+/// The audit record of a cryptographic operation on a VM or a host.
+fn crypto_event(
+    s: &AppState,
+    user: &str,
+    operation: &str,
+    on: Audited<'_>,
+    key: &tresor_core::ids::KeyRef,
+) -> Result<(), ApiError> {
+    let (vm, host) = match on {
+        Audited::Vm(v) => (Some(v.to_owned()), None),
+        Audited::Host(h) => (None, Some(h.to_owned())),
+    };
     s.store.add_event(&crate::store::EventRow {
         id: 0,
         time: crate::enrol::now(),
         event_type: tresor_core::events::CRYPTO_OPERATION.id.into(),
         severity: "info".into(),
-        vm: Some(vm.into()),
-        host: None,
+        vm,
+        host,
         provider: Some(key.provider().into()),
         user: Some(user.into()),
         args: vec![
@@ -1715,13 +1744,7 @@ async fn enable_encryption(
         .map_err(agent_error)?;
     if let Err(e) = reply_error(reply) {
         if new_key {
-            retire_keys(
-                &s,
-                &user,
-                &format!("host:{host}"),
-                std::slice::from_ref(&key),
-            )
-            .await;
+            retire_keys(&s, &user, Audited::Host(&host), std::slice::from_ref(&key)).await;
         }
         return Err(e);
     }
@@ -2030,11 +2053,11 @@ async fn vm_op(
             let material = new_key(s, &provider, name).await?;
             let key = material.key.clone();
             if let Err(e) = allow_key(s, name, &key) {
-                retire_keys(s, &user, name, std::slice::from_ref(&key)).await;
+                retire_keys(s, &user, Audited::Vm(name), std::slice::from_ref(&key)).await;
                 return Err(e);
             }
             if let Err(e) = push_keys(s, &record.host, vec![material]).await {
-                retire_keys(s, &user, name, std::slice::from_ref(&key)).await;
+                retire_keys(s, &user, Audited::Vm(name), std::slice::from_ref(&key)).await;
                 return Err(e);
             }
             new_key_made = Some(key.clone());
@@ -2083,7 +2106,7 @@ async fn vm_op(
             // The host refused or undid the operation: its new key is used by nothing. (When
             // the host did not answer, the operation may still finish; the key stays.)
             if let Some(key) = &new_key_made {
-                retire_keys(s, &user, name, std::slice::from_ref(key)).await;
+                retire_keys(s, &user, Audited::Vm(name), std::slice::from_ref(key)).await;
             }
             return Err(e);
         }
