@@ -127,6 +127,18 @@ fn an_operator_unlocks_a_vm_from_the_browser() {
         browser.attribute("#op-result", "role").unwrap_or_default(),
         "alert"
     );
+    // In German, the failure is said in German.
+    let choose = |lang: &str| {
+        browser.script(&format!("const s = document.getElementById('lang'); s.value = '{lang}'; s.dispatchEvent(new Event('change'));"));
+    };
+    choose("de");
+    browser.wait_text("#unlock", |t| t == "Entsperren");
+    browser.click("#unlock");
+    browser.wait_text("#op-result", |t| {
+        t.contains("VM web01 kann nicht entsperrt werden") && t.contains("nicht erreichbar")
+    });
+    choose("en");
+    browser.wait_text("#unlock", |t| t == "Unlock");
 
     // The provider returns; the operator presses Unlock and sees the VM unlocked without a reload.
     let _kms = Proc(
@@ -256,4 +268,125 @@ fn an_operator_unlocks_a_vm_from_the_browser() {
     browser.wait_text("#signin-error", |t| {
         t.contains("Wrong user name or password")
     });
+    // And in German when German is chosen.
+    browser.script("const s = document.getElementById('signin-lang'); s.value = 'de'; s.dispatchEvent(new Event('change'));");
+    browser.wait_text("#signin-button", |t| t == "Anmelden");
+    browser.type_into("#user", "bob");
+    browser.type_into("#password", "wrong again");
+    browser.click("#signin-button");
+    browser.wait_text("#signin-error", |t| {
+        t.contains("Falscher Benutzername oder falsches Passwort")
+    });
+}
+
+/// Every page at desktop and phone width (390 px): no serious or critical accessibility
+/// violation by axe-core, nothing wider than the phone, a skip link, focus on the main content
+/// after navigation. Phone screenshots go beside the desktop ones.
+#[test]
+fn every_page_reads_on_a_phone_and_passes_axe() {
+    let dev = Dev::start(1);
+    let pw = dev.dir.path().join("alice.pw");
+    std::fs::write(&pw, "alice-long-password\n").unwrap();
+    dev.ok(&[
+        "user",
+        "add",
+        "alice",
+        "--password-file",
+        &pw.display().to_string(),
+        "--role",
+        "Administrator",
+    ]);
+    dev.ok(&["settings", "set", "unlock.policy", "manual"]);
+    dev.ok(&[
+        "vm",
+        "create",
+        "web01",
+        "--host",
+        "host-1",
+        "--disk",
+        "4M",
+        "--encrypt",
+    ]);
+    dev.ok(&[
+        "vm", "create", "plain01", "--host", "host-1", "--disk", "4M",
+    ]);
+    dev.ok(&["vm", "power-on", "plain01"]);
+    dev.ok(&["host", "reboot", "host-1"]);
+    wait_for("web01 is locked", || {
+        dev.vm("web01")["lockReason"] == "keyMissingOnHost"
+    });
+
+    let url = format!("http://127.0.0.1:{}/", dev.port);
+    let browser = Browser::start();
+    // Everything found, reported together at the end.
+    let problems = std::cell::RefCell::new(Vec::<String>::new());
+    let check = |what: &str, phone: bool| {
+        let width = if phone { "phone" } else { "desktop" };
+        for v in browser.axe_violations() {
+            problems.borrow_mut().push(format!("{what} ({width}): {v}"));
+        }
+        if phone {
+            let px = browser.page_width();
+            if px > 390 {
+                problems
+                    .borrow_mut()
+                    .push(format!("{what} is {px} px wide on a 390 px phone"));
+            }
+        }
+    };
+    browser.go(&url);
+    browser.wait("#signin-button");
+    check("the sign-in page", false);
+    browser.emulate_phone(Some((390, 844)));
+    check("the sign-in page", true);
+    browser.emulate_phone(None);
+    browser.type_into("#user", "alice");
+    browser.type_into("#password", "alice-long-password");
+    browser.click("#signin-button");
+    browser.wait("#vm-table");
+
+    // A skip link is the first thing the keyboard reaches, and it leads to the main content.
+    browser.go(&url);
+    browser.wait("#vm-table");
+    browser.press(&["\u{E004}"]);
+    assert_eq!(
+        browser.script("return document.activeElement.id;"),
+        "skip-link"
+    );
+    browser.press(&["\u{E007}"]);
+    assert_eq!(browser.script("return document.activeElement.id;"), "main");
+
+    let pages = [
+        ("vms", "#nav-vms", "tr[data-vm=web01]"),
+        ("vm-locked", "tr[data-vm=web01] a", "#locked-banner"),
+        ("hosts", "#nav-hosts", "main table"),
+        (
+            "providers",
+            "#nav-providers",
+            "tr[data-provider=tresor-kms]",
+        ),
+        ("alarms", "#nav-alarms", "#alarm-table"),
+        ("events", "#nav-events", "#event-table"),
+    ];
+    for phone in [false, true] {
+        browser.emulate_phone(phone.then_some((390, 844)));
+        for (page, link, shown) in pages {
+            if page == "vm-locked" {
+                browser.click("#nav-vms");
+                browser.wait("tr[data-vm=web01] a");
+            }
+            browser.click(link);
+            browser.wait(shown);
+            // After navigation, focus is on the main content (a screen reader reads the page).
+            wait_for(&format!("focus on the main content of {page}"), || {
+                browser.script("return document.activeElement.id;") == "main"
+            });
+            check(page, phone);
+            if phone {
+                shot(&browser, &format!("phone-{page}"));
+            }
+        }
+    }
+    let problems = problems.into_inner();
+    assert!(problems.is_empty(), "{problems:#?}");
 }

@@ -118,6 +118,19 @@ pub struct Denied {
     pub privilege: Privilege,
 }
 
+impl Denied {
+    /// The refusal in German (the action stays as the caller wrote it).
+    pub fn message_de(&self) -> String {
+        format!(
+            "Zugriff verweigert: {} braucht das Recht {} ({}), das Benutzer {} nicht hat",
+            self.action,
+            self.privilege.label(),
+            self.privilege.id(),
+            self.user
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -39,13 +39,31 @@ impl VmOp {
             VmOp::AddDisk => "given a new disk",
         }
     }
+
+    /// The German participle, as in "kann nicht … werden".
+    fn verb_de(self) -> &'static str {
+        match self {
+            VmOp::PowerOn => "eingeschaltet",
+            VmOp::PowerOff => "ausgeschaltet",
+            VmOp::Delete => "gelöscht",
+            VmOp::Unregister => "abgemeldet",
+            VmOp::Reload => "neu geladen",
+            VmOp::Unlock => "entsperrt",
+            VmOp::Encrypt => "verschlüsselt",
+            VmOp::Decrypt => "entschlüsselt",
+            VmOp::Rekey => "neu verschlüsselt",
+            VmOp::DeepRekey => "vollständig neu verschlüsselt",
+            VmOp::AddDisk => "um eine Festplatte erweitert",
+        }
+    }
 }
 
-/// Why an operation is refused.
+/// Why an operation is refused, in English (`message`) and German (`message_de`).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct Refusal {
     pub message: String,
+    pub message_de: String,
 }
 
 fn reason_words(reason: LockReason) -> &'static str {
@@ -53,6 +71,16 @@ fn reason_words(reason: LockReason) -> &'static str {
         LockReason::KmsClusterError => "the server cannot reach its key provider",
         LockReason::KeyMissingOnKms => "its keys are missing or not active on the key provider",
         LockReason::KeyMissingOnHost => "its keys are missing on its host",
+    }
+}
+
+fn reason_words_de(reason: LockReason) -> &'static str {
+    match reason {
+        LockReason::KmsClusterError => "der Server erreicht seinen Schlüsselanbieter nicht",
+        LockReason::KeyMissingOnKms => {
+            "ihre Schlüssel fehlen auf dem Schlüsselanbieter oder sind dort nicht aktiv"
+        }
+        LockReason::KeyMissingOnHost => "ihre Schlüssel fehlen auf ihrem Host",
     }
 }
 
@@ -72,10 +100,17 @@ pub fn check(
             let why = reason
                 .map(reason_words)
                 .unwrap_or("its keys are not available");
+            let why_de = reason
+                .map(reason_words_de)
+                .unwrap_or("ihre Schlüssel sind nicht verfügbar");
             Err(Refusal {
                 message: format!(
                     "VM {name} cannot be {} because it is locked: {why}. Unlock it with `tresor vm unlock {name}` (see `tresor vm diagnose {name}`), or unregister it with `tresor vm unregister {name}`.",
                     op.verb()
+                ),
+                message_de: format!(
+                    "Die VM {name} kann nicht {} werden, weil sie gesperrt ist: {why_de}. Entsperren Sie sie mit `tresor vm unlock {name}` (siehe `tresor vm diagnose {name}`) oder heben Sie ihre Registrierung mit `tresor vm unregister {name}` auf.",
+                    op.verb_de()
                 ),
             })
         }
@@ -137,6 +172,14 @@ mod tests {
                 && m.contains("tresor vm unlock web01")
                 && m.contains("unregister"),
             "{m}"
+        );
+        let de = &e.message_de;
+        assert!(
+            de.contains("kann nicht eingeschaltet werden")
+                && de.contains("gesperrt")
+                && de.contains("Schlüsselanbieter")
+                && de.contains("tresor vm unlock web01"),
+            "{de}"
         );
     }
 

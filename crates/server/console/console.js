@@ -53,6 +53,10 @@ const TEXT = {
     lockedNoPowerOn: "The VM is locked: unlock it first (or unregister it)",
     register: "Register", registerAll: "Register all on host", registerPath: "folder of the VM on the host",
     registered: "registered: {names}",
+    skip: "Skip to the content", select: "Select {vm}", selectColumn: "Select",
+    unlockHostPick: "Host to unlock", unlockProviderPick: "Provider whose VMs to unlock",
+    registerHost: "Host to register on", actions: "Actions", filter: "Filter",
+    signedInAs: "Signed in as", navigation: "Pages",
   },
   de: {
     signIn: "Anmelden", user: "Benutzer", password: "Passwort", orToken: "oder ein API-Token",
@@ -94,6 +98,10 @@ const TEXT = {
     lockedNoPowerOn: "Die VM ist gesperrt: zuerst entsperren (oder die Registrierung aufheben)",
     register: "Registrieren", registerAll: "Alle auf dem Host registrieren", registerPath: "Ordner der VM auf dem Host",
     registered: "registriert: {names}",
+    skip: "Zum Inhalt springen", select: "{vm} auswählen", selectColumn: "Auswahl",
+    unlockHostPick: "Zu entsperrender Host", unlockProviderPick: "Anbieter, dessen VMs entsperrt werden",
+    registerHost: "Host, auf dem registriert wird", actions: "Aktionen", filter: "Filter",
+    signedInAs: "Angemeldet als", navigation: "Seiten",
   },
 };
 
@@ -108,6 +116,8 @@ const state = {
   registerResult: "",
   // The last action's failure on each VM's page, by VM.
   opResult: {},
+  // Set by navigation: the next render moves focus to the main content.
+  focusMain: false,
 };
 
 function t(key, args) {
@@ -138,11 +148,17 @@ async function api(method, path, body) {
   const r = await fetch(path, init);
   let data = null;
   try { data = await r.json(); } catch (_) { data = null; }
+  // The server's message in the chosen language where it has one.
+  const message = (fallback) => {
+    const e = data && data.error;
+    if (!e) return fallback;
+    return (e.messages && e.messages[state.lang]) || e.message || fallback;
+  };
   if (r.status === 401 && path !== "/api/v1/login") {
     signOut();
-    throw new Error((data && data.error && data.error.message) || "Signed out");
+    throw new Error(message("Signed out"));
   }
-  if (!r.ok) throw new Error((data && data.error && data.error.message) || ("HTTP " + r.status));
+  if (!r.ok) throw new Error(message("HTTP " + r.status));
   return data;
 }
 
@@ -192,7 +208,7 @@ function signOut() {
 
 // Sign-in.
 function renderSignIn(error) {
-  document.getElementById("app").innerHTML = `
+  document.getElementById("app").innerHTML = `<main id="main" tabindex="-1">
     <form class="signin panel" id="signin">
       <h1>Tresor</h1>
       <label for="signin-lang">${t("language")}</label>
@@ -202,8 +218,8 @@ function renderSignIn(error) {
       <label for="password">${t("password")}</label><input id="password" type="password" autocomplete="current-password">
       <label for="token">${t("orToken")}</label><input id="token" type="password" autocomplete="off">
       <p><button class="action primary" id="signin-button" type="submit">${t("signIn")}</button></p>
-      <p class="error" id="signin-error">${esc(error || "")}</p>
-    </form>`;
+      <p class="error" id="signin-error" role="alert">${esc(error || "")}</p>
+    </form></main>`;
   document.documentElement.lang = state.lang;
   document.getElementById("signin-lang").onchange = (ev) => {
     state.lang = ev.target.value;
@@ -243,7 +259,8 @@ async function start() {
   state.lang = state.me.lang === "de" ? "de" : "en";
   document.documentElement.lang = state.lang;
   follow();
-  if (!location.hash) location.hash = "#/vms";
+  // The first page is not a navigation: focus stays at the start, where the skip link is.
+  if (!location.hash) history.replaceState(null, "", "#/vms");
   render();
 }
 
@@ -252,16 +269,33 @@ function shell(active, body) {
     ["alarms", t("alarms")], ["events", t("events")]]
     .map(([r, label]) => `<a href="#/${r}" id="nav-${r}" class="${active === r ? "active" : ""}">${esc(label)}</a>`)
     .join("");
-  return `<header><span class="brand">TRESOR</span><nav>${nav}</nav><span class="spacer"></span>
-    <label for="lang" class="visually-hidden">${t("language")}</label>
+  return `<a href="#main" id="skip-link" class="skip-link">${esc(t("skip"))}</a>
+    <header><span class="brand">TRESOR</span><nav aria-label="${esc(t("navigation"))}">${nav}</nav>
+    <span class="tools"><label for="lang" class="visually-hidden">${t("language")}</label>
     <select id="lang" title="Language / Sprache"><option value="en"${state.lang === "en" ? " selected" : ""}>EN</option>
     <option value="de"${state.lang === "de" ? " selected" : ""}>DE</option></select>
-    <span>${esc(state.me.user)}</span><button id="signout">${t("signOut")}</button></header>
-    <main id="main">${body}</main>`;
+    <span class="user"><span class="visually-hidden">${esc(t("signedInAs"))} </span>${esc(state.me.user)}</span>
+    <button id="signout">${t("signOut")}</button></span></header>
+    <main id="main" tabindex="-1">${body}</main>`;
 }
 
 function bindShell() {
   document.getElementById("signout").onclick = signOut;
+  // The skip link moves focus (the address's fragment is the page's route, not an anchor).
+  document.getElementById("skip-link").onclick = (ev) => {
+    ev.preventDefault();
+    document.getElementById("main").focus();
+  };
+  // A link to the page shown still counts as navigation: focus goes to the content.
+  for (const a of document.querySelectorAll("header nav a")) {
+    a.addEventListener("click", (ev) => {
+      if (location.hash === a.getAttribute("href")) {
+        ev.preventDefault();
+        state.focusMain = true;
+        render();
+      }
+    });
+  }
   document.getElementById("lang").onchange = async (ev) => {
     state.lang = ev.target.value;
     try { await api("PUT", "/api/v1/me/lang", { value: state.lang }); } catch (_) { /* shown on next load */ }
@@ -280,7 +314,7 @@ async function renderVms() {
     may("Cryptographer.ReadKeyServersInfo") ? api("GET", "/api/v1/providers") : Promise.resolve([]),
   ]);
   const rows = vms.map((vm) => `<tr data-vm="${esc(vm.name)}">
-      <td><input type="checkbox" class="pick" value="${esc(vm.name)}"></td>
+      <td><input type="checkbox" class="pick" value="${esc(vm.name)}" aria-label="${esc(t("select", { vm: vm.name }))}"></td>
       <td><a href="#/vms/${encodeURIComponent(vm.name)}">${esc(vm.name)}</a></td>
       <td>${esc(vm.host)}</td>
       <td>${badge(vm.powerState === "poweredOn" ? "on" : "off")}</td>
@@ -294,20 +328,21 @@ async function renderVms() {
       <label><input type="checkbox" id="locked-only"${lockedOnly ? " checked" : ""}> ${t("lockedOnly")}</label>
       ${button(t("unlockSelected"), "Cryptographer.RegisterVM", 'id="unlock-selected"')}
       ${button(t("unlockAll"), "Cryptographer.RegisterVM", 'id="unlock-all"')}
-      <select id="unlock-host-pick">${hostOptions}</select>${button(t("unlockHost"), "Cryptographer.RegisterVM", 'id="unlock-host"')}
-      ${providerOptions ? `<select id="unlock-provider-pick">${providerOptions}</select>${button(t("unlockProvider"), "Cryptographer.RegisterVM", 'id="unlock-provider"')}` : ""}
+      <select id="unlock-host-pick" aria-label="${esc(t("unlockHostPick"))}">${hostOptions}</select>${button(t("unlockHost"), "Cryptographer.RegisterVM", 'id="unlock-host"')}
+      ${providerOptions ? `<select id="unlock-provider-pick" aria-label="${esc(t("unlockProviderPick"))}">${providerOptions}</select>${button(t("unlockProvider"), "Cryptographer.RegisterVM", 'id="unlock-provider"')}` : ""}
       <span class="progress" id="progress" role="status" aria-live="polite">${esc(state.progress)}</span>
     </div>
     <div class="toolbar">
-      <select id="register-host">${hostOptions}</select>
+      <select id="register-host" aria-label="${esc(t("registerHost"))}">${hostOptions}</select>
+      <label for="register-path" class="visually-hidden">${esc(t("registerPath"))}</label>
       <input id="register-path" placeholder="${esc(t("registerPath"))}" size="40">
       ${button(t("register"), "VirtualMachine.Register", 'id="register"')}
       ${button(t("registerAll"), "VirtualMachine.Register", 'id="register-all"')}
       <span class="progress" id="register-result">${esc(state.registerResult || "")}</span>
     </div>
-    <table id="vm-table"><thead><tr><th></th><th>${t("name")}</th><th>${t("host")}</th><th>${t("power")}</th>
+    <div class="scroll" tabindex="0" role="region" aria-label="${esc(t("vms"))}"><table id="vm-table"><thead><tr><th><span class="visually-hidden">${t("selectColumn")}</span></th><th>${t("name")}</th><th>${t("host")}</th><th>${t("power")}</th>
       <th>${t("crypto")}</th><th>${t("reason")}</th><th>${t("provider")}</th></tr></thead>
-      <tbody>${rows || `<tr><td colspan="7" class="muted">${lockedOnly ? t("noneLocked") : "–"}</td></tr>`}</tbody></table>`;
+      <tbody>${rows || `<tr><td colspan="7" class="muted">${lockedOnly ? t("noneLocked") : "–"}</td></tr>`}</tbody></table></div>`;
   return [body, () => {
     document.getElementById("locked-only").onchange = (ev) => {
       sessionStorage.setItem("tresor.lockedOnly", ev.target.checked ? "1" : "0");
@@ -424,8 +459,8 @@ async function renderVm(name) {
       <dt>${t("reason")}</dt><dd>${esc(vm.lockReason || "–")}</dd>
       <dt>${t("path")}</dt><dd class="mono">${esc(vm.path)}</dd>
       <dt>${t("keyId")}</dt><dd class="mono">${esc(key ? key.keyId : "–")}</dd></dl></div>
-    <div class="panel"><h2 class="first">${t("disks")}</h2><table><thead><tr><th>${t("path")}</th>
-      <th>${t("keyId")}</th><th>${t("keyAvailable")}</th></tr></thead><tbody>${disks}</tbody></table></div></div>
+    <div class="panel"><h2 class="first">${t("disks")}</h2><div class="scroll" tabindex="0" role="region" aria-label="${esc(t("disks"))}"><table><thead><tr><th>${t("path")}</th>
+      <th>${t("keyId")}</th><th>${t("keyAvailable")}</th></tr></thead><tbody>${disks}</tbody></table></div></div></div>
     ${vm.cryptoState === "locked" ? "" : `<div class="panel">${diag}</div>`}`;
   return [body, () => {
     const copy = document.getElementById("copy-key");
@@ -473,9 +508,9 @@ async function renderHosts() {
   const rows = hosts.map((h) => `<tr><td>${esc(h.name)}</td><td>${badge(h.connected ? "yes" : "no", h.connected ? "ok" : "bad")}</td>
       <td>${esc(h.cryptoState)}</td><td>${esc(h.vmCount)}${h.lockedVmCount ? " " + badge(h.lockedVmCount + " locked", "locked") : ""}</td>
       <td>${esc(h.keysHeld)}</td><td>${time(h.lastSeen)}</td></tr>`).join("");
-  return [`<h1>${t("hosts")}</h1><table><thead><tr><th>${t("name")}</th><th>${t("connected")}</th>
+  return [`<h1>${t("hosts")}</h1><div class="scroll" tabindex="0" role="region" aria-label="${esc(t("hosts"))}"><table><thead><tr><th>${t("name")}</th><th>${t("connected")}</th>
     <th>${t("encryptionMode")}</th><th>${t("vmCount")}</th><th>${t("keysHeld")}</th><th>${t("time")}</th></tr></thead>
-    <tbody>${rows}</tbody></table>`, () => {}];
+    <tbody>${rows}</tbody></table></div>`, () => {}];
 }
 
 function certText(c) {
@@ -500,9 +535,10 @@ async function renderProviders() {
       <td>${endpoints}</td><td>${esc(st.activeEndpoint || "–")}</td><td>${st.health ? badge(st.health) : "–"}</td>
       <td>${certs}</td><td>${button(t("checkNow"), "Cryptographer.ReadKeyServersInfo", `data-check="${esc(p.name)}"`)}</td></tr>`;
   }).join("");
-  return [`<h1>${t("providers")}</h1><table><thead><tr><th>${t("name")}</th><th>${t("isDefault")}</th>
-    <th>${t("endpoints")}</th><th>${t("active")}</th><th>${t("health")}</th><th>${t("certificates")}</th><th></th></tr></thead>
-    <tbody>${rows}</tbody></table>`, () => {
+  return [`<h1>${t("providers")}</h1><div class="scroll" tabindex="0" role="region" aria-label="${esc(t("providers"))}"><table><thead><tr><th>${t("name")}</th><th>${t("isDefault")}</th>
+    <th>${t("endpoints")}</th><th>${t("active")}</th><th>${t("health")}</th><th>${t("certificates")}</th>
+    <th><span class="visually-hidden">${t("actions")}</span></th></tr></thead>
+    <tbody>${rows}</tbody></table></div>`, () => {
     for (const b of document.querySelectorAll("button[data-check]")) {
       b.onclick = async () => {
         b.disabled = true;
@@ -520,8 +556,8 @@ async function renderAlarms() {
   const rows = alarms.map((a) => `<tr><td>${esc(a.id)}</td><td>${time(a.raised)}</td><td>${esc(a.kind)}</td>
       <td>${esc(a.message)}${vmOf(a) ? ` <a class="alarm-vm" href="#/vms/${encodeURIComponent(vmOf(a))}">${esc(vmOf(a))}</a>` : ""}<div class="muted">${esc(a.nextStep)}</div></td>
       <td>${a.acknowledgedBy ? esc(t("ackBy")) + " " + esc(a.acknowledgedBy) : button(t("acknowledge"), "Alarm.Acknowledge", `data-ack="${esc(a.id)}"`)}</td></tr>`).join("");
-  return [`<h1>${t("alarms")}</h1><table id="alarm-table"><thead><tr><th>#</th><th>${t("raised")}</th><th>${t("kind")}</th>
-    <th>${t("what")}</th><th></th></tr></thead><tbody>${rows || `<tr><td colspan="5" class="muted">${t("noAlarms")}</td></tr>`}</tbody></table>`, () => {
+  return [`<h1>${t("alarms")}</h1><div class="scroll" tabindex="0" role="region" aria-label="${esc(t("alarms"))}"><table id="alarm-table"><thead><tr><th>#</th><th>${t("raised")}</th><th>${t("kind")}</th>
+    <th>${t("what")}</th><th><span class="visually-hidden">${t("actions")}</span></th></tr></thead><tbody>${rows || `<tr><td colspan="5" class="muted">${t("noAlarms")}</td></tr>`}</tbody></table></div>`, () => {
     for (const b of document.querySelectorAll("button[data-ack]")) {
       b.onclick = async () => {
         try { await api("POST", `/api/v1/alarms/${b.dataset.ack}/ack`); } catch (_) { /* refused: the button says why */ }
@@ -553,9 +589,10 @@ async function renderEvents() {
   }
   const shown = state.events.filter((e) => !filter || [e.vm, e.host, e.provider, e.type].some((v) => v && v.includes(filter)));
   return [`<h1>${t("events")} <span class="badge ok">${t("live")}</span></h1>
-    <div class="toolbar"><input id="event-filter" placeholder="VM, host, provider, type" value="${esc(filter)}"></div>
-    <table id="event-table"><thead><tr><th>${t("time")}</th><th>${t("type")}</th><th>${t("about")}</th><th>${t("message")}</th></tr></thead>
-    <tbody>${eventRows(shown) || `<tr><td colspan="4" class="muted">${t("noEvents")}</td></tr>`}</tbody></table>`, () => {
+    <div class="toolbar"><label for="event-filter">${t("filter")}</label>
+      <input id="event-filter" placeholder="VM, host, provider, type" value="${esc(filter)}"></div>
+    <div class="scroll" tabindex="0" role="region" aria-label="${esc(t("events"))}"><table id="event-table"><thead><tr><th>${t("time")}</th><th>${t("type")}</th><th>${t("about")}</th><th>${t("message")}</th></tr></thead>
+    <tbody>${eventRows(shown) || `<tr><td colspan="4" class="muted">${t("noEvents")}</td></tr>`}</tbody></table></div>`, () => {
     const f = document.getElementById("event-filter");
     f.onchange = () => { sessionStorage.setItem("tresor.eventFilter", f.value); render(); };
   }];
@@ -626,10 +663,23 @@ async function render() {
     else view = await renderVms();
     if (mine !== rendering) return;
     const checked = [...document.querySelectorAll(".pick:checked")].map((c) => c.value);
+    // A live refresh keeps the focus where it was; a navigation moves it to the content.
+    const focused = document.activeElement && document.activeElement.id;
+    const typed = focused && document.activeElement.value;
     document.getElementById("app").innerHTML = shell(page || "vms", view[0]);
     for (const c of document.querySelectorAll(".pick")) if (checked.includes(c.value)) c.checked = true;
     bindShell();
     view[1]();
+    if (state.focusMain) {
+      state.focusMain = false;
+      // A new page starts at its top, header in view.
+      document.getElementById("main").focus({ preventScroll: true });
+      window.scrollTo(0, 0);
+    } else if (focused && document.getElementById(focused)) {
+      const again = document.getElementById(focused);
+      if (typeof typed === "string" && "value" in again && again.type !== "checkbox") again.value = typed;
+      again.focus({ preventScroll: true });
+    }
   } catch (e) {
     if (mine !== rendering || !state.me) return;
     document.getElementById("app").innerHTML = shell(page, `<p class="error">${esc(e.message)}</p>`);
@@ -639,5 +689,5 @@ async function render() {
 
 function refresh() { render(); }
 
-window.addEventListener("hashchange", render);
+window.addEventListener("hashchange", () => { state.focusMain = true; render(); });
 render();

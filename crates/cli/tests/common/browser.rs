@@ -210,10 +210,85 @@ impl Browser {
         }
     }
 
+    /// Presses and releases keys on the keyboard, one after another (WebDriver key codes such
+    /// as `\u{E004}` for Tab and `\u{E007}` for Enter).
+    pub fn press(&self, keys: &[&str]) {
+        let actions: Vec<Value> = keys
+            .iter()
+            .flat_map(|k| {
+                [
+                    json!({"type": "keyDown", "value": k}),
+                    json!({"type": "keyUp", "value": k}),
+                ]
+            })
+            .collect();
+        let v = self.session_call(
+            "POST",
+            "/actions",
+            json!({"actions": [{"type": "key", "id": "keyboard", "actions": actions}]}),
+        );
+        assert!(v["value"].is_null(), "pressing keys: {v}");
+    }
+
     /// Runs a script in the page; its result.
     pub fn script(&self, js: &str) -> Value {
         self.session_call("POST", "/execute/sync", json!({"script": js, "args": []}))["value"]
             .clone()
+    }
+
+    /// Shows the page as a phone of `width` by `height` CSS pixels would (a touch screen that
+    /// honours the page's viewport), or, with `None`, as the desktop window again.
+    pub fn emulate_phone(&self, size: Option<(u32, u32)>) {
+        let (cmd, params) = match size {
+            Some((width, height)) => (
+                "Emulation.setDeviceMetricsOverride",
+                json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": true}),
+            ),
+            None => ("Emulation.clearDeviceMetricsOverride", json!({})),
+        };
+        let v = self.session_call(
+            "POST",
+            "/goog/cdp/execute",
+            json!({"cmd": cmd, "params": params}),
+        );
+        assert!(v["value"]["error"].is_null(), "{cmd}: {v}");
+    }
+
+    /// How wide the page is laid out, in CSS pixels (wider than the window: it scrolls sideways).
+    pub fn page_width(&self) -> u64 {
+        self.script("return document.documentElement.scrollWidth;")
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    /// The serious and critical accessibility violations axe-core finds on the page now, each
+    /// as "rule: help (elements)". axe-core comes from scripts/browser (setup-test-deps).
+    pub fn axe_violations(&self) -> Vec<String> {
+        let path = super::workspace_root().join("scripts/browser/node_modules/axe-core/axe.min.js");
+        let source = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "axe-core is not installed ({}: {e}); run scripts/setup-test-deps",
+                path.display()
+            )
+        });
+        if self.script("return typeof window.axe;") != "object" {
+            self.script(&format!("{source}\nreturn true;"));
+        }
+        let v = self.session_call(
+            "POST",
+            "/execute/async",
+            json!({"script": r#"
+                const done = arguments[arguments.length - 1];
+                axe.run(document, { resultTypes: ["violations"] })
+                  .then((r) => done(r.violations
+                    .filter((v) => v.impact === "serious" || v.impact === "critical")
+                    .map((v) => v.id + ": " + v.help + " (" +
+                      v.nodes.map((n) => n.target.join(" ")).join(", ") + ")")))
+                  .catch((e) => done(["axe-core failed: " + e]));
+            "#, "args": []}),
+        );
+        serde_json::from_value(v["value"].clone())
+            .unwrap_or_else(|_| panic!("axe-core answered {v}"))
     }
 
     /// Saves a PNG screenshot of the window.

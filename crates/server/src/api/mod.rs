@@ -38,13 +38,15 @@ pub struct AppState {
     pub logins: Arc<crate::accounts::LoginGuard>,
 }
 
-/// An API error: an HTTP status, a stable code, and a message that says what to do.
+/// An API error: an HTTP status, a stable code, and a message that says what to do; for the
+/// messages an operator meets in the console, the same in German as well.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    pub message_de: Option<String>,
 }
 
 impl ApiError {
@@ -53,7 +55,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            message_de: None,
         }
+    }
+
+    /// The same message in German (answered as `messages.de` beside `message`).
+    pub fn de(mut self, message: impl Into<String>) -> ApiError {
+        self.message_de = Some(message.into());
+        self
     }
 }
 
@@ -70,11 +79,11 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({"error": {"code": self.code, "message": self.message}})),
-        )
-            .into_response()
+        let mut error = json!({"code": self.code, "message": self.message});
+        if let Some(de) = self.message_de {
+            error["messages"] = json!({"en": self.message, "de": de});
+        }
+        (self.status, Json(json!({ "error": error }))).into_response()
     }
 }
 
@@ -167,6 +176,7 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<String, ApiErro
             "unauthenticated",
             "No API token; log in with `tresor login` or set TRESOR_TOKEN",
         )
+        .de("Kein API-Token; melden Sie sich mit `tresor login` an oder setzen Sie TRESOR_TOKEN")
     })?;
     let invalid = || {
         ApiError::new(
@@ -174,6 +184,7 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<String, ApiErro
             "unauthenticated",
             "The API token is not valid; log in again with `tresor login`",
         )
+        .de("Das API-Token ist nicht gültig; melden Sie sich mit `tresor login` erneut an")
     };
     let (user, label, created) = state
         .store
@@ -185,7 +196,8 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<String, ApiErro
             StatusCode::UNAUTHORIZED,
             "unauthenticated",
             "The API token has expired; log in again with `tresor login`",
-        ));
+        )
+        .de("Das API-Token ist abgelaufen; melden Sie sich mit `tresor login` erneut an"));
     }
     Ok(user)
 }
@@ -205,11 +217,10 @@ fn authorize(
             action: action.into(),
             privilege,
         };
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            denied.to_string(),
-        ));
+        return Err(
+            ApiError::new(StatusCode::FORBIDDEN, "forbidden", denied.to_string())
+                .de(denied.message_de()),
+        );
     }
     Ok(user)
 }
@@ -460,6 +471,9 @@ fn no_vm(name: &str) -> ApiError {
         "notFound",
         format!("No VM named {name}; list them with `tresor vm list`"),
     )
+    .de(format!(
+        "Es gibt keine VM namens {name}; `tresor vm list` zeigt alle"
+    ))
 }
 
 async fn show_vm(
@@ -678,34 +692,38 @@ async fn request_unlocks(
                 }
             }
             Some((key, answer)) => {
-                let (status, code, why) = match &answer {
+                let p = key.provider();
+                let (status, code, why, why_de) = match &answer {
                     ProviderAnswer::Unreachable(e) => (
                         StatusCode::BAD_GATEWAY,
                         "providerUnreachable",
-                        format!(
-                            "key provider {} cannot be reached ({e}; kmsClusterError)",
-                            key.provider()
-                        ),
+                        format!("key provider {p} cannot be reached ({e}; kmsClusterError)"),
+                        format!("der Schlüsselanbieter {p} ist nicht erreichbar ({e}; kmsClusterError)"),
                     ),
                     ProviderAnswer::PermissionDenied(e) => (
                         StatusCode::BAD_GATEWAY,
                         "providerRefused",
-                        format!(
-                            "key provider {} refuses the server ({e}; kmsClusterError)",
-                            key.provider()
-                        ),
+                        format!("key provider {p} refuses the server ({e}; kmsClusterError)"),
+                        format!("der Schlüsselanbieter {p} weist den Server ab ({e}; kmsClusterError)"),
                     ),
                     ProviderAnswer::NotFound => (
                         StatusCode::CONFLICT,
                         "keyMissingOnKms",
                         format!("key {key} is not on the provider (keyMissingOnKms)"),
+                        format!("Schlüssel {key} ist nicht auf dem Anbieter (keyMissingOnKms)"),
                     ),
                     ProviderAnswer::NotActive(state) => (
                         StatusCode::CONFLICT,
                         "keyMissingOnKms",
                         format!("key {key} is {state} on the provider (keyMissingOnKms); its administrator reactivates it"),
+                        format!("Schlüssel {key} ist auf dem Anbieter {state} (keyMissingOnKms); dessen Administrator aktiviert ihn wieder"),
                     ),
-                    _ => (StatusCode::BAD_GATEWAY, "providerError", format!("{answer:?}")),
+                    _ => (
+                        StatusCode::BAD_GATEWAY,
+                        "providerError",
+                        format!("{answer:?}"),
+                        format!("{answer:?}"),
+                    ),
                 };
                 s.store.add_event(&crate::store::EventRow {
                     id: 0,
@@ -731,7 +749,11 @@ async fn request_unlocks(
                         "Cannot unlock VM {}: {why}. Nothing was changed; run `tresor vm diagnose {}` for the way forward",
                         vm.name, vm.name
                     ),
-                );
+                )
+                .de(format!(
+                    "VM {} kann nicht entsperrt werden: {why_de}. Nichts wurde geändert; `tresor vm diagnose {}` zeigt den Weg",
+                    vm.name, vm.name
+                ));
                 failed.push(UnlockFailure {
                     vm: vm.name.clone(),
                     key,
@@ -1264,11 +1286,7 @@ fn reply_error(
                 "exists" => StatusCode::CONFLICT,
                 _ => StatusCode::UNPROCESSABLE_ENTITY,
             };
-            Err(ApiError {
-                status,
-                code: "hostRefused",
-                message,
-            })
+            Err(ApiError::new(status, "hostRefused", message))
         }
         other => Ok(other),
     }
@@ -1675,8 +1693,13 @@ async fn power(
                     tresor_core::ops::disk_key_missing(&path, Lang::En),
                     r.message
                 ),
-            ),
-            _ => ApiError::new(StatusCode::CONFLICT, "vmLocked", r.message),
+            )
+            .de(format!(
+                "{} {}",
+                tresor_core::ops::disk_key_missing(&path, Lang::De),
+                r.message_de
+            )),
+            _ => ApiError::new(StatusCode::CONFLICT, "vmLocked", r.message).de(r.message_de),
         }
     })?;
     let command = if on {
@@ -1717,7 +1740,10 @@ async fn enable_encryption(
             StatusCode::SERVICE_UNAVAILABLE,
             "hostUnavailable",
             format!("Host {host} is not connected; start its agent and try again"),
-        ));
+        )
+        .de(format!(
+            "Host {host} ist nicht verbunden; starten Sie seinen Agenten und versuchen Sie es erneut"
+        )));
     }
     // A host keeps its host key: enabling again (after a restart) sends the same one.
     let new_key = record.host_key_id.is_none();
@@ -1859,11 +1885,10 @@ async fn register(
                 ),
                 privilege: Privilege::CryptoRegisterVm,
             };
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                denied.to_string(),
-            ));
+            return Err(
+                ApiError::new(StatusCode::FORBIDDEN, "forbidden", denied.to_string())
+                    .de(denied.message_de()),
+            );
         }
         let reg = tresor_core::registry::Registration::of_report(&req.host, &vm);
         s.engine
@@ -1953,7 +1978,7 @@ async fn add_disk(
     )?;
     let (state, reason) = lock_of(&record);
     tresor_core::ops::check(&name, tresor_core::ops::VmOp::AddDisk, state, reason)
-        .map_err(|r| ApiError::new(StatusCode::CONFLICT, "vmLocked", r.message))?;
+        .map_err(|r| ApiError::new(StatusCode::CONFLICT, "vmLocked", r.message).de(r.message_de))?;
     if req.size == 0 {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -2035,7 +2060,7 @@ async fn vm_op(
     let record = s.store.vm(name)?.ok_or_else(|| no_vm(name))?;
     let (state, reason) = lock_of(&record);
     tresor_core::ops::check(name, vm_op, state, reason)
-        .map_err(|r| ApiError::new(StatusCode::CONFLICT, "vmLocked", r.message))?;
+        .map_err(|r| ApiError::new(StatusCode::CONFLICT, "vmLocked", r.message).de(r.message_de))?;
     use tresor_core::protocol::Command;
     let mut new_key_made = None;
     let command = match op {

@@ -29,7 +29,13 @@ impl From<AccountError> for ApiError {
             AccountError::Random => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             _ => (StatusCode::BAD_REQUEST, "invalid"),
         };
-        ApiError::new(status, code, e.to_string())
+        let error = ApiError::new(status, code, e.to_string());
+        match e {
+            AccountError::BadCredentials => {
+                error.de("Falscher Benutzername oder falsches Passwort")
+            }
+            _ => error,
+        }
     }
 }
 
@@ -100,6 +106,10 @@ fn too_many(wait: std::time::Duration) -> ApiError {
             wait.as_secs().max(1)
         ),
     )
+    .de(format!(
+        "Zu viele fehlgeschlagene Anmeldungen für diesen Benutzer oder von dieser Adresse; versuchen Sie es in {} s erneut",
+        wait.as_secs().max(1)
+    ))
 }
 
 /// The user a token belongs to, and what it may do (the console hides what would be refused).
@@ -389,7 +399,8 @@ pub(super) async fn set_password(
                 StatusCode::FORBIDDEN,
                 "wrongPassword",
                 "The current password is wrong; your password is unchanged",
-            ));
+            )
+            .de("Das aktuelle Passwort ist falsch; Ihr Passwort ist unverändert"));
         }
     }
     let _permit = s.logins.hashing().await;
