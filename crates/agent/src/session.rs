@@ -249,6 +249,7 @@ async fn session(config: &SessionConfig, host: &Arc<Mutex<Host>>) -> std::io::Re
                     match message {
                         ServerMessage::Welcome { .. } | ServerMessage::Joined { .. } | ServerMessage::JoinRefused { .. } => {}
                         ServerMessage::HeartbeatAck { .. } => unanswered = 0,
+                        ServerMessage::Padding { .. } => {}
                         ServerMessage::Request { id, body } => queue.push_back((id, body)),
                     }
                 }

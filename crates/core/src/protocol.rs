@@ -245,6 +245,16 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Whether the command carries key material.
+    pub fn carries_secrets(&self) -> bool {
+        matches!(
+            self,
+            Command::PushKeys { .. } | Command::EnableEncryption { .. }
+        )
+    }
+}
+
 /// How an agent answers a request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "result")]
@@ -278,6 +288,21 @@ pub enum ServerMessage {
     HeartbeatAck {
         seq: u64,
     },
+    /// Nothing: sent after the agent answered a request that carried key material, at least as
+    /// long as that request. The TLS library decrypts a record where it received it; this frame's
+    /// record lands there and overwrites the key material's plaintext. The agent ignores it.
+    Padding {
+        fill: String,
+    },
+}
+
+impl ServerMessage {
+    /// A padding frame of at least `len` bytes.
+    pub fn padding(len: usize) -> ServerMessage {
+        ServerMessage::Padding {
+            fill: " ".repeat(len),
+        }
+    }
 }
 
 /// Agent to server.

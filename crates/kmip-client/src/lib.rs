@@ -531,7 +531,14 @@ impl KmipClient {
         let response = tokio::time::timeout(timeout, work)
             .await
             .map_err(|_| (true, cerr(format!("no answer within {timeout:?}"))))??;
-        self.put_idle(conn);
+        // A connection whose answer carried key material is not kept: the TLS library decrypts
+        // records in its own receive buffer, where the plaintext would stay until the next answer
+        // overwrites it. Dropped, the buffer is freed (and wiped by an allocator that wipes).
+        if carries_key_material(&response) {
+            drop(conn);
+        } else {
+            self.put_idle(conn);
+        }
         Ok(response)
     }
 
@@ -733,6 +740,14 @@ fn host_of(address: &str) -> &str {
         return rest.split(']').next().unwrap_or(rest);
     }
     address.rsplit_once(':').map(|(h, _)| h).unwrap_or(address)
+}
+
+/// Whether an answer holds a managed object's material (a Get's answer).
+fn carries_key_material(response: &ResponseMessage) -> bool {
+    response
+        .items
+        .iter()
+        .any(|i| matches!(i.payload, Some(ResponsePayload::Get { .. })))
 }
 
 #[cfg(test)]

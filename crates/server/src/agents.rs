@@ -462,11 +462,24 @@ impl AgentHub {
         })
         .map_err(std::io::Error::other)?;
         writer.write_all(&frame).await?;
+        // Requests that carried key material, by id, with their frame's length: once the agent
+        // answers one (it has read the frame), a padding frame as long follows (see
+        // `ServerMessage::Padding`).
+        let secret_frames: Arc<Mutex<HashMap<u64, usize>>> = Arc::default();
+        let written = secret_frames.clone();
         let writer_task = tokio::spawn(async move {
             while let Some(m) = rx.recv().await {
-                let Ok(frame) = protocol::encode(&m) else {
+                let Ok(frame) = protocol::encode(&m).map(zeroize::Zeroizing::new) else {
                     continue;
                 };
+                if let ServerMessage::Request { id, body } = &m {
+                    if body.carries_secrets() {
+                        if let Ok(mut w) = written.lock() {
+                            w.insert(*id, frame.len());
+                        }
+                    }
+                }
+                drop(m);
                 if writer.write_all(&frame).await.is_err() || writer.flush().await.is_err() {
                     break;
                 }
@@ -480,6 +493,10 @@ impl AgentHub {
                 {
                     match message {
                         AgentMessage::Reply { id, reply } => {
+                            let secret = secret_frames.lock().ok().and_then(|mut w| w.remove(&id));
+                            if let Some(len) = secret {
+                                let _ = tx.send(ServerMessage::padding(len)).await;
+                            }
                             if let Some(waiter) =
                                 pending.lock().ok().and_then(|mut p| p.remove(&id))
                             {
