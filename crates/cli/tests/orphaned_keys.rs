@@ -69,4 +69,31 @@ fn failed_operations_leave_no_active_key() {
     // Nothing of it is registered.
     let (ok, _, _) = dev.cli(&["vm", "show", "taken"]);
     assert!(!ok);
+
+    // A disk with a key of its own that the host refuses (more than its free space): the key
+    // made for it is deactivated and not left to the VM.
+    dev.ok(&[
+        "vm",
+        "create",
+        "web01",
+        "--host",
+        "host-1",
+        "--disk",
+        "4M",
+        "--encrypt",
+    ]);
+    let before = keys(&dev);
+    let vm_before = dev.vm("web01");
+    let (ok, _, err) = dev.cli(&["vm", "add-disk", "web01", "--size", "60T", "--own-key"]);
+    assert!(!ok && err.contains("free"), "{err}");
+    let after = keys(&dev);
+    let new: Vec<_> = after.iter().filter(|k| !before.contains(k)).collect();
+    assert_eq!(new.len(), 1, "{after:?}");
+    assert_eq!(new[0].1, "Deactivated", "{new:?}");
+    assert_eq!(dev.vm("web01")["disks"], vm_before["disks"]);
+    // The VM still unlocks after a restart of its host with only its own keys.
+    dev.ok(&["host", "reboot", "host-1"]);
+    common::wait_for("web01 is unlocked again", || {
+        dev.vm("web01")["cryptoState"] == "unlocked"
+    });
 }

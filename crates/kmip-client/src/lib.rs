@@ -110,6 +110,12 @@ pub struct ClientConfig {
     /// that come within it are taken without the thread being put to sleep and woken. For
     /// clients that send requests back to back; zero (the default) waits at once.
     pub poll_for_answer: Duration,
+    /// Whether a connection whose answer carried key material is kept for the next request.
+    /// No by default: the TLS library leaves a record's plaintext in its receive buffer until
+    /// the next answer overwrites it, so such a connection is closed (and its buffer freed).
+    /// Yes saves a TLS handshake per answer with a key, for clients that hold no secrets worth
+    /// it (the key server's benchmark).
+    pub keep_after_key_material: bool,
 }
 
 impl ClientConfig {
@@ -123,6 +129,7 @@ impl ClientConfig {
             max_idle: 8,
             max_response_bytes: 4 * 1024 * 1024,
             poll_for_answer: Duration::ZERO,
+            keep_after_key_material: false,
         }
     }
 }
@@ -534,7 +541,7 @@ impl KmipClient {
         // A connection whose answer carried key material is not kept: the TLS library decrypts
         // records in its own receive buffer, where the plaintext would stay until the next answer
         // overwrites it. Dropped, the buffer is freed (and wiped by an allocator that wipes).
-        if carries_key_material(&response) {
+        if !self.config.keep_after_key_material && carries_key_material(&response) {
             drop(conn);
         } else {
             self.put_idle(conn);

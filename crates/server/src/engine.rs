@@ -29,7 +29,7 @@ const CONCURRENCY: usize = 256;
 
 /// How many keys the engine asks a provider for in one KMIP message, and how many such
 /// messages it has in flight at once.
-const KEYS_PER_REQUEST: usize = 32;
+const KEYS_PER_REQUEST: usize = 128;
 pub const CONCURRENT_REQUESTS: usize = 16;
 
 /// How many VMs a pass decides for before it lets other tasks run.

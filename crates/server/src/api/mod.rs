@@ -1504,6 +1504,30 @@ pub(crate) fn check_name(kind: tresor_core::ids::NameKind, name: &str) -> Result
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "badName", e.to_string()))
 }
 
+/// A key made for a VM's operation that failed: no longer allowed to the VM, forgotten by its
+/// host (if it got there), and deactivated on its provider.
+async fn disown_key(
+    s: &AppState,
+    user: &str,
+    vm: &str,
+    host: &str,
+    key: &tresor_core::ids::KeyRef,
+) {
+    if let Some(mut reg) = s.engine.registration(vm) {
+        reg.keys.retain(|k| k != key);
+        if let Err(e) = s.engine.register(reg) {
+            tracing::error!(%vm, key = %key, error = %e, "cannot take an unused key from the registry");
+        }
+    }
+    let forget = tresor_core::protocol::Command::ForgetKeys {
+        keys: vec![key.clone()],
+    };
+    if let Err(e) = s.hub.request(host, forget, AGENT_TIMEOUT).await {
+        tracing::warn!(%host, key = %key, error = %e, "the host could not be told to forget an unused key");
+    }
+    retire_keys(s, user, Audited::Vm(vm), std::slice::from_ref(key)).await;
+}
+
 /// Deactivates keys the server made for an operation that failed, each audited; a key that
 /// cannot be deactivated is named in the log and an alarm, so that nothing Active is forgotten.
 async fn retire_keys(
@@ -2001,28 +2025,41 @@ async fn add_disk(
         let material = new_key(&s, &provider, &format!("{name}-disk")).await?;
         let key = material.key.clone();
         allow_key(&s, &name, &key)?;
-        push_keys(&s, &record.host, vec![material]).await?;
+        if let Err(e) = push_keys(&s, &record.host, vec![material]).await {
+            disown_key(&s, &user, &name, &record.host, &key).await;
+            return Err(e);
+        }
         record_crypto(&s, &user, "add disk", &name, &key)?;
         Some(key)
     } else {
         None
     };
-    let reply = reply_error(
-        s.hub
-            .request(
-                &record.host,
-                tresor_core::protocol::Command::AddDisk {
-                    vm: name.clone(),
-                    disk: tresor_core::protocol::DiskSpec {
-                        size: req.size,
-                        own_key,
-                    },
+    let answer = s
+        .hub
+        .request(
+            &record.host,
+            tresor_core::protocol::Command::AddDisk {
+                vm: name.clone(),
+                disk: tresor_core::protocol::DiskSpec {
+                    size: req.size,
+                    own_key: own_key.clone(),
                 },
-                AGENT_TIMEOUT,
-            )
-            .await
-            .map_err(agent_error)?,
-    )?;
+            },
+            AGENT_TIMEOUT,
+        )
+        .await
+        .map_err(agent_error)?;
+    let reply = match reply_error(answer) {
+        Ok(r) => r,
+        Err(e) => {
+            // The host refused: the disk's new key is used by nothing. (When the host did not
+            // answer, the disk may still be made; the key stays.)
+            if let Some(key) = &own_key {
+                disown_key(&s, &user, &name, &record.host, key).await;
+            }
+            return Err(e);
+        }
+    };
     if let tresor_core::protocol::Reply::Vm { vm } = reply {
         s.engine.observe_report(&record.host, Arc::new(vm));
         s.engine.tick().await;
