@@ -58,12 +58,41 @@ pub fn stored_token(server: &str) -> Result<Option<Zeroizing<String>>, CliError>
         .map(|t| Zeroizing::new(t.to_owned())))
 }
 
+/// Where `tresor login` keeps the fingerprints of the server certificates it was told to trust.
+fn known_servers_file() -> Option<PathBuf> {
+    config_dir().map(|d| d.join("known_servers.json"))
+}
+
+/// The fingerprint pinned for `server`, if one is.
+pub fn pinned_fingerprint(server: &str) -> Result<Option<String>, CliError> {
+    let Some(path) = known_servers_file() else {
+        return Ok(None);
+    };
+    Ok(read_credentials(&path)?
+        .get(server.trim_end_matches('/'))
+        .and_then(Value::as_str)
+        .map(str::to_owned))
+}
+
 fn store_token(server: &str, token: &str) -> Result<PathBuf, CliError> {
-    use std::io::Write;
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let path = credentials_file().ok_or_else(|| {
         CliError::msg("No home folder to keep the token in; set TRESOR_CONFIG_DIR")
     })?;
+    store_entry(&path, server, token)
+}
+
+fn store_pin(server: &str, fingerprint: &str) -> Result<PathBuf, CliError> {
+    let path = known_servers_file().ok_or_else(|| {
+        CliError::msg("No home folder to keep the server's fingerprint in; set TRESOR_CONFIG_DIR")
+    })?;
+    store_entry(&path, server, fingerprint)
+}
+
+/// Sets `server`'s entry in the JSON object in `path` (mode 0600, in a 0700 folder).
+fn store_entry(path: &Path, server: &str, value: &str) -> Result<PathBuf, CliError> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let path = path.to_path_buf();
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -71,7 +100,7 @@ fn store_token(server: &str, token: &str) -> Result<PathBuf, CliError> {
         .create(dir)
         .map_err(|e| CliError::msg(format!("Cannot create {}: {e}", dir.display())))?;
     let mut all = read_credentials(&path)?;
-    all.insert(server.trim_end_matches('/').to_owned(), json!(token));
+    all.insert(server.trim_end_matches('/').to_owned(), json!(value));
     let text = Zeroizing::new(Value::Object(all).to_string());
     let tmp = path.with_extension("json.new");
     let _ = std::fs::remove_file(&tmp);
@@ -126,9 +155,74 @@ pub struct LoginArgs {
     /// standard input).
     #[arg(long)]
     password_file: Option<PathBuf>,
+    /// Trust the server's certificate if its SHA-256 fingerprint is this one (as
+    /// `tresor server fingerprint` prints it on the server), without asking.
+    #[arg(long)]
+    fingerprint: Option<String>,
+}
+
+/// At first contact with an HTTPS server whose certificate nothing vouches for (no CA given, no
+/// pin stored): shows its fingerprint and pins it once a person (or `--fingerprint`) confirms it.
+fn trust_on_first_use(a: &LoginArgs) -> Result<(), CliError> {
+    if !a.conn.server.starts_with("https://")
+        || a.conn.ca.is_some()
+        || pinned_fingerprint(&a.conn.server)?.is_some()
+        || crate::api::insecure()
+    {
+        return Ok(());
+    }
+    let seen = crate::api::block_on(tresor_api::client::first_contact(&a.conn.server))??;
+    let seen_hex = tresor_tls::normalize_fingerprint(&seen).unwrap_or_default();
+    let accepted = match &a.fingerprint {
+        Some(given) => {
+            let given_hex = tresor_tls::normalize_fingerprint(given).ok_or_else(|| {
+                CliError::msg(format!(
+                    "--fingerprint {given} is not a SHA-256 fingerprint (64 hex digits, colons allowed)"
+                ))
+            })?;
+            if given_hex != seen_hex {
+                return Err(CliError::msg(format!(
+                    "The server at {} presented a certificate with SHA-256 fingerprint {seen}, not the {given} given: nothing was trusted and no password was sent. Check the address; if the server's certificate was replaced, compare with `tresor server fingerprint` on the server",
+                    a.conn.server
+                )));
+            }
+            true
+        }
+        None if std::io::stdin().is_terminal() => {
+            eprintln!(
+                "The server at {} presented a certificate nothing here vouches for.\nIts SHA-256 fingerprint is\n  {seen}\nCompare it with what `tresor server fingerprint` prints on the server.",
+                a.conn.server
+            );
+            eprint!("Trust this certificate for {}? [y/N] ", a.conn.server);
+            let mut answer = String::new();
+            std::io::stdin()
+                .read_line(&mut answer)
+                .map_err(|e| CliError::msg(format!("Cannot read the answer: {e}")))?;
+            matches!(answer.trim(), "y" | "Y" | "yes")
+        }
+        None => {
+            return Err(CliError::msg(format!(
+                "The server at {} presented a certificate nothing here vouches for (SHA-256 fingerprint {seen}); give its CA with --server-ca FILE or TRESOR_CA, or confirm the fingerprint with --fingerprint (compare it with `tresor server fingerprint` on the server)",
+                a.conn.server
+            )))
+        }
+    };
+    if !accepted {
+        return Err(CliError::msg(
+            "The certificate was not trusted; nothing was sent to the server",
+        ));
+    }
+    let path = store_pin(&a.conn.server, &seen_hex)?;
+    eprintln!(
+        "Pinned the certificate of {} (in {}).",
+        a.conn.server,
+        path.display()
+    );
+    Ok(())
 }
 
 pub fn run_login(a: LoginArgs) -> Result<(), CliError> {
+    trust_on_first_use(&a)?;
     let password = read_password(a.password_file.as_deref(), "Password: ")?;
     let body = Zeroizing::new(json!({"user": a.user, "password": password.as_str()}).to_string());
     let v = a.conn.call_with("", "POST", "/api/v1/login", &body)?;

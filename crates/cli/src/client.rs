@@ -9,14 +9,18 @@ use crate::CliError;
 
 #[derive(Debug, Args)]
 pub struct Conn {
-    /// The server's API, for example http://127.0.0.1:8400.
+    /// The server's API, for example https://127.0.0.1:8400.
     #[arg(
         long,
         env = "TRESOR_SERVER",
-        default_value = "http://127.0.0.1:8400",
+        default_value = "https://127.0.0.1:8400",
         global = true
     )]
     pub(crate) server: String,
+    /// The CA that issued the server's certificate (PEM); without it, the certificate
+    /// `tresor login` pinned for this server. (`--ca` of `provider add` is the provider's CA.)
+    #[arg(id = "server_ca", long = "server-ca", env = "TRESOR_CA", global = true)]
+    pub(crate) ca: Option<std::path::PathBuf>,
     /// Output format.
     #[arg(long, short = 'o', default_value = "table", global = true)]
     output: Format,
@@ -44,6 +48,12 @@ impl Conn {
         self.call_with(&token, method, path, body)
     }
 
+    /// A client for the server, trusting it as [`crate::api::trust`] decides.
+    pub(crate) fn client(&self, token: &str) -> Result<tresor_api::Client, CliError> {
+        let trust = crate::api::trust(&self.server, self.ca.as_deref())?;
+        Ok(tresor_api::Client::new(&self.server, trust)?.with_token(token))
+    }
+
     /// A request with the given token (empty: none, as for logging in).
     pub(crate) fn call_with(
         &self,
@@ -52,8 +62,8 @@ impl Conn {
         path: &str,
         body: &str,
     ) -> Result<Value, CliError> {
-        let (host, port) = self.address()?;
-        let (status, text) = crate::dev::http_request(&host, port, method, path, token, body)?;
+        let client = self.client(token)?;
+        let (status, text) = crate::api::send_text(&client, method, path, body)?;
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         if !(200..300).contains(&status) {
             let message = value["error"]["message"]
@@ -65,56 +75,16 @@ impl Conn {
         Ok(value)
     }
 
-    /// The server's host and port, from its URL.
-    fn address(&self) -> Result<(String, u16), CliError> {
-        let rest = self
-            .server
-            .strip_prefix("http://")
-            .ok_or_else(|| CliError::msg(format!("Server URL {} must start with http:// (HTTPS comes with a TLS proxy in front of the API)", self.server)))?;
-        let hostport = rest.trim_end_matches('/');
-        Ok(match hostport.rsplit_once(':') {
-            Some((h, p)) => (
-                h.to_owned(),
-                p.parse::<u16>().map_err(|_| {
-                    CliError::msg(format!("Bad port in server URL {}", self.server))
-                })?,
-            ),
-            None => (hostport.to_owned(), 80),
-        })
-    }
-
     /// Follows the event stream, calling `each` for every event until the server closes it.
     fn follow(&self, query: &str, mut each: impl FnMut(&Value)) -> Result<(), CliError> {
-        use std::io::{BufRead, Write};
         let token = self.token()?;
-        let (host, port) = self.address()?;
-        let mut s = std::net::TcpStream::connect((host.as_str(), port))
-            .map_err(|e| CliError::msg(format!("Cannot reach the server at {host}:{port}: {e}")))?;
-        write!(
-            s,
-            "GET /api/v1/events/stream?{query} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {}\r\nAccept: text/event-stream\r\n\r\n",
-            token.as_str()
-        )
-        .map_err(|e| CliError::msg(format!("Cannot ask the server for events: {e}")))?;
-        let mut reader = std::io::BufReader::new(s);
-        let mut status = String::new();
-        reader
-            .read_line(&mut status)
-            .map_err(|e| CliError::msg(format!("The event stream broke: {e}")))?;
-        if !status.contains(" 200 ") {
-            return Err(CliError::msg(format!(
-                "The server refused the event stream: {}",
-                status.trim()
-            )));
-        }
-        for line in reader.lines() {
-            let line = line.map_err(|e| CliError::msg(format!("The event stream broke: {e}")))?;
-            if let Some(data) = line.strip_prefix("data:") {
-                if let Ok(v) = serde_json::from_str::<Value>(data.trim()) {
-                    each(&v);
-                }
-            }
-        }
+        let client = self.client(&token)?;
+        crate::api::block_on(
+            client.follow(&format!("/api/v1/events/stream?{query}"), |v| {
+                each(&v);
+                true
+            }),
+        )??;
         Err(CliError::msg(
             "The server closed the event stream; run the command again to go on",
         ))

@@ -34,6 +34,24 @@ enum ServerSub {
         api_listen: String,
         #[arg(long, default_value = "0.0.0.0:8401")]
         agent_listen: String,
+        /// The API's certificate chain (PEM), if not one from the server's own CA.
+        #[arg(long, requires = "api_key")]
+        api_cert: Option<PathBuf>,
+        /// The key of --api-cert (PEM).
+        #[arg(long, requires = "api_cert")]
+        api_key: Option<PathBuf>,
+    },
+    /// Print the SHA-256 fingerprint of the API's certificate, for clients to compare at their
+    /// first `tresor login`.
+    Fingerprint {
+        /// The server's configuration file.
+        #[arg(
+            long,
+            short,
+            env = "TRESOR_SERVER_CONFIG",
+            default_value = "server.toml"
+        )]
+        config: PathBuf,
     },
 }
 
@@ -86,16 +104,37 @@ pub fn run_server(cmd: ServerCommand) -> Result<(), CliError> {
             names,
             api_listen,
             agent_listen,
+            api_cert,
+            api_key,
         }) => {
-            let done = tresor_server::run::init(&data, &names, &api_listen, &agent_listen)
-                .map_err(|e| CliError::msg(e.to_string()))?;
+            let certificate = match (&api_cert, &api_key) {
+                (Some(chain), Some(key)) => {
+                    tresor_server::run::ApiCertificate::Given { chain, key }
+                }
+                _ => tresor_server::run::ApiCertificate::FromServerCa,
+            };
+            let done =
+                tresor_server::run::init(&data, &names, &api_listen, &agent_listen, certificate)
+                    .map_err(|e| CliError::msg(e.to_string()))?;
             println!("Server set up in {}.", data.display());
             println!(
                 "Start it with: tresor server --config {}",
                 done.config.display()
             );
+            println!(
+                "The API's certificate has SHA-256 fingerprint {} (clients compare it at their first login).",
+                done.api_fingerprint
+            );
             println!("The admin user's API token (shown once; keep it safe):");
             println!("{}", done.admin_token);
+            Ok(())
+        }
+        Some(ServerSub::Fingerprint { config }) => {
+            let config = tresor_server::run::ServerConfig::load(&config)
+                .map_err(|e| CliError::msg(e.to_string()))?;
+            let fp = tresor_server::run::api_fingerprint(&config)
+                .map_err(|e| CliError::msg(e.to_string()))?;
+            println!("{fp}");
             Ok(())
         }
         None => {

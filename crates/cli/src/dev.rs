@@ -2,7 +2,6 @@
 //! the server (SQLite) and N host agents, with their data in one folder. Prints the API's URL
 //! and an admin token.
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,51 +23,14 @@ pub struct DevArgs {
     port: u16,
 }
 
-/// A plain HTTP/1.1 request to the local API; returns the status and body.
+/// A request to the local API (HTTPS, trusting the server's own CA); the status and body.
 pub fn local_http(
-    port: u16,
+    api: &tresor_api::Client,
     method: &str,
     path: &str,
-    token: &str,
     body: &str,
 ) -> Result<(u16, String), CliError> {
-    http_request("127.0.0.1", port, method, path, token, body)
-}
-
-/// A plain HTTP/1.1 request; returns the status and body.
-pub fn http_request(
-    host: &str,
-    port: u16,
-    method: &str,
-    path: &str,
-    token: &str,
-    body: &str,
-) -> Result<(u16, String), CliError> {
-    let mut s = std::net::TcpStream::connect((host, port))
-        .map_err(|e| CliError::msg(format!("Cannot reach the server at {host}:{port}: {e}")))?;
-    let _ = s.set_read_timeout(Some(Duration::from_secs(180)));
-    let content_type = if body.is_empty() {
-        ""
-    } else {
-        "Content-Type: application/json\r\n"
-    };
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .map_err(|e| CliError::msg(e.to_string()))?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)
-        .map_err(|e| CliError::msg(e.to_string()))?;
-    let status = out
-        .get(9..12)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| CliError::msg("The API answered something that is not HTTP"))?;
-    Ok((
-        status,
-        out.split("\r\n\r\n").nth(1).unwrap_or("").to_owned(),
-    ))
+    crate::api::send_text(api, method, path, body)
 }
 
 struct Children(Vec<(String, Child)>);
@@ -144,6 +106,7 @@ pub fn run(args: DevArgs) -> Result<(), CliError> {
             &["localhost".into(), "127.0.0.1".into()],
             &format!("127.0.0.1:{api}"),
             &format!("127.0.0.1:{agents}"),
+            tresor_server::run::ApiCertificate::FromServerCa,
         )
         .map_err(|e| CliError::msg(e.to_string()))?;
         crate::kms::write_private(&token_file, done.admin_token.as_bytes())?;
@@ -170,6 +133,10 @@ pub fn run(args: DevArgs) -> Result<(), CliError> {
     }
     let admin = std::fs::read_to_string(&token_file)
         .map_err(|e| CliError::msg(format!("Cannot read {}: {e}", token_file.display())))?;
+    let ca_file = server_dir.join("ca.pem");
+    let api_url = format!("https://127.0.0.1:{api}");
+    let client = tresor_api::Client::new(&api_url, tresor_api::Trust::ca_file(&ca_file)?)?
+        .with_token(admin.trim());
     let mut children = Children(Vec::new());
     let kms_log = logs.join("kms.log");
     spawn(
@@ -201,10 +168,9 @@ pub fn run(args: DevArgs) -> Result<(), CliError> {
         let dir = data.join(&name);
         if !dir.join("agent.toml").exists() {
             let (status, body) = local_http(
-                api,
+                &client,
                 "POST",
                 "/api/v1/hosts/token",
-                admin.trim(),
                 &serde_json::json!({"host": name, "replace": true}).to_string(),
             )?;
             let token = serde_json::from_str::<serde_json::Value>(&body)
@@ -266,10 +232,9 @@ pub fn run(args: DevArgs) -> Result<(), CliError> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let (status, body) = local_http(
-                api,
+                &client,
                 "POST",
                 &format!("/api/v1/hosts/{name}/enable-encryption"),
-                admin.trim(),
                 "",
             )?;
             if status == 200 {
@@ -284,8 +249,9 @@ pub fn run(args: DevArgs) -> Result<(), CliError> {
         }
     }
     println!("Tresor is running (data in {}).", data.display());
-    println!("  console      http://127.0.0.1:{api}/   (sign in with the admin token)");
-    println!("  API          http://127.0.0.1:{api}/api/v1   (described at /api/v1/openapi.json)");
+    println!("  console      {api_url}/   (sign in with the admin token; the certificate is issued by the CA below)");
+    println!("  API          {api_url}/api/v1   (described at /api/v1/openapi.json)");
+    println!("  server CA    {}", ca_file.display());
     println!(
         "  admin token  {}   (also in {})",
         admin.trim(),
@@ -327,10 +293,9 @@ pub fn run(args: DevArgs) -> Result<(), CliError> {
     // them); `tresor dev` stops everything it started: the hosts' VMs first, as a restart does.
     for i in 1..=args.hosts.max(1) {
         let _ = local_http(
-            api,
+            &client,
             "POST",
             &format!("/api/v1/hosts/host-{i}/reboot"),
-            admin.trim(),
             "",
         );
     }

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod access;
 mod admin;
+mod api;
 mod client;
 mod daemons;
 mod dev;

@@ -147,7 +147,8 @@ fn keys_missing_only_on_the_host_are_pushed_by_an_unlock() {
     // Someone follows the events as they happen.
     let mut follower = std::process::Command::new(common::TRESOR)
         .args(["event", "list", "--vm", "web02", "--follow", "-o", "json"])
-        .env("TRESOR_SERVER", format!("http://127.0.0.1:{}", dev.port))
+        .env("TRESOR_SERVER", dev.url())
+        .env("TRESOR_CA", dev.ca())
         .env("TRESOR_TOKEN", &dev.token)
         .stdout(std::process::Stdio::piped())
         .spawn()

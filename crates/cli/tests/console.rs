@@ -75,7 +75,7 @@ fn an_operator_unlocks_a_vm_from_the_browser() {
         dev.vm("web01")["lockReason"] == "kmsClusterError"
     });
 
-    let url = format!("http://127.0.0.1:{}/", dev.port);
+    let url = format!("{}/", dev.url());
     let browser = Browser::start();
     browser.go(&url);
     browser.type_into("#user", "alice");
@@ -316,7 +316,7 @@ fn every_page_reads_on_a_phone_and_passes_axe() {
         dev.vm("web01")["lockReason"] == "keyMissingOnHost"
     });
 
-    let url = format!("http://127.0.0.1:{}/", dev.port);
+    let url = format!("{}/", dev.url());
     let browser = Browser::start();
     // Everything found, reported together at the end.
     let problems = std::cell::RefCell::new(Vec::<String>::new());

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{free_ports, http, TRESOR};
+use common::{free_ports, https, TRESOR};
 
 #[test]
 fn tresor_dev_runs_an_encrypted_vm_and_stops_cleanly() {
@@ -34,7 +34,8 @@ fn tresor_dev_runs_an_encrypted_vm_and_stops_cleanly() {
         assert!(Instant::now() < deadline, "tresor dev did not come up");
     }
     assert_eq!(token.len(), 48, "no admin token printed");
-    let (status, vm) = http(
+    let (status, vm) = https(
+        &tmp.path().join("server/ca.pem"),
         port,
         "POST",
         "/api/v1/vms",
@@ -44,7 +45,14 @@ fn tresor_dev_runs_an_encrypted_vm_and_stops_cleanly() {
     assert_eq!(status, 200, "{vm}");
     assert_eq!(vm["cryptoState"], "unlocked");
     assert_eq!(vm["config"]["keyId"]["providerId"]["id"], "tresor-kms");
-    let (status, body) = http(port, "POST", "/api/v1/vms/web01/power-on", &token, "");
+    let (status, body) = https(
+        &tmp.path().join("server/ca.pem"),
+        port,
+        "POST",
+        "/api/v1/vms/web01/power-on",
+        &token,
+        "",
+    );
     assert_eq!(status, 200, "{body}");
     // The key id the procedure asks for is the one on the key server.
     let key_id = vm["config"]["keyId"]["keyId"].as_str().unwrap().to_owned();

@@ -135,12 +135,13 @@ fn a_login_flood_is_answered_429_in_bounded_memory() {
     let server_toml = dev.dir.path().join("server/server.toml");
     let pid = pid_of(&["server --config", &server_toml.display().to_string()]);
     let before = rss_kib(&pid);
+    let dev = &dev;
     let statuses: Vec<u16> = std::thread::scope(|s| {
         let threads: Vec<_> = (0..100)
             .map(|i| {
                 s.spawn(move || {
                     let body = serde_json::json!({"user": "admin", "password": format!("guess-{i}-xxxxxxxx")});
-                    common::http(dev.port, "POST", "/api/v1/login", "", &body.to_string()).0
+                    dev.http("POST", "/api/v1/login", "", &body.to_string()).0
                 })
             })
             .collect();

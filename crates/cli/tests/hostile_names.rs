@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{http, Dev};
+use common::Dev;
 
 #[test]
 fn hostile_names_are_refused_and_change_nothing() {
@@ -26,13 +26,7 @@ fn hostile_names_are_refused_and_change_nothing() {
         "tab\there",
     ] {
         let body = serde_json::json!({"name": name, "host": "host-1", "disks": [4194304]});
-        let (status, v) = http(
-            dev.port,
-            "POST",
-            "/api/v1/vms",
-            &dev.token,
-            &body.to_string(),
-        );
+        let (status, v) = dev.http("POST", "/api/v1/vms", &dev.token, &body.to_string());
         assert_eq!(status, 400, "{name:?}: {v}");
         assert_eq!(v["error"]["code"], "badName", "{v}");
         let message = v["error"]["message"].as_str().unwrap();
@@ -54,7 +48,7 @@ fn hostile_names_are_refused_and_change_nothing() {
                 serde_json::json!({"name": name, "endpoints": ["127.0.0.1:1"], "caPem": "x", "selfSigned": true}),
             ),
         ] {
-            let (status, v) = http(dev.port, "POST", path, &dev.token, &body.to_string());
+            let (status, v) = dev.http("POST", path, &dev.token, &body.to_string());
             assert_eq!(status, 400, "{path} {name:?}: {v}");
             assert_eq!(v["error"]["code"], "badName", "{path}: {v}");
         }
@@ -94,13 +88,7 @@ fn hostile_names_are_refused_and_change_nothing() {
             "hostRefused",
         ),
     ] {
-        let (status, v) = http(
-            dev.port,
-            "POST",
-            "/api/v1/vms",
-            &dev.token,
-            &body.to_string(),
-        );
+        let (status, v) = dev.http("POST", "/api/v1/vms", &dev.token, &body.to_string());
         assert!(status == 400 || status == 422, "{status}: {v}");
         assert_eq!(v["error"]["code"], code, "{v}");
     }
@@ -111,7 +99,7 @@ fn hostile_names_are_refused_and_change_nothing() {
         "/api/v1/hosts/host-9/reboot",
         "/api/v1/hosts/host-9/enable-encryption",
     ] {
-        let (status, v) = http(dev.port, "POST", path, &dev.token, "");
+        let (status, v) = dev.http("POST", path, &dev.token, "");
         assert_eq!(status, 404, "{path}: {v}");
         assert!(
             v["error"]["message"].as_str().unwrap().contains("host-9"),

@@ -22,6 +22,7 @@ pub mod broker;
 pub mod console;
 pub mod engine;
 pub mod enrol;
+pub mod https;
 pub mod providers;
 pub mod run;
 pub mod store;

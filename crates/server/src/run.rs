@@ -31,9 +31,20 @@ fn setup<E: std::fmt::Display>(what: &str) -> impl Fn(E) -> RunError + '_ {
 pub struct ServerConfig {
     /// Database, CA and certificates.
     pub data_dir: PathBuf,
-    /// The REST API (plain HTTP: keep it on loopback or behind a TLS proxy).
+    /// The REST API and the web console (HTTPS).
     #[serde(default = "default_api")]
     pub api_listen: String,
+    /// The API's certificate chain and key (PEM), relative to `data_dir`. `tresor server init`
+    /// makes them from the server's CA (or copies an operator's); a server without them makes
+    /// them at start.
+    #[serde(default = "default_api_certificate")]
+    pub api_certificate: PathBuf,
+    #[serde(default = "default_api_key")]
+    pub api_key: PathBuf,
+    /// Plain HTTP instead of HTTPS, for a server whose API listens on a loopback address only
+    /// (behind a TLS proxy on the same machine, say). Refused on any other address.
+    #[serde(default)]
+    pub api_plain_http: bool,
     /// Where host agents connect (mutual TLS).
     #[serde(default = "default_agents")]
     pub agent_listen: String,
@@ -58,6 +69,12 @@ pub struct ServerConfig {
 
 fn default_api() -> String {
     "127.0.0.1:8400".into()
+}
+fn default_api_certificate() -> PathBuf {
+    "api.pem".into()
+}
+fn default_api_key() -> PathBuf {
+    "api.key".into()
 }
 fn default_agents() -> String {
     "0.0.0.0:8401".into()
@@ -109,15 +126,54 @@ fn write_private(path: &Path, contents: &str) -> Result<(), RunError> {
 pub struct Initialised {
     pub config: PathBuf,
     pub admin_token: String,
+    /// The SHA-256 fingerprint of the API's certificate.
+    pub api_fingerprint: String,
 }
 
-/// Creates an empty server in `dir`: database, CA, certificate of the agent endpoint for
-/// `names`, and the `admin` user with the Administrator role; returns admin's first token.
+/// The names every API certificate the server makes holds, beside the ones given: the API is
+/// reached on this machine under these.
+const LOOPBACK_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+
+/// Issues the API's certificate from the server's CA for `names` (and the loopback names) and
+/// writes it as `cert` (with the CA, a chain) and `key` (mode 0600).
+fn issue_api_certificate(
+    ca: &CertificateAuthority,
+    names: &[String],
+    cert: &Path,
+    key: &Path,
+) -> Result<(), RunError> {
+    let mut all: Vec<&str> = names.iter().map(String::as_str).collect();
+    for n in LOOPBACK_NAMES {
+        if !all.contains(&n) {
+            all.push(n);
+        }
+    }
+    let issued = ca
+        .issue(CertKind::Server, all[0], &all, 825)
+        .map_err(setup("Cannot create the API certificate"))?;
+    std::fs::write(cert, format!("{}{}", issued.cert_pem, ca.cert_pem()))
+        .map_err(setup(&format!("Cannot write {}", cert.display())))?;
+    write_private(key, &issued.key_pem)
+}
+
+/// The API's certificate: made by `init` from the server's CA, or an operator's own.
+#[derive(Debug, Default)]
+pub enum ApiCertificate<'a> {
+    #[default]
+    FromServerCa,
+    /// An operator's certificate chain and key (PEM files), copied into the server's folder.
+    Given { chain: &'a Path, key: &'a Path },
+}
+
+/// Creates an empty server in `dir`: database, CA, certificates of the agent endpoint and of the
+/// API for `names`, and the `admin` user with the Administrator role; returns admin's first
+/// token.
 pub fn init(
     dir: &Path,
     names: &[String],
     api_listen: &str,
     agent_listen: &str,
+    api_certificate: ApiCertificate<'_>,
 ) -> Result<Initialised, RunError> {
     if dir.join("server.toml").exists() {
         return Err(RunError::Setup(format!(
@@ -142,6 +198,32 @@ pub fn init(
     std::fs::write(dir.join("agent-endpoint.pem"), &cert.cert_pem)
         .map_err(setup("Cannot write agent-endpoint.pem"))?;
     write_private(&dir.join("agent-endpoint.key"), &cert.key_pem)?;
+    match api_certificate {
+        ApiCertificate::FromServerCa => {
+            issue_api_certificate(&ca, names, &dir.join("api.pem"), &dir.join("api.key"))?
+        }
+        ApiCertificate::Given { chain, key } => {
+            let chain_pem = std::fs::read_to_string(chain)
+                .map_err(setup(&format!("Cannot read {}", chain.display())))?;
+            let key_pem = zeroize::Zeroizing::new(
+                std::fs::read_to_string(key)
+                    .map_err(setup(&format!("Cannot read {}", key.display())))?,
+            );
+            let matches = tresor_tls::cert_matches_key(&chain_pem, &key_pem).map_err(setup(
+                &format!("{} or {} is not usable", chain.display(), key.display()),
+            ))?;
+            if !matches {
+                return Err(RunError::Setup(format!(
+                    "The key in {} does not belong to the certificate in {}; give the pair that belongs together",
+                    key.display(),
+                    chain.display()
+                )));
+            }
+            std::fs::write(dir.join("api.pem"), chain_pem)
+                .map_err(setup("Cannot write api.pem"))?;
+            write_private(&dir.join("api.key"), &key_pem)?;
+        }
+    }
     let store =
         Store::open(&dir.join("server.sqlite")).map_err(setup("Cannot create the database"))?;
     seed_roles(&store).map_err(setup("Cannot create the roles"))?;
@@ -160,7 +242,10 @@ pub fn init(
         .map_err(setup("Cannot store the token"))?;
     let config = format!(
         "# Tresor server (tresor server --config server.toml)\n\n# Database, CA and certificates.\ndata_dir = \".\"\n\n\
-         # The REST API (plain HTTP: keep it on loopback or behind a TLS proxy).\napi_listen = {api_listen:?}\n\n\
+         # The REST API and the web console, over HTTPS with this certificate chain and key.\napi_listen = {api_listen:?}\n\
+         # api_certificate = \"api.pem\"\n# api_key = \"api.key\"\n\n\
+         # Plain HTTP instead, allowed only when api_listen is a loopback address (for a TLS proxy\n\
+         # on this machine).\n# api_plain_http = false\n\n\
          # Where host agents connect (mutual TLS).\nagent_listen = {agent_listen:?}\n\n\
          # How often the locked-VM engine looks at every VM, in milliseconds.\nengine_tick_ms = 500\n\n\
          # How often every key provider's endpoints are probed, in seconds.\n# provider_probe_secs = 60\n\n\
@@ -171,9 +256,11 @@ pub fn init(
          # lock follows the provider.\n# locked_recheck_secs = 15\n"
     );
     std::fs::write(dir.join("server.toml"), config).map_err(setup("Cannot write server.toml"))?;
+    let api_fingerprint = leaf_fingerprint(&dir.join("api.pem"))?;
     Ok(Initialised {
         config: dir.join("server.toml"),
         admin_token,
+        api_fingerprint,
     })
 }
 
@@ -248,6 +335,7 @@ pub async fn serve(
             "Cannot listen on {} for the API",
             config.api_listen
         )))?;
+    let api_tls = api_tls(&config, &enroller_ca(dir)?, &api)?;
     tracing::info!(api = %config.api_listen, agents = %config.agent_listen, "server listening");
     let app = router(AppState {
         store: store.clone(),
@@ -277,12 +365,19 @@ pub async fn serve(
     let served = api_runtime.spawn(async move {
         let api = tokio::net::TcpListener::from_std(api)?;
         // Each connection's address, for the sign-in limits.
-        axum::serve(
-            api,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        match api_tls {
+            Some(tls) => {
+                use axum::serve::ListenerExt;
+                let listener =
+                    crate::https::TlsListener::new(api, tls, crate::https::Limits::default())?
+                        .tap_io(|_| {});
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+            None => axum::serve(api, app).with_graceful_shutdown(shutdown).await,
+        }
     });
     let result = served
         .await
@@ -296,6 +391,63 @@ pub async fn serve(
         tracing::error!(error = %e, "cannot store the VMs' last states");
     }
     result.map_err(setup("The API server failed"))
+}
+
+fn leaf_fingerprint(chain: &Path) -> Result<String, RunError> {
+    let certs = tresor_tls::load_certs(chain).map_err(setup("Cannot load the API certificate"))?;
+    certs
+        .first()
+        .map(tresor_tls::fingerprint)
+        .ok_or_else(|| RunError::Setup(format!("{} holds no certificate", chain.display())))
+}
+
+/// The SHA-256 fingerprint of the API's certificate (`tresor server fingerprint`).
+pub fn api_fingerprint(config: &ServerConfig) -> Result<String, RunError> {
+    leaf_fingerprint(&config.data_dir.join(&config.api_certificate))
+}
+
+/// The server's CA, from its folder.
+fn enroller_ca(dir: &Path) -> Result<CertificateAuthority, RunError> {
+    let ca_pem =
+        std::fs::read_to_string(dir.join("ca.pem")).map_err(setup("Cannot read ca.pem"))?;
+    let ca_key = zeroize::Zeroizing::new(
+        std::fs::read_to_string(dir.join("ca.key")).map_err(setup("Cannot read ca.key"))?,
+    );
+    CertificateAuthority::from_pem(&ca_pem, &ca_key).map_err(setup("The server CA is unusable"))
+}
+
+/// The API's TLS configuration, or `None` for plain HTTP (allowed on loopback only). A server
+/// set up before the API spoke HTTPS gets its certificate from its CA at first start.
+fn api_tls(
+    config: &ServerConfig,
+    ca: &CertificateAuthority,
+    listener: &tokio::net::TcpListener,
+) -> Result<Option<Arc<tresor_tls::rustls::ServerConfig>>, RunError> {
+    if config.api_plain_http {
+        let addr = listener
+            .local_addr()
+            .map_err(setup("Cannot read the API's address"))?;
+        if !addr.ip().is_loopback() {
+            return Err(RunError::Setup(format!(
+                "api_plain_http is set but api_listen ({}) is not a loopback address; plain HTTP would carry passwords and tokens over the network. Remove api_plain_http (the API then speaks HTTPS) or listen on 127.0.0.1",
+                config.api_listen
+            )));
+        }
+        tracing::warn!(api = %config.api_listen, "the API speaks plain HTTP (api_plain_http, loopback only)");
+        return Ok(None);
+    }
+    let dir = &config.data_dir;
+    let cert = dir.join(&config.api_certificate);
+    let key = dir.join(&config.api_key);
+    if !cert.exists() && !key.exists() {
+        issue_api_certificate(ca, &[], &cert, &key)?;
+        tracing::info!(certificate = %cert.display(), "made the API's certificate from the server's CA");
+    }
+    let chain = tresor_tls::load_certs(&cert).map_err(setup("Cannot load the API certificate"))?;
+    let key = tresor_tls::load_key(&key).map_err(setup("Cannot load the API key"))?;
+    tresor_tls::https_server_config(chain, key)
+        .map(Some)
+        .map_err(setup("Cannot set up the API's TLS"))
 }
 
 /// A KMIP client configuration for a stored provider.

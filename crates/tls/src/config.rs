@@ -35,7 +35,7 @@ pub enum ClientAuth {
 /// The *ring* provider with AES-128-GCM suites preferred: their handshakes hash with SHA-256,
 /// which current x86 and ARM processors compute in hardware, where SHA-384 (of the AES-256
 /// suites) is computed in software. Both stay offered; a new connection costs less.
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     let mut provider = rustls::crypto::ring::default_provider();
     provider
         .cipher_suites

@@ -7,6 +7,7 @@
 mod ca;
 mod config;
 pub mod gate;
+mod https;
 mod identity;
 pub mod io;
 mod pem;
@@ -15,6 +16,9 @@ pub use ca::{
     cert_matches_key, key_and_csr, self_signed_client, CertKind, CertificateAuthority, IssuedCert,
 };
 pub use config::{client_config, pinned_client_config, server_config, ClientAuth};
+pub use https::{
+    fingerprint, https_client_config, https_server_config, normalize_fingerprint, ServerTrust,
+};
 pub use identity::{certificate_info, peer_identity, CertificateInfo};
 pub use pem::{load_certs, load_key, parse_certs, parse_key};
 

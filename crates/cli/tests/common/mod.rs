@@ -3,7 +3,7 @@
 
 pub mod browser;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 pub const TRESOR: &str = env!("CARGO_BIN_EXE_tresor");
@@ -36,27 +36,32 @@ pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// One API request with a bearer token; the status and the JSON body (null when none).
-pub fn http(
+/// One API request over HTTPS to 127.0.0.1:`port`, trusting the CA in `ca`, with a bearer token
+/// (none when empty); the status and the JSON body (null when none).
+pub fn https(
+    ca: &std::path::Path,
     port: u16,
     method: &str,
     path: &str,
     token: &str,
     body: &str,
 ) -> (u16, serde_json::Value) {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let ct = if body.is_empty() {
-        ""
-    } else {
-        "Content-Type: application/json\r\n"
-    };
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n{ct}Content-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    (
-        out[9..12].parse().unwrap(),
-        serde_json::from_str(out.split("\r\n\r\n").nth(1).unwrap_or("")).unwrap_or_default(),
+    let client = tresor_api::Client::new(
+        &format!("https://127.0.0.1:{port}"),
+        tresor_api::Trust::ca_file(ca).unwrap(),
     )
+    .unwrap()
+    .with_token(token);
+    let body: Option<serde_json::Value> =
+        (!body.is_empty()).then(|| serde_json::from_str(body).unwrap());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let a = rt
+        .block_on(client.send(method, path, body.as_ref()))
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    (a.status, a.body)
 }
 
 /// A process the test started; stopped with SIGINT (then killed) when dropped.
@@ -145,6 +150,27 @@ impl Dev {
         }
     }
 
+    /// The API's URL.
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// The server's CA, which issued the API's certificate.
+    pub fn ca(&self) -> std::path::PathBuf {
+        self.dir.path().join("server/ca.pem")
+    }
+
+    /// One API request with `token`; the status and the JSON body.
+    pub fn http(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: &str,
+    ) -> (u16, serde_json::Value) {
+        https(&self.ca(), self.port, method, path, token, body)
+    }
+
     /// Runs a client command as admin: success, standard output, standard error.
     pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
         self.cli_as(&self.token, args)
@@ -154,7 +180,8 @@ impl Dev {
     pub fn cli_as(&self, token: &str, args: &[&str]) -> (bool, String, String) {
         let out = std::process::Command::new(TRESOR)
             .args(args)
-            .env("TRESOR_SERVER", format!("http://127.0.0.1:{}", self.port))
+            .env("TRESOR_SERVER", self.url())
+            .env("TRESOR_CA", self.ca())
             .env("TRESOR_TOKEN", token)
             .output()
             .unwrap();
@@ -176,7 +203,8 @@ impl Dev {
         use std::io::Write as _;
         let mut child = std::process::Command::new(TRESOR)
             .args(args)
-            .env("TRESOR_SERVER", format!("http://127.0.0.1:{}", self.port))
+            .env("TRESOR_SERVER", self.url())
+            .env("TRESOR_CA", self.ca())
             .env_remove("TRESOR_TOKEN")
             .env("TRESOR_CONFIG_DIR", config_dir)
             .stdin(std::process::Stdio::piped())
@@ -508,6 +536,7 @@ impl PyKmip {
 /// the admin token `init` printed.
 pub struct NewServer {
     pub api: u16,
+    pub ca: std::path::PathBuf,
     pub agents: u16,
     pub token: String,
     _proc: Proc,
@@ -549,6 +578,7 @@ impl NewServer {
         });
         NewServer {
             api,
+            ca: dir.join("ca.pem"),
             agents,
             token,
             _proc: proc,
@@ -559,7 +589,8 @@ impl NewServer {
     pub fn cli(&self, args: &[&str]) -> String {
         let out = std::process::Command::new(TRESOR)
             .args(args)
-            .env("TRESOR_SERVER", format!("http://127.0.0.1:{}", self.api))
+            .env("TRESOR_SERVER", format!("https://127.0.0.1:{}", self.api))
+            .env("TRESOR_CA", &self.ca)
             .env("TRESOR_TOKEN", &self.token)
             .output()
             .unwrap();

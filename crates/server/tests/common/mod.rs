@@ -1,4 +1,4 @@
-//! What the API tests share: a plain HTTP client and an API served on loopback.
+//! What the API tests share: the API client and an API served on loopback (plain HTTP).
 
 #![allow(dead_code)]
 
@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tresor_server::agents::AgentHub;
 use tresor_server::api::{router, seed_roles, token_hash, AppState};
 use tresor_server::broker::KeyBroker;
@@ -17,7 +16,8 @@ use tresor_server::providers::Providers;
 use tresor_server::store::Store;
 use tresor_tls::CertificateAuthority;
 
-/// One request; the status and the JSON answer (`Null` when there is none).
+/// One request with the API client (plain HTTP: the API is served on loopback here); the status
+/// and the JSON answer (`Null` when there is none).
 pub async fn http_body(
     addr: &str,
     method: &str,
@@ -25,29 +25,18 @@ pub async fn http_body(
     token: Option<&str>,
     body: &str,
 ) -> (u16, Value) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let kind = if body.is_empty() {
-        ""
-    } else {
-        "Content-Type: application/json\r\n"
-    };
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}{kind}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut out))
-        .await
+    let client = tresor_api::Client::new(&format!("http://{addr}"), tresor_api::Trust::Insecure)
         .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out);
-    let status: u16 = text[9..12].parse().unwrap();
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+        .with_token(token.unwrap_or(""));
+    let body: Option<Value> = (!body.is_empty()).then(|| serde_json::from_str(body).unwrap());
+    let a = tokio::time::timeout(
+        Duration::from_secs(30),
+        client.send(method, path, body.as_ref()),
+    )
+    .await
+    .unwrap()
+    .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    (a.status, a.body)
 }
 
 pub async fn http(addr: &str, method: &str, path: &str, token: Option<&str>) -> (u16, Value) {

@@ -1,0 +1,359 @@
+//! The API client: HTTPS with rustls (the same library and settings as the rest of Tresor), or
+//! plain HTTP to a server on this machine's loopback only. A server is trusted through a CA, a
+//! pinned certificate (confirmed by a person at first contact, as SSH does), or, for tests only,
+//! not checked at all.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tresor_tls::{CertificateDer, ServerTrust};
+use zeroize::Zeroizing;
+
+use crate::error::{ErrorAnswer, ErrorBody};
+
+/// How the client decides it speaks to the right server.
+#[derive(Clone, Debug)]
+pub enum Trust {
+    /// A chain to one of these CAs (PEM certificates).
+    Ca(Vec<CertificateDer<'static>>),
+    /// Exactly the server certificate with this SHA-256 fingerprint (any common notation).
+    Pinned(String),
+    /// Nothing is checked: for tests only.
+    Insecure,
+}
+
+impl Trust {
+    /// The CAs in a PEM file.
+    pub fn ca_file(path: &std::path::Path) -> Result<Trust, ClientError> {
+        tresor_tls::load_certs(path)
+            .map(Trust::Ca)
+            .map_err(|e| ClientError::Setup(format!("Cannot use the CA file: {e}")))
+    }
+}
+
+/// Why a request got no usable answer, or the server's error when it answered with one.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("Server URL {0} must start with https:// (or http:// for a server on this machine's loopback address)")]
+    BadUrl(String),
+    #[error("Plain HTTP is only for a server on this machine's loopback address; use https://{0}")]
+    PlainRemote(String),
+    #[error("The certificate of {server} is not trusted ({detail}); its SHA-256 fingerprint is {fingerprint}. Pin it with `tresor login`, which shows it for confirmation, or give the CA that issued it with --server-ca FILE or TRESOR_CA")]
+    Untrusted {
+        server: String,
+        fingerprint: String,
+        detail: String,
+    },
+    #[error("Cannot reach the server at {server}: {detail}; check the address and that `tresor server` runs there")]
+    Unreachable { server: String, detail: String },
+    #[error("The server at {server} gave an answer that cannot be read: {detail}")]
+    BadAnswer { server: String, detail: String },
+    /// The server answered with an error.
+    #[error("{}", .error.message)]
+    Api { status: u16, error: ErrorBody },
+}
+
+/// An answer: its status and its JSON body (`Null` when there is none or it is not JSON).
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+}
+
+/// A client for one server.
+#[derive(Clone, Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<Arc<Zeroizing<String>>>,
+    seen: Arc<Mutex<Option<CertificateDer<'static>>>>,
+}
+
+/// Whether `host` (from a URL) is this machine's loopback.
+fn is_loopback(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h == "localhost" || h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The host part of `scheme://host[:port][/…]`.
+fn host_of(rest: &str) -> &str {
+    let authority = rest.split('/').next().unwrap_or(rest);
+    if let Some(end) = authority.find(']') {
+        return &authority[..=end];
+    }
+    authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+}
+
+impl Client {
+    /// A client for the server at `server` (`https://host:port`, or `http://` on loopback).
+    pub fn new(server: &str, trust: Trust) -> Result<Client, ClientError> {
+        let base = server.trim_end_matches('/').to_owned();
+        let https = if let Some(rest) = base.strip_prefix("https://") {
+            if host_of(rest).is_empty() {
+                return Err(ClientError::BadUrl(server.into()));
+            }
+            true
+        } else if let Some(rest) = base.strip_prefix("http://") {
+            if !is_loopback(host_of(rest)) {
+                return Err(ClientError::PlainRemote(rest.into()));
+            }
+            false
+        } else {
+            return Err(ClientError::BadUrl(server.into()));
+        };
+        let seen = Arc::new(Mutex::new(None));
+        let mut builder = reqwest::Client::builder()
+            .no_proxy()
+            .http1_only()
+            .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(30));
+        // HTTP has no use for TLS, but the HTTP client wants a configuration anyway (one that
+        // is never used).
+        let trust = if https { trust } else { Trust::Insecure };
+        {
+            let trust = match trust {
+                Trust::Ca(cas) => ServerTrust::Roots(cas),
+                Trust::Pinned(fp) => ServerTrust::Pinned(
+                    tresor_tls::normalize_fingerprint(&fp).ok_or_else(|| {
+                        ClientError::Setup(format!(
+                            "{fp} is not a SHA-256 fingerprint (64 hex digits, colons allowed)"
+                        ))
+                    })?,
+                ),
+                Trust::Insecure => ServerTrust::Anything,
+            };
+            let tls = tresor_tls::https_client_config(&trust, seen.clone())
+                .map_err(|e| ClientError::Setup(format!("Cannot set up TLS: {e}")))?;
+            builder = builder.tls_backend_preconfigured((*tls).clone());
+        }
+        let http = builder
+            .build()
+            .map_err(|e| ClientError::Setup(format!("Cannot set up the HTTP client: {e}")))?;
+        Ok(Client {
+            http,
+            base,
+            token: None,
+            seen,
+        })
+    }
+
+    /// The same client, sending this API token.
+    pub fn with_token(mut self, token: &str) -> Client {
+        self.token = (!token.is_empty()).then(|| Arc::new(Zeroizing::new(token.to_owned())));
+        self
+    }
+
+    /// The server's URL, as given.
+    pub fn server(&self) -> &str {
+        &self.base
+    }
+
+    /// The fingerprint of the certificate the server presented on the last new connection.
+    pub fn presented_fingerprint(&self) -> Option<String> {
+        self.seen
+            .lock()
+            .ok()
+            .and_then(|s| s.as_ref().map(tresor_tls::fingerprint))
+    }
+
+    fn request(&self, method: &str, path: &str) -> Result<reqwest::RequestBuilder, ClientError> {
+        let method = reqwest::Method::from_bytes(method.as_bytes())
+            .map_err(|_| ClientError::Setup(format!("{method} is not an HTTP method")))?;
+        let mut r = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            r = r.bearer_auth(t.as_str());
+        }
+        Ok(r)
+    }
+
+    fn transport_error(&self, e: reqwest::Error) -> ClientError {
+        // A refused certificate shows as a rustls error somewhere in the chain (I/O errors hide
+        // what they wrap from `source`, so each is opened as well).
+        let mut stack: Vec<&(dyn std::error::Error + 'static)> = vec![&e];
+        while let Some(s) = stack.pop() {
+            if let Some(tresor_tls::rustls::Error::InvalidCertificate(why)) =
+                s.downcast_ref::<tresor_tls::rustls::Error>()
+            {
+                return ClientError::Untrusted {
+                    server: self.base.clone(),
+                    fingerprint: self
+                        .presented_fingerprint()
+                        .unwrap_or_else(|| "unknown".into()),
+                    detail: format!("{why:?}"),
+                };
+            }
+            if let Some(inner) = s
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+            {
+                stack.push(inner);
+            }
+            if let Some(next) = s.source() {
+                stack.push(next);
+            }
+        }
+        let mut detail = e.to_string();
+        let mut s = std::error::Error::source(&e);
+        while let Some(inner) = s {
+            detail = format!("{detail}: {inner}");
+            s = inner.source();
+        }
+        ClientError::Unreachable {
+            server: self.base.clone(),
+            detail,
+        }
+    }
+
+    /// Sends a request; any status is an answer.
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Answer, ClientError> {
+        let (status, text) = self.send_text(method, path, body).await?;
+        Ok(Answer {
+            status,
+            body: serde_json::from_str(&text).unwrap_or(Value::Null),
+        })
+    }
+
+    /// Sends a request; the status and the body as text.
+    pub async fn send_text(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, String), ClientError> {
+        let mut r = self.request(method, path)?;
+        if let Some(b) = body {
+            r = r.json(b);
+        }
+        let answer = r.send().await.map_err(|e| self.transport_error(e))?;
+        let status = answer.status().as_u16();
+        let text = answer.text().await.map_err(|e| ClientError::BadAnswer {
+            server: self.base.clone(),
+            detail: e.to_string(),
+        })?;
+        Ok((status, text))
+    }
+
+    /// Sends a request and takes a success's JSON body; an error answer becomes
+    /// [`ClientError::Api`].
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, ClientError> {
+        let a = self.send(method, path, body).await?;
+        if (200..300).contains(&a.status) {
+            return Ok(a.body);
+        }
+        let error = serde_json::from_value::<ErrorAnswer>(a.body.clone())
+            .map(|e| e.error)
+            .unwrap_or_else(|_| ErrorBody {
+                code: None,
+                message: format!("The server answered {} without saying why", a.status),
+                messages: None,
+            });
+        Err(ClientError::Api {
+            status: a.status,
+            error,
+        })
+    }
+
+    /// Follows a `text/event-stream` (the event stream): each event's data, parsed as JSON, to
+    /// `each` until the server ends the stream or `each` returns false.
+    pub async fn follow(
+        &self,
+        path: &str,
+        mut each: impl FnMut(Value) -> bool,
+    ) -> Result<(), ClientError> {
+        use futures_util::StreamExt;
+        let answer = self
+            .request("GET", path)?
+            .header("Accept", "text/event-stream")
+            .send()
+            .await
+            .map_err(|e| self.transport_error(e))?;
+        let status = answer.status().as_u16();
+        if !(200..300).contains(&status) {
+            let text = answer.text().await.unwrap_or_default();
+            let error = serde_json::from_str::<ErrorAnswer>(&text)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| ErrorBody {
+                    code: None,
+                    message: format!("The server refused the event stream ({status})"),
+                    messages: None,
+                });
+            return Err(ClientError::Api { status, error });
+        }
+        let mut stream = answer.bytes_stream();
+        let mut buffer = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.transport_error(e))?;
+            buffer.extend_from_slice(&chunk);
+            while let Some(end) = buffer.windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = buffer.drain(..end + 2).collect();
+                let text = String::from_utf8_lossy(&block);
+                let data: Vec<&str> = text
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(str::trim)
+                    .collect();
+                if data.is_empty() {
+                    continue;
+                }
+                if let Ok(v) = serde_json::from_str::<Value>(&data.join("\n")) {
+                    if !each(v) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Connects to `server` without checking its certificate and says the certificate's SHA-256
+/// fingerprint, for a person to compare before pinning it (`tresor login` at first contact).
+pub async fn first_contact(server: &str) -> Result<String, ClientError> {
+    let client = Client::new(server, Trust::Insecure)?;
+    // Any answer will do: the certificate is seen in the handshake.
+    client.send("GET", "/api/v1/openapi.json", None).await?;
+    client.presented_fingerprint().ok_or_else(|| {
+        ClientError::Setup(format!(
+            "{server} presented no certificate (is it https://?)"
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_only_to_loopback() {
+        for ok in [
+            "http://127.0.0.1:8400",
+            "http://localhost:8400/",
+            "http://[::1]:8400",
+            "https://tresor.example.com:8400",
+        ] {
+            assert!(Client::new(ok, Trust::Insecure).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://10.0.0.1:8400",
+            "http://tresor.example.com",
+            "ftp://x",
+            "https://",
+        ] {
+            assert!(Client::new(bad, Trust::Insecure).is_err(), "{bad}");
+        }
+    }
+}
