@@ -52,7 +52,7 @@ pub enum ErrorCode {
     HostUnavailable,
     /// The host refused the operation.
     HostRefused,
-    /// No key provider is configured (or none by that name).
+    /// No key provider is configured to make keys with.
     NoProvider,
     /// The key provider cannot be reached.
     ProviderUnreachable,
@@ -103,12 +103,12 @@ impl ErrorCode {
     pub fn status(self) -> u16 {
         use ErrorCode::*;
         match self {
-            BadRequest | BadName | BadShape | Invalid => 400,
+            BadRequest | BadName | BadShape | Invalid | CurrentPasswordNeeded => 400,
             Unauthenticated => 401,
-            Forbidden | WrongPassword | CurrentPasswordNeeded => 403,
-            NotFound | NotRegistered | NoProvider => 404,
+            Forbidden | WrongPassword => 403,
+            NotFound | NotRegistered => 404,
             Exists | Conflict | RegistryConflict | VmLocked | DiskKeyMissing | PlainVm
-            | KeyMissingOnKms => 409,
+            | NoProvider | KeyMissingOnKms => 409,
             HostRefused => 422,
             TooManyAttempts => 429,
             Storage | Internal => 500,

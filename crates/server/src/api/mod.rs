@@ -11,6 +11,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use tresor_api::ErrorCode;
 use tresor_core::access::Privilege;
 use tresor_core::protocol::VmReport;
 use tresor_core::Lang;
@@ -43,20 +44,23 @@ pub struct AppState {
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     pub message_de: Option<String>,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError {
-            status,
             code,
             message: message.into(),
             message_de: None,
         }
+    }
+
+    /// The HTTP status, which the code decides.
+    pub fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 
     /// The same message in German (answered as `messages.de` beside `message`).
@@ -70,8 +74,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         tracing::error!(error = %e, "store failed");
         ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "storage",
+            ErrorCode::Storage,
             "The server cannot read or write its database; see its log",
         )
     }
@@ -79,11 +82,12 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let status = self.status();
         let mut error = json!({"code": self.code, "message": self.message});
         if let Some(de) = self.message_de {
             error["messages"] = json!({"en": self.message, "de": de});
         }
-        (self.status, Json(json!({ "error": error }))).into_response()
+        (status, Json(json!({ "error": error }))).into_response()
     }
 }
 
@@ -94,8 +98,7 @@ pub struct ApiJson<T>(pub T);
 
 fn body_error(r: axum::extract::rejection::JsonRejection) -> ApiError {
     ApiError::new(
-        StatusCode::BAD_REQUEST,
-        "badRequest",
+        ErrorCode::BadRequest,
         format!(
             "The request body is not what this operation takes ({}); see /api/v1/openapi.json",
             r.body_text()
@@ -172,16 +175,14 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
     let token = bearer(headers).ok_or_else(|| {
         ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthenticated",
+            ErrorCode::Unauthenticated,
             "No API token; log in with `tresor login` or set TRESOR_TOKEN",
         )
         .de("Kein API-Token; melden Sie sich mit `tresor login` an oder setzen Sie TRESOR_TOKEN")
     })?;
     let invalid = || {
         ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthenticated",
+            ErrorCode::Unauthenticated,
             "The API token is not valid; log in again with `tresor login`",
         )
         .de("Das API-Token ist nicht gültig; melden Sie sich mit `tresor login` erneut an")
@@ -193,8 +194,7 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<String, ApiErro
     // Tokens from a login expire; the one `server init` printed is the operator's to revoke.
     if label == "login" && crate::enrol::now() - created > state.logins.token_ttl_secs {
         return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthenticated",
+            ErrorCode::Unauthenticated,
             "The API token has expired; log in again with `tresor login`",
         )
         .de("Das API-Token ist abgelaufen; melden Sie sich mit `tresor login` erneut an"));
@@ -217,10 +217,7 @@ fn authorize(
             action: action.into(),
             privilege,
         };
-        return Err(
-            ApiError::new(StatusCode::FORBIDDEN, "forbidden", denied.to_string())
-                .de(denied.message_de()),
-        );
+        return Err(ApiError::new(ErrorCode::Forbidden, denied.to_string()).de(denied.message_de()));
     }
     Ok(user)
 }
@@ -439,8 +436,7 @@ struct VmQuery {
 
 fn no_host(name: &str) -> ApiError {
     ApiError::new(
-        StatusCode::NOT_FOUND,
-        "notFound",
+        ErrorCode::NotFound,
         format!("No host {name}; list them with `tresor host list`"),
     )
 }
@@ -456,9 +452,7 @@ fn provider_or_default(s: &AppState, asked: Option<String>) -> Result<String, Ap
             .find(|p| p.is_default)
             .map(|p| p.name)
             .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::CONFLICT,
-                    "noProvider",
+                ApiError::new(ErrorCode::NoProvider,
                     "No default key provider; add one with `tresor provider add`, or name one with --provider",
                 )
             }),
@@ -467,8 +461,7 @@ fn provider_or_default(s: &AppState, asked: Option<String>) -> Result<String, Ap
 
 fn no_vm(name: &str) -> ApiError {
     ApiError::new(
-        StatusCode::NOT_FOUND,
-        "notFound",
+        ErrorCode::NotFound,
         format!("No VM named {name}; list them with `tresor vm list`"),
     )
     .de(format!(
@@ -485,9 +478,7 @@ async fn show_vm(
     let record = s.store.vm(&name)?.ok_or_else(|| {
         // A VM a host reports but the registry does not hold: say where it is.
         match s.engine.discovered().into_iter().find(|d| d.report.name == name) {
-            Some(d) => ApiError::new(
-                StatusCode::NOT_FOUND,
-                "notRegistered",
+            Some(d) => ApiError::new(ErrorCode::NotRegistered,
                 format!(
                     "VM {name} is not registered: host {} reports it in {} ({}); see `tresor vm list --discovered`, and register it if it is yours",
                     d.host, d.report.path, d.reason
@@ -507,7 +498,7 @@ struct LangQuery {
 fn parse_lang(lang: Option<&str>) -> Result<Lang, ApiError> {
     lang.unwrap_or("en")
         .parse()
-        .map_err(|m: String| ApiError::new(StatusCode::BAD_REQUEST, "badRequest", m))
+        .map_err(|m: String| ApiError::new(ErrorCode::BadRequest, m))
 }
 
 /// Walks the troubleshooting procedure for one VM: which case applies, the evidence, and the
@@ -693,34 +684,24 @@ async fn request_unlocks(
             }
             Some((key, answer)) => {
                 let p = key.provider();
-                let (status, code, why, why_de) = match &answer {
-                    ProviderAnswer::Unreachable(e) => (
-                        StatusCode::BAD_GATEWAY,
-                        "providerUnreachable",
+                let (code, why, why_de) = match &answer {
+                    ProviderAnswer::Unreachable(e) => (ErrorCode::ProviderUnreachable,
                         format!("key provider {p} cannot be reached ({e}; kmsClusterError)"),
                         format!("der Schlüsselanbieter {p} ist nicht erreichbar ({e}; kmsClusterError)"),
                     ),
-                    ProviderAnswer::PermissionDenied(e) => (
-                        StatusCode::BAD_GATEWAY,
-                        "providerRefused",
+                    ProviderAnswer::PermissionDenied(e) => (ErrorCode::ProviderRefused,
                         format!("key provider {p} refuses the server ({e}; kmsClusterError)"),
                         format!("der Schlüsselanbieter {p} weist den Server ab ({e}; kmsClusterError)"),
                     ),
-                    ProviderAnswer::NotFound => (
-                        StatusCode::CONFLICT,
-                        "keyMissingOnKms",
+                    ProviderAnswer::NotFound => (ErrorCode::KeyMissingOnKms,
                         format!("key {key} is not on the provider (keyMissingOnKms)"),
                         format!("Schlüssel {key} ist nicht auf dem Anbieter (keyMissingOnKms)"),
                     ),
-                    ProviderAnswer::NotActive(state) => (
-                        StatusCode::CONFLICT,
-                        "keyMissingOnKms",
+                    ProviderAnswer::NotActive(state) => (ErrorCode::KeyMissingOnKms,
                         format!("key {key} is {state} on the provider (keyMissingOnKms); its administrator reactivates it"),
                         format!("Schlüssel {key} ist auf dem Anbieter {state} (keyMissingOnKms); dessen Administrator aktiviert ihn wieder"),
                     ),
-                    _ => (
-                        StatusCode::BAD_GATEWAY,
-                        "providerError",
+                    _ => (ErrorCode::ProviderError,
                         format!("{answer:?}"),
                         format!("{answer:?}"),
                     ),
@@ -743,7 +724,6 @@ async fn request_unlocks(
                 })?;
                 s.engine.take_answer(&key, answer.clone(), None);
                 let error = ApiError::new(
-                    status,
                     code,
                     format!(
                         "Cannot unlock VM {}: {why}. Nothing was changed; run `tresor vm diagnose {}` for the way forward",
@@ -818,8 +798,7 @@ async fn unlock_many(
         + usize::from(req.provider.is_some());
     if selectors != 1 {
         return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "badRequest",
+            ErrorCode::BadRequest,
             "Say which VMs to unlock: names, all, a host or a provider (exactly one of them)",
         ));
     }
@@ -848,8 +827,7 @@ async fn unlock_many(
         if let Some(p) = &req.provider {
             if s.store.provider(p)?.is_none() {
                 return Err(ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "notFound",
+                    ErrorCode::NotFound,
                     format!("No key provider {p}; list them with `tresor provider list`"),
                 ));
             }
@@ -889,8 +867,7 @@ async fn host_token(
     }
     if req.replace && req.host.is_none() {
         return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "badRequest",
+            ErrorCode::BadRequest,
             "Replacing a host needs its name: tresor host token --host NAME --replace",
         ));
     }
@@ -1239,8 +1216,7 @@ async fn ack_alarm(
     )?;
     if !s.store.acknowledge_alarm(id, &user)? {
         return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "notFound",
+            ErrorCode::NotFound,
             format!("No alarm {id}; list them with `tresor alarm list`"),
         ));
     }
@@ -1269,11 +1245,7 @@ fn default_memory() -> u32 {
 }
 
 fn agent_error(e: crate::agents::HubError) -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "hostUnavailable",
-        e.to_string(),
-    )
+    ApiError::new(ErrorCode::HostUnavailable, e.to_string())
 }
 
 fn reply_error(
@@ -1281,12 +1253,14 @@ fn reply_error(
 ) -> Result<tresor_core::protocol::Reply, ApiError> {
     match reply {
         tresor_core::protocol::Reply::Failed { code, message } => {
-            let status = match code.as_str() {
-                "noSuchVm" => StatusCode::NOT_FOUND,
-                "exists" => StatusCode::CONFLICT,
-                _ => StatusCode::UNPROCESSABLE_ENTITY,
+            // What the host says of itself keeps its meaning; anything else it refused is its
+            // own reason.
+            let code = match code.as_str() {
+                "noSuchVm" => ErrorCode::NotFound,
+                "exists" => ErrorCode::Exists,
+                _ => ErrorCode::HostRefused,
             };
-            Err(ApiError::new(status, "hostRefused", message))
+            Err(ApiError::new(code, message))
         }
         other => Ok(other),
     }
@@ -1304,8 +1278,7 @@ async fn fetch_key(
     let (answer, material) = s.broker.fetch(&key).await;
     let material = material.ok_or_else(|| {
         ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "providerError",
+            ErrorCode::ProviderError,
             format!("The {what} {key} cannot be fetched: {answer:?}"),
         )
     })?;
@@ -1322,7 +1295,7 @@ async fn new_key(
         .broker
         .create_kek(provider, purpose)
         .await
-        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "providerError", e.to_string()))?;
+        .map_err(|e| ApiError::new(ErrorCode::ProviderError, e.to_string()))?;
     fetch_key(s, key, "new key").await
 }
 
@@ -1372,8 +1345,7 @@ async fn create_vm(
     tresor_core::protocol::check_shape(0, &all_disks, Some(req.memory_mib)).map_err(bad_shape)?;
     if !req.own_key_disks.is_empty() && !req.encrypt {
         return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "badRequest",
+            ErrorCode::BadRequest,
             "Disks with a key of their own need an encrypted VM; add --encrypt",
         ));
     }
@@ -1381,8 +1353,7 @@ async fn create_vm(
     if !s.hub.connected().contains(&req.host) {
         return Err(if s.store.hosts()?.iter().any(|h| h.name == req.host) {
             ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "hostUnavailable",
+                ErrorCode::HostUnavailable,
                 format!(
                     "Host {} is not connected; start its agent and try again",
                     req.host
@@ -1394,8 +1365,7 @@ async fn create_vm(
     }
     if let Some(other) = s.engine.registration(&req.name) {
         return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "exists",
+            ErrorCode::Exists,
             format!(
                 "A VM named {} is registered already (on host {})",
                 req.name, other.host
@@ -1487,8 +1457,7 @@ async fn create_vm(
     }
     let tresor_core::protocol::Reply::Vm { vm } = reply else {
         return Err(ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "hostRefused",
+            ErrorCode::HostRefused,
             "The host did not report the new VM",
         ));
     };
@@ -1501,7 +1470,7 @@ async fn create_vm(
 /// Refuses a name that could become a path, an option or a line break (400, `badName`).
 pub(crate) fn check_name(kind: tresor_core::ids::NameKind, name: &str) -> Result<(), ApiError> {
     tresor_core::ids::check_name(kind, name)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "badName", e.to_string()))
+        .map_err(|e| ApiError::new(ErrorCode::BadName, e.to_string()))
 }
 
 /// A key made for a VM's operation that failed: no longer allowed to the VM, forgotten by its
@@ -1562,7 +1531,7 @@ async fn retire_keys(
 }
 
 fn bad_shape(e: tresor_core::protocol::ShapeError) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "badShape", e.to_string())
+    ApiError::new(ErrorCode::BadShape, e.to_string())
 }
 
 /// A new VM id, chosen by the server.
@@ -1570,8 +1539,7 @@ fn new_vm_id() -> Result<String, ApiError> {
     let mut b = [0u8; 16];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).map_err(|_| {
         ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            ErrorCode::Internal,
             "The system's random number generator failed; try again",
         )
     })?;
@@ -1599,7 +1567,7 @@ fn register_vm(
 fn admit(s: &AppState, reg: tresor_core::registry::Registration) -> Result<(), ApiError> {
     s.engine
         .check_registration(&reg)
-        .map_err(|c| ApiError::new(StatusCode::CONFLICT, "registryConflict", c.to_string()))?;
+        .map_err(|c| ApiError::new(ErrorCode::RegistryConflict, c.to_string()))?;
     s.engine.register(reg)?;
     Ok(())
 }
@@ -1710,8 +1678,7 @@ async fn power(
             .and_then(|d| d.iter().find(|d| d["keyAvailable"] == false).cloned());
         match disk.and_then(|d| d["path"].as_str().map(str::to_owned)) {
             Some(path) if on && record.connection_state != "invalid" => ApiError::new(
-                StatusCode::CONFLICT,
-                "diskKeyMissing",
+                ErrorCode::DiskKeyMissing,
                 format!(
                     "{} {}",
                     tresor_core::ops::disk_key_missing(&path, Lang::En),
@@ -1723,7 +1690,7 @@ async fn power(
                 tresor_core::ops::disk_key_missing(&path, Lang::De),
                 r.message_de
             )),
-            _ => ApiError::new(StatusCode::CONFLICT, "vmLocked", r.message).de(r.message_de),
+            _ => ApiError::new(ErrorCode::VmLocked, r.message).de(r.message_de),
         }
     })?;
     let command = if on {
@@ -1760,9 +1727,7 @@ async fn enable_encryption(
         .find(|h| h.name == host)
         .ok_or_else(|| no_host(&host))?;
     if !s.hub.connected().contains(&host) {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "hostUnavailable",
+        return Err(ApiError::new(ErrorCode::HostUnavailable,
             format!("Host {host} is not connected; start its agent and try again"),
         )
         .de(format!(
@@ -1778,9 +1743,7 @@ async fn enable_encryption(
             s.broker
                 .create_kek(&provider, &format!("host:{host}"))
                 .await
-                .map_err(|e| {
-                    ApiError::new(StatusCode::BAD_GATEWAY, "providerError", e.to_string())
-                })?
+                .map_err(|e| ApiError::new(ErrorCode::ProviderError, e.to_string()))?
         }
     };
     let command = tresor_core::protocol::Command::EnableEncryption {
@@ -1871,8 +1834,7 @@ async fn register(
         },
         _ => {
             return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "badRequest",
+                ErrorCode::BadRequest,
                 "Give either a path or all",
             ))
         }
@@ -1910,14 +1872,13 @@ async fn register(
                 privilege: Privilege::CryptoRegisterVm,
             };
             return Err(
-                ApiError::new(StatusCode::FORBIDDEN, "forbidden", denied.to_string())
-                    .de(denied.message_de()),
+                ApiError::new(ErrorCode::Forbidden, denied.to_string()).de(denied.message_de())
             );
         }
         let reg = tresor_core::registry::Registration::of_report(&req.host, &vm);
         s.engine
             .check_registration(&reg)
-            .map_err(|c| ApiError::new(StatusCode::CONFLICT, "registryConflict", c.to_string()))?;
+            .map_err(|c| ApiError::new(ErrorCode::RegistryConflict, c.to_string()))?;
         found.push((path, reg, vm.encrypted));
     }
     let mut registered = Vec::new();
@@ -2002,11 +1963,10 @@ async fn add_disk(
     )?;
     let (state, reason) = lock_of(&record);
     tresor_core::ops::check(&name, tresor_core::ops::VmOp::AddDisk, state, reason)
-        .map_err(|r| ApiError::new(StatusCode::CONFLICT, "vmLocked", r.message).de(r.message_de))?;
+        .map_err(|r| ApiError::new(ErrorCode::VmLocked, r.message).de(r.message_de))?;
     if req.size == 0 {
         return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "badRequest",
+            ErrorCode::BadRequest,
             "A disk needs a size above zero, for example --size 10G",
         ));
     }
@@ -2016,9 +1976,7 @@ async fn add_disk(
     tresor_core::protocol::check_shape(disks_before, &[req.size], None).map_err(bad_shape)?;
     let own_key = if req.own_key {
         let provider = record.key_provider.clone().ok_or_else(|| {
-            ApiError::new(
-                StatusCode::CONFLICT,
-                "plainVm",
+            ApiError::new(ErrorCode::PlainVm,
                 format!("VM {name} is not encrypted; a disk with a key of its own needs an encrypted VM (tresor vm encrypt {name})"),
             )
         })?;
@@ -2097,7 +2055,7 @@ async fn vm_op(
     let record = s.store.vm(name)?.ok_or_else(|| no_vm(name))?;
     let (state, reason) = lock_of(&record);
     tresor_core::ops::check(name, vm_op, state, reason)
-        .map_err(|r| ApiError::new(StatusCode::CONFLICT, "vmLocked", r.message).de(r.message_de))?;
+        .map_err(|r| ApiError::new(ErrorCode::VmLocked, r.message).de(r.message_de))?;
     use tresor_core::protocol::Command;
     let mut new_key_made = None;
     let command = match op {
@@ -2151,8 +2109,7 @@ async fn vm_op(
         }
         _ => {
             return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "notFound",
+                ErrorCode::NotFound,
                 format!("No operation {op}"),
             ))
         }
@@ -2205,8 +2162,7 @@ async fn vm_action(
             vm_op(&s, &headers, &name, &op, body.map(|b| b.0)).await
         }
         other => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "notFound",
+            ErrorCode::NotFound,
             format!("No VM operation {other}"),
         )),
     }

@@ -1,10 +1,11 @@
 //! `/api/v1/providers`: key providers, their trust, the default and their status.
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tresor_api::ErrorCode;
 use tresor_core::access::Privilege;
 use zeroize::Zeroizing;
 
@@ -17,16 +18,16 @@ impl From<ProviderError> for ApiError {
             ProviderError::Store(inner) => return inner.into(),
             other => other,
         };
-        let (status, code) = match &e {
-            ProviderError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
-            ProviderError::Unknown(_) => (StatusCode::NOT_FOUND, "notFound"),
+        let code = match &e {
+            ProviderError::Store(_) => ErrorCode::Storage,
+            ProviderError::Unknown(_) => ErrorCode::NotFound,
             ProviderError::Exists(_)
             | ProviderError::NotPending(_)
-            | ProviderError::InUse { .. } => (StatusCode::CONFLICT, "conflict"),
-            ProviderError::KeyFile { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
-            _ => (StatusCode::BAD_REQUEST, "invalid"),
+            | ProviderError::InUse { .. } => ErrorCode::Conflict,
+            ProviderError::KeyFile { .. } => ErrorCode::Storage,
+            _ => ErrorCode::Invalid,
         };
-        ApiError::new(status, code, e.to_string())
+        ApiError::new(code, e.to_string())
     }
 }
 
@@ -68,7 +69,7 @@ pub(super) async fn add(
         &format!("Adding key provider {}", body.name),
     )?;
     super::check_name(tresor_core::ids::NameKind::Provider, &body.name)?;
-    let invalid = |m: &str| ApiError::new(StatusCode::BAD_REQUEST, "invalid", m);
+    let invalid = |m: &str| ApiError::new(ErrorCode::Invalid, m);
     let credentials = match (
         body.client_cert_pem,
         body.client_key_pem,

@@ -1,10 +1,11 @@
 //! `/api/v1/settings`: the operators' choices that change how the server behaves.
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tresor_api::ErrorCode;
 use tresor_core::access::Privilege;
 use tresor_core::reconcile::UnlockPolicy;
 
@@ -52,8 +53,7 @@ pub(super) async fn get_one(
 
 fn unknown(key: &str) -> ApiError {
     ApiError::new(
-        StatusCode::NOT_FOUND,
-        "notFound",
+        ErrorCode::NotFound,
         format!("No setting {key}; the settings are: unlock.policy"),
     )
 }
@@ -83,8 +83,7 @@ pub(super) async fn set(
                 "manual" => UnlockPolicy::Manual,
                 other => {
                     return Err(ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "invalid",
+                        ErrorCode::Invalid,
                         format!("unlock.policy is automatic or manual, not {other:?}"),
                     ))
                 }

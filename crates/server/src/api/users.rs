@@ -1,10 +1,11 @@
 //! `/api/v1/login`, `/api/v1/me`, `/api/v1/users`, `/api/v1/roles`: who may do what.
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tresor_api::ErrorCode;
 use tresor_core::access::Privilege;
 use zeroize::Zeroizing;
 
@@ -17,19 +18,17 @@ impl From<AccountError> for ApiError {
             AccountError::Store(inner) => return inner.into(),
             other => other,
         };
-        let (status, code) = match &e {
-            AccountError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
-            AccountError::BadCredentials => (StatusCode::UNAUTHORIZED, "unauthenticated"),
-            AccountError::NoUser(_) | AccountError::NoRole(_) => {
-                (StatusCode::NOT_FOUND, "notFound")
-            }
+        let code = match &e {
+            AccountError::Store(_) => ErrorCode::Storage,
+            AccountError::BadCredentials => ErrorCode::Unauthenticated,
+            AccountError::NoUser(_) | AccountError::NoRole(_) => ErrorCode::NotFound,
             AccountError::UserExists(_)
             | AccountError::BuiltinRole(_)
-            | AccountError::LastAdministrator(_) => (StatusCode::CONFLICT, "conflict"),
-            AccountError::Random => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-            _ => (StatusCode::BAD_REQUEST, "invalid"),
+            | AccountError::LastAdministrator(_) => ErrorCode::Conflict,
+            AccountError::Random => ErrorCode::Internal,
+            _ => ErrorCode::Invalid,
         };
-        let error = ApiError::new(status, code, e.to_string());
+        let error = ApiError::new(code, e.to_string());
         match e {
             AccountError::BadCredentials => {
                 error.de("Falscher Benutzername oder falsches Passwort")
@@ -73,13 +72,7 @@ pub(super) async fn login(
     let (user, password) = (body.user.clone(), body.password);
     let result = tokio::task::spawn_blocking(move || Accounts::new(&store).login(&user, &password))
         .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "Login failed; see the server log",
-            )
-        })?;
+        .map_err(|_| ApiError::new(ErrorCode::Internal, "Login failed; see the server log"))?;
     match result {
         Ok(token) => {
             s.logins.succeeded(&user_key);
@@ -98,9 +91,7 @@ pub(super) async fn login(
 
 /// 429 with how long to wait.
 fn too_many(wait: std::time::Duration) -> ApiError {
-    ApiError::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        "tooManyAttempts",
+    ApiError::new(ErrorCode::TooManyAttempts,
         format!(
             "Too many failed sign-ins for this user or from this address; try again in {} s",
             wait.as_secs().max(1)
@@ -208,8 +199,7 @@ pub(super) async fn add_user(
     .await
     .map_err(|_| {
         ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            ErrorCode::Internal,
             "Adding the user failed; see the server log",
         )
     })??;
@@ -377,8 +367,7 @@ pub(super) async fn set_password(
         // A stolen token alone does not change the password.
         let Some(current) = body.current_password.clone() else {
             return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "currentPasswordNeeded",
+                ErrorCode::CurrentPasswordNeeded,
                 "Changing your own password needs your current one (currentPassword)",
             ));
         };
@@ -396,8 +385,7 @@ pub(super) async fn set_password(
         if !ok {
             s.logins.failed(std::slice::from_ref(&user_key));
             return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "wrongPassword",
+                ErrorCode::WrongPassword,
                 "The current password is wrong; your password is unchanged",
             )
             .de("Das aktuelle Passwort ist falsch; Ihr Passwort ist unverändert"));
@@ -410,8 +398,7 @@ pub(super) async fn set_password(
         .await
         .map_err(|_| {
             ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
+                ErrorCode::Internal,
                 "Setting the password failed; see the server log",
             )
         })??;
