@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod error;
+pub mod views;
 
 pub use client::{Answer, Client, ClientError, Trust};
 pub use error::{ErrorBody, ErrorCode};

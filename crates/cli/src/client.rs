@@ -248,25 +248,29 @@ pub fn parse_size(text: &str) -> Result<u64, CliError> {
         })
 }
 
+/// VMs as the API answers them (a list, or one), typed.
+fn vms_of(v: &Value) -> Vec<tresor_api::views::Vm> {
+    let one = |v: &Value| serde_json::from_value::<tresor_api::views::Vm>(v.clone()).ok();
+    match v {
+        Value::Array(a) => a.iter().filter_map(one).collect(),
+        other => one(other).into_iter().collect(),
+    }
+}
+
 fn vm_rows(v: &Value) -> String {
-    let rows: Vec<Vec<String>> = v
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|vm| {
-                    let s = |k: &str| vm[k].as_str().unwrap_or("-").to_owned();
-                    vec![
-                        s("name"),
-                        s("host"),
-                        s("powerState"),
-                        s("cryptoState"),
-                        s("connectionState"),
-                        s("lockReason"),
-                    ]
-                })
-                .collect()
+    let rows: Vec<Vec<String>> = vms_of(v)
+        .into_iter()
+        .map(|vm| {
+            vec![
+                vm.name,
+                vm.host,
+                vm.power_state.as_str().to_owned(),
+                vm.crypto_state.as_str().to_owned(),
+                vm.connection_state.as_str().to_owned(),
+                vm.lock_reason.map_or("-", |r| r.as_str()).to_owned(),
+            ]
         })
-        .unwrap_or_default();
+        .collect();
     output::table(
         &[
             "NAME",
@@ -368,7 +372,7 @@ pub fn run_vm(cmd: VmCommand) -> Result<(), CliError> {
         }
         VmSub::Show { name } => {
             let v = c.call("GET", &format!("/api/v1/vms/{name}"), "")?;
-            c.print(&v, |vm| vm_rows(&Value::Array(vec![vm.clone()])));
+            c.print(&v, vm_rows);
         }
         VmSub::Diagnose { name, all, lang } => {
             let names: Vec<String> = match name {
@@ -446,7 +450,7 @@ pub fn run_vm(cmd: VmCommand) -> Result<(), CliError> {
                 .collect::<Result<_, _>>()?;
             let body = serde_json::json!({"name": name, "host": host, "disks": sizes, "encrypt": encrypt, "provider": provider, "ownKeyDisks": own});
             let v = c.call("POST", "/api/v1/vms", &body.to_string())?;
-            c.print(&v, |vm| vm_rows(&Value::Array(vec![vm.clone()])));
+            c.print(&v, vm_rows);
         }
         VmSub::PowerOn { names } | VmSub::PowerOff { names } if names.is_empty() => {
             return Err(CliError::msg("Name at least one VM"));
@@ -504,7 +508,7 @@ pub fn run_vm(cmd: VmCommand) -> Result<(), CliError> {
                 &format!("/api/v1/vms/{name}/add-disk"),
                 &body.to_string(),
             )?;
-            c.print(&v, |vm| vm_rows(&Value::Array(vec![vm.clone()])));
+            c.print(&v, vm_rows);
         }
         VmSub::Encrypt { name, provider } => simple(
             c,
@@ -603,8 +607,11 @@ fn unlock(
         let mut still = Vec::new();
         for name in pending {
             let vm = c.call("GET", &format!("/api/v1/vms/{name}"), "")?;
-            if vm["cryptoState"] == "locked" {
-                states.insert(name.clone(), vm["lockReason"].clone());
+            let vm = vms_of(&vm).pop().ok_or_else(|| {
+                CliError::msg(format!("The server's answer for VM {name} is not a VM"))
+            })?;
+            if vm.crypto_state == tresor_api::views::CryptoState::Locked {
+                states.insert(name.clone(), serde_json::json!(vm.lock_reason));
                 still.push(name);
             } else {
                 if !json {

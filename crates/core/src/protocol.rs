@@ -82,6 +82,16 @@ pub enum PowerState {
     PoweredOff,
 }
 
+impl std::str::FromStr for PowerState {
+    type Err = crate::vm::UnknownName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [PowerState::PoweredOn, PowerState::PoweredOff]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| crate::vm::UnknownName(s.to_owned()))
+    }
+}
+
 impl PowerState {
     /// The name used in JSON and the CLI.
     pub fn as_str(self) -> &'static str {

@@ -35,7 +35,35 @@ pub enum ConnectionState {
     Disconnected,
 }
 
+/// A state or reason name that is not one of its type's.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("\"{0}\" is not a known state name")]
+pub struct UnknownName(pub String);
+
+/// Reads a name as written by `as_str` (every variant is listed in `ALL`, and `as_str` matches
+/// exhaustively, so a new variant is named in both or the build fails).
+macro_rules! from_name {
+    ($t:ty) => {
+        impl std::str::FromStr for $t {
+            type Err = UnknownName;
+            fn from_str(s: &str) -> Result<Self, UnknownName> {
+                <$t>::ALL
+                    .iter()
+                    .copied()
+                    .find(|v| v.as_str() == s)
+                    .ok_or_else(|| UnknownName(s.to_owned()))
+            }
+        }
+    };
+}
+
 impl CryptoState {
+    pub const ALL: [CryptoState; 3] = [
+        CryptoState::Unencrypted,
+        CryptoState::Unlocked,
+        CryptoState::Locked,
+    ];
+
     /// The name used in JSON and the CLI.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -47,6 +75,12 @@ impl CryptoState {
 }
 
 impl ConnectionState {
+    pub const ALL: [ConnectionState; 3] = [
+        ConnectionState::Connected,
+        ConnectionState::Invalid,
+        ConnectionState::Disconnected,
+    ];
+
     /// The name used in JSON and the CLI.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -71,7 +105,17 @@ pub enum LockReason {
     KeyMissingOnHost,
 }
 
+from_name!(CryptoState);
+from_name!(ConnectionState);
+from_name!(LockReason);
+
 impl LockReason {
+    pub const ALL: [LockReason; 3] = [
+        LockReason::KmsClusterError,
+        LockReason::KeyMissingOnKms,
+        LockReason::KeyMissingOnHost,
+    ];
+
     /// The name used in JSON, event types and the CLI.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -201,6 +245,23 @@ pub fn verdict(keys: &[KeyObservation]) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_state_name_reads_back() {
+        for v in CryptoState::ALL {
+            assert_eq!(v.as_str().parse::<CryptoState>(), Ok(v));
+        }
+        for v in ConnectionState::ALL {
+            assert_eq!(v.as_str().parse::<ConnectionState>(), Ok(v));
+        }
+        for v in LockReason::ALL {
+            assert_eq!(v.as_str().parse::<LockReason>(), Ok(v));
+            // The JSON name is the same.
+            assert_eq!(serde_json::to_value(v).unwrap(), v.as_str());
+        }
+        assert!("lockedd".parse::<CryptoState>().is_err());
+    }
+
 
     #[test]
     fn names_are_the_json_names() {

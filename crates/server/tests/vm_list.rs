@@ -84,6 +84,13 @@ async fn the_list_is_filtered_paged_and_shows_deferred_states_at_once() {
     }
     let (_, one) = http(addr, "GET", "/api/v1/vms/vm-0007", Some("viewer-token")).await;
     assert_eq!(one, all[7]);
+    // Every VM reads as the API's typed view, the one its clients use.
+    let typed: Vec<tresor_api::views::Vm> = serde_json::from_value(all.clone()).unwrap();
+    assert_eq!(typed.len(), 1100);
+    assert_eq!(
+        typed[0].lock_reason,
+        Some(tresor_api::views::LockReason::KmsClusterError)
+    );
 
     // A page.
     let (_, total, page) = get(addr, "/api/v1/vms?limit=100&offset=1050").await;

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{json, Value};
 use tresor_api::ErrorCode;
 use tresor_core::access::Privilege;
@@ -224,101 +224,80 @@ fn authorize(
 
 /// A VM as the surface defines it (`tresor vm show NAME -o json`).
 pub fn vm_json(record: &VmRecord) -> Value {
-    let report: Option<VmReport> = serde_json::from_str(&record.report).ok();
-    serde_json::to_value(VmDoc::new(record, report.as_ref())).unwrap_or_default()
+    serde_json::to_value(vm_view(record)).unwrap_or_default()
 }
 
-/// The same, as JSON text (made without building a `Value` first: the VM list renders tens of
-/// thousands of these).
+/// The same, as JSON text (the VM list renders tens of thousands of these, once per change).
 pub fn vm_json_text(record: &VmRecord) -> String {
+    serde_json::to_string(&vm_view(record)).unwrap_or_default()
+}
+
+/// A state name the store holds, read back; one it does not know (it writes only known ones) is
+/// logged and shown as `fallback`.
+fn state_of<T: std::str::FromStr>(name: &str, vm: &str, fallback: T) -> T {
+    name.parse().unwrap_or_else(|_| {
+        tracing::error!(%vm, state = %name, "a VM's stored state has an unknown name");
+        fallback
+    })
+}
+
+/// A VM as the API shows it: the registry's record and the host's last report.
+pub fn vm_view(record: &VmRecord) -> tresor_api::views::Vm {
+    use tresor_api::views::{ConnectionState, CryptoState, Disk, KeyId, PowerState, ProviderId};
     let report: Option<VmReport> = serde_json::from_str(&record.report).ok();
-    serde_json::to_string(&VmDoc::new(record, report.as_ref())).unwrap_or_default()
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct VmDoc<'a> {
-    name: &'a str,
-    id: &'a str,
-    host: &'a str,
-    path: &'a str,
-    power_state: &'a str,
-    connection_state: &'a str,
-    crypto_state: &'a str,
-    lock_reason: Option<&'a str>,
-    config: VmConfigDoc<'a>,
-    disks: Vec<DiskDoc<'a>>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct VmConfigDoc<'a> {
-    key_id: Option<KeyDoc<'a>>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct KeyDoc<'a> {
-    key_id: &'a str,
-    provider_id: ProviderIdDoc<'a>,
-}
-
-#[derive(Serialize)]
-struct ProviderIdDoc<'a> {
-    id: &'a str,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct DiskDoc<'a> {
-    path: &'a str,
-    key_id: Option<KeyDoc<'a>>,
-    key_available: bool,
-}
-
-impl<'a> VmDoc<'a> {
-    fn new(record: &'a VmRecord, report: Option<&'a VmReport>) -> VmDoc<'a> {
-        let key = |k: &'a tresor_core::ids::KeyRef| KeyDoc {
-            key_id: &k.key_id,
-            provider_id: ProviderIdDoc { id: k.provider() },
-        };
-        let disks = report
-            .map(|r| {
-                r.disks
-                    .iter()
-                    .map(|path| {
-                        let file = std::path::Path::new(path)
-                            .file_name()
-                            .and_then(|f| f.to_str())
-                            .unwrap_or_default();
-                        let hk = r.keys.iter().find(|k| {
-                            k.uses
-                                .iter()
-                                .any(|u| matches!(u, tresor_core::vm::KeyUse::Disk(p) if p == file))
-                        });
-                        DiskDoc {
-                            path,
-                            key_id: hk.map(|k| key(&k.key)),
-                            key_available: hk.map(|k| k.on_host).unwrap_or(true),
-                        }
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        VmDoc {
-            name: &record.name,
-            id: &record.id,
-            host: &record.host,
-            path: &record.path,
-            power_state: &record.power_state,
-            connection_state: &record.connection_state,
-            crypto_state: &record.crypto_state,
-            lock_reason: record.lock_reason.as_deref(),
-            config: VmConfigDoc {
-                key_id: report.and_then(|r| r.key_id.as_ref()).map(key),
-            },
-            disks,
-        }
+    let key = |k: &tresor_core::ids::KeyRef| KeyId {
+        key_id: k.key_id.clone(),
+        provider_id: ProviderId {
+            id: k.provider().to_owned(),
+        },
+    };
+    let disks = report
+        .as_ref()
+        .map(|r| {
+            r.disks
+                .iter()
+                .map(|path| {
+                    let file = std::path::Path::new(path)
+                        .file_name()
+                        .and_then(|f| f.to_str())
+                        .unwrap_or_default();
+                    let hk = r.keys.iter().find(|k| {
+                        k.uses
+                            .iter()
+                            .any(|u| matches!(u, tresor_core::vm::KeyUse::Disk(p) if p == file))
+                    });
+                    Disk {
+                        path: path.clone(),
+                        key_id: hk.map(|k| key(&k.key)),
+                        key_available: hk.map(|k| k.on_host).unwrap_or(true),
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let name = &record.name;
+    let crypto_state = state_of(&record.crypto_state, name, CryptoState::Locked);
+    tresor_api::views::Vm {
+        name: record.name.clone(),
+        id: record.id.clone(),
+        host: record.host.clone(),
+        path: record.path.clone(),
+        power_state: state_of(&record.power_state, name, PowerState::PoweredOff),
+        connection_state: state_of(
+            &record.connection_state,
+            name,
+            ConnectionState::Disconnected,
+        ),
+        crypto_state,
+        lock_reason: record
+            .lock_reason
+            .as_deref()
+            .filter(|_| crypto_state == CryptoState::Locked)
+            .and_then(|r| r.parse().ok()),
+        config: tresor_api::views::VmConfig {
+            key_id: report.as_ref().and_then(|r| r.key_id.as_ref()).map(key),
+        },
+        disks,
     }
 }
 
