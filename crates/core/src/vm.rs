@@ -262,7 +262,6 @@ mod tests {
         assert!("lockedd".parse::<CryptoState>().is_err());
     }
 
-
     #[test]
     fn names_are_the_json_names() {
         let json = |v: serde_json::Value| v.as_str().unwrap_or_default().to_owned();
