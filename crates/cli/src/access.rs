@@ -297,8 +297,8 @@ pub fn run_user(cmd: UserCommand) -> Result<(), CliError> {
             let body = Zeroizing::new(
                 json!({"name": name, "password": password.as_str(), "roles": roles}).to_string(),
             );
-            c.call("POST", "/api/v1/users", &body)?;
-            println!("user {name} added");
+            let v = c.call("POST", "/api/v1/users", &body)?;
+            c.done(&v, || format!("user {name} added"));
         }
         UserSub::List => {
             let v = c.call("GET", "/api/v1/users", "")?;
@@ -317,8 +317,8 @@ pub fn run_user(cmd: UserCommand) -> Result<(), CliError> {
             });
         }
         UserSub::Remove { name } => {
-            c.call("DELETE", &format!("/api/v1/users/{name}"), "")?;
-            println!("user {name} removed");
+            let v = c.call("DELETE", &format!("/api/v1/users/{name}"), "")?;
+            c.done(&v, || format!("user {name} removed"));
         }
         UserSub::Passwd {
             name,
@@ -340,12 +340,12 @@ pub fn run_user(cmd: UserCommand) -> Result<(), CliError> {
                 json!({"password": password.as_str(), "currentPassword": current.as_deref().map(|c| c.as_str())})
                     .to_string(),
             );
-            c.call("PUT", &format!("/api/v1/users/{name}/password"), &body)?;
-            println!("password of {name} set");
+            let v = c.call("PUT", &format!("/api/v1/users/{name}/password"), &body)?;
+            c.done(&v, || format!("password of {name} set"));
         }
         UserSub::Revoke { name, role } => {
-            c.call("DELETE", &format!("/api/v1/users/{name}/roles/{role}"), "")?;
-            println!("role {role} taken from {name}");
+            let v = c.call("DELETE", &format!("/api/v1/users/{name}/roles/{role}"), "")?;
+            c.done(&v, || format!("role {role} taken from {name}"));
         }
     }
     Ok(())
@@ -442,8 +442,8 @@ pub fn run_role(cmd: RoleCommand) -> Result<(), CliError> {
             c.print(&v, show);
         }
         RoleSub::Remove { name } => {
-            c.call("DELETE", &format!("/api/v1/roles/{name}"), "")?;
-            println!("role {name} removed");
+            let v = c.call("DELETE", &format!("/api/v1/roles/{name}"), "")?;
+            c.done(&v, || format!("role {name} removed"));
         }
     }
     Ok(())
@@ -463,7 +463,8 @@ pub fn run_grant(a: GrantArgs) -> Result<(), CliError> {
         &format!("/api/v1/users/{}/roles", a.user),
         &json!({"role": a.role}).to_string(),
     )?;
-    println!("{}: {}", a.user, join(&v["roles"]));
+    a.conn
+        .done(&v, || format!("{}: {}", a.user, join(&v["roles"])));
     Ok(())
 }
 

@@ -273,12 +273,12 @@ pub fn run_provider(cmd: ProviderCommand) -> Result<(), CliError> {
             c.print(&v, status_text);
         }
         ProviderSub::Default { name } => {
-            c.call("POST", &format!("/api/v1/providers/{name}/default"), "")?;
-            println!("{name}: the default key provider");
+            let v = c.call("POST", &format!("/api/v1/providers/{name}/default"), "")?;
+            c.done(&v, || format!("{name}: the default key provider"));
         }
         ProviderSub::Remove { name } => {
-            c.call("DELETE", &format!("/api/v1/providers/{name}"), "")?;
-            println!("{name}: removed");
+            let v = c.call("DELETE", &format!("/api/v1/providers/{name}"), "")?;
+            c.done(&v, || format!("{name}: removed"));
         }
         ProviderSub::Certificate { name, client_cert } => {
             let body = json!({"clientCertPem": read(&client_cert, "client certificate")?});
@@ -393,8 +393,8 @@ pub fn run_alarm(cmd: AlarmCommand) -> Result<(), CliError> {
             });
         }
         AlarmSub::Ack { id } => {
-            c.call("POST", &format!("/api/v1/alarms/{id}/ack"), "")?;
-            println!("alarm {id}: acknowledged");
+            let v = c.call("POST", &format!("/api/v1/alarms/{id}/ack"), "")?;
+            c.done(&v, || format!("alarm {id}: acknowledged"));
         }
     }
     Ok(())

@@ -19,7 +19,10 @@ pub(crate) fn block_on<F: Future>(f: F) -> Result<F::Output, CliError> {
 
 impl From<ClientError> for CliError {
     fn from(e: ClientError) -> CliError {
-        CliError::msg(e.to_string())
+        match e {
+            ClientError::Api { error, .. } => CliError::Api(error),
+            other => CliError::msg(other.to_string()),
+        }
     }
 }
 

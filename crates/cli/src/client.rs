@@ -63,16 +63,19 @@ impl Conn {
         body: &str,
     ) -> Result<Value, CliError> {
         let client = self.client(token)?;
-        let (status, text) = crate::api::send_text(&client, method, path, body)?;
-        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        if !(200..300).contains(&status) {
-            let message = value["error"]["message"]
-                .as_str()
-                .map(str::to_owned)
-                .unwrap_or_else(|| format!("the server answered {status}"));
-            return Err(CliError::msg(message));
-        }
-        Ok(value)
+        let body: Option<Value> = if body.is_empty() {
+            None
+        } else {
+            Some(
+                serde_json::from_str(body)
+                    .map_err(|e| CliError::msg(format!("The request body is not JSON: {e}")))?,
+            )
+        };
+        Ok(crate::api::block_on(client.call(
+            method,
+            path,
+            body.as_ref(),
+        ))??)
     }
 
     /// Follows the event stream, calling `each` for every event until the server closes it.
@@ -92,6 +95,17 @@ impl Conn {
 
     pub(crate) fn is_json(&self) -> bool {
         self.output == Format::Json
+    }
+
+    /// An action's outcome: the server's answer as JSON with `-o json`, else a line for people.
+    pub(crate) fn done(&self, answer: &Value, line: impl FnOnce() -> String) {
+        match self.output {
+            Format::Json => println!(
+                "{}",
+                serde_json::to_string_pretty(answer).unwrap_or_default()
+            ),
+            Format::Table => println!("{}", line()),
+        }
     }
 
     pub(crate) fn print(&self, value: &Value, table: impl FnOnce(&Value) -> String) {
@@ -457,14 +471,14 @@ pub fn run_vm(cmd: VmCommand) -> Result<(), CliError> {
         }
         VmSub::PowerOn { names } => {
             for n in names {
-                c.call("POST", &format!("/api/v1/vms/{n}/power-on"), "")?;
-                println!("{n}: powered on");
+                let v = c.call("POST", &format!("/api/v1/vms/{n}/power-on"), "")?;
+                c.done(&v, || format!("{n}: powered on"));
             }
         }
         VmSub::PowerOff { names } => {
             for n in names {
-                c.call("POST", &format!("/api/v1/vms/{n}/power-off"), "")?;
-                println!("{n}: powered off");
+                let v = c.call("POST", &format!("/api/v1/vms/{n}/power-off"), "")?;
+                c.done(&v, || format!("{n}: powered off"));
             }
         }
         VmSub::Register { path, host, all } => {
@@ -658,8 +672,8 @@ fn unlock(
 }
 
 fn simple(c: &Conn, name: &str, op: &str, body: &str) -> Result<(), CliError> {
-    c.call("POST", &format!("/api/v1/vms/{name}/{op}"), body)?;
-    println!("{name}: {op} done");
+    let v = c.call("POST", &format!("/api/v1/vms/{name}/{op}"), body)?;
+    c.done(&v, || format!("{name}: {op} done"));
     Ok(())
 }
 
@@ -713,8 +727,10 @@ pub fn run_host(cmd: HostCommand) -> Result<(), CliError> {
     let c = &cmd.conn;
     match cmd.command {
         HostSub::Remove { name } => {
-            c.call("DELETE", &format!("/api/v1/hosts/{name}"), "")?;
-            println!("{name}: removed; its certificate is refused from now on");
+            let v = c.call("DELETE", &format!("/api/v1/hosts/{name}"), "")?;
+            c.done(&v, || {
+                format!("{name}: removed; its certificate is refused from now on")
+            });
         }
         HostSub::Token { ttl, host, replace } => {
             let v = c.call(
@@ -774,24 +790,28 @@ pub fn run_host(cmd: HostCommand) -> Result<(), CliError> {
             });
         }
         HostSub::DisableEncryption { name } => {
-            c.call(
+            let v = c.call(
                 "POST",
                 &format!("/api/v1/hosts/{name}/disable-encryption"),
                 "",
             )?;
-            println!("{name}: encryption mode ends when the host restarts");
+            c.done(&v, || {
+                format!("{name}: encryption mode ends when the host restarts")
+            });
         }
         HostSub::Reboot { name } => {
-            c.call("POST", &format!("/api/v1/hosts/{name}/reboot"), "")?;
-            println!("{name}: rebooted (VMs stopped, key cache empty)");
+            let v = c.call("POST", &format!("/api/v1/hosts/{name}/reboot"), "")?;
+            c.done(&v, || {
+                format!("{name}: rebooted (VMs stopped, key cache empty)")
+            });
         }
         HostSub::EnableEncryption { name } => {
-            c.call(
+            let v = c.call(
                 "POST",
                 &format!("/api/v1/hosts/{name}/enable-encryption"),
                 "",
             )?;
-            println!("{name}: encryption mode safe");
+            c.done(&v, || format!("{name}: encryption mode safe"));
         }
     }
     Ok(())

@@ -64,6 +64,9 @@ enum Command {
 pub enum CliError {
     #[error("{0}")]
     Message(String),
+    /// The server refused, with its code.
+    #[error("{}", .0.message)]
+    Api(tresor_api::ErrorBody),
 }
 
 impl CliError {
@@ -85,7 +88,19 @@ fn init_logging() {
 }
 
 /// Runs the command line; the exit code is 0 on success.
+/// Whether the command line asks for JSON output (`-o json`, `-ojson`, `--output json`,
+/// `--output=json`, `-o=json`).
+fn wants_json(args: &[String]) -> bool {
+    args.iter().enumerate().any(|(i, a)| {
+        matches!(a.as_str(), "-ojson" | "--output=json" | "-o=json")
+            || (matches!(a.as_str(), "-o" | "--output")
+                && args.get(i + 1).map(String::as_str) == Some("json"))
+    })
+}
+
 pub fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let json_output = wants_json(&args);
     let cli = Cli::parse();
     init_logging();
     let result = match cli.command {
@@ -108,9 +123,44 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if json_output => {
+            // One line, in the API's error shape; a failure the server did not name has no code.
+            let (code, message) = match &e {
+                CliError::Api(b) => (b.code.map(|c| c.as_str()), b.message.clone()),
+                CliError::Message(m) => (None, m.clone()),
+            };
+            eprintln!(
+                "{}",
+                serde_json::json!({"error": {"code": code, "message": message}})
+            );
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("tresor: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn json_output_is_seen_in_every_spelling() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        for yes in [
+            &["tresor", "vm", "list", "-o", "json"][..],
+            &["tresor", "vm", "list", "--output", "json"],
+            &["tresor", "vm", "list", "--output=json"],
+            &["tresor", "vm", "list", "-ojson"],
+        ] {
+            assert!(super::wants_json(&args(yes)), "{yes:?}");
+        }
+        for no in [
+            &["tresor", "vm", "list"][..],
+            &["tresor", "vm", "list", "-o", "table"],
+            &["tresor", "vm", "show", "json"],
+        ] {
+            assert!(!super::wants_json(&args(no)), "{no:?}");
         }
     }
 }

@@ -3,7 +3,8 @@
 //! fingerprint pinned at the first `tresor login` (shown, compared, confirmed), refuses a wrong
 //! CA, a wrong pin and a fingerprint that does not match, sends no password before the server is
 //! trusted, and speaks plain HTTP only to a loopback address; `TRESOR_INSECURE` works and says it
-//! is for tests. A server refuses plain HTTP on an address other than loopback.
+//! is for tests. A server refuses plain HTTP on an address other than loopback. With `-o json`,
+//! errors are JSON too, with the server's code.
 
 mod common;
 
@@ -185,6 +186,33 @@ fn the_cli_trusts_the_api_by_its_ca_or_a_pinned_fingerprint_and_nothing_else() {
         &["host", "list"],
     );
     assert!(!ok, "the HTTPS API answered plain HTTP");
+
+    // With -o json, a refusal is one JSON line in the API's error shape, with its code, and an
+    // action's outcome is the server's answer.
+    let (ok, _, err) = dev.cli(&["vm", "show", "nosuch", "-o", "json"]);
+    assert!(!ok);
+    let e: serde_json::Value = serde_json::from_str(err.trim()).expect("a JSON error line");
+    assert_eq!(e["error"]["code"], "notFound", "{e}");
+    assert!(e["error"]["message"].as_str().unwrap().contains("nosuch"));
+    let (ok, out, err) = dev.cli(&["host", "reboot", "host-1", "-o", "json"]);
+    assert!(ok, "{err}");
+    let _: serde_json::Value = serde_json::from_str(&out).expect("the answer as JSON");
+    let (ok, _, err) = cli(
+        &format!("https://127.0.0.1:{}", free_port()),
+        &fresh,
+        &[("TRESOR_TOKEN", token), ("TRESOR_CA", &ca)],
+        &["host", "list", "-o", "json"],
+    );
+    assert!(!ok);
+    let e: serde_json::Value = serde_json::from_str(err.trim()).expect("a JSON error line");
+    assert!(e["error"]["code"].is_null(), "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Cannot reach"),
+        "{e}"
+    );
 }
 
 #[test]
