@@ -1,4 +1,4 @@
-//! The agent port bounds what strangers cost, with real processes: connections without a
+//! The agent and API ports bound what strangers cost, with real processes: connections without a
 //! certificate that announce huge frames, or that never say anything, are closed; only a few
 //! per address are set up at once; the server's memory (read from `/proc`) stays where it was,
 //! and the enrolled host stays connected.
@@ -162,4 +162,56 @@ fn a_login_flood_is_answered_429_in_bounded_memory() {
     );
     // The operators' tokens still work.
     dev.ok(&["host", "list"]);
+}
+
+/// The API's port: silent connections from one address are held only up to its limit (128) and
+/// only for the TLS handshake's deadline (10 s), the server's memory stays put, and a client at
+/// another address is served meanwhile.
+#[test]
+fn strangers_on_the_api_port_are_bounded_and_others_are_served() {
+    let dev = Dev::start(1);
+    let server_toml = dev.dir.path().join("server/server.toml");
+    let pid = pid_of(&["server --config", &server_toml.display().to_string()]);
+    let before = rss_kib(&pid);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // From 127.0.0.2, so that the test's own requests (from 127.0.0.1) count apart.
+    let port = dev.port;
+    let idle: Vec<std::net::TcpStream> = rt.block_on(async {
+        let mut out = Vec::new();
+        for _ in 0..300 {
+            let s = tokio::net::TcpSocket::new_v4().unwrap();
+            s.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+            let tcp = s.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+            out.push(tcp.into_std().unwrap());
+        }
+        out
+    });
+    let still_open = || {
+        idle.iter()
+            .filter(|s| {
+                s.set_nonblocking(true).unwrap();
+                matches!(s.peek(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            })
+            .count()
+    };
+    let started = std::time::Instant::now();
+    let mut open = still_open();
+    while open > 128 && started.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(100));
+        open = still_open();
+    }
+    assert!(
+        open <= 128,
+        "{open} silent connections from one address were kept"
+    );
+    // Someone else is served meanwhile.
+    let hosts = dev.ok(&["host", "list", "-o", "json"]);
+    assert!(hosts.contains("host-1"), "{hosts}");
+    assert!(rss_kib(&pid) < before + 64 * 1024);
+    // And the silent ones are closed once their handshake's time is up.
+    common::wait_for("the silent connections are closed", || still_open() == 0);
+    drop(idle);
 }
