@@ -194,6 +194,21 @@ fn the_cli_trusts_the_api_by_its_ca_or_a_pinned_fingerprint_and_nothing_else() {
     let e: serde_json::Value = serde_json::from_str(err.trim()).expect("a JSON error line");
     assert_eq!(e["error"]["code"], "notFound", "{e}");
     assert!(e["error"]["message"].as_str().unwrap().contains("nosuch"));
+    // A provider that does not exist is not a provider's failure: 404, and nothing is made.
+    dev.ok(&["vm", "create", "plain9", "--host", "host-1", "--disk", "4M"]);
+    let (ok, _, err) = dev.cli(&[
+        "vm",
+        "encrypt",
+        "plain9",
+        "--provider",
+        "nosuch",
+        "-o",
+        "json",
+    ]);
+    assert!(!ok);
+    let e: serde_json::Value = serde_json::from_str(err.trim()).expect("a JSON error line");
+    assert_eq!(e["error"]["code"], "notFound", "{e}");
+    assert_eq!(dev.vm("plain9")["cryptoState"], "unencrypted");
     let (ok, out, err) = dev.cli(&["host", "reboot", "host-1", "-o", "json"]);
     assert!(ok, "{err}");
     let _: serde_json::Value = serde_json::from_str(&out).expect("the answer as JSON");

@@ -91,6 +91,20 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<crate::broker::BrokerError> for ApiError {
+    fn from(e: crate::broker::BrokerError) -> ApiError {
+        use crate::broker::BrokerError;
+        let code = match &e {
+            BrokerError::UnknownProvider(_) => ErrorCode::NotFound,
+            BrokerError::Create { error, .. } if error.is_connection() => {
+                ErrorCode::ProviderUnreachable
+            }
+            BrokerError::Create { .. } | BrokerError::Deactivate { .. } => ErrorCode::ProviderError,
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
 /// A JSON request body. Unlike axum's `Json`, a body that cannot be read is refused in the API's
 /// one error shape (400, `badRequest`), saying what was wrong.
 #[derive(Debug)]
@@ -1270,11 +1284,7 @@ async fn new_key(
     provider: &str,
     purpose: &str,
 ) -> Result<tresor_core::protocol::KeyMaterial, ApiError> {
-    let key = s
-        .broker
-        .create_kek(provider, purpose)
-        .await
-        .map_err(|e| ApiError::new(ErrorCode::ProviderError, e.to_string()))?;
+    let key = s.broker.create_kek(provider, purpose).await?;
     fetch_key(s, key, "new key").await
 }
 
@@ -1721,8 +1731,7 @@ async fn enable_encryption(
             let provider = provider_or_default(&s, None)?;
             s.broker
                 .create_kek(&provider, &format!("host:{host}"))
-                .await
-                .map_err(|e| ApiError::new(ErrorCode::ProviderError, e.to_string()))?
+                .await?
         }
     };
     let command = tresor_core::protocol::Command::EnableEncryption {
