@@ -421,3 +421,27 @@ async fn every_operation_refuses_a_user_without_its_privilege() {
     assert_eq!(store.users().unwrap().len(), 4);
     assert_eq!(store.setting("unlock.policy").unwrap(), None);
 }
+
+/// A path parameter or a query that cannot be read is answered in the API's one error shape
+/// (JSON with a code), not as the HTTP library's plain text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_paths_and_queries_are_json_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(&dir.path().join("s.sqlite")).unwrap());
+    common::seed_users(&store);
+    let served = common::serve(store, dir.path()).await;
+    let (status, body) = http(
+        &served.addr,
+        "POST",
+        "/api/v1/alarms/not-a-number/ack",
+        Some("admin-token"),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "notFound", "{body}");
+    for path in ["/api/v1/vms?limit=many", "/api/v1/events?limit=-x"] {
+        let (status, body) = http(&served.addr, "GET", path, Some("admin-token")).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "badRequest", "{path}: {body}");
+    }
+}

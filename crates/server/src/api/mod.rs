@@ -153,6 +153,65 @@ where
     }
 }
 
+/// A query string. Unlike axum's `Query`, one that cannot be read is refused in the API's one
+/// error shape (400, `badRequest`), saying what was wrong.
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| ApiQuery(v))
+            .map_err(|r| {
+                ApiError::new(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "The query is not what this operation takes ({}); see /api/v1/openapi.json",
+                        r.body_text()
+                    ),
+                )
+            })
+    }
+}
+
+/// Path parameters, refused in the API's error shape when they cannot be read (an alarm id that
+/// is not a number).
+#[derive(Debug)]
+pub struct ApiPath<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for ApiPath<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(v)| ApiPath(v))
+            .map_err(|r| {
+                ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("No such object: {}", r.body_text()),
+                )
+            })
+    }
+}
+
 /// Writes the built-in roles (`Administrator`, `NoCryptoAdmin`, `ReadOnly`) with their current
 /// privileges.
 pub fn seed_roles(store: &Store) -> Result<(), StoreError> {
@@ -322,7 +381,7 @@ pub fn vm_view(record: &VmRecord) -> tresor_api::views::Vm {
 async fn list_vms(
     State(s): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<VmQuery>,
+    ApiQuery(q): ApiQuery<VmQuery>,
 ) -> Result<axum::response::Response, ApiError> {
     authorize(&s, &headers, Privilege::SystemView, "Listing VMs")?;
     if q.discovered.unwrap_or(false) {
@@ -500,7 +559,7 @@ async fn diagnose_vm(
     State(s): State<AppState>,
     headers: HeaderMap,
     Path(name): Path<String>,
-    Query(q): Query<LangQuery>,
+    ApiQuery(q): ApiQuery<LangQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let user = authorize(&s, &headers, Privilege::SystemView, "Diagnosing a VM")?;
     let lang = parse_lang(q.lang.as_deref())?;
@@ -1044,7 +1103,7 @@ struct EventQuery {
 async fn list_events(
     State(s): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<EventQuery>,
+    ApiQuery(q): ApiQuery<EventQuery>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&s, &headers, Privilege::SystemView, "Listing events")?;
     let lang = parse_lang(q.lang.as_deref())?;
@@ -1086,7 +1145,7 @@ fn event_json(e: &crate::store::EventRow, lang: Lang) -> Value {
 async fn stream_events(
     State(s): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<EventQuery>,
+    ApiQuery(q): ApiQuery<EventQuery>,
 ) -> Result<Response, ApiError> {
     use axum::response::sse::{Event, KeepAlive, Sse};
     authorize(&s, &headers, Privilege::SystemView, "Following events")?;
@@ -1199,7 +1258,7 @@ fn alarm_json(a: &crate::store::AlarmRow) -> Value {
 async fn ack_alarm(
     State(s): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<Value>, ApiError> {
     let user = authorize(
         &s,
