@@ -8,10 +8,11 @@
 //! `messages` holds the same in every language the server has it in (for the messages an operator
 //! meets in the console). Each code has one HTTP status.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Why a request failed. The HTTP status follows from the code ([`ErrorCode::status`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum ErrorCode {
     /// The request is not what the operation takes (body, query, path).
@@ -158,7 +159,7 @@ impl std::fmt::Display for ErrorCode {
 }
 
 /// The same message in each language the server has it in.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Messages {
     pub en: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -166,7 +167,7 @@ pub struct Messages {
 }
 
 /// What is inside `{"error": …}`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorBody {
     /// Unknown to this client when the server is newer: `None`, and `message` still says it.
     #[serde(default, deserialize_with = "lenient_code")]
@@ -182,7 +183,7 @@ fn lenient_code<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<ErrorCo
 }
 
 /// The whole error answer.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorAnswer {
     pub error: ErrorBody,
 }

@@ -10,3 +10,36 @@ pub mod views;
 
 pub use client::{Answer, Client, ClientError, Trust};
 pub use error::{ErrorBody, ErrorCode};
+
+/// The JSON Schemas of the API's types, for the OpenAPI document's `components/schemas`:
+/// `Vm`, `ErrorAnswer` and what they refer to, generated from the types themselves.
+pub fn schemas() -> serde_json::Map<String, serde_json::Value> {
+    let mut generator = schemars::generate::SchemaSettings::openapi3().into_generator();
+    generator.subschema_for::<views::Vm>();
+    generator.subschema_for::<error::ErrorAnswer>();
+    generator.take_definitions(true)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_schemas_name_every_state_and_code() {
+        let s = super::schemas();
+        let vm = serde_json::Value::Object(s.clone())["Vm"].to_string();
+        for name in [
+            "kmsClusterError",
+            "keyMissingOnHost",
+            "unencrypted",
+            "disconnected",
+            "poweredOn",
+        ] {
+            assert!(vm.contains(name), "{name} in {vm}");
+        }
+        let all = serde_json::Value::Object(s).to_string();
+        for code in crate::ErrorCode::ALL {
+            assert!(all.contains(code.as_str()), "{code}");
+        }
+        // References point into components/schemas.
+        assert!(all.contains("#/components/schemas/KeyId"), "{all}");
+    }
+}

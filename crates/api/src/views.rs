@@ -2,12 +2,45 @@
 //! a field or a state that one side changes is a compile error on the other, not a surprise at
 //! run time. The JSON shape is the one `../shared/spec/surface.md` fixes.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 pub use tresor_core::protocol::PowerState;
 pub use tresor_core::vm::{ConnectionState, CryptoState, LockReason};
 
+/// A schema of the names `names` (the core's enums list every variant, so the document follows
+/// them).
+fn names_schema(names: &[&str], nullable: bool) -> schemars::Schema {
+    let mut values: Vec<serde_json::Value> = names.iter().map(|n| (*n).into()).collect();
+    if nullable {
+        values.push(serde_json::Value::Null);
+    }
+    schemars::json_schema!({ "enum": values })
+}
+
+fn power_state_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    names_schema(
+        &[
+            PowerState::PoweredOn.as_str(),
+            PowerState::PoweredOff.as_str(),
+        ],
+        false,
+    )
+}
+
+fn connection_state_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    names_schema(&ConnectionState::ALL.map(ConnectionState::as_str), false)
+}
+
+fn crypto_state_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    names_schema(&CryptoState::ALL.map(CryptoState::as_str), false)
+}
+
+fn lock_reason_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    names_schema(&LockReason::ALL.map(LockReason::as_str), true)
+}
+
 /// A VM as `GET /api/v1/vms/{name}` and the VM list answer it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Vm {
     pub name: String,
@@ -16,17 +49,21 @@ pub struct Vm {
     pub host: String,
     /// Its folder on the host.
     pub path: String,
+    #[schemars(schema_with = "power_state_schema")]
     pub power_state: PowerState,
+    #[schemars(schema_with = "connection_state_schema")]
     pub connection_state: ConnectionState,
+    #[schemars(schema_with = "crypto_state_schema")]
     pub crypto_state: CryptoState,
     /// Why it is locked; `None` unless `crypto_state` is `Locked`.
+    #[schemars(schema_with = "lock_reason_schema")]
     pub lock_reason: Option<LockReason>,
     pub config: VmConfig,
     pub disks: Vec<Disk>,
 }
 
 /// `config` of a VM.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VmConfig {
     /// The VM's own key; `None` for an unencrypted VM.
@@ -34,7 +71,7 @@ pub struct VmConfig {
 }
 
 /// A key as the surface names it: its id on a provider.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct KeyId {
     pub key_id: String,
@@ -42,13 +79,13 @@ pub struct KeyId {
 }
 
 /// `providerId` of a key.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ProviderId {
     pub id: String,
 }
 
 /// One disk of a VM.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Disk {
     pub path: String,

@@ -85,7 +85,7 @@ ops! {
 }
 
 fn error_response(description: &str) -> Value {
-    json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
+    json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorAnswer"}}}})
 }
 
 /// The OpenAPI document.
@@ -137,12 +137,14 @@ pub fn document() -> Value {
                 "409": error_response("The object's state does not allow it (a locked VM, for example)"),
             },
         });
-        if op.path.starts_with("/api/v1/vms/{name}")
-            && op.method == "get"
-            && !op.path.ends_with("diagnose")
-        {
+        if op.path == "/api/v1/vms/{name}" && op.method == "get" {
             operation["responses"]["200"]["content"]["application/json"] =
                 json!({"schema": {"$ref": "#/components/schemas/Vm"}});
+        }
+        if op.path == "/api/v1/vms" && op.method == "get" {
+            // The discovered VMs (`?discovered=true`) are another shape.
+            operation["responses"]["200"]["content"]["application/json"] = json!({"schema": {
+                "type": "array", "items": {"anyOf": [{"$ref": "#/components/schemas/Vm"}, {"type": "object"}]}}});
         }
         if !op.example.is_empty() {
             let example: Value = serde_json::from_str(op.example).unwrap_or(Value::Null);
@@ -167,42 +169,7 @@ pub fn document() -> Value {
         "paths": paths,
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {
-                "Error": {
-                    "type": "object",
-                    "required": ["error"],
-                    "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
-                        "code": {"type": "string", "description": "Stable: unauthenticated, forbidden, notFound, conflict, badRequest, invalid, locked, storage, …"},
-                        "message": {"type": "string", "description": "What failed and what to do, for a person"},
-                    }}},
-                },
-                "KeyId": {
-                    "type": "object",
-                    "properties": {
-                        "keyId": {"type": "string"},
-                        "providerId": {"type": "object", "properties": {"id": {"type": "string"}}},
-                    },
-                },
-                "Vm": {
-                    "type": "object",
-                    "properties": {
-                        "name": {"type": "string"},
-                        "id": {"type": "string"},
-                        "host": {"type": "string"},
-                        "path": {"type": "string"},
-                        "powerState": {"enum": ["poweredOn", "poweredOff"]},
-                        "connectionState": {"enum": ["connected", "invalid", "disconnected"]},
-                        "cryptoState": {"enum": ["unencrypted", "unlocked", "locked"]},
-                        "lockReason": {"enum": [null, "kmsClusterError", "keyMissingOnKms", "keyMissingOnHost"]},
-                        "config": {"type": "object", "properties": {"keyId": {"$ref": "#/components/schemas/KeyId"}}},
-                        "disks": {"type": "array", "items": {"type": "object", "properties": {
-                            "path": {"type": "string"},
-                            "keyId": {"$ref": "#/components/schemas/KeyId"},
-                            "keyAvailable": {"type": "boolean"},
-                        }}},
-                    },
-                },
-            },
+            "schemas": tresor_api::schemas(),
         },
     })
 }
