@@ -12,10 +12,15 @@ pub use client::{Answer, Client, ClientError, Trust};
 pub use error::{ErrorBody, ErrorCode};
 
 /// The JSON Schemas of the API's types, for the OpenAPI document's `components/schemas`:
-/// `Vm`, `ErrorAnswer` and what they refer to, generated from the types themselves.
+/// the views (`Vm`, `Host`, `HostWithVms`, `Event`, `Alarm`), `ErrorAnswer` and what they refer
+/// to, generated from the types themselves.
 pub fn schemas() -> serde_json::Map<String, serde_json::Value> {
     let mut generator = schemars::generate::SchemaSettings::openapi3().into_generator();
     generator.subschema_for::<views::Vm>();
+    generator.subschema_for::<views::Host>();
+    generator.subschema_for::<views::HostWithVms>();
+    generator.subschema_for::<views::Event>();
+    generator.subschema_for::<views::Alarm>();
     generator.subschema_for::<error::ErrorAnswer>();
     generator.take_definitions(true)
 }

@@ -4,6 +4,7 @@
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+pub use tresor_core::host::HostCryptoState;
 pub use tresor_core::protocol::PowerState;
 pub use tresor_core::vm::{ConnectionState, CryptoState, LockReason};
 
@@ -93,6 +94,73 @@ pub struct Disk {
     pub key_id: Option<KeyId>,
     /// Whether its host holds that key.
     pub key_available: bool,
+}
+
+fn host_crypto_state_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    names_schema(&HostCryptoState::ALL.map(HostCryptoState::as_str), false)
+}
+
+/// A host as `GET /api/v1/hosts` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Host {
+    pub name: String,
+    /// Whether its agent's session is up now.
+    pub connected: bool,
+    /// Its encryption mode.
+    #[schemars(schema_with = "host_crypto_state_schema")]
+    pub crypto_state: HostCryptoState,
+    pub vm_count: u64,
+    pub locked_vm_count: u64,
+    /// Keys its VMs report as held in its key cache.
+    pub keys_held: u64,
+    /// When its agent last spoke (Unix seconds).
+    pub last_seen: i64,
+}
+
+/// A host with its VMs (`GET /api/v1/hosts/{name}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct HostWithVms {
+    #[serde(flatten)]
+    pub host: Host,
+    pub vms: Vec<Vm>,
+}
+
+/// An event, its message in the language asked for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Event {
+    pub id: i64,
+    /// Unix seconds.
+    pub time: i64,
+    /// `area.what[.why]`, for example `vm.locked.kmsClusterError`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// `info`, `warning` or `error`.
+    pub severity: String,
+    pub vm: Option<String>,
+    pub host: Option<String>,
+    pub provider: Option<String>,
+    /// Who caused it, where a person did.
+    pub user: Option<String>,
+    pub message: String,
+}
+
+/// An active (or acknowledged) alarm, with what it means and what to do.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Alarm {
+    pub id: i64,
+    /// `vm.locked`, `provider.unreachable`, `key.push.failed`, …
+    pub kind: String,
+    /// What it is about: `vm:web01`, `provider:corp-kms`, `host:host-1`.
+    pub object: String,
+    pub reason: String,
+    /// Unix seconds.
+    pub raised: i64,
+    pub cleared: Option<i64>,
+    pub acknowledged_by: Option<String>,
+    pub message: String,
+    pub next_step: String,
 }
 
 #[cfg(test)]

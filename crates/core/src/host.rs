@@ -14,6 +14,35 @@ pub enum HostCryptoState {
     PendingIncapable,
 }
 
+impl HostCryptoState {
+    pub const ALL: [HostCryptoState; 4] = [
+        HostCryptoState::Incapable,
+        HostCryptoState::Prepared,
+        HostCryptoState::Safe,
+        HostCryptoState::PendingIncapable,
+    ];
+
+    /// The name used in JSON, the store and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostCryptoState::Incapable => "incapable",
+            HostCryptoState::Prepared => "prepared",
+            HostCryptoState::Safe => "safe",
+            HostCryptoState::PendingIncapable => "pendingIncapable",
+        }
+    }
+}
+
+impl std::str::FromStr for HostCryptoState {
+    type Err = crate::vm::UnknownName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        HostCryptoState::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| crate::vm::UnknownName(s.to_owned()))
+    }
+}
+
 /// What happens to a host's encryption mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum HostCryptoEvent {

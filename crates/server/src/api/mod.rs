@@ -981,7 +981,9 @@ async fn list_hosts(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&s, &headers, Privilege::SystemView, "Listing hosts")?;
-    Ok(Json(Value::Array(host_views(&s)?)))
+    Ok(Json(
+        serde_json::to_value(host_views(&s)?).unwrap_or_default(),
+    ))
 }
 
 /// One host, with its VMs.
@@ -991,19 +993,19 @@ async fn show_host(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&s, &headers, Privilege::SystemView, "Reading a host")?;
-    let mut host = host_views(&s)?
+    let host = host_views(&s)?
         .into_iter()
-        .find(|h| h["name"] == name.as_str())
+        .find(|h| h.name == name)
         .ok_or_else(|| no_host(&name))?;
-    let vms: Vec<Value> = s
+    let vms = s
         .store
         .vms()?
         .iter()
         .filter(|v| v.host == name)
-        .map(vm_json)
+        .map(vm_view)
         .collect();
-    host["vms"] = Value::Array(vms);
-    Ok(Json(host))
+    let host = tresor_api::views::HostWithVms { host, vms };
+    Ok(Json(serde_json::to_value(host).unwrap_or_default()))
 }
 
 /// Takes a host out of encryption mode; the mode ends when the host restarts.
@@ -1053,7 +1055,7 @@ async fn disable_encryption(
 }
 
 /// The hosts as the API shows them.
-fn host_views(s: &AppState) -> Result<Vec<Value>, ApiError> {
+fn host_views(s: &AppState) -> Result<Vec<tresor_api::views::Host>, ApiError> {
     let connected = s.hub.connected();
     // One pass over the VMs, not one per host: there may be thousands of each.
     let mut counts: std::collections::HashMap<&str, (usize, usize)> = Default::default();
@@ -1067,21 +1069,25 @@ fn host_views(s: &AppState) -> Result<Vec<Value>, ApiError> {
     }
     // The keys its VMs report as held (the host key comes on top in encryption mode).
     let held = s.engine.keys_held_by_host();
-    let hosts: Vec<Value> = s
+    let hosts = s
         .store
         .hosts()?
         .into_iter()
         .map(|h| {
             let (vm_count, locked) = counts.get(h.name.as_str()).copied().unwrap_or_default();
-            json!({
-                "name": h.name,
-                "connected": connected.contains(&h.name),
-                "cryptoState": h.crypto_state,
-                "vmCount": vm_count,
-                "lockedVmCount": locked,
-                "keysHeld": held.get(&h.name).copied().unwrap_or(0),
-                "lastSeen": h.last_seen,
-            })
+            tresor_api::views::Host {
+                connected: connected.contains(&h.name),
+                crypto_state: state_of(
+                    &h.crypto_state,
+                    &h.name,
+                    tresor_api::views::HostCryptoState::Incapable,
+                ),
+                vm_count: vm_count as u64,
+                locked_vm_count: locked as u64,
+                keys_held: held.get(&h.name).copied().unwrap_or(0) as u64,
+                last_seen: h.last_seen,
+                name: h.name,
+            }
         })
         .collect();
     Ok(hosts)
@@ -1127,6 +1133,11 @@ async fn list_events(
 
 /// An event as the API gives it, its message in `lang`.
 fn event_json(e: &crate::store::EventRow, lang: Lang) -> Value {
+    serde_json::to_value(event_view(e, lang)).unwrap_or_default()
+}
+
+/// An event as the API shows it, its message in `lang`.
+fn event_view(e: &crate::store::EventRow, lang: Lang) -> tresor_api::views::Event {
     let args: Vec<(&str, &str)> = e
         .args
         .iter()
@@ -1135,8 +1146,17 @@ fn event_json(e: &crate::store::EventRow, lang: Lang) -> Value {
     let message = tresor_core::events::by_id(&e.event_type)
         .map(|t| tresor_core::events::render(t, lang, &args))
         .unwrap_or_default();
-    json!({"id": e.id, "time": e.time, "type": e.event_type, "severity": e.severity, "vm": e.vm, "host": e.host,
-           "provider": e.provider, "user": e.user, "message": message})
+    tresor_api::views::Event {
+        id: e.id,
+        time: e.time,
+        event_type: e.event_type.clone(),
+        severity: e.severity.clone(),
+        vm: e.vm.clone(),
+        host: e.host.clone(),
+        provider: e.provider.clone(),
+        user: e.user.clone(),
+        message,
+    }
 }
 
 /// `GET /api/v1/events/stream`: the events as they happen (Server-Sent Events), from the one
@@ -1215,6 +1235,11 @@ async fn list_alarms(
 
 /// An alarm with what it means and what to do about it.
 fn alarm_json(a: &crate::store::AlarmRow) -> Value {
+    serde_json::to_value(alarm_view(a)).unwrap_or_default()
+}
+
+/// An alarm as the API shows it.
+fn alarm_view(a: &crate::store::AlarmRow) -> tresor_api::views::Alarm {
     let (what, name) = a.object.split_once(':').unwrap_or(("", a.object.as_str()));
     let (message, next) = match (a.kind.as_str(), what) {
         ("vm.locked", _) => (
@@ -1249,10 +1274,17 @@ fn alarm_json(a: &crate::store::AlarmRow) -> Value {
         }
         _ => (a.reason.clone(), String::new()),
     };
-    let mut v = serde_json::to_value(a).unwrap_or_default();
-    v["message"] = json!(message);
-    v["nextStep"] = json!(next);
-    v
+    tresor_api::views::Alarm {
+        id: a.id,
+        kind: a.kind.clone(),
+        object: a.object.clone(),
+        reason: a.reason.clone(),
+        raised: a.raised,
+        cleared: a.cleared,
+        acknowledged_by: a.acknowledged_by.clone(),
+        message,
+        next_step: next,
+    }
 }
 
 async fn ack_alarm(

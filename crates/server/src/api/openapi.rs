@@ -137,6 +137,23 @@ pub fn document() -> Value {
                 "409": error_response("The object's state does not allow it (a locked VM, for example)"),
             },
         });
+        let answer = |schema: Value| json!({"schema": schema});
+        let list_of = |name: &str| {
+            answer(
+                json!({"type": "array", "items": {"$ref": format!("#/components/schemas/{name}")}}),
+            )
+        };
+        let one = |name: &str| answer(json!({"$ref": format!("#/components/schemas/{name}")}));
+        let typed = match (op.method, op.path) {
+            ("get", "/api/v1/hosts") => Some(list_of("Host")),
+            ("get", "/api/v1/hosts/{name}") => Some(one("HostWithVms")),
+            ("get", "/api/v1/events") => Some(list_of("Event")),
+            ("get", "/api/v1/alarms") => Some(list_of("Alarm")),
+            _ => None,
+        };
+        if let Some(content) = typed {
+            operation["responses"]["200"]["content"]["application/json"] = content;
+        }
         if op.path == "/api/v1/vms/{name}" && op.method == "get" {
             operation["responses"]["200"]["content"]["application/json"] =
                 json!({"schema": {"$ref": "#/components/schemas/Vm"}});
