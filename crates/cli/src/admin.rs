@@ -366,26 +366,20 @@ pub fn run_alarm(cmd: AlarmCommand) -> Result<(), CliError> {
         AlarmSub::List => {
             let v = c.call("GET", "/api/v1/alarms", "")?;
             c.print(&v, |v| {
-                let rows: Vec<Vec<String>> = v
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(|x| {
-                                vec![
-                                    x["id"].to_string(),
-                                    output::time(x["raised"].as_i64().unwrap_or(0)),
-                                    x["kind"].as_str().unwrap_or("?").into(),
-                                    x["acknowledgedBy"].as_str().unwrap_or("").into(),
-                                    format!(
-                                        "{}. {}",
-                                        x["message"].as_str().unwrap_or(""),
-                                        x["nextStep"].as_str().unwrap_or("")
-                                    ),
-                                ]
-                            })
-                            .collect()
+                let alarms: Vec<tresor_api::views::Alarm> =
+                    serde_json::from_value(v.clone()).unwrap_or_default();
+                let rows: Vec<Vec<String>> = alarms
+                    .into_iter()
+                    .map(|x| {
+                        vec![
+                            x.id.to_string(),
+                            output::time(x.raised),
+                            x.kind,
+                            x.acknowledged_by.unwrap_or_default(),
+                            format!("{}. {}", x.message, x.next_step),
+                        ]
                     })
-                    .unwrap_or_default();
+                    .collect();
                 output::table(
                     &["ID", "RAISED", "KIND", "ACK BY", "WHAT / NEXT STEP"],
                     &rows,

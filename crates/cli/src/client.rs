@@ -745,23 +745,21 @@ pub fn run_host(cmd: HostCommand) -> Result<(), CliError> {
         HostSub::List => {
             let v = c.call("GET", "/api/v1/hosts", "")?;
             c.print(&v, |v| {
-                let rows: Vec<Vec<String>> = v
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(|h| {
-                                vec![
-                                    h["name"].as_str().unwrap_or("-").into(),
-                                    h["connected"].to_string(),
-                                    h["cryptoState"].as_str().unwrap_or("-").into(),
-                                    h["vmCount"].to_string(),
-                                    h["lockedVmCount"].to_string(),
-                                    h["keysHeld"].to_string(),
-                                ]
-                            })
-                            .collect()
+                let hosts: Vec<tresor_api::views::Host> =
+                    serde_json::from_value(v.clone()).unwrap_or_default();
+                let rows: Vec<Vec<String>> = hosts
+                    .into_iter()
+                    .map(|h| {
+                        vec![
+                            h.name,
+                            h.connected.to_string(),
+                            h.crypto_state.as_str().into(),
+                            h.vm_count.to_string(),
+                            h.locked_vm_count.to_string(),
+                            h.keys_held.to_string(),
+                        ]
                     })
-                    .unwrap_or_default();
+                    .collect();
                 output::table(
                     &[
                         "NAME",
@@ -778,14 +776,18 @@ pub fn run_host(cmd: HostCommand) -> Result<(), CliError> {
         HostSub::Show { name } => {
             let v = c.call("GET", &format!("/api/v1/hosts/{name}"), "")?;
             c.print(&v, |h| {
+                let Ok(h) = serde_json::from_value::<tresor_api::views::HostWithVms>(h.clone())
+                else {
+                    return format!("{h}\n");
+                };
                 format!(
                     "name:            {}\nconnected:       {}\nencryption mode: {}\nkeys held:       {}\nlast seen:       {}\n\n{}",
-                    h["name"].as_str().unwrap_or("?"),
-                    h["connected"],
-                    h["cryptoState"].as_str().unwrap_or("-"),
-                    h["keysHeld"],
-                    output::time(h["lastSeen"].as_i64().unwrap_or(0)),
-                    vm_rows(&h["vms"])
+                    h.host.name,
+                    h.host.connected,
+                    h.host.crypto_state.as_str(),
+                    h.host.keys_held,
+                    output::time(h.host.last_seen),
+                    vm_rows(&serde_json::to_value(&h.vms).unwrap_or_default())
                 )
             });
         }
