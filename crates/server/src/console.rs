@@ -50,3 +50,47 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
             get(|| async { asset(STYLE, "text/css; charset=utf-8") }),
         )
 }
+
+#[cfg(test)]
+mod tests {
+    use tresor_core::vm::{ConnectionState, CryptoState, LockReason};
+
+    /// The part of the script between `start` and the next line that closes it.
+    fn block<'a>(start: &str, from: &'a str) -> &'a str {
+        let i = from
+            .find(start)
+            .unwrap_or_else(|| panic!("{start} in the console's script"));
+        let rest = &from[i..];
+        let end = rest.find("\n    },").unwrap_or(rest.len());
+        &rest[..end]
+    }
+
+    /// Every lock reason and state the core knows has its words in the console, in both
+    /// languages: a new variant that the console does not name fails here.
+    #[test]
+    fn the_console_names_every_lock_reason_and_state() {
+        let script = super::SCRIPT;
+        let de_at = script.find("\n  de: {").expect("the German texts");
+        let (en, de) = script.split_at(de_at);
+        for (lang, texts) in [("en", en), ("de", de)] {
+            let causes = block("causes: {", texts);
+            let reasons = block("reasons: {", texts);
+            for r in LockReason::ALL {
+                let key = format!("{}:", r.as_str());
+                assert!(causes.contains(&key), "{lang} causes lack {key}");
+                assert!(reasons.contains(&key), "{lang} reasons lack {key}");
+            }
+        }
+        let badges = block("badges: {", de);
+        for name in CryptoState::ALL
+            .map(CryptoState::as_str)
+            .into_iter()
+            .chain(ConnectionState::ALL.map(ConnectionState::as_str))
+        {
+            assert!(
+                badges.contains(&format!("{name}:")),
+                "German badges lack {name}"
+            );
+        }
+    }
+}
