@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod error;
+pub mod requests;
 pub mod views;
 
 pub use client::{Answer, Client, ClientError, Trust};
@@ -22,6 +23,12 @@ pub fn schemas() -> serde_json::Map<String, serde_json::Value> {
     generator.subschema_for::<views::Event>();
     generator.subschema_for::<views::Alarm>();
     generator.subschema_for::<error::ErrorAnswer>();
+    generator.subschema_for::<requests::CreateVm>();
+    generator.subschema_for::<requests::UnlockMany>();
+    generator.subschema_for::<requests::TokenRequest>();
+    generator.subschema_for::<requests::RegisterRequest>();
+    generator.subschema_for::<requests::CryptoRequest>();
+    generator.subschema_for::<requests::AddDisk>();
     generator.take_definitions(true)
 }
 

@@ -462,8 +462,18 @@ pub fn run_vm(cmd: VmCommand) -> Result<(), CliError> {
                 .iter()
                 .map(|d| parse_size(d))
                 .collect::<Result<_, _>>()?;
-            let body = serde_json::json!({"name": name, "host": host, "disks": sizes, "encrypt": encrypt, "provider": provider, "ownKeyDisks": own});
-            let v = c.call("POST", "/api/v1/vms", &body.to_string())?;
+            let body = tresor_api::requests::CreateVm {
+                name,
+                host,
+                disks: sizes,
+                memory_mib: tresor_api::requests::DEFAULT_MEMORY_MIB,
+                encrypt,
+                provider,
+                own_key_disks: own,
+            };
+            let body = serde_json::to_string(&body)
+                .map_err(|e| CliError::msg(format!("Cannot write the request: {e}")))?;
+            let v = c.call("POST", "/api/v1/vms", &body)?;
             c.print(&v, vm_rows);
         }
         VmSub::PowerOn { names } | VmSub::PowerOff { names } if names.is_empty() => {

@@ -11,6 +11,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tresor_api::requests::{
+    AddDisk, CreateVm, CryptoRequest, RegisterRequest, TokenRequest, UnlockMany,
+};
 use tresor_api::ErrorCode;
 use tresor_core::access::Privilege;
 use tresor_core::protocol::VmReport;
@@ -813,18 +816,6 @@ fn audit_unlock(s: &AppState, user: &str, record: &VmRecord) -> Result<(), ApiEr
     Ok(())
 }
 
-/// `POST /api/v1/vms/unlock`: which VMs to unlock.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct UnlockMany {
-    #[serde(default)]
-    names: Vec<String>,
-    #[serde(default)]
-    all: bool,
-    host: Option<String>,
-    provider: Option<String>,
-}
-
 /// Whether a VM needs a key of `provider` (its own KEK or a disk's).
 fn uses_provider(vm: &VmRecord, provider: &str) -> bool {
     if vm.key_provider.as_deref() == Some(provider) {
@@ -931,18 +922,6 @@ async fn host_token(
     Ok(Json(
         json!({"token": token, "ttlSecs": ttl, "host": req.host, "replace": req.replace}),
     ))
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct TokenRequest {
-    ttl_secs: Option<i64>,
-    /// The host the token enrols; without it, any name not enrolled yet.
-    host: Option<String>,
-    /// The token may replace the enrolled host of that name (its old certificate is refused
-    /// from then on).
-    #[serde(default)]
-    replace: bool,
 }
 
 /// `DELETE /api/v1/hosts/{name}`: the host is forgotten and its certificate refused from now
@@ -1305,27 +1284,6 @@ async fn ack_alarm(
         ));
     }
     Ok(Json(json!({"alarm": id, "acknowledgedBy": user})))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct CreateVm {
-    name: String,
-    host: String,
-    #[serde(default)]
-    disks: Vec<u64>,
-    #[serde(default = "default_memory")]
-    memory_mib: u32,
-    #[serde(default)]
-    encrypt: bool,
-    provider: Option<String>,
-    /// Sizes of disks that get a KEK of their own (after the ones in `disks`).
-    #[serde(default)]
-    own_key_disks: Vec<u64>,
-}
-
-fn default_memory() -> u32 {
-    256
 }
 
 fn agent_error(e: crate::agents::HubError) -> ApiError {
@@ -1879,15 +1837,6 @@ fn lock_of(
     (state, reason)
 }
 
-#[derive(Debug, Deserialize)]
-struct RegisterRequest {
-    host: String,
-    /// One VM directory, or none with `all` for every VM found on the host.
-    path: Option<String>,
-    #[serde(default)]
-    all: bool,
-}
-
 /// Registers VMs from their directories on a host. An encrypted VM whose keys the host lacks (the
 /// server must fetch them) needs `Cryptographer.RegisterVM`.
 async fn register(
@@ -1992,21 +1941,6 @@ async fn register(
     }
     s.engine.tick().await;
     Ok(Json(json!({"registered": registered})))
-}
-
-#[derive(Debug, Deserialize)]
-struct CryptoRequest {
-    provider: Option<String>,
-    #[serde(default)]
-    deep: bool,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct AddDisk {
-    size: u64,
-    #[serde(default)]
-    own_key: bool,
 }
 
 /// Adds a disk to a powered-off VM: encrypted with the VM's key, or with a new key of its own

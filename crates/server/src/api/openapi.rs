@@ -84,6 +84,21 @@ ops! {
     "get" "/api/v1/openapi.json" "meta" None, "", "This document";
 }
 
+/// The request type of an operation that reads a typed body (its schema's name).
+pub fn request_type(method: &str, path: &str) -> Option<&'static str> {
+    Some(match (method, path) {
+        ("post", "/api/v1/vms") => "CreateVm",
+        ("post", "/api/v1/vms/unlock") => "UnlockMany",
+        ("post", "/api/v1/vms/register") => "RegisterRequest",
+        ("post", "/api/v1/hosts/token") => "TokenRequest",
+        ("post", "/api/v1/vms/{name}/encrypt") | ("post", "/api/v1/vms/{name}/rekey") => {
+            "CryptoRequest"
+        }
+        ("post", "/api/v1/vms/{name}/add-disk") => "AddDisk",
+        _ => return None,
+    })
+}
+
 fn error_response(description: &str) -> Value {
     json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorAnswer"}}}})
 }
@@ -165,8 +180,12 @@ pub fn document() -> Value {
         }
         if !op.example.is_empty() {
             let example: Value = serde_json::from_str(op.example).unwrap_or(Value::Null);
+            let schema = match request_type(op.method, op.path) {
+                Some(name) => json!({"$ref": format!("#/components/schemas/{name}")}),
+                None => json!({"type": "object"}),
+            };
             operation["requestBody"] = json!({"content": {"application/json": {
-                "schema": {"type": "object"}, "example": example}}});
+                "schema": schema, "example": example}}});
         }
         if op.privilege.is_none() && !op.path.ends_with("/logout") {
             operation["security"] = json!([]);
@@ -207,6 +226,37 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The document's examples are what the server reads: each typed one deserializes into its
+    /// request type (which refuses unknown fields), and every typed schema is in the document.
+    #[test]
+    fn every_typed_example_is_accepted() {
+        use tresor_api::requests::*;
+        let doc = document();
+        let mut typed = 0;
+        for op in OPERATIONS {
+            let Some(name) = request_type(op.method, op.path) else {
+                continue;
+            };
+            typed += 1;
+            assert!(
+                doc["components"]["schemas"].get(name).is_some(),
+                "{name} is not in the document"
+            );
+            let example: Value = serde_json::from_str(op.example).unwrap();
+            let ok = match name {
+                "CreateVm" => serde_json::from_value::<CreateVm>(example).is_ok(),
+                "UnlockMany" => serde_json::from_value::<UnlockMany>(example).is_ok(),
+                "RegisterRequest" => serde_json::from_value::<RegisterRequest>(example).is_ok(),
+                "TokenRequest" => serde_json::from_value::<TokenRequest>(example).is_ok(),
+                "CryptoRequest" => serde_json::from_value::<CryptoRequest>(example).is_ok(),
+                "AddDisk" => serde_json::from_value::<AddDisk>(example).is_ok(),
+                other => panic!("no type for {other}"),
+            };
+            assert!(ok, "the example of {} {} is refused", op.method, op.path);
+        }
+        assert_eq!(typed, 7);
     }
 
     #[test]
