@@ -254,13 +254,10 @@ impl Client {
         if (200..300).contains(&a.status) {
             return Ok(a.body);
         }
-        let error = serde_json::from_value::<ErrorAnswer>(a.body.clone())
-            .map(|e| e.error)
-            .unwrap_or_else(|_| ErrorBody {
-                code: None,
-                message: format!("The server answered {} without saying why", a.status),
-                messages: None,
-            });
+        let error = error_of(
+            &a.body,
+            format!("The server answered {} without saying why", a.status),
+        );
         Err(ClientError::Api {
             status: a.status,
             error,
@@ -284,13 +281,10 @@ impl Client {
         let status = answer.status().as_u16();
         if !(200..300).contains(&status) {
             let text = answer.text().await.unwrap_or_default();
-            let error = serde_json::from_str::<ErrorAnswer>(&text)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| ErrorBody {
-                    code: None,
-                    message: format!("The server refused the event stream ({status})"),
-                    messages: None,
-                });
+            let error = error_of(
+                &serde_json::from_str(&text).unwrap_or(Value::Null),
+                format!("The server refused the event stream ({status})"),
+            );
             return Err(ClientError::Api { status, error });
         }
         let mut stream = answer.bytes_stream();
@@ -318,6 +312,17 @@ impl Client {
         }
         Ok(())
     }
+}
+
+/// The error an answer holds, or one saying `otherwise` when it holds none.
+fn error_of(body: &Value, otherwise: String) -> ErrorBody {
+    serde_json::from_value::<ErrorAnswer>(body.clone())
+        .map(|e| e.error)
+        .unwrap_or(ErrorBody {
+            code: None,
+            message: otherwise,
+            messages: None,
+        })
 }
 
 /// Connects to `server` without checking its certificate and says the certificate's SHA-256

@@ -366,8 +366,11 @@ pub fn run_alarm(cmd: AlarmCommand) -> Result<(), CliError> {
         AlarmSub::List => {
             let v = c.call("GET", "/api/v1/alarms", "")?;
             c.print(&v, |v| {
-                let alarms: Vec<tresor_api::views::Alarm> =
-                    serde_json::from_value(v.clone()).unwrap_or_default();
+                let alarms: Vec<tresor_api::views::Alarm> = match crate::client::typed(v, "alarms")
+                {
+                    Ok(a) => a,
+                    Err(line) => return line,
+                };
                 let rows: Vec<Vec<String>> = alarms
                     .into_iter()
                     .map(|x| {

@@ -56,6 +56,16 @@ pub(crate) fn trust(server: &str, ca: Option<&std::path::Path>) -> Result<Trust,
     Ok(Trust::Ca(Vec::new()))
 }
 
+/// A request body given as JSON text (empty: none).
+pub(crate) fn json_body(body: &str) -> Result<Option<Value>, CliError> {
+    if body.is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_str(body)
+        .map(Some)
+        .map_err(|e| CliError::msg(format!("The request body is not JSON: {e}")))
+}
+
 /// One request; the status and the body as text.
 pub(crate) fn send_text(
     client: &Client,
@@ -63,13 +73,6 @@ pub(crate) fn send_text(
     path: &str,
     body: &str,
 ) -> Result<(u16, String), CliError> {
-    let body: Option<Value> = if body.is_empty() {
-        None
-    } else {
-        Some(
-            serde_json::from_str(body)
-                .map_err(|e| CliError::msg(format!("The request body is not JSON: {e}")))?,
-        )
-    };
+    let body = json_body(body)?;
     Ok(block_on(client.send_text(method, path, body.as_ref()))??)
 }

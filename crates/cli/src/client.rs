@@ -63,14 +63,7 @@ impl Conn {
         body: &str,
     ) -> Result<Value, CliError> {
         let client = self.client(token)?;
-        let body: Option<Value> = if body.is_empty() {
-            None
-        } else {
-            Some(
-                serde_json::from_str(body)
-                    .map_err(|e| CliError::msg(format!("The request body is not JSON: {e}")))?,
-            )
-        };
+        let body = crate::api::json_body(body)?;
         Ok(crate::api::block_on(client.call(
             method,
             path,
@@ -263,16 +256,30 @@ pub fn parse_size(text: &str) -> Result<u64, CliError> {
 }
 
 /// VMs as the API answers them (a list, or one), typed.
-fn vms_of(v: &Value) -> Vec<tresor_api::views::Vm> {
-    let one = |v: &Value| serde_json::from_value::<tresor_api::views::Vm>(v.clone()).ok();
+/// The server's answer as a typed view, or a line saying it cannot be read as `what`.
+pub(crate) fn typed<T: serde::de::DeserializeOwned>(v: &Value, what: &str) -> Result<T, String> {
+    serde_json::from_value(v.clone()).map_err(|e| {
+        format!("The server's answer cannot be read as {what} ({e}); `-o json` shows it as it is\n")
+    })
+}
+
+/// VMs as the API answers them (a list, or one), typed.
+fn vms_of(v: &Value) -> Result<Vec<tresor_api::views::Vm>, String> {
     match v {
-        Value::Array(a) => a.iter().filter_map(one).collect(),
-        other => one(other).into_iter().collect(),
+        Value::Array(_) => typed(v, "VMs"),
+        one => typed(one, "a VM").map(|vm| vec![vm]),
     }
 }
 
 fn vm_rows(v: &Value) -> String {
-    let rows: Vec<Vec<String>> = vms_of(v)
+    match vms_of(v) {
+        Ok(vms) => vm_table(vms),
+        Err(line) => line,
+    }
+}
+
+fn vm_table(vms: Vec<tresor_api::views::Vm>) -> String {
+    let rows: Vec<Vec<String>> = vms
         .into_iter()
         .map(|vm| {
             vec![
@@ -631,9 +638,8 @@ fn unlock(
         let mut still = Vec::new();
         for name in pending {
             let vm = c.call("GET", &format!("/api/v1/vms/{name}"), "")?;
-            let vm = vms_of(&vm).pop().ok_or_else(|| {
-                CliError::msg(format!("The server's answer for VM {name} is not a VM"))
-            })?;
+            let vm: tresor_api::views::Vm =
+                typed(&vm, &format!("VM {name}")).map_err(CliError::msg)?;
             if vm.crypto_state == tresor_api::views::CryptoState::Locked {
                 states.insert(name.clone(), serde_json::json!(vm.lock_reason));
                 still.push(name);
@@ -755,8 +761,10 @@ pub fn run_host(cmd: HostCommand) -> Result<(), CliError> {
         HostSub::List => {
             let v = c.call("GET", "/api/v1/hosts", "")?;
             c.print(&v, |v| {
-                let hosts: Vec<tresor_api::views::Host> =
-                    serde_json::from_value(v.clone()).unwrap_or_default();
+                let hosts: Vec<tresor_api::views::Host> = match typed(v, "hosts") {
+                    Ok(h) => h,
+                    Err(line) => return line,
+                };
                 let rows: Vec<Vec<String>> = hosts
                     .into_iter()
                     .map(|h| {
@@ -786,9 +794,9 @@ pub fn run_host(cmd: HostCommand) -> Result<(), CliError> {
         HostSub::Show { name } => {
             let v = c.call("GET", &format!("/api/v1/hosts/{name}"), "")?;
             c.print(&v, |h| {
-                let Ok(h) = serde_json::from_value::<tresor_api::views::HostWithVms>(h.clone())
-                else {
-                    return format!("{h}\n");
+                let h: tresor_api::views::HostWithVms = match typed(h, "a host") {
+                    Ok(h) => h,
+                    Err(line) => return line,
                 };
                 format!(
                     "name:            {}\nconnected:       {}\nencryption mode: {}\nkeys held:       {}\nlast seen:       {}\n\n{}",
@@ -797,7 +805,7 @@ pub fn run_host(cmd: HostCommand) -> Result<(), CliError> {
                     h.host.crypto_state.as_str(),
                     h.host.keys_held,
                     output::time(h.host.last_seen),
-                    vm_rows(&serde_json::to_value(&h.vms).unwrap_or_default())
+                    vm_table(h.vms)
                 )
             });
         }
@@ -931,4 +939,16 @@ pub fn run_event(cmd: EventCommand) -> Result<(), CliError> {
         })?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// A VM list this CLI cannot read is said to be so, not shown as an empty table.
+    #[test]
+    fn an_unreadable_vm_list_says_so() {
+        let odd = serde_json::json!([{"name": "web01", "cryptoState": "fromTheFuture"}]);
+        let out = super::vm_rows(&odd);
+        assert!(out.contains("cannot be read as VMs"), "{out}");
+        assert!(super::vm_rows(&serde_json::json!([])).contains("NAME"));
+    }
 }

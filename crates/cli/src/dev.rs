@@ -23,16 +23,6 @@ pub struct DevArgs {
     port: u16,
 }
 
-/// A request to the local API (HTTPS, trusting the server's own CA); the status and body.
-pub fn local_http(
-    api: &tresor_api::Client,
-    method: &str,
-    path: &str,
-    body: &str,
-) -> Result<(u16, String), CliError> {
-    crate::api::send_text(api, method, path, body)
-}
-
 struct Children(Vec<(String, Child)>);
 
 impl Drop for Children {
@@ -167,7 +157,7 @@ pub fn run(args: DevArgs) -> Result<(), CliError> {
         let name = format!("host-{i}");
         let dir = data.join(&name);
         if !dir.join("agent.toml").exists() {
-            let (status, body) = local_http(
+            let (status, body) = crate::api::send_text(
                 &client,
                 "POST",
                 "/api/v1/hosts/token",
@@ -231,7 +221,7 @@ pub fn run(args: DevArgs) -> Result<(), CliError> {
         let name = format!("host-{i}");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let (status, body) = local_http(
+            let (status, body) = crate::api::send_text(
                 &client,
                 "POST",
                 &format!("/api/v1/hosts/{name}/enable-encryption"),
@@ -292,7 +282,7 @@ pub fn run(args: DevArgs) -> Result<(), CliError> {
     // Agents that stop leave their VMs running (so that an agent can be restarted under
     // them); `tresor dev` stops everything it started: the hosts' VMs first, as a restart does.
     for i in 1..=args.hosts.max(1) {
-        let _ = local_http(
+        let _ = crate::api::send_text(
             &client,
             "POST",
             &format!("/api/v1/hosts/host-{i}/reboot"),

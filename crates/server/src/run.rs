@@ -279,10 +279,12 @@ pub async fn serve(
     seed_roles(&store).map_err(setup("Cannot update the roles"))?;
     let ca_pem =
         std::fs::read_to_string(dir.join("ca.pem")).map_err(setup("Cannot read ca.pem"))?;
-    let ca_key =
-        std::fs::read_to_string(dir.join("ca.key")).map_err(setup("Cannot read ca.key"))?;
+    let ca_key = zeroize::Zeroizing::new(
+        std::fs::read_to_string(dir.join("ca.key")).map_err(setup("Cannot read ca.key"))?,
+    );
     let ca = CertificateAuthority::from_pem(&ca_pem, &ca_key)
         .map_err(setup("The server CA is unusable"))?;
+    let api_tls = api_tls(&config, &ca)?;
     let mut chain = tresor_tls::load_certs(&dir.join("agent-endpoint.pem"))
         .map_err(setup("Cannot load the agent endpoint certificate"))?;
     chain.extend(
@@ -335,7 +337,9 @@ pub async fn serve(
             "Cannot listen on {} for the API",
             config.api_listen
         )))?;
-    let api_tls = api_tls(&config, &enroller_ca(dir)?, &api)?;
+    if api_tls.is_none() {
+        refuse_remote_plain_http(&config, &api)?;
+    }
     tracing::info!(api = %config.api_listen, agents = %config.agent_listen, "server listening");
     let app = router(AppState {
         store: store.clone(),
@@ -406,34 +410,32 @@ pub fn api_fingerprint(config: &ServerConfig) -> Result<String, RunError> {
     leaf_fingerprint(&config.data_dir.join(&config.api_certificate))
 }
 
-/// The server's CA, from its folder.
-fn enroller_ca(dir: &Path) -> Result<CertificateAuthority, RunError> {
-    let ca_pem =
-        std::fs::read_to_string(dir.join("ca.pem")).map_err(setup("Cannot read ca.pem"))?;
-    let ca_key = zeroize::Zeroizing::new(
-        std::fs::read_to_string(dir.join("ca.key")).map_err(setup("Cannot read ca.key"))?,
-    );
-    CertificateAuthority::from_pem(&ca_pem, &ca_key).map_err(setup("The server CA is unusable"))
+/// Plain HTTP only on a loopback address: anywhere else it would carry passwords and tokens over
+/// the network.
+fn refuse_remote_plain_http(
+    config: &ServerConfig,
+    listener: &tokio::net::TcpListener,
+) -> Result<(), RunError> {
+    let addr = listener
+        .local_addr()
+        .map_err(setup("Cannot read the API's address"))?;
+    if !addr.ip().is_loopback() {
+        return Err(RunError::Setup(format!(
+            "api_plain_http is set but api_listen ({}) is not a loopback address; plain HTTP would carry passwords and tokens over the network. Remove api_plain_http (the API then speaks HTTPS) or listen on 127.0.0.1",
+            config.api_listen
+        )));
+    }
+    tracing::warn!(api = %config.api_listen, "the API speaks plain HTTP (api_plain_http, loopback only)");
+    Ok(())
 }
 
-/// The API's TLS configuration, or `None` for plain HTTP (allowed on loopback only). A server
-/// set up before the API spoke HTTPS gets its certificate from its CA at first start.
+/// The API's TLS configuration, or `None` for plain HTTP (`api_plain_http`). A server set up
+/// before the API spoke HTTPS gets its certificate from its CA at first start.
 fn api_tls(
     config: &ServerConfig,
     ca: &CertificateAuthority,
-    listener: &tokio::net::TcpListener,
 ) -> Result<Option<Arc<tresor_tls::rustls::ServerConfig>>, RunError> {
     if config.api_plain_http {
-        let addr = listener
-            .local_addr()
-            .map_err(setup("Cannot read the API's address"))?;
-        if !addr.ip().is_loopback() {
-            return Err(RunError::Setup(format!(
-                "api_plain_http is set but api_listen ({}) is not a loopback address; plain HTTP would carry passwords and tokens over the network. Remove api_plain_http (the API then speaks HTTPS) or listen on 127.0.0.1",
-                config.api_listen
-            )));
-        }
-        tracing::warn!(api = %config.api_listen, "the API speaks plain HTTP (api_plain_http, loopback only)");
         return Ok(None);
     }
     let dir = &config.data_dir;
