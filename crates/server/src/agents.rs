@@ -493,14 +493,15 @@ impl AgentHub {
                 {
                     match message {
                         AgentMessage::Reply { id, reply } => {
-                            let secret = secret_frames.lock().ok().and_then(|mut w| w.remove(&id));
-                            if let Some(len) = secret {
-                                let _ = tx.send(ServerMessage::padding(len)).await;
-                            }
                             if let Some(waiter) =
                                 pending.lock().ok().and_then(|mut p| p.remove(&id))
                             {
                                 let _ = waiter.send((reply, self.next_seq()));
+                            }
+                            // The waiter first: the padding is for the agent's memory only.
+                            let secret = secret_frames.lock().ok().and_then(|mut w| w.remove(&id));
+                            if let Some(len) = secret {
+                                let _ = tx.send(ServerMessage::padding(len)).await;
                             }
                         }
                         AgentMessage::Inventory { vms, keys_held } => {

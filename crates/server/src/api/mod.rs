@@ -308,11 +308,11 @@ pub fn vm_json_text(record: &VmRecord) -> String {
     serde_json::to_string(&vm_view(record)).unwrap_or_default()
 }
 
-/// A state name the store holds, read back; one it does not know (it writes only known ones) is
-/// logged and shown as `fallback`.
-fn state_of<T: std::str::FromStr>(name: &str, vm: &str, fallback: T) -> T {
+/// A state name the store holds for a VM or host `object`, read back; one it does not know (it
+/// writes only known ones) is logged and shown as `fallback`.
+fn state_of<T: std::str::FromStr>(name: &str, object: &str, fallback: T) -> T {
     name.parse().unwrap_or_else(|_| {
-        tracing::error!(%vm, state = %name, "a VM's stored state has an unknown name");
+        tracing::error!(%object, state = %name, "a stored state has an unknown name");
         fallback
     })
 }
