@@ -21,16 +21,7 @@ fn alive(pid: &str) -> bool {
 #[test]
 fn an_agent_restart_keeps_vms_running() {
     let dev = Dev::start(1);
-    dev.ok(&[
-        "vm",
-        "create",
-        "web01",
-        "--host",
-        "host-1",
-        "--disk",
-        "4M",
-        "--encrypt",
-    ]);
+    dev.create_vm("web01", true);
     dev.ok(&["vm", "power-on", "web01"]);
     let out = dev.guest_io("web01", "vd0", "write -P 0x42 0 16k");
     assert!(out.contains("wrote 16384/16384 bytes"), "{out}");

@@ -57,16 +57,7 @@ fn registering_a_vm_whose_keys_must_be_fetched_needs_the_privilege() {
 
     // An encrypted VM with data, then unregistered (allowed), and the host restarts: its keys
     // are gone from the host, and the server no longer pushes them.
-    dev.ok(&[
-        "vm",
-        "create",
-        "web01",
-        "--host",
-        "host-1",
-        "--disk",
-        "4M",
-        "--encrypt",
-    ]);
+    dev.create_vm("web01", true);
     dev.ok(&["vm", "power-on", "web01"]);
     let out = dev.guest_io("web01", "vd0", "write -P 0x42 0 16k");
     assert!(out.contains("wrote 16384/16384 bytes"), "{out}");

@@ -15,16 +15,7 @@ fn a_key_deactivated_on_the_provider_locks_and_its_reactivation_unlocks() {
         dev.ok(&["settings", "get", "unlock.policy"]).trim(),
         "manual"
     );
-    dev.ok(&[
-        "vm",
-        "create",
-        "web01",
-        "--host",
-        "host-1",
-        "--disk",
-        "4M",
-        "--encrypt",
-    ]);
+    dev.create_vm("web01", true);
     dev.ok(&["vm", "power-on", "web01"]);
     // The guest writes to its encrypted disk.
     let out = dev.guest_io("web01", "vd0", "write -P 0xab 0 64k");

@@ -11,19 +11,8 @@ use common::{find_file, pid_of, stop, wait_for, Dev, Proxy};
 #[test]
 fn a_new_server_adopts_the_host_and_unlocks_its_vms() {
     let dev = Dev::start(1);
-    dev.ok(&[
-        "vm",
-        "create",
-        "web01",
-        "--host",
-        "host-1",
-        "--disk",
-        "4M",
-        "--encrypt",
-    ]);
-    dev.ok(&[
-        "vm", "create", "plain01", "--host", "host-1", "--disk", "4M",
-    ]);
+    dev.create_vm("web01", true);
+    dev.create_vm("plain01", false);
     dev.ok(&["vm", "power-on", "web01"]);
     let out = dev.guest_io("web01", "vd0", "write -P 0x77 0 32k");
     assert!(out.contains("wrote 32768/32768 bytes"), "{out}");

@@ -37,29 +37,9 @@ fn an_operator_unlocks_a_vm_from_the_browser() {
         ]);
     }
     dev.ok(&["settings", "set", "unlock.policy", "manual"]);
-    dev.ok(&[
-        "vm",
-        "create",
-        "web01",
-        "--host",
-        "host-1",
-        "--disk",
-        "4M",
-        "--encrypt",
-    ]);
-    dev.ok(&[
-        "vm",
-        "create",
-        "db01",
-        "--host",
-        "host-1",
-        "--disk",
-        "4M",
-        "--encrypt",
-    ]);
-    dev.ok(&[
-        "vm", "create", "plain01", "--host", "host-1", "--disk", "4M",
-    ]);
+    dev.create_vm("web01", true);
+    dev.create_vm("db01", true);
+    dev.create_vm("plain01", false);
     dev.ok(&["vm", "power-on", "web01"]);
     let key = dev
         .ok(&["vm", "get", "web01", "config.keyId.keyId"])
@@ -297,19 +277,8 @@ fn every_page_reads_on_a_phone_and_passes_axe() {
         "Administrator",
     ]);
     dev.ok(&["settings", "set", "unlock.policy", "manual"]);
-    dev.ok(&[
-        "vm",
-        "create",
-        "web01",
-        "--host",
-        "host-1",
-        "--disk",
-        "4M",
-        "--encrypt",
-    ]);
-    dev.ok(&[
-        "vm", "create", "plain01", "--host", "host-1", "--disk", "4M",
-    ]);
+    dev.create_vm("web01", true);
+    dev.create_vm("plain01", false);
     dev.ok(&["vm", "power-on", "plain01"]);
     dev.ok(&["host", "reboot", "host-1"]);
     wait_for("web01 is locked", || {

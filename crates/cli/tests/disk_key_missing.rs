@@ -85,16 +85,7 @@ fn a_missing_disk_key_locks_the_vm_but_leaves_it_valid() {
 #[test]
 fn disks_are_added_to_existing_vms() {
     let dev = Dev::start(1);
-    dev.ok(&[
-        "vm",
-        "create",
-        "app01",
-        "--host",
-        "host-1",
-        "--disk",
-        "4M",
-        "--encrypt",
-    ]);
+    dev.create_vm("app01", true);
     dev.ok(&["vm", "power-on", "app01"]);
     let (ok, _, err) = dev.cli(&["vm", "add-disk", "app01", "--size", "4M"]);
     assert!(!ok && err.contains("power"), "refused while running: {err}");
@@ -139,9 +130,7 @@ fn disks_are_added_to_existing_vms() {
     );
 
     // A plain VM gets a plain disk; a key of its own needs an encrypted VM.
-    dev.ok(&[
-        "vm", "create", "plain01", "--host", "host-1", "--disk", "4M",
-    ]);
+    dev.create_vm("plain01", false);
     dev.ok(&["vm", "add-disk", "plain01", "--size", "4M"]);
     assert_eq!(dev.vm("plain01")["disks"].as_array().unwrap().len(), 2);
     let (ok, _, err) = dev.cli(&["vm", "add-disk", "plain01", "--size", "4M", "--own-key"]);

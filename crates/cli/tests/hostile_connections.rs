@@ -20,6 +20,27 @@ fn rss_kib(pid: &str) -> u64 {
         .unwrap()
 }
 
+/// How many of `streams` the server still holds open (nothing to read, and not closed).
+fn open_count(streams: &[std::net::TcpStream]) -> usize {
+    streams
+        .iter()
+        .filter(|s| {
+            s.set_nonblocking(true).unwrap();
+            matches!(s.peek(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        })
+        .count()
+}
+
+/// The open ones among `streams`, counted until at most `max` are or `until` has come.
+fn open_at_most(streams: &[std::net::TcpStream], max: usize, until: std::time::Instant) -> usize {
+    let mut open = open_count(streams);
+    while open > max && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(100));
+        open = open_count(streams);
+    }
+    open
+}
+
 /// The SHA-256 of the server CA's certificate, as a join token pins it.
 fn ca_pin(ca_pem: &std::path::Path) -> String {
     let out = std::process::Command::new("openssl")
@@ -101,19 +122,7 @@ fn strangers_on_the_agent_port_cost_bounded_memory_and_leave_hosts_alone() {
         .collect();
     // Counted until the server has turned the surplus away, but before the handshake timeout
     // (5 s) would close the rest anyway: a busy machine takes a while to accept 200.
-    let still_open = || {
-        idle.iter()
-            .filter(|s| {
-                s.set_nonblocking(true).unwrap();
-                matches!(s.peek(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-            })
-            .count()
-    };
-    let mut open = still_open();
-    while open > 64 && connected.elapsed() < Duration::from_secs(4) {
-        std::thread::sleep(Duration::from_millis(100));
-        open = still_open();
-    }
+    let open = open_at_most(&idle, 64, connected + Duration::from_secs(4));
     assert!(
         open <= 64,
         "{open} silent connections from one address were kept"
@@ -189,20 +198,11 @@ fn strangers_on_the_api_port_are_bounded_and_others_are_served() {
         }
         out
     });
-    let still_open = || {
-        idle.iter()
-            .filter(|s| {
-                s.set_nonblocking(true).unwrap();
-                matches!(s.peek(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-            })
-            .count()
-    };
-    let started = std::time::Instant::now();
-    let mut open = still_open();
-    while open > 128 && started.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(100));
-        open = still_open();
-    }
+    let open = open_at_most(
+        &idle,
+        128,
+        std::time::Instant::now() + Duration::from_secs(5),
+    );
     assert!(
         open <= 128,
         "{open} silent connections from one address were kept"
@@ -212,6 +212,8 @@ fn strangers_on_the_api_port_are_bounded_and_others_are_served() {
     assert!(hosts.contains("host-1"), "{hosts}");
     assert!(rss_kib(&pid) < before + 64 * 1024);
     // And the silent ones are closed once their handshake's time is up.
-    common::wait_for("the silent connections are closed", || still_open() == 0);
+    common::wait_for("the silent connections are closed", || {
+        open_count(&idle) == 0
+    });
     drop(idle);
 }

@@ -108,9 +108,7 @@ fn hostile_names_are_refused_and_change_nothing() {
     }
 
     // A VM folder whose vm.json names a VM "../../escape": the host refuses to register it.
-    dev.ok(&[
-        "vm", "create", "plain01", "--host", "host-1", "--disk", "4M",
-    ]);
+    dev.create_vm("plain01", false);
     let path = dev.ok(&["vm", "get", "plain01", "path"]).trim().to_owned();
     dev.ok(&["vm", "unregister", "plain01"]);
     let file = std::path::Path::new(&path).join("vm.json");

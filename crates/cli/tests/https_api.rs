@@ -77,52 +77,27 @@ fn the_cli_trusts_the_api_by_its_ca_or_a_pinned_fingerprint_and_nothing_else() {
         err.contains("not trusted") && err.contains(&fingerprint) && err.contains("tresor login"),
         "{err}"
     );
-    // A login without a terminal and without --fingerprint: refused before any password is sent.
-    let (ok, _, err) = cli(
-        &server,
-        &config,
-        &[],
-        &["login", "--user", "alice", "--password-file", &pw_arg],
-    );
+    // `tresor login` as alice, without a terminal, with these arguments beside.
+    let login = |extra: &[&str]| {
+        let mut args = vec!["login", "--user", "alice", "--password-file", &pw_arg];
+        args.extend_from_slice(extra);
+        cli(&server, &config, &[], &args)
+    };
+    // Without --fingerprint: refused before any password is sent.
+    let (ok, _, err) = login(&[]);
     assert!(
         !ok && err.contains(&fingerprint) && err.contains("--fingerprint"),
         "{err}"
     );
     // A fingerprint that is not the server's: refused, nothing stored.
     let wrong = "AB:".repeat(31) + "AB";
-    let (ok, _, err) = cli(
-        &server,
-        &config,
-        &[],
-        &[
-            "login",
-            "--user",
-            "alice",
-            "--password-file",
-            &pw_arg,
-            "--fingerprint",
-            &wrong,
-        ],
-    );
+    let (ok, _, err) = login(&["--fingerprint", &wrong]);
     assert!(!ok && err.contains("nothing was trusted"), "{err}");
     assert!(!config.join("known_servers.json").exists());
     assert!(!config.join("credentials.json").exists());
 
     // The right one: pinned, logged in, and the pin is all the CLI needs from then on.
-    let (ok, _, err) = cli(
-        &server,
-        &config,
-        &[],
-        &[
-            "login",
-            "--user",
-            "alice",
-            "--password-file",
-            &pw_arg,
-            "--fingerprint",
-            &fingerprint,
-        ],
-    );
+    let (ok, _, err) = login(&["--fingerprint", &fingerprint]);
     assert!(ok, "{err}");
     let (ok, out, err) = cli(&server, &config, &[], &["host", "list"]);
     assert!(ok && out.contains("host-1"), "{err}");
@@ -195,7 +170,7 @@ fn the_cli_trusts_the_api_by_its_ca_or_a_pinned_fingerprint_and_nothing_else() {
     assert_eq!(e["error"]["code"], "notFound", "{e}");
     assert!(e["error"]["message"].as_str().unwrap().contains("nosuch"));
     // A provider that does not exist is not a provider's failure: 404, and nothing is made.
-    dev.ok(&["vm", "create", "plain9", "--host", "host-1", "--disk", "4M"]);
+    dev.create_vm("plain9", false);
     let (ok, _, err) = dev.cli(&[
         "vm",
         "encrypt",

@@ -113,16 +113,7 @@ fn keys_are_held_only_where_they_must_be() {
         return;
     }
     let dev = Dev::start(1);
-    dev.ok(&[
-        "vm",
-        "create",
-        "web01",
-        "--host",
-        "host-1",
-        "--disk",
-        "4M",
-        "--encrypt",
-    ]);
+    dev.create_vm("web01", true);
     dev.ok(&["vm", "power-on", "web01"]);
     let pushes = || {
         dev.ok(&["event", "list", "--type", "key.pushed", "-o", "json"])

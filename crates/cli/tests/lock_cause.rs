@@ -50,16 +50,7 @@ fn lock_events(dev: &Dev) -> Vec<String> {
 fn under_the_manual_policy_the_cause_follows_the_provider() {
     let dev = Dev::start(1);
     dev.ok(&["settings", "set", "unlock.policy", "manual"]);
-    dev.ok(&[
-        "vm",
-        "create",
-        "web01",
-        "--host",
-        "host-1",
-        "--disk",
-        "4M",
-        "--encrypt",
-    ]);
+    dev.create_vm("web01", true);
     let key = dev
         .ok(&["vm", "get", "web01", "config.keyId.keyId"])
         .trim()
@@ -150,16 +141,7 @@ fn stop_kms_if_running(dev: &Dev) {
 #[test]
 fn under_the_automatic_policy_the_cause_follows_the_provider_and_its_return_unlocks() {
     let dev = Dev::start(1);
-    dev.ok(&[
-        "vm",
-        "create",
-        "web01",
-        "--host",
-        "host-1",
-        "--disk",
-        "4M",
-        "--encrypt",
-    ]);
+    dev.create_vm("web01", true);
     let key = dev
         .ok(&["vm", "get", "web01", "config.keyId.keyId"])
         .trim()
@@ -191,60 +173,18 @@ fn under_the_automatic_policy_the_cause_follows_the_provider_and_its_return_unlo
     );
 }
 
-/// PyKMIP as the default provider (its backup taken while the key is active), reached through a
-/// proxy the test cuts.
+/// PyKMIP as the default provider, web01 encrypted with a key on it, and PyKMIP's backup taken
+/// while that key is active; the server reaches PyKMIP through a proxy the test cuts.
 fn with_pykmip(dev: &Dev) -> common::PyKmip {
-    let mut pykmip = common::PyKmip::start(dev);
-    let kms = dev.dir.path().join("kms");
-    let path = |p: &str| kms.join(p).display().to_string();
-    dev.ok(&[
-        "provider",
-        "add",
-        "pykmip",
-        "--kmip",
-        &pykmip.endpoint(),
-        "--ca",
-        &path("tls/ca.pem"),
-        "--client-cert",
-        &path("clients/tresor-server.pem"),
-        "--client-key",
-        &path("clients/tresor-server.key"),
-        "--default",
-    ]);
-    dev.ok(&[
-        "vm",
-        "create",
-        "web01",
-        "--host",
-        "host-1",
-        "--disk",
-        "4M",
-        "--encrypt",
-    ]);
+    let mut pykmip = common::PyKmip::start_as_default(dev);
+    dev.create_vm("web01", true);
     assert_eq!(
         dev.ok(&["vm", "get", "web01", "config.keyId.providerId.id"])
             .trim(),
         "pykmip"
     );
-    pykmip.halt();
-    std::fs::copy(
-        pykmip.dir.join("pykmip.db"),
-        pykmip.dir.join("pykmip.db.backup"),
-    )
-    .unwrap();
-    pykmip.resume();
+    pykmip.backup();
     pykmip
-}
-
-/// PyKMIP cannot reactivate a key: its administrator restores the database from the backup.
-fn pykmip_restore(pykmip: &mut common::PyKmip) {
-    pykmip.halt();
-    std::fs::copy(
-        pykmip.dir.join("pykmip.db.backup"),
-        pykmip.dir.join("pykmip.db"),
-    )
-    .unwrap();
-    pykmip.resume();
 }
 
 /// `events` without a `brief` one right after keyMissingOnKms: PyKMIP restarted for its restore
@@ -291,7 +231,7 @@ fn with_pykmip_under_the_manual_policy_the_cause_follows_the_provider() {
     pykmip.proxy.restore();
     wait_cause(&dev, "keyMissingOnKms");
     // Restored from the backup: missing only on the host again, found by the server itself.
-    pykmip_restore(&mut pykmip);
+    pykmip.restore_backup();
     assert_eq!(pykmip.admin(&dev, "state", &key), "ACTIVE");
     wait_cause(&dev, "keyMissingOnHost");
     // Cut while locked: the cause follows at once.
@@ -328,7 +268,7 @@ fn with_pykmip_under_the_automatic_policy_the_cause_follows_the_provider_and_its
     pykmip.proxy.restore();
     wait_cause(&dev, "keyMissingOnKms");
     // Restored: unlocked by itself.
-    pykmip_restore(&mut pykmip);
+    pykmip.restore_backup();
     wait_for("web01 is unlocked", || {
         dev.vm("web01")["cryptoState"] == "unlocked"
     });

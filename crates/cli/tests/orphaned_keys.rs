@@ -72,16 +72,7 @@ fn failed_operations_leave_no_active_key() {
 
     // A disk with a key of its own that the host refuses (more than its free space): the key
     // made for it is deactivated and not left to the VM.
-    dev.ok(&[
-        "vm",
-        "create",
-        "web01",
-        "--host",
-        "host-1",
-        "--disk",
-        "4M",
-        "--encrypt",
-    ]);
+    dev.create_vm("web01", true);
     let before = keys(&dev);
     let vm_before = dev.vm("web01");
     let (ok, _, err) = dev.cli(&["vm", "add-disk", "web01", "--size", "60T", "--own-key"]);

@@ -82,14 +82,8 @@ fn pykmip_as_the_provider_through_cases_1_and_3() {
         .contains("provider:pykmip"));
     dev.ok(&["vm", "power-on", "web01"]);
 
-    // PyKMIP's administrator backs up its database (stopped, so that the copy is whole).
-    pykmip.halt();
-    std::fs::copy(
-        pykmip.dir.join("pykmip.db"),
-        pykmip.dir.join("pykmip.db.backup"),
-    )
-    .unwrap();
-    pykmip.resume();
+    // PyKMIP's administrator backs up its database.
+    pykmip.backup();
 
     // Case 3: the key is revoked with PyKMIP's own client, and the host restarts.
     assert_eq!(pykmip.admin(&dev, "revoke", &key), "DEACTIVATED");
@@ -104,13 +98,7 @@ fn pykmip_as_the_provider_through_cases_1_and_3() {
     assert!(d["evidence"].to_string().contains(&key), "{d}");
 
     // PyKMIP cannot reactivate: its administrator restores the database from the backup.
-    pykmip.halt();
-    std::fs::copy(
-        pykmip.dir.join("pykmip.db.backup"),
-        pykmip.dir.join("pykmip.db"),
-    )
-    .unwrap();
-    pykmip.resume();
+    pykmip.restore_backup();
     assert_eq!(pykmip.admin(&dev, "state", &key), "ACTIVE");
     // Under the automatic policy the server may have unlocked it already (it asks again while
     // the VM waits); an unlock then has nothing left to do.
@@ -130,45 +118,14 @@ fn pykmip_as_the_provider_through_cases_1_and_3() {
     );
 }
 
-/// PyKMIP as the default provider of a fresh `tresor dev`.
-fn with_pykmip_default(dev: &Dev) -> PyKmip {
-    let pykmip = PyKmip::start(dev);
-    let kms = dev.dir.path().join("kms");
-    let path = |p: &str| kms.join(p).display().to_string();
-    dev.ok(&[
-        "provider",
-        "add",
-        "pykmip",
-        "--kmip",
-        &pykmip.endpoint(),
-        "--ca",
-        &path("tls/ca.pem"),
-        "--client-cert",
-        &path("clients/tresor-server.pem"),
-        "--client-key",
-        &path("clients/tresor-server.key"),
-        "--default",
-    ]);
-    pykmip
-}
-
 /// Case 5 with PyKMIP: keys missing only on the host, pushed again by an unlock of every VM whose
 /// keys live on PyKMIP.
 #[test]
 fn pykmip_as_the_provider_through_case_5() {
     let dev = Dev::start(1);
-    let _pykmip = with_pykmip_default(&dev);
+    let _pykmip = PyKmip::start_as_default(&dev);
     dev.ok(&["settings", "set", "unlock.policy", "manual"]);
-    dev.ok(&[
-        "vm",
-        "create",
-        "web01",
-        "--host",
-        "host-1",
-        "--disk",
-        "4M",
-        "--encrypt",
-    ]);
+    dev.create_vm("web01", true);
     assert_eq!(
         dev.ok(&["vm", "get", "web01", "config.keyId.providerId.id"])
             .trim(),
@@ -196,7 +153,7 @@ fn pykmip_as_the_provider_through_case_5() {
 #[test]
 fn pykmip_as_the_provider_through_case_2() {
     let dev = Dev::start(1);
-    let _pykmip = with_pykmip_default(&dev);
+    let _pykmip = PyKmip::start_as_default(&dev);
     let pw = dev.dir.path().join("op.pw");
     std::fs::write(&pw, "operators-long-password\n").unwrap();
     dev.ok(&[
@@ -215,16 +172,7 @@ fn pykmip_as_the_provider_through_case_2() {
         &["login", "--user", "operator"],
     );
     assert!(ok, "{err}");
-    dev.ok(&[
-        "vm",
-        "create",
-        "web01",
-        "--host",
-        "host-1",
-        "--disk",
-        "4M",
-        "--encrypt",
-    ]);
+    dev.create_vm("web01", true);
     let path = dev.ok(&["vm", "get", "web01", "path"]).trim().to_owned();
     dev.ok(&["vm", "unregister", "web01"]);
     dev.ok(&["host", "reboot", "host-1"]);
@@ -243,7 +191,7 @@ fn pykmip_as_the_provider_through_case_2() {
 #[test]
 fn pykmip_as_the_provider_for_a_disk_key() {
     let dev = Dev::start(1);
-    let pykmip = with_pykmip_default(&dev);
+    let pykmip = PyKmip::start_as_default(&dev);
     dev.ok(&[
         "vm",
         "create",
@@ -286,17 +234,8 @@ fn pykmip_as_the_provider_for_a_disk_key() {
 #[test]
 fn pykmip_as_the_provider_through_case_4() {
     let dev = Dev::start(1);
-    let pykmip = with_pykmip_default(&dev);
-    dev.ok(&[
-        "vm",
-        "create",
-        "web01",
-        "--host",
-        "host-1",
-        "--disk",
-        "4M",
-        "--encrypt",
-    ]);
+    let pykmip = PyKmip::start_as_default(&dev);
+    dev.create_vm("web01", true);
     let key = dev
         .ok(&["vm", "get", "web01", "config.keyId.keyId"])
         .trim()

@@ -53,23 +53,13 @@ fn a_host_enrols_connects_and_is_seen_to_go() {
     wait_for("the API", || {
         std::net::TcpStream::connect(("127.0.0.1", api)).is_ok()
     });
-    let (status, _) = https(
-        &data.join("ca.pem"),
-        api,
-        "GET",
-        "/api/v1/hosts",
-        "wrong",
-        "",
-    );
+    let ca = data.join("ca.pem");
+    let api_call = |method: &str, path: &str, token: &str, body: &str| {
+        https(&ca, api, method, path, token, body)
+    };
+    let (status, _) = api_call("GET", "/api/v1/hosts", "wrong", "");
     assert_eq!(status, 401);
-    let (status, body) = https(
-        &data.join("ca.pem"),
-        api,
-        "POST",
-        "/api/v1/hosts/token",
-        &admin,
-        "",
-    );
+    let (status, body) = api_call("POST", "/api/v1/hosts/token", &admin, "");
     assert_eq!(status, 200, "{body}");
     let token = body["token"].as_str().unwrap().to_owned();
 
@@ -123,14 +113,7 @@ fn a_host_enrols_connects_and_is_seen_to_go() {
             .unwrap(),
     );
     let connected = |want: bool| {
-        let (_, hosts) = https(
-            &data.join("ca.pem"),
-            api,
-            "GET",
-            "/api/v1/hosts",
-            &admin,
-            "",
-        );
+        let (_, hosts) = api_call("GET", "/api/v1/hosts", &admin, "");
         hosts.as_array().is_some_and(|h| {
             h.iter()
                 .any(|x| x["name"] == "host-1" && x["connected"] == want)
@@ -141,14 +124,7 @@ fn a_host_enrols_connects_and_is_seen_to_go() {
     wait_for("host-1 to be seen gone", || connected(false));
 
     // A token for any new name does not enrol host-1 a second time.
-    let (_, body) = https(
-        &data.join("ca.pem"),
-        api,
-        "POST",
-        "/api/v1/hosts/token",
-        &admin,
-        "",
-    );
+    let (_, body) = api_call("POST", "/api/v1/hosts/token", &admin, "");
     let token = body["token"].as_str().unwrap().to_owned();
     let again = Command::new(TRESOR)
         .args(["agent", "join", "--server", &format!("127.0.0.1:{agents}")])
@@ -164,14 +140,7 @@ fn a_host_enrols_connects_and_is_seen_to_go() {
     );
 
     // A removed host's certificate is refused.
-    let (status, body) = https(
-        &data.join("ca.pem"),
-        api,
-        "DELETE",
-        "/api/v1/hosts/host-1",
-        &admin,
-        "",
-    );
+    let (status, body) = api_call("DELETE", "/api/v1/hosts/host-1", &admin, "");
     assert_eq!(status, 200, "{body}");
     let _agent = Proc(
         Command::new(TRESOR)
@@ -183,13 +152,6 @@ fn a_host_enrols_connects_and_is_seen_to_go() {
             .unwrap(),
     );
     std::thread::sleep(std::time::Duration::from_secs(3));
-    let (_, hosts) = https(
-        &data.join("ca.pem"),
-        api,
-        "GET",
-        "/api/v1/hosts",
-        &admin,
-        "",
-    );
+    let (_, hosts) = api_call("GET", "/api/v1/hosts", &admin, "");
     assert_eq!(hosts, serde_json::json!([]), "a removed host came back");
 }

@@ -82,16 +82,7 @@ fn start_agent_with(dev: &Dev, host: &str, vms: &[(&str, &std::path::Path)]) -> 
 #[test]
 fn a_host_that_reports_another_vms_files_gets_no_key_and_takes_over_nothing() {
     let dev = Dev::start(2);
-    dev.ok(&[
-        "vm",
-        "create",
-        "web01",
-        "--host",
-        "host-1",
-        "--disk",
-        "4M",
-        "--encrypt",
-    ]);
+    dev.create_vm("web01", true);
     let web01 = dev.vm("web01");
     let key = web01["config"]["keyId"]["keyId"]
         .as_str()
@@ -201,18 +192,9 @@ fn a_refused_registration_has_no_side_effect_on_the_host() {
     );
     assert!(ok, "{err}");
 
-    dev.ok(&[
-        "vm",
-        "create",
-        "web01",
-        "--host",
-        "host-1",
-        "--disk",
-        "4M",
-        "--encrypt",
-    ]);
+    dev.create_vm("web01", true);
     // Another VM whose power-off keeps the host busy (it waits for the guest's shutdown).
-    dev.ok(&["vm", "create", "busy", "--host", "host-1", "--disk", "4M"]);
+    dev.create_vm("busy", false);
     let path = dev.ok(&["vm", "get", "web01", "path"]).trim().to_owned();
     dev.ok(&["vm", "unregister", "web01"]);
     dev.ok(&["host", "reboot", "host-1"]);

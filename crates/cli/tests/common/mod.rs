@@ -233,6 +233,16 @@ impl Dev {
         out
     }
 
+    /// `tresor vm create NAME --host host-1 --disk 4M`, `--encrypt` when `encrypted`; it must
+    /// succeed.
+    pub fn create_vm(&self, name: &str, encrypted: bool) {
+        let mut args = vec!["vm", "create", name, "--host", "host-1", "--disk", "4M"];
+        if encrypted {
+            args.push("--encrypt");
+        }
+        self.ok(&args);
+    }
+
     /// `tresor vm show NAME -o json`.
     pub fn vm(&self, name: &str) -> serde_json::Value {
         serde_json::from_str(&self.cli(&["vm", "show", name, "-o", "json"]).1).unwrap_or_default()
@@ -504,6 +514,51 @@ impl PyKmip {
         wait_for("pykmip-server stops", || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
         });
+    }
+
+    /// PyKMIP registered with `tresor dev` as its default provider, named `pykmip`.
+    pub fn start_as_default(dev: &Dev) -> PyKmip {
+        let pykmip = PyKmip::start(dev);
+        let kms = dev.dir.path().join("kms");
+        let path = |p: &str| kms.join(p).display().to_string();
+        dev.ok(&[
+            "provider",
+            "add",
+            "pykmip",
+            "--kmip",
+            &pykmip.endpoint(),
+            "--ca",
+            &path("tls/ca.pem"),
+            "--client-cert",
+            &path("clients/tresor-server.pem"),
+            "--client-key",
+            &path("clients/tresor-server.key"),
+            "--default",
+        ]);
+        pykmip
+    }
+
+    /// Its administrator backs up its database (stopped, so that the copy is whole).
+    pub fn backup(&mut self) {
+        self.halt();
+        std::fs::copy(
+            self.dir.join("pykmip.db"),
+            self.dir.join("pykmip.db.backup"),
+        )
+        .unwrap();
+        self.resume();
+    }
+
+    /// Its administrator restores the database from the backup (PyKMIP cannot reactivate a
+    /// key).
+    pub fn restore_backup(&mut self) {
+        self.halt();
+        std::fs::copy(
+            self.dir.join("pykmip.db.backup"),
+            self.dir.join("pykmip.db"),
+        )
+        .unwrap();
+        self.resume();
     }
 
     /// The address the Tresor server uses: the proxy's.
