@@ -182,3 +182,132 @@ mod tests {
         assert_eq!(back, orig);
     }
 }
+
+/// `POST /api/v1/hosts/token`: a one-time join token for an agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JoinToken {
+    /// Given once; the server keeps only its hash.
+    pub token: String,
+    pub ttl_secs: i64,
+    /// The only host name it enrols, when it names one.
+    pub host: Option<String>,
+    /// Whether it replaces an enrolled host of that name.
+    pub replace: bool,
+}
+
+/// A host's encryption mode after `enable-encryption` or `disable-encryption`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HostMode {
+    pub host: String,
+    #[schemars(schema_with = "host_crypto_state_schema")]
+    pub crypto_state: HostCryptoState,
+}
+
+/// A host removed (`DELETE /api/v1/hosts/{name}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct HostRemoved {
+    pub host: String,
+    pub removed: bool,
+}
+
+/// A host whose VMs were stopped and whose key cache was emptied (`POST .../reboot`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct HostRebooted {
+    pub host: String,
+    pub rebooted: bool,
+}
+
+/// An alarm acknowledged (`POST /api/v1/alarms/{id}/ack`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AlarmAcknowledged {
+    pub alarm: i64,
+    pub acknowledged_by: String,
+}
+
+/// A VM a host reports that the registry does not admit (`GET /api/v1/vms?discovered=true`):
+/// shown, never unlocked, until an operator registers it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DiscoveredVm {
+    pub name: String,
+    /// The id its folder names.
+    pub id: String,
+    pub host: String,
+    pub path: String,
+    pub encrypted: bool,
+    #[schemars(schema_with = "power_state_schema")]
+    pub power_state: PowerState,
+    pub config: VmConfig,
+    /// Every key its folder names.
+    pub key_ids: Vec<KeyId>,
+    /// Always `true`.
+    pub discovered: bool,
+    /// Why it is not admitted: `kind` (`unknown`, `idOfAnotherVm`, `otherId`, `otherHost`,
+    /// `foreignKey`) and what it conflicts with.
+    pub reason: serde_json::Value,
+    pub message: String,
+    pub next_step: String,
+}
+
+/// The answer of an operation on a VM (`unregister`, `reload`, `delete`, `encrypt`, `decrypt`,
+/// `rekey`): which one is done.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct VmDone {
+    pub vm: String,
+    pub done: String,
+}
+
+/// A VM powered on or off.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VmPower {
+    pub vm: String,
+    #[schemars(schema_with = "power_state_schema")]
+    pub power_state: PowerState,
+}
+
+/// One VM's unlock: `requested` (its keys are on their way to its host) or `nothing to do`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct VmUnlock {
+    pub vm: String,
+    pub unlock: String,
+}
+
+/// The unlock of many VMs: those whose keys are on their way, and those that cannot be
+/// unlocked now with the reason (the client follows the VMs' state for progress).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct UnlockStarted {
+    pub requested: Vec<String>,
+    pub failed: Vec<UnlockFailed>,
+}
+
+/// A VM that cannot be unlocked now: the key its provider did not give, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UnlockFailed {
+    pub vm: String,
+    pub key_id: KeyId,
+    pub code: crate::ErrorCode,
+    pub message: String,
+}
+
+/// The VMs a `register` admitted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Registered {
+    pub registered: Vec<String>,
+}
+
+impl KeyId {
+    /// The surface's name of a key.
+    pub fn of(key: &tresor_core::ids::KeyRef) -> KeyId {
+        KeyId {
+            key_id: key.key_id.clone(),
+            provider_id: ProviderId {
+                id: key.provider().to_owned(),
+            },
+        }
+    }
+}

@@ -483,7 +483,7 @@ async fn main() {
                 .put_host(&tresor_server::store::HostRecord {
                     name: name.clone(),
                     boot_id: String::new(),
-                    crypto_state: "safe".into(),
+                    crypto_state: tresor_core::host::HostCryptoState::Safe,
                     connected: false,
                     last_seen: 0,
                     host_key_provider: None,

@@ -61,9 +61,9 @@ fn record(i: usize) -> VmRecord {
         encrypted: true,
         key_provider: Some("tresor-kms".into()),
         key_id: Some(key),
-        power_state: "poweredOff".into(),
-        crypto_state: "unlocked".into(),
-        connection_state: "connected".into(),
+        power_state: tresor_api::views::PowerState::PoweredOff,
+        crypto_state: tresor_api::views::CryptoState::Unlocked,
+        connection_state: tresor_api::views::ConnectionState::Connected,
         lock_reason: None,
         report: report.to_string(),
     }

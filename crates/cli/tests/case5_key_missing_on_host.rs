@@ -222,6 +222,17 @@ fn keys_missing_only_on_the_host_are_pushed_by_an_unlock() {
         "host.crypto.disabled",
     ]);
     assert!(events.contains("ends when the host restarts"), "{events}");
+    // The mode moves as the core's machine says: no way back into encryption mode before the
+    // restart, and the restart ends the mode in what the server shows too.
+    let (ok, _, err) = dev.cli(&["host", "enable-encryption", "host-1"]);
+    assert!(
+        !ok && err.contains("tresor host reboot host-1"),
+        "enabling a pendingIncapable host: {err}"
+    );
+    dev.ok(&["host", "reboot", "host-1"]);
+    let host: serde_json::Value =
+        serde_json::from_str(&dev.ok(&["host", "show", "host-1", "-o", "json"])).unwrap();
+    assert_eq!(host["cryptoState"], "incapable", "{host}");
     // An unlock naming a VM that does not exist says so.
     let (ok, _, err) = dev.cli(&["vm", "unlock", "nope"]);
     assert!(!ok && err.contains("nope"), "{err}");

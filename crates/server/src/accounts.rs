@@ -37,6 +37,29 @@ pub enum AccountError {
     Store(#[from] StoreError),
 }
 
+/// Writes the built-in roles (`Administrator`, `NoCryptoAdmin`, `ReadOnly`) with their current
+/// privileges.
+pub fn seed_roles(store: &Store) -> Result<(), StoreError> {
+    for role in tresor_core::access::BuiltinRole::ALL {
+        let privileges: Vec<String> = role
+            .privileges()
+            .iter()
+            .map(|p| p.id().to_owned())
+            .collect();
+        store.put_role(role.name(), &privileges)?;
+    }
+    Ok(())
+}
+
+/// SHA-256 of a token, as stored.
+pub fn token_hash(token: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
@@ -160,7 +183,7 @@ impl<'a> Accounts<'a> {
         }
         let token = new_token()?;
         self.store.add_token(
-            &crate::api::token_hash(&token),
+            &token_hash(&token),
             name,
             "login",
             crate::enrol::now(),
@@ -258,7 +281,7 @@ mod tests {
 
     fn store() -> Store {
         let s = Store::in_memory().unwrap();
-        crate::api::seed_roles(&s).unwrap();
+        seed_roles(&s).unwrap();
         s
     }
 
@@ -293,7 +316,7 @@ mod tests {
         );
         let token = a.login("alice", "a long password").unwrap();
         assert_eq!(
-            s.token_user(&crate::api::token_hash(&token))
+            s.token_user(&token_hash(&token))
                 .unwrap()
                 .map(|(user, label, _)| (user, label)),
             Some(("alice".to_owned(), "login".to_owned()))
@@ -318,7 +341,7 @@ mod tests {
             .unwrap();
         a.remove_user("alice").unwrap();
         assert!(
-            s.token_user(&crate::api::token_hash(&token))
+            s.token_user(&token_hash(&token))
                 .unwrap()
                 .is_none(),
             "a removed user's tokens go with it"

@@ -626,15 +626,12 @@ impl Engine {
             return;
         }
         view.unwritten = false;
+        use tresor_core::vm::{ConnectionState, CryptoState};
         let (crypto_state, connection_state, lock_reason) =
             match (&view.verdict, view.report.encrypted) {
-                (_, false) => ("unencrypted", "connected", None),
-                (Some(v), true) => (
-                    v.crypto_state.as_str(),
-                    v.connection_state.as_str(),
-                    v.lock_reason.map(|r| r.as_str().to_owned()),
-                ),
-                (None, true) => ("unlocked", "connected", None),
+                (_, false) => (CryptoState::Unencrypted, ConnectionState::Connected, None),
+                (Some(v), true) => (v.crypto_state, v.connection_state, v.lock_reason),
+                (None, true) => (CryptoState::Unlocked, ConnectionState::Connected, None),
             };
         pending.push(VmRecord {
             id: view.report.id.clone(),
@@ -644,14 +641,13 @@ impl Engine {
             encrypted: view.report.encrypted,
             key_provider: view.report.key_id.as_ref().map(|k| k.provider().to_owned()),
             key_id: view.report.key_id.as_ref().map(|k| k.key_id.clone()),
-            power_state: view.report.power_state.as_str().to_owned(),
-            crypto_state: crypto_state.to_owned(),
+            power_state: view.report.power_state,
+            crypto_state,
             connection_state: if view.host_connected {
                 connection_state
             } else {
-                "disconnected"
-            }
-            .to_owned(),
+                ConnectionState::Disconnected
+            },
             lock_reason,
             report: serde_json::to_string(&*view.report).unwrap_or_default(),
         });
@@ -1376,6 +1372,26 @@ impl Engine {
         }
     }
 
+    /// Stores what a host said of itself when its agent connected (its boot and encryption
+    /// mode) and when it was last seen.
+    fn record_host(&self, e: &HubEvent) {
+        let Some(store) = &self.store else { return };
+        let now = crate::enrol::now();
+        let result = match e {
+            HubEvent::Connected {
+                host,
+                boot_id,
+                crypto_state,
+                ..
+            } => store.host_connected(host, boot_id, *crypto_state, now),
+            HubEvent::Disconnected { host } => store.host_disconnected(host, now),
+            _ => return,
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "cannot record a host's connection");
+        }
+    }
+
     /// A host in encryption mode that comes back without its host key (it restarted) gets the
     /// same host key again.
     async fn restore_host_key(
@@ -1448,6 +1464,7 @@ impl Engine {
                 e = events.recv() => match e {
                     Ok(e) => {
                         self.observe(&e);
+                        self.record_host(&e);
                         if let HubEvent::Connected { host, keys_held, crypto_state, .. } = e {
                             tokio::spawn(self.clone().restore_host_key(host, keys_held, crypto_state));
                         }

@@ -139,7 +139,7 @@ impl JoinAuthority for Enroller {
         let record = HostRecord {
             name: host.into(),
             boot_id: String::new(),
-            crypto_state: "incapable".into(),
+            crypto_state: tresor_core::host::HostCryptoState::Incapable,
             connected: false,
             last_seen: now,
             host_key_provider: previous.as_ref().and_then(|p| p.host_key_provider.clone()),

@@ -25,4 +25,5 @@ pub mod enrol;
 pub mod https;
 pub mod providers;
 pub mod run;
+pub mod service;
 pub mod store;

@@ -243,7 +243,7 @@ impl Providers {
         if p.client_cert_pem.is_empty() {
             return;
         }
-        match crate::run::provider_client(&self.dir, p) {
+        match client_config(&self.dir, p) {
             Ok(c) => self.broker.set_provider(&p.name, c),
             Err(e) => {
                 tracing::error!(provider = %p.name, error = %e, "cannot use a key provider")
@@ -700,6 +700,32 @@ impl Providers {
 
 fn args_ref(args: &[(String, String)]) -> Vec<(&str, &str)> {
     args.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+/// A KMIP client configuration for a stored provider.
+pub fn client_config(
+    dir: &Path,
+    p: &crate::store::ProviderRecord,
+) -> Result<tresor_kmip_client::ClientConfig, String> {
+    let roots = tresor_tls::parse_certs(p.ca_pem.as_bytes(), &format!("CA of provider {}", p.name))
+        .map_err(|e| e.to_string())?;
+    let certs = tresor_tls::parse_certs(
+        p.client_cert_pem.as_bytes(),
+        &format!("client certificate for provider {}", p.name),
+    )
+    .map_err(|e| e.to_string())?;
+    let key_path = if Path::new(&p.client_key_file).is_absolute() {
+        PathBuf::from(&p.client_key_file)
+    } else {
+        dir.join(&p.client_key_file)
+    };
+    let key = tresor_tls::load_key(&key_path).map_err(|e| e.to_string())?;
+    let tls = tresor_tls::client_config(&roots, certs, key).map_err(|e| e.to_string())?;
+    let mut config = tresor_kmip_client::ClientConfig::new(p.endpoints.clone(), tls);
+    // As many idle connections as the engine has requests in flight, so that a storm of key
+    // requests does not open and close connections.
+    config.max_idle = crate::engine::CONCURRENT_REQUESTS;
+    Ok(config)
 }
 
 #[cfg(test)]

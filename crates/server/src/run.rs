@@ -451,29 +451,3 @@ fn api_tls(
         .map(Some)
         .map_err(setup("Cannot set up the API's TLS"))
 }
-
-/// A KMIP client configuration for a stored provider.
-pub fn provider_client(
-    dir: &Path,
-    p: &crate::store::ProviderRecord,
-) -> Result<tresor_kmip_client::ClientConfig, String> {
-    let roots = tresor_tls::parse_certs(p.ca_pem.as_bytes(), &format!("CA of provider {}", p.name))
-        .map_err(|e| e.to_string())?;
-    let certs = tresor_tls::parse_certs(
-        p.client_cert_pem.as_bytes(),
-        &format!("client certificate for provider {}", p.name),
-    )
-    .map_err(|e| e.to_string())?;
-    let key_path = if Path::new(&p.client_key_file).is_absolute() {
-        PathBuf::from(&p.client_key_file)
-    } else {
-        dir.join(&p.client_key_file)
-    };
-    let key = tresor_tls::load_key(&key_path).map_err(|e| e.to_string())?;
-    let tls = tresor_tls::client_config(&roots, certs, key).map_err(|e| e.to_string())?;
-    let mut config = tresor_kmip_client::ClientConfig::new(p.endpoints.clone(), tls);
-    // As many idle connections as the engine has requests in flight, so that a storm of key
-    // requests does not open and close connections.
-    config.max_idle = crate::engine::CONCURRENT_REQUESTS;
-    Ok(config)
-}

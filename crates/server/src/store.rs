@@ -13,6 +13,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use tresor_core::ids::KeyRef;
 use tresor_core::registry::Registration;
+use tresor_core::host::HostCryptoState;
+use tresor_core::protocol::PowerState;
+use tresor_core::vm::{ConnectionState, CryptoState, LockReason};
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +59,8 @@ pub struct ProviderRecord {
 pub struct HostRecord {
     pub name: String,
     pub boot_id: String,
-    pub crypto_state: String,
+    /// The encryption mode, as the host last reported it or an operator last changed it.
+    pub crypto_state: HostCryptoState,
     pub connected: bool,
     pub last_seen: i64,
     /// The host key, when the host is in encryption mode: provider and key id.
@@ -78,10 +82,10 @@ pub struct VmRecord {
     /// The VM's KEK: provider and key id.
     pub key_provider: Option<String>,
     pub key_id: Option<String>,
-    pub power_state: String,
-    pub crypto_state: String,
-    pub connection_state: String,
-    pub lock_reason: Option<String>,
+    pub power_state: PowerState,
+    pub crypto_state: CryptoState,
+    pub connection_state: ConnectionState,
+    pub lock_reason: Option<LockReason>,
     /// The last report of the VM's host (JSON), for disks and key details.
     pub report: String,
 }
@@ -287,6 +291,15 @@ fn clear_alarm(conn: &Connection, kind: &str, object: &str, now: i64) -> Result<
         > 0)
 }
 
+/// A state name read back from the database. The store writes only known names; one it does not
+/// know (a newer server wrote it, or a hand edit) is logged and read as `fallback`.
+fn named<T: std::str::FromStr>(text: &str, object: &str, fallback: T) -> T {
+    text.parse().unwrap_or_else(|_| {
+        tracing::error!(%object, state = %text, "a stored state has an unknown name");
+        fallback
+    })
+}
+
 fn write_vms(conn: &mut Connection, vms: &[&VmRecord]) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
     {
@@ -312,10 +325,10 @@ fn write_vms(conn: &mut Connection, vms: &[&VmRecord]) -> Result<(), StoreError>
                 v.encrypted,
                 v.key_provider,
                 v.key_id,
-                v.power_state,
-                v.crypto_state,
-                v.connection_state,
-                v.lock_reason,
+                v.power_state.as_str(),
+                v.crypto_state.as_str(),
+                v.connection_state.as_str(),
+                v.lock_reason.map(LockReason::as_str),
                 v.report
             ];
             if update.execute(values)? == 0 {
@@ -591,9 +604,33 @@ impl Store {
         self.conn().execute(
             "INSERT INTO hosts (name, boot_id, crypto_state, connected, last_seen, host_key_provider, host_key_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT(name) DO UPDATE SET boot_id = ?2, crypto_state = ?3, connected = ?4, last_seen = ?5, host_key_provider = ?6, host_key_id = ?7",
-            params![h.name, h.boot_id, h.crypto_state, h.connected, h.last_seen, h.host_key_provider, h.host_key_id],
+            params![h.name, h.boot_id, h.crypto_state.as_str(), h.connected, h.last_seen, h.host_key_provider, h.host_key_id],
         )?;
         Ok(())
+    }
+
+    /// What a host's agent said when it connected: its boot and its encryption mode (the host
+    /// runs the mode machine; a restart ends `pendingIncapable`). False when no such host is
+    /// enrolled.
+    pub fn host_connected(
+        &self,
+        name: &str,
+        boot_id: &str,
+        crypto_state: HostCryptoState,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        Ok(self.conn().execute(
+            "UPDATE hosts SET boot_id = ?2, crypto_state = ?3, connected = 1, last_seen = ?4 WHERE name = ?1",
+            params![name, boot_id, crypto_state.as_str(), now],
+        )? > 0)
+    }
+
+    /// A host's agent left.
+    pub fn host_disconnected(&self, name: &str, now: i64) -> Result<bool, StoreError> {
+        Ok(self.conn().execute(
+            "UPDATE hosts SET connected = 0, last_seen = ?2 WHERE name = ?1",
+            params![name, now],
+        )? > 0)
     }
 
     pub fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
@@ -605,7 +642,7 @@ impl Store {
             Ok(HostRecord {
                 name: r.get(0)?,
                 boot_id: r.get(1)?,
-                crypto_state: r.get(2)?,
+                crypto_state: named(&r.get::<_, String>(2)?, "a host", HostCryptoState::Incapable),
                 connected: r.get(3)?,
                 last_seen: r.get(4)?,
                 host_key_provider: r.get(5)?,
@@ -826,10 +863,16 @@ impl Store {
                 encrypted: r.get(4)?,
                 key_provider: r.get(5)?,
                 key_id: r.get(6)?,
-                power_state: r.get(7)?,
-                crypto_state: r.get(8)?,
-                connection_state: r.get(9)?,
-                lock_reason: r.get(10)?,
+                power_state: named(&r.get::<_, String>(7)?, "a VM", PowerState::PoweredOff),
+                crypto_state: named(&r.get::<_, String>(8)?, "a VM", CryptoState::Locked),
+                connection_state: named(
+                    &r.get::<_, String>(9)?,
+                    "a VM",
+                    ConnectionState::Disconnected,
+                ),
+                lock_reason: r
+                    .get::<_, Option<String>>(10)?
+                    .map(|t| named(&t, "a VM", LockReason::KeyMissingOnHost)),
                 report: r.get(11)?,
             })
         })?;
@@ -881,7 +924,7 @@ impl Store {
             .vm_cache()
             .by_name
             .values()
-            .filter(|v| v.record.crypto_state == "locked")
+            .filter(|v| v.record.crypto_state == CryptoState::Locked)
             .map(|v| v.record.clone())
             .collect())
     }
@@ -1331,7 +1374,7 @@ mod tests {
         let mut h = HostRecord {
             name: "host-1".into(),
             boot_id: "b".into(),
-            crypto_state: "safe".into(),
+            crypto_state: HostCryptoState::Safe,
             connected: true,
             last_seen: 1,
             host_key_provider: Some("kms".into()),
@@ -1496,10 +1539,10 @@ mod tests {
                 encrypted: true,
                 key_provider: Some("corp-kms".into()),
                 key_id: Some("4711".into()),
-                power_state: "poweredOff".into(),
-                crypto_state: "locked".into(),
-                connection_state: "invalid".into(),
-                lock_reason: Some("keyMissingOnKms".into()),
+                power_state: PowerState::PoweredOff,
+                crypto_state: CryptoState::Locked,
+                connection_state: ConnectionState::Invalid,
+                lock_reason: Some(LockReason::KeyMissingOnKms),
                 report: "{}".into(),
             })
             .unwrap();

@@ -27,10 +27,10 @@ async fn every_operation_checks_its_privilege() {
             encrypted: true,
             key_provider: Some("corp-kms".into()),
             key_id: Some("4711".into()),
-            power_state: "poweredOff".into(),
-            crypto_state: "locked".into(),
-            connection_state: "invalid".into(),
-            lock_reason: Some("keyMissingOnKms".into()),
+            power_state: tresor_core::protocol::PowerState::PoweredOff,
+            crypto_state: tresor_core::vm::CryptoState::Locked,
+            connection_state: tresor_core::vm::ConnectionState::Invalid,
+            lock_reason: Some(tresor_core::vm::LockReason::KeyMissingOnKms),
             report: report.to_string(),
         })
         .unwrap();

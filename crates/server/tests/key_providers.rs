@@ -332,9 +332,9 @@ async fn providers_are_added_trusted_probed_and_removed() {
             encrypted: true,
             key_provider: Some("signed".into()),
             key_id: Some("1".into()),
-            power_state: "poweredOff".into(),
-            crypto_state: "unlocked".into(),
-            connection_state: "connected".into(),
+            power_state: tresor_core::protocol::PowerState::PoweredOff,
+            crypto_state: tresor_core::vm::CryptoState::Unlocked,
+            connection_state: tresor_core::vm::ConnectionState::Connected,
             lock_reason: None,
             report: "{}".into(),
         })

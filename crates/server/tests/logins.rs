@@ -17,7 +17,7 @@ async fn sign_in_is_limited_tokens_expire_and_password_changes_end_sessions() {
     Accounts::new(&store)
         .add_user("alice", "alices-long-password", &["ReadOnly".into()])
         .unwrap();
-    let served = common::serve_with(store.clone(), data.path(), 2).await;
+    let served = common::serve_with(store.clone(), data.path(), 600).await;
     let addr = served.addr.as_str();
     let login = |user: &'static str, password: &'static str| async move {
         common::http_body(
@@ -30,7 +30,8 @@ async fn sign_in_is_limited_tokens_expire_and_password_changes_end_sessions() {
         .await
     };
 
-    // A token works, and expires (this server gives them 2 s).
+    // A token works, and expires (this server gives them 600 s; the old one was made longer
+    // ago than that).
     let (status, body) = login("alice", "alices-long-password").await;
     assert_eq!(status, 200, "{body}");
     let token = body["token"].as_str().unwrap().to_owned();
@@ -40,8 +41,12 @@ async fn sign_in_is_limited_tokens_expire_and_password_changes_end_sessions() {
             .0,
         200
     );
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-    let (status, body) = common::http(addr, "GET", "/api/v1/me", Some(&token)).await;
+    let old = "an-old-login-token";
+    let made = tresor_server::enrol::now() - 601;
+    store
+        .add_token(&tresor_server::api::token_hash(old), "alice", "login", made)
+        .unwrap();
+    let (status, body) = common::http(addr, "GET", "/api/v1/me", Some(old)).await;
     assert_eq!(status, 401);
     assert!(body.to_string().contains("expired"), "{body}");
 

@@ -8,7 +8,12 @@ use std::sync::Arc;
 
 use common::{http, seed_users, serve};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tresor_server::api::vm_json;
+use tresor_core::vm::CryptoState;
+use tresor_server::api::vm_view;
+
+fn vm_json(r: &VmRecord) -> serde_json::Value {
+    serde_json::to_value(vm_view(r)).unwrap()
+}
 use tresor_server::store::{Store, VmRecord};
 
 fn record(i: usize) -> VmRecord {
@@ -21,10 +26,14 @@ fn record(i: usize) -> VmRecord {
         encrypted: true,
         key_provider: Some(if i.is_multiple_of(5) { "other" } else { "kms" }.into()),
         key_id: Some(format!("k{i}")),
-        power_state: "poweredOff".into(),
-        crypto_state: if locked { "locked" } else { "unlocked" }.into(),
-        connection_state: "connected".into(),
-        lock_reason: locked.then(|| "kmsClusterError".to_owned()),
+        power_state: tresor_core::protocol::PowerState::PoweredOff,
+        crypto_state: if locked {
+            CryptoState::Locked
+        } else {
+            CryptoState::Unlocked
+        },
+        connection_state: tresor_core::vm::ConnectionState::Connected,
+        lock_reason: locked.then_some(tresor_core::vm::LockReason::KmsClusterError),
         report: "{}".into(),
     }
 }
@@ -104,7 +113,7 @@ async fn the_list_is_filtered_paged_and_shows_deferred_states_at_once() {
     // Filters, alone and together, and paged.
     let locked_on_0: Vec<String> = records
         .iter()
-        .filter(|r| r.crypto_state == "locked" && r.host == "host-0")
+        .filter(|r| r.crypto_state == CryptoState::Locked && r.host == "host-0")
         .map(|r| r.name.clone())
         .collect();
     let (_, total, got) = get(addr, "/api/v1/vms?locked=true&host=host-0").await;
@@ -118,7 +127,7 @@ async fn the_list_is_filtered_paged_and_shows_deferred_states_at_once() {
 
     // A deferred state is listed at once, rendered anew.
     let mut changed = records[3].clone();
-    changed.crypto_state = "unlocked".into();
+    changed.crypto_state = CryptoState::Unlocked;
     changed.lock_reason = None;
     store.put_vms_deferred(vec![changed.clone()]);
     let (_, _, got) = get(addr, "/api/v1/vms?limit=1&offset=3").await;
@@ -126,7 +135,7 @@ async fn the_list_is_filtered_paged_and_shows_deferred_states_at_once() {
     assert_eq!(got[0], vm_json(&changed));
     // A VM removed before the deferred write is not written back by it.
     let mut gone = records[4].clone();
-    gone.power_state = "poweredOn".into();
+    gone.power_state = tresor_core::protocol::PowerState::PoweredOn;
     store.put_vms_deferred(vec![gone]);
     assert!(store.remove_vm("vm-0004").unwrap());
     assert_eq!(store.write_deferred().unwrap(), 1);

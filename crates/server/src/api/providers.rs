@@ -68,7 +68,7 @@ pub(super) async fn add(
         Privilege::CryptoManageKeyServers,
         &format!("Adding key provider {}", body.name),
     )?;
-    super::check_name(tresor_core::ids::NameKind::Provider, &body.name)?;
+    crate::service::check_name(tresor_core::ids::NameKind::Provider, &body.name)?;
     let invalid = |m: &str| ApiError::new(ErrorCode::Invalid, m);
     let credentials = match (
         body.client_cert_pem,

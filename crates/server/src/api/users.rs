@@ -144,7 +144,7 @@ pub(super) async fn set_lang(
         Privilege::SystemView,
         "Choosing your language",
     )?;
-    let lang = super::parse_lang(Some(&body.value))?;
+    let lang = crate::service::parse_lang(Some(&body.value))?;
     let value = match lang {
         tresor_core::Lang::En => "en",
         tresor_core::Lang::De => "de",
@@ -190,7 +190,7 @@ pub(super) async fn add_user(
         Privilege::AuthorizationModify,
         &format!("Adding user {}", body.name),
     )?;
-    super::check_name(tresor_core::ids::NameKind::User, &body.name)?;
+    crate::service::check_name(tresor_core::ids::NameKind::User, &body.name)?;
     let store = s.store.clone();
     let (name, roles) = (body.name.clone(), body.roles.clone());
     tokio::task::spawn_blocking(move || {
@@ -315,7 +315,7 @@ pub(super) async fn put_role(
         Privilege::AuthorizationModify,
         &format!("Defining role {}", body.name),
     )?;
-    super::check_name(tresor_core::ids::NameKind::Role, &body.name)?;
+    crate::service::check_name(tresor_core::ids::NameKind::Role, &body.name)?;
     Accounts::new(&s.store).put_role(&body.name, &body.privileges)?;
     show_role(State(s), headers, Path(body.name)).await
 }
