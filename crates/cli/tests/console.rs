@@ -129,6 +129,12 @@ fn an_operator_unlocks_a_vm_from_the_browser() {
             .spawn()
             .unwrap(),
     );
+    // (Pressed once the provider answers again: an unlock before that fails, and under the
+    // manual policy nothing else would unlock the VM.)
+    wait_for("the key server answers again", || {
+        let (_, out, _) = dev.cli(&["provider", "status", "tresor-kms", "-o", "json"]);
+        serde_json::from_str::<serde_json::Value>(&out).is_ok_and(|st| st["health"] == "ok")
+    });
     browser.script("window.__marker = 'same page';");
     browser.click("#unlock");
     browser.wait_text("#vm-state", |t| t.contains("unlocked"));
