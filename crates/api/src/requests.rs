@@ -3,6 +3,7 @@
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 /// `POST /api/v1/vms`: a new VM.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -95,4 +96,164 @@ pub struct AddDisk {
     /// A key of its own instead of the VM's.
     #[serde(default)]
     pub own_key: bool,
+}
+
+/// The query of `GET /api/v1/vms`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct VmQuery {
+    /// The VMs hosts report that the registry does not admit, instead of the registered ones.
+    #[serde(default)]
+    pub discovered: Option<bool>,
+    /// Only locked VMs.
+    #[serde(default)]
+    pub locked: Option<bool>,
+    /// Only the VMs of this host.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Only the VMs whose key comes from this provider.
+    #[serde(default)]
+    pub provider: Option<String>,
+    /// At most this many VMs (the number that match is in `X-Total-Count`).
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// Skip this many VMs first.
+    #[serde(default)]
+    pub offset: Option<usize>,
+}
+
+/// The query of `GET /api/v1/events` and `/events/stream`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct EventQuery {
+    #[serde(default)]
+    pub vm: Option<String>,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub provider: Option<String>,
+    /// An event type, for example `vm.locked.kmsClusterError`.
+    #[serde(default, rename = "type")]
+    pub event_type: Option<String>,
+    /// Only events from this Unix second on.
+    #[serde(default)]
+    pub since: Option<i64>,
+    /// Only events after this id.
+    #[serde(default)]
+    pub after: Option<i64>,
+    /// At most this many events.
+    #[serde(default)]
+    pub limit: Option<u32>,
+    /// The language of the messages: `en` (the default) or `de`.
+    #[serde(default)]
+    pub lang: Option<String>,
+}
+
+/// A query naming only the language of the answer's messages (`GET .../diagnose`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LangQuery {
+    /// `en` (the default) or `de`.
+    #[serde(default)]
+    pub lang: Option<String>,
+}
+
+/// `POST /api/v1/login`.
+#[derive(Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    pub user: String,
+    #[schemars(with = "String")]
+    pub password: Zeroizing<String>,
+}
+
+/// `POST /api/v1/users`: a new user with its password (at least 12 characters) and roles.
+#[derive(Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    pub name: String,
+    #[schemars(with = "String")]
+    pub password: Zeroizing<String>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+/// `PUT /api/v1/users/{name}/password`: one's own needs the current password.
+#[derive(Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NewPassword {
+    #[schemars(with = "String")]
+    pub password: Zeroizing<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub current_password: Option<Zeroizing<String>>,
+}
+
+macro_rules! hide_secrets {
+    ($($t:ident: $($shown:ident),*;)*) => {$(
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($t))$(.field(stringify!($shown), &self.$shown))*.finish_non_exhaustive()
+            }
+        }
+    )*};
+}
+
+hide_secrets! {
+    Login: user;
+    NewUser: name, roles;
+    NewPassword: ;
+    AddProvider: name, endpoints;
+    SignedCertificate: ;
+}
+
+/// `POST /api/v1/users/{name}/roles`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoleGrant {
+    pub role: String,
+}
+
+/// `POST /api/v1/roles`: a role of one's own (changed when it exists).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewRole {
+    pub name: String,
+    /// Privilege ids, for example `Cryptographer.RegisterVM`.
+    pub privileges: Vec<String>,
+}
+
+/// `PUT /api/v1/settings/{key}` and `PUT /api/v1/me/lang`: a value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetValue {
+    pub value: String,
+}
+
+/// `POST /api/v1/providers`: a key provider, and how the server proves itself to it: a client
+/// certificate and key uploaded, `selfSigned`, or `csr` (the provider signs it later).
+#[derive(Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AddProvider {
+    pub name: String,
+    /// `host:port`, in the order the server fails over.
+    pub endpoints: Vec<String>,
+    /// The CA that signed the provider's certificate (PEM).
+    pub ca_pem: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_pem: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub client_key_pem: Option<Zeroizing<String>>,
+    #[serde(default)]
+    pub self_signed: bool,
+    #[serde(default)]
+    pub csr: bool,
+    #[serde(default)]
+    pub default: bool,
+}
+
+/// `POST /api/v1/providers/{name}/certificate`: the certificate the provider signed from the
+/// server's CSR.
+#[derive(Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SignedCertificate {
+    pub client_cert_pem: String,
 }

@@ -311,3 +311,223 @@ impl KeyId {
         }
     }
 }
+
+/// A key provider (`GET /api/v1/providers/{name}`): its endpoints, the trust between it and the
+/// server, whether it is the default, and what the last probe found.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Provider {
+    pub name: String,
+    /// `host:port`, in the order the server fails over.
+    pub endpoints: Vec<String>,
+    pub is_default: bool,
+    pub trust: ProviderTrust,
+    /// `None` until the first probe.
+    pub status: Option<ProviderStatus>,
+}
+
+/// The certificates between a provider and the server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderTrust {
+    /// The CA the server trusts the provider's certificate with.
+    pub ca: Option<CertStatus>,
+    /// The server's client certificate at the provider; `None` while a CSR waits to be signed.
+    pub client: Option<CertStatus>,
+    pub awaiting_signed_certificate: bool,
+}
+
+/// A provider just added, with what to take to its administrator.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ProviderAdded {
+    #[serde(flatten)]
+    pub provider: Provider,
+    pub added: Added,
+}
+
+/// What adding a provider produced for the operator to take to the provider's administrator.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Added {
+    /// The self-signed client certificate the provider must trust.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<String>,
+    /// The CSR the provider must sign.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csr: Option<String>,
+}
+
+/// A certificate's facts for an operator.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CertStatus {
+    /// `ca`, `client` or `server`.
+    pub which: String,
+    pub subject: String,
+    /// Unix seconds.
+    pub not_after: i64,
+    pub days_left: i64,
+    pub expiring: bool,
+    pub expired: bool,
+}
+
+/// One endpoint as the last probe found it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointStatus {
+    pub address: String,
+    pub reachable: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+    /// The KMIP versions it speaks.
+    pub versions: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_certificate: Option<CertStatus>,
+}
+
+/// A provider's state as the probe found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Health {
+    /// Every endpoint answers.
+    Ok,
+    /// Some endpoint answers, another does not.
+    Degraded,
+    /// No endpoint answers.
+    Unreachable,
+    /// The server's client certificate is still to be signed (CSR).
+    AwaitingCertificate,
+    /// The stored trust cannot be used (see `message`).
+    Misconfigured,
+}
+
+/// A provider's status (`GET /api/v1/providers/{name}/status` probes it now).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderStatus {
+    pub name: String,
+    pub health: Health,
+    /// The endpoint the server uses now (it fails over in the listed order).
+    pub active_endpoint: Option<String>,
+    /// Unix seconds.
+    pub checked_at: i64,
+    pub endpoints: Vec<EndpointStatus>,
+    pub certificates: Vec<CertStatus>,
+    /// What it means and what to do, for a person.
+    pub message: String,
+}
+
+/// A provider made the default.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderDefault {
+    pub provider: String,
+    pub is_default: bool,
+}
+
+/// A provider removed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ProviderRemoved {
+    pub provider: String,
+    pub removed: bool,
+}
+
+/// An API token from a login.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LoginToken {
+    pub token: String,
+    pub expires_in_secs: i64,
+}
+
+impl std::fmt::Debug for LoginToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginToken")
+            .field("expires_in_secs", &self.expires_in_secs)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The user a token belongs to (`GET /api/v1/me`), with what it may do.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Me {
+    pub user: String,
+    pub roles: Vec<String>,
+    /// Privilege ids, for example `Cryptographer.RegisterVM`.
+    pub privileges: Vec<String>,
+    /// `en` or `de`.
+    pub lang: String,
+}
+
+/// A user's language, remembered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct UserLang {
+    pub user: String,
+    pub lang: String,
+}
+
+/// A user and the roles granted to it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct User {
+    pub name: String,
+    pub roles: Vec<String>,
+}
+
+/// A user's roles after a grant or a revocation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct UserRoles {
+    pub user: String,
+    pub roles: Vec<String>,
+}
+
+/// A user or a role removed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Removed {
+    pub name: String,
+    pub removed: bool,
+}
+
+/// A role and its privileges.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Role {
+    pub name: String,
+    /// Built-in roles cannot be changed or removed.
+    pub built_in: bool,
+    pub privileges: Vec<String>,
+}
+
+/// A password set: the sessions it ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PasswordSet {
+    pub user: String,
+    /// Always `set`.
+    pub password: String,
+    pub tokens_revoked: u64,
+}
+
+/// A session ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LoggedOut {
+    pub user: String,
+    pub logged_out: bool,
+}
+
+/// One setting.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Setting {
+    pub key: String,
+    pub value: String,
+}
+
+/// Every setting (`GET /api/v1/settings`), by key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Settings {
+    /// `automatic` or `manual`.
+    #[serde(rename = "unlock.policy")]
+    pub unlock_policy: String,
+}

@@ -6,9 +6,11 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
+use tresor_api::requests::{Login, NewPassword, NewRole, NewUser, RoleGrant};
+use tresor_api::views::{LoginToken, Me, Role, User, UserRoles};
 use zeroize::Zeroizing;
 
-use crate::client::Conn;
+use crate::client::{json_text, typed, Conn};
 use crate::output;
 use crate::CliError;
 
@@ -224,13 +226,20 @@ fn trust_on_first_use(a: &LoginArgs) -> Result<(), CliError> {
 pub fn run_login(a: LoginArgs) -> Result<(), CliError> {
     trust_on_first_use(&a)?;
     let password = read_password(a.password_file.as_deref(), "Password: ")?;
-    let body = Zeroizing::new(json!({"user": a.user, "password": password.as_str()}).to_string());
-    let v = a.conn.call_with("", "POST", "/api/v1/login", &body)?;
+    let body = Login {
+        user: a.user.clone(),
+        password,
+    };
+    let v = a.conn.call_with(
+        "",
+        "POST",
+        "/api/v1/login",
+        &Zeroizing::new(json_text(&body)),
+    )?;
     let token = Zeroizing::new(
-        v["token"]
-            .as_str()
-            .ok_or_else(|| CliError::msg("The server answered the login without a token"))?
-            .to_owned(),
+        typed::<LoginToken>(&v, "a login token")
+            .map_err(CliError::msg)?
+            .token,
     );
     let path = store_token(&a.conn.server, &token)?;
     println!(
@@ -294,25 +303,25 @@ pub fn run_user(cmd: UserCommand) -> Result<(), CliError> {
             roles,
         } => {
             let password = read_password(password_file.as_deref(), "Password for the new user: ")?;
-            let body = Zeroizing::new(
-                json!({"name": name, "password": password.as_str(), "roles": roles}).to_string(),
-            );
+            let body = Zeroizing::new(json_text(&NewUser {
+                name: name.clone(),
+                password,
+                roles,
+            }));
             let v = c.call("POST", "/api/v1/users", &body)?;
             c.done(&v, || format!("user {name} added"));
         }
         UserSub::List => {
             let v = c.call("GET", "/api/v1/users", "")?;
             c.print(&v, |v| {
-                let rows: Vec<Vec<String>> = v
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(|u| {
-                                vec![u["name"].as_str().unwrap_or("?").into(), join(&u["roles"])]
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let users: Vec<User> = match typed(v, "users") {
+                    Ok(u) => u,
+                    Err(line) => return line,
+                };
+                let rows: Vec<Vec<String>> = users
+                    .into_iter()
+                    .map(|u| vec![u.name, u.roles.join(", ")])
+                    .collect();
                 output::table(&["USER", "ROLES"], &rows)
             });
         }
@@ -326,8 +335,9 @@ pub fn run_user(cmd: UserCommand) -> Result<(), CliError> {
             current_password_file,
         } => {
             // One's own password: the current one first.
-            let me = c.call("GET", "/api/v1/me", "")?;
-            let current = if me["user"] == name.as_str() {
+            let me: Me =
+                typed(&c.call("GET", "/api/v1/me", "")?, "your account").map_err(CliError::msg)?;
+            let current = if me.user == name {
                 Some(read_password(
                     current_password_file.as_deref(),
                     "Current password: ",
@@ -336,10 +346,10 @@ pub fn run_user(cmd: UserCommand) -> Result<(), CliError> {
                 None
             };
             let password = read_password(password_file.as_deref(), "New password: ")?;
-            let body = Zeroizing::new(
-                json!({"password": password.as_str(), "currentPassword": current.as_deref().map(|c| c.as_str())})
-                    .to_string(),
-            );
+            let body = Zeroizing::new(json_text(&NewPassword {
+                password,
+                current_password: current,
+            }));
             let v = c.call("PUT", &format!("/api/v1/users/{name}/password"), &body)?;
             c.done(&v, || format!("password of {name} set"));
         }
@@ -349,17 +359,6 @@ pub fn run_user(cmd: UserCommand) -> Result<(), CliError> {
         }
     }
     Ok(())
-}
-
-fn join(v: &Value) -> String {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .unwrap_or_default()
 }
 
 #[derive(Debug, Args)]
@@ -391,17 +390,17 @@ enum RoleSub {
 pub fn run_role(cmd: RoleCommand) -> Result<(), CliError> {
     let c = &cmd.conn;
     let show = |v: &Value| {
+        let role: Role = match typed(v, "a role") {
+            Ok(r) => r,
+            Err(line) => return line,
+        };
         let mut s = format!(
             "{}{}\n",
-            v["name"].as_str().unwrap_or("?"),
-            if v["builtIn"] == true {
-                " (built in)"
-            } else {
-                ""
-            }
+            role.name,
+            if role.built_in { " (built in)" } else { "" }
         );
-        for p in v["privileges"].as_array().into_iter().flatten() {
-            s.push_str(&format!("  {}\n", p.as_str().unwrap_or("?")));
+        for p in &role.privileges {
+            s.push_str(&format!("  {p}\n"));
         }
         s
     };
@@ -409,23 +408,20 @@ pub fn run_role(cmd: RoleCommand) -> Result<(), CliError> {
         RoleSub::List => {
             let v = c.call("GET", "/api/v1/roles", "")?;
             c.print(&v, |v| {
-                let rows: Vec<Vec<String>> = v
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(|r| {
-                                vec![
-                                    r["name"].as_str().unwrap_or("?").into(),
-                                    if r["builtIn"] == true { "yes" } else { "" }.into(),
-                                    r["privileges"]
-                                        .as_array()
-                                        .map(|p| p.len().to_string())
-                                        .unwrap_or_default(),
-                                ]
-                            })
-                            .collect()
+                let roles: Vec<Role> = match typed(v, "roles") {
+                    Ok(r) => r,
+                    Err(line) => return line,
+                };
+                let rows: Vec<Vec<String>> = roles
+                    .into_iter()
+                    .map(|r| {
+                        vec![
+                            r.name,
+                            if r.built_in { "yes" } else { "" }.into(),
+                            r.privileges.len().to_string(),
+                        ]
                     })
-                    .unwrap_or_default();
+                    .collect();
                 output::table(&["ROLE", "BUILT IN", "PRIVILEGES"], &rows)
             });
         }
@@ -437,7 +433,7 @@ pub fn run_role(cmd: RoleCommand) -> Result<(), CliError> {
             let v = c.call(
                 "POST",
                 "/api/v1/roles",
-                &json!({"name": name, "privileges": privileges}).to_string(),
+                &json_text(&NewRole { name, privileges }),
             )?;
             c.print(&v, show);
         }
@@ -461,10 +457,13 @@ pub fn run_grant(a: GrantArgs) -> Result<(), CliError> {
     let v = a.conn.call(
         "POST",
         &format!("/api/v1/users/{}/roles", a.user),
-        &json!({"role": a.role}).to_string(),
+        &json_text(&RoleGrant {
+            role: a.role.clone(),
+        }),
     )?;
+    let roles = typed::<UserRoles>(&v, "the user's roles").map_err(CliError::msg)?;
     a.conn
-        .done(&v, || format!("{}: {}", a.user, join(&v["roles"])));
+        .done(&v, || format!("{}: {}", a.user, roles.roles.join(", ")));
     Ok(())
 }
 

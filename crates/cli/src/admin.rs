@@ -3,10 +3,12 @@
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
-use serde_json::{json, Value};
+use serde_json::Value;
+use tresor_api::requests::{AddProvider, SetValue, SignedCertificate};
+use tresor_api::views::{CertStatus, Provider, ProviderAdded, ProviderStatus, Setting, Settings};
 use zeroize::Zeroizing;
 
-use crate::client::Conn;
+use crate::client::{health_name, json_text, typed, Conn};
 use crate::output;
 use crate::CliError;
 
@@ -70,88 +72,84 @@ fn read(path: &Path, what: &str) -> Result<String, CliError> {
         .map_err(|e| CliError::msg(format!("Cannot read the {what} {}: {e}", path.display())))
 }
 
-fn cert_line(c: &Value) -> String {
-    if c.is_null() {
+fn cert_line(c: Option<&CertStatus>) -> String {
+    let Some(c) = c else {
         return "-".into();
-    }
+    };
     let mut s = format!(
         "{} until {} ({} days)",
-        c["subject"].as_str().unwrap_or("?"),
-        output::time(c["notAfter"].as_i64().unwrap_or(0)),
-        c["daysLeft"]
+        c.subject,
+        output::time(c.not_after),
+        c.days_left
     );
-    if c["expired"] == true {
+    if c.expired {
         s.push_str(", EXPIRED");
-    } else if c["expiring"] == true {
+    } else if c.expiring {
         s.push_str(", expiring soon");
     }
     s
 }
 
-fn provider_text(p: &Value) -> String {
+fn provider_text(v: &Value) -> String {
+    match typed::<Provider>(v, "a key provider") {
+        Ok(p) => provider_lines(&p),
+        Err(line) => line,
+    }
+}
+
+fn provider_lines(p: &Provider) -> String {
     let mut out = format!(
         "name:        {}{}\nendpoints:   {}\nprovider CA: {}\nclient cert: {}\n",
-        p["name"].as_str().unwrap_or("?"),
-        if p["isDefault"] == true {
-            " (default)"
-        } else {
-            ""
-        },
-        p["endpoints"]
-            .as_array()
-            .map(|a| a
-                .iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join(", "))
-            .unwrap_or_default(),
-        cert_line(&p["trust"]["ca"]),
-        if p["trust"]["awaitingSignedCertificate"] == true {
+        p.name,
+        if p.is_default { " (default)" } else { "" },
+        p.endpoints.join(", "),
+        cert_line(p.trust.ca.as_ref()),
+        if p.trust.awaiting_signed_certificate {
             "awaiting the certificate signed from the CSR".to_owned()
         } else {
-            cert_line(&p["trust"]["client"])
+            cert_line(p.trust.client.as_ref())
         },
     );
-    if !p["status"].is_null() {
-        out.push_str(&status_text(&p["status"]));
+    if let Some(st) = &p.status {
+        out.push_str(&status_lines(st));
     }
     out
 }
 
-fn status_text(st: &Value) -> String {
+fn status_text(v: &Value) -> String {
+    match typed::<ProviderStatus>(v, "a provider's status") {
+        Ok(st) => status_lines(&st),
+        Err(line) => line,
+    }
+}
+
+fn status_lines(st: &ProviderStatus) -> String {
     let mut out = format!(
         "health:      {} (checked {})\nactive:      {}\n",
-        st["health"].as_str().unwrap_or("?"),
-        output::time(st["checkedAt"].as_i64().unwrap_or(0)),
-        st["activeEndpoint"].as_str().unwrap_or("-"),
+        health_name(st.health),
+        output::time(st.checked_at),
+        st.active_endpoint.as_deref().unwrap_or("-"),
     );
-    let rows: Vec<Vec<String>> = st["endpoints"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|e| {
-                    vec![
-                        e["address"].as_str().unwrap_or("?").into(),
-                        if e["reachable"] == true { "yes" } else { "no" }.into(),
-                        e["latencyMs"]
-                            .as_f64()
-                            .map(|l| format!("{l:.1} ms"))
-                            .unwrap_or_else(|| "-".into()),
-                        e["versions"]
-                            .as_array()
-                            .and_then(|v| v.first())
-                            .and_then(Value::as_str)
-                            .map(|v| format!("KMIP {v}"))
-                            .unwrap_or_else(|| "-".into()),
-                        e["error"]
-                            .as_str()
-                            .map(str::to_owned)
-                            .unwrap_or_else(|| cert_line(&e["serverCertificate"])),
-                    ]
-                })
-                .collect()
+    let rows: Vec<Vec<String>> = st
+        .endpoints
+        .iter()
+        .map(|e| {
+            vec![
+                e.address.clone(),
+                if e.reachable { "yes" } else { "no" }.into(),
+                e.latency_ms
+                    .map(|l| format!("{l:.1} ms"))
+                    .unwrap_or_else(|| "-".into()),
+                e.versions
+                    .first()
+                    .map(|v| format!("KMIP {v}"))
+                    .unwrap_or_else(|| "-".into()),
+                e.error
+                    .clone()
+                    .unwrap_or_else(|| cert_line(e.server_certificate.as_ref())),
+            ]
         })
-        .unwrap_or_default();
+        .collect();
     if !rows.is_empty() {
         out.push('\n');
         out.push_str(&output::table(
@@ -166,7 +164,7 @@ fn status_text(st: &Value) -> String {
         ));
         out.push('\n');
     }
-    out.push_str(st["message"].as_str().unwrap_or(""));
+    out.push_str(&st.message);
     out.push('\n');
     out
 }
@@ -184,30 +182,34 @@ pub fn run_provider(cmd: ProviderCommand) -> Result<(), CliError> {
             csr,
             default,
         } => {
-            let mut body = json!({
-                "name": name,
-                "endpoints": endpoints,
-                "caPem": read(&ca, "CA certificate")?,
-                "default": default,
-            });
+            let mut body = AddProvider {
+                name: name.clone(),
+                endpoints,
+                ca_pem: read(&ca, "CA certificate")?,
+                client_cert_pem: None,
+                client_key_pem: None,
+                self_signed: false,
+                csr: false,
+                default,
+            };
             match (&client_cert, &client_key) {
                 (Some(cert), Some(key)) => {
-                    body["clientCertPem"] = json!(read(cert, "client certificate")?);
-                    let key = Zeroizing::new(read(key, "client key")?);
-                    body["clientKeyPem"] = json!(key.as_str());
+                    body.client_cert_pem = Some(read(cert, "client certificate")?);
+                    body.client_key_pem = Some(Zeroizing::new(read(key, "client key")?));
                 }
-                _ if self_signed => body["selfSigned"] = json!(true),
-                _ if csr.is_some() => body["csr"] = json!(true),
+                _ if self_signed => body.self_signed = true,
+                _ if csr.is_some() => body.csr = true,
                 _ => {
                     return Err(CliError::msg(
                         "Say how the server proves itself to the provider: --client-cert FILE --client-key FILE, --self-signed, or --csr OUT",
                     ))
                 }
             }
-            let text = Zeroizing::new(body.to_string());
+            let text = Zeroizing::new(json_text(&body));
             drop(body);
             let v = c.call("POST", "/api/v1/providers", &text)?;
-            if let (Some(out), Some(request)) = (&csr, v["added"]["csr"].as_str()) {
+            let added: ProviderAdded = typed(&v, "the added provider").map_err(CliError::msg)?;
+            if let (Some(out), Some(request)) = (&csr, &added.added.csr) {
                 std::fs::write(out, request).map_err(|e| {
                     CliError::msg(format!(
                         "Provider {name} was added, but the CSR could not be written to {}: {e}; remove the provider and add it again",
@@ -215,15 +217,15 @@ pub fn run_provider(cmd: ProviderCommand) -> Result<(), CliError> {
                     ))
                 })?;
             }
-            c.print(&v, |v| {
-                let mut s = provider_text(v);
+            c.print(&v, |_| {
+                let mut s = provider_lines(&added.provider);
                 if let Some(out) = &csr {
                     s.push_str(&format!(
                         "\nThe certificate signing request is in {}. Have the provider's administrator sign it, then:\n  tresor provider certificate {name} --client-cert SIGNED.pem\n",
                         out.display()
                     ));
                 }
-                if let Some(cert) = v["added"]["clientCertificate"].as_str() {
+                if let Some(cert) = &added.added.client_certificate {
                     s.push_str(&format!(
                         "\nThe provider must trust this self-signed client certificate (give it to its administrator):\n{cert}"
                     ));
@@ -234,33 +236,27 @@ pub fn run_provider(cmd: ProviderCommand) -> Result<(), CliError> {
         ProviderSub::List => {
             let v = c.call("GET", "/api/v1/providers", "")?;
             c.print(&v, |v| {
-                let rows: Vec<Vec<String>> = v
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(|p| {
-                                vec![
-                                    p["name"].as_str().unwrap_or("?").into(),
-                                    if p["isDefault"] == true { "yes" } else { "" }.into(),
-                                    p["endpoints"]
-                                        .as_array()
-                                        .map(|e| {
-                                            e.iter()
-                                                .filter_map(Value::as_str)
-                                                .collect::<Vec<_>>()
-                                                .join(",")
-                                        })
-                                        .unwrap_or_default(),
-                                    p["status"]["health"]
-                                        .as_str()
-                                        .unwrap_or("not checked yet")
-                                        .into(),
-                                    p["status"]["activeEndpoint"].as_str().unwrap_or("-").into(),
-                                ]
-                            })
-                            .collect()
+                let providers: Vec<Provider> = match typed(v, "key providers") {
+                    Ok(p) => p,
+                    Err(line) => return line,
+                };
+                let rows: Vec<Vec<String>> = providers
+                    .iter()
+                    .map(|p| {
+                        vec![
+                            p.name.clone(),
+                            if p.is_default { "yes" } else { "" }.into(),
+                            p.endpoints.join(","),
+                            p.status
+                                .as_ref()
+                                .map_or("not checked yet".into(), |st| health_name(st.health)),
+                            p.status
+                                .as_ref()
+                                .and_then(|st| st.active_endpoint.clone())
+                                .unwrap_or_else(|| "-".into()),
+                        ]
                     })
-                    .unwrap_or_default();
+                    .collect();
                 output::table(&["NAME", "DEFAULT", "ENDPOINTS", "HEALTH", "ACTIVE"], &rows)
             });
         }
@@ -281,11 +277,13 @@ pub fn run_provider(cmd: ProviderCommand) -> Result<(), CliError> {
             c.done(&v, || format!("{name}: removed"));
         }
         ProviderSub::Certificate { name, client_cert } => {
-            let body = json!({"clientCertPem": read(&client_cert, "client certificate")?});
+            let body = SignedCertificate {
+                client_cert_pem: read(&client_cert, "client certificate")?,
+            };
             let v = c.call(
                 "POST",
                 &format!("/api/v1/providers/{name}/certificate"),
-                &body.to_string(),
+                &json_text(&body),
             )?;
             c.print(&v, provider_text);
         }
@@ -314,19 +312,19 @@ pub fn run_settings(cmd: SettingsCommand) -> Result<(), CliError> {
     match cmd.command {
         SettingsSub::Get { key: Some(key) } => {
             let v = c.call("GET", &format!("/api/v1/settings/{key}"), "")?;
-            c.print(&v, |v| format!("{}\n", v["value"].as_str().unwrap_or("")));
+            c.print(&v, |v| match typed::<Setting>(v, "a setting") {
+                Ok(st) => format!("{}\n", st.value),
+                Err(line) => line,
+            });
         }
         SettingsSub::Get { key: None } => {
             let v = c.call("GET", "/api/v1/settings", "")?;
             c.print(&v, |v| {
-                let rows: Vec<Vec<String>> = v
-                    .as_object()
-                    .map(|o| {
-                        o.iter()
-                            .map(|(k, val)| vec![k.clone(), val.as_str().unwrap_or("").into()])
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let all: Settings = match typed(v, "the settings") {
+                    Ok(all) => all,
+                    Err(line) => return line,
+                };
+                let rows = vec![vec!["unlock.policy".to_owned(), all.unlock_policy]];
                 output::table(&["SETTING", "VALUE"], &rows)
             });
         }
@@ -334,10 +332,11 @@ pub fn run_settings(cmd: SettingsCommand) -> Result<(), CliError> {
             let v = c.call(
                 "PUT",
                 &format!("/api/v1/settings/{key}"),
-                &json!({"value": value}).to_string(),
+                &json_text(&SetValue { value }),
             )?;
-            c.print(&v, |v| {
-                format!("{} = {}\n", key, v["value"].as_str().unwrap_or(""))
+            c.print(&v, |v| match typed::<Setting>(v, "a setting") {
+                Ok(st) => format!("{} = {}\n", st.key, st.value),
+                Err(line) => line,
             });
         }
     }

@@ -4,6 +4,11 @@
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
+use tresor_api::requests::{RegisterRequest, TokenRequest, UnlockMany};
+use tresor_api::views::{
+    DiscoveredVm, Event, Health, JoinToken, ProviderStatus, Registered, UnlockStarted,
+};
+
 use crate::output::{self, Format};
 use crate::CliError;
 
@@ -255,7 +260,11 @@ pub fn parse_size(text: &str) -> Result<u64, CliError> {
         })
 }
 
-/// VMs as the API answers them (a list, or one), typed.
+/// A request body as JSON text (the request types always serialize).
+pub(crate) fn json_text<T: serde::Serialize>(body: &T) -> String {
+    serde_json::to_string(body).unwrap_or_default()
+}
+
 /// The server's answer as a typed view, or a line saying it cannot be read as `what`.
 pub(crate) fn typed<T: serde::de::DeserializeOwned>(v: &Value, what: &str) -> Result<T, String> {
     serde_json::from_value(v.clone()).map_err(|e| {
@@ -328,18 +337,29 @@ fn diagnosis_text(d: &Value) -> String {
         }
         if field == "evidence" {
             // The providers' last probe: which endpoint answered what, and when.
-            for (name, st) in d["providerStatus"].as_object().into_iter().flatten() {
+            let statuses: std::collections::BTreeMap<String, ProviderStatus> =
+                match d.get("providerStatus") {
+                    Some(v) => match typed(v, "provider statuses") {
+                        Ok(s) => s,
+                        Err(line) => {
+                            out.push_str(&line);
+                            Default::default()
+                        }
+                    },
+                    None => Default::default(),
+                };
+            for (name, st) in statuses {
                 out.push_str(&format!(
                     "  provider {name}: {} ({})\n",
-                    text(&st["health"]),
-                    output::time(st["checkedAt"].as_i64().unwrap_or(0))
+                    health_name(st.health),
+                    output::time(st.checked_at)
                 ));
-                for e in st["endpoints"].as_array().into_iter().flatten() {
-                    let what = match e["error"].as_str() {
-                        Some(err) => err.to_owned(),
-                        None => format!("{:.1} ms", e["latencyMs"].as_f64().unwrap_or(0.0)),
+                for e in st.endpoints {
+                    let what = match e.error {
+                        Some(err) => err,
+                        None => format!("{:.1} ms", e.latency_ms.unwrap_or(0.0)),
                     };
-                    out.push_str(&format!("    {}: {what}\n", text(&e["address"])));
+                    out.push_str(&format!("    {}: {what}\n", e.address));
                 }
             }
         }
@@ -347,9 +367,20 @@ fn diagnosis_text(d: &Value) -> String {
     out
 }
 
+/// A provider's health as the API names it.
+pub(crate) fn health_name(h: Health) -> String {
+    serde_json::to_value(h)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 /// The discovered VMs as a table: where, what, why not registered.
 fn discovered_rows(v: &Value) -> String {
-    let items = v.as_array().cloned().unwrap_or_default();
+    let items: Vec<DiscoveredVm> = match typed(v, "discovered VMs") {
+        Ok(items) => items,
+        Err(line) => return line,
+    };
     if items.is_empty() {
         return "No host reports a VM that is not registered.\n".into();
     }
@@ -360,12 +391,12 @@ fn discovered_rows(v: &Value) -> String {
     for d in items {
         out.push_str(&format!(
             "{:<20} {:<12} {:<10} {}\n{:<44} {}\n",
-            d["name"].as_str().unwrap_or("?"),
-            d["host"].as_str().unwrap_or("?"),
-            if d["encrypted"] == true { "yes" } else { "no" },
-            d["message"].as_str().unwrap_or(""),
+            d.name,
+            d.host,
+            if d.encrypted { "yes" } else { "no" },
+            d.message,
             "",
-            d["path"].as_str().unwrap_or(""),
+            d.path,
         ));
     }
     out
@@ -398,15 +429,14 @@ pub fn run_vm(cmd: VmCommand) -> Result<(), CliError> {
         VmSub::Diagnose { name, all, lang } => {
             let names: Vec<String> = match name {
                 Some(n) if !all => vec![n],
-                _ => c
-                    .call("GET", "/api/v1/vms?locked=true", "")?
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|v| v["name"].as_str().map(str::to_owned))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
+                _ => {
+                    let v = c.call("GET", "/api/v1/vms?locked=true", "")?;
+                    vms_of(&v)
+                        .map_err(CliError::msg)?
+                        .into_iter()
+                        .map(|vm| vm.name)
+                        .collect()
+                }
             };
             let mut all_diagnoses = Vec::new();
             for n in &names {
@@ -478,9 +508,7 @@ pub fn run_vm(cmd: VmCommand) -> Result<(), CliError> {
                 provider,
                 own_key_disks: own,
             };
-            let body = serde_json::to_string(&body)
-                .map_err(|e| CliError::msg(format!("Cannot write the request: {e}")))?;
-            let v = c.call("POST", "/api/v1/vms", &body)?;
+            let v = c.call("POST", "/api/v1/vms", &json_text(&body))?;
             c.print(&v, vm_rows);
         }
         VmSub::PowerOn { names } | VmSub::PowerOff { names } if names.is_empty() => {
@@ -499,13 +527,13 @@ pub fn run_vm(cmd: VmCommand) -> Result<(), CliError> {
             }
         }
         VmSub::Register { path, host, all } => {
-            let body = serde_json::json!({"host": host, "path": path, "all": all});
-            let v = c.call("POST", "/api/v1/vms/register", &body.to_string())?;
+            let body = RegisterRequest { host, path, all };
+            let v = c.call("POST", "/api/v1/vms/register", &json_text(&body))?;
             c.print(&v, |v| {
-                let names: Vec<&str> = v["registered"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(Value::as_str).collect())
-                    .unwrap_or_default();
+                let names = match typed::<Registered>(v, "the registered VMs") {
+                    Ok(r) => r.registered,
+                    Err(line) => return line,
+                };
                 format!(
                     "registered: {}\n",
                     if names.is_empty() {
@@ -580,28 +608,20 @@ fn unlock(
             "Name the VMs to unlock, or give --all, --host HOST or --provider NAME",
         ));
     }
-    let body = serde_json::json!({"names": names, "all": all, "host": host, "provider": provider});
-    let v = c.call("POST", "/api/v1/vms/unlock", &body.to_string())?;
-    let requested: Vec<String> = v["requested"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default();
+    let body = UnlockMany {
+        names,
+        all,
+        host,
+        provider,
+    };
+    let v = c.call("POST", "/api/v1/vms/unlock", &json_text(&body))?;
+    let names = body.names;
+    let started: UnlockStarted = typed(&v, "the unlock's answer").map_err(CliError::msg)?;
+    let requested = started.requested;
     let json = c.is_json();
     // Unlocks that failed at once (the provider cannot give the keys now): said, and the
     // command fails after following the others.
-    let failed: Vec<String> = v["failed"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|f| f["message"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
+    let failed: Vec<String> = started.failed.into_iter().map(|f| f.message).collect();
     if failed.len() > 1 && !json {
         for f in &failed {
             eprintln!("{f}");
@@ -749,13 +769,15 @@ pub fn run_host(cmd: HostCommand) -> Result<(), CliError> {
             });
         }
         HostSub::Token { ttl, host, replace } => {
-            let v = c.call(
-                "POST",
-                "/api/v1/hosts/token",
-                &serde_json::json!({"ttlSecs": ttl, "host": host, "replace": replace}).to_string(),
-            )?;
-            c.print(&v, |v| {
-                format!("{}\n", v["token"].as_str().unwrap_or_default())
+            let body = TokenRequest {
+                ttl_secs: Some(ttl),
+                host,
+                replace,
+            };
+            let v = c.call("POST", "/api/v1/hosts/token", &json_text(&body))?;
+            c.print(&v, |v| match typed::<JoinToken>(v, "a join token") {
+                Ok(t) => format!("{}\n", t.token),
+                Err(line) => line,
             });
         }
         HostSub::List => {
@@ -867,6 +889,16 @@ enum EventSub {
     },
 }
 
+/// An event as a row: time, type, VM, message.
+fn event_row(e: &Event) -> Vec<String> {
+    vec![
+        output::time(e.time),
+        e.event_type.clone(),
+        e.vm.clone().unwrap_or_else(|| "-".into()),
+        e.message.clone(),
+    ]
+}
+
 pub fn run_event(cmd: EventCommand) -> Result<(), CliError> {
     let c = &cmd.conn;
     let EventSub::List {
@@ -895,30 +927,14 @@ pub fn run_event(cmd: EventCommand) -> Result<(), CliError> {
         q.push(format!("since={s}"));
     }
     let v = c.call("GET", &format!("/api/v1/events?{}", q.join("&")), "")?;
-    c.print(&v, |v| {
-        let rows: Vec<Vec<String>> = v
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|e| {
-                        vec![
-                            output::time(e["time"].as_i64().unwrap_or(0)),
-                            e["type"].as_str().unwrap_or("-").into(),
-                            e["vm"].as_str().unwrap_or("-").into(),
-                            e["message"].as_str().unwrap_or("").into(),
-                        ]
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+    let events: Vec<Event> = typed(&v, "events").map_err(CliError::msg)?;
+    c.print(&v, |_| {
+        let rows: Vec<Vec<String>> = events.iter().map(event_row).collect();
         output::table(&["TIME", "TYPE", "VM", "MESSAGE"], &rows)
     });
     if follow {
         // Go on from the last event listed, so that nothing falls between list and stream.
-        let last = v
-            .as_array()
-            .and_then(|a| a.last())
-            .and_then(|e| e["id"].as_i64());
+        let last = events.last().map(|e| e.id);
         let mut query = q.clone();
         query.push(format!("after={}", last.unwrap_or(0)));
         let json = c.is_json();
@@ -926,13 +942,10 @@ pub fn run_event(cmd: EventCommand) -> Result<(), CliError> {
             if json {
                 println!("{e}");
             } else {
-                println!(
-                    "{}  {}  {}  {}",
-                    output::time(e["time"].as_i64().unwrap_or(0)),
-                    e["type"].as_str().unwrap_or("-"),
-                    e["vm"].as_str().unwrap_or("-"),
-                    e["message"].as_str().unwrap_or("")
-                );
+                match typed::<Event>(e, "an event") {
+                    Ok(e) => println!("{}", event_row(&e).join("  ")),
+                    Err(line) => eprint!("{line}"),
+                }
             }
             use std::io::Write as _;
             let _ = std::io::stdout().flush();

@@ -182,12 +182,8 @@ impl<'a> Accounts<'a> {
             return Err(AccountError::BadCredentials);
         }
         let token = new_token()?;
-        self.store.add_token(
-            &token_hash(&token),
-            name,
-            "login",
-            crate::enrol::now(),
-        )?;
+        self.store
+            .add_token(&token_hash(&token), name, "login", crate::enrol::now())?;
         Ok(token)
     }
 
@@ -341,9 +337,7 @@ mod tests {
             .unwrap();
         a.remove_user("alice").unwrap();
         assert!(
-            s.token_user(&token_hash(&token))
-                .unwrap()
-                .is_none(),
+            s.token_user(&token_hash(&token)).unwrap().is_none(),
             "a removed user's tokens go with it"
         );
     }

@@ -11,8 +11,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
-use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
 use crate::broker::KeyBroker;
@@ -84,76 +82,9 @@ pub struct NewProvider {
     pub make_default: bool,
 }
 
-/// What adding a provider produced for the operator to take to the provider's administrator.
-#[derive(Debug, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Added {
-    /// The self-signed client certificate the provider must trust.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub client_certificate: Option<String>,
-    /// The CSR the provider must sign.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub csr: Option<String>,
-}
-
-/// A certificate's facts for an operator.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CertStatus {
-    /// `ca`, `client` or `server`.
-    pub which: String,
-    pub subject: String,
-    pub not_after: i64,
-    pub days_left: i64,
-    pub expiring: bool,
-    pub expired: bool,
-}
-
-/// One endpoint as the last probe found it.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EndpointStatus {
-    pub address: String,
-    pub reachable: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub latency_ms: Option<f64>,
-    pub versions: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub server_certificate: Option<CertStatus>,
-}
-
-/// A provider's state as the probe found it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub enum Health {
-    /// Every endpoint answers.
-    Ok,
-    /// Some endpoint answers, another does not.
-    Degraded,
-    /// No endpoint answers.
-    Unreachable,
-    /// The server's client certificate is still to be signed (CSR).
-    AwaitingCertificate,
-    /// The stored trust cannot be used (see `message`).
-    Misconfigured,
-}
-
-/// A provider's status.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ProviderStatus {
-    pub name: String,
-    pub health: Health,
-    /// The endpoint the server uses now (it fails over in the listed order).
-    pub active_endpoint: Option<String>,
-    pub checked_at: i64,
-    pub endpoints: Vec<EndpointStatus>,
-    pub certificates: Vec<CertStatus>,
-    /// What it means and what to do, for a person.
-    pub message: String,
-}
+pub use tresor_api::views::{
+    Added, CertStatus, EndpointStatus, Health, Provider, ProviderStatus, ProviderTrust,
+};
 
 /// The providers, their trust and their status.
 pub struct Providers {
@@ -427,27 +358,27 @@ impl Providers {
     }
 
     /// A provider as `tresor provider show` prints it: endpoints, trust, default, last status.
-    pub fn view(&self, p: &ProviderRecord) -> Value {
+    pub fn view(&self, p: &ProviderRecord) -> Provider {
         let now = crate::enrol::now();
         let status = self
             .statuses
             .lock()
             .ok()
             .and_then(|s| s.get(&p.name).cloned());
-        json!({
-            "name": p.name,
-            "endpoints": p.endpoints,
-            "isDefault": p.is_default,
-            "trust": {
-                "ca": cert_status("ca", &p.ca_pem, self.warn_days, now),
-                "client": cert_status("client", &p.client_cert_pem, self.warn_days, now),
-                "awaitingSignedCertificate": p.client_cert_pem.is_empty(),
+        Provider {
+            name: p.name.clone(),
+            endpoints: p.endpoints.clone(),
+            is_default: p.is_default,
+            trust: ProviderTrust {
+                ca: cert_status("ca", &p.ca_pem, self.warn_days, now),
+                client: cert_status("client", &p.client_cert_pem, self.warn_days, now),
+                awaiting_signed_certificate: p.client_cert_pem.is_empty(),
             },
-            "status": status,
-        })
+            status,
+        }
     }
 
-    pub fn list(&self) -> Result<Vec<Value>, StoreError> {
+    pub fn list(&self) -> Result<Vec<Provider>, StoreError> {
         Ok(self
             .store
             .providers()?
@@ -456,7 +387,7 @@ impl Providers {
             .collect())
     }
 
-    pub fn show(&self, name: &str) -> Result<Value, ProviderError> {
+    pub fn show(&self, name: &str) -> Result<Provider, ProviderError> {
         let p = self
             .store
             .provider(name)?

@@ -322,7 +322,7 @@ pub async fn serve(
         Some(store.clone()),
     );
     engine.set_policy(
-        crate::api::settings::unlock_policy(&store)
+        crate::service::settings::unlock_policy(&store)
             .map_err(setup("Cannot read the unlock policy"))?,
     );
     let agents = tokio::net::TcpListener::bind(&config.agent_listen)

@@ -11,10 +11,10 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
-use tresor_core::ids::KeyRef;
-use tresor_core::registry::Registration;
 use tresor_core::host::HostCryptoState;
+use tresor_core::ids::KeyRef;
 use tresor_core::protocol::PowerState;
+use tresor_core::registry::Registration;
 use tresor_core::vm::{ConnectionState, CryptoState, LockReason};
 
 /// Why the store failed.
@@ -642,7 +642,11 @@ impl Store {
             Ok(HostRecord {
                 name: r.get(0)?,
                 boot_id: r.get(1)?,
-                crypto_state: named(&r.get::<_, String>(2)?, "a host", HostCryptoState::Incapable),
+                crypto_state: named(
+                    &r.get::<_, String>(2)?,
+                    "a host",
+                    HostCryptoState::Incapable,
+                ),
                 connected: r.get(3)?,
                 last_seen: r.get(4)?,
                 host_key_provider: r.get(5)?,

@@ -445,3 +445,106 @@ async fn unreadable_paths_and_queries_are_json_errors() {
         assert_eq!(body["error"]["code"], "badRequest", "{path}: {body}");
     }
 }
+
+/// The document's examples are what the served API takes (none is refused as malformed), every
+/// answer has a status the document lists for its operation, and every answer of 200 reads as the
+/// type the document names for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_example_is_taken_and_every_answer_reads_as_its_type() {
+    use tresor_api::views::*;
+    use tresor_server::api::openapi::{answer_type, statuses, OPERATIONS};
+    let store = Arc::new(Store::in_memory().unwrap());
+    seed_users(&store);
+    let data = tempfile::tempdir().unwrap();
+    let served = common::serve(store.clone(), data.path()).await;
+    let mut answered = 0;
+    for op in OPERATIONS {
+        // Logout would end the session the others use; the stream never ends.
+        if op.path.ends_with("/logout") || op.path.ends_with("/stream") {
+            continue;
+        }
+        let path = op
+            .path
+            .replace("{name}", "corp-kms")
+            .replace("{id}", "1")
+            .replace("{role}", "ReadOnly")
+            .replace("{key}", "unlock.policy");
+        let path = if op.path.starts_with("/api/v1/users/") {
+            path.replace("corp-kms", "alice")
+        } else if op.path.starts_with("/api/v1/roles/") {
+            path.replace("corp-kms", "Unlocker")
+        } else {
+            path
+        };
+        let (status, body) = common::http_body(
+            &served.addr,
+            &op.method.to_uppercase(),
+            &path,
+            Some("admin-token"),
+            op.example,
+        )
+        .await;
+        assert_ne!(status, 400, "{} {}: {body}", op.method, op.path);
+        assert_ne!(status, 500, "{} {}: {body}", op.method, op.path);
+        assert!(
+            status == 200 || statuses(op).iter().any(|(s, _)| *s == status),
+            "{} {} answered {status}, which its document does not list: {body}",
+            op.method,
+            op.path
+        );
+        if status != 200 {
+            assert!(
+                body["error"]["code"].is_string(),
+                "{} {}: {body}",
+                op.method,
+                op.path
+            );
+            continue;
+        }
+        let Some((name, list)) = answer_type(op.method, op.path) else {
+            continue;
+        };
+        fn reads<T: serde::de::DeserializeOwned>(v: &serde_json::Value, list: bool) -> bool {
+            if list {
+                serde_json::from_value::<Vec<T>>(v.clone()).is_ok()
+            } else {
+                serde_json::from_value::<T>(v.clone()).is_ok()
+            }
+        }
+        let ok = match name {
+            "Vm" => reads::<Vm>(&body, list),
+            "Host" => reads::<Host>(&body, list),
+            "Event" => reads::<Event>(&body, list),
+            "Alarm" => reads::<Alarm>(&body, list),
+            "UnlockStarted" => reads::<UnlockStarted>(&body, list),
+            "Registered" => reads::<Registered>(&body, list),
+            "JoinToken" => reads::<JoinToken>(&body, list),
+            "Provider" => reads::<Provider>(&body, list),
+            "ProviderAdded" => reads::<ProviderAdded>(&body, list),
+            "ProviderStatus" => reads::<ProviderStatus>(&body, list),
+            "ProviderDefault" => reads::<ProviderDefault>(&body, list),
+            "ProviderRemoved" => reads::<ProviderRemoved>(&body, list),
+            "LoginToken" => reads::<LoginToken>(&body, list),
+            "Me" => reads::<Me>(&body, list),
+            "UserLang" => reads::<UserLang>(&body, list),
+            "User" => reads::<User>(&body, list),
+            "UserRoles" => reads::<UserRoles>(&body, list),
+            "Removed" => reads::<Removed>(&body, list),
+            "Role" => reads::<Role>(&body, list),
+            "PasswordSet" => reads::<PasswordSet>(&body, list),
+            "Setting" => reads::<Setting>(&body, list),
+            "Settings" => reads::<Settings>(&body, list),
+            other => panic!(
+                "{} {} answered 200 with {other}, which this test does not know",
+                op.method, op.path
+            ),
+        };
+        assert!(
+            ok,
+            "{} {} does not read as {name}: {body}",
+            op.method, op.path
+        );
+        answered += 1;
+    }
+    assert!(answered >= 15, "{answered}");
+}

@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
+use tresor_api::requests::EventQuery;
 use tresor_api::views::Event;
 use tresor_core::access::Privilege;
 
@@ -12,30 +12,16 @@ use super::{authorize, ApiError, ApiQuery, AppState};
 use crate::service::parse_lang;
 use crate::store::EventFilter;
 
-#[derive(Debug, Deserialize)]
-pub(super) struct EventQuery {
-    vm: Option<String>,
-    host: Option<String>,
-    provider: Option<String>,
-    #[serde(rename = "type")]
-    event_type: Option<String>,
-    since: Option<i64>,
-    after: Option<i64>,
-    limit: Option<u32>,
-    lang: Option<String>,
-}
-
-impl EventQuery {
-    fn filter(self, after_id: Option<i64>, limit: Option<u32>) -> EventFilter {
-        EventFilter {
-            vm: self.vm,
-            host: self.host,
-            provider: self.provider,
-            event_type: self.event_type,
-            since: self.since,
-            after_id,
-            limit,
-        }
+/// The store's filter of a query, from `after_id` on, at most `limit`.
+fn filter(q: EventQuery, after_id: Option<i64>, limit: Option<u32>) -> EventFilter {
+    EventFilter {
+        vm: q.vm,
+        host: q.host,
+        provider: q.provider,
+        event_type: q.event_type,
+        since: q.since,
+        after_id,
+        limit,
     }
 }
 
@@ -48,7 +34,7 @@ pub(super) async fn list(
     authorize(&s, &headers, Privilege::SystemView, "Listing events")?;
     let lang = parse_lang(q.lang.as_deref())?;
     let (after, limit) = (q.after, q.limit);
-    Ok(Json(s.events().list(&q.filter(after, limit), lang)?))
+    Ok(Json(s.events().list(&filter(q, after, limit), lang)?))
 }
 
 /// `GET /api/v1/events/stream`: the events as they happen (Server-Sent Events), from the one
@@ -70,7 +56,7 @@ pub(super) async fn stream(
         Some(a) => a,
         None => s.events().last_id()?,
     };
-    let filter = q.filter(Some(start), Some(500));
+    let filter = filter(q, Some(start), Some(500));
     let stream = futures_util::stream::unfold(
         (s, filter, std::collections::VecDeque::new()),
         move |(s, mut filter, mut queue)| async move {

@@ -5,8 +5,9 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::StreamExt;
-use serde::Deserialize;
-use tresor_api::requests::{AddDisk, CreateVm, CryptoRequest, RegisterRequest, UnlockMany};
+use tresor_api::requests::{
+    AddDisk, CreateVm, CryptoRequest, LangQuery, RegisterRequest, UnlockMany, VmQuery,
+};
 use tresor_api::views::{DiscoveredVm, Registered, UnlockStarted, Vm, VmDone, VmPower, VmUnlock};
 use tresor_api::ErrorCode;
 use tresor_core::access::Privilege;
@@ -14,17 +15,6 @@ use tresor_core::access::Privilege;
 use super::{authorize, caller, permit, ApiError, ApiJson, ApiPath, ApiQuery, AppState};
 use crate::service::vms::{vm_json_text, DiagnosisView, VmAction, VmFilter};
 use crate::service::{parse_lang, ServiceError};
-
-#[derive(Debug, Deserialize)]
-pub(super) struct VmQuery {
-    /// The VMs hosts report that the registry does not admit, instead of the registered ones.
-    discovered: Option<bool>,
-    locked: Option<bool>,
-    host: Option<String>,
-    provider: Option<String>,
-    limit: Option<usize>,
-    offset: Option<usize>,
-}
 
 /// VMs per piece of the streamed VM list (about 32 KiB).
 const LIST_PIECE: usize = 512;
@@ -104,11 +94,6 @@ pub(super) async fn show(
     Ok(Json(s.vms().show(&name)?))
 }
 
-#[derive(Deserialize)]
-pub(super) struct LangQuery {
-    lang: Option<String>,
-}
-
 /// `GET /api/v1/vms/{name}/diagnose`: which case applies, the evidence, and the next step.
 pub(super) async fn diagnose(
     State(s): State<AppState>,
@@ -132,7 +117,12 @@ pub(super) async fn create(
     } else {
         Privilege::VmCreate
     };
-    let caller = permit(&s, &headers, privilege, &format!("Creating VM {}", req.name))?;
+    let caller = permit(
+        &s,
+        &headers,
+        privilege,
+        &format!("Creating VM {}", req.name),
+    )?;
     Ok(Json(s.vms().create(&caller, &req).await?))
 }
 
@@ -230,11 +220,7 @@ pub(super) async fn action(
         _ => {
             let body = body.map(|b| b.0);
             vms.operate(&caller, &name, action, body.as_ref()).await?;
-            Json(VmDone {
-                vm: name,
-                done: op,
-            })
-            .into_response()
+            Json(VmDone { vm: name, done: op }).into_response()
         }
     })
 }

@@ -117,7 +117,10 @@ impl Hosts<'_> {
             host: Some(host.to_owned()),
             provider: None,
             user: Some(user.to_owned()),
-            args: vec![("host".into(), host.to_owned()), ("user".into(), user.into())],
+            args: vec![
+                ("host".into(), host.to_owned()),
+                ("user".into(), user.into()),
+            ],
         })?;
         Ok(())
     }

@@ -11,6 +11,9 @@
 //! - [`hosts`]: the hosts: join tokens, removal, encryption mode and reboot.
 //! - [`events`]: the event log and the alarms.
 //! - [`keys`]: keys made, fetched, pushed and retired for an operation, with their audit records.
+//! - [`providers`]: key providers (their trust and probes live in [`crate::providers`]).
+//! - [`accounts`]: signing in, users, roles and passwords (on [`crate::accounts`]).
+//! - [`settings`]: the settings (the unlock policy).
 
 use std::sync::Arc;
 
@@ -22,9 +25,12 @@ use crate::engine::Engine;
 use crate::enrol::Enroller;
 use crate::store::{Store, StoreError};
 
+pub mod accounts;
 pub mod events;
 pub mod hosts;
 pub mod keys;
+pub mod providers;
+pub mod settings;
 pub mod vms;
 
 /// What the services work on: the state of the server, shared by every request.
@@ -54,6 +60,21 @@ impl Context {
     /// The event log and the alarms.
     pub fn events(&self) -> events::Events<'_> {
         events::Events { cx: self }
+    }
+
+    /// Users, roles, passwords and signing in.
+    pub fn accounts(&self) -> accounts::Accounts<'_> {
+        accounts::Accounts { cx: self }
+    }
+
+    /// The key providers (the field `providers` is their trust and probes underneath).
+    pub fn provider_service(&self) -> providers::ProviderService<'_> {
+        providers::ProviderService { cx: self }
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> settings::Settings<'_> {
+        settings::Settings { cx: self }
     }
 }
 
@@ -142,10 +163,7 @@ impl From<crate::broker::BrokerError> for ServiceError {
 }
 
 /// Refuses a name that could become a path, an option or a line break (400, `badName`).
-pub(crate) fn check_name(
-    kind: tresor_core::ids::NameKind,
-    name: &str,
-) -> Result<(), ServiceError> {
+pub(crate) fn check_name(kind: tresor_core::ids::NameKind, name: &str) -> Result<(), ServiceError> {
     tresor_core::ids::check_name(kind, name)
         .map_err(|e| ServiceError::new(ErrorCode::BadName, e.to_string()))
 }

@@ -711,13 +711,8 @@ impl Vms<'_> {
             Privilege::VmConfig
         };
         caller.require(privilege, &action)?;
-        tresor_core::ops::check(
-            name,
-            VmOp::AddDisk,
-            record.crypto_state,
-            record.lock_reason,
-        )
-        .map_err(|r| ServiceError::new(ErrorCode::VmLocked, r.message).de(r.message_de))?;
+        tresor_core::ops::check(name, VmOp::AddDisk, record.crypto_state, record.lock_reason)
+            .map_err(|r| ServiceError::new(ErrorCode::VmLocked, r.message).de(r.message_de))?;
         if req.size == 0 {
             return Err(ServiceError::new(
                 ErrorCode::BadRequest,
