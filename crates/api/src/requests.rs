@@ -9,12 +9,16 @@ use zeroize::Zeroizing;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateVm {
+    #[schemars(regex(pattern = tresor_core::ids::NAME_PATTERN))]
     pub name: String,
+    #[schemars(regex(pattern = tresor_core::ids::NAME_PATTERN))]
     pub host: String,
     /// Disk sizes in bytes; each is encrypted with the VM's key when `encrypt` is set.
     #[serde(default)]
+    #[schemars(length(max = tresor_core::protocol::MAX_DISKS), inner(range(min = 1, max = tresor_core::protocol::MAX_DISK_BYTES)))]
     pub disks: Vec<u64>,
     #[serde(default = "default_memory")]
+    #[schemars(range(min = tresor_core::protocol::MIN_MEMORY_MIB, max = tresor_core::protocol::MAX_MEMORY_MIB))]
     pub memory_mib: u32,
     #[serde(default)]
     pub encrypt: bool,
@@ -23,6 +27,7 @@ pub struct CreateVm {
     pub provider: Option<String>,
     /// Sizes of disks that get a key of their own (after the ones in `disks`).
     #[serde(default)]
+    #[schemars(length(max = tresor_core::protocol::MAX_DISKS), inner(range(min = 1, max = tresor_core::protocol::MAX_DISK_BYTES)))]
     pub own_key_disks: Vec<u64>,
 }
 
@@ -56,6 +61,7 @@ pub struct TokenRequest {
     pub ttl_secs: Option<i64>,
     /// The host the token enrols; without it, any name not enrolled yet.
     #[serde(default)]
+    #[schemars(regex(pattern = tresor_core::ids::NAME_PATTERN))]
     pub host: Option<String>,
     /// The token may replace the enrolled host of that name (its old certificate is refused
     /// from then on).
@@ -67,6 +73,7 @@ pub struct TokenRequest {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RegisterRequest {
+    #[schemars(regex(pattern = tresor_core::ids::NAME_PATTERN))]
     pub host: String,
     /// One VM's folder; without it, `all`.
     #[serde(default)]
@@ -92,6 +99,7 @@ pub struct CryptoRequest {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AddDisk {
     /// Its size in bytes.
+    #[schemars(range(min = 1, max = tresor_core::protocol::MAX_DISK_BYTES))]
     pub size: u64,
     /// A key of its own instead of the VM's.
     #[serde(default)]
@@ -144,6 +152,7 @@ pub struct EventQuery {
     pub limit: Option<u32>,
     /// The language of the messages: `en` (the default) or `de`.
     #[serde(default)]
+    #[schemars(schema_with = "lang_schema")]
     pub lang: Option<String>,
 }
 
@@ -152,6 +161,7 @@ pub struct EventQuery {
 pub struct LangQuery {
     /// `en` (the default) or `de`.
     #[serde(default)]
+    #[schemars(schema_with = "lang_schema")]
     pub lang: Option<String>,
 }
 
@@ -168,8 +178,9 @@ pub struct Login {
 #[derive(Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
+    #[schemars(regex(pattern = tresor_core::ids::NAME_PATTERN))]
     pub name: String,
-    #[schemars(with = "String")]
+    #[schemars(with = "String", length(min = 12))]
     pub password: Zeroizing<String>,
     #[serde(default)]
     pub roles: Vec<String>,
@@ -179,7 +190,7 @@ pub struct NewUser {
 #[derive(Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewPassword {
-    #[schemars(with = "String")]
+    #[schemars(with = "String", length(min = 12))]
     pub password: Zeroizing<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>")]
@@ -215,6 +226,7 @@ pub struct RoleGrant {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewRole {
+    #[schemars(regex(pattern = tresor_core::ids::NAME_PATTERN))]
     pub name: String,
     /// Privilege ids, for example `Cryptographer.RegisterVM`.
     pub privileges: Vec<String>,
@@ -232,6 +244,7 @@ pub struct SetValue {
 #[derive(Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AddProvider {
+    #[schemars(regex(pattern = tresor_core::ids::NAME_PATTERN))]
     pub name: String,
     /// `host:port`, in the order the server fails over.
     pub endpoints: Vec<String>,
@@ -256,4 +269,9 @@ pub struct AddProvider {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SignedCertificate {
     pub client_cert_pem: String,
+}
+
+/// The languages of messages.
+fn lang_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "enum": ["en", "de", null] })
 }

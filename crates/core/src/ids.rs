@@ -83,6 +83,9 @@ pub struct BadName {
 /// option values, table cells and log fields, so they are plain: ASCII letters, digits, `.`, `_`
 /// and `-`, starting with a letter or digit, at most [`MAX_NAME`] long. No `/`, no `..`, no
 /// comma, no white space or control characters.
+/// The names [`check_name`] allows, as a regular expression (for API documents).
+pub const NAME_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$";
+
 pub fn check_name(kind: NameKind, name: &str) -> Result<(), BadName> {
     let why = if name.is_empty() {
         Some("it is empty")

@@ -51,18 +51,57 @@ impl IntoResponse for ServiceError {
 }
 
 /// A JSON request body. Unlike axum's `Json`, a body that cannot be read is refused in the API's
-/// one error shape (400, `badRequest`), saying what was wrong.
+/// one error shape (400, `badRequest`), saying what was wrong; and every body is a JSON object
+/// (serde would read a struct from an array as well, which no request of the API is).
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
 
 fn body_error(r: axum::extract::rejection::JsonRejection) -> ApiError {
+    bad_body(&r.body_text())
+}
+
+fn bad_body(why: &str) -> ApiError {
     ApiError::new(
         ErrorCode::BadRequest,
         format!(
-            "The request body is not what this operation takes ({}); see /api/v1/openapi.json",
-            r.body_text()
+            "The request body is not what this operation takes ({why}); see /api/v1/openapi.json"
         ),
     )
+}
+
+/// Whether a request says its body is JSON (`application/json`, or a `+json` type).
+fn says_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|t| t.trim().to_ascii_lowercase())
+        .is_some_and(|t| {
+            t == "application/json" || (t.starts_with("application/") && t.ends_with("+json"))
+        })
+}
+
+/// Reads a JSON object of type `T` from a request that says it carries JSON.
+async fn json_object<S, T>(req: axum::extract::Request, state: &S) -> Result<T, ApiError>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned,
+{
+    use axum::extract::FromRequest;
+    if !says_json(req.headers()) {
+        return Err(bad_body(
+            "it needs the header Content-Type: application/json",
+        ));
+    }
+    let bytes = axum::body::Bytes::from_request(req, state)
+        .await
+        .map_err(|r| bad_body(&r.body_text()))?;
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(bad_body("it must be a JSON object, {...}"));
+    }
+    Json::<T>::from_bytes(&bytes)
+        .map(|Json(v)| v)
+        .map_err(body_error)
 }
 
 impl<S, T> axum::extract::FromRequest<S> for ApiJson<T>
@@ -73,13 +112,11 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
-        Json::<T>::from_request(req, state)
-            .await
-            .map(|Json(v)| ApiJson(v))
-            .map_err(body_error)
+        json_object(req, state).await.map(ApiJson)
     }
 }
 
+/// An optional body: absent when the request names no content type.
 impl<S, T> axum::extract::OptionalFromRequest<S> for ApiJson<T>
 where
     S: Send + Sync,
@@ -91,10 +128,10 @@ where
         req: axum::extract::Request,
         state: &S,
     ) -> Result<Option<Self>, ApiError> {
-        <Json<T> as axum::extract::OptionalFromRequest<S>>::from_request(req, state)
-            .await
-            .map(|o| o.map(|Json(v)| ApiJson(v)))
-            .map_err(body_error)
+        if !req.headers().contains_key(axum::http::header::CONTENT_TYPE) {
+            return Ok(None);
+        }
+        json_object(req, state).await.map(|v| Some(ApiJson(v)))
     }
 }
 

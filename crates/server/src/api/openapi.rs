@@ -216,11 +216,9 @@ pub fn statuses(op: &Operation) -> Vec<(u16, &'static str)> {
             "No or an invalid API token, or (login) wrong credentials",
         ),
     ];
+    let limited = "Too many failed sign-ins (or wrong current passwords) for this user or from this address; the message says when to try again";
     if op.path == "/api/v1/login" {
-        out.push((
-            429,
-            "Too many failed sign-ins; the message says when to try again",
-        ));
+        out.push((429, limited));
     } else {
         out.push((403, "The user lacks the privilege; the message names it"));
         out.push((404, "No such object"));
@@ -236,6 +234,9 @@ pub fn statuses(op: &Operation) -> Vec<(u16, &'static str)> {
             422,
             "The host refused the operation; the message is the host's reason",
         ));
+    }
+    if op.path == "/api/v1/users/{name}/password" {
+        out.push((429, limited));
     }
     out.push((
         500,

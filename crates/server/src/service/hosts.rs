@@ -143,14 +143,7 @@ impl Hosts<'_> {
     ) -> Result<HostCryptoState, ServiceError> {
         let cx = self.cx;
         let mut record = self.record(host)?;
-        if !cx.hub.connected().iter().any(|h| h == host) {
-            return Err(ServiceError::new(ErrorCode::HostUnavailable,
-                format!("Host {host} is not connected; start its agent and try again"),
-            )
-            .de(format!(
-                "Host {host} ist nicht verbunden; starten Sie seinen Agenten und versuchen Sie es erneut"
-            )));
-        }
+        super::reachable_host(cx, host)?;
         let prepared = transition(host, record.crypto_state, HostCryptoEvent::Prepare)?;
         let safe = transition(host, prepared, HostCryptoEvent::HostKeyReceived)?;
         // A host keeps its host key: enabling again (after a restart) sends the same one.

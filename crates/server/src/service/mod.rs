@@ -192,6 +192,25 @@ pub(crate) fn no_provider(name: &str) -> ServiceError {
     )
 }
 
+/// Refuses a host that is not enrolled (404) or whose agent is not connected now (503), before a
+/// request is sent to it or anything is made for it.
+pub(crate) fn reachable_host(cx: &Context, host: &str) -> Result<(), ServiceError> {
+    check_name(tresor_core::ids::NameKind::Host, host)?;
+    if cx.hub.connected().iter().any(|h| h == host) {
+        return Ok(());
+    }
+    if !cx.store.hosts()?.iter().any(|h| h.name == host) {
+        return Err(no_host(host));
+    }
+    Err(ServiceError::new(
+        ErrorCode::HostUnavailable,
+        format!("Host {host} is not connected; start its agent and try again"),
+    )
+    .de(format!(
+        "Host {host} ist nicht verbunden; starten Sie seinen Agenten und versuchen Sie es erneut"
+    )))
+}
+
 /// How long the server waits for an agent's answer.
 pub(crate) const AGENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 

@@ -19,8 +19,8 @@ use tresor_core::Lang;
 
 use super::keys::{self, Audited};
 use super::{
-    ask_host, check_name, no_host, no_provider, no_vm, provider_or_default, Caller, Context,
-    ServiceError,
+    ask_host, check_name, no_host, no_provider, no_vm, provider_or_default, reachable_host, Caller,
+    Context, ServiceError,
 };
 use crate::store::{StoredVm, VmRecord};
 
@@ -508,19 +508,7 @@ impl Vms<'_> {
             ));
         }
         // What can be checked is checked before a key is made on the provider.
-        if !cx.hub.connected().contains(&req.host) {
-            return Err(if cx.store.hosts()?.iter().any(|h| h.name == req.host) {
-                ServiceError::new(
-                    ErrorCode::HostUnavailable,
-                    format!(
-                        "Host {} is not connected; start its agent and try again",
-                        req.host
-                    ),
-                )
-            } else {
-                no_host(&req.host)
-            });
-        }
+        reachable_host(cx, &req.host)?;
         if let Some(other) = cx.engine.registration(&req.name) {
             return Err(ServiceError::new(
                 ErrorCode::Exists,
@@ -628,6 +616,7 @@ impl Vms<'_> {
         req: &RegisterRequest,
     ) -> Result<Registered, ServiceError> {
         let cx = self.cx;
+        reachable_host(cx, &req.host)?;
         let paths = match (&req.path, req.all) {
             (Some(p), false) => vec![p.clone()],
             (None, true) => match ask_host(cx, &req.host, Command::ListVmDirs).await? {
