@@ -19,13 +19,7 @@ fn names_schema(names: &[&str], nullable: bool) -> schemars::Schema {
 }
 
 fn power_state_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    names_schema(
-        &[
-            PowerState::PoweredOn.as_str(),
-            PowerState::PoweredOff.as_str(),
-        ],
-        false,
-    )
+    names_schema(&PowerState::ALL.map(PowerState::as_str), false)
 }
 
 fn connection_state_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {

@@ -201,7 +201,8 @@ pub fn diagnose(input: &DiagnoseInput, lang: Lang) -> Diagnosis {
                 .into(),
             )
         }
-        _ => (
+        // No wildcard: a new lock reason or crypto state does not build until it is handled.
+        (CryptoState::Unlocked | CryptoState::Unencrypted, _) => (
             None,
             t(
                 lang,

@@ -2,44 +2,14 @@
 //! disabling goes to `pendingIncapable` until the host restarts. Encrypted VMs live only on a
 //! safe host.
 
-use serde::{Deserialize, Serialize};
-
-/// The encryption mode of a host.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum HostCryptoState {
-    Incapable,
-    Prepared,
-    Safe,
-    PendingIncapable,
-}
-
-impl HostCryptoState {
-    pub const ALL: [HostCryptoState; 4] = [
-        HostCryptoState::Incapable,
-        HostCryptoState::Prepared,
-        HostCryptoState::Safe,
-        HostCryptoState::PendingIncapable,
-    ];
-
-    /// The name used in JSON, the store and the CLI.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HostCryptoState::Incapable => "incapable",
-            HostCryptoState::Prepared => "prepared",
-            HostCryptoState::Safe => "safe",
-            HostCryptoState::PendingIncapable => "pendingIncapable",
-        }
-    }
-}
-
-impl std::str::FromStr for HostCryptoState {
-    type Err = crate::vm::UnknownName;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        HostCryptoState::ALL
-            .into_iter()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| crate::vm::UnknownName(s.to_owned()))
+crate::named_enum! {
+    /// The encryption mode of a host.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum HostCryptoState {
+        Incapable = "incapable",
+        Prepared = "prepared",
+        Safe = "safe",
+        PendingIncapable = "pendingIncapable",
     }
 }
 

@@ -19,6 +19,7 @@ pub mod diagnose;
 pub mod events;
 pub mod host;
 pub mod ids;
+pub mod names;
 pub mod ops;
 pub mod protocol;
 pub mod reconcile;

@@ -74,31 +74,12 @@ pub struct KeyMaterial {
     pub material: SecretBytes,
 }
 
-/// A VM's power state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum PowerState {
-    PoweredOn,
-    PoweredOff,
-}
-
-impl std::str::FromStr for PowerState {
-    type Err = crate::vm::UnknownName;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [PowerState::PoweredOn, PowerState::PoweredOff]
-            .into_iter()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| crate::vm::UnknownName(s.to_owned()))
-    }
-}
-
-impl PowerState {
-    /// The name used in JSON and the CLI.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PowerState::PoweredOn => "poweredOn",
-            PowerState::PoweredOff => "poweredOff",
-        }
+crate::named_enum! {
+    /// A VM's power state.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum PowerState {
+        PoweredOn = "poweredOn",
+        PoweredOff = "poweredOff",
     }
 }
 

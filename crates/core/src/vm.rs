@@ -17,112 +17,38 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::KeyRef;
 
-/// `cryptoState` of a VM.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum CryptoState {
-    Unencrypted,
-    Unlocked,
-    Locked,
-}
-
-/// `connectionState` of a VM.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum ConnectionState {
-    Connected,
-    Invalid,
-    Disconnected,
-}
-
-/// A state or reason name that is not one of its type's.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("\"{0}\" is not a known state name")]
-pub struct UnknownName(pub String);
-
-/// Reads a name as written by `as_str` (every variant is listed in `ALL`, and `as_str` matches
-/// exhaustively, so a new variant is named in both or the build fails).
-macro_rules! from_name {
-    ($t:ty) => {
-        impl std::str::FromStr for $t {
-            type Err = UnknownName;
-            fn from_str(s: &str) -> Result<Self, UnknownName> {
-                <$t>::ALL
-                    .iter()
-                    .copied()
-                    .find(|v| v.as_str() == s)
-                    .ok_or_else(|| UnknownName(s.to_owned()))
-            }
-        }
-    };
-}
-
-impl CryptoState {
-    pub const ALL: [CryptoState; 3] = [
-        CryptoState::Unencrypted,
-        CryptoState::Unlocked,
-        CryptoState::Locked,
-    ];
-
-    /// The name used in JSON and the CLI.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CryptoState::Unencrypted => "unencrypted",
-            CryptoState::Unlocked => "unlocked",
-            CryptoState::Locked => "locked",
-        }
+crate::named_enum! {
+    /// `cryptoState` of a VM.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum CryptoState {
+        Unencrypted = "unencrypted",
+        Unlocked = "unlocked",
+        Locked = "locked",
     }
 }
 
-impl ConnectionState {
-    pub const ALL: [ConnectionState; 3] = [
-        ConnectionState::Connected,
-        ConnectionState::Invalid,
-        ConnectionState::Disconnected,
-    ];
-
-    /// The name used in JSON and the CLI.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ConnectionState::Connected => "connected",
-            ConnectionState::Invalid => "invalid",
-            ConnectionState::Disconnected => "disconnected",
-        }
+crate::named_enum! {
+    /// `connectionState` of a VM.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum ConnectionState {
+        Connected = "connected",
+        Invalid = "invalid",
+        Disconnected = "disconnected",
     }
 }
 
-/// `lockReason` of a locked VM.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum LockReason {
-    /// The provider cannot be reached or fails.
-    #[serde(rename = "kmsClusterError")]
-    KmsClusterError,
-    /// The key is not on the provider, or not Active there.
-    #[serde(rename = "keyMissingOnKms")]
-    KeyMissingOnKms,
-    /// The provider has the key; the host does not.
-    #[serde(rename = "keyMissingOnHost")]
-    KeyMissingOnHost,
-}
+pub use crate::names::UnknownName;
 
-from_name!(CryptoState);
-from_name!(ConnectionState);
-from_name!(LockReason);
-
-impl LockReason {
-    pub const ALL: [LockReason; 3] = [
-        LockReason::KmsClusterError,
-        LockReason::KeyMissingOnKms,
-        LockReason::KeyMissingOnHost,
-    ];
-
-    /// The name used in JSON, event types and the CLI.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LockReason::KmsClusterError => "kmsClusterError",
-            LockReason::KeyMissingOnKms => "keyMissingOnKms",
-            LockReason::KeyMissingOnHost => "keyMissingOnHost",
-        }
+crate::named_enum! {
+    /// `lockReason` of a locked VM.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum LockReason {
+        /// The provider cannot be reached or fails.
+        KmsClusterError = "kmsClusterError",
+        /// The key is not on the provider, or not Active there.
+        KeyMissingOnKms = "keyMissingOnKms",
+        /// The provider has the key; the host does not.
+        KeyMissingOnHost = "keyMissingOnHost",
     }
 }
 
