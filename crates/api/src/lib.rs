@@ -59,6 +59,7 @@ pub fn schemas() -> serde_json::Map<String, serde_json::Value> {
     generator.subschema_for::<views::PasswordSet>();
     generator.subschema_for::<views::Setting>();
     generator.subschema_for::<views::Settings>();
+    generator.subschema_for::<views::Diagnosis>();
     generator.subschema_for::<requests::Login>();
     generator.subschema_for::<requests::NewUser>();
     generator.subschema_for::<requests::NewPassword>();

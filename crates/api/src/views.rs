@@ -525,3 +525,20 @@ pub struct Settings {
     #[serde(rename = "unlock.policy")]
     pub unlock_policy: String,
 }
+
+/// A VM's diagnosis (`GET /api/v1/vms/{name}/diagnose`): which case of the locked-VM procedure
+/// applies, the evidence, and the next steps, in the language asked for.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Diagnosis {
+    pub vm: String,
+    /// The procedure's case (1, 3 or 5); `None` when the VM is not locked or the cause is not
+    /// known yet.
+    pub case: Option<u8>,
+    pub summary: String,
+    pub evidence: Vec<String>,
+    pub next_steps: Vec<String>,
+    /// The status of each provider involved, by name; only for users who may read providers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_status: Option<std::collections::BTreeMap<String, ProviderStatus>>,
+}

@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use tresor_api::requests::{RegisterRequest, TokenRequest, UnlockMany};
 use tresor_api::views::{
-    DiscoveredVm, Event, Health, JoinToken, ProviderStatus, Registered, UnlockStarted,
+    Diagnosis, DiscoveredVm, Event, Health, JoinToken, Registered, UnlockStarted,
 };
 
 use crate::output::{self, Format};
@@ -315,48 +315,38 @@ fn vm_table(vms: Vec<tresor_api::views::Vm>) -> String {
 }
 
 /// A diagnosis as text: the summary, then the evidence and the next steps as lists.
-fn diagnosis_text(d: &Value) -> String {
+fn diagnosis_text(v: &Value) -> String {
+    match typed::<Diagnosis>(v, "a diagnosis") {
+        Ok(d) => diagnosis_lines(&d),
+        Err(line) => line,
+    }
+}
+
+fn diagnosis_lines(d: &Diagnosis) -> String {
     let mut out = String::new();
-    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
-    if let Some(case) = d.get("case").and_then(Value::as_u64) {
+    if let Some(case) = d.case {
         out.push_str(&format!("case {case}: "));
     }
-    out.push_str(&text(d.get("summary").unwrap_or(&Value::Null)));
+    out.push_str(&d.summary);
     out.push('\n');
-    for (title, field) in [("evidence", "evidence"), ("next steps", "nextSteps")] {
-        let items = d
-            .get(field)
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
+    for (title, items) in [("evidence", &d.evidence), ("next steps", &d.next_steps)] {
         if !items.is_empty() {
             out.push_str(&format!("\n{title}:\n"));
             for (i, item) in items.iter().enumerate() {
-                out.push_str(&format!("  {}. {}\n", i + 1, text(item)));
+                out.push_str(&format!("  {}. {item}\n", i + 1));
             }
         }
-        if field == "evidence" {
+        if title == "evidence" {
             // The providers' last probe: which endpoint answered what, and when.
-            let statuses: std::collections::BTreeMap<String, ProviderStatus> =
-                match d.get("providerStatus") {
-                    Some(v) => match typed(v, "provider statuses") {
-                        Ok(s) => s,
-                        Err(line) => {
-                            out.push_str(&line);
-                            Default::default()
-                        }
-                    },
-                    None => Default::default(),
-                };
-            for (name, st) in statuses {
+            for (name, st) in d.provider_status.iter().flatten() {
                 out.push_str(&format!(
                     "  provider {name}: {} ({})\n",
                     health_name(st.health),
                     output::time(st.checked_at)
                 ));
-                for e in st.endpoints {
-                    let what = match e.error {
-                        Some(err) => err,
+                for e in &st.endpoints {
+                    let what = match &e.error {
+                        Some(err) => err.clone(),
                         None => format!("{:.1} ms", e.latency_ms.unwrap_or(0.0)),
                     };
                     out.push_str(&format!("    {}: {what}\n", e.address));
@@ -449,19 +439,16 @@ pub fn run_vm(cmd: VmCommand) -> Result<(), CliError> {
             if all {
                 let v = Value::Array(all_diagnoses);
                 c.print(&v, |v| {
-                    let items = v.as_array().cloned().unwrap_or_default();
+                    let items: Vec<Diagnosis> = match typed(v, "diagnoses") {
+                        Ok(items) => items,
+                        Err(line) => return line,
+                    };
                     if items.is_empty() {
                         return "No VM is locked.\n".into();
                     }
                     items
                         .iter()
-                        .map(|d| {
-                            format!(
-                                "== {}\n{}",
-                                d["vm"].as_str().unwrap_or("?"),
-                                diagnosis_text(d)
-                            )
-                        })
+                        .map(|d| format!("== {}\n{}", d.vm, diagnosis_lines(d)))
                         .collect::<Vec<_>>()
                         .join("\n")
                 });

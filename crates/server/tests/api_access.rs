@@ -551,6 +551,7 @@ async fn every_example_is_taken_and_every_answer_reads_as_its_type() {
             "PasswordSet" => reads::<PasswordSet>(&body, list),
             "Setting" => reads::<Setting>(&body, list),
             "Settings" => reads::<Settings>(&body, list),
+            "Diagnosis" => reads::<Diagnosis>(&body, list),
             other => panic!(
                 "{} {} answered 200 with {other}, which this test does not know",
                 op.method, op.path

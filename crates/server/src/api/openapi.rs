@@ -111,6 +111,7 @@ pub fn request_type(method: &str, path: &str) -> Option<&'static str> {
 pub fn answer_type(method: &str, path: &str) -> Option<(&'static str, bool)> {
     Some(match (method, path) {
         ("get", "/api/v1/vms/{name}") | ("post", "/api/v1/vms") => ("Vm", false),
+        ("get", "/api/v1/vms/{name}/diagnose") => ("Diagnosis", false),
         ("post", "/api/v1/vms/{name}/add-disk") => ("Vm", false),
         ("post", "/api/v1/vms/register") => ("Registered", false),
         ("post", "/api/v1/vms/unlock") => ("UnlockStarted", false),

@@ -8,12 +8,14 @@ use futures_util::StreamExt;
 use tresor_api::requests::{
     AddDisk, CreateVm, CryptoRequest, LangQuery, RegisterRequest, UnlockMany, VmQuery,
 };
-use tresor_api::views::{DiscoveredVm, Registered, UnlockStarted, Vm, VmDone, VmPower, VmUnlock};
+use tresor_api::views::{
+    Diagnosis, DiscoveredVm, Registered, UnlockStarted, Vm, VmDone, VmPower, VmUnlock,
+};
 use tresor_api::ErrorCode;
 use tresor_core::access::Privilege;
 
 use super::{authorize, caller, permit, ApiError, ApiJson, ApiPath, ApiQuery, AppState};
-use crate::service::vms::{vm_json_text, DiagnosisView, VmAction, VmFilter};
+use crate::service::vms::{vm_json_text, VmAction, VmFilter};
 use crate::service::{parse_lang, ServiceError};
 
 /// VMs per piece of the streamed VM list (about 32 KiB).
@@ -100,7 +102,7 @@ pub(super) async fn diagnose(
     headers: HeaderMap,
     ApiPath(name): ApiPath<String>,
     ApiQuery(q): ApiQuery<LangQuery>,
-) -> Result<Json<DiagnosisView>, ApiError> {
+) -> Result<Json<Diagnosis>, ApiError> {
     let caller = permit(&s, &headers, Privilege::SystemView, "Diagnosing a VM")?;
     let lang = parse_lang(q.lang.as_deref())?;
     Ok(Json(s.vms().diagnose(&caller, &name, lang).await?))

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tresor_api::requests::{AddDisk, CreateVm, CryptoRequest, RegisterRequest, UnlockMany};
 use tresor_api::views::{
-    DiscoveredVm, Disk, KeyId, Registered, UnlockFailed, UnlockStarted, Vm, VmConfig,
+    Diagnosis, DiscoveredVm, Disk, KeyId, Registered, UnlockFailed, UnlockStarted, Vm, VmConfig,
 };
 use tresor_api::ErrorCode;
 use tresor_core::access::Privilege;
@@ -169,17 +169,6 @@ pub fn vm_view(record: &VmRecord) -> Vm {
 /// How old a provider's status may be for a diagnosis to show it without probing again.
 const FRESH_STATUS_SECS: i64 = 5;
 
-/// A diagnosis (see `tresor_core::diagnose`) with the status of each provider involved, for those
-/// who may read providers.
-#[derive(Debug, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DiagnosisView {
-    #[serde(flatten)]
-    pub diagnosis: tresor_core::diagnose::Diagnosis,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub provider_status: Option<BTreeMap<String, crate::providers::ProviderStatus>>,
-}
-
 impl Vms<'_> {
     /// The registered VMs that match, by name: how many, and the page asked for (each renders
     /// itself once per change, see [`StoredVm::rendered`]).
@@ -255,7 +244,7 @@ impl Vms<'_> {
         caller: &Caller,
         name: &str,
         lang: Lang,
-    ) -> Result<DiagnosisView, ServiceError> {
+    ) -> Result<Diagnosis, ServiceError> {
         let cx = self.cx;
         let record = self.record(name)?;
         let view = cx.engine.vm(name);
@@ -320,8 +309,12 @@ impl Vms<'_> {
             }
             provider_status = Some(statuses);
         }
-        Ok(DiagnosisView {
-            diagnosis,
+        Ok(Diagnosis {
+            vm: diagnosis.vm,
+            case: diagnosis.case,
+            summary: diagnosis.summary,
+            evidence: diagnosis.evidence,
+            next_steps: diagnosis.next_steps,
             provider_status,
         })
     }
