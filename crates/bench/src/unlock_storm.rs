@@ -38,7 +38,14 @@ struct Args {
     /// Where to keep the server's and key server's data (a fresh folder).
     #[arg(long)]
     dir: PathBuf,
+    /// Serve the API over plain HTTP on loopback (`api_plain_http`) instead of HTTPS, to see
+    /// what TLS costs in the storm.
+    #[arg(long)]
+    plain_http: bool,
 }
+
+/// Whether the API is served over plain HTTP in this run (`--plain-http`).
+static PLAIN_HTTP: AtomicBool = AtomicBool::new(false);
 
 /// Set when the measurement is over: the sessions that end with the server are no news.
 static QUIET: AtomicBool = AtomicBool::new(false);
@@ -321,8 +328,13 @@ static API_CA: std::sync::OnceLock<Vec<tresor_tls::CertificateDer<'static>>> =
 /// A client of the API as an operator's `tresor vm list` is one: a new HTTPS connection.
 fn api_client(api: u16, token: &str) -> tresor_api::Client {
     let ca = API_CA.get().expect("the server's CA").clone();
+    let scheme = if PLAIN_HTTP.load(Ordering::Relaxed) {
+        "http"
+    } else {
+        "https"
+    };
     tresor_api::Client::new(
-        &format!("https://127.0.0.1:{api}"),
+        &format!("{scheme}://127.0.0.1:{api}"),
         tresor_api::Trust::Ca(ca),
     )
     .expect("the API client")
@@ -506,6 +518,12 @@ async fn main() {
             .collect();
         store.put_registrations(&regs).expect("registry");
     }
+    if args.plain_http {
+        PLAIN_HTTP.store(true, Ordering::Relaxed);
+        let toml = server_dir.join("server.toml");
+        let text = std::fs::read_to_string(&toml).expect("server.toml");
+        std::fs::write(&toml, format!("{text}\napi_plain_http = true\n")).expect("server.toml");
+    }
     let server = spawn(
         &bin,
         &[
@@ -642,6 +660,7 @@ async fn main() {
     let report = serde_json::json!({
         "hosts": args.hosts,
         "vms": total,
+        "api": if args.plain_http { "http" } else { "https" },
         "lockSeconds": (lock_time.as_secs_f64() * 10.0).round() / 10.0,
         "unlockSeconds": (unlock_time.as_secs_f64() * 10.0).round() / 10.0,
         "serverPeakRssMiB": rss_peak_kib(server_pid) / 1024,

@@ -108,20 +108,14 @@ impl Hosts<'_> {
             return Err(no_host(host));
         }
         cx.hub.disconnect(host);
-        cx.store.add_event(&EventRow {
-            id: 0,
-            time: crate::enrol::now(),
-            event_type: tresor_core::events::HOST_REMOVED.id.into(),
-            severity: "warning".into(),
-            vm: None,
-            host: Some(host.to_owned()),
-            provider: None,
-            user: Some(user.to_owned()),
-            args: vec![
-                ("host".into(), host.to_owned()),
-                ("user".into(), user.into()),
-            ],
-        })?;
+        host_event(
+            cx,
+            &tresor_core::events::HOST_REMOVED,
+            host,
+            None,
+            user,
+            vec![("user".into(), user.into())],
+        )?;
         Ok(())
     }
 
@@ -176,17 +170,14 @@ impl Hosts<'_> {
         record.host_key_provider = Some(key.provider().to_owned());
         record.host_key_id = Some(key.key_id.clone());
         cx.store.put_host(&record)?;
-        cx.store.add_event(&EventRow {
-            id: 0,
-            time: crate::enrol::now(),
-            event_type: tresor_core::events::HOST_CRYPTO_ENABLED.id.into(),
-            severity: "info".into(),
-            vm: None,
-            host: Some(host.to_owned()),
-            provider: Some(key.provider().to_owned()),
-            user: Some(user.to_owned()),
-            args: vec![("host".into(), host.to_owned())],
-        })?;
+        host_event(
+            cx,
+            &tresor_core::events::HOST_CRYPTO_ENABLED,
+            host,
+            Some(key.provider()),
+            user,
+            Vec::new(),
+        )?;
         Ok(safe)
     }
 
@@ -202,17 +193,14 @@ impl Hosts<'_> {
         ask_host(cx, host, Command::DisableEncryption).await?;
         record.crypto_state = next;
         cx.store.put_host(&record)?;
-        cx.store.add_event(&EventRow {
-            id: 0,
-            time: crate::enrol::now(),
-            event_type: tresor_core::events::HOST_CRYPTO_DISABLED.id.into(),
-            severity: "info".into(),
-            vm: None,
-            host: Some(host.to_owned()),
-            provider: None,
-            user: Some(user.to_owned()),
-            args: vec![("host".into(), host.to_owned())],
-        })?;
+        host_event(
+            cx,
+            &tresor_core::events::HOST_CRYPTO_DISABLED,
+            host,
+            None,
+            user,
+            Vec::new(),
+        )?;
         Ok(next)
     }
 
@@ -228,6 +216,32 @@ impl Hosts<'_> {
         }
         Ok(next)
     }
+}
+
+/// Records an event about `host` that `user` caused, with the catalogue's severity (`args`
+/// beside the host's name).
+fn host_event(
+    cx: &Context,
+    event: &tresor_core::events::EventType,
+    host: &str,
+    provider: Option<&str>,
+    user: &str,
+    args: Vec<(String, String)>,
+) -> Result<(), ServiceError> {
+    let mut all = vec![("host".to_owned(), host.to_owned())];
+    all.extend(args);
+    cx.store.add_event(&EventRow {
+        id: 0,
+        time: crate::enrol::now(),
+        event_type: event.id.into(),
+        severity: event.severity.as_str().into(),
+        vm: None,
+        host: Some(host.to_owned()),
+        provider: provider.map(str::to_owned),
+        user: Some(user.to_owned()),
+        args: all,
+    })?;
+    Ok(())
 }
 
 /// The mode after `event`, or a refusal that says what to do instead.
