@@ -64,6 +64,9 @@ pub struct Answer {
     pub body: Value,
 }
 
+/// The largest answer the client reads (the VM list of 40,000 VMs is about 20 MB).
+pub const MAX_ANSWER: usize = 1 << 30;
+
 /// A client for one server.
 #[derive(Clone, Debug)]
 pub struct Client {
@@ -235,11 +238,37 @@ impl Client {
         }
         let answer = r.send().await.map_err(|e| self.transport_error(e))?;
         let status = answer.status().as_u16();
-        let text = answer.text().await.map_err(|e| ClientError::BadAnswer {
+        let body = self.read_body(answer).await?;
+        let text = String::from_utf8(body).map_err(|e| ClientError::BadAnswer {
             server: self.base.clone(),
-            detail: e.to_string(),
+            detail: format!("the answer is not UTF-8 ({e})"),
         })?;
         Ok((status, text))
+    }
+
+    /// An answer's body, read into one buffer as it arrives (sized from its length when the
+    /// server says it), at most [`MAX_ANSWER`] bytes.
+    async fn read_body(&self, mut answer: reqwest::Response) -> Result<Vec<u8>, ClientError> {
+        let bad = |detail: String| ClientError::BadAnswer {
+            server: self.base.clone(),
+            detail,
+        };
+        let announced = answer.content_length().unwrap_or(0);
+        if announced > MAX_ANSWER as u64 {
+            return Err(bad(format!(
+                "the answer is {announced} bytes, more than the client takes ({MAX_ANSWER})"
+            )));
+        }
+        let mut body = Vec::with_capacity(announced as usize);
+        while let Some(chunk) = answer.chunk().await.map_err(|e| bad(e.to_string()))? {
+            if body.len() + chunk.len() > MAX_ANSWER {
+                return Err(bad(format!(
+                    "the answer is longer than the client takes ({MAX_ANSWER} bytes)"
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
     }
 
     /// Sends a request and takes a success's JSON body; an error answer becomes
@@ -341,6 +370,38 @@ pub async fn first_contact(server: &str) -> Result<String, ClientError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server that announces an answer longer than the client takes is refused before anything
+    /// is read; one that sends what it announced is read whole.
+    #[tokio::test]
+    async fn answers_are_read_whole_and_bounded() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            for answer in [
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", 1u64 << 40),
+                "HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n{\"vm\": \"a\"}\n".to_owned(),
+            ] {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(answer.as_bytes()).await;
+                let _ = s.shutdown().await;
+            }
+        });
+        let client = Client::new(&format!("http://127.0.0.1:{port}"), Trust::Insecure).unwrap();
+        let err = client
+            .send_text("GET", "/api/v1/vms", None)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("more than the client takes"),
+            "{err}"
+        );
+        let (status, text) = client.send_text("GET", "/api/v1/vms", None).await.unwrap();
+        assert_eq!((status, text.as_str()), (200, "{\"vm\": \"a\"}\n"));
+    }
 
     #[test]
     fn plain_http_only_to_loopback() {

@@ -351,6 +351,7 @@ async fn get_vms(api: u16, token: &str, path: &str) -> (Duration, usize, usize, 
     assert_eq!(status, 200, "the VM list: {body}");
     if std::env::var_os("STORM_TTFB").is_some() && body.len() > 1 << 20 {
         eprintln!("list: whole {:?}, {} bytes", took, body.len());
+        raw_timing(api, token, path).await;
     }
     // Counted, not parsed: the benchmark shares the cores with the server, and parsing 20 MB of
     // JSON twice a second would take their time from it. The server renders each VM with
@@ -362,6 +363,44 @@ async fn get_vms(api: u16, token: &str, path: &str) -> (Duration, usize, usize, 
         count("unlocked"),
     );
     (took, n, locked, unlocked)
+}
+
+/// With `STORM_TTFB`: the same request by hand over TLS, timed in its phases (connection and
+/// handshake, first byte of the answer, last byte), to see where a slow list spends its time.
+async fn raw_timing(api: u16, token: &str, path: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = API_CA.get().expect("the server's CA").clone();
+    let config =
+        tresor_tls::https_client_config(&tresor_tls::ServerTrust::Roots(ca), Default::default())
+            .expect("TLS");
+    let started = Instant::now();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", api))
+        .await
+        .expect("connect");
+    let name = tresor_tls::rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    let mut tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name.to_owned(), tcp)
+        .await
+        .expect("handshake");
+    let handshake = started.elapsed();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes()).await.expect("write");
+    let mut buf = vec![0u8; 1 << 16];
+    let mut first = None;
+    let mut total = 0usize;
+    loop {
+        let n = tls.read(&mut buf).await.unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        first.get_or_insert_with(|| started.elapsed());
+        total += n;
+    }
+    eprintln!(
+        "raw: handshake {handshake:?}, first byte {:?}, last byte {:?}, {total} bytes",
+        first.unwrap_or_default(),
+        started.elapsed()
+    );
 }
 
 fn rss_peak_kib(pid: u32) -> u64 {
