@@ -13,7 +13,8 @@ use crate::disk::{DiskFormat, QemuTools};
 use crate::diskops::{self, Change};
 use crate::diskops::{Intent, Operation};
 use crate::keycache::KeyCache;
-use crate::qemu::{QemuConfig, RunningVm};
+use crate::qemu::{QemuConfig, QemuRuntime};
+use crate::runtime::{Guest, Runtime};
 use crate::vmfile::{write_atomic, DiskEntry, VmConfig, VmFile, VmFileError, CONFIG_FILE};
 
 /// Where the host keeps things and how it runs VMs.
@@ -72,9 +73,11 @@ impl From<crate::disk::DiskError> for HostError {
     }
 }
 
-impl From<crate::qemu::QemuError> for HostError {
-    fn from(e: crate::qemu::QemuError) -> HostError {
-        fail("qemu", e.to_string())
+impl From<crate::runtime::RuntimeError> for HostError {
+    fn from(e: crate::runtime::RuntimeError) -> HostError {
+        match e {
+            crate::runtime::RuntimeError::Qemu(e) => fail("qemu", e.to_string()),
+        }
     }
 }
 
@@ -86,7 +89,9 @@ pub struct Host {
     host_key: Option<KeyRef>,
     /// Registered VMs by name: their directories.
     vms: BTreeMap<String, PathBuf>,
-    running: HashMap<String, RunningVm>,
+    /// Where its VMs run.
+    runtime: Box<dyn Runtime>,
+    running: HashMap<String, Box<dyn Guest>>,
     /// VMs whose interrupted operation this run of the agent tried to finish and could not:
     /// tried again after a doubling wait.
     resumed: HashMap<String, Retry>,
@@ -185,12 +190,16 @@ impl Host {
                 .unwrap_or(saved.crypto_state),
             None => HostCryptoState::Incapable,
         };
+        let runtime: Box<dyn Runtime> = Box::new(QemuRuntime {
+            config: config.qemu.clone(),
+        });
+        tracing::info!(runtime = runtime.name(), "VMs run in this runtime");
         // VMs that ran on while the agent was away are its VMs again.
         let mut running = HashMap::new();
         for (name, dir) in &vms {
             let run_dir = config.state_dir.join("run").join(name);
             let disks = VmFile::load(dir).map(|f| f.disks.len()).unwrap_or(0);
-            if let Some(vm) = RunningVm::adopt(name, &run_dir, disks) {
+            if let Some(vm) = runtime.find(name, &run_dir, disks) {
                 tracing::info!(vm = %name, pid = vm.pid(), "found the VM running; it goes on");
                 running.insert(name.clone(), vm);
             }
@@ -201,6 +210,7 @@ impl Host {
             crypto,
             host_key: None,
             vms,
+            runtime,
             running,
             resumed: Default::default(),
         })
@@ -398,13 +408,13 @@ impl Host {
                         std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700))
                     })
                     .map_err(|e| fail("io", format!("Cannot create {}: {e}", run_dir.display())))?;
-                let running = RunningVm::start(&self.config.qemu, &vm, &run_dir, &plan)?;
+                let running = self.runtime.start(&vm, &run_dir, &plan)?;
                 self.running.insert(vm, running);
                 Ok(Reply::Done)
             }
             Command::PowerOff { vm } => {
                 if let Some(r) = self.running.remove(&vm) {
-                    r.power_off(self.config.qemu.shutdown_timeout);
+                    r.power_off(self.runtime.shutdown_timeout());
                 }
                 Ok(Reply::Done)
             }

@@ -9,7 +9,8 @@
 //! - [`vmfile`]: a VM's directory and `vm.json`: the key hierarchy on disk.
 //! - [`run`]: `tresor agent join` and `tresor agent`.
 //! - [`session`]: the session with the server: dial, hello, inventory, requests, heartbeats.
-//! - [`qemu`]: VMs in QEMU, secrets over QMP.
+//! - [`runtime`]: where VMs run, behind one interface ([`runtime::Runtime`]).
+//! - [`qemu`]: the QEMU runtime: VMs in QEMU processes of the agent's, secrets over QMP.
 //! - [`diskops`]: encrypt, decrypt and deep rekey of disks, journaled so a crash loses nothing.
 //! - [`disk`]: LUKS disks through `qemu-img` and `qemu-io`, secrets through file descriptors.
 
@@ -22,6 +23,7 @@ pub mod keycache;
 pub mod memory;
 pub mod qemu;
 pub mod run;
+pub mod runtime;
 pub mod session;
 pub mod vmfile;
 pub mod wrap;

@@ -458,3 +458,61 @@ impl Drop for RunningVm {
 fn opt(value: &str) -> String {
     value.replace(',', ",,")
 }
+
+/// The QEMU runtime: QEMU processes the agent starts itself.
+#[derive(Clone, Debug, Default)]
+pub struct QemuRuntime {
+    pub config: QemuConfig,
+}
+
+impl crate::runtime::Runtime for QemuRuntime {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn start(
+        &self,
+        name: &str,
+        run_dir: &Path,
+        plan: &PowerOnPlan,
+    ) -> Result<Box<dyn crate::runtime::Guest>, crate::runtime::RuntimeError> {
+        Ok(Box::new(RunningVm::start(
+            &self.config,
+            name,
+            run_dir,
+            plan,
+        )?))
+    }
+
+    fn find(
+        &self,
+        name: &str,
+        run_dir: &Path,
+        disks: usize,
+    ) -> Option<Box<dyn crate::runtime::Guest>> {
+        RunningVm::adopt(name, run_dir, disks)
+            .map(|vm| Box::new(vm) as Box<dyn crate::runtime::Guest>)
+    }
+
+    fn shutdown_timeout(&self) -> Duration {
+        self.config.shutdown_timeout
+    }
+}
+
+impl crate::runtime::Guest for RunningVm {
+    fn pid(&self) -> u32 {
+        RunningVm::pid(self)
+    }
+
+    fn is_running(&mut self) -> bool {
+        RunningVm::is_running(self)
+    }
+
+    fn power_off(self: Box<Self>, timeout: Duration) -> bool {
+        RunningVm::power_off(*self, timeout)
+    }
+
+    fn detach(self: Box<Self>) {
+        RunningVm::detach(*self)
+    }
+}

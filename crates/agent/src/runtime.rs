@@ -1,0 +1,53 @@
+//! Where a host's VMs run, behind one interface: a [`Runtime`] starts a VM from its power-on
+//! plan (disks opened with their secrets) and finds one still running after the agent restarted;
+//! a [`Guest`] is one running VM. The QEMU runtime ([`crate::qemu`]: QEMU processes the agent
+//! starts itself, secrets over QMP) is the one of `tresor dev` and the default.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::vmfile::PowerOnPlan;
+
+/// Why a runtime could not start or reach a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Qemu(#[from] crate::qemu::QemuError),
+}
+
+/// A way of running VMs on a host.
+pub trait Runtime: Send + std::fmt::Debug {
+    /// Its name in the agent's config and logs (`qemu`).
+    fn name(&self) -> &'static str;
+
+    /// Starts VM `name` with the disks of `plan`, each opened with its secret; `run_dir` is the
+    /// VM's private folder for sockets and logs.
+    fn start(
+        &self,
+        name: &str,
+        run_dir: &Path,
+        plan: &PowerOnPlan,
+    ) -> Result<Box<dyn Guest>, RuntimeError>;
+
+    /// VM `name` still running from an earlier run of the agent, with `disks` disks.
+    fn find(&self, name: &str, run_dir: &Path, disks: usize) -> Option<Box<dyn Guest>>;
+
+    /// How long a guest has to shut down after it is asked to.
+    fn shutdown_timeout(&self) -> Duration;
+}
+
+/// A running VM.
+pub trait Guest: Send + std::fmt::Debug {
+    /// The id of the process that runs it, for logs.
+    fn pid(&self) -> u32;
+
+    /// Whether it still runs (one that died is noticed here).
+    fn is_running(&mut self) -> bool;
+
+    /// Asks the guest to shut down, and stops it if it has not within `timeout`; whether it shut
+    /// down by itself.
+    fn power_off(self: Box<Self>, timeout: Duration) -> bool;
+
+    /// Leaves it running when the handle goes (the agent stops; the guest does not).
+    fn detach(self: Box<Self>);
+}
