@@ -500,6 +500,7 @@ impl Host {
         check_vm_name(&spec.name)?;
         let sizes: Vec<u64> = spec.disks.iter().map(|d| d.size).collect();
         tresor_core::protocol::check_shape(0, &sizes, Some(spec.memory_mib))
+            .and_then(|()| tresor_core::protocol::check_vcpus(spec.vcpus))
             .map_err(|e| fail("badShape", e.to_string()))?;
         self.check_space(sizes.iter().sum())?;
         if let Some(id) = &spec.id {

@@ -20,6 +20,10 @@ pub struct CreateVm {
     #[serde(default = "default_memory")]
     #[schemars(range(min = tresor_core::protocol::MIN_MEMORY_MIB, max = tresor_core::protocol::MAX_MEMORY_MIB))]
     pub memory_mib: u32,
+    /// Virtual CPUs.
+    #[serde(default = "default_cpus")]
+    #[schemars(range(min = 1, max = tresor_core::protocol::MAX_VCPUS))]
+    pub cpus: u32,
     #[serde(default)]
     pub encrypt: bool,
     /// The provider of its keys; without it, the default provider.
@@ -36,6 +40,10 @@ pub const DEFAULT_MEMORY_MIB: u32 = 256;
 
 fn default_memory() -> u32 {
     DEFAULT_MEMORY_MIB
+}
+
+fn default_cpus() -> u32 {
+    1
 }
 
 /// `POST /api/v1/vms/unlock`: which VMs to unlock (names, all, a host's or a provider's).

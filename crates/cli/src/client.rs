@@ -171,6 +171,12 @@ enum VmSub {
         /// A disk of this size with a key of its own (needs --encrypt); repeat for more.
         #[arg(long = "own-key-disk", requires = "encrypt")]
         own_key_disks: Vec<String>,
+        /// Virtual CPUs.
+        #[arg(long, default_value_t = 1)]
+        cpus: u32,
+        /// Memory (256M, 2G).
+        #[arg(long, default_value = "256M")]
+        memory: String,
     },
     PowerOn {
         names: Vec<String>,
@@ -477,7 +483,12 @@ pub fn run_vm(cmd: VmCommand) -> Result<(), CliError> {
             encrypt,
             provider,
             own_key_disks,
+            cpus,
+            memory,
         } => {
+            let memory_mib = u32::try_from(parse_size(&memory)? >> 20).map_err(|_| {
+                CliError::msg(format!("--memory {memory} is more than a VM may have (1T)"))
+            })?;
             let sizes: Vec<u64> = disks
                 .iter()
                 .map(|d| parse_size(d))
@@ -490,7 +501,8 @@ pub fn run_vm(cmd: VmCommand) -> Result<(), CliError> {
                 name,
                 host,
                 disks: sizes,
-                memory_mib: tresor_api::requests::DEFAULT_MEMORY_MIB,
+                memory_mib,
+                cpus,
                 encrypt,
                 provider,
                 own_key_disks: own,

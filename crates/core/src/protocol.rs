@@ -140,8 +140,22 @@ pub enum ShapeError {
     TooManyDisks(usize),
     #[error("A disk of {0} bytes is not possible; give 1 byte to 64 TiB, for example --disk 10G")]
     DiskSize(u64),
-    #[error("{0} MiB of memory is not possible; give {MIN_MEMORY_MIB} MiB to 1 TiB")]
+    #[error("{0} MiB of memory is not possible; give {MIN_MEMORY_MIB} MiB to 1 TiB, for example --memory 2G")]
     Memory(u32),
+    #[error("{0} virtual CPUs are not possible; give 1 to {MAX_VCPUS}, for example --cpus 2")]
+    Cpus(u32),
+}
+
+/// The most virtual CPUs a VM may have (q35 without an IOMMU for interrupt remapping).
+pub const MAX_VCPUS: u32 = 255;
+
+/// Checks a VM's number of virtual CPUs.
+pub fn check_vcpus(vcpus: u32) -> Result<(), ShapeError> {
+    if (1..=MAX_VCPUS).contains(&vcpus) {
+        Ok(())
+    } else {
+        Err(ShapeError::Cpus(vcpus))
+    }
 }
 
 /// Checks what a VM is made of: how many disks (with those it has already), their sizes, its

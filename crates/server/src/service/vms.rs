@@ -493,6 +493,7 @@ impl Vms<'_> {
             .copied()
             .collect();
         tresor_core::protocol::check_shape(0, &all_disks, Some(req.memory_mib))
+            .and_then(|()| tresor_core::protocol::check_vcpus(req.cpus))
             .map_err(bad_shape)?;
         if !req.own_key_disks.is_empty() && !req.encrypt {
             return Err(ServiceError::new(
@@ -555,7 +556,7 @@ impl Vms<'_> {
             id: Some(id),
             name: req.name.clone(),
             memory_mib: req.memory_mib,
-            vcpus: 1,
+            vcpus: req.cpus,
             disks: req
                 .disks
                 .iter()

@@ -1,0 +1,46 @@
+//! A VM's CPUs and memory are the operator's choice: `vm create --cpus N --memory SIZE` reaches
+//! the QEMU the agent starts, and shapes a host could not run are refused before anything is
+//! made.
+
+mod common;
+
+use common::{pid_of, Dev};
+
+#[test]
+fn cpus_and_memory_reach_qemu_and_impossible_ones_are_refused() {
+    let dev = Dev::start(1);
+    dev.ok(&[
+        "vm", "create", "wide", "--host", "host-1", "--disk", "4M", "--cpus", "2", "--memory",
+        "320M",
+    ]);
+    dev.ok(&["vm", "power-on", "wide"]);
+    let pid = pid_of(&["qemu-system", "guest=wide"]);
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let after = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(after("-smp"), "2", "{args:?}");
+    assert_eq!(after("-m"), "320", "{args:?}");
+    dev.ok(&["vm", "power-off", "wide"]);
+
+    for (flags, says) in [
+        (&["--cpus", "0"][..], "virtual CPUs"),
+        (&["--cpus", "4096"][..], "virtual CPUs"),
+        (&["--memory", "1M"][..], "MiB of memory"),
+    ] {
+        let mut args = vec!["vm", "create", "odd", "--host", "host-1", "--disk", "4M"];
+        args.extend_from_slice(flags);
+        let (ok, _, err) = dev.cli(&args);
+        assert!(!ok && err.contains(says), "{flags:?}: {err}");
+    }
+    let vms = dev.ok(&["vm", "list", "-o", "json"]);
+    assert!(!vms.contains("\"odd\""), "{vms}");
+}
