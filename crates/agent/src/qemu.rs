@@ -248,6 +248,14 @@ impl RunningVm {
                 &format!("pcie-root-port,id=rp{i},chassis={},slot={i}", i + 1),
             ]);
         }
+        if let Some(boot) = &plan.boot {
+            // Each a single argument, never parsed by a shell; -append is taken as it is.
+            cmd.arg("-kernel").arg(&boot.kernel);
+            if let Some(initrd) = &boot.initrd {
+                cmd.arg("-initrd").arg(initrd);
+            }
+            cmd.arg("-append").arg(&boot.cmdline);
+        }
         // QEMU's output, and what monitor commands such as `qemu-io` print, go to qemu.log.
         let log = std::fs::File::create(run_dir.join("qemu.log")).ok();
         let out = log

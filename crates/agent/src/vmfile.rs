@@ -112,6 +112,57 @@ pub struct OpenDisk {
 pub struct PowerOnPlan {
     pub config: VmConfig,
     pub disks: Vec<OpenDisk>,
+    /// A kernel to boot directly, when the VM's folder holds one.
+    pub boot: Option<DirectBoot>,
+}
+
+/// Direct kernel boot: `boot/vmlinuz` in the VM's folder, with `boot/initrd.img` and the kernel
+/// command line of `boot/cmdline` when they are there. The files are the VM's own, like its
+/// disks; no path comes from outside the folder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirectBoot {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+}
+
+/// The kernel command line when `boot/cmdline` names none: the serial console, and a panic ends
+/// the VM instead of hanging it.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 panic=-1";
+
+/// The longest kernel command line taken from `boot/cmdline`.
+const MAX_CMDLINE: usize = 2048;
+
+impl DirectBoot {
+    /// The direct boot of the VM in `dir`, if its folder has a kernel.
+    pub fn of(dir: &Path) -> Result<Option<DirectBoot>, VmFileError> {
+        let boot = dir.join("boot");
+        let kernel = boot.join("vmlinuz");
+        if !kernel.is_file() {
+            return Ok(None);
+        }
+        let initrd = Some(boot.join("initrd.img")).filter(|p| p.is_file());
+        let cmdline = match std::fs::read_to_string(boot.join("cmdline")) {
+            Ok(text) => {
+                let text = text.trim().to_owned();
+                if text.len() > MAX_CMDLINE || text.chars().any(char::is_control) {
+                    return Err(VmFileError::Parse {
+                        path: boot.join("cmdline"),
+                        message: format!(
+                            "a kernel command line is one line of at most {MAX_CMDLINE} characters"
+                        ),
+                    });
+                }
+                text
+            }
+            Err(_) => DEFAULT_CMDLINE.to_owned(),
+        };
+        Ok(Some(DirectBoot {
+            kernel,
+            initrd,
+            cmdline,
+        }))
+    }
 }
 
 /// `vm.json`.
@@ -428,7 +479,11 @@ impl VmFile {
                 secret: self.disk_secret(d, dir, cache)?,
             });
         }
-        Ok(PowerOnPlan { config, disks })
+        Ok(PowerOnPlan {
+            config,
+            disks,
+            boot: DirectBoot::of(dir)?,
+        })
     }
 
     /// Shallow rekey: a new KEK for the VM; the home key and the secrets of disks that use the

@@ -120,6 +120,7 @@ fn a_vm_that_dies_is_noticed() {
             vcpus: 1,
         },
         disks: vec![],
+        boot: None,
     };
     let mut vm = RunningVm::start(&QemuConfig::default(), "short", dir.path(), &plan).unwrap();
     assert!(vm.is_running());
