@@ -125,6 +125,9 @@ pub struct Engine {
     config: EngineConfig,
     clock: fn() -> i64,
     limits: Limits,
+    /// Objects whose first Get has been answered and whose `Fresh = false` is not committed yet
+    /// (the Get does not wait for that write): every read sees them no longer fresh.
+    got: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -160,7 +163,15 @@ impl Engine {
             config,
             clock: system_now,
             limits: Limits::default(),
+            got: Default::default(),
         }
+    }
+
+    /// Whether the first Get of `uid` is answered but its change not committed yet. Asked before
+    /// the object is read: its entry goes only after the commit, so that a read that misses the
+    /// entry sees the committed change.
+    fn got_pending(&self, uid: &str) -> bool {
+        self.got.lock().is_ok_and(|g| g.contains(uid))
     }
 
     /// Replaces the clock (for tests).
@@ -731,6 +742,15 @@ impl Engine {
 
     /// Loads an object the client may use.
     fn load(&self, ctx: &Ctx<'_>, uid: &str) -> Result<ObjectRow, OpError> {
+        let got = self.got_pending(uid);
+        let mut row = self.load_unseen(ctx, uid)?;
+        if got {
+            attributes::set(&mut row.attributes, "Fresh", Value::Boolean(false));
+        }
+        Ok(row)
+    }
+
+    fn load_unseen(&self, ctx: &Ctx<'_>, uid: &str) -> Result<ObjectRow, OpError> {
         let identity = ctx.identity.to_owned();
         let admins = &self.config.administrators;
         self.store.read(|conn| -> Result<ObjectRow, OpError> {
@@ -796,6 +816,7 @@ impl Engine {
         uid: &str,
         format: Option<u32>,
     ) -> Result<ResponsePayload, OpError> {
+        let got = self.got_pending(uid);
         let row = self.load_access(ctx, uid)?;
         let state = State::from_u32(row.state).unwrap_or(State::Destroyed);
         let sealed = match (&row.sealed, lifecycle::has_material(state)) {
@@ -817,11 +838,15 @@ impl Engine {
         if let Some(format) = format {
             object = convert_format(object, format)?;
         }
-        if row.fresh {
-            // The first Get makes an object no longer fresh. Nobody waits for that change.
+        let first =
+            row.fresh && !got && self.got.lock().is_ok_and(|mut g| g.insert(uid.to_owned()));
+        if first {
+            // The first Get makes an object no longer fresh. Nobody waits for that change; until
+            // it is committed, `got` answers for it.
             let (uid, actor, now) = (uid.to_owned(), ctx.identity.to_owned(), ctx.now);
-            self.store
-                .write_detached(move |conn| -> Result<(), StoreError> {
+            let (got, done) = (self.got.clone(), uid.clone());
+            self.store.write_detached_then(
+                move |conn| -> Result<(), StoreError> {
                     // Several Gets may have seen the object fresh; the first change wins.
                     let still_fresh = store::get_access(conn, &uid)?.is_some_and(|a| a.fresh);
                     if let Some(mut row) = store::get_object(conn, &uid)?.filter(|_| still_fresh) {
@@ -830,7 +855,13 @@ impl Engine {
                         store::audit(conn, now, &actor, "first get", Some(&uid), "")?;
                     }
                     Ok(())
-                });
+                },
+                move || {
+                    if let Ok(mut g) = got.lock() {
+                        g.remove(&done);
+                    }
+                },
+            );
         }
         Ok(ResponsePayload::Get {
             object_type: row.object_type,

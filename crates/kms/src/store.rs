@@ -356,6 +356,17 @@ impl Store {
         &self,
         f: impl FnOnce(&Connection) -> Result<(), E> + Send + 'static,
     ) {
+        self.write_detached_then(f, || {});
+    }
+
+    /// [`Store::write_detached`], and `after` once the change is committed (or failed). A change
+    /// made on the writer's own thread is committed with the group it runs in, after `after` could
+    /// tell; `after` is not called for it.
+    pub fn write_detached_then<E: std::fmt::Display + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<(), E> + Send + 'static,
+        after: impl FnOnce() + Send + 'static,
+    ) {
         if on_writer_thread() {
             if let Err(e) =
                 in_savepoint(|conn| f(conn).map_err(|e| StoreError::Commit(e.to_string())))
@@ -373,7 +384,7 @@ impl Store {
                 }
                 Completion {
                     keep,
-                    finish: Box::new(|_| {}),
+                    finish: Box::new(move |_| after()),
                 }
             }),
             fail: Box::new(|e| tracing::warn!(error = %e, "background database change failed")),
