@@ -1372,23 +1372,48 @@ impl Engine {
         }
     }
 
-    /// Stores what a host said of itself when its agent connected (its boot and encryption
-    /// mode) and when it was last seen.
-    fn record_host(&self, e: &HubEvent) {
-        let Some(store) = &self.store else { return };
-        let now = crate::enrol::now();
-        let result = match e {
+    /// Writes what hosts say of themselves when their agents connect and leave, off the
+    /// engine's loop and in order: each batch that queued meanwhile in one transaction, so that
+    /// thousands of hosts reconnecting cost a few commits, not one each.
+    fn host_writer(&self) -> Option<tokio::sync::mpsc::UnboundedSender<crate::store::HostSeen>> {
+        let store = self.store.clone()?;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<crate::store::HostSeen>();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while let Ok(next) = rx.try_recv() {
+                    batch.push(next);
+                }
+                let store = store.clone();
+                let written = tokio::task::spawn_blocking(move || store.hosts_seen(&batch)).await;
+                if let Ok(Err(e)) = written {
+                    tracing::error!(error = %e, "cannot record hosts' connections");
+                }
+            }
+        });
+        Some(tx)
+    }
+
+    /// What a hub event says of its host for [`Engine::host_writer`].
+    fn host_seen(e: &HubEvent) -> Option<crate::store::HostSeen> {
+        let at = crate::enrol::now();
+        match e {
             HubEvent::Connected {
                 host,
                 boot_id,
                 crypto_state,
                 ..
-            } => store.host_connected(host, boot_id, *crypto_state, now),
-            HubEvent::Disconnected { host } => store.host_disconnected(host, now),
-            _ => return,
-        };
-        if let Err(e) = result {
-            tracing::error!(error = %e, "cannot record a host's connection");
+            } => Some(crate::store::HostSeen {
+                name: host.clone(),
+                hello: Some((boot_id.clone(), *crypto_state)),
+                at,
+            }),
+            HubEvent::Disconnected { host } => Some(crate::store::HostSeen {
+                name: host.clone(),
+                hello: None,
+                at,
+            }),
+            _ => None,
         }
     }
 
@@ -1458,13 +1483,16 @@ impl Engine {
     /// Follows the hub and ticks until the task is dropped.
     pub async fn run(self: Arc<Self>) {
         let mut events = self.hub.subscribe();
+        let hosts_seen = self.host_writer();
         let mut tick = tokio::time::interval(self.config().tick);
         loop {
             tokio::select! {
                 e = events.recv() => match e {
                     Ok(e) => {
                         self.observe(&e);
-                        self.record_host(&e);
+                        if let (Some(tx), Some(seen)) = (&hosts_seen, Self::host_seen(&e)) {
+                            let _ = tx.send(seen);
+                        }
                         if let HubEvent::Connected { host, keys_held, crypto_state, .. } = e {
                             tokio::spawn(self.clone().restore_host_key(host, keys_held, crypto_state));
                         }

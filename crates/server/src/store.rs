@@ -70,6 +70,14 @@ pub struct HostRecord {
     pub host_key_id: Option<String>,
 }
 
+/// A host's agent connecting (with its boot id and encryption mode) or leaving, at `at`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostSeen {
+    pub name: String,
+    pub hello: Option<(String, HostCryptoState)>,
+    pub at: i64,
+}
+
 /// A VM as the server knows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -609,28 +617,29 @@ impl Store {
         Ok(())
     }
 
-    /// What a host's agent said when it connected: its boot and its encryption mode (the host
-    /// runs the mode machine; a restart ends `pendingIncapable`). False when no such host is
-    /// enrolled.
-    pub fn host_connected(
-        &self,
-        name: &str,
-        boot_id: &str,
-        crypto_state: HostCryptoState,
-        now: i64,
-    ) -> Result<bool, StoreError> {
-        Ok(self.conn().execute(
-            "UPDATE hosts SET boot_id = ?2, crypto_state = ?3, connected = 1, last_seen = ?4 WHERE name = ?1",
-            params![name, boot_id, crypto_state.as_str(), now],
-        )? > 0)
-    }
-
-    /// A host's agent left.
-    pub fn host_disconnected(&self, name: &str, now: i64) -> Result<bool, StoreError> {
-        Ok(self.conn().execute(
-            "UPDATE hosts SET connected = 0, last_seen = ?2 WHERE name = ?1",
-            params![name, now],
-        )? > 0)
+    /// What hosts' agents said of themselves, in the order they said it, in one transaction:
+    /// when an agent connected, its boot and its encryption mode (the host runs the mode machine;
+    /// a restart ends `pendingIncapable`), and when one left. Hosts not enrolled are skipped.
+    pub fn hosts_seen(&self, seen: &[HostSeen]) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut connected = tx.prepare_cached(
+                "UPDATE hosts SET boot_id = ?2, crypto_state = ?3, connected = 1, last_seen = ?4 WHERE name = ?1",
+            )?;
+            let mut left = tx
+                .prepare_cached("UPDATE hosts SET connected = 0, last_seen = ?2 WHERE name = ?1")?;
+            for h in seen {
+                match &h.hello {
+                    Some((boot_id, mode)) => {
+                        connected.execute(params![h.name, boot_id, mode.as_str(), h.at])?
+                    }
+                    None => left.execute(params![h.name, h.at])?,
+                };
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     pub fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
@@ -1370,6 +1379,48 @@ mod tests {
         assert!(s.remove_provider("b").unwrap());
         assert_eq!(s.providers().unwrap().len(), 1);
         assert_eq!(s.provider("a").unwrap().unwrap().endpoints.len(), 2);
+    }
+
+    #[test]
+    fn what_hosts_say_of_themselves_is_written_in_order() {
+        let s = Store::in_memory().unwrap();
+        let mut h = HostRecord {
+            name: "host-1".into(),
+            boot_id: String::new(),
+            crypto_state: HostCryptoState::PendingIncapable,
+            connected: false,
+            last_seen: 1,
+            host_key_provider: None,
+            host_key_id: None,
+        };
+        s.put_host(&h).unwrap();
+        let hello = |boot: &str, mode, at| HostSeen {
+            name: "host-1".into(),
+            hello: Some((boot.into(), mode)),
+            at,
+        };
+        s.hosts_seen(&[
+            hello("b1", HostCryptoState::PendingIncapable, 2),
+            HostSeen {
+                name: "host-1".into(),
+                hello: None,
+                at: 3,
+            },
+            // The host restarted: the mode it reports now is what counts.
+            hello("b2", HostCryptoState::Incapable, 4),
+            // Not enrolled: nothing is made for it.
+            HostSeen {
+                name: "stranger".into(),
+                hello: Some(("x".into(), HostCryptoState::Safe)),
+                at: 5,
+            },
+        ])
+        .unwrap();
+        h.boot_id = "b2".into();
+        h.crypto_state = HostCryptoState::Incapable;
+        h.connected = true;
+        h.last_seen = 4;
+        assert_eq!(s.hosts().unwrap(), vec![h]);
     }
 
     #[test]
