@@ -259,7 +259,9 @@ impl Client {
                 "the answer is {announced} bytes, more than the client takes ({MAX_ANSWER})"
             )));
         }
-        let mut body = Vec::with_capacity(announced as usize);
+        // Room for what the server announces, up to 64 MiB at first: a length alone does not
+        // make the client take a gigabyte.
+        let mut body = Vec::with_capacity(announced.min(64 << 20) as usize);
         while let Some(chunk) = answer.chunk().await.map_err(|e| bad(e.to_string()))? {
             if body.len() + chunk.len() > MAX_ANSWER {
                 return Err(bad(format!(

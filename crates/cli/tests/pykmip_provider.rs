@@ -14,21 +14,7 @@ use common::{wait_for, Dev, PyKmip};
 fn pykmip_as_the_provider_through_cases_1_and_3() {
     let dev = Dev::start(1);
     let mut pykmip = PyKmip::start(&dev);
-    let kms = dev.dir.path().join("kms");
-    let path = |p: &str| kms.join(p).display().to_string();
-    dev.ok(&[
-        "provider",
-        "add",
-        "pykmip",
-        "--kmip",
-        &pykmip.endpoint(),
-        "--ca",
-        &path("tls/ca.pem"),
-        "--client-cert",
-        &path("clients/tresor-server.pem"),
-        "--client-key",
-        &path("clients/tresor-server.key"),
-    ]);
+    pykmip.add_to(&dev, false);
     let st: serde_json::Value =
         serde_json::from_str(&dev.ok(&["provider", "status", "pykmip", "-o", "json"])).unwrap();
     assert_eq!(st["health"], "ok", "{st}");

@@ -428,20 +428,23 @@ fn three_des_keys_have_odd_parity() {
     assert!(key.iter().all(|b| b.count_ones() % 2 == 1));
 }
 
+/// The `Fresh` attribute of `uid`.
+fn fresh_of(kms: &common::TestKms, uid: &str) -> Value {
+    let r = kms.call(RequestPayload::GetAttributes {
+        uid: Some(uid.into()),
+        names: vec!["Fresh".into()],
+    });
+    let Some(ResponsePayload::GetAttributes { attributes, .. }) = r.payload else {
+        panic!("{r:?}")
+    };
+    attributes[0].value.clone()
+}
+
 #[test]
 fn the_first_get_makes_a_key_no_longer_fresh_and_later_gets_write_nothing() {
     let kms = common::kms();
     let uid = create(&kms, "CN=client-a", "k");
-    let fresh = |kms: &common::TestKms| {
-        let r = kms.call(RequestPayload::GetAttributes {
-            uid: Some(uid.clone()),
-            names: vec!["Fresh".into()],
-        });
-        let Some(ResponsePayload::GetAttributes { attributes, .. }) = r.payload else {
-            panic!()
-        };
-        attributes[0].value.clone()
-    };
+    let fresh = |kms: &common::TestKms| fresh_of(kms, &uid);
     assert_eq!(fresh(&kms), Value::Boolean(true));
     for _ in 0..3 {
         key_bytes(&kms, "CN=client-a", &uid).unwrap();
@@ -467,16 +470,7 @@ fn the_first_get_makes_a_key_no_longer_fresh_and_later_gets_write_nothing() {
 fn a_read_after_the_first_get_sees_the_key_no_longer_fresh() {
     let kms = common::kms();
     let uid = create(&kms, "CN=client-a", "k");
-    let fresh = |kms: &common::TestKms| {
-        let r = kms.call(RequestPayload::GetAttributes {
-            uid: Some(uid.clone()),
-            names: vec!["Fresh".into()],
-        });
-        let Some(ResponsePayload::GetAttributes { attributes, .. }) = r.payload else {
-            panic!()
-        };
-        attributes[0].value.clone()
-    };
+    let fresh = |kms: &common::TestKms| fresh_of(kms, &uid);
     assert_eq!(fresh(&kms), Value::Boolean(true));
     // The writer is busy for a while: the Get's change waits behind this one.
     kms.engine

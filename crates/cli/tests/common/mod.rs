@@ -519,23 +519,37 @@ impl PyKmip {
     /// PyKMIP registered with `tresor dev` as its default provider, named `pykmip`.
     pub fn start_as_default(dev: &Dev) -> PyKmip {
         let pykmip = PyKmip::start(dev);
+        pykmip.add_to(dev, true);
+        pykmip
+    }
+
+    /// Registers this PyKMIP with `tresor dev` as provider `pykmip` (the default one, or not).
+    pub fn add_to(&self, dev: &Dev, default: bool) {
         let kms = dev.dir.path().join("kms");
         let path = |p: &str| kms.join(p).display().to_string();
-        dev.ok(&[
+        let (endpoint, ca, cert, key) = (
+            self.endpoint(),
+            path("tls/ca.pem"),
+            path("clients/tresor-server.pem"),
+            path("clients/tresor-server.key"),
+        );
+        let mut args = vec![
             "provider",
             "add",
             "pykmip",
             "--kmip",
-            &pykmip.endpoint(),
+            &endpoint,
             "--ca",
-            &path("tls/ca.pem"),
+            &ca,
             "--client-cert",
-            &path("clients/tresor-server.pem"),
+            &cert,
             "--client-key",
-            &path("clients/tresor-server.key"),
-            "--default",
-        ]);
-        pykmip
+            &key,
+        ];
+        if default {
+            args.push("--default");
+        }
+        dev.ok(&args);
     }
 
     /// Its administrator backs up its database (stopped, so that the copy is whole).
