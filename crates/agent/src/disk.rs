@@ -67,7 +67,8 @@ impl DiskSecret {
         &self.0
     }
 
-    fn passphrase(&self) -> Zeroizing<String> {
+    /// The passphrase form, as QEMU and libvirt are given it.
+    pub(crate) fn passphrase(&self) -> Zeroizing<String> {
         let mut s = Zeroizing::new(String::with_capacity(self.0.len() * 2));
         for b in self.0.iter() {
             s.push_str(&format!("{b:02x}"));

@@ -13,8 +13,9 @@ use crate::disk::{DiskFormat, QemuTools};
 use crate::diskops::{self, Change};
 use crate::diskops::{Intent, Operation};
 use crate::keycache::KeyCache;
+use crate::libvirt::LibvirtRuntime;
 use crate::qemu::{QemuConfig, QemuRuntime};
-use crate::runtime::{Guest, Runtime};
+use crate::runtime::{Guest, Runtime, RuntimeKind};
 use crate::vmfile::{write_atomic, DiskEntry, VmConfig, VmFile, VmFileError, CONFIG_FILE};
 
 /// Where the host keeps things and how it runs VMs.
@@ -26,7 +27,10 @@ pub struct HostConfig {
     /// The agent's own state (the list of registered VMs) and QEMU's sockets and logs.
     pub state_dir: PathBuf,
     pub key_capacity: usize,
+    /// QEMU's settings (the accelerator and the shutdown timeout apply to libvirt too).
     pub qemu: QemuConfig,
+    /// Where VMs run.
+    pub runtime: RuntimeKind,
     pub tools: QemuTools,
 }
 
@@ -77,6 +81,7 @@ impl From<crate::runtime::RuntimeError> for HostError {
     fn from(e: crate::runtime::RuntimeError) -> HostError {
         match e {
             crate::runtime::RuntimeError::Qemu(e) => fail("qemu", e.to_string()),
+            crate::runtime::RuntimeError::Libvirt(e) => fail("libvirt", e.to_string()),
         }
     }
 }
@@ -190,9 +195,15 @@ impl Host {
                 .unwrap_or(saved.crypto_state),
             None => HostCryptoState::Incapable,
         };
-        let runtime: Box<dyn Runtime> = Box::new(QemuRuntime {
-            config: config.qemu.clone(),
-        });
+        let runtime: Box<dyn Runtime> = match &config.runtime {
+            RuntimeKind::Qemu => Box::new(QemuRuntime {
+                config: config.qemu.clone(),
+            }),
+            RuntimeKind::Libvirt(libvirt) => Box::new(LibvirtRuntime {
+                libvirt: libvirt.clone(),
+                qemu: config.qemu.clone(),
+            }),
+        };
         tracing::info!(runtime = runtime.name(), "VMs run in this runtime");
         // VMs that ran on while the agent was away are its VMs again.
         let mut running = HashMap::new();
@@ -373,6 +384,11 @@ impl Host {
                 Ok(Reply::Done)
             }
             Command::EnableEncryption { host_key } => {
+                // Preparing checks the host's crypto support: a runtime that would put keys on
+                // disk leaves the host incapable.
+                self.runtime.keeps_keys_off_disk().map_err(|why| {
+                    fail("hostNotSafe", format!("Host {}: {why}", self.config.name))
+                })?;
                 let prepared = hostmode::next(self.crypto, HostCryptoEvent::Prepare)
                     .map_err(|e| fail("hostMode", e.to_string()))?;
                 let safe = hostmode::next(prepared, HostCryptoEvent::HostKeyReceived)
@@ -399,6 +415,11 @@ impl Host {
                 let file = VmFile::load(&dir)?;
                 if file.encrypted && !hostmode::runs_encrypted_vms(self.crypto) {
                     return Err(self.not_safe());
+                }
+                if file.encrypted {
+                    self.runtime.keeps_keys_off_disk().map_err(|why| {
+                        fail("hostNotSafe", format!("Host {}: {why}", self.config.name))
+                    })?;
                 }
                 let plan = file.prepare_power_on(&dir, &self.cache)?;
                 let run_dir = self.config.state_dir.join("run").join(&vm);
@@ -463,6 +484,7 @@ impl Host {
             Command::Unregister { vm } => {
                 self.dir(&vm)?;
                 self.require_off(&vm, "unregister it")?;
+                self.runtime.forget(&vm)?;
                 self.vms.remove(&vm);
                 self.save_registry()?;
                 Ok(Reply::Done)
@@ -473,6 +495,7 @@ impl Host {
             Command::Delete { vm } => {
                 let dir = self.dir(&vm)?;
                 self.require_off(&vm, "delete it")?;
+                self.runtime.forget(&vm)?;
                 std::fs::remove_dir_all(&dir)
                     .map_err(|e| fail("io", format!("Cannot delete {}: {e}", dir.display())))?;
                 self.vms.remove(&vm);

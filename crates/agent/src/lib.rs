@@ -11,6 +11,7 @@
 //! - [`session`]: the session with the server: dial, hello, inventory, requests, heartbeats.
 //! - [`runtime`]: where VMs run, behind one interface ([`runtime::Runtime`]).
 //! - [`qemu`]: the QEMU runtime: VMs in QEMU processes of the agent's, secrets over QMP.
+//! - [`libvirt`]: the libvirt runtime: VMs as libvirt domains, secrets as ephemeral libvirt secrets.
 //! - [`diskops`]: encrypt, decrypt and deep rekey of disks, journaled so a crash loses nothing.
 //! - [`disk`]: LUKS disks through `qemu-img` and `qemu-io`, secrets through file descriptors.
 
@@ -20,6 +21,7 @@ pub mod disk;
 pub mod diskops;
 pub mod host;
 pub mod keycache;
+pub mod libvirt;
 pub mod memory;
 pub mod qemu;
 pub mod run;

@@ -39,6 +39,11 @@ pub enum QemuError {
     },
     #[error("Lost the connection to QEMU of VM {vm}: {0}", .source)]
     Io { vm: String, source: std::io::Error },
+    #[error(
+        "VM {vm} needs KVM (accel = \"kvm\") and /dev/kvm cannot be opened; load the kvm \
+         module, or set accel = \"auto\" to run under TCG"
+    )]
+    NoKvm { vm: String },
     #[error("VM {vm} has {count} disks; at most {MAX_DISKS} are supported")]
     TooManyDisks { vm: String, count: usize },
 }
@@ -47,8 +52,10 @@ pub enum QemuError {
 #[derive(Clone, Debug)]
 pub struct QemuConfig {
     pub binary: PathBuf,
-    /// Use KVM when `/dev/kvm` can be opened.
+    /// Use KVM when `/dev/kvm` can be opened (TCG otherwise, and the log says so).
     pub prefer_kvm: bool,
+    /// Refuse to start a VM without KVM (`accel = "kvm"`).
+    pub require_kvm: bool,
     /// How long a guest has to shut down after an ACPI power button press.
     pub shutdown_timeout: Duration,
 }
@@ -58,7 +65,25 @@ impl Default for QemuConfig {
         QemuConfig {
             binary: "qemu-system-x86_64".into(),
             prefer_kvm: true,
+            require_kvm: false,
             shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The accelerator of VM `vm`: `kvm` or `tcg`. Falling back from KVM is logged.
+pub fn choose_accel(config: &QemuConfig, vm: &str) -> Result<&'static str, QemuError> {
+    match (config.prefer_kvm || config.require_kvm, kvm_available()) {
+        (true, true) => Ok("kvm"),
+        (false, _) => Ok("tcg"),
+        (true, false) if config.require_kvm => Err(QemuError::NoKvm { vm: vm.into() }),
+        (true, false) => {
+            tracing::warn!(
+                vm,
+                "/dev/kvm cannot be opened: the VM runs under TCG, emulated and slow \
+                 (load the kvm module and give the agent access to /dev/kvm)"
+            );
+            Ok("tcg")
         }
     }
 }
@@ -207,11 +232,7 @@ impl RunningVm {
         }
         let socket = run_dir.join("qmp.sock");
         let _ = std::fs::remove_file(&socket);
-        let accel = if config.prefer_kvm && kvm_available() {
-            "kvm"
-        } else {
-            "tcg"
-        };
+        let accel = choose_accel(config, name)?;
         let mut cmd = Command::new(&config.binary);
         cmd.args(["-name", &format!("guest={}", opt(name))])
             .args(["-machine", &format!("q35,accel={accel}")])
@@ -307,8 +328,7 @@ impl RunningVm {
             let blockdev = match (&disk.secret, disk.format) {
                 (Some(secret), DiskFormat::Qcow2Luks | DiskFormat::RawLuks) => {
                     let id = format!("sec{i}");
-                    let passphrase: Zeroizing<String> =
-                        Zeroizing::new(secret.bytes().iter().map(|b| format!("{b:02x}")).collect());
+                    let passphrase: Zeroizing<String> = secret.passphrase();
                     self.qmp.execute(
                         "object-add",
                         json!({"qom-type": "secret", "id": id, "data": passphrase.as_str()}),

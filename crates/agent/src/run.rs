@@ -8,7 +8,9 @@ use serde::Deserialize;
 
 use crate::disk::QemuTools;
 use crate::host::{Host, HostConfig};
+use crate::libvirt::LibvirtConfig;
 use crate::qemu::QemuConfig;
+use crate::runtime::RuntimeKind;
 use crate::session::{self, SessionConfig};
 
 /// `agent.toml`. Relative paths are relative to the file.
@@ -32,6 +34,39 @@ pub struct AgentConfig {
     /// Seconds a guest has to shut down after the ACPI power button.
     #[serde(default = "default_shutdown")]
     pub shutdown_timeout_secs: u64,
+    /// Where VMs run: `qemu` (QEMU processes of the agent's own) or `libvirt` (domains of
+    /// libvirtd, through `virsh`).
+    #[serde(default)]
+    pub runtime: RuntimeName,
+    /// libvirt's connection URI, for `runtime = "libvirt"`.
+    #[serde(default = "default_libvirt_uri")]
+    pub libvirt_uri: String,
+    /// The accelerator: `auto` (KVM when /dev/kvm can be opened, TCG otherwise), `kvm` or `tcg`.
+    #[serde(default)]
+    pub accel: Accel,
+}
+
+/// The runtimes an agent can use.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeName {
+    #[default]
+    Qemu,
+    Libvirt,
+}
+
+/// Which accelerator VMs use.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    #[default]
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+fn default_libvirt_uri() -> String {
+    crate::libvirt::LibvirtConfig::default().uri
 }
 
 fn default_server_name() -> String {
@@ -99,7 +134,11 @@ pub async fn join(
     }
     let config = format!(
         "# Tresor host agent (tresor agent --config agent.toml)\n\nname = {name:?}\nserver = {endpoint:?}\nserver_name = {server_name:?}\n\
-         datastore = \"datastore\"\nstate_dir = \"state\"\nkey_capacity = 1024\nshutdown_timeout_secs = 30\n"
+         datastore = \"datastore\"\nstate_dir = \"state\"\nkey_capacity = 1024\nshutdown_timeout_secs = 30\n\n\
+         # Where VMs run: \"qemu\" (QEMU processes of the agent's own) or \"libvirt\" (domains of\n\
+         # libvirtd; its domain state folder must be on a memory file system for encrypted VMs).\n\
+         runtime = \"qemu\"\n# libvirt's connection URI, for runtime = \"libvirt\".\nlibvirt_uri = \"qemu:///system\"\n\
+         # \"auto\" (KVM when /dev/kvm can be opened, TCG otherwise), \"kvm\" or \"tcg\".\naccel = \"auto\"\n"
     );
     let path = dir.join("agent.toml");
     crate::vmfile::write_atomic(&path, config.as_bytes()).map_err(|e| e.to_string())?;
@@ -129,7 +168,16 @@ pub async fn run(
         key_capacity: config.key_capacity,
         qemu: QemuConfig {
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
+            prefer_kvm: config.accel != Accel::Tcg,
+            require_kvm: config.accel == Accel::Kvm,
             ..QemuConfig::default()
+        },
+        runtime: match config.runtime {
+            RuntimeName::Qemu => RuntimeKind::Qemu,
+            RuntimeName::Libvirt => RuntimeKind::Libvirt(LibvirtConfig {
+                uri: config.libvirt_uri.clone(),
+                ..LibvirtConfig::default()
+            }),
         },
         tools: QemuTools::default(),
     })

@@ -1,7 +1,9 @@
 //! Where a host's VMs run, behind one interface: a [`Runtime`] starts a VM from its power-on
 //! plan (disks opened with their secrets) and finds one still running after the agent restarted;
 //! a [`Guest`] is one running VM. The QEMU runtime ([`crate::qemu`]: QEMU processes the agent
-//! starts itself, secrets over QMP) is the one of `tresor dev` and the default.
+//! starts itself, secrets over QMP) is the one of `tresor dev` and the default; the libvirt
+//! runtime ([`crate::libvirt`]: domains of libvirtd, secrets as ephemeral private libvirt
+//! secrets) is the one of production KVM hosts.
 
 use std::path::Path;
 use std::time::Duration;
@@ -13,6 +15,18 @@ use crate::vmfile::PowerOnPlan;
 pub enum RuntimeError {
     #[error(transparent)]
     Qemu(#[from] crate::qemu::QemuError),
+    #[error(transparent)]
+    Libvirt(#[from] crate::libvirt::LibvirtError),
+}
+
+/// Which runtime a host uses.
+#[derive(Clone, Debug, Default)]
+pub enum RuntimeKind {
+    /// QEMU processes the agent starts itself.
+    #[default]
+    Qemu,
+    /// Domains of libvirtd.
+    Libvirt(crate::libvirt::LibvirtConfig),
 }
 
 /// A way of running VMs on a host.
@@ -34,6 +48,17 @@ pub trait Runtime: Send + std::fmt::Debug {
 
     /// How long a guest has to shut down after it is asked to.
     fn shutdown_timeout(&self) -> Duration;
+
+    /// Whether VMs run here without any key reaching disk; if not, why and what to do.
+    fn keeps_keys_off_disk(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Forgets VM `name` (unregistered or deleted, and not running): whatever the runtime keeps
+    /// of it outside the VM's folder goes.
+    fn forget(&self, _name: &str) -> Result<(), RuntimeError> {
+        Ok(())
+    }
 }
 
 /// A running VM.

@@ -1,16 +1,21 @@
-//! A real guest on an encrypted disk: a Debian kernel and a busybox initramfs
-//! (`scripts/guest/build`), booted directly from the VM's folder under TCG (the nested KVM of
-//! the test machines does not boot a stock kernel). The guest writes a marker to its disk, which
-//! QEMU opens through LUKS with the secret the agent hands over QMP; after the host restarts and
-//! the keys return, the guest boots again and reads the marker back; the image holds only
-//! ciphertext.
+//! A real guest on an encrypted disk, under each runtime: a Debian kernel and a busybox
+//! initramfs (`scripts/guest/build`), booted directly from the VM's folder under TCG (the nested
+//! KVM of the test machines does not boot a stock kernel). The guest writes a marker to its disk,
+//! which QEMU opens through LUKS (with the QEMU runtime, the agent hands the secret over QMP; with
+//! libvirt, as an ephemeral private libvirt secret); after the host restarts and the keys return,
+//! the guest boots again and reads the marker back; the image holds only ciphertext. Under
+//! libvirt, `virsh list` shows what Tresor runs, no disk passphrase is anywhere in libvirt's
+//! folders or domain XML, and a libvirtd restart leaves the VM running and controllable.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tresor_agent::disk::QemuTools;
 use tresor_agent::host::{Host, HostConfig};
+use tresor_agent::libvirt::LibvirtConfig;
 use tresor_agent::qemu::QemuConfig;
+use tresor_agent::runtime::RuntimeKind;
+use tresor_agent::vmfile::VmFile;
 use tresor_core::ids::KeyRef;
 use tresor_core::protocol::{Command, DiskSpec, KeyMaterial, Reply, SecretBytes, VmSpec};
 
@@ -76,17 +81,66 @@ fn powered_off(h: &mut Host, vm: &str) {
 #[test]
 fn a_guest_keeps_its_data_on_an_encrypted_disk_across_a_host_restart() {
     let tmp = tempfile::tempdir().unwrap();
-    let guest = guest(tmp.path());
+    scenario(tmp.path(), RuntimeKind::Qemu, "guest01");
+}
+
+#[test]
+fn a_guest_under_libvirt_keeps_its_data_and_libvirt_keeps_no_passphrase() {
+    libvirt_up();
+    let tmp = tempfile::tempdir().unwrap();
+    // libvirt's QEMU user reaches the disks through this folder.
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .unwrap();
+    let name = format!("tresor-test-{}", std::process::id());
+    scenario(
+        tmp.path(),
+        RuntimeKind::Libvirt(LibvirtConfig::default()),
+        &name,
+    );
+}
+
+/// libvirtd answering on qemu:///system, started by `scripts/libvirt/start` when it does not.
+fn libvirt_up() {
+    let status = std::process::Command::new(workspace_root().join("scripts/libvirt/start"))
+        .status()
+        .expect("scripts/libvirt/start");
+    assert!(
+        status.success(),
+        "libvirt is not running; run scripts/setup-test-deps"
+    );
+}
+
+fn virsh(args: &[&str]) -> String {
+    let out = std::process::Command::new("virsh")
+        .args(["-q", "-c", "qemu:///system"])
+        .args(args)
+        .output()
+        .expect("virsh");
+    assert!(
+        out.status.success(),
+        "virsh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn scenario(tmp: &Path, runtime: RuntimeKind, vm: &str) {
+    let libvirt = matches!(runtime, RuntimeKind::Libvirt(_));
+    let guest = guest(tmp);
     let mut h = Host::open(HostConfig {
         name: "host-1".into(),
-        datastore: tmp.path().join("datastore"),
-        state_dir: tmp.path().join("state"),
+        datastore: tmp.join("datastore"),
+        state_dir: tmp.join("state"),
         key_capacity: 64,
         qemu: QemuConfig {
             prefer_kvm: false,
             shutdown_timeout: Duration::from_millis(300),
             ..QemuConfig::default()
         },
+        runtime,
         tools: QemuTools::default(),
     })
     .unwrap();
@@ -101,7 +155,7 @@ fn a_guest_keeps_its_data_on_an_encrypted_disk_across_a_host_restart() {
     let report = match ok(h.handle(Command::CreateVm {
         spec: VmSpec {
             id: None,
-            name: "guest01".into(),
+            name: vm.into(),
             memory_mib: 256,
             vcpus: 1,
             disks: vec![DiskSpec {
@@ -120,19 +174,17 @@ fn a_guest_keeps_its_data_on_an_encrypted_disk_across_a_host_restart() {
     std::fs::copy(guest.join("vmlinuz"), boot.join("vmlinuz")).unwrap();
     std::fs::copy(guest.join("initrd.img"), boot.join("initrd.img")).unwrap();
     std::fs::write(boot.join("cmdline"), "console=ttyS0 quiet panic=-1").unwrap();
-    let log = tmp.path().join("state/run/guest01/serial.log");
+    let log = tmp.join("state/run").join(vm).join("serial.log");
 
     // First boot: the guest writes its marker through QEMU's LUKS driver.
-    ok(h.handle(Command::PowerOn {
-        vm: "guest01".into(),
-    }));
+    ok(h.handle(Command::PowerOn { vm: vm.into() }));
     serial_line(&log, "tresor-guest: up");
     let wrote = serial_line(&log, "tresor-guest: wrote");
     let marker = wrote
         .strip_prefix("tresor-guest: wrote ")
         .unwrap_or_else(|| panic!("the guest did not write its marker: {wrote}"))
         .to_owned();
-    powered_off(&mut h, "guest01");
+    powered_off(&mut h, vm);
 
     // The image holds ciphertext only.
     let mut images = 0;
@@ -152,18 +204,161 @@ fn a_guest_keeps_its_data_on_an_encrypted_disk_across_a_host_restart() {
 
     // The host restarts: its keys are gone, and the VM cannot start.
     h.reboot();
-    let refused = h.handle(Command::PowerOn {
-        vm: "guest01".into(),
-    });
+    let refused = h.handle(Command::PowerOn { vm: vm.into() });
     assert!(matches!(refused, Reply::Failed { .. }), "{refused:?}");
 
-    // The keys return; the guest boots again and finds its marker.
+    // The keys return; the guest boots again, finds its marker and stays up.
     ok(h.handle(Command::EnableEncryption { host_key }));
     ok(h.handle(Command::PushKeys { keys: vec![vm_key] }));
-    ok(h.handle(Command::PowerOn {
-        vm: "guest01".into(),
-    }));
+    std::fs::write(
+        boot.join("cmdline"),
+        "console=ttyS0 quiet panic=-1 tresor.stay",
+    )
+    .unwrap();
+    ok(h.handle(Command::PowerOn { vm: vm.into() }));
     let found = serial_line(&log, "tresor-guest: found");
     assert_eq!(found, format!("tresor-guest: found {marker}"));
-    powered_off(&mut h, "guest01");
+    serial_line(&log, "tresor-guest: staying");
+    if libvirt {
+        libvirt_checks(&mut h, &dir, vm, &log);
+    }
+    ok(h.handle(Command::PowerOff { vm: vm.into() }));
+    assert_eq!(
+        h.report(vm).unwrap().power_state,
+        tresor_core::protocol::PowerState::PoweredOff
+    );
+    ok(h.handle(Command::Delete { vm: vm.into() }));
+    if libvirt {
+        let all = virsh(&["list", "--all", "--name"]);
+        assert!(
+            !all.lines().any(|l| l.trim() == vm),
+            "the deleted VM's domain is still defined: {all}"
+        );
+    }
+}
+
+/// What only the libvirt runtime has: domains that `virsh` shows, no passphrase anywhere in
+/// libvirt, and a libvirtd restart that changes nothing for the running VM.
+fn libvirt_checks(h: &mut Host, dir: &Path, vm: &str, log: &Path) {
+    // What virsh lists as running is what the agent reports as powered on.
+    let running = virsh(&["list", "--name"]);
+    assert!(running.lines().any(|l| l.trim() == vm), "{running}");
+    assert_eq!(
+        h.report(vm).unwrap().power_state,
+        tresor_core::protocol::PowerState::PoweredOn
+    );
+    // The secrets were undefined once QEMU had them.
+    let secrets = virsh(&["secret-list"]);
+    assert!(
+        secrets.trim().is_empty(),
+        "secrets left in libvirt: {secrets}"
+    );
+
+    // No disk passphrase in libvirt's folders, its logs, or the domain's XML, in any form.
+    let file = VmFile::load(dir).unwrap();
+    let plan = file.prepare_power_on(dir, &h.cache).unwrap();
+    let secret = plan.disks[0].secret.as_ref().expect("an encrypted disk");
+    let hex: String = secret.bytes().iter().map(|b| format!("{b:02x}")).collect();
+    let b64 = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(hex.as_bytes())
+    };
+    let needles: Vec<Vec<u8>> = vec![
+        hex.clone().into_bytes(),
+        hex.to_uppercase().into_bytes(),
+        b64.into_bytes(),
+        secret.bytes().to_vec(),
+    ];
+    let mut xml = virsh(&["dumpxml", "--security-info", vm]);
+    xml.push_str(&virsh(&["dumpxml", "--inactive", "--security-info", vm]));
+    let mut looked = 0;
+    for root in [
+        "/etc/libvirt",
+        "/var/lib/libvirt",
+        "/run/libvirt",
+        "/var/log/libvirt",
+        "/var/cache/libvirt",
+    ] {
+        looked += grep_tree(Path::new(root), &needles);
+    }
+    looked += grep_tree(log.parent().unwrap(), &needles);
+    assert!(looked > 5, "looked at only {looked} files");
+    for n in &needles {
+        assert!(
+            !xml.as_bytes().windows(n.len()).any(|w| w == n),
+            "the domain XML holds a disk passphrase"
+        );
+    }
+    // A libvirt domain master key lives on the memory file system the host requires.
+    let masters = find_named(Path::new("/var/lib/libvirt/qemu"), "master-key.aes");
+    assert!(
+        !masters.is_empty(),
+        "no master key found under /var/lib/libvirt/qemu"
+    );
+
+    // libvirtd restarts: its ephemeral secrets are gone, the domain runs on, and Tresor still
+    // controls it.
+    let pid = std::fs::read_to_string("/run/libvirtd.pid")
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+        .expect("libvirtd's pid file");
+    let _ = std::process::Command::new("kill")
+        .arg(pid.to_string())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(Instant::now() < deadline, "libvirtd did not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    libvirt_up();
+    assert_eq!(
+        h.report(vm).unwrap().power_state,
+        tresor_core::protocol::PowerState::PoweredOn
+    );
+    let running = virsh(&["list", "--name"]);
+    assert!(running.lines().any(|l| l.trim() == vm), "{running}");
+}
+
+/// Looks through every regular file under `root` for any of `needles`; how many files it read.
+fn grep_tree(root: &Path, needles: &[Vec<u8>]) -> usize {
+    let mut read = 0;
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return 0;
+    };
+    for e in entries.flatten() {
+        let Ok(meta) = std::fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        if meta.is_dir() {
+            read += grep_tree(&e.path(), needles);
+        } else if meta.is_file() && meta.len() < 256 << 20 {
+            let Ok(bytes) = std::fs::read(e.path()) else {
+                continue;
+            };
+            read += 1;
+            for n in needles {
+                assert!(
+                    !bytes.windows(n.len()).any(|w| w == n.as_slice()),
+                    "{} holds a disk passphrase",
+                    e.path().display()
+                );
+            }
+        }
+    }
+    read
+}
+
+fn find_named(root: &Path, name: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(root) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                found.extend(find_named(&p, name));
+            } else if p.file_name().is_some_and(|n| n == name) {
+                found.push(p);
+            }
+        }
+    }
+    found
 }

@@ -21,6 +21,7 @@ fn host(dir: &std::path::Path) -> Host {
             shutdown_timeout: Duration::from_millis(300),
             ..QemuConfig::default()
         },
+        runtime: Default::default(),
         tools: QemuTools::default(),
     })
     .unwrap()

@@ -59,6 +59,7 @@ fn host(dir: &std::path::Path, name: &str) -> Arc<Mutex<Host>> {
             state_dir: dir.join("state"),
             key_capacity: 32,
             qemu: QemuConfig::default(),
+            runtime: Default::default(),
             tools: QemuTools::default(),
         })
         .unwrap(),

@@ -95,6 +95,7 @@ async fn a_host_joins_once_with_a_token_and_then_connects() {
             state_dir: tmp.path().join("state"),
             key_capacity: 8,
             qemu: QemuConfig::default(),
+            runtime: Default::default(),
             tools: QemuTools::default(),
         })
         .unwrap(),
@@ -162,6 +163,7 @@ async fn a_host_joins_once_with_a_token_and_then_connects() {
             state_dir: tmp.path().join("state2"),
             key_capacity: 8,
             qemu: QemuConfig::default(),
+            runtime: Default::default(),
             tools: QemuTools::default(),
         })
         .unwrap(),

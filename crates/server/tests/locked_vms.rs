@@ -77,6 +77,7 @@ async fn the_procedures_cases_1_3_and_5_in_one_process() {
                 shutdown_timeout: Duration::from_millis(200),
                 ..QemuConfig::default()
             },
+            runtime: Default::default(),
             tools: QemuTools::default(),
         })
         .unwrap(),
