@@ -55,6 +55,20 @@ pub enum DiskError {
     },
 }
 
+/// The format of an image to import.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageFormat {
+    Raw,
+    Qcow2,
+}
+
+/// What [`QemuTools::probe_image`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageInfo {
+    pub format: ImageFormat,
+    pub virtual_size: u64,
+}
+
 /// The random secret of one disk; its passphrase form is hex.
 pub struct DiskSecret(Zeroizing<Vec<u8>>);
 
@@ -306,6 +320,119 @@ impl QemuTools {
     ) -> Result<(), DiskError> {
         self.io(path, format, Some(secret), &["read 0 512"])
             .map(|_| ())
+    }
+
+    /// What the image at `path` (an upload, untrusted) is: a raw or qcow2 image standing alone
+    /// (no backing file, no external data file, not encrypted), probed by `qemu-img info` under
+    /// limits of memory and CPU time, as a crafted image can make it use much of both.
+    pub fn probe_image(&self, path: &Path) -> Result<ImageInfo, DiskError> {
+        let tool = self.qemu_img.display().to_string();
+        let refuse = |message: String| DiskError::Tool {
+            tool: "qemu-img".into(),
+            path: path.display().to_string(),
+            message,
+        };
+        let out = Command::new("prlimit")
+            .args(["--as=1073741824", "--cpu=30", "--"])
+            .arg(&self.qemu_img)
+            .args(["info", "--output=json"])
+            .arg(path)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| DiskError::Spawn {
+                tool: format!("prlimit {tool}"),
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(refuse(format!(
+                "not a disk image it can read: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let info: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| refuse(format!("unreadable image information: {e}")))?;
+        let format = match info.get("format").and_then(|f| f.as_str()) {
+            Some("raw") => ImageFormat::Raw,
+            Some("qcow2") => ImageFormat::Qcow2,
+            other => {
+                return Err(refuse(format!(
+                    "an image of format {} cannot be imported; convert it to qcow2 or raw first (qemu-img convert -O qcow2)",
+                    other.unwrap_or("unknown")
+                )))
+            }
+        };
+        if info.get("backing-filename").is_some() || info.get("full-backing-filename").is_some() {
+            return Err(refuse(
+                "the image has a backing file; import one that stands alone (qemu-img convert -O qcow2 makes one)".into(),
+            ));
+        }
+        if info.pointer("/format-specific/data/data-file").is_some() {
+            return Err(refuse(
+                "the image keeps its data in an external file; import one that stands alone (qemu-img convert -O qcow2 makes one)".into(),
+            ));
+        }
+        if info.get("encrypted").and_then(|e| e.as_bool()) == Some(true) {
+            return Err(refuse(
+                "the image is encrypted; import it unencrypted, and Tresor encrypts it with the VM's keys".into(),
+            ));
+        }
+        let virtual_size = info
+            .get("virtual-size")
+            .and_then(|v| v.as_u64())
+            .filter(|&v| v > 0)
+            .ok_or_else(|| refuse("the image has no size".into()))?;
+        Ok(ImageInfo {
+            format,
+            virtual_size,
+        })
+    }
+
+    /// Copies an image (probed by [`QemuTools::probe_image`]) into a new disk, encrypted when
+    /// `to_secret` is given.
+    pub fn import(
+        &self,
+        from: &Path,
+        from_format: ImageFormat,
+        to: &Path,
+        to_format: DiskFormat,
+        to_secret: Option<&DiskSecret>,
+    ) -> Result<(), DiskError> {
+        let mut args: Vec<String> = vec!["convert".into()];
+        if to_secret.is_some() {
+            args.extend(["--object".into(), "secret,id=dst,file=/dev/fd/3".into()]);
+        }
+        let source = match from_format {
+            ImageFormat::Raw => "raw",
+            ImageFormat::Qcow2 => "qcow2",
+        };
+        args.extend(["-f".into(), source.into(), from.display().to_string()]);
+        match (to_format, to_secret) {
+            (DiskFormat::Qcow2, _) => args.extend(["-O".into(), "qcow2".into()]),
+            (DiskFormat::Qcow2Luks, Some(_)) => args.extend([
+                "-O".into(),
+                "qcow2".into(),
+                "-o".into(),
+                format!(
+                    "encrypt.format=luks,encrypt.key-secret=dst,encrypt.iter-time={ITER_TIME_MS}"
+                ),
+            ]),
+            (DiskFormat::RawLuks, Some(_)) => args.extend([
+                "-O".into(),
+                "luks".into(),
+                "-o".into(),
+                format!("key-secret=dst,iter-time={ITER_TIME_MS}"),
+            ]),
+            (_, None) => {
+                return Err(DiskError::Tool {
+                    tool: "qemu-img".into(),
+                    path: to.display().to_string(),
+                    message: "an encrypted disk needs a secret".into(),
+                })
+            }
+        }
+        args.push(to.display().to_string());
+        let secrets: Vec<&DiskSecret> = to_secret.into_iter().collect();
+        self.run(&self.qemu_img, &args, &secrets, from).map(|_| ())
     }
 
     /// Copies a disk into a new one of another format or key (encrypt, decrypt, deep rekey).

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use tresor_core::host::{self as hostmode, HostCryptoEvent, HostCryptoState};
 use tresor_core::ids::KeyRef;
-use tresor_core::protocol::{Command, HostKey, PowerState, Reply, VmReport, VmSpec};
+use tresor_core::protocol::{
+    Command, HostKey, PowerState, Reply, UploadKind, VmReport, VmSpec, MAX_CMDLINE,
+};
 
 use crate::disk::{DiskFormat, QemuTools};
 use crate::diskops::{self, Change};
@@ -506,7 +508,167 @@ impl Host {
             Command::AddDisk { vm, disk } => self.add_disk(&vm, disk),
             Command::Decrypt { vm } => self.decrypt(&vm),
             Command::Rekey { vm, key, deep } => self.rekey(&vm, key, deep),
+            Command::Upload {
+                vm,
+                kind,
+                offset,
+                data,
+                done,
+            } => self.upload(&vm, kind, offset, &data.0, done),
         }
+    }
+
+    /// Takes a piece of an upload; installs the file when it is the last.
+    fn upload(
+        &mut self,
+        vm: &str,
+        kind: UploadKind,
+        offset: u64,
+        data: &[u8],
+        done: bool,
+    ) -> Result<Reply, HostError> {
+        use std::io::{Seek, Write};
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = self.dir(vm)?;
+        self.require_off(vm, "change its files")?;
+        // One staging file per kind, in the VM's own folder; a new upload (offset 0) replaces
+        // what an interrupted one left.
+        let staging = dir.join(format!(".upload-{kind}"));
+        let end = offset.saturating_add(data.len() as u64);
+        if end > kind.max_bytes() {
+            let _ = std::fs::remove_file(&staging);
+            return Err(fail(
+                "tooLarge",
+                format!(
+                    "The {kind} for VM {vm} is larger than {} bytes, the most Tresor takes",
+                    kind.max_bytes()
+                ),
+            ));
+        }
+        if kind == UploadKind::Image {
+            self.check_space(data.len() as u64)?;
+        }
+        let io = |e: std::io::Error| fail("io", format!("Cannot write the {kind} of VM {vm}: {e}"));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(offset == 0)
+            .mode(0o600)
+            .open(&staging)
+            .map_err(io)?;
+        let len = f.metadata().map_err(io)?.len();
+        if len != offset {
+            return Err(fail(
+                "uploadOutOfOrder",
+                format!(
+                    "The {kind} of VM {vm} has {len} bytes so far, and a piece for offset {offset} came; send the file again from its start"
+                ),
+            ));
+        }
+        f.seek(std::io::SeekFrom::Start(offset)).map_err(io)?;
+        f.write_all(data).map_err(io)?;
+        if !done {
+            return Ok(Reply::Done);
+        }
+        f.sync_all().map_err(io)?;
+        drop(f);
+        let installed = self.install_upload(vm, &dir, kind, &staging);
+        let _ = std::fs::remove_file(&staging);
+        installed?;
+        Ok(Reply::Vm {
+            vm: self.report(vm)?,
+        })
+    }
+
+    /// Puts an uploaded file in its place: the boot files under `boot/`, an image as the VM's
+    /// first disk.
+    fn install_upload(
+        &mut self,
+        vm: &str,
+        dir: &Path,
+        kind: UploadKind,
+        staging: &Path,
+    ) -> Result<(), HostError> {
+        let boot = dir.join("boot");
+        let io =
+            |e: std::io::Error| fail("io", format!("Cannot install the {kind} of VM {vm}: {e}"));
+        let target = match kind {
+            UploadKind::Image => return self.import_image(dir, staging),
+            UploadKind::Kernel => boot.join("vmlinuz"),
+            UploadKind::Initrd => boot.join("initrd.img"),
+            UploadKind::Cmdline => {
+                let text = std::fs::read(staging).map_err(io)?;
+                let ok = std::str::from_utf8(&text)
+                    .map(|t| !t.trim().chars().any(char::is_control))
+                    .unwrap_or(false);
+                if !ok {
+                    return Err(fail(
+                        "badCmdline",
+                        format!("A kernel command line is one line of text of at most {MAX_CMDLINE} characters"),
+                    ));
+                }
+                boot.join("cmdline")
+            }
+        };
+        std::fs::create_dir_all(&boot).map_err(io)?;
+        std::fs::rename(staging, &target).map_err(io)?;
+        Ok(())
+    }
+
+    /// Imports an uploaded image as the VM's first disk: copied into a new qcow2, encrypted
+    /// with a new disk key under the VM's KEK when the VM is encrypted.
+    fn import_image(&mut self, dir: &Path, staging: &Path) -> Result<(), HostError> {
+        let info = self.config.tools.probe_image(staging)?;
+        let mut file = VmFile::load(dir)?;
+        tresor_core::protocol::check_shape(file.disks.len(), &[info.virtual_size], None)
+            .map_err(|e| fail("badShape", e.to_string()))?;
+        self.check_space(info.virtual_size)?;
+        let mut i = file.disks.len();
+        while file.disks.iter().any(|d| d.id == format!("d{i}")) {
+            i += 1;
+        }
+        let name = format!("disk{i}.qcow2");
+        let path = dir.join(&name);
+        let _ = std::fs::remove_file(&path);
+        let made = if file.encrypted {
+            let secret = file.add_encrypted_disk(
+                &format!("d{i}"),
+                &name,
+                DiskFormat::Qcow2Luks,
+                info.virtual_size,
+                None,
+                &self.cache,
+            )?;
+            self.config.tools.import(
+                staging,
+                info.format,
+                &path,
+                DiskFormat::Qcow2Luks,
+                Some(&secret),
+            )
+        } else {
+            file.disks.push(DiskEntry {
+                id: format!("d{i}"),
+                file: name,
+                format: DiskFormat::Qcow2,
+                size: info.virtual_size,
+                key_id: None,
+                wrapped_secret: None,
+            });
+            self.config
+                .tools
+                .import(staging, info.format, &path, DiskFormat::Qcow2, None)
+        };
+        if let Err(e) = made {
+            let _ = std::fs::remove_file(&path);
+            return Err(e.into());
+        }
+        // The boot disk first.
+        if let Some(entry) = file.disks.pop() {
+            file.disks.insert(0, entry);
+        }
+        file.save(dir)?;
+        Ok(())
     }
 
     fn not_safe(&self) -> HostError {

@@ -24,6 +24,7 @@ use zeroize::Zeroizing;
 use crate::disk::{DiskFormat, DiskSecret};
 use crate::keycache::KeyCache;
 use crate::wrap::{self, Purpose, WrapError};
+use tresor_core::protocol::MAX_CMDLINE;
 
 /// The name of a VM's config file.
 pub const CONFIG_FILE: &str = "vm.json";
@@ -129,9 +130,6 @@ pub struct DirectBoot {
 /// The kernel command line when `boot/cmdline` names none: the serial console, and a panic ends
 /// the VM instead of hanging it.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 panic=-1";
-
-/// The longest kernel command line taken from `boot/cmdline`.
-const MAX_CMDLINE: usize = 2048;
 
 impl DirectBoot {
     /// The direct boot of the VM in `dir`, if its folder has a kernel.

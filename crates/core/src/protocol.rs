@@ -248,6 +248,84 @@ pub enum Command {
         vm: String,
         disk: DiskSpec,
     },
+    /// A piece of a file for a powered-off VM, in order: the agent writes `data` at `offset` of
+    /// the upload, and installs the file when `done` (an image becomes the VM's first disk,
+    /// encrypted when the VM is).
+    Upload {
+        vm: String,
+        kind: UploadKind,
+        offset: u64,
+        data: Chunk,
+        done: bool,
+    },
+}
+
+crate::named_enum! {
+    /// What an upload to a VM is.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum UploadKind {
+        /// A qcow2 or raw disk image: imported as the VM's boot disk.
+        Image = "image",
+        /// A Linux kernel, booted directly.
+        Kernel = "kernel",
+        /// The initial RAM disk of the kernel.
+        Initrd = "initrd",
+        /// The kernel's command line.
+        Cmdline = "cmdline",
+    }
+}
+
+impl UploadKind {
+    /// The largest file of this kind.
+    pub fn max_bytes(self) -> u64 {
+        match self {
+            UploadKind::Image => MAX_DISK_BYTES,
+            UploadKind::Kernel => 256 << 20,
+            UploadKind::Initrd => 2 << 30,
+            UploadKind::Cmdline => MAX_CMDLINE as u64,
+        }
+    }
+}
+
+/// The longest kernel command line.
+pub const MAX_CMDLINE: usize = 2048;
+
+/// The most bytes one [`Command::Upload`] carries (its frame, in base64, stays below
+/// [`MAX_FRAME`]).
+pub const MAX_CHUNK: usize = 4 << 20;
+
+/// Bytes of an upload: base64 on the wire.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Chunk(pub Vec<u8>);
+
+impl std::fmt::Debug for Chunk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Chunk({} bytes)", self.0.len())
+    }
+}
+
+impl Serialize for Chunk {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use base64::Engine;
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Chunk {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Chunk, D::Error> {
+        use base64::Engine;
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map_err(serde::de::Error::custom)?;
+        if bytes.len() > MAX_CHUNK {
+            return Err(serde::de::Error::custom(format!(
+                "a chunk of {} bytes; at most {MAX_CHUNK}",
+                bytes.len()
+            )));
+        }
+        Ok(Chunk(bytes))
+    }
 }
 
 impl Command {
