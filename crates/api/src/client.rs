@@ -295,6 +295,57 @@ impl Client {
         })
     }
 
+    /// Sends a file as the body of a `PUT`, read and sent in pieces as the server takes them
+    /// (`application/octet-stream`, its length announced); a success's JSON body.
+    pub async fn put_file(&self, path: &str, file: &std::path::Path) -> Result<Value, ClientError> {
+        use tokio::io::AsyncReadExt;
+        let unreadable =
+            |e: std::io::Error| ClientError::Setup(format!("Cannot read {}: {e}", file.display()));
+        let f = tokio::fs::File::open(file).await.map_err(unreadable)?;
+        let len = f.metadata().await.map_err(unreadable)?.len();
+        let pieces = futures_util::stream::try_unfold(f, |mut f| async move {
+            let mut buf = vec![0u8; 1 << 20];
+            let n = f.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<_, std::io::Error>(None);
+            }
+            buf.truncate(n);
+            Ok(Some((buf, f)))
+        });
+        self.put(path, reqwest::Body::wrap_stream(pieces), len)
+            .await
+    }
+
+    /// Sends bytes as the body of a `PUT` (`application/octet-stream`); a success's JSON body.
+    pub async fn put_bytes(&self, path: &str, bytes: Vec<u8>) -> Result<Value, ClientError> {
+        let len = bytes.len() as u64;
+        self.put(path, reqwest::Body::from(bytes), len).await
+    }
+
+    async fn put(&self, path: &str, body: reqwest::Body, len: u64) -> Result<Value, ClientError> {
+        let answer = self
+            .request("PUT", path)?
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| self.transport_error(e))?;
+        let status = answer.status().as_u16();
+        let body = self.read_body(answer).await?;
+        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        if (200..300).contains(&status) {
+            return Ok(body);
+        }
+        Err(ClientError::Api {
+            status,
+            error: error_of(
+                &body,
+                format!("The server answered {status} without saying why"),
+            ),
+        })
+    }
+
     /// Follows a `text/event-stream` (the event stream): each event's data, parsed as JSON, to
     /// `each` until the server ends the stream or `each` returns false.
     pub async fn follow(

@@ -63,6 +63,8 @@ pub enum ErrorCode {
     ProviderError,
     /// The key is missing or not active on the key provider.
     KeyMissingOnKms,
+    /// The request body is larger than the operation takes.
+    TooLarge,
     /// The server cannot read or write its database.
     Storage,
     /// Something failed inside the server; its log says what.
@@ -71,7 +73,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documents and tests.
-    pub const ALL: [ErrorCode; 26] = [
+    pub const ALL: [ErrorCode; 27] = [
         ErrorCode::BadRequest,
         ErrorCode::BadName,
         ErrorCode::BadShape,
@@ -96,6 +98,7 @@ impl ErrorCode {
         ErrorCode::ProviderRefused,
         ErrorCode::ProviderError,
         ErrorCode::KeyMissingOnKms,
+        ErrorCode::TooLarge,
         ErrorCode::Storage,
         ErrorCode::Internal,
     ];
@@ -110,6 +113,7 @@ impl ErrorCode {
             NotFound | NotRegistered => 404,
             Exists | Conflict | RegistryConflict | VmLocked | DiskKeyMissing | PlainVm
             | NoProvider | KeyMissingOnKms => 409,
+            TooLarge => 413,
             HostRefused => 422,
             TooManyAttempts => 429,
             Storage | Internal => 500,
@@ -146,6 +150,7 @@ impl ErrorCode {
             ProviderRefused => "providerRefused",
             ProviderError => "providerError",
             KeyMissingOnKms => "keyMissingOnKms",
+            TooLarge => "tooLarge",
             Storage => "storage",
             Internal => "internal",
         }

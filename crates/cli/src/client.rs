@@ -125,6 +125,58 @@ pub struct VmCommand {
     command: VmSub,
 }
 
+/// Files of a VM: what it boots.
+#[derive(Debug, clap::Args)]
+struct VmFiles {
+    /// A qcow2 or raw disk image, copied to the host as the VM's first disk (encrypted when the
+    /// VM is).
+    #[arg(long)]
+    image: Option<std::path::PathBuf>,
+    /// A Linux kernel to boot directly.
+    #[arg(long)]
+    kernel: Option<std::path::PathBuf>,
+    /// The initial RAM disk for --kernel.
+    #[arg(long)]
+    initrd: Option<std::path::PathBuf>,
+    /// The kernel command line for --kernel (default: console=ttyS0 panic=-1).
+    #[arg(long)]
+    cmdline: Option<String>,
+}
+
+impl VmFiles {
+    fn is_empty(&self) -> bool {
+        self.image.is_none()
+            && self.kernel.is_none()
+            && self.initrd.is_none()
+            && self.cmdline.is_none()
+    }
+
+    /// Sends each file given to VM `name`; the VM as the last answer tells it.
+    fn send(&self, c: &Conn, name: &str) -> Result<Option<Value>, CliError> {
+        let token = c.token()?;
+        let client = c.client(&token)?;
+        let mut last = None;
+        let files = [
+            ("image", &self.image),
+            ("kernel", &self.kernel),
+            ("initrd", &self.initrd),
+        ];
+        for (kind, file) in files {
+            if let Some(file) = file {
+                let path = format!("/api/v1/vms/{name}/files/{kind}");
+                let v = crate::api::block_on(client.put_file(&path, file))??;
+                last = Some(v);
+            }
+        }
+        if let Some(cmdline) = &self.cmdline {
+            let path = format!("/api/v1/vms/{name}/files/cmdline");
+            let v = crate::api::block_on(client.put_bytes(&path, cmdline.clone().into_bytes()))??;
+            last = Some(v);
+        }
+        Ok(last)
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum VmSub {
     /// Every VM (or the locked ones, or those hosts report that are not registered).
@@ -177,10 +229,21 @@ enum VmSub {
         /// Memory (256M, 2G).
         #[arg(long, default_value = "256M")]
         memory: String,
+        #[command(flatten)]
+        files: VmFiles,
     },
+    /// Send files to a powered-off VM: an image (imported as its first disk, encrypted when the
+    /// VM is), a kernel, an initrd, a kernel command line.
+    Upload {
+        name: String,
+        #[command(flatten)]
+        files: VmFiles,
+    },
+    /// Power VMs on.
     PowerOn {
         names: Vec<String>,
     },
+    /// Power VMs off (the guest is asked first, then stopped).
     PowerOff {
         names: Vec<String>,
     },
@@ -485,6 +548,7 @@ pub fn run_vm(cmd: VmCommand) -> Result<(), CliError> {
             own_key_disks,
             cpus,
             memory,
+            files,
         } => {
             let memory_mib = u32::try_from(parse_size(&memory)? >> 20).map_err(|_| {
                 CliError::msg(format!("--memory {memory} is more than a VM may have (1T)"))
@@ -507,8 +571,29 @@ pub fn run_vm(cmd: VmCommand) -> Result<(), CliError> {
                 provider,
                 own_key_disks: own,
             };
+            let vm = body.name.clone();
             let v = c.call("POST", "/api/v1/vms", &json_text(&body))?;
+            // The VM exists now; a file that does not reach it is said, with how to send it again.
+            let v = match files.send(c, &vm) {
+                Ok(Some(v)) => v,
+                Ok(None) => v,
+                Err(e) => {
+                    return Err(CliError::msg(format!(
+                        "VM {vm} was created, but its files were not all sent: {e}; send them with tresor vm upload {vm}, or remove it with tresor vm delete {vm}"
+                    )))
+                }
+            };
             c.print(&v, vm_rows);
+        }
+        VmSub::Upload { name, files } => {
+            if files.is_empty() {
+                return Err(CliError::msg(
+                    "Name a file to send: --image, --kernel, --initrd or --cmdline",
+                ));
+            }
+            if let Some(v) = files.send(c, &name)? {
+                c.print(&v, vm_rows);
+            }
         }
         VmSub::PowerOn { names } | VmSub::PowerOff { names } if names.is_empty() => {
             return Err(CliError::msg("Name at least one VM"));

@@ -21,6 +21,13 @@ pub struct DevArgs {
     /// The API's port; the agent endpoint uses the next one, the key server the one after.
     #[arg(long, default_value_t = 8400)]
     port: u16,
+    /// Where the agents run VMs: qemu (QEMU processes of their own) or libvirt (domains of the
+    /// libvirtd on qemu:///system, which must be running).
+    #[arg(long, default_value = "qemu", value_parser = ["qemu", "libvirt"])]
+    runtime: String,
+    /// The accelerator: auto (KVM when /dev/kvm can be opened), kvm or tcg.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
+    accel: String,
 }
 
 struct Children(Vec<(String, Child)>);
@@ -205,6 +212,32 @@ pub fn run(args: DevArgs) -> Result<(), CliError> {
             )
             .map_err(|e| CliError::msg(format!("Cannot write {}: {e}", config.display())))?;
         }
+        // The runtime and accelerator of this run (a later run may choose others).
+        let config = dir.join("agent.toml");
+        let text = std::fs::read_to_string(&config)
+            .map_err(|e| CliError::msg(format!("Cannot read {}: {e}", config.display())))?;
+        let mut text = text;
+        for key in ["runtime", "accel"] {
+            if !text.lines().any(|l| l.starts_with(&format!("{key} = "))) {
+                text.push_str(&format!("{key} = \"\"\n"));
+            }
+        }
+        let text: String = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("runtime = ") {
+                    format!("runtime = {:?}", args.runtime)
+                } else if l.starts_with("accel = ") {
+                    format!("accel = {:?}", args.accel)
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n";
+        std::fs::write(&config, text)
+            .map_err(|e| CliError::msg(format!("Cannot write {}: {e}", config.display())))?;
         spawn(
             &mut children,
             &name,

@@ -102,13 +102,27 @@ pub struct Dev {
 impl Dev {
     /// Starts `tresor dev --hosts N` and waits until it says it is ready.
     pub fn start(hosts: u32) -> Dev {
+        Dev::start_with(hosts, &[])
+    }
+
+    /// Starts `tresor dev --hosts N` with more arguments (`--runtime libvirt`, ...). With
+    /// libvirt, its folder is searchable by others: libvirt's QEMU user reaches the disks.
+    pub fn start_with(hosts: u32, more: &[&str]) -> Dev {
         use std::io::BufRead;
         let dir = tempfile::tempdir().unwrap();
+        if more.contains(&"libvirt") {
+            std::fs::set_permissions(
+                dir.path(),
+                std::os::unix::fs::PermissionsExt::from_mode(0o711),
+            )
+            .unwrap();
+        }
         let port = free_ports();
         let mut child = std::process::Command::new(TRESOR)
             .args(["dev", "--hosts", &hosts.to_string(), "--data"])
             .arg(dir.path())
             .args(["--port", &port.to_string()])
+            .args(more)
             .stdout(std::process::Stdio::piped())
             .stderr(std::fs::File::create(dir.path().join("dev.stderr")).unwrap())
             .spawn()

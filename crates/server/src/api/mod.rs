@@ -10,7 +10,7 @@
 use axum::extract::{Path, Query};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::json;
 use tresor_api::ErrorCode;
@@ -274,6 +274,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/vms/unlock", post(v::unlock_many))
         .route("/api/v1/vms/{name}/diagnose", get(v::diagnose))
         .route("/api/v1/vms/{name}/add-disk", post(v::add_disk))
+        .route("/api/v1/vms/{name}/files/{kind}", put(v::upload))
         .route("/api/v1/vms/{name}/{op}", post(v::action))
         .route("/api/v1/vms/{name}", get(v::show))
         .route("/api/v1/hosts", get(h::list))

@@ -44,6 +44,7 @@ ops! {
     "post" "/api/v1/vms/{name}/delete" "vms" Some(P::VmDelete), "", "Delete a VM and its files (refused while locked)";
     "post" "/api/v1/vms/{name}/encrypt" "vms" Some(P::CryptoEncrypt), r#"{"provider": "corp-kms"}"#, "Encrypt a VM (`provider`)";
     "post" "/api/v1/vms/{name}/add-disk" "vms" Some(P::VmConfig), r#"{"size": 10737418240, "ownKey": false}"#, "Add a disk to a powered-off VM (to an encrypted one: Cryptographer.AddDisk; `ownKey`: a key of its own)";
+    "put" "/api/v1/vms/{name}/files/{kind}" "vms" Some(P::VmConfig), "", "Send a file to a powered-off VM, the body as it is (`application/octet-stream`): `image` (a qcow2 or raw image, imported as the VM's first disk, encrypted when the VM is; to an encrypted VM: Cryptographer.AddDisk), `kernel`, `initrd` or `cmdline` (booted directly)";
     "post" "/api/v1/vms/{name}/decrypt" "vms" Some(P::CryptoDecrypt), "", "Decrypt a VM";
     "post" "/api/v1/vms/{name}/rekey" "vms" Some(P::CryptoRecrypt), r#"{"deep": false}"#, "A new key for a VM (`deep`: re-encrypt its disks)";
     "get" "/api/v1/hosts" "hosts" Some(P::SystemView), "", "List hosts";
@@ -180,10 +181,11 @@ pub fn query_type(method: &str, path: &str) -> Option<&'static str> {
 /// Whether an operation asks a host's agent (and so can meet a host that is away, 503, or that
 /// refuses, 422).
 fn asks_a_host(method: &str, path: &str) -> bool {
-    method == "post"
-        && (matches!(path, "/api/v1/vms" | "/api/v1/vms/register")
-            || (path.starts_with("/api/v1/vms/{name}/") && !path.ends_with("/unlock"))
-            || (path.starts_with("/api/v1/hosts/{name}/")))
+    path.contains("/files/")
+        || method == "post"
+            && (matches!(path, "/api/v1/vms" | "/api/v1/vms/register")
+                || (path.starts_with("/api/v1/vms/{name}/") && !path.ends_with("/unlock"))
+                || (path.starts_with("/api/v1/hosts/{name}/")))
 }
 
 /// Whether an operation asks a key provider (and so can meet one that fails, 502).
@@ -230,6 +232,9 @@ pub fn statuses(op: &Operation) -> Vec<(u16, &'static str)> {
             "The object's state does not allow it (a locked VM, for example)",
         ));
     }
+    if op.path.contains("/files/") {
+        out.push((413, "The file is larger than the operation takes"));
+    }
     if asks_a_host(op.method, op.path) {
         out.push((
             422,
@@ -271,6 +276,8 @@ pub fn document() -> Value {
             .map(|name| {
                 let schema = if name == "id" {
                     json!({"type": "integer", "format": "int64"})
+                } else if name == "kind" {
+                    json!({"type": "string", "enum": tresor_core::protocol::UploadKind::ALL.iter().map(|k| k.as_str()).collect::<Vec<_>>()})
                 } else {
                     json!({"type": "string"})
                 };
@@ -357,6 +364,10 @@ pub fn document() -> Value {
             };
             operation["requestBody"] = json!({"content": {"application/json": {
                 "schema": schema, "example": example}}});
+        }
+        if op.path.contains("/files/") {
+            operation["requestBody"] = json!({"required": true, "content": {"application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"}}}});
         }
         if op.privilege.is_none() && !op.path.ends_with("/logout") {
             operation["security"] = json!([]);

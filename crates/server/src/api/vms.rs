@@ -181,6 +181,28 @@ pub(super) async fn add_disk(
     Ok(Json(s.vms().add_disk(&caller, &name, &req).await?))
 }
 
+/// `PUT /api/v1/vms/{name}/files/{kind}`: the body, as it arrives, to the VM's host.
+pub(super) async fn upload(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    ApiPath((name, kind)): ApiPath<(String, String)>,
+    body: axum::body::Body,
+) -> Result<Json<Vm>, ApiError> {
+    // The privilege depends on the kind and on whether the VM is encrypted: the service decides
+    // it, before it reads the body.
+    let caller = caller(&s, &headers)?;
+    let announced = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let stream = body.into_data_stream();
+    Ok(Json(
+        s.vms()
+            .upload(&caller, &name, &kind, announced, stream)
+            .await?,
+    ))
+}
+
 /// `POST /api/v1/vms/{name}/{action}`: power on or off, unlock, unregister, reload, delete,
 /// encrypt, decrypt, rekey (`encrypt` and `rekey` take a [`CryptoRequest`]).
 pub(super) async fn action(

@@ -242,6 +242,7 @@ pub(crate) fn reply_error(
             let code = match code.as_str() {
                 "noSuchVm" => ErrorCode::NotFound,
                 "exists" => ErrorCode::Exists,
+                "tooLarge" => ErrorCode::TooLarge,
                 _ => ErrorCode::HostRefused,
             };
             Err(ServiceError::new(code, message))

@@ -13,7 +13,9 @@ use tresor_api::ErrorCode;
 use tresor_core::access::Privilege;
 use tresor_core::ids::{KeyRef, NameKind};
 use tresor_core::ops::VmOp;
-use tresor_core::protocol::{Command, DiskSpec, PowerState, Reply, SecretBytes, VmReport};
+use tresor_core::protocol::{
+    Chunk, Command, DiskSpec, PowerState, Reply, SecretBytes, UploadKind, VmReport, MAX_CHUNK,
+};
 use tresor_core::vm::{ConnectionState, CryptoState, ProviderAnswer};
 use tresor_core::Lang;
 
@@ -752,6 +754,130 @@ impl Vms<'_> {
             cx.engine.tick().await;
         }
         Ok(vm_view(&self.record(name)?))
+    }
+
+    /// Sends a file to a powered-off VM: an image (imported as its first disk, encrypted when
+    /// the VM is) or a boot file. `body` yields the bytes as they arrive; they go to the host in
+    /// pieces of at most [`MAX_CHUNK`] bytes, one after the other, so that an upload holds at
+    /// most one piece in memory. Privileges and state are checked before the first byte is read.
+    pub async fn upload<S, B, E>(
+        &self,
+        caller: &Caller,
+        name: &str,
+        kind: &str,
+        announced: Option<u64>,
+        mut body: S,
+    ) -> Result<Vm, ServiceError>
+    where
+        S: futures_util::Stream<Item = Result<B, E>> + Unpin,
+        B: AsRef<[u8]>,
+        E: std::fmt::Display,
+    {
+        use futures_util::StreamExt;
+        let cx = self.cx;
+        let action = format!("Sending a file to VM {name}");
+        let Some(record) = cx.store.vm(name)? else {
+            caller.require(Privilege::VmConfig, &action)?;
+            return Err(no_vm(name));
+        };
+        let kind: UploadKind = kind.parse().map_err(|_| {
+            ServiceError::new(
+                ErrorCode::NotFound,
+                format!("No file kind {kind:?}; a VM takes: image, kernel, initrd, cmdline"),
+            )
+        })?;
+        // An image is a new disk: for an encrypted VM, Cryptographer.AddDisk, as `add-disk`.
+        let privilege = if kind == UploadKind::Image && record.encrypted {
+            Privilege::CryptoAddDisk
+        } else {
+            Privilege::VmConfig
+        };
+        caller.require(privilege, &action)?;
+        if kind == UploadKind::Image {
+            tresor_core::ops::check(name, VmOp::AddDisk, record.crypto_state, record.lock_reason)
+                .map_err(|r| ServiceError::new(ErrorCode::VmLocked, r.message).de(r.message_de))?;
+        }
+        let too_large = || {
+            ServiceError::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "The {kind} is larger than {} bytes, the most a VM takes",
+                    kind.max_bytes()
+                ),
+            )
+        };
+        if announced.is_some_and(|n| n > kind.max_bytes()) {
+            return Err(too_large());
+        }
+        reachable_host(cx, &record.host)?;
+        let mut offset = 0u64;
+        let mut piece: Vec<u8> = Vec::with_capacity(MAX_CHUNK.min(1 << 20));
+        let reply = loop {
+            let next = body.next().await;
+            let done = next.is_none();
+            if let Some(bytes) = next {
+                let bytes = bytes.map_err(|e| {
+                    ServiceError::new(
+                        ErrorCode::BadRequest,
+                        format!("The {kind} could not be read to its end ({e}); send it again"),
+                    )
+                })?;
+                let bytes = bytes.as_ref();
+                if offset + (piece.len() + bytes.len()) as u64 > kind.max_bytes() {
+                    return Err(too_large());
+                }
+                let mut rest = bytes;
+                while !rest.is_empty() {
+                    let take = rest.len().min(MAX_CHUNK - piece.len());
+                    piece.extend_from_slice(&rest[..take]);
+                    rest = &rest[take..];
+                    if piece.len() == MAX_CHUNK {
+                        let data = std::mem::take(&mut piece);
+                        let len = data.len() as u64;
+                        self.send_piece(&record.host, name, kind, offset, data, false)
+                            .await?;
+                        offset += len;
+                    }
+                }
+            }
+            if done {
+                let data = std::mem::take(&mut piece);
+                break self
+                    .send_piece(&record.host, name, kind, offset, data, true)
+                    .await?;
+            }
+        };
+        if let Reply::Vm { vm } = reply {
+            cx.engine.observe_report(&record.host, Arc::new(vm));
+            cx.engine.tick().await;
+        }
+        tracing::info!(vm = name, user = %caller.user, %kind, "file sent to the VM");
+        Ok(vm_view(&self.record(name)?))
+    }
+
+    async fn send_piece(
+        &self,
+        host: &str,
+        vm: &str,
+        kind: UploadKind,
+        offset: u64,
+        data: Vec<u8>,
+        done: bool,
+    ) -> Result<Reply, ServiceError> {
+        let command = Command::Upload {
+            vm: vm.to_owned(),
+            kind,
+            offset,
+            data: Chunk(data),
+            done,
+        };
+        let answer = self
+            .cx
+            .hub
+            .request(host, command, super::AGENT_TIMEOUT)
+            .await
+            .map_err(super::agent_error)?;
+        super::reply_error(answer)
     }
 
     /// Powers a VM on or off, unless its lock state forbids it.
