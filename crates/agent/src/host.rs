@@ -484,9 +484,11 @@ impl Host {
                 Ok(Reply::VmDirs { paths })
             }
             Command::Unregister { vm } => {
-                self.dir(&vm)?;
+                let dir = self.dir(&vm)?;
                 self.require_off(&vm, "unregister it")?;
-                self.runtime.forget(&vm)?;
+                if let Ok(file) = VmFile::load(&dir) {
+                    self.runtime.forget(&vm, &file.id)?;
+                }
                 self.vms.remove(&vm);
                 self.save_registry()?;
                 Ok(Reply::Done)
@@ -497,7 +499,9 @@ impl Host {
             Command::Delete { vm } => {
                 let dir = self.dir(&vm)?;
                 self.require_off(&vm, "delete it")?;
-                self.runtime.forget(&vm)?;
+                if let Ok(file) = VmFile::load(&dir) {
+                    self.runtime.forget(&vm, &file.id)?;
+                }
                 std::fs::remove_dir_all(&dir)
                     .map_err(|e| fail("io", format!("Cannot delete {}: {e}", dir.display())))?;
                 self.vms.remove(&vm);

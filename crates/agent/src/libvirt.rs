@@ -69,8 +69,9 @@ pub enum LibvirtError {
         message: String,
     },
     #[error(
-        "A libvirt domain named {vm} exists and is not Tresor's; rename or remove it \
-         (virsh domrename, virsh undefine), or bring it under Tresor with tresor vm adopt"
+        "A libvirt domain named {vm} exists and is not this VM's (it is not Tresor's, or another \
+         Tresor VM's of that name); rename or remove it (virsh domrename, virsh undefine), or \
+         give this VM another name"
     )]
     ForeignDomain { vm: String },
     #[error(
@@ -171,15 +172,25 @@ impl LibvirtRuntime {
             .map(|s| s.trim().to_owned())
     }
 
-    /// Whether domain `name` is defined and marked as Tresor's; an error if it is defined and is
-    /// someone else's.
-    fn ours(&self, name: &str) -> Result<bool, LibvirtError> {
+    /// Whether domain `name` is defined and marked as the domain of Tresor VM `id`; an error if
+    /// it is defined and is someone else's (not Tresor's, or another Tresor VM's of the same name,
+    /// such as one of another agent on this libvirt).
+    fn ours(&self, name: &str, id: &str) -> Result<bool, LibvirtError> {
         match self.virsh(name, "dumpxml", &["--domain", name, "--inactive"]) {
-            Ok(xml) if xml.contains(METADATA_NS) => Ok(true),
+            Ok(xml) if xml.contains(METADATA_NS) && xml.contains(&format!("id=\"{id}\"")) => {
+                Ok(true)
+            }
+            Ok(xml) if xml.contains(METADATA_NS) && xml.contains(&format!("id='{id}'")) => Ok(true),
             Ok(_) => Err(LibvirtError::ForeignDomain { vm: name.into() }),
             Err(_) if self.domain_state(name).is_none() => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    /// Whether domain `name` carries Tresor's mark at all.
+    fn marked(&self, name: &str) -> bool {
+        self.virsh(name, "dumpxml", &["--domain", name, "--inactive"])
+            .is_ok_and(|xml| xml.contains(METADATA_NS))
     }
 
     /// Why keys would reach disk with this runtime, and what to do; None when they do not.
@@ -220,7 +231,8 @@ impl LibvirtRuntime {
             x.push_str(&format!("  <uuid>{uuid}</uuid>\n"));
         }
         x.push_str(&format!(
-            "  <metadata>\n    <tresor:vm xmlns:tresor='{METADATA_NS}'/>\n  </metadata>\n"
+            "  <metadata>\n    <tresor:vm xmlns:tresor='{METADATA_NS}' id='{}'/>\n  </metadata>\n",
+            escape(&plan.id)
         ));
         x.push_str(&format!(
             "  <memory unit='MiB'>{}</memory>\n  <vcpu>{}</vcpu>\n",
@@ -317,9 +329,10 @@ impl LibvirtRuntime {
         Ok(uuid)
     }
 
-    /// Removes the domain of VM `name` when it is Tresor's and not running.
-    pub fn undefine(&self, name: &str) -> Result<(), LibvirtError> {
-        if self.ours(name)? {
+    /// Removes the domain of VM `name` (id `id`) when it is that VM's and not running; leaves a
+    /// domain of that name that is someone else's.
+    pub fn undefine(&self, name: &str, id: &str) -> Result<(), LibvirtError> {
+        if self.ours(name, id).unwrap_or(false) {
             self.virsh(name, "undefine", &["--domain", name])?;
         }
         Ok(())
@@ -424,7 +437,7 @@ impl crate::runtime::Runtime for LibvirtRuntime {
         }
         // Refuse before anything is defined: a domain of this name that is not Tresor's. One
         // that is keeps its UUID (libvirt redefines a domain only under the same one).
-        let uuid = if self.ours(name)? {
+        let uuid = if self.ours(name, &plan.id)? {
             Some(
                 self.virsh(name, "domuuid", &["--domain", name])?
                     .trim()
@@ -475,9 +488,7 @@ impl crate::runtime::Runtime for LibvirtRuntime {
         _disks: usize,
     ) -> Option<Box<dyn crate::runtime::Guest>> {
         match self.domain_state(name).as_deref() {
-            Some("running" | "paused" | "in shutdown" | "pmsuspended")
-                if self.ours(name).unwrap_or(false) =>
-            {
+            Some("running" | "paused" | "in shutdown" | "pmsuspended") if self.marked(name) => {
                 Some(Box::new(Domain {
                     runtime: self.clone(),
                     name: name.into(),
@@ -495,8 +506,8 @@ impl crate::runtime::Runtime for LibvirtRuntime {
         LibvirtRuntime::keeps_keys_off_disk(self)
     }
 
-    fn forget(&self, name: &str) -> Result<(), crate::runtime::RuntimeError> {
-        Ok(self.undefine(name)?)
+    fn forget(&self, name: &str, id: &str) -> Result<(), crate::runtime::RuntimeError> {
+        Ok(self.undefine(name, id)?)
     }
 }
 
@@ -640,6 +651,7 @@ mod tests {
             },
         };
         let plan = PowerOnPlan {
+            id: "0a1b".into(),
             config: crate::vmfile::VmConfig {
                 memory_mib: 512,
                 vcpus: 2,

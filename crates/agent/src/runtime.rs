@@ -54,9 +54,9 @@ pub trait Runtime: Send + std::fmt::Debug {
         Ok(())
     }
 
-    /// Forgets VM `name` (unregistered or deleted, and not running): whatever the runtime keeps
-    /// of it outside the VM's folder goes.
-    fn forget(&self, _name: &str) -> Result<(), RuntimeError> {
+    /// Forgets VM `name` with id `id` (unregistered or deleted, and not running): whatever the
+    /// runtime keeps of it outside the VM's folder goes.
+    fn forget(&self, _name: &str, _id: &str) -> Result<(), RuntimeError> {
         Ok(())
     }
 }

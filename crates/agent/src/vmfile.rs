@@ -111,6 +111,8 @@ pub struct OpenDisk {
 /// What power-on needs.
 #[derive(Debug)]
 pub struct PowerOnPlan {
+    /// The VM's id (`vm.json`).
+    pub id: String,
     pub config: VmConfig,
     pub disks: Vec<OpenDisk>,
     /// A kernel to boot directly, when the VM's folder holds one.
@@ -478,6 +480,7 @@ impl VmFile {
             });
         }
         Ok(PowerOnPlan {
+            id: self.id.clone(),
             config,
             disks,
             boot: DirectBoot::of(dir)?,

@@ -86,6 +86,7 @@ fn a_guest_keeps_its_data_on_an_encrypted_disk_across_a_host_restart() {
 
 #[test]
 fn a_guest_under_libvirt_keeps_its_data_and_libvirt_keeps_no_passphrase() {
+    let _one = LIBVIRT.lock().unwrap_or_else(|p| p.into_inner());
     libvirt_up();
     let tmp = tempfile::tempdir().unwrap();
     // libvirt's QEMU user reaches the disks through this folder.
@@ -101,6 +102,9 @@ fn a_guest_under_libvirt_keeps_its_data_and_libvirt_keeps_no_passphrase() {
         &name,
     );
 }
+
+/// One libvirt test at a time: one of them restarts libvirtd.
+static LIBVIRT: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// libvirtd answering on qemu:///system, started by `scripts/libvirt/start` when it does not.
 fn libvirt_up() {
@@ -361,4 +365,68 @@ fn find_named(root: &Path, name: &str) -> Vec<PathBuf> {
         }
     }
     found
+}
+
+#[test]
+fn a_libvirt_domain_of_the_same_name_that_is_not_this_vms_is_left_alone() {
+    let _one = LIBVIRT.lock().unwrap_or_else(|p| p.into_inner());
+    libvirt_up();
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .unwrap();
+    let name = format!("tresor-foreign-{}", std::process::id());
+    let xml = tmp.path().join("foreign.xml");
+    std::fs::write(
+        &xml,
+        format!(
+            "<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory>\
+             <os><type arch='x86_64' machine='q35'>hvm</type></os></domain>"
+        ),
+    )
+    .unwrap();
+    virsh(&["define", &xml.display().to_string()]);
+    let before = virsh(&["dumpxml", "--inactive", &name]);
+
+    let mut h = Host::open(HostConfig {
+        name: "host-1".into(),
+        datastore: tmp.path().join("datastore"),
+        state_dir: tmp.path().join("state"),
+        key_capacity: 8,
+        qemu: QemuConfig {
+            prefer_kvm: false,
+            shutdown_timeout: Duration::from_millis(300),
+            ..QemuConfig::default()
+        },
+        runtime: RuntimeKind::Libvirt(LibvirtConfig::default()),
+        tools: QemuTools::default(),
+    })
+    .unwrap();
+    ok(h.handle(Command::CreateVm {
+        spec: VmSpec {
+            id: None,
+            name: name.clone(),
+            memory_mib: 64,
+            vcpus: 1,
+            disks: vec![DiskSpec {
+                size: 1 << 20,
+                own_key: None,
+            }],
+            key: None,
+        },
+    }));
+    let refused = h.handle(Command::PowerOn { vm: name.clone() });
+    match &refused {
+        Reply::Failed { code, message } => {
+            assert_eq!(code, "libvirt");
+            assert!(message.contains("is not this VM's"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Deleting the Tresor VM leaves the other domain as it was.
+    ok(h.handle(Command::Delete { vm: name.clone() }));
+    assert_eq!(virsh(&["dumpxml", "--inactive", &name]), before);
+    virsh(&["undefine", &name]);
 }

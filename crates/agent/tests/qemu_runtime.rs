@@ -115,6 +115,7 @@ fn data_written_through_a_running_vm_survives_power_off_and_on() {
 fn a_vm_that_dies_is_noticed() {
     let dir = tempfile::tempdir().unwrap();
     let plan = tresor_agent::vmfile::PowerOnPlan {
+        id: "0a1b".into(),
         config: VmConfig {
             memory_mib: 64,
             vcpus: 1,

@@ -295,25 +295,45 @@ impl Client {
         })
     }
 
-    /// Sends a file as the body of a `PUT`, read and sent in pieces as the server takes them
-    /// (`application/octet-stream`, its length announced); a success's JSON body.
+    /// Sends a file by `PUT`, in requests of at most [`crate::requests::MAX_FILE_PIECE`] bytes
+    /// (`?offset=N&more=true`, the last without `more`), each read from the file as the server
+    /// takes it (`application/octet-stream`, its length announced); the last answer's JSON body.
     pub async fn put_file(&self, path: &str, file: &std::path::Path) -> Result<Value, ClientError> {
-        use tokio::io::AsyncReadExt;
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
         let unreadable =
             |e: std::io::Error| ClientError::Setup(format!("Cannot read {}: {e}", file.display()));
-        let f = tokio::fs::File::open(file).await.map_err(unreadable)?;
-        let len = f.metadata().await.map_err(unreadable)?.len();
-        let pieces = futures_util::stream::try_unfold(f, |mut f| async move {
-            let mut buf = vec![0u8; 1 << 20];
-            let n = f.read(&mut buf).await?;
-            if n == 0 {
-                return Ok::<_, std::io::Error>(None);
+        let len = tokio::fs::metadata(file).await.map_err(unreadable)?.len();
+        let step = crate::requests::MAX_FILE_PIECE;
+        let mut offset = 0u64;
+        loop {
+            let size = (len - offset).min(step);
+            let more = offset + size < len;
+            let mut f = tokio::fs::File::open(file).await.map_err(unreadable)?;
+            f.seek(std::io::SeekFrom::Start(offset))
+                .await
+                .map_err(unreadable)?;
+            let pieces = futures_util::stream::try_unfold(f.take(size), |mut f| async move {
+                let mut buf = vec![0u8; 1 << 20];
+                let n = f.read(&mut buf).await?;
+                if n == 0 {
+                    return Ok::<_, std::io::Error>(None);
+                }
+                buf.truncate(n);
+                Ok(Some((buf, f)))
+            });
+            let target = if offset == 0 && !more {
+                path.to_owned()
+            } else {
+                format!("{path}?offset={offset}&more={more}")
+            };
+            let answer = self
+                .put(&target, reqwest::Body::wrap_stream(pieces), size)
+                .await?;
+            offset += size;
+            if !more {
+                return Ok(answer);
             }
-            buf.truncate(n);
-            Ok(Some((buf, f)))
-        });
-        self.put(path, reqwest::Body::wrap_stream(pieces), len)
-            .await
+        }
     }
 
     /// Sends bytes as the body of a `PUT` (`application/octet-stream`); a success's JSON body.

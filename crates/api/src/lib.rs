@@ -32,6 +32,7 @@ pub fn schemas() -> serde_json::Map<String, serde_json::Value> {
     generator.subschema_for::<requests::VmQuery>();
     generator.subschema_for::<requests::EventQuery>();
     generator.subschema_for::<requests::LangQuery>();
+    generator.subschema_for::<requests::FileQuery>();
     generator.subschema_for::<views::DiscoveredVm>();
     generator.subschema_for::<views::VmDone>();
     generator.subschema_for::<views::VmPower>();

@@ -173,6 +173,23 @@ pub struct LangQuery {
     pub lang: Option<String>,
 }
 
+/// Where a piece of a file goes (`PUT /api/v1/vms/{name}/files/{kind}`). A file may come in
+/// one request, or in pieces of at most [`MAX_FILE_PIECE`] bytes, in order: each names its
+/// `offset`, and all but the last say `more=true`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileQuery {
+    /// Where in the file this piece begins (0, the default, starts the file anew).
+    #[serde(default)]
+    pub offset: Option<u64>,
+    /// Whether more pieces follow (default false: this piece ends the file).
+    #[serde(default)]
+    pub more: Option<bool>,
+}
+
+/// The most bytes one request of a file carries.
+pub const MAX_FILE_PIECE: u64 = 64 << 20;
+
 /// `POST /api/v1/login`.
 #[derive(Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

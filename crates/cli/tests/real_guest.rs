@@ -68,13 +68,20 @@ fn scenario(runtime: &str, provider: Provider) {
         libvirt_up();
     }
     let dev = Dev::start_with(1, &["--runtime", runtime, "--accel", "tcg"]);
-    let mut pykmip = match provider {
+    let mut pykmip = match &provider {
         Provider::PyKmip => Some(PyKmip::start_as_default(&dev)),
         Provider::Embedded => None,
     };
     let g = guest(&dev);
     // libvirt's domain names are the host's: one of its own per run.
-    let vm = format!("rg-{runtime}-{}", std::process::id());
+    let vm = format!(
+        "rg-{runtime}-{}-{}",
+        match provider {
+            Provider::Embedded => "kms",
+            Provider::PyKmip => "pykmip",
+        },
+        std::process::id()
+    );
     let file = |f: &str| g.join(f).display().to_string();
     let out = dev.ok(&[
         "vm",
@@ -183,4 +190,14 @@ fn a_guest_with_its_root_on_an_encrypted_disk_under_qemu_with_the_embedded_key_s
 #[test]
 fn a_guest_with_its_root_on_an_encrypted_disk_under_libvirt_with_pykmip() {
     scenario("libvirt", Provider::PyKmip);
+}
+
+#[test]
+fn a_guest_with_its_root_on_an_encrypted_disk_under_qemu_with_pykmip() {
+    scenario("qemu", Provider::PyKmip);
+}
+
+#[test]
+fn a_guest_with_its_root_on_an_encrypted_disk_under_libvirt_with_the_embedded_key_server() {
+    scenario("libvirt", Provider::Embedded);
 }

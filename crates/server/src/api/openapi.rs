@@ -44,7 +44,7 @@ ops! {
     "post" "/api/v1/vms/{name}/delete" "vms" Some(P::VmDelete), "", "Delete a VM and its files (refused while locked)";
     "post" "/api/v1/vms/{name}/encrypt" "vms" Some(P::CryptoEncrypt), r#"{"provider": "corp-kms"}"#, "Encrypt a VM (`provider`)";
     "post" "/api/v1/vms/{name}/add-disk" "vms" Some(P::VmConfig), r#"{"size": 10737418240, "ownKey": false}"#, "Add a disk to a powered-off VM (to an encrypted one: Cryptographer.AddDisk; `ownKey`: a key of its own)";
-    "put" "/api/v1/vms/{name}/files/{kind}" "vms" Some(P::VmConfig), "", "Send a file to a powered-off VM, the body as it is (`application/octet-stream`): `image` (a qcow2 or raw image, imported as the VM's first disk, encrypted when the VM is; to an encrypted VM: Cryptographer.AddDisk), `kernel`, `initrd` or `cmdline` (booted directly)";
+    "put" "/api/v1/vms/{name}/files/{kind}" "vms" Some(P::VmConfig), "", "Send a file to a powered-off VM, the body as it is (`application/octet-stream`), in one request or in pieces of at most 64 MiB (`?offset=N&more=true`, the last without `more`): `image` (a qcow2 or raw image, imported as the VM's first disk, encrypted when the VM is; to an encrypted VM also Cryptographer.AddDisk), `kernel`, `initrd` or `cmdline` (booted directly; for an encrypted VM also Cryptographer.Access, as what boots it reads its disks)";
     "post" "/api/v1/vms/{name}/decrypt" "vms" Some(P::CryptoDecrypt), "", "Decrypt a VM";
     "post" "/api/v1/vms/{name}/rekey" "vms" Some(P::CryptoRecrypt), r#"{"deep": false}"#, "A new key for a VM (`deep`: re-encrypt its disks)";
     "get" "/api/v1/hosts" "hosts" Some(P::SystemView), "", "List hosts";
@@ -174,6 +174,7 @@ pub fn query_type(method: &str, path: &str) -> Option<&'static str> {
         ("get", "/api/v1/vms") => "VmQuery",
         ("get", "/api/v1/events") | ("get", "/api/v1/events/stream") => "EventQuery",
         ("get", "/api/v1/vms/{name}/diagnose") => "LangQuery",
+        ("put", "/api/v1/vms/{name}/files/{kind}") => "FileQuery",
         _ => return None,
     })
 }

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::StreamExt;
 use tresor_api::requests::{
-    AddDisk, CreateVm, CryptoRequest, LangQuery, RegisterRequest, UnlockMany, VmQuery,
+    AddDisk, CreateVm, CryptoRequest, FileQuery, LangQuery, RegisterRequest, UnlockMany, VmQuery,
 };
 use tresor_api::views::{
     Diagnosis, DiscoveredVm, Registered, UnlockStarted, Vm, VmDone, VmPower, VmUnlock,
@@ -186,21 +186,41 @@ pub(super) async fn upload(
     State(s): State<AppState>,
     headers: HeaderMap,
     ApiPath((name, kind)): ApiPath<(String, String)>,
+    ApiQuery(q): ApiQuery<FileQuery>,
     body: axum::body::Body,
 ) -> Result<Json<Vm>, ApiError> {
-    // The privilege depends on the kind and on whether the VM is encrypted: the service decides
-    // it, before it reads the body.
-    let caller = caller(&s, &headers)?;
+    use futures_util::StreamExt;
     let announced = headers
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let stream = body.into_data_stream();
-    Ok(Json(
-        s.vms()
-            .upload(&caller, &name, &kind, announced, stream)
-            .await?,
-    ))
+    let mut stream = body.into_data_stream();
+    // The privilege depends on the kind and on whether the VM is encrypted: the service decides
+    // it, before it reads the body.
+    let answer = match caller(&s, &headers) {
+        Ok(caller) => {
+            let piece = crate::service::vms::FilePiece {
+                kind,
+                offset: q.offset.unwrap_or(0),
+                more: q.more.unwrap_or(false),
+                announced,
+            };
+            s.vms().upload(&caller, &name, &piece, &mut stream).await
+        }
+        Err(e) => Err(e),
+    };
+    if answer.is_err() {
+        // A client still sending its piece would see a broken connection instead of the answer:
+        // the rest of the piece (at most MAX_FILE_PIECE bytes) is read and dropped first.
+        let mut left = tresor_api::requests::MAX_FILE_PIECE;
+        while let Some(Ok(bytes)) = stream.next().await {
+            left = left.saturating_sub(bytes.len() as u64);
+            if left == 0 {
+                break;
+            }
+        }
+    }
+    Ok(Json(answer?))
 }
 
 /// `POST /api/v1/vms/{name}/{action}`: power on or off, unlock, unregister, reload, delete,

@@ -5,7 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use tresor_api::requests::{AddDisk, CreateVm, CryptoRequest, RegisterRequest, UnlockMany};
+use tresor_api::requests::{
+    AddDisk, CreateVm, CryptoRequest, RegisterRequest, UnlockMany, MAX_FILE_PIECE,
+};
 use tresor_api::views::{
     Diagnosis, DiscoveredVm, Disk, KeyId, Registered, UnlockFailed, UnlockStarted, Vm, VmConfig,
 };
@@ -170,6 +172,19 @@ pub fn vm_view(record: &VmRecord) -> Vm {
 
 /// How old a provider's status may be for a diagnosis to show it without probing again.
 const FRESH_STATUS_SECS: i64 = 5;
+
+/// One request's piece of a file for a VM.
+#[derive(Clone, Debug)]
+pub struct FilePiece {
+    /// What the file is (`image`, `kernel`, ...), as the request names it.
+    pub kind: String,
+    /// Where the piece begins in the file.
+    pub offset: u64,
+    /// Whether more pieces follow.
+    pub more: bool,
+    /// The length the request announces.
+    pub announced: Option<u64>,
+}
 
 impl Vms<'_> {
     /// The registered VMs that match, by name: how many, and the page asked for (each renders
@@ -764,9 +779,8 @@ impl Vms<'_> {
         &self,
         caller: &Caller,
         name: &str,
-        kind: &str,
-        announced: Option<u64>,
-        mut body: S,
+        piece: &FilePiece,
+        body: &mut S,
     ) -> Result<Vm, ServiceError>
     where
         S: futures_util::Stream<Item = Result<B, E>> + Unpin,
@@ -780,18 +794,24 @@ impl Vms<'_> {
             caller.require(Privilege::VmConfig, &action)?;
             return Err(no_vm(name));
         };
-        let kind: UploadKind = kind.parse().map_err(|_| {
+        let kind: UploadKind = piece.kind.parse().map_err(|_| {
             ServiceError::new(
                 ErrorCode::NotFound,
-                format!("No file kind {kind:?}; a VM takes: image, kernel, initrd, cmdline"),
+                format!(
+                    "No file kind {:?}; a VM takes: image, kernel, initrd, cmdline",
+                    piece.kind
+                ),
             )
         })?;
         // An image is a new disk: for an encrypted VM, Cryptographer.AddDisk, as `add-disk`.
-        let privilege = if kind == UploadKind::Image && record.encrypted {
-            Privilege::CryptoAddDisk
-        } else {
-            Privilege::VmConfig
+        // Whoever chooses what an encrypted VM boots reads its disks in the clear once it runs:
+        // its kernel, initrd and command line need Cryptographer.Access (direct access).
+        let privilege = match (kind, record.encrypted) {
+            (_, false) => Privilege::VmConfig,
+            (UploadKind::Image, true) => Privilege::CryptoAddDisk,
+            (_, true) => Privilege::CryptoAccess,
         };
+        caller.require(Privilege::VmConfig, &action)?;
         caller.require(privilege, &action)?;
         if kind == UploadKind::Image {
             tresor_core::ops::check(name, VmOp::AddDisk, record.crypto_state, record.lock_reason)
@@ -806,12 +826,27 @@ impl Vms<'_> {
                 ),
             )
         };
-        if announced.is_some_and(|n| n > kind.max_bytes()) {
+        let piece_too_large = || {
+            ServiceError::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "One request carries at most {MAX_FILE_PIECE} bytes of a file; send it in pieces (?offset=N&more=true), as tresor vm upload does"
+                ),
+            )
+        };
+        let start = piece.offset;
+        if piece
+            .announced
+            .is_some_and(|n| start.saturating_add(n) > kind.max_bytes())
+        {
             return Err(too_large());
         }
+        if piece.announced.is_some_and(|n| n > MAX_FILE_PIECE) {
+            return Err(piece_too_large());
+        }
         reachable_host(cx, &record.host)?;
-        let mut offset = 0u64;
-        let mut piece: Vec<u8> = Vec::with_capacity(MAX_CHUNK.min(1 << 20));
+        let mut offset = start;
+        let mut buffer: Vec<u8> = Vec::with_capacity(MAX_CHUNK.min(1 << 20));
         let reply = loop {
             let next = body.next().await;
             let done = next.is_none();
@@ -823,16 +858,20 @@ impl Vms<'_> {
                     )
                 })?;
                 let bytes = bytes.as_ref();
-                if offset + (piece.len() + bytes.len()) as u64 > kind.max_bytes() {
+                let end = offset + (buffer.len() + bytes.len()) as u64;
+                if end > kind.max_bytes() {
                     return Err(too_large());
+                }
+                if end - start > MAX_FILE_PIECE {
+                    return Err(piece_too_large());
                 }
                 let mut rest = bytes;
                 while !rest.is_empty() {
-                    let take = rest.len().min(MAX_CHUNK - piece.len());
-                    piece.extend_from_slice(&rest[..take]);
+                    let take = rest.len().min(MAX_CHUNK - buffer.len());
+                    buffer.extend_from_slice(&rest[..take]);
                     rest = &rest[take..];
-                    if piece.len() == MAX_CHUNK {
-                        let data = std::mem::take(&mut piece);
+                    if buffer.len() == MAX_CHUNK {
+                        let data = std::mem::take(&mut buffer);
                         let len = data.len() as u64;
                         self.send_piece(&record.host, name, kind, offset, data, false)
                             .await?;
@@ -841,9 +880,9 @@ impl Vms<'_> {
                 }
             }
             if done {
-                let data = std::mem::take(&mut piece);
+                let data = std::mem::take(&mut buffer);
                 break self
-                    .send_piece(&record.host, name, kind, offset, data, true)
+                    .send_piece(&record.host, name, kind, offset, data, !piece.more)
                     .await?;
             }
         };
@@ -851,7 +890,9 @@ impl Vms<'_> {
             cx.engine.observe_report(&record.host, Arc::new(vm));
             cx.engine.tick().await;
         }
-        tracing::info!(vm = name, user = %caller.user, %kind, "file sent to the VM");
+        if !piece.more {
+            tracing::info!(vm = name, user = %caller.user, %kind, bytes = offset, "file sent to the VM");
+        }
         Ok(vm_view(&self.record(name)?))
     }
 
