@@ -8,7 +8,8 @@ use std::time::Duration;
 use tresor_core::host::{self as hostmode, HostCryptoEvent, HostCryptoState};
 use tresor_core::ids::KeyRef;
 use tresor_core::protocol::{
-    Command, HostKey, PowerState, Reply, UploadKind, VmReport, VmSpec, MAX_CMDLINE,
+    Chunk, Command, HostKey, PowerState, Reply, UploadKind, VmReport, VmSpec, MAX_CMDLINE,
+    MAX_CONSOLE_READ, MAX_CONSOLE_WRITE,
 };
 
 use crate::disk::{DiskFormat, QemuTools};
@@ -512,6 +513,8 @@ impl Host {
             Command::AddDisk { vm, disk } => self.add_disk(&vm, disk),
             Command::Decrypt { vm } => self.decrypt(&vm),
             Command::Rekey { vm, key, deep } => self.rekey(&vm, key, deep),
+            Command::ConsoleRead { vm, offset } => self.console_read(&vm, offset),
+            Command::ConsoleWrite { vm, data } => self.console_write(&vm, &data.0),
             Command::Upload {
                 vm,
                 kind,
@@ -520,6 +523,95 @@ impl Host {
                 done,
             } => self.upload(&vm, kind, offset, &data.0, done),
         }
+    }
+
+    /// The serial console's log of VM `vm` from `offset` on. Both runtimes log the console to
+    /// `serial.log` in the VM's run folder, anew at each power-on.
+    fn console_read(&mut self, vm: &str, offset: u64) -> Result<Reply, HostError> {
+        use std::io::{Read, Seek};
+        self.dir(vm)?;
+        let running = self.is_running(vm);
+        let log = self
+            .config
+            .state_dir
+            .join("run")
+            .join(vm)
+            .join("serial.log");
+        let mut f = match std::fs::File::open(&log) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Reply::Console {
+                    offset: 0,
+                    next: 0,
+                    data: Chunk::default(),
+                    running,
+                })
+            }
+            Err(e) => {
+                return Err(fail(
+                    "io",
+                    format!("Cannot read the console log of VM {vm}: {e}"),
+                ))
+            }
+        };
+        let io =
+            |e: std::io::Error| fail("io", format!("Cannot read the console log of VM {vm}: {e}"));
+        let len = f.metadata().map_err(io)?.len();
+        // A log shorter than the offset began anew.
+        let start = if offset > len { 0 } else { offset };
+        f.seek(std::io::SeekFrom::Start(start)).map_err(io)?;
+        let mut data = Vec::new();
+        f.take(MAX_CONSOLE_READ as u64)
+            .read_to_end(&mut data)
+            .map_err(io)?;
+        Ok(Reply::Console {
+            offset: start,
+            next: start + data.len() as u64,
+            data: Chunk(data),
+            running,
+        })
+    }
+
+    /// Types `data` on the serial console of running VM `vm`.
+    fn console_write(&mut self, vm: &str, data: &[u8]) -> Result<Reply, HostError> {
+        use std::io::Write;
+        self.dir(vm)?;
+        if data.len() > MAX_CONSOLE_WRITE {
+            return Err(fail(
+                "tooLarge",
+                format!("Console input comes in pieces of at most {MAX_CONSOLE_WRITE} bytes"),
+            ));
+        }
+        if !self.is_running(vm) {
+            return Err(fail(
+                "vmNotRunning",
+                format!("VM {vm} is powered off; power it on to use its console (tresor vm power-on {vm})"),
+            ));
+        }
+        let socket = self
+            .config
+            .state_dir
+            .join("run")
+            .join(vm)
+            .join("console.sock");
+        let mut s = std::os::unix::net::UnixStream::connect(&socket).map_err(|e| {
+            fail(
+                "console",
+                format!("Cannot reach the serial console of VM {vm}: {e}; is another client attached to it?"),
+            )
+        })?;
+        s.set_write_timeout(Some(std::time::Duration::from_secs(5)))
+            .and_then(|()| s.write_all(data))
+            .and_then(|()| s.flush())
+            .map_err(|e| {
+                fail(
+                    "console",
+                    format!("Cannot type on the console of VM {vm}: {e}"),
+                )
+            })?;
+        // QEMU reads what a client sent before it notices the client left.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        Ok(Reply::Done)
     }
 
     /// Takes a piece of an upload; installs the file when it is the last.

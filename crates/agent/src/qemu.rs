@@ -258,11 +258,15 @@ impl RunningVm {
                 "unix:{},server=on,wait=off",
                 opt(&run_dir.join("monitor.sock").display().to_string())
             ))
-            .arg("-serial")
+            // The serial console: a socket the agent connects to for input, and everything the
+            // guest prints in serial.log.
+            .arg("-chardev")
             .arg(format!(
-                "file:{}",
+                "socket,id=serial0,path={},server=on,wait=off,logfile={},logappend=off",
+                opt(&run_dir.join("console.sock").display().to_string()),
                 opt(&run_dir.join("serial.log").display().to_string())
-            ));
+            ))
+            .args(["-serial", "chardev:serial0"]);
         for i in 0..MAX_DISKS {
             cmd.args([
                 "-device",

@@ -223,6 +223,14 @@ fn scenario(tmp: &Path, runtime: RuntimeKind, vm: &str) {
     let found = serial_line(&log, "tresor-guest: found");
     assert_eq!(found, format!("tresor-guest: found {marker}"));
     serial_line(&log, "tresor-guest: staying");
+    // The serial console answers: a command typed on it runs in the guest.
+    let typed = console_says(
+        &mut h,
+        vm,
+        "echo tresor-$((6*7))-answer\n",
+        "tresor-42-answer",
+    );
+    assert!(typed, "the guest's shell did not answer on its console");
     if libvirt {
         libvirt_checks(&mut h, &dir, vm, &log);
     }
@@ -239,6 +247,37 @@ fn scenario(tmp: &Path, runtime: RuntimeKind, vm: &str) {
             "the deleted VM's domain is still defined: {all}"
         );
     }
+}
+
+/// Types `input` on the VM's console until its log shows `expect` (the shell may need a moment
+/// before it reads); whether it did.
+fn console_says(h: &mut Host, vm: &str, input: &str, expect: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        ok(h.handle(Command::ConsoleWrite {
+            vm: vm.into(),
+            data: tresor_core::protocol::Chunk(input.as_bytes().to_vec()),
+        }));
+        std::thread::sleep(Duration::from_millis(500));
+        let mut offset = 0;
+        let mut text = Vec::new();
+        loop {
+            match ok(h.handle(Command::ConsoleRead {
+                vm: vm.into(),
+                offset,
+            })) {
+                Reply::Console { next, data, .. } if !data.0.is_empty() => {
+                    text.extend_from_slice(&data.0);
+                    offset = next;
+                }
+                _ => break,
+            }
+        }
+        if String::from_utf8_lossy(&text).contains(expect) {
+            return true;
+        }
+    }
+    false
 }
 
 /// What only the libvirt runtime has: domains that `virsh` shows, no passphrase anywhere in

@@ -33,6 +33,9 @@ pub fn schemas() -> serde_json::Map<String, serde_json::Value> {
     generator.subschema_for::<requests::EventQuery>();
     generator.subschema_for::<requests::LangQuery>();
     generator.subschema_for::<requests::FileQuery>();
+    generator.subschema_for::<requests::ConsoleQuery>();
+    generator.subschema_for::<requests::ConsoleInput>();
+    generator.subschema_for::<views::ConsoleOutput>();
     generator.subschema_for::<views::DiscoveredVm>();
     generator.subschema_for::<views::VmDone>();
     generator.subschema_for::<views::VmPower>();

@@ -190,6 +190,24 @@ pub struct FileQuery {
 /// The most bytes one request of a file carries.
 pub const MAX_FILE_PIECE: u64 = 64 << 20;
 
+/// Where to read a serial console's log from (`GET /api/v1/vms/{name}/console`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleQuery {
+    /// The byte of the log to begin at (0, the default: its beginning).
+    #[serde(default)]
+    pub offset: Option<u64>,
+}
+
+/// Keys typed on a VM's serial console (`POST /api/v1/vms/{name}/console`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleInput {
+    /// What is typed, at most 4096 bytes (a newline ends a line, as Enter does).
+    #[schemars(length(max = 4096))]
+    pub input: String,
+}
+
 /// `POST /api/v1/login`.
 #[derive(Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -542,3 +542,18 @@ pub struct Diagnosis {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider_status: Option<std::collections::BTreeMap<String, ProviderStatus>>,
 }
+
+/// What a VM's serial console said (`GET /api/v1/vms/{name}/console`): the bytes of its log from
+/// `offset` on, base64 in `data`; ask again from `next` for more. `offset` is 0 when the log began
+/// anew since the offset asked for (the VM was powered on again).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsoleOutput {
+    pub vm: String,
+    pub offset: u64,
+    pub next: u64,
+    /// The bytes, base64.
+    pub data: String,
+    /// Whether the VM runs (input reaches it).
+    pub running: bool,
+}

@@ -34,7 +34,7 @@ pub struct Conn {
 impl Conn {
     /// The API token: `TRESOR_TOKEN`, or the one `tresor login` stored for this server. Never a
     /// flag: command lines are visible to every user of the machine.
-    fn token(&self) -> Result<zeroize::Zeroizing<String>, CliError> {
+    pub(crate) fn token(&self) -> Result<zeroize::Zeroizing<String>, CliError> {
         if let Ok(t) = std::env::var("TRESOR_TOKEN") {
             if !t.is_empty() {
                 return Ok(zeroize::Zeroizing::new(t));
@@ -238,6 +238,17 @@ enum VmSub {
         name: String,
         #[command(flatten)]
         files: VmFiles,
+    },
+    /// The serial console of a VM: what it prints, and what you type (Ctrl-] leaves). With
+    /// --log, what it printed since it was powered on, and no more. Input that is not a terminal
+    /// is typed as it is, and the output followed for --wait seconds.
+    Console {
+        name: String,
+        #[arg(long)]
+        log: bool,
+        /// Seconds to follow the output after input that is not a terminal ends.
+        #[arg(long, default_value_t = 2)]
+        wait: u64,
     },
     /// Power VMs on.
     PowerOn {
@@ -585,6 +596,7 @@ pub fn run_vm(cmd: VmCommand) -> Result<(), CliError> {
             };
             c.print(&v, vm_rows);
         }
+        VmSub::Console { name, log, wait } => crate::console::run(c, &name, log, wait)?,
         VmSub::Upload { name, files } => {
             if files.is_empty() {
                 return Err(CliError::msg(

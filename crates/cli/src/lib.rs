@@ -10,6 +10,7 @@ mod access;
 mod admin;
 mod api;
 mod client;
+mod console;
 mod daemons;
 mod dev;
 mod kms;

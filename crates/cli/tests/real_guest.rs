@@ -173,12 +173,36 @@ fn scenario(runtime: &str, provider: Provider) {
         let _ = dev.cli(&["vm", "unlock", &vm, "--no-wait"]);
         false
     });
+    // This time the guest stays up with a shell on its console.
+    dev.ok(&[
+        "vm",
+        "upload",
+        &vm,
+        "--cmdline",
+        "console=ttyS0 quiet panic=-1 tresor.root tresor.stay",
+    ]);
     dev.ok(&["vm", "power-on", &vm]);
     let found = console_line(&log, "tresor-guest: found ");
     assert_eq!(found, format!("tresor-guest: found {marker}"));
-    wait_for("the guest powers itself off again", || {
-        show()["powerState"] == "poweredOff"
-    });
+    console_line(&log, "tresor-guest: staying");
+    // `vm console` types into the guest's shell and shows what it answers.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = dev.cli_with_input(
+            "echo tresor-$((6*7))-answer\n",
+            &["vm", "console", &vm, "--wait", "2"],
+        );
+        if out.contains("tresor-42-answer") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the guest's shell did not answer on the console: {out}"
+        );
+    }
+    let logged = dev.ok(&["vm", "console", &vm, "--log"]);
+    assert!(logged.contains(&found), "{logged}");
+    dev.ok(&["vm", "power-off", &vm]);
     dev.ok(&["vm", "delete", &vm]);
 }
 

@@ -3,7 +3,8 @@
 //! them needs `Cryptographer.Access` (vSphere's "direct access" to encrypted VMs), and an image
 //! for it `Cryptographer.AddDisk`. A user without them (the built-in NoCryptoAdmin role) is
 //! refused before the host gets a byte, and may still do it for a VM that is not encrypted.
-//! Files too large for their kind are refused with 413 before they are read.
+//! Files too large for their kind are refused with 413 before they are read. The serial console
+//! of an encrypted VM needs `Cryptographer.Access` too.
 
 mod common;
 
@@ -114,6 +115,24 @@ fn boot_files_of_an_encrypted_vm_need_direct_access() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("read 1/1 bytes"), "{text}");
+
+    // The console: the operator may read a plain VM's, not an encrypted one's.
+    let (ok, _, err) = op("", &["vm", "console", "plain01", "--log"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = op("", &["vm", "console", "secret01", "--log"]);
+    assert!(!ok && err.contains("Cryptographer.Access"), "{err}");
+    // Typing on a VM that is off says how to get it running.
+    let (status, body) = dev.http(
+        "POST",
+        "/api/v1/vms/plain01/console",
+        &dev.token,
+        r#"{"input": "ls\n"}"#,
+    );
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body.to_string().contains("tresor vm power-on plain01"),
+        "{body}"
+    );
 
     // Too large for its kind: refused by its announced length.
     let long = "x".repeat(4096);

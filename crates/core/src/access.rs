@@ -52,6 +52,7 @@ privileges! {
     VmUnregister = "VirtualMachine.Unregister", "Virtual machine › Unregister";
     VmDelete = "VirtualMachine.Delete", "Virtual machine › Delete";
     VmConfig = "VirtualMachine.Config", "Virtual machine › Change configuration";
+    VmConsole = "VirtualMachine.Console", "Virtual machine › Console interaction";
     HostConfig = "Host.Config", "Host › Configuration";
     HostInventory = "Host.Inventory", "Host › Add and remove hosts";
     AlarmAcknowledge = "Alarm.Acknowledge", "Alarms › Acknowledge";

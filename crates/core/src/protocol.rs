@@ -248,6 +248,17 @@ pub enum Command {
         vm: String,
         disk: DiskSpec,
     },
+    /// What the VM's serial console said from `offset` of its log on (at most
+    /// [`MAX_CONSOLE_READ`] bytes).
+    ConsoleRead {
+        vm: String,
+        offset: u64,
+    },
+    /// Keys typed on the VM's serial console.
+    ConsoleWrite {
+        vm: String,
+        data: Chunk,
+    },
     /// A piece of a file for a powered-off VM, in order: the agent writes `data` at `offset` of
     /// the upload, and installs the file when `done` (an image becomes the VM's first disk,
     /// encrypted when the VM is).
@@ -286,6 +297,12 @@ impl UploadKind {
         }
     }
 }
+
+/// The most bytes of console output one [`Command::ConsoleRead`] returns.
+pub const MAX_CONSOLE_READ: usize = 256 << 10;
+
+/// The most bytes of console input one [`Command::ConsoleWrite`] carries.
+pub const MAX_CONSOLE_WRITE: usize = 4096;
 
 /// The longest kernel command line.
 pub const MAX_CMDLINE: usize = 2048;
@@ -343,9 +360,24 @@ impl Command {
 #[serde(rename_all = "camelCase", tag = "result")]
 pub enum Reply {
     Done,
-    Vm { vm: VmReport },
-    VmDirs { paths: Vec<String> },
-    Failed { code: String, message: String },
+    /// Output of a serial console: `data` begins at `offset` of the log (0 when the log began
+    /// anew since the offset asked for: the VM was powered on again), `next` is where to go on.
+    Console {
+        offset: u64,
+        next: u64,
+        data: Chunk,
+        running: bool,
+    },
+    Vm {
+        vm: VmReport,
+    },
+    VmDirs {
+        paths: Vec<String>,
+    },
+    Failed {
+        code: String,
+        message: String,
+    },
 }
 
 /// Server to agent.

@@ -190,6 +190,34 @@ impl Dev {
         self.cli_as(&self.token, args)
     }
 
+    /// Runs a client command as admin with `input` on its standard input; its standard output
+    /// (and error, after it).
+    pub fn cli_with_input(&self, input: &str, args: &[&str]) -> String {
+        use std::io::Write;
+        let mut child = std::process::Command::new(TRESOR)
+            .args(args)
+            .env("TRESOR_SERVER", self.url())
+            .env("TRESOR_CA", self.ca())
+            .env("TRESOR_TOKEN", &self.token)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
     /// Runs a client command with another token.
     pub fn cli_as(&self, token: &str, args: &[&str]) -> (bool, String, String) {
         let out = std::process::Command::new(TRESOR)

@@ -275,6 +275,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/vms/{name}/diagnose", get(v::diagnose))
         .route("/api/v1/vms/{name}/add-disk", post(v::add_disk))
         .route("/api/v1/vms/{name}/files/{kind}", put(v::upload))
+        .route(
+            "/api/v1/vms/{name}/console",
+            get(v::console_read).post(v::console_write),
+        )
         .route("/api/v1/vms/{name}/{op}", post(v::action))
         .route("/api/v1/vms/{name}", get(v::show))
         .route("/api/v1/hosts", get(h::list))

@@ -44,6 +44,8 @@ ops! {
     "post" "/api/v1/vms/{name}/delete" "vms" Some(P::VmDelete), "", "Delete a VM and its files (refused while locked)";
     "post" "/api/v1/vms/{name}/encrypt" "vms" Some(P::CryptoEncrypt), r#"{"provider": "corp-kms"}"#, "Encrypt a VM (`provider`)";
     "post" "/api/v1/vms/{name}/add-disk" "vms" Some(P::VmConfig), r#"{"size": 10737418240, "ownKey": false}"#, "Add a disk to a powered-off VM (to an encrypted one: Cryptographer.AddDisk; `ownKey`: a key of its own)";
+    "get" "/api/v1/vms/{name}/console" "vms" Some(P::VmConsole), "", "What a VM's serial console said: its log from `?offset=N` on (base64 in `data`; ask again from `next`). For an encrypted VM also Cryptographer.Access";
+    "post" "/api/v1/vms/{name}/console" "vms" Some(P::VmConsole), r#"{"input": "uptime\n"}"#, "Type on a running VM's serial console (at most 4096 bytes). For an encrypted VM also Cryptographer.Access";
     "put" "/api/v1/vms/{name}/files/{kind}" "vms" Some(P::VmConfig), "", "Send a file to a powered-off VM, the body as it is (`application/octet-stream`), in one request or in pieces of at most 64 MiB (`?offset=N&more=true`, the last without `more`): `image` (a qcow2 or raw image, imported as the VM's first disk, encrypted when the VM is; to an encrypted VM also Cryptographer.AddDisk), `kernel`, `initrd` or `cmdline` (booted directly; for an encrypted VM also Cryptographer.Access, as what boots it reads its disks)";
     "post" "/api/v1/vms/{name}/decrypt" "vms" Some(P::CryptoDecrypt), "", "Decrypt a VM";
     "post" "/api/v1/vms/{name}/rekey" "vms" Some(P::CryptoRecrypt), r#"{"deep": false}"#, "A new key for a VM (`deep`: re-encrypt its disks)";
@@ -96,6 +98,7 @@ pub fn request_type(method: &str, path: &str) -> Option<&'static str> {
             "CryptoRequest"
         }
         ("post", "/api/v1/vms/{name}/add-disk") => "AddDisk",
+        ("post", "/api/v1/vms/{name}/console") => "ConsoleInput",
         ("post", "/api/v1/login") => "Login",
         ("post", "/api/v1/users") => "NewUser",
         ("put", "/api/v1/users/{name}/password") => "NewPassword",
@@ -113,7 +116,11 @@ pub fn answer_type(method: &str, path: &str) -> Option<(&'static str, bool)> {
     Some(match (method, path) {
         ("get", "/api/v1/vms/{name}") | ("post", "/api/v1/vms") => ("Vm", false),
         ("get", "/api/v1/vms/{name}/diagnose") => ("Diagnosis", false),
-        ("post", "/api/v1/vms/{name}/add-disk") => ("Vm", false),
+        ("post", "/api/v1/vms/{name}/add-disk") | ("put", "/api/v1/vms/{name}/files/{kind}") => {
+            ("Vm", false)
+        }
+        ("get", "/api/v1/vms/{name}/console") => ("ConsoleOutput", false),
+        ("post", "/api/v1/vms/{name}/console") => ("VmDone", false),
         ("post", "/api/v1/vms/register") => ("Registered", false),
         ("post", "/api/v1/vms/unlock") => ("UnlockStarted", false),
         ("post", "/api/v1/vms/{name}/power-on") | ("post", "/api/v1/vms/{name}/power-off") => {
@@ -175,6 +182,7 @@ pub fn query_type(method: &str, path: &str) -> Option<&'static str> {
         ("get", "/api/v1/events") | ("get", "/api/v1/events/stream") => "EventQuery",
         ("get", "/api/v1/vms/{name}/diagnose") => "LangQuery",
         ("put", "/api/v1/vms/{name}/files/{kind}") => "FileQuery",
+        ("get", "/api/v1/vms/{name}/console") => "ConsoleQuery",
         _ => return None,
     })
 }
@@ -435,6 +443,7 @@ mod tests {
                 "TokenRequest" => serde_json::from_value::<TokenRequest>(example).is_ok(),
                 "CryptoRequest" => serde_json::from_value::<CryptoRequest>(example).is_ok(),
                 "AddDisk" => serde_json::from_value::<AddDisk>(example).is_ok(),
+                "ConsoleInput" => serde_json::from_value::<ConsoleInput>(example).is_ok(),
                 "Login" => serde_json::from_value::<Login>(example).is_ok(),
                 "NewUser" => serde_json::from_value::<NewUser>(example).is_ok(),
                 "NewPassword" => serde_json::from_value::<NewPassword>(example).is_ok(),

@@ -6,10 +6,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::StreamExt;
 use tresor_api::requests::{
-    AddDisk, CreateVm, CryptoRequest, FileQuery, LangQuery, RegisterRequest, UnlockMany, VmQuery,
+    AddDisk, ConsoleInput, ConsoleQuery, CreateVm, CryptoRequest, FileQuery, LangQuery,
+    RegisterRequest, UnlockMany, VmQuery,
 };
 use tresor_api::views::{
-    Diagnosis, DiscoveredVm, Registered, UnlockStarted, Vm, VmDone, VmPower, VmUnlock,
+    ConsoleOutput, Diagnosis, DiscoveredVm, Registered, UnlockStarted, Vm, VmDone, VmPower,
+    VmUnlock,
 };
 use tresor_api::ErrorCode;
 use tresor_core::access::Privilege;
@@ -179,6 +181,35 @@ pub(super) async fn add_disk(
     // The privilege depends on whether the VM is encrypted: the service decides it.
     let caller = caller(&s, &headers)?;
     Ok(Json(s.vms().add_disk(&caller, &name, &req).await?))
+}
+
+/// `GET /api/v1/vms/{name}/console`: the serial console's log from `?offset=N` on.
+pub(super) async fn console_read(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ConsoleQuery>,
+) -> Result<Json<ConsoleOutput>, ApiError> {
+    // The privileges depend on whether the VM is encrypted: the service decides them.
+    let caller = caller(&s, &headers)?;
+    Ok(Json(
+        s.vms()
+            .console_read(&caller, &name, q.offset.unwrap_or(0))
+            .await?,
+    ))
+}
+
+/// `POST /api/v1/vms/{name}/console`: keys typed on the serial console.
+pub(super) async fn console_write(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<ConsoleInput>,
+) -> Result<Json<VmDone>, ApiError> {
+    let caller = caller(&s, &headers)?;
+    Ok(Json(
+        s.vms().console_write(&caller, &name, &req.input).await?,
+    ))
 }
 
 /// `PUT /api/v1/vms/{name}/files/{kind}`: the body, as it arrives, to the VM's host.

@@ -9,7 +9,8 @@ use tresor_api::requests::{
     AddDisk, CreateVm, CryptoRequest, RegisterRequest, UnlockMany, MAX_FILE_PIECE,
 };
 use tresor_api::views::{
-    Diagnosis, DiscoveredVm, Disk, KeyId, Registered, UnlockFailed, UnlockStarted, Vm, VmConfig,
+    ConsoleOutput, Diagnosis, DiscoveredVm, Disk, KeyId, Registered, UnlockFailed, UnlockStarted,
+    Vm, VmConfig, VmDone,
 };
 use tresor_api::ErrorCode;
 use tresor_core::access::Privilege;
@@ -17,6 +18,7 @@ use tresor_core::ids::{KeyRef, NameKind};
 use tresor_core::ops::VmOp;
 use tresor_core::protocol::{
     Chunk, Command, DiskSpec, PowerState, Reply, SecretBytes, UploadKind, VmReport, MAX_CHUNK,
+    MAX_CONSOLE_WRITE,
 };
 use tresor_core::vm::{ConnectionState, CryptoState, ProviderAnswer};
 use tresor_core::Lang;
@@ -769,6 +771,110 @@ impl Vms<'_> {
             cx.engine.tick().await;
         }
         Ok(vm_view(&self.record(name)?))
+    }
+
+    /// Who may use the console of VM `record`: `VirtualMachine.Console`, and for an encrypted
+    /// VM `Cryptographer.Access` too (what its console shows comes from its disks in the clear).
+    fn console_allowed(
+        &self,
+        caller: &Caller,
+        name: &str,
+        action: &str,
+    ) -> Result<VmRecord, ServiceError> {
+        let Some(record) = self.cx.store.vm(name)? else {
+            caller.require(Privilege::VmConsole, action)?;
+            return Err(no_vm(name));
+        };
+        caller.require(Privilege::VmConsole, action)?;
+        if record.encrypted {
+            caller.require(Privilege::CryptoAccess, action)?;
+        }
+        Ok(record)
+    }
+
+    /// What the serial console of VM `name` said, from byte `offset` of its log on.
+    pub async fn console_read(
+        &self,
+        caller: &Caller,
+        name: &str,
+        offset: u64,
+    ) -> Result<ConsoleOutput, ServiceError> {
+        let record =
+            self.console_allowed(caller, name, &format!("Reading the console of VM {name}"))?;
+        reachable_host(self.cx, &record.host)?;
+        let answer = self
+            .cx
+            .hub
+            .request(
+                &record.host,
+                Command::ConsoleRead {
+                    vm: name.to_owned(),
+                    offset,
+                },
+                super::AGENT_TIMEOUT,
+            )
+            .await
+            .map_err(super::agent_error)?;
+        match super::reply_error(answer)? {
+            Reply::Console {
+                offset,
+                next,
+                data,
+                running,
+            } => {
+                use base64::Engine;
+                Ok(ConsoleOutput {
+                    vm: name.to_owned(),
+                    offset,
+                    next,
+                    data: base64::engine::general_purpose::STANDARD.encode(&data.0),
+                    running,
+                })
+            }
+            other => Err(ServiceError::new(
+                ErrorCode::Internal,
+                format!(
+                    "Host {} answered a console read with {other:?}",
+                    record.host
+                ),
+            )),
+        }
+    }
+
+    /// Types `input` on the serial console of VM `name`.
+    pub async fn console_write(
+        &self,
+        caller: &Caller,
+        name: &str,
+        input: &str,
+    ) -> Result<VmDone, ServiceError> {
+        let record =
+            self.console_allowed(caller, name, &format!("Typing on the console of VM {name}"))?;
+        if input.len() > MAX_CONSOLE_WRITE {
+            return Err(ServiceError::new(
+                ErrorCode::TooLarge,
+                format!("Console input comes in pieces of at most {MAX_CONSOLE_WRITE} bytes"),
+            ));
+        }
+        reachable_host(self.cx, &record.host)?;
+        let answer = self
+            .cx
+            .hub
+            .request(
+                &record.host,
+                Command::ConsoleWrite {
+                    vm: name.to_owned(),
+                    data: Chunk(input.as_bytes().to_vec()),
+                },
+                super::AGENT_TIMEOUT,
+            )
+            .await
+            .map_err(super::agent_error)?;
+        super::reply_error(answer)?;
+        Ok(VmDone {
+            vm: name.to_owned(),
+            done: "typed".into(),
+        })
     }
 
     /// Sends a file to a powered-off VM: an image (imported as its first disk, encrypted when
