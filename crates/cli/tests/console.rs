@@ -98,6 +98,13 @@ fn an_operator_unlocks_a_vm_from_the_browser() {
     }
     assert!(browser.find("button[data-op=\"unregister\"]").is_some());
     assert!(browser.find("button[data-op=\"reload\"]").is_some());
+    // The serial console's log is on the page (the development VM boots nothing, so it is
+    // empty since the host restarted).
+    assert!(
+        browser.text("#serial-log").contains("serial console"),
+        "{}",
+        browser.text("#serial-log")
+    );
     shot(&browser, "vm-locked");
 
     // Unlock while the provider is still away: a visible error, announced, and nothing pending.

@@ -13,6 +13,7 @@ const PRIVILEGE_LABELS = {
   "VirtualMachine.PowerOff": "Virtual machine › Power off",
   "VirtualMachine.Unregister": "Virtual machine › Unregister",
   "VirtualMachine.Config": "Virtual machine › Change configuration",
+  "VirtualMachine.Console": "Virtual machine › Console interaction",
   "VirtualMachine.Register": "Virtual machine › Register",
   "Alarm.Acknowledge": "Alarms › Acknowledge",
 };
@@ -57,6 +58,7 @@ const TEXT = {
     unlockHostPick: "Host to unlock", unlockProviderPick: "Provider whose VMs to unlock",
     registerHost: "Host to register on", actions: "Actions", filter: "Filter",
     signedInAs: "Signed in as", navigation: "Pages",
+    serial: "Serial console", serialEmpty: "The VM has printed nothing on its serial console since it was powered on.",
   },
   de: {
     signIn: "Anmelden", user: "Benutzer", password: "Passwort", orToken: "oder ein API-Token",
@@ -102,6 +104,7 @@ const TEXT = {
     unlockHostPick: "Zu entsperrender Host", unlockProviderPick: "Anbieter, dessen VMs entsperrt werden",
     registerHost: "Host, auf dem registriert wird", actions: "Aktionen", filter: "Filter",
     signedInAs: "Angemeldet als", navigation: "Seiten",
+    serial: "Serielle Konsole", serialEmpty: "Die VM hat seit dem Einschalten nichts auf ihrer seriellen Konsole ausgegeben.",
   },
 };
 
@@ -412,10 +415,33 @@ async function unlockMany(selection) {
 }
 
 // One VM.
+// The last 64 KiB of a VM's serial console log, as text; "" when it said nothing, null when the
+// host cannot be asked.
+async function serialLog(name) {
+  const bytes = [];
+  let offset = 0;
+  try {
+    for (let i = 0; i < 64; i++) {
+      const out = await api("GET", `/api/v1/vms/${encodeURIComponent(name)}/console?offset=${offset}`);
+      const chunk = atob(out.data);
+      if (!chunk.length) break;
+      for (let j = 0; j < chunk.length; j++) bytes.push(chunk.charCodeAt(j));
+      offset = out.next;
+    }
+  } catch (_) {
+    return null;
+  }
+  const tail = bytes.slice(-65536);
+  return new TextDecoder().decode(new Uint8Array(tail)).replace(/\r/g, "");
+}
+
 async function renderVm(name) {
   const vm = await api("GET", "/api/v1/vms/" + encodeURIComponent(name));
   const diagnosis = await api("GET", `/api/v1/vms/${encodeURIComponent(name)}/diagnose?lang=${state.lang}`);
   const key = vm.config && vm.config.keyId ? vm.config.keyId : null;
+  // The serial console's log, for those who may read it (an encrypted VM's needs direct access).
+  const serial = may("VirtualMachine.Console") && (vm.cryptoState === "unencrypted" || may("Cryptographer.Access"))
+    ? await serialLog(name) : null;
   const keyBox = key ? `<code class="keyid" id="key-id">${esc(key.keyId)}</code>
       <button class="action" id="copy-key">${t("copy")}</button>
       <span class="muted">${esc(t("provider"))}: ${esc(key.providerId.id)}</span>` : "–";
@@ -461,8 +487,12 @@ async function renderVm(name) {
       <dt>${t("keyId")}</dt><dd class="mono">${esc(key ? key.keyId : "–")}</dd></dl></div>
     <div class="panel"><h2 class="first">${t("disks")}</h2><div class="scroll" tabindex="0" role="region" aria-label="${esc(t("disks"))}"><table><thead><tr><th>${t("path")}</th>
       <th>${t("keyId")}</th><th>${t("keyAvailable")}</th></tr></thead><tbody>${disks}</tbody></table></div></div></div>
-    ${vm.cryptoState === "locked" ? "" : `<div class="panel">${diag}</div>`}`;
+    ${vm.cryptoState === "locked" ? "" : `<div class="panel">${diag}</div>`}
+    ${serial === null ? "" : `<div class="panel"><h2 class="first">${t("serial")}</h2>
+      <pre class="serial scroll" id="serial-log" tabindex="0" role="region" aria-label="${esc(t("serial"))}">${esc(serial || t("serialEmpty"))}</pre></div>`}`;
   return [body, () => {
+    const log = document.getElementById("serial-log");
+    if (log) log.scrollTop = log.scrollHeight;
     const copy = document.getElementById("copy-key");
     if (copy) copy.onclick = async () => {
       try { await navigator.clipboard.writeText(key.keyId); } catch (_) { /* no clipboard: the id is shown */ }
