@@ -814,9 +814,19 @@ impl Host {
             Some(id) => id.clone(),
             None => hex_id()?,
         };
+        if spec.networks.len() > tresor_core::protocol::MAX_NICS {
+            return Err(fail(
+                "badShape",
+                format!(
+                    "A VM has at most {} network interfaces",
+                    tresor_core::protocol::MAX_NICS
+                ),
+            ));
+        }
         let config = VmConfig {
             memory_mib: spec.memory_mib,
             vcpus: spec.vcpus,
+            networks: spec.networks.clone(),
         };
         let result = (|| -> Result<(), HostError> {
             let mut file = match &spec.key {

@@ -25,6 +25,7 @@ use zeroize::Zeroizing;
 use crate::disk::DiskFormat;
 use crate::qemu::{choose_accel, QemuConfig};
 use crate::vmfile::PowerOnPlan;
+use tresor_core::protocol::NetworkSpec;
 
 /// The XML namespace of Tresor's mark in a domain's metadata.
 pub const METADATA_NS: &str = "https://tresor.dev/xmlns/libvirt/vm/1";
@@ -286,6 +287,23 @@ impl LibvirtRuntime {
                 } else {
                     ""
                 }
+            ));
+        }
+        for (i, net) in plan.config.networks.iter().enumerate() {
+            let (kind, source) = match net {
+                NetworkSpec::User => ("user", String::new()),
+                NetworkSpec::Network(n) => (
+                    "network",
+                    format!("<source network='{}'/>", escape(n.as_str())),
+                ),
+                NetworkSpec::Bridge(b) => (
+                    "bridge",
+                    format!("<source bridge='{}'/>", escape(b.as_str())),
+                ),
+            };
+            x.push_str(&format!(
+                "    <interface type='{kind}'>\n      <mac address='{}'/>\n      {source}\n      <model type='virtio'/>\n    </interface>\n",
+                crate::vmfile::mac_address(&plan.id, i)
             ));
         }
         let socket = run_dir.join("console.sock");
@@ -655,6 +673,7 @@ mod tests {
             config: crate::vmfile::VmConfig {
                 memory_mib: 512,
                 vcpus: 2,
+                networks: vec![NetworkSpec::Bridge("br0".into())],
             },
             disks: vec![crate::vmfile::OpenDisk {
                 path: "/data/a'b<c>&d/disk0.qcow2".into(),
@@ -682,6 +701,7 @@ mod tests {
         assert!(xml.contains("<domain type='qemu'>"), "{xml}");
         assert!(xml.contains("<vcpu>2</vcpu>") && xml.contains("<memory unit='MiB'>512</memory>"));
         assert!(xml.contains("<boot order='1'/>"), "{xml}");
+        assert!(xml.contains("<source bridge='br0'/>"), "{xml}");
         // The XML parses.
         let mut reader = quick_xml::Reader::from_str(&xml);
         loop {

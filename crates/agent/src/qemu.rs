@@ -15,6 +15,7 @@ use zeroize::Zeroizing;
 
 use crate::disk::DiskFormat;
 use crate::vmfile::PowerOnPlan;
+use tresor_core::protocol::NetworkSpec;
 
 /// The most disks a VM has root ports for.
 pub use tresor_core::protocol::MAX_DISKS;
@@ -44,6 +45,11 @@ pub enum QemuError {
          module, or set accel = \"auto\" to run under TCG"
     )]
     NoKvm { vm: String },
+    #[error(
+        "VM {vm} is on libvirt network {network}, which the QEMU runtime does not have; run the \
+         host's agent with runtime = \"libvirt\", or give the VM a user or bridge network"
+    )]
+    Network { vm: String, network: String },
     #[error("VM {vm} has {count} disks; at most {MAX_DISKS} are supported")]
     TooManyDisks { vm: String, count: usize },
 }
@@ -271,6 +277,31 @@ impl RunningVm {
             cmd.args([
                 "-device",
                 &format!("pcie-root-port,id=rp{i},chassis={},slot={i}", i + 1),
+            ]);
+        }
+        for (i, net) in plan.config.networks.iter().enumerate() {
+            let backend = match net {
+                NetworkSpec::User => format!("user,id=net{i}"),
+                NetworkSpec::Bridge(br) => format!("bridge,id=net{i},br={}", opt(br)),
+                NetworkSpec::Network(n) => {
+                    return Err(QemuError::Network {
+                        vm: name.into(),
+                        network: n.clone(),
+                    })
+                }
+            };
+            let port = MAX_DISKS + i;
+            cmd.args([
+                "-device",
+                &format!("pcie-root-port,id=nrp{i},chassis={},slot={port}", port + 1),
+            ])
+            .args(["-netdev", &backend])
+            .args([
+                "-device",
+                &format!(
+                    "virtio-net-pci,netdev=net{i},bus=nrp{i},mac={}",
+                    crate::vmfile::mac_address(&plan.id, i)
+                ),
             ]);
         }
         if let Some(boot) = &plan.boot {

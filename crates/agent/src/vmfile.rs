@@ -24,7 +24,7 @@ use zeroize::Zeroizing;
 use crate::disk::{DiskFormat, DiskSecret};
 use crate::keycache::KeyCache;
 use crate::wrap::{self, Purpose, WrapError};
-use tresor_core::protocol::MAX_CMDLINE;
+use tresor_core::protocol::{NetworkSpec, MAX_CMDLINE};
 
 /// The name of a VM's config file.
 pub const CONFIG_FILE: &str = "vm.json";
@@ -72,6 +72,9 @@ pub enum VmFileError {
 pub struct VmConfig {
     pub memory_mib: u32,
     pub vcpus: u32,
+    /// Its network interfaces, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<NetworkSpec>,
 }
 
 impl Default for VmConfig {
@@ -79,8 +82,17 @@ impl Default for VmConfig {
         VmConfig {
             memory_mib: 256,
             vcpus: 1,
+            networks: Vec::new(),
         }
     }
+}
+
+/// The MAC address of interface `index` of VM `id`: QEMU's prefix and three bytes from the VM's
+/// id, so that it stays the same across power-ons and differs between VMs.
+pub fn mac_address(id: &str, index: usize) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, format!("{id}/{index}").as_bytes());
+    let b = digest.as_ref();
+    format!("52:54:00:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2])
 }
 
 /// One disk in `vm.json`.
@@ -555,6 +567,7 @@ mod tests {
         let config = VmConfig {
             memory_mib: 512,
             vcpus: 2,
+            networks: vec![NetworkSpec::User],
         };
         let vm = VmFile::new_encrypted("id-1", "web01", &config, &kek, &cache).unwrap();
         assert_eq!(vm.config(&cache).unwrap(), config);

@@ -167,6 +167,7 @@ fn scenario(tmp: &Path, runtime: RuntimeKind, vm: &str) {
                 own_key: None,
             }],
             key: Some(vm_key.key.clone()),
+            networks: Vec::new(),
         },
     })) {
         Reply::Vm { vm } => vm,
@@ -454,6 +455,7 @@ fn a_libvirt_domain_of_the_same_name_that_is_not_this_vms_is_left_alone() {
                 own_key: None,
             }],
             key: None,
+            networks: Vec::new(),
         },
     }));
     let refused = h.handle(Command::PowerOn { vm: name.clone() });

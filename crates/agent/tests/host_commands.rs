@@ -75,6 +75,7 @@ fn an_encrypted_vm_runs_loses_its_keys_on_restart_and_runs_again_when_they_retur
             },
         ],
         key: Some(vm_key.key.clone()),
+        networks: Vec::new(),
     };
     // Encrypted VMs live only on a safe host.
     let (code, message) = failed(h.handle(Command::CreateVm { spec: spec.clone() }));
@@ -166,6 +167,7 @@ fn a_plain_vm_is_encrypted_then_rekeyed_shallow_and_deep() {
             own_key: None,
         }],
         key: None,
+        networks: Vec::new(),
     };
     assert!(!vm(ok(h.handle(Command::CreateVm { spec }))).encrypted);
     let k1 = key("k1", 1);

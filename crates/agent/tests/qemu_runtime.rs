@@ -23,6 +23,7 @@ fn data_written_through_a_running_vm_survives_power_off_and_on() {
         &VmConfig {
             memory_mib: 64,
             vcpus: 1,
+            networks: Vec::new(),
         },
         &kek,
         &cache,
@@ -119,6 +120,7 @@ fn a_vm_that_dies_is_noticed() {
         config: VmConfig {
             memory_mib: 64,
             vcpus: 1,
+            networks: Vec::new(),
         },
         disks: vec![],
         boot: None,

@@ -98,6 +98,7 @@ fn encrypted_vm(h: &mut Host, name: &str) -> (PathBuf, KeyMaterial) {
                 own_key: None,
             }],
             key: Some(vm_key.key.clone()),
+            networks: Vec::new(),
         },
     }));
     (PathBuf::from(report.path), vm_key)

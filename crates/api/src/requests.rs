@@ -33,7 +33,15 @@ pub struct CreateVm {
     #[serde(default)]
     #[schemars(length(max = tresor_core::protocol::MAX_DISKS), inner(range(min = 1, max = tresor_core::protocol::MAX_DISK_BYTES)))]
     pub own_key_disks: Vec<u64>,
+    /// Network interfaces: `user` (QEMU's user-mode network), `network:NAME` (a libvirt network,
+    /// on a host whose agent runs libvirt) or `bridge:NAME` (a host bridge).
+    #[serde(default)]
+    #[schemars(length(max = tresor_core::protocol::MAX_NICS), inner(regex(pattern = NETWORK_PATTERN)))]
+    pub networks: Vec<String>,
 }
+
+/// What a network of [`CreateVm`] looks like.
+pub const NETWORK_PATTERN: &str = "^(user|(network|bridge):[A-Za-z0-9][A-Za-z0-9._-]{0,62})$";
 
 /// The memory of a VM when a request names none, in MiB.
 pub const DEFAULT_MEMORY_MIB: u32 = 256;

@@ -229,6 +229,10 @@ enum VmSub {
         /// Memory (256M, 2G).
         #[arg(long, default_value = "256M")]
         memory: String,
+        /// A network interface: user (QEMU's user-mode network), network:NAME (a libvirt
+        /// network) or bridge:NAME (a host bridge); repeat for more.
+        #[arg(long = "network")]
+        networks: Vec<String>,
         #[command(flatten)]
         files: VmFiles,
     },
@@ -559,6 +563,7 @@ pub fn run_vm(cmd: VmCommand) -> Result<(), CliError> {
             own_key_disks,
             cpus,
             memory,
+            networks,
             files,
         } => {
             let memory_mib = u32::try_from(parse_size(&memory)? >> 20).map_err(|_| {
@@ -581,6 +586,7 @@ pub fn run_vm(cmd: VmCommand) -> Result<(), CliError> {
                 encrypt,
                 provider,
                 own_key_disks: own,
+                networks,
             };
             let vm = body.name.clone();
             let v = c.call("POST", "/api/v1/vms", &json_text(&body))?;

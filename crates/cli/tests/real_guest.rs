@@ -4,7 +4,7 @@
 //! with `--kernel --initrd --cmdline`, and booted. The guest writes a marker file and powers off;
 //! the key provider goes away and the host restarts, so the VM locks; the provider returns, the VM
 //! is unlocked, and the guest boots again from its encrypted root and finds its marker. The disk
-//! on the host holds only ciphertext. Under TCG: the nested KVM of the test machines does not
+//! on the host holds only ciphertext. The guest has a network (user-mode) and gets an address. Under TCG: the nested KVM of the test machines does not
 //! boot a stock kernel.
 
 use std::path::{Path, PathBuf};
@@ -92,6 +92,8 @@ fn scenario(runtime: &str, provider: Provider) {
         "--encrypt",
         "--memory",
         "256M",
+        "--network",
+        "user",
         "--image",
         &file("rootfs.img"),
         "--kernel",
@@ -119,6 +121,9 @@ fn scenario(runtime: &str, provider: Provider) {
         .join(&vm)
         .join("serial.log");
     console_line(&log, "tresor-guest: root up");
+    // Its network: QEMU's user-mode network gives it an address by DHCP.
+    let net = console_line(&log, "tresor-guest: net ");
+    assert!(net.ends_with(" 10.0.2.15"), "{net}");
     let wrote = console_line(&log, "tresor-guest: wrote ");
     let marker = wrote.trim_start_matches("tresor-guest: wrote ").to_owned();
     wait_for("the guest powers itself off", || {

@@ -124,6 +124,69 @@ pub struct VmSpec {
     pub disks: Vec<DiskSpec>,
     /// The VM's KEK (already pushed to the host); `None` makes an unencrypted VM.
     pub key: Option<KeyRef>,
+    /// Its network interfaces.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<NetworkSpec>,
+}
+
+/// A network interface of a VM: written `user` (QEMU's user-mode network: the guest reaches
+/// out, nothing reaches in), `network:NAME` (a libvirt network) or `bridge:NAME` (a host bridge).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum NetworkSpec {
+    User,
+    Network(String),
+    Bridge(String),
+}
+
+/// The most network interfaces a VM has.
+pub const MAX_NICS: usize = 4;
+
+/// Why a network is not one a VM can have.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a network: write user, network:NAME or bridge:NAME (NAME of letters, digits, '.', '_', '-')")]
+pub struct BadNetwork(pub String);
+
+impl std::str::FromStr for NetworkSpec {
+    type Err = BadNetwork;
+
+    fn from_str(text: &str) -> Result<NetworkSpec, BadNetwork> {
+        let bad = || BadNetwork(text.to_owned());
+        // Names become XML values and QEMU options: plain names only.
+        let name = |n: &str| {
+            crate::ids::check_name(crate::ids::NameKind::Host, n)
+                .map(|()| n.to_owned())
+                .map_err(|_| bad())
+        };
+        match text.split_once(':') {
+            None if text == "user" => Ok(NetworkSpec::User),
+            Some(("network", n)) => Ok(NetworkSpec::Network(name(n)?)),
+            Some(("bridge", n)) => Ok(NetworkSpec::Bridge(name(n)?)),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl std::fmt::Display for NetworkSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NetworkSpec::User => f.write_str("user"),
+            NetworkSpec::Network(n) => write!(f, "network:{n}"),
+            NetworkSpec::Bridge(n) => write!(f, "bridge:{n}"),
+        }
+    }
+}
+
+impl Serialize for NetworkSpec {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for NetworkSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<NetworkSpec, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// The most disks a VM has (each sits behind a PCIe root port made at start).

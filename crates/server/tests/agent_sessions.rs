@@ -144,6 +144,7 @@ async fn an_agent_connects_reports_obeys_and_reconnects() {
         vcpus: 1,
         disks: vec![],
         key: None,
+        networks: Vec::new(),
     };
     let reply = hub
         .request(

@@ -166,6 +166,7 @@ async fn the_procedures_cases_1_3_and_5_in_one_process() {
             own_key: None,
         }],
         key: Some(kek.clone()),
+        networks: Vec::new(),
     };
     assert!(matches!(
         hub.request("host-1", Command::CreateVm { spec }, t)

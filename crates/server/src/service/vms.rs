@@ -17,8 +17,8 @@ use tresor_core::access::Privilege;
 use tresor_core::ids::{KeyRef, NameKind};
 use tresor_core::ops::VmOp;
 use tresor_core::protocol::{
-    Chunk, Command, DiskSpec, PowerState, Reply, SecretBytes, UploadKind, VmReport, MAX_CHUNK,
-    MAX_CONSOLE_WRITE,
+    Chunk, Command, DiskSpec, NetworkSpec, PowerState, Reply, SecretBytes, UploadKind, VmReport,
+    MAX_CHUNK, MAX_CONSOLE_WRITE,
 };
 use tresor_core::vm::{ConnectionState, CryptoState, ProviderAnswer};
 use tresor_core::Lang;
@@ -520,6 +520,21 @@ impl Vms<'_> {
                 "Disks with a key of their own need an encrypted VM; add --encrypt",
             ));
         }
+        if req.networks.len() > tresor_core::protocol::MAX_NICS {
+            return Err(ServiceError::new(
+                ErrorCode::BadShape,
+                format!(
+                    "A VM has at most {} network interfaces",
+                    tresor_core::protocol::MAX_NICS
+                ),
+            ));
+        }
+        let networks = req
+            .networks
+            .iter()
+            .map(|n| n.parse::<NetworkSpec>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ServiceError::new(ErrorCode::BadRequest, e.to_string()))?;
         // What can be checked is checked before a key is made on the provider.
         reachable_host(cx, &req.host)?;
         if let Some(other) = cx.engine.registration(&req.name) {
@@ -594,6 +609,7 @@ impl Vms<'_> {
                 )
                 .collect(),
             key: key.clone(),
+            networks,
         };
         let reply = match ask_host(cx, &req.host, Command::CreateVm { spec }).await {
             Ok(r) => r,
