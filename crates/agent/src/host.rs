@@ -513,6 +513,7 @@ impl Host {
             Command::AddDisk { vm, disk } => self.add_disk(&vm, disk),
             Command::Decrypt { vm } => self.decrypt(&vm),
             Command::Rekey { vm, key, deep } => self.rekey(&vm, key, deep),
+            Command::Adopt { domain, id } => self.adopt(&domain, &id),
             Command::ConsoleRead { vm, offset } => self.console_read(&vm, offset),
             Command::ConsoleWrite { vm, data } => self.console_write(&vm, &data.0),
             Command::Upload {
@@ -523,6 +524,127 @@ impl Host {
                 done,
             } => self.upload(&vm, kind, offset, &data.0, done),
         }
+    }
+
+    /// Takes over `domain`, a powered-off VM of the runtime that is not Tresor's. Its images are
+    /// copied into the new VM's folder first; only when the VM's file is written do the domain's
+    /// definition and its original images go, so that a failure or a crash on the way leaves the
+    /// domain as it was.
+    fn adopt(&mut self, domain: &str, id: &str) -> Result<Reply, HostError> {
+        check_vm_name(domain)?;
+        if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(fail("badId", "A VM id must be 1 to 64 hexadecimal digits"));
+        }
+        if self.vms.contains_key(domain) {
+            return Err(fail(
+                "exists",
+                format!(
+                    "A VM named {domain} is registered on host {} already",
+                    self.config.name
+                ),
+            ));
+        }
+        let shape = self
+            .runtime
+            .describe_foreign(domain)
+            .map_err(|why| fail("adopt", why))?;
+        if shape.disks.len() > tresor_core::protocol::MAX_DISKS
+            || shape.networks.len() > tresor_core::protocol::MAX_NICS
+        {
+            return Err(fail(
+                "badShape",
+                format!(
+                    "Domain {domain} has {} disks and {} network interfaces; a Tresor VM has at most {} and {}",
+                    shape.disks.len(),
+                    shape.networks.len(),
+                    tresor_core::protocol::MAX_DISKS,
+                    tresor_core::protocol::MAX_NICS
+                ),
+            ));
+        }
+        let dir = self.config.datastore.join(domain);
+        if dir.exists() {
+            return Err(fail(
+                "exists",
+                format!("{} exists already; register it instead", dir.display()),
+            ));
+        }
+        // Every image is probed (no backing file, no external data file) before anything is made.
+        let mut infos = Vec::new();
+        for (path, _) in &shape.disks {
+            infos.push(self.config.tools.probe_image(path)?);
+        }
+        self.check_space(infos.iter().map(|i| i.virtual_size).sum())?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| fail("io", format!("Cannot create {}: {e}", dir.display())))?;
+        let made = (|| -> Result<(), HostError> {
+            let mut file = VmFile::new_plain(
+                id,
+                domain,
+                VmConfig {
+                    memory_mib: shape.memory_mib.max(tresor_core::protocol::MIN_MEMORY_MIB),
+                    vcpus: shape.vcpus.max(1),
+                    networks: shape.networks.clone(),
+                },
+            );
+            for (i, ((path, _), info)) in shape.disks.iter().zip(&infos).enumerate() {
+                let name = format!("disk{i}.qcow2");
+                self.config.tools.import(
+                    path,
+                    info.format,
+                    &dir.join(&name),
+                    DiskFormat::Qcow2,
+                    None,
+                )?;
+                file.disks.push(DiskEntry {
+                    id: format!("d{i}"),
+                    file: name,
+                    format: DiskFormat::Qcow2,
+                    size: info.virtual_size,
+                    key_id: None,
+                    wrapped_secret: None,
+                });
+            }
+            let boot = dir.join("boot");
+            let io = |e: std::io::Error| {
+                fail(
+                    "io",
+                    format!("Cannot copy the boot files of domain {domain}: {e}"),
+                )
+            };
+            if let Some(kernel) = &shape.kernel {
+                std::fs::create_dir_all(&boot).map_err(io)?;
+                std::fs::copy(kernel, boot.join("vmlinuz")).map_err(io)?;
+                if let Some(initrd) = &shape.initrd {
+                    std::fs::copy(initrd, boot.join("initrd.img")).map_err(io)?;
+                }
+                if let Some(cmdline) = &shape.cmdline {
+                    std::fs::write(boot.join("cmdline"), cmdline).map_err(io)?;
+                }
+            }
+            file.save(&dir)?;
+            Ok(())
+        })();
+        if let Err(e) = made {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        self.vms.insert(domain.to_owned(), dir.clone());
+        self.save_registry()?;
+        // The VM is Tresor's now: the old definition goes, and so do the images it was copied
+        // from (left behind, they would be plain copies of disks that are to be encrypted).
+        if let Err(e) = self.runtime.release_foreign(domain) {
+            tracing::warn!(vm = domain, error = %HostError::from(e), "cannot undefine the adopted domain");
+        }
+        for (path, _) in &shape.disks {
+            if let Err(e) = std::fs::remove_file(path) {
+                tracing::warn!(vm = domain, path = %path.display(), error = %e, "cannot remove an adopted image");
+            }
+        }
+        tracing::info!(vm = domain, disks = shape.disks.len(), "adopted the domain");
+        Ok(Reply::Vm {
+            vm: self.report(domain)?,
+        })
     }
 
     /// The serial console's log of VM `vm` from `offset` on. Both runtimes log the console to

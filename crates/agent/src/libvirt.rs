@@ -357,6 +357,227 @@ impl LibvirtRuntime {
     }
 }
 
+/// What an existing libvirt domain is, as far as Tresor takes it over.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DomainShape {
+    pub name: String,
+    pub memory_mib: u32,
+    pub vcpus: u32,
+    /// Its disk images in order, and whether each is raw (else qcow2).
+    pub disks: Vec<(PathBuf, bool)>,
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: Option<String>,
+    pub networks: Vec<NetworkSpec>,
+    /// Whether it carries Tresor's mark already.
+    pub tresors: bool,
+}
+
+/// Reads a domain's XML (`virsh dumpxml --inactive`) for adoption; refuses what Tresor cannot
+/// carry over faithfully: disks that are not image files (block devices, network disks), images
+/// of another format, encrypted images.
+pub fn parse_domain(xml: &str) -> Result<DomainShape, String> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut path: Vec<String> = Vec::new();
+    let mut shape = DomainShape::default();
+    let mut memory_unit = "KiB".to_owned();
+    // The disk or interface being read: its attributes so far.
+    let mut disk: Option<(String, String, Option<String>, Option<String>)> = None; // type, device, format, file
+    let mut nic: Option<(String, Option<String>)> = None;
+    let mut text = String::new();
+    let attr = |e: &quick_xml::events::BytesStart, name: &str| -> Option<String> {
+        e.attributes()
+            .flatten()
+            .find(|a| a.key.into_inner() == name)
+            .and_then(|a| {
+                a.normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                    .ok()
+                    .map(|v| v.into_owned())
+            })
+    };
+    loop {
+        let event = reader
+            .read_event()
+            .map_err(|e| format!("its XML cannot be read: {e}"))?;
+        let (start, empty) = match &event {
+            Event::Start(e) => (Some(e.clone()), false),
+            Event::Empty(e) => (Some(e.clone()), true),
+            _ => (None, false),
+        };
+        if let Some(e) = start {
+            let name = e.local_name().into_inner().to_owned();
+            let at = path.join("/");
+            match (at.as_str(), name.as_str()) {
+                ("domain", "memory") => memory_unit = attr(&e, "unit").unwrap_or("KiB".into()),
+                ("domain/metadata", _)
+                    if e.attributes()
+                        .flatten()
+                        .any(|a| a.value.as_ref() == METADATA_NS) =>
+                {
+                    shape.tresors = true;
+                }
+                ("domain/devices", "disk") => {
+                    disk = Some((
+                        attr(&e, "type").unwrap_or_default(),
+                        attr(&e, "device").unwrap_or("disk".into()),
+                        None,
+                        None,
+                    ))
+                }
+                ("domain/devices/disk", "driver") => {
+                    if let Some(d) = &mut disk {
+                        d.2 = attr(&e, "type");
+                    }
+                }
+                ("domain/devices/disk", "source") => {
+                    if let Some(d) = &mut disk {
+                        d.3 = attr(&e, "file");
+                    }
+                }
+                ("domain/devices/disk/source", "encryption") => {
+                    return Err("one of its disks is encrypted by libvirt; decrypt it first".into())
+                }
+                ("domain/devices", "interface") => {
+                    nic = Some((attr(&e, "type").unwrap_or_default(), None))
+                }
+                ("domain/devices/interface", "source") => {
+                    if let Some(n) = &mut nic {
+                        n.1 = attr(&e, "network").or_else(|| attr(&e, "bridge"));
+                    }
+                }
+                _ => {}
+            }
+            text.clear();
+            if !empty {
+                path.push(name);
+            } else {
+                finish(&path, &name, &mut disk, &mut nic, &mut shape)?;
+            }
+            continue;
+        }
+        match event {
+            Event::Text(t) => text.push_str(&t.xml_content(quick_xml::XmlVersion::Implicit1_0)),
+            Event::GeneralRef(r) => {
+                let resolved = match r.resolve_char_ref() {
+                    Ok(Some(c)) => Some(c),
+                    _ => match r.into_inner().as_ref() {
+                        "amp" => Some('&'),
+                        "lt" => Some('<'),
+                        "gt" => Some('>'),
+                        "apos" => Some('\''),
+                        "quot" => Some('"'),
+                        _ => None,
+                    },
+                };
+                text.push(resolved.ok_or("its XML has an unknown entity")?);
+            }
+            Event::End(_) => {
+                let value = std::mem::take(&mut text).trim().to_owned();
+                match path.join("/").as_str() {
+                    "domain/name" => shape.name = value,
+                    "domain/memory" => {
+                        let n: u64 = value
+                            .parse()
+                            .map_err(|_| format!("its memory {value:?} is not a number"))?;
+                        let mib = match memory_unit.as_str() {
+                            "b" | "bytes" => n >> 20,
+                            "KiB" | "k" => n >> 10,
+                            "MiB" | "M" => n,
+                            "GiB" | "G" => n << 10,
+                            other => {
+                                return Err(format!(
+                                    "its memory is in {other}, which Tresor does not read"
+                                ))
+                            }
+                        };
+                        shape.memory_mib =
+                            u32::try_from(mib).map_err(|_| "its memory is too large".to_owned())?;
+                    }
+                    "domain/vcpu" => {
+                        shape.vcpus = value
+                            .parse()
+                            .map_err(|_| format!("its vcpu {value:?} is not a number"))?
+                    }
+                    "domain/os/kernel" => shape.kernel = Some(value.into()),
+                    "domain/os/initrd" => shape.initrd = Some(value.into()),
+                    "domain/os/cmdline" => shape.cmdline = Some(value),
+                    _ => {}
+                }
+                if let Some(name) = path.pop() {
+                    finish(&path, &name, &mut disk, &mut nic, &mut shape)?;
+                }
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    if shape.name.is_empty() {
+        return Err("it has no name".into());
+    }
+    Ok(shape)
+}
+
+/// An element that ends: a disk or an interface is complete.
+fn finish(
+    parent: &[String],
+    name: &str,
+    disk: &mut Option<(String, String, Option<String>, Option<String>)>,
+    nic: &mut Option<(String, Option<String>)>,
+    shape: &mut DomainShape,
+) -> Result<(), String> {
+    if parent.join("/") != "domain/devices" {
+        return Ok(());
+    }
+    match name {
+        "disk" => {
+            let Some((kind, device, format, file)) = disk.take() else {
+                return Ok(());
+            };
+            if device != "disk" {
+                return Ok(()); // a CD-ROM or floppy stays behind
+            }
+            if kind != "file" {
+                return Err(format!(
+                    "one of its disks is a {kind} disk; Tresor takes over disks that are image files"
+                ));
+            }
+            let file = file.ok_or("one of its disks names no file")?;
+            let raw = match format.as_deref().unwrap_or("raw") {
+                "raw" => true,
+                "qcow2" => false,
+                other => {
+                    return Err(format!(
+                        "its disk {file} is {other}; convert it to qcow2 or raw first"
+                    ))
+                }
+            };
+            shape.disks.push((file.into(), raw));
+        }
+        "interface" => {
+            let Some((kind, source)) = nic.take() else {
+                return Ok(());
+            };
+            let spec = match (kind.as_str(), source) {
+                ("user", _) => "user".to_owned(),
+                ("network", Some(n)) => format!("network:{n}"),
+                ("bridge", Some(b)) => format!("bridge:{b}"),
+                (other, _) => {
+                    return Err(format!(
+                    "it has a network interface of type {other}, which Tresor does not carry over"
+                ))
+                }
+            };
+            shape.networks.push(
+                spec.parse()
+                    .map_err(|e: tresor_core::protocol::BadNetwork| e.to_string())?,
+            );
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 /// The device name of disk `i`: vda, vdb, ..., vdz, vdaa, ...
 fn disk_target(i: usize) -> String {
     let letters = b"abcdefghijklmnopqrstuvwxyz";
@@ -527,6 +748,37 @@ impl crate::runtime::Runtime for LibvirtRuntime {
     fn forget(&self, name: &str, id: &str) -> Result<(), crate::runtime::RuntimeError> {
         Ok(self.undefine(name, id)?)
     }
+
+    fn describe_foreign(&self, domain: &str) -> Result<DomainShape, String> {
+        match self.domain_state(domain).as_deref() {
+            None => {
+                return Err(format!(
+                    "libvirt ({}) has no domain {domain} (virsh list --all shows what it has)",
+                    self.libvirt.uri
+                ))
+            }
+            Some("shut off") => {}
+            Some(state) => {
+                return Err(format!(
+                    "domain {domain} is {state}; shut it down first (virsh shutdown {domain})"
+                ))
+            }
+        }
+        let xml = self
+            .virsh(domain, "dumpxml", &["--domain", domain, "--inactive"])
+            .map_err(|e| e.to_string())?;
+        let shape = parse_domain(&xml)
+            .map_err(|why| format!("Domain {domain} cannot be adopted: {why}"))?;
+        if shape.tresors {
+            return Err(format!("Domain {domain} is a Tresor VM's already"));
+        }
+        Ok(shape)
+    }
+
+    fn release_foreign(&self, domain: &str) -> Result<(), crate::runtime::RuntimeError> {
+        self.virsh(domain, "undefine", &["--domain", domain])?;
+        Ok(())
+    }
 }
 
 /// A running libvirt domain.
@@ -609,6 +861,44 @@ impl crate::runtime::Guest for Domain {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_domain_is_read_for_adoption_and_what_cannot_move_is_refused() {
+        let xml = "<domain type='kvm'><name>db1</name><uuid>x</uuid>\
+            <memory unit='KiB'>1048576</memory><vcpu placement='static'>2</vcpu>\
+            <os><type>hvm</type><kernel>/boot/k</kernel><cmdline>console=ttyS0</cmdline></os>\
+            <devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
+            <source file='/var/lib/libvirt/images/db1.qcow2'/><target dev='vda'/></disk>\
+            <disk type='file' device='cdrom'><source file='/iso/x.iso'/></disk>\
+            <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='/d/two.img'/></disk>\
+            <interface type='network'><source network='default'/><model type='virtio'/></interface>\
+            </devices></domain>";
+        let shape = parse_domain(xml).unwrap();
+        assert_eq!(shape.name, "db1");
+        assert_eq!(shape.memory_mib, 1024);
+        assert_eq!(shape.vcpus, 2);
+        assert_eq!(
+            shape.disks,
+            vec![
+                (PathBuf::from("/var/lib/libvirt/images/db1.qcow2"), false),
+                (PathBuf::from("/d/two.img"), true)
+            ]
+        );
+        assert_eq!(shape.kernel, Some(PathBuf::from("/boot/k")));
+        assert_eq!(shape.cmdline.as_deref(), Some("console=ttyS0"));
+        assert_eq!(shape.networks, vec![NetworkSpec::Network("default".into())]);
+        assert!(!shape.tresors);
+
+        let block = xml.replace("<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='/d/two.img'/>",
+            "<disk type='block' device='disk'><source dev='/dev/sdb'/>");
+        assert!(parse_domain(&block).unwrap_err().contains("block disk"));
+        let vmdk = xml.replace("type='raw'", "type='vmdk'");
+        assert!(parse_domain(&vmdk).unwrap_err().contains("convert it"));
+        let evil_net = xml.replace("network='default'", "network='x&apos;/&gt;'");
+        assert!(parse_domain(&evil_net)
+            .unwrap_err()
+            .contains("not a network"));
+    }
 
     #[test]
     fn disk_targets_follow_the_kernels_names() {

@@ -54,6 +54,20 @@ pub trait Runtime: Send + std::fmt::Debug {
         Ok(())
     }
 
+    /// An existing VM of the runtime's own that is not Tresor's (a libvirt domain), powered off,
+    /// for adoption: what it is, or why it cannot be adopted.
+    fn describe_foreign(&self, domain: &str) -> Result<crate::libvirt::DomainShape, String> {
+        Err(format!(
+            "This host's agent runs VMs in QEMU itself ({}); adopting domain {domain} needs runtime = \"libvirt\"",
+            self.name()
+        ))
+    }
+
+    /// Lets go of a foreign VM that was adopted (its definition goes; Tresor's replaces it).
+    fn release_foreign(&self, _domain: &str) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
     /// Forgets VM `name` with id `id` (unregistered or deleted, and not running): whatever the
     /// runtime keeps of it outside the VM's folder goes.
     fn forget(&self, _name: &str, _id: &str) -> Result<(), RuntimeError> {

@@ -35,6 +35,7 @@ pub fn schemas() -> serde_json::Map<String, serde_json::Value> {
     generator.subschema_for::<requests::FileQuery>();
     generator.subschema_for::<requests::ConsoleQuery>();
     generator.subschema_for::<requests::ConsoleInput>();
+    generator.subschema_for::<requests::AdoptVm>();
     generator.subschema_for::<views::ConsoleOutput>();
     generator.subschema_for::<views::DiscoveredVm>();
     generator.subschema_for::<views::VmDone>();

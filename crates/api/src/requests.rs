@@ -110,6 +110,24 @@ pub struct CryptoRequest {
     pub deep: bool,
 }
 
+/// `POST /api/v1/vms/adopt`: a powered-off libvirt domain of a host becomes a Tresor VM of the
+/// same name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AdoptVm {
+    /// The domain's name (the VM's name from now on).
+    #[schemars(regex(pattern = tresor_core::ids::NAME_PATTERN))]
+    pub domain: String,
+    #[schemars(regex(pattern = tresor_core::ids::NAME_PATTERN))]
+    pub host: String,
+    /// Encrypt its disks once it is adopted (needs Cryptographer.Encrypt).
+    #[serde(default)]
+    pub encrypt: bool,
+    /// The provider of its key when `encrypt`; without it, the default provider.
+    #[serde(default)]
+    pub provider: Option<String>,
+}
+
 /// `POST /api/v1/vms/{name}/add-disk`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

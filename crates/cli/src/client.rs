@@ -243,6 +243,18 @@ enum VmSub {
         #[command(flatten)]
         files: VmFiles,
     },
+    /// Bring a powered-off libvirt domain of a host (one whose agent runs libvirt) under Tresor
+    /// as a VM of the same name: its images move into the VM's folder, its definition is replaced
+    /// by Tresor's; --encrypt encrypts it next.
+    Adopt {
+        domain: String,
+        #[arg(long)]
+        host: String,
+        #[arg(long)]
+        encrypt: bool,
+        #[arg(long, requires = "encrypt")]
+        provider: Option<String>,
+    },
     /// The serial console of a VM: what it prints, and what you type (Ctrl-] leaves). With
     /// --log, what it printed since it was powered on, and no more. Input that is not a terminal
     /// is typed as it is, and the output followed for --wait seconds.
@@ -600,6 +612,21 @@ pub fn run_vm(cmd: VmCommand) -> Result<(), CliError> {
                     )))
                 }
             };
+            c.print(&v, vm_rows);
+        }
+        VmSub::Adopt {
+            domain,
+            host,
+            encrypt,
+            provider,
+        } => {
+            let body = tresor_api::requests::AdoptVm {
+                domain,
+                host,
+                encrypt,
+                provider,
+            };
+            let v = c.call("POST", "/api/v1/vms/adopt", &json_text(&body))?;
             c.print(&v, vm_rows);
         }
         VmSub::Console { name, log, wait } => crate::console::run(c, &name, log, wait)?,

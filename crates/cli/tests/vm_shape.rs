@@ -99,4 +99,9 @@ fn cpus_and_memory_reach_qemu_and_impossible_ones_are_refused() {
         "{cmdline}"
     );
     dev.ok(&["vm", "power-off", "net1"]);
+    // Adopting needs a host whose agent runs libvirt; nothing is registered.
+    let (ok, _, err) = dev.cli(&["vm", "adopt", "db1", "--host", "host-1"]);
+    assert!(!ok && err.contains("needs runtime = \"libvirt\""), "{err}");
+    let (ok, _, _) = dev.cli(&["vm", "show", "db1"]);
+    assert!(!ok, "a failed adoption leaves no VM");
 }

@@ -311,6 +311,13 @@ pub enum Command {
         vm: String,
         disk: DiskSpec,
     },
+    /// Takes over a powered-off VM of the host's runtime that is not Tresor's (a libvirt
+    /// domain): its disk images move into a new VM folder as qcow2 (unencrypted; the server
+    /// encrypts them next if asked), its definition goes, and the VM is registered with id `id`.
+    Adopt {
+        domain: String,
+        id: String,
+    },
     /// What the VM's serial console said from `offset` of its log on (at most
     /// [`MAX_CONSOLE_READ`] bytes).
     ConsoleRead {

@@ -271,6 +271,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/vms", get(v::list).post(v::create))
         .route("/api/v1/vms/register", post(v::register))
+        .route("/api/v1/vms/adopt", post(v::adopt))
         .route("/api/v1/vms/unlock", post(v::unlock_many))
         .route("/api/v1/vms/{name}/diagnose", get(v::diagnose))
         .route("/api/v1/vms/{name}/add-disk", post(v::add_disk))

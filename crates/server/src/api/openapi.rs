@@ -35,6 +35,7 @@ ops! {
     "get" "/api/v1/vms/{name}" "vms" Some(P::SystemView), "", "A VM: power, crypto and connection state, lock reason, key ids";
     "get" "/api/v1/vms/{name}/diagnose" "vms" Some(P::SystemView), "", "Which case of the procedure applies, the evidence and the next steps (`?lang=en|de`)";
     "post" "/api/v1/vms/register" "vms" Some(P::VmRegister), r#"{"host": "host-1", "all": true}"#, "Register a VM from its folder, or every VM on a host (keys to fetch need Cryptographer.RegisterVM)";
+    "post" "/api/v1/vms/adopt" "vms" Some(P::VmRegister), r#"{"domain": "db1", "host": "kvm-7", "encrypt": true}"#, "Adopt a powered-off libvirt domain of a host (one whose agent runs libvirt) as a VM of the same name: its images move into the VM's folder, its definition is replaced by Tresor's; `encrypt` encrypts it next (also Cryptographer.Encrypt)";
     "post" "/api/v1/vms/unlock" "vms" Some(P::CryptoRegisterVm), r#"{"all": true}"#, "Unlock VMs: names, all, a host's or a provider's";
     "post" "/api/v1/vms/{name}/power-on" "vms" Some(P::VmPowerOn), "", "Power a VM on";
     "post" "/api/v1/vms/{name}/power-off" "vms" Some(P::VmPowerOff), "", "Power a VM off";
@@ -93,6 +94,7 @@ pub fn request_type(method: &str, path: &str) -> Option<&'static str> {
         ("post", "/api/v1/vms") => "CreateVm",
         ("post", "/api/v1/vms/unlock") => "UnlockMany",
         ("post", "/api/v1/vms/register") => "RegisterRequest",
+        ("post", "/api/v1/vms/adopt") => "AdoptVm",
         ("post", "/api/v1/hosts/token") => "TokenRequest",
         ("post", "/api/v1/vms/{name}/encrypt") | ("post", "/api/v1/vms/{name}/rekey") => {
             "CryptoRequest"
@@ -114,7 +116,9 @@ pub fn request_type(method: &str, path: &str) -> Option<&'static str> {
 /// What an operation answers with 200: a schema of `components/schemas`, one or a list.
 pub fn answer_type(method: &str, path: &str) -> Option<(&'static str, bool)> {
     Some(match (method, path) {
-        ("get", "/api/v1/vms/{name}") | ("post", "/api/v1/vms") => ("Vm", false),
+        ("get", "/api/v1/vms/{name}") | ("post", "/api/v1/vms") | ("post", "/api/v1/vms/adopt") => {
+            ("Vm", false)
+        }
         ("get", "/api/v1/vms/{name}/diagnose") => ("Diagnosis", false),
         ("post", "/api/v1/vms/{name}/add-disk") | ("put", "/api/v1/vms/{name}/files/{kind}") => {
             ("Vm", false)
@@ -207,6 +211,7 @@ fn asks_a_provider(method: &str, path: &str) -> bool {
             | ("post", "/api/v1/vms/{name}/encrypt")
             | ("post", "/api/v1/vms/{name}/rekey")
             | ("post", "/api/v1/vms/{name}/add-disk")
+            | ("post", "/api/v1/vms/adopt")
             | ("post", "/api/v1/hosts/{name}/enable-encryption")
             | ("get", "/api/v1/providers/{name}/status")
     )
@@ -443,6 +448,7 @@ mod tests {
                 "TokenRequest" => serde_json::from_value::<TokenRequest>(example).is_ok(),
                 "CryptoRequest" => serde_json::from_value::<CryptoRequest>(example).is_ok(),
                 "AddDisk" => serde_json::from_value::<AddDisk>(example).is_ok(),
+                "AdoptVm" => serde_json::from_value::<AdoptVm>(example).is_ok(),
                 "ConsoleInput" => serde_json::from_value::<ConsoleInput>(example).is_ok(),
                 "Login" => serde_json::from_value::<Login>(example).is_ok(),
                 "NewUser" => serde_json::from_value::<NewUser>(example).is_ok(),

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::StreamExt;
 use tresor_api::requests::{
-    AddDisk, ConsoleInput, ConsoleQuery, CreateVm, CryptoRequest, FileQuery, LangQuery,
+    AddDisk, AdoptVm, ConsoleInput, ConsoleQuery, CreateVm, CryptoRequest, FileQuery, LangQuery,
     RegisterRequest, UnlockMany, VmQuery,
 };
 use tresor_api::views::{
@@ -169,6 +169,17 @@ pub(super) async fn unlock_many(
     };
     let caller = permit(&s, &headers, Privilege::CryptoRegisterVm, &what)?;
     Ok(Json(s.vms().unlock_many(&caller, &req).await?))
+}
+
+/// `POST /api/v1/vms/adopt`: a libvirt domain becomes a Tresor VM.
+pub(super) async fn adopt(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<AdoptVm>,
+) -> Result<Json<Vm>, ApiError> {
+    // Encrypting as well needs Cryptographer.Encrypt: the service decides.
+    let caller = caller(&s, &headers)?;
+    Ok(Json(s.vms().adopt(&caller, &req).await?))
 }
 
 /// `POST /api/v1/vms/{name}/add-disk`.

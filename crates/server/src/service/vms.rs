@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use tresor_api::requests::{
-    AddDisk, CreateVm, CryptoRequest, RegisterRequest, UnlockMany, MAX_FILE_PIECE,
+    AddDisk, AdoptVm, CreateVm, CryptoRequest, RegisterRequest, UnlockMany, MAX_FILE_PIECE,
 };
 use tresor_api::views::{
     ConsoleOutput, Diagnosis, DiscoveredVm, Disk, KeyId, Registered, UnlockFailed, UnlockStarted,
@@ -496,6 +496,64 @@ impl Vms<'_> {
         // Material no requested VM needs is dropped (and wiped) here.
         drop(materials);
         Ok((requested, failed))
+    }
+
+    /// Adopts a powered-off libvirt domain of a host as a Tresor VM of the same name, and
+    /// encrypts it when asked. Every privilege is checked before the host is asked.
+    pub async fn adopt(&self, caller: &Caller, req: &AdoptVm) -> Result<Vm, ServiceError> {
+        let cx = self.cx;
+        let action = format!("Adopting domain {} of host {}", req.domain, req.host);
+        caller.require(Privilege::VmRegister, &action)?;
+        if req.encrypt {
+            caller.require(Privilege::CryptoEncrypt, &action)?;
+        }
+        check_name(NameKind::Vm, &req.domain)?;
+        check_name(NameKind::Host, &req.host)?;
+        if cx.store.vm(&req.domain)?.is_some() || cx.engine.registration(&req.domain).is_some() {
+            return Err(ServiceError::new(
+                ErrorCode::Exists,
+                format!(
+                    "A VM named {} exists already; rename the domain first (virsh domrename)",
+                    req.domain
+                ),
+            ));
+        }
+        reachable_host(cx, &req.host)?;
+        let id = new_vm_id()?;
+        self.register(&id, &req.domain, &req.host, [])?;
+        let command = Command::Adopt {
+            domain: req.domain.clone(),
+            id,
+        };
+        let reply = match ask_host(cx, &req.host, command).await {
+            Ok(r) => r,
+            Err(e) => {
+                cx.engine.forget(&req.domain);
+                cx.store.remove_vm(&req.domain)?;
+                return Err(e);
+            }
+        };
+        if let Reply::Vm { vm } = reply {
+            cx.engine.observe_report(&req.host, Arc::new(vm));
+            cx.engine.tick().await;
+        }
+        tracing::info!(vm = %req.domain, host = %req.host, user = %caller.user, "domain adopted");
+        if req.encrypt {
+            let body = CryptoRequest {
+                provider: req.provider.clone(),
+                deep: false,
+            };
+            self.operate(caller, &req.domain, VmAction::Encrypt, Some(&body))
+                .await
+                .map_err(|e| {
+                    let message = format!(
+                        "Domain {} was adopted as a VM, but not encrypted: {}; encrypt it with tresor vm encrypt {}",
+                        req.domain, e.message, req.domain
+                    );
+                    ServiceError { message, ..e }
+                })?;
+        }
+        Ok(vm_view(&self.record(&req.domain)?))
     }
 
     /// Creates a VM on a host: the registry decides its id and keys (made on the provider and
