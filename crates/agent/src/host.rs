@@ -103,6 +103,8 @@ pub struct Host {
     /// VMs whose interrupted operation this run of the agent tried to finish and could not:
     /// tried again after a doubling wait.
     resumed: HashMap<String, Retry>,
+    /// VMs that stopped without the server asking, to be told to it.
+    stopped: Vec<OperationNotice>,
 }
 
 /// The next try of an interrupted operation that failed.
@@ -227,6 +229,7 @@ impl Host {
             runtime,
             running,
             resumed: Default::default(),
+            stopped: Vec::new(),
         })
     }
 
@@ -269,9 +272,23 @@ impl Host {
             None => return false,
         };
         if !alive {
-            // It died; forget it.
-            tracing::warn!(vm, "QEMU of the VM has exited");
+            // It ended without the server asking: the guest powered itself off, or something
+            // outside Tresor stopped it (a killed QEMU, `virsh destroy`, a domain undefined).
+            tracing::warn!(
+                vm,
+                runtime = self.runtime.name(),
+                "the VM stopped without being asked to"
+            );
             self.running.remove(vm);
+            self.stopped.push(OperationNotice {
+                vm: vm.to_owned(),
+                kind: "vm.stopped",
+                message: format!(
+                    "VM {vm} stopped on host {} without Tresor asking (the guest powered off, or its {} process or domain was stopped outside Tresor)",
+                    self.config.name,
+                    self.runtime.name()
+                ),
+            });
         }
         alive
     }
@@ -1193,6 +1210,11 @@ impl Host {
         }
         diskops::clear_intent(dir)?;
         Ok(())
+    }
+
+    /// The VMs that stopped without the server asking since the last call.
+    pub fn take_stopped(&mut self) -> Vec<OperationNotice> {
+        std::mem::take(&mut self.stopped)
     }
 
     /// Finishes the VM-wide operations (encrypt, decrypt, deep rekey) that were interrupted,

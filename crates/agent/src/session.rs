@@ -159,8 +159,11 @@ async fn report<W: AsyncWriteExt + Unpin>(
         let out = {
             let mut h = lock(&h);
             // An operation the agent was killed in is finished once the VM's key is here again.
-            let notices = h.resume();
-            (notices, h.inventory(), h.keys_held())
+            let mut notices = h.resume();
+            let vms = h.inventory();
+            // Looking at each VM finds those that stopped without being asked to.
+            notices.extend(h.take_stopped());
+            (notices, vms, h.keys_held())
         };
         crate::memory::scrub_stack();
         out

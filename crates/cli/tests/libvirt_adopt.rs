@@ -147,6 +147,13 @@ fn a_libvirt_domain_is_adopted_encrypted_and_boots_from_its_encrypted_root() {
         show()["powerState"] == "poweredOff"
     });
 
+    // Tresor did not stop it: an event says so.
+    wait_for("an event says the VM stopped by itself", || {
+        dev.cli(&["event", "list", "--vm", &name, "-o", "json"])
+            .1
+            .contains("vm.stopped")
+    });
+
     // Removed behind Tresor's back: shown as powered off, and defined again at power-on.
     let (ok, out) = virsh(&["undefine", &name]);
     assert!(ok, "{out}");

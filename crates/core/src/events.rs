@@ -56,6 +56,9 @@ catalogue! {
     VM_LOCKED_KEY_MISSING_ON_HOST = "vm.locked.keyMissingOnHost", Error,
         "The virtual machine is locked because keys are missing on the host.",
         "Die virtuelle Maschine ist gesperrt, weil Schlüssel auf dem Host fehlen.";
+    VM_STOPPED = "vm.stopped", Info,
+        "VM {vm} on host {host} stopped without Tresor asking: the guest powered itself off, or its QEMU process or libvirt domain was stopped outside Tresor.",
+        "Die VM {vm} auf Host {host} wurde beendet, ohne dass Tresor es veranlasst hat: Der Gast hat sich selbst ausgeschaltet, oder sein QEMU-Prozess bzw. seine libvirt-Domäne wurde außerhalb von Tresor beendet.";
     VM_UNLOCKED = "vm.unlocked", Info,
         "The virtual machine is unlocked.",
         "Die virtuelle Maschine ist entsperrt.";

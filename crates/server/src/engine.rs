@@ -708,6 +708,19 @@ impl Engine {
                             reason: message.chars().take(1000).collect(),
                         });
                     }
+                    "vm.stopped" => {
+                        let args = vec![
+                            ("vm".to_owned(), vm.clone()),
+                            ("host".to_owned(), host.clone()),
+                        ];
+                        self.record(
+                            st,
+                            tresor_core::events::VM_STOPPED,
+                            Some(vm),
+                            Some(host),
+                            args,
+                        );
+                    }
                     "operation.finished" => {
                         tracing::info!(host, vm, "{message}");
                         st.unwritten_alarms.push(AlarmChange::Clear {
