@@ -322,6 +322,41 @@ impl QemuTools {
             .map(|_| ())
     }
 
+    /// The `qemu-img convert` arguments that make `to` in `to_format`, its secret (when it has
+    /// one) being object `dst`.
+    fn target_args(
+        to: &Path,
+        to_format: DiskFormat,
+        secret: bool,
+    ) -> Result<Vec<String>, DiskError> {
+        let mut args: Vec<String> = match (to_format, secret) {
+            (DiskFormat::Qcow2, _) => vec!["-O".into(), "qcow2".into()],
+            (DiskFormat::Qcow2Luks, true) => vec![
+                "-O".into(),
+                "qcow2".into(),
+                "-o".into(),
+                format!(
+                    "encrypt.format=luks,encrypt.key-secret=dst,encrypt.iter-time={ITER_TIME_MS}"
+                ),
+            ],
+            (DiskFormat::RawLuks, true) => vec![
+                "-O".into(),
+                "luks".into(),
+                "-o".into(),
+                format!("key-secret=dst,iter-time={ITER_TIME_MS}"),
+            ],
+            (_, false) => {
+                return Err(DiskError::Tool {
+                    tool: "qemu-img".into(),
+                    path: to.display().to_string(),
+                    message: "an encrypted disk needs a secret".into(),
+                })
+            }
+        };
+        args.push(to.display().to_string());
+        Ok(args)
+    }
+
     /// What the image at `path` (an upload, untrusted) is: a raw or qcow2 image standing alone
     /// (no backing file, no external data file, not encrypted), probed by `qemu-img info` under
     /// limits of memory and CPU time, as a crafted image can make it use much of both.
@@ -406,31 +441,7 @@ impl QemuTools {
             ImageFormat::Qcow2 => "qcow2",
         };
         args.extend(["-f".into(), source.into(), from.display().to_string()]);
-        match (to_format, to_secret) {
-            (DiskFormat::Qcow2, _) => args.extend(["-O".into(), "qcow2".into()]),
-            (DiskFormat::Qcow2Luks, Some(_)) => args.extend([
-                "-O".into(),
-                "qcow2".into(),
-                "-o".into(),
-                format!(
-                    "encrypt.format=luks,encrypt.key-secret=dst,encrypt.iter-time={ITER_TIME_MS}"
-                ),
-            ]),
-            (DiskFormat::RawLuks, Some(_)) => args.extend([
-                "-O".into(),
-                "luks".into(),
-                "-o".into(),
-                format!("key-secret=dst,iter-time={ITER_TIME_MS}"),
-            ]),
-            (_, None) => {
-                return Err(DiskError::Tool {
-                    tool: "qemu-img".into(),
-                    path: to.display().to_string(),
-                    message: "an encrypted disk needs a secret".into(),
-                })
-            }
-        }
-        args.push(to.display().to_string());
+        args.extend(Self::target_args(to, to_format, to_secret.is_some())?);
         let secrets: Vec<&DiskSecret> = to_secret.into_iter().collect();
         self.run(&self.qemu_img, &args, &secrets, from).map(|_| ())
     }
@@ -474,31 +485,7 @@ impl QemuTools {
             "--image-opts".into(),
             Self::image_opts(from, from_format, &source_secret),
         ]);
-        match (to_format, to_secret) {
-            (DiskFormat::Qcow2, _) => args.extend(["-O".into(), "qcow2".into()]),
-            (DiskFormat::Qcow2Luks, Some(_)) => args.extend([
-                "-O".into(),
-                "qcow2".into(),
-                "-o".into(),
-                format!(
-                    "encrypt.format=luks,encrypt.key-secret=dst,encrypt.iter-time={ITER_TIME_MS}"
-                ),
-            ]),
-            (DiskFormat::RawLuks, Some(_)) => args.extend([
-                "-O".into(),
-                "luks".into(),
-                "-o".into(),
-                format!("key-secret=dst,iter-time={ITER_TIME_MS}"),
-            ]),
-            (_, None) => {
-                return Err(DiskError::Tool {
-                    tool: "qemu-img".into(),
-                    path: to.display().to_string(),
-                    message: "an encrypted disk needs a secret".into(),
-                })
-            }
-        }
-        args.push(to.display().to_string());
+        args.extend(Self::target_args(to, to_format, to_secret.is_some())?);
         self.run(&self.qemu_img, &args, &secrets, from).map(|_| ())
     }
 }

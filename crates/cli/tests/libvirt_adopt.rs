@@ -5,12 +5,10 @@
 //! changes, and a domain removed behind Tresor's back shows as powered off and is defined again
 //! at the next power-on.
 
-use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 mod common;
-use common::{wait_for, workspace_root, Dev};
+use common::{console_line, libvirt_up, wait_for, workspace_root, Dev};
 
 fn virsh(args: &[&str]) -> (bool, String) {
     let out = Command::new("virsh")
@@ -28,27 +26,9 @@ fn virsh(args: &[&str]) -> (bool, String) {
     )
 }
 
-fn console_line(log: &Path, prefix: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let text = String::from_utf8_lossy(&std::fs::read(log).unwrap_or_default()).into_owned();
-        if let Some(line) = text.lines().find(|l| l.starts_with(prefix)) {
-            return line.trim().to_owned();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the guest never said {prefix:?}; its console:\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
 #[test]
 fn a_libvirt_domain_is_adopted_encrypted_and_boots_from_its_encrypted_root() {
-    let status = Command::new(workspace_root().join("scripts/libvirt/start"))
-        .status()
-        .unwrap();
-    assert!(status.success(), "libvirt is not running");
+    libvirt_up();
     let dev = Dev::start_with(1, &["--runtime", "libvirt", "--accel", "tcg"]);
     let guest = workspace_root().join(".cache/guest/out");
     assert!(
@@ -81,24 +61,7 @@ fn a_libvirt_domain_is_adopted_encrypted_and_boots_from_its_encrypted_root() {
     // What cannot be: a domain that does not exist; a user who may register but not encrypt.
     let (ok, _, err) = dev.cli(&["vm", "adopt", "no-such-domain", "--host", "host-1"]);
     assert!(!ok && err.contains("has no domain no-such-domain"), "{err}");
-    let password = dev.dir.path().join("op.password");
-    std::fs::write(&password, "operators-long-password\n").unwrap();
-    dev.ok(&[
-        "user",
-        "add",
-        "operator",
-        "--password-file",
-        &password.display().to_string(),
-        "--role",
-        "NoCryptoAdmin",
-    ]);
-    let config = dev.dir.path().join("op-config");
-    let (ok, _, err) = dev.cli_logged_in(
-        &config,
-        "operators-long-password\n",
-        &["login", "--user", "operator"],
-    );
-    assert!(ok, "{err}");
+    let config = dev.operator("NoCryptoAdmin");
     let (ok, _, err) = dev.cli_logged_in(
         &config,
         "",

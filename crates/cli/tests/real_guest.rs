@@ -7,12 +7,12 @@
 //! on the host holds only ciphertext. The guest has a network (user-mode) and gets an address. Under TCG: the nested KVM of the test machines does not
 //! boot a stock kernel.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{wait_for, workspace_root, Dev, Proc, PyKmip, TRESOR};
+use common::{console_line, libvirt_up, wait_for, workspace_root, Dev, Proc, PyKmip, TRESOR};
 
 /// The test guest's files: the ones `scripts/setup-test-deps` built, or built now.
 fn guest(dev: &Dev) -> PathBuf {
@@ -30,32 +30,6 @@ fn guest(dev: &Dev) -> PathBuf {
         .expect("scripts/guest/build");
     assert!(status.success(), "scripts/guest/build failed");
     out
-}
-
-fn libvirt_up() {
-    let status = Command::new(workspace_root().join("scripts/libvirt/start"))
-        .status()
-        .expect("scripts/libvirt/start");
-    assert!(
-        status.success(),
-        "libvirt is not running; run scripts/setup-test-deps"
-    );
-}
-
-/// Waits for a line of the guest's console that starts with `prefix`; that line.
-fn console_line(log: &Path, prefix: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let text = String::from_utf8_lossy(&std::fs::read(log).unwrap_or_default()).into_owned();
-        if let Some(line) = text.lines().find(|l| l.starts_with(prefix)) {
-            return line.trim().to_owned();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the guest never said {prefix:?}; its console:\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
 }
 
 enum Provider {

@@ -14,24 +14,8 @@ use common::Dev;
 fn boot_files_of_an_encrypted_vm_need_direct_access() {
     let dev = Dev::start(1);
     let dir = dev.dir.path();
-    let password = dir.join("operator.password");
-    std::fs::write(&password, "operators-long-password\n").unwrap();
-    dev.ok(&[
-        "user",
-        "add",
-        "operator",
-        "--password-file",
-        &password.display().to_string(),
-        "--role",
-        "NoCryptoAdmin",
-    ]);
-    let config = dir.join("operator-config");
+    let config = dev.operator("NoCryptoAdmin");
     let op = |stdin: &str, args: &[&str]| dev.cli_logged_in(&config, stdin, args);
-    let (ok, _, err) = op(
-        "operators-long-password\n",
-        &["login", "--user", "operator"],
-    );
-    assert!(ok, "{err}");
 
     dev.create_vm("secret01", true);
     dev.create_vm("plain01", false);

@@ -218,6 +218,30 @@ impl Dev {
         )
     }
 
+    /// Adds user `operator` with role `role` and signs it in; the folder of its client
+    /// configuration, for [`Dev::cli_logged_in`].
+    pub fn operator(&self, role: &str) -> std::path::PathBuf {
+        let password = self.dir.path().join("operator.password");
+        std::fs::write(&password, "operators-long-password\n").unwrap();
+        self.ok(&[
+            "user",
+            "add",
+            "operator",
+            "--password-file",
+            &password.display().to_string(),
+            "--role",
+            role,
+        ]);
+        let config = self.dir.path().join("operator-config");
+        let (ok, _, err) = self.cli_logged_in(
+            &config,
+            "operators-long-password\n",
+            &["login", "--user", "operator"],
+        );
+        assert!(ok, "{err}");
+        config
+    }
+
     /// Runs a client command with another token.
     pub fn cli_as(&self, token: &str, args: &[&str]) -> (bool, String, String) {
         let out = std::process::Command::new(TRESOR)
@@ -747,5 +771,33 @@ impl NewServer {
                 .contains("\"connected\": true")
         });
         agent
+    }
+}
+
+/// libvirtd answering on qemu:///system: `scripts/libvirt/start` starts it when it does not.
+pub fn libvirt_up() {
+    let status = std::process::Command::new(workspace_root().join("scripts/libvirt/start"))
+        .status()
+        .expect("scripts/libvirt/start");
+    assert!(
+        status.success(),
+        "libvirt is not running; run scripts/setup-test-deps"
+    );
+}
+
+/// Waits (up to 3 minutes, a guest under TCG is slow) for a line of a guest's console log that
+/// starts with `prefix`; that line.
+pub fn console_line(log: &std::path::Path, prefix: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let text = String::from_utf8_lossy(&std::fs::read(log).unwrap_or_default()).into_owned();
+        if let Some(line) = text.lines().find(|l| l.starts_with(prefix)) {
+            return line.trim().to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the guest never said {prefix:?}; its console:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
     }
 }

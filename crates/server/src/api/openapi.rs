@@ -197,8 +197,10 @@ fn asks_a_host(method: &str, path: &str) -> bool {
     path.contains("/files/")
         || path.ends_with("/console")
         || method == "post"
-            && (matches!(path, "/api/v1/vms" | "/api/v1/vms/register")
-                || (path.starts_with("/api/v1/vms/{name}/") && !path.ends_with("/unlock"))
+            && (matches!(
+                path,
+                "/api/v1/vms" | "/api/v1/vms/register" | "/api/v1/vms/adopt"
+            ) || (path.starts_with("/api/v1/vms/{name}/") && !path.ends_with("/unlock"))
                 || (path.starts_with("/api/v1/hosts/{name}/")))
 }
 
@@ -247,8 +249,8 @@ pub fn statuses(op: &Operation) -> Vec<(u16, &'static str)> {
             "The object's state does not allow it (a locked VM, for example)",
         ));
     }
-    if op.path.contains("/files/") || (op.path.ends_with("/console") && op.method == "post") {
-        out.push((413, "The body is larger than the operation takes"));
+    if op.path.contains("/files/") {
+        out.push((413, "The file is larger than the operation takes"));
     }
     if asks_a_host(op.method, op.path) {
         out.push((
