@@ -141,8 +141,52 @@ pub async fn join(
          # \"auto\" (KVM when /dev/kvm can be opened, TCG otherwise), \"kvm\" or \"tcg\".\naccel = \"auto\"\n"
     );
     let path = dir.join("agent.toml");
+    // A host that enrols again keeps its settings (runtime, datastore, ...): only who it is and
+    // which server it speaks to change.
+    let config = match std::fs::read_to_string(&path) {
+        Ok(existing) => reenrolled(&existing, name, &endpoint, server_name),
+        Err(_) => config,
+    };
     crate::vmfile::write_atomic(&path, config.as_bytes()).map_err(|e| e.to_string())?;
     Ok(path)
+}
+
+/// An agent configuration with the enrolment's `name`, `server` and `server_name`, everything
+/// else as it was.
+fn reenrolled(existing: &str, name: &str, server: &str, server_name: &str) -> String {
+    let mut out = String::new();
+    let mut seen = [false; 3];
+    for line in existing.lines() {
+        let key = line.split('=').next().unwrap_or("").trim();
+        let replaced = match key {
+            "name" => Some((0, format!("name = {name:?}"))),
+            "server" => Some((1, format!("server = {server:?}"))),
+            "server_name" => Some((2, format!("server_name = {server_name:?}"))),
+            _ => None,
+        };
+        match replaced {
+            Some((i, l)) if !line.trim_start().starts_with('#') => {
+                seen[i] = true;
+                out.push_str(&l);
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    for (i, l) in [
+        format!("name = {name:?}"),
+        format!("server = {server:?}"),
+        format!("server_name = {server_name:?}"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if !seen[i] {
+            // Keys before any table.
+            out = format!("{l}\n{out}");
+        }
+    }
+    out
 }
 
 /// Runs the agent until `shutdown` resolves.
@@ -219,4 +263,24 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enrolling_again_keeps_the_hosts_settings() {
+        let before = "# Tresor host agent\n\nname = \"old\"\nserver = \"10.0.0.1:8401\"\nserver_name = \"localhost\"\n\
+                      datastore = \"/srv/vms\"\nstate_dir = \"/var/lib/tresor\"\nruntime = \"libvirt\"\naccel = \"kvm\"\n";
+        let after = reenrolled(before, "host-7", "10.0.0.2:8401", "tresor.example");
+        let c: AgentConfig = toml::from_str(&after).unwrap();
+        assert_eq!(c.name, "host-7");
+        assert_eq!(c.server, "10.0.0.2:8401");
+        assert_eq!(c.server_name, "tresor.example");
+        assert_eq!(c.runtime, RuntimeName::Libvirt);
+        assert_eq!(c.accel, Accel::Kvm);
+        assert_eq!(c.datastore, PathBuf::from("/srv/vms"));
+        assert!(after.starts_with("# Tresor host agent"), "{after}");
+    }
 }

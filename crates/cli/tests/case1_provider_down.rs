@@ -9,11 +9,20 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 mod common;
-use common::{wait_for, Dev, Proc, TRESOR};
+use common::{runtime_args, wait_for, Dev, Proc, TRESOR};
 
 #[test]
 fn provider_down_during_a_host_restart_locks_and_its_return_unlocks() {
-    let dev = Dev::start(2);
+    provider_down_during_a_host_restart_locks_and_its_return_unlocks_under("qemu");
+}
+
+#[test]
+fn provider_down_during_a_host_restart_locks_and_its_return_unlocks_under_libvirt() {
+    provider_down_during_a_host_restart_locks_and_its_return_unlocks_under("libvirt");
+}
+
+fn provider_down_during_a_host_restart_locks_and_its_return_unlocks_under(runtime: &str) {
+    let dev = Dev::start_with(2, &runtime_args(runtime, &["web01", "web02", "plain01"]));
     let cli = |args: &[&str]| dev.cli(args);
     let vm = || -> serde_json::Value {
         serde_json::from_str(&cli(&["vm", "show", "web01", "-o", "json"]).1).unwrap_or_default()

@@ -5,11 +5,20 @@
 //! what the guest wrote before the fault.
 
 mod common;
-use common::{wait_for, Dev};
+use common::{runtime_args, wait_for, Dev};
 
 #[test]
 fn a_key_deactivated_on_the_provider_locks_and_its_reactivation_unlocks() {
-    let dev = Dev::start(1);
+    a_key_deactivated_on_the_provider_locks_and_its_reactivation_unlocks_under("qemu");
+}
+
+#[test]
+fn a_key_deactivated_on_the_provider_locks_and_its_reactivation_unlocks_under_libvirt() {
+    a_key_deactivated_on_the_provider_locks_and_its_reactivation_unlocks_under("libvirt");
+}
+
+fn a_key_deactivated_on_the_provider_locks_and_its_reactivation_unlocks_under(runtime: &str) {
+    let dev = Dev::start_with(1, &runtime_args(runtime, &["web01", "web02", "plain01"]));
     dev.ok(&["settings", "set", "unlock.policy", "manual"]);
     assert_eq!(
         dev.ok(&["settings", "get", "unlock.policy"]).trim(),

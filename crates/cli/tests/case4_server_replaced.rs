@@ -6,11 +6,20 @@
 
 mod common;
 
-use common::{find_file, pid_of, stop, wait_for, Dev, Proxy};
+use common::{find_file, pid_of, runtime_args, stop, wait_for, Dev, Proxy};
 
 #[test]
 fn a_new_server_adopts_the_host_and_unlocks_its_vms() {
-    let dev = Dev::start(1);
+    a_new_server_adopts_the_host_and_unlocks_its_vms_under("qemu");
+}
+
+#[test]
+fn a_new_server_adopts_the_host_and_unlocks_its_vms_under_libvirt() {
+    a_new_server_adopts_the_host_and_unlocks_its_vms_under("libvirt");
+}
+
+fn a_new_server_adopts_the_host_and_unlocks_its_vms_under(runtime: &str) {
+    let dev = Dev::start_with(1, &runtime_args(runtime, &["web01", "web02", "plain01"]));
     dev.create_vm("web01", true);
     dev.create_vm("plain01", false);
     dev.ok(&["vm", "power-on", "web01"]);
@@ -153,10 +162,10 @@ fn a_new_server_adopts_the_host_and_unlocks_its_vms() {
         cli(&["vm", "get", "plain01", "cryptoState"]).trim(),
         "unencrypted"
     );
-    cli(&["vm", "power-on", "web01"]);
+    let on = cli(&["vm", "power-on", "web01"]);
     let out = dev.guest_io("web01", "vd0", "read -P 0x77 0 32k");
     assert!(
         out.contains("read 32768/32768 bytes") && !out.contains("failed"),
-        "{out}"
+        "{out} (power-on: {on})"
     );
 }

@@ -4,11 +4,20 @@
 //! the provider's administrator, and the disk still holds the guest's data.
 
 mod common;
-use common::{wait_for, Dev};
+use common::{runtime_args, wait_for, Dev};
 
 #[test]
 fn keys_missing_only_on_the_host_are_pushed_by_an_unlock() {
-    let dev = Dev::start(1);
+    keys_missing_only_on_the_host_are_pushed_by_an_unlock_under("qemu");
+}
+
+#[test]
+fn keys_missing_only_on_the_host_are_pushed_by_an_unlock_under_libvirt() {
+    keys_missing_only_on_the_host_are_pushed_by_an_unlock_under("libvirt");
+}
+
+fn keys_missing_only_on_the_host_are_pushed_by_an_unlock_under(runtime: &str) {
+    let dev = Dev::start_with(1, &runtime_args(runtime, &["web01", "web02", "plain01"]));
     dev.ok(&["settings", "set", "unlock.policy", "manual"]);
     for name in ["web01", "web02"] {
         dev.ok(&[

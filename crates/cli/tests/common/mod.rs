@@ -95,6 +95,8 @@ pub struct Dev {
     pub dir: tempfile::TempDir,
     pub port: u16,
     pub token: String,
+    /// The agents' runtime: `qemu` or `libvirt`.
+    pub runtime: String,
     /// Declared last: stopped before the folder goes.
     _proc: Proc,
 }
@@ -156,10 +158,17 @@ impl Dev {
             }
             panic!("tresor dev printed no admin token:\n{logs}");
         }
+        let runtime = more
+            .iter()
+            .position(|a| *a == "--runtime")
+            .and_then(|i| more.get(i + 1))
+            .unwrap_or(&"qemu")
+            .to_string();
         Dev {
             dir,
             port,
             token,
+            runtime,
             _proc: proc,
         }
     }
@@ -346,6 +355,34 @@ impl Dev {
     /// the command's output (QEMU prints it to its
     /// log).
     pub fn guest_io(&self, vm: &str, device: &str, command: &str) -> String {
+        if self.runtime == "libvirt" {
+            // libvirt names disk N's device virtio-diskN; its monitor is reached through virsh,
+            // and what qemu-io prints goes to the domain's log.
+            let n = device.trim_start_matches("vd");
+            let log = std::path::PathBuf::from(format!("/var/log/libvirt/qemu/{vm}.log"));
+            let before = std::fs::read(&log).map(|b| b.len()).unwrap_or(0);
+            let out = std::process::Command::new("virsh")
+                .args([
+                    "-q",
+                    "-c",
+                    "qemu:///system",
+                    "qemu-monitor-command",
+                    vm,
+                    "--hmp",
+                ])
+                .arg(format!(
+                    "qemu-io -d /machine/peripheral/virtio-disk{n}/virtio-backend \"{command}\""
+                ))
+                .output()
+                .expect("virsh");
+            let after = std::fs::read(&log).unwrap_or_default();
+            return format!(
+                "{}{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(after.get(before..).unwrap_or_default())
+            );
+        }
         let socket = find_file(self.dir.path(), &format!("run/{vm}/monitor.sock"))
             .unwrap_or_else(|| panic!("no monitor socket of {vm}"));
         let log = socket.with_file_name("qemu.log");
@@ -772,6 +809,33 @@ impl NewServer {
         });
         agent
     }
+}
+
+/// The arguments of `tresor dev` for `runtime`, and libvirt running (with no domain left of
+/// these names by an earlier run that failed) when it is libvirt.
+pub fn runtime_args(runtime: &str, names: &[&str]) -> Vec<&'static str> {
+    if runtime != "libvirt" {
+        return vec![];
+    }
+    libvirt_up();
+    for name in names {
+        let virsh = |args: &[&str]| {
+            let _ = std::process::Command::new("virsh")
+                .args(["-q", "-c", "qemu:///system"])
+                .args(args)
+                .output();
+        };
+        let xml = std::process::Command::new("virsh")
+            .args(["-q", "-c", "qemu:///system", "dumpxml", name])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        if xml.contains(tresor_agent::libvirt::METADATA_NS) {
+            virsh(&["destroy", name]);
+            virsh(&["undefine", name]);
+        }
+    }
+    vec!["--runtime", "libvirt", "--accel", "tcg"]
 }
 
 /// libvirtd answering on qemu:///system: `scripts/libvirt/start` starts it when it does not.
