@@ -35,7 +35,12 @@ pub struct HostConfig {
     /// Where VMs run.
     pub runtime: RuntimeKind,
     pub tools: QemuTools,
+    /// Where cloud-init seeds are written for the moment a VM starts: a memory file system.
+    pub seed_dir: PathBuf,
 }
+
+/// The seed folder when the config names none.
+pub const DEFAULT_SEED_DIR: &str = "/dev/shm/tresor-seeds";
 
 /// A failed command: a stable code and a message for people.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -441,7 +446,7 @@ impl Host {
                         fail("hostNotSafe", format!("Host {}: {why}", self.config.name))
                     })?;
                 }
-                let plan = file.prepare_power_on(&dir, &self.cache)?;
+                let mut plan = file.prepare_power_on(&dir, &self.cache)?;
                 let run_dir = self.config.state_dir.join("run").join(&vm);
                 std::fs::create_dir_all(&run_dir)
                     .and_then(|()| {
@@ -449,8 +454,16 @@ impl Host {
                         std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700))
                     })
                     .map_err(|e| fail("io", format!("Cannot create {}: {e}", run_dir.display())))?;
-                let running = self.runtime.start(&vm, &run_dir, &plan)?;
-                self.running.insert(vm, running);
+                // The cloud-init seed, made in memory, is written only to a memory file system
+                // and removed once the VM has it open.
+                if crate::seed::wanted(&plan.config) {
+                    plan.seed = Some(self.write_seed(&vm, &file.id, &plan.config)?);
+                }
+                let started = self.runtime.start(&vm, &run_dir, &plan);
+                if let Some(seed) = &plan.seed {
+                    let _ = std::fs::remove_file(seed);
+                }
+                self.running.insert(vm, started?);
                 Ok(Reply::Done)
             }
             Command::PowerOff { vm } => {
@@ -602,6 +615,7 @@ impl Host {
                     memory_mib: shape.memory_mib.max(tresor_core::protocol::MIN_MEMORY_MIB),
                     vcpus: shape.vcpus.max(1),
                     networks: shape.networks.clone(),
+                    ..VmConfig::default()
                 },
             );
             for (i, ((path, _), info)) in shape.disks.iter().zip(&infos).enumerate() {
@@ -662,6 +676,52 @@ impl Host {
         Ok(Reply::Vm {
             vm: self.report(domain)?,
         })
+    }
+
+    /// Writes the cloud-init seed of VM `vm` into the seed folder, which must be on a memory
+    /// file system (the seed may hold secrets of the guest's).
+    fn write_seed(&self, vm: &str, id: &str, config: &VmConfig) -> Result<PathBuf, HostError> {
+        use std::io::Write;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let dir = &self.config.seed_dir;
+        let io = |e: std::io::Error| {
+            fail(
+                "io",
+                format!(
+                    "Cannot write the cloud-init seed of VM {vm} in {}: {e}",
+                    dir.display()
+                ),
+            )
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        // Searchable by libvirt's QEMU user, which is given the file itself.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).map_err(io)?;
+        let on_memory = rustix::fs::statfs(dir)
+            .map(|fs| [0x0102_1994u64, 0x8584_58f6].contains(&(fs.f_type as u64)))
+            .unwrap_or(false);
+        if !on_memory {
+            return Err(fail(
+                "hostNotSafe",
+                format!(
+                    "The seed folder {} of host {} is not on a memory file system, and a cloud-init seed may hold secrets; mount one there (mount -t tmpfs -o mode=0711 tmpfs {}) or set seed_dir",
+                    dir.display(),
+                    self.config.name,
+                    dir.display()
+                ),
+            ));
+        }
+        let image =
+            crate::seed::nocloud(id, vm, config).map_err(|e| fail("seed", e.to_string()))?;
+        let path = dir.join(format!("{vm}.img"));
+        let _ = std::fs::remove_file(&path);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io)?;
+        f.write_all(&image).map_err(io)?;
+        Ok(path)
     }
 
     /// The serial console's log of VM `vm` from `offset` on. Both runtimes log the console to
@@ -831,6 +891,41 @@ impl Host {
             UploadKind::Image => return self.import_image(dir, staging),
             UploadKind::Kernel => boot.join("vmlinuz"),
             UploadKind::Initrd => boot.join("initrd.img"),
+            UploadKind::UserData | UploadKind::SshKey => {
+                let bytes = std::fs::read(staging).map_err(io)?;
+                let text = String::from_utf8(bytes).map_err(|_| {
+                    fail(
+                        "badFile",
+                        format!("The {kind} of VM {vm} is not UTF-8 text"),
+                    )
+                })?;
+                let mut file = VmFile::load(dir)?;
+                let mut config = file.config(&self.cache)?;
+                if kind == UploadKind::UserData {
+                    config.user_data = Some(text);
+                } else {
+                    let keys: Vec<String> = text
+                        .lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                        .map(str::to_owned)
+                        .collect();
+                    let looks_like_key = |k: &String| {
+                        ["ssh-", "ecdsa-", "sk-"].iter().any(|p| k.starts_with(p))
+                            && k.split_whitespace().count() >= 2
+                    };
+                    if keys.is_empty() || !keys.iter().all(looks_like_key) {
+                        return Err(fail(
+                            "badFile",
+                            format!("The ssh-key of VM {vm} must hold OpenSSH public keys, one a line (ssh-ed25519 AAAA... user@host)"),
+                        ));
+                    }
+                    config.ssh_keys = keys;
+                }
+                file.set_config(&config, &self.cache)?;
+                file.save(dir)?;
+                return Ok(());
+            }
             UploadKind::Cmdline => {
                 let text = std::fs::read(staging).map_err(io)?;
                 let ok = std::str::from_utf8(&text)
@@ -966,6 +1061,7 @@ impl Host {
             memory_mib: spec.memory_mib,
             vcpus: spec.vcpus,
             networks: spec.networks.clone(),
+            ..VmConfig::default()
         };
         let result = (|| -> Result<(), HostError> {
             let mut file = match &spec.key {

@@ -12,6 +12,7 @@
 //! - [`runtime`]: where VMs run, behind one interface ([`runtime::Runtime`]).
 //! - [`qemu`]: the QEMU runtime: VMs in QEMU processes of the agent's, secrets over QMP.
 //! - [`libvirt`]: the libvirt runtime: VMs as libvirt domains, secrets as ephemeral libvirt secrets.
+//! - [`seed`]: the cloud-init NoCloud seed of a VM, made in memory at power-on.
 //! - [`diskops`]: encrypt, decrypt and deep rekey of disks, journaled so a crash loses nothing.
 //! - [`disk`]: LUKS disks through `qemu-img` and `qemu-io`, secrets through file descriptors.
 
@@ -26,6 +27,7 @@ pub mod memory;
 pub mod qemu;
 pub mod run;
 pub mod runtime;
+pub mod seed;
 pub mod session;
 pub mod vmfile;
 pub mod wrap;

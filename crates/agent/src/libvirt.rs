@@ -289,6 +289,13 @@ impl LibvirtRuntime {
                 }
             ));
         }
+        if let Some(seed) = &plan.seed {
+            x.push_str(&format!(
+                "    <disk type='file' device='disk'>\n      <driver name='qemu' type='raw'/>\n      <source file='{}'/>\n      <target dev='{}' bus='virtio'/>\n      <readonly/>\n    </disk>\n",
+                escape(seed.display().to_string()),
+                disk_target(plan.disks.len())
+            ));
+        }
         for (i, net) in plan.config.networks.iter().enumerate() {
             let (kind, source) = match net {
                 NetworkSpec::User => ("user", String::new()),
@@ -964,6 +971,7 @@ mod tests {
                 memory_mib: 512,
                 vcpus: 2,
                 networks: vec![NetworkSpec::Bridge("br0".into())],
+                ..Default::default()
             },
             disks: vec![crate::vmfile::OpenDisk {
                 path: "/data/a'b<c>&d/disk0.qcow2".into(),
@@ -971,6 +979,7 @@ mod tests {
                 secret: None,
             }],
             boot: None,
+            seed: None,
         };
         let xml = runtime.domain_xml(
             "web01",

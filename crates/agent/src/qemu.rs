@@ -279,6 +279,15 @@ impl RunningVm {
                 &format!("pcie-root-port,id=rp{i},chassis={},slot={i}", i + 1),
             ]);
         }
+        // One more for the cloud-init seed (after the network's).
+        let seed_port = MAX_DISKS + tresor_core::protocol::MAX_NICS;
+        cmd.args([
+            "-device",
+            &format!(
+                "pcie-root-port,id=rpseed,chassis={},slot={seed_port}",
+                seed_port + 1
+            ),
+        ]);
         for (i, net) in plan.config.networks.iter().enumerate() {
             let backend = match net {
                 NetworkSpec::User => format!("user,id=net{i}"),
@@ -390,6 +399,17 @@ impl RunningVm {
             self.qmp
                 .execute("device_add", json!({"driver": "virtio-blk-pci", "drive": node, "id": format!("vd{i}"), "bus": format!("rp{i}")}))?;
             self.nodes.push(node);
+        }
+        if let Some(seed) = &plan.seed {
+            self.qmp.execute(
+                "blockdev-add",
+                json!({"driver": "raw", "node-name": "seed", "read-only": true,
+                       "file": {"driver": "file", "filename": seed.display().to_string(), "read-only": true}}),
+            )?;
+            self.qmp.execute(
+                "device_add",
+                json!({"driver": "virtio-blk-pci", "drive": "seed", "id": "vdseed", "bus": "rpseed"}),
+            )?;
         }
         Ok(())
     }

@@ -44,6 +44,13 @@ pub struct AgentConfig {
     /// The accelerator: `auto` (KVM when /dev/kvm can be opened, TCG otherwise), `kvm` or `tcg`.
     #[serde(default)]
     pub accel: Accel,
+    /// Where cloud-init seeds are written while a VM starts; a memory file system.
+    #[serde(default = "default_seed_dir")]
+    pub seed_dir: PathBuf,
+}
+
+fn default_seed_dir() -> PathBuf {
+    crate::host::DEFAULT_SEED_DIR.into()
 }
 
 /// The runtimes an agent can use.
@@ -224,6 +231,7 @@ pub async fn run(
             }),
         },
         tools: QemuTools::default(),
+        seed_dir: config.seed_dir.clone(),
     })
     .map_err(|e| e.to_string())?;
     let session = SessionConfig {

@@ -75,6 +75,12 @@ pub struct VmConfig {
     /// Its network interfaces, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<NetworkSpec>,
+    /// cloud-init user data, given to the guest in a NoCloud seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_data: Option<String>,
+    /// SSH public keys for cloud-init.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_keys: Vec<String>,
 }
 
 impl Default for VmConfig {
@@ -83,6 +89,8 @@ impl Default for VmConfig {
             memory_mib: 256,
             vcpus: 1,
             networks: Vec::new(),
+            user_data: None,
+            ssh_keys: Vec::new(),
         }
     }
 }
@@ -129,6 +137,8 @@ pub struct PowerOnPlan {
     pub disks: Vec<OpenDisk>,
     /// A kernel to boot directly, when the VM's folder holds one.
     pub boot: Option<DirectBoot>,
+    /// The cloud-init seed image, attached read-only after the disks.
+    pub seed: Option<PathBuf>,
 }
 
 /// Direct kernel boot: `boot/vmlinuz` in the VM's folder, with `boot/initrd.img` and the kernel
@@ -405,6 +415,17 @@ impl VmFile {
         })
     }
 
+    /// Replaces the VM's config, sealing it with the home key when encrypted.
+    pub fn set_config(&mut self, config: &VmConfig, cache: &KeyCache) -> Result<(), VmFileError> {
+        if !self.encrypted {
+            self.config = Some(config.clone());
+            return Ok(());
+        }
+        let home = self.home_key(cache)?;
+        self.sealed_config = Some(seal_config(&home, &self.id, config)?);
+        Ok(())
+    }
+
     /// Adds an encrypted disk entry with a fresh secret wrapped under the VM's KEK or `own_key`;
     /// returns the secret for creating the image.
     pub fn add_encrypted_disk(
@@ -496,6 +517,7 @@ impl VmFile {
             config,
             disks,
             boot: DirectBoot::of(dir)?,
+            seed: None,
         })
     }
 
@@ -568,6 +590,8 @@ mod tests {
             memory_mib: 512,
             vcpus: 2,
             networks: vec![NetworkSpec::User],
+            user_data: Some("#cloud-config\n".into()),
+            ssh_keys: vec!["ssh-ed25519 AAAA test".into()],
         };
         let vm = VmFile::new_encrypted("id-1", "web01", &config, &kek, &cache).unwrap();
         assert_eq!(vm.config(&cache).unwrap(), config);

@@ -146,6 +146,7 @@ fn scenario(tmp: &Path, runtime: RuntimeKind, vm: &str) {
         },
         runtime,
         tools: QemuTools::default(),
+        seed_dir: tresor_agent::host::DEFAULT_SEED_DIR.into(),
     })
     .unwrap();
     let host_key = key("host-key", 9);
@@ -442,6 +443,7 @@ fn a_libvirt_domain_of_the_same_name_that_is_not_this_vms_is_left_alone() {
         },
         runtime: RuntimeKind::Libvirt(LibvirtConfig::default()),
         tools: QemuTools::default(),
+        seed_dir: tresor_agent::host::DEFAULT_SEED_DIR.into(),
     })
     .unwrap();
     ok(h.handle(Command::CreateVm {

@@ -23,6 +23,7 @@ fn host(dir: &std::path::Path) -> Host {
         },
         runtime: Default::default(),
         tools: QemuTools::default(),
+        seed_dir: tresor_agent::host::DEFAULT_SEED_DIR.into(),
     })
     .unwrap()
 }

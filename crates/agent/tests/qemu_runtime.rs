@@ -24,6 +24,7 @@ fn data_written_through_a_running_vm_survives_power_off_and_on() {
             memory_mib: 64,
             vcpus: 1,
             networks: Vec::new(),
+            ..Default::default()
         },
         &kek,
         &cache,
@@ -121,9 +122,11 @@ fn a_vm_that_dies_is_noticed() {
             memory_mib: 64,
             vcpus: 1,
             networks: Vec::new(),
+            ..Default::default()
         },
         disks: vec![],
         boot: None,
+        seed: None,
     };
     let mut vm = RunningVm::start(&QemuConfig::default(), "short", dir.path(), &plan).unwrap();
     assert!(vm.is_running());

@@ -17,6 +17,10 @@ use tresor_core::protocol::{
 };
 
 fn host(dir: &Path) -> Host {
+    host_with_seeds(dir, tresor_agent::host::DEFAULT_SEED_DIR.into())
+}
+
+fn host_with_seeds(dir: &Path, seed_dir: PathBuf) -> Host {
     Host::open(HostConfig {
         name: "host-1".into(),
         datastore: dir.join("datastore"),
@@ -29,6 +33,7 @@ fn host(dir: &Path) -> Host {
         },
         runtime: Default::default(),
         tools: QemuTools::default(),
+        seed_dir,
     })
     .unwrap()
 }
@@ -241,4 +246,44 @@ fn pieces_out_of_order_and_images_that_reach_outside_are_refused() {
     // An unknown VM.
     let (code, _) = failed(send(&mut h, "nope", UploadKind::Kernel, b"x", 1));
     assert_eq!(code, "noSuchVm");
+}
+
+#[test]
+fn cloud_init_files_are_checked_and_a_seed_never_goes_to_a_disk() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Seeds would go to a folder on disk: refused at power-on, with what to mount.
+    let mut h = host_with_seeds(tmp.path(), tmp.path().join("seeds"));
+    let (dir, _) = encrypted_vm(&mut h, "web01");
+    let (code, message) = failed(send(
+        &mut h,
+        "web01",
+        UploadKind::SshKey,
+        b"not a key at all\n",
+        100,
+    ));
+    assert_eq!(code, "badFile", "{message}");
+    reply_vm(send(
+        &mut h,
+        "web01",
+        UploadKind::SshKey,
+        b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI test@host\n",
+        100,
+    ));
+    reply_vm(send(
+        &mut h,
+        "web01",
+        UploadKind::UserData,
+        b"#cloud-config\npassword: hunter2\n",
+        100,
+    ));
+    // Sealed: neither is readable in the VM's file.
+    let text = std::fs::read_to_string(dir.join("vm.json")).unwrap();
+    assert!(
+        !text.contains("hunter2") && !text.contains("AAAAC3Nza"),
+        "{text}"
+    );
+    let (code, message) = failed(h.handle(Command::PowerOn { vm: "web01".into() }));
+    assert_eq!(code, "hostNotSafe", "{message}");
+    assert!(message.contains("mount -t tmpfs"), "{message}");
+    assert!(!tmp.path().join("seeds/web01.img").exists());
 }

@@ -141,6 +141,13 @@ struct VmFiles {
     /// The kernel command line for --kernel (default: console=ttyS0 panic=-1).
     #[arg(long)]
     cmdline: Option<String>,
+    /// cloud-init user data (a #cloud-config file or a script), given to the guest in a NoCloud
+    /// seed at each power-on.
+    #[arg(long)]
+    user_data: Option<std::path::PathBuf>,
+    /// SSH public keys for cloud-init (an authorized_keys file).
+    #[arg(long)]
+    ssh_key: Option<std::path::PathBuf>,
 }
 
 impl VmFiles {
@@ -160,6 +167,8 @@ impl VmFiles {
             ("image", &self.image),
             ("kernel", &self.kernel),
             ("initrd", &self.initrd),
+            ("user-data", &self.user_data),
+            ("ssh-key", &self.ssh_key),
         ];
         for (kind, file) in files {
             if let Some(file) = file {
@@ -633,7 +642,7 @@ pub fn run_vm(cmd: VmCommand) -> Result<(), CliError> {
         VmSub::Upload { name, files } => {
             if files.is_empty() {
                 return Err(CliError::msg(
-                    "Name a file to send: --image, --kernel, --initrd or --cmdline",
+                    "Name a file to send: --image, --kernel, --initrd, --cmdline, --user-data or --ssh-key",
                 ));
             }
             if let Some(v) = files.send(c, &name)? {

@@ -4,7 +4,8 @@
 //! with `--kernel --initrd --cmdline`, and booted. The guest writes a marker file and powers off;
 //! the key provider goes away and the host restarts, so the VM locks; the provider returns, the VM
 //! is unlocked, and the guest boots again from its encrypted root and finds its marker. The disk
-//! on the host holds only ciphertext. The guest has a network (user-mode) and gets an address. Under TCG: the nested KVM of the test machines does not
+//! on the host holds only ciphertext. The guest has a network (user-mode) and gets an address,
+//! and a cloud-init NoCloud seed with its id, an SSH key and the user data sent. Under TCG: the nested KVM of the test machines does not
 //! boot a stock kernel.
 
 use std::path::PathBuf;
@@ -57,6 +58,15 @@ fn scenario(runtime: &str, provider: Provider) {
         std::process::id()
     );
     let file = |f: &str| g.join(f).display().to_string();
+    // cloud-init: user data and an SSH key, given to the guest in a NoCloud seed.
+    let user_data = "#cloud-config\nhostname: tresor-guest\n";
+    std::fs::write(dev.dir.path().join("user-data"), user_data).unwrap();
+    std::fs::write(
+        dev.dir.path().join("keys.pub"),
+        "# the operator's key\nssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTheTest test@tresor\n",
+    )
+    .unwrap();
+    let seed_file = |f: &str| dev.dir.path().join(f).display().to_string();
     let out = dev.ok(&[
         "vm",
         "create",
@@ -76,6 +86,10 @@ fn scenario(runtime: &str, provider: Provider) {
         &file("initrd.img"),
         "--cmdline",
         "console=ttyS0 quiet panic=-1 tresor.root",
+        "--user-data",
+        &seed_file("user-data"),
+        "--ssh-key",
+        &seed_file("keys.pub"),
     ]);
     assert!(out.contains(&vm), "{out}");
     let show = || -> serde_json::Value {
@@ -95,6 +109,25 @@ fn scenario(runtime: &str, provider: Provider) {
         .join(&vm)
         .join("serial.log");
     console_line(&log, "tresor-guest: root up");
+    // Its cloud-init seed: the VM's id, the one key, the user data as sent.
+    let seed = console_line(&log, "tresor-guest: seed ");
+    let id = v["id"].as_str().unwrap_or_default().to_owned();
+    let md5 = {
+        let out = Command::new("md5sum")
+            .arg(dev.dir.path().join("user-data"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)[..8].to_owned()
+    };
+    assert_eq!(
+        seed,
+        format!("tresor-guest: seed instance-id: \"{id}\" keys 1 user-data {md5}"),
+        "{v}"
+    );
+    assert!(
+        !std::path::Path::new(&format!("/dev/shm/tresor-seeds/{vm}.img")).exists(),
+        "the seed is removed once the VM has it"
+    );
     // Its network: QEMU's user-mode network gives it an address by DHCP.
     let net = console_line(&log, "tresor-guest: net ");
     assert!(net.ends_with(" 10.0.2.15"), "{net}");

@@ -353,6 +353,10 @@ crate::named_enum! {
         Initrd = "initrd",
         /// The kernel's command line.
         Cmdline = "cmdline",
+        /// cloud-init user data (a NoCloud seed is made at power-on).
+        UserData = "user-data",
+        /// SSH public keys for cloud-init, one a line.
+        SshKey = "ssh-key",
     }
 }
 
@@ -364,6 +368,8 @@ impl UploadKind {
             UploadKind::Kernel => 256 << 20,
             UploadKind::Initrd => 2 << 30,
             UploadKind::Cmdline => MAX_CMDLINE as u64,
+            UploadKind::UserData => 64 << 10,
+            UploadKind::SshKey => 16 << 10,
         }
     }
 }

@@ -61,6 +61,7 @@ fn host(dir: &std::path::Path, name: &str) -> Arc<Mutex<Host>> {
             qemu: QemuConfig::default(),
             runtime: Default::default(),
             tools: QemuTools::default(),
+            seed_dir: tresor_agent::host::DEFAULT_SEED_DIR.into(),
         })
         .unwrap(),
     ))

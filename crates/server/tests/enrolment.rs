@@ -97,6 +97,7 @@ async fn a_host_joins_once_with_a_token_and_then_connects() {
             qemu: QemuConfig::default(),
             runtime: Default::default(),
             tools: QemuTools::default(),
+            seed_dir: tresor_agent::host::DEFAULT_SEED_DIR.into(),
         })
         .unwrap(),
     ));
@@ -165,6 +166,7 @@ async fn a_host_joins_once_with_a_token_and_then_connects() {
             qemu: QemuConfig::default(),
             runtime: Default::default(),
             tools: QemuTools::default(),
+            seed_dir: tresor_agent::host::DEFAULT_SEED_DIR.into(),
         })
         .unwrap(),
     ));

@@ -79,6 +79,7 @@ async fn the_procedures_cases_1_3_and_5_in_one_process() {
             },
             runtime: Default::default(),
             tools: QemuTools::default(),
+            seed_dir: tresor_agent::host::DEFAULT_SEED_DIR.into(),
         })
         .unwrap(),
     ));
