@@ -110,7 +110,13 @@ pub struct Host {
     resumed: HashMap<String, Retry>,
     /// VMs that stopped without the server asking, to be told to it.
     stopped: Vec<OperationNotice>,
+    /// VMs started under KVM whose kernel writes to the serial console, and when: one that
+    /// printed nothing after [`KVM_GRACE`] shows that KVM does not boot guests on this host.
+    kvm_watch: HashMap<String, std::time::Instant>,
 }
+
+/// How long a kernel booted directly under KVM has to print its first line.
+const KVM_GRACE: Duration = Duration::from_secs(10);
 
 /// The next try of an interrupted operation that failed.
 #[derive(Clone, Copy, Debug)]
@@ -235,6 +241,7 @@ impl Host {
             running,
             resumed: Default::default(),
             stopped: Vec::new(),
+            kvm_watch: HashMap::new(),
         })
     }
 
@@ -463,7 +470,16 @@ impl Host {
                 if let Some(seed) = &plan.seed {
                     let _ = std::fs::remove_file(seed);
                 }
-                self.running.insert(vm, started?);
+                let started = started?;
+                // A kernel that writes to the serial console shows whether KVM boots it.
+                let speaks = plan
+                    .boot
+                    .as_ref()
+                    .is_some_and(|b| b.cmdline.contains("console=ttyS0"));
+                if started.accel() == "kvm" && speaks && !self.config.qemu.require_kvm {
+                    self.kvm_watch.insert(vm.clone(), std::time::Instant::now());
+                }
+                self.running.insert(vm, started);
                 Ok(Reply::Done)
             }
             Command::PowerOff { vm } => {
@@ -1308,6 +1324,52 @@ impl Host {
         Ok(())
     }
 
+    /// Looks at the VMs started under KVM: one whose kernel printed nothing on its serial
+    /// console within [`KVM_GRACE`] shows that KVM runs QEMU here but does not boot guests (a
+    /// nested KVM can do that). The host then runs VMs under TCG, says so, and starts that VM
+    /// again. With `accel = "kvm"` nothing is watched.
+    pub fn check_kvm_boots(&mut self) {
+        let due: Vec<String> = self
+            .kvm_watch
+            .iter()
+            .filter(|(_, since)| since.elapsed() >= KVM_GRACE)
+            .map(|(vm, _)| vm.clone())
+            .collect();
+        for vm in due {
+            self.kvm_watch.remove(&vm);
+            let log = self
+                .config
+                .state_dir
+                .join("run")
+                .join(&vm)
+                .join("serial.log");
+            let said = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0) > 0;
+            if said || !self.is_running(&vm) {
+                continue;
+            }
+            tracing::warn!(
+                vm,
+                "the VM's kernel printed nothing on its serial console within {} s under KVM: KVM runs QEMU on this host but does not boot guests (a nested KVM can do that); VMs run under TCG from now on, emulated and slow (set accel = \"kvm\" to keep KVM, or \"tcg\" to say so)",
+                KVM_GRACE.as_secs()
+            );
+            self.runtime.fall_back_to_tcg();
+            if let Some(r) = self.running.remove(&vm) {
+                r.power_off(Duration::from_millis(0));
+            }
+            match self.execute(Command::PowerOn { vm: vm.clone() }) {
+                Ok(_) => tracing::info!(vm, "the VM started again under TCG"),
+                Err(e) => {
+                    tracing::error!(vm, error = %e.message, "cannot start the VM again under TCG")
+                }
+            }
+        }
+    }
+
+    /// The accelerator VM `vm` runs under, when it runs.
+    pub fn accel_of(&self, vm: &str) -> Option<&'static str> {
+        self.running.get(vm).map(|g| g.accel())
+    }
+
     /// The VMs that stopped without the server asking since the last call.
     pub fn take_stopped(&mut self) -> Vec<OperationNotice> {
         std::mem::take(&mut self.stopped)
@@ -1317,6 +1379,7 @@ impl Host {
     /// for each powered-off VM whose key the agent holds now: after a restart of the agent the
     /// key comes back with the server's next push, and the operation is completed then.
     pub fn resume(&mut self) -> Vec<OperationNotice> {
+        self.check_kvm_boots();
         let now = std::time::Instant::now();
         let mut notices = Vec::new();
         let pending: Vec<(String, PathBuf)> = self

@@ -722,6 +722,7 @@ impl crate::runtime::Runtime for LibvirtRuntime {
         let guest = Domain {
             runtime: self.clone(),
             name: name.into(),
+            accel,
         };
         tracing::info!(vm = name, accel, "libvirt started the domain");
         Ok(Box::new(guest))
@@ -735,9 +736,17 @@ impl crate::runtime::Runtime for LibvirtRuntime {
     ) -> Option<Box<dyn crate::runtime::Guest>> {
         match self.domain_state(name).as_deref() {
             Some("running" | "paused" | "in shutdown" | "pmsuspended") if self.marked(name) => {
+                let xml = self
+                    .virsh(name, "dumpxml", &["--domain", name])
+                    .unwrap_or_default();
                 Some(Box::new(Domain {
                     runtime: self.clone(),
                     name: name.into(),
+                    accel: if xml.contains("type='kvm'") || xml.contains("type=\"kvm\"") {
+                        "kvm"
+                    } else {
+                        "tcg"
+                    },
                 }))
             }
             _ => None,
@@ -750,6 +759,11 @@ impl crate::runtime::Runtime for LibvirtRuntime {
 
     fn keeps_keys_off_disk(&self) -> Result<(), String> {
         LibvirtRuntime::keeps_keys_off_disk(self)
+    }
+
+    fn fall_back_to_tcg(&mut self) {
+        self.qemu.prefer_kvm = false;
+        self.qemu.require_kvm = false;
     }
 
     fn forget(&self, name: &str, id: &str) -> Result<(), crate::runtime::RuntimeError> {
@@ -793,6 +807,7 @@ impl crate::runtime::Runtime for LibvirtRuntime {
 struct Domain {
     runtime: LibvirtRuntime,
     name: String,
+    accel: &'static str,
 }
 
 impl Domain {
@@ -834,6 +849,10 @@ impl Domain {
 impl crate::runtime::Guest for Domain {
     fn pid(&self) -> u32 {
         self.live_pid().unwrap_or(0)
+    }
+
+    fn accel(&self) -> &'static str {
+        self.accel
     }
 
     fn is_running(&mut self) -> bool {

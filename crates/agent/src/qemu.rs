@@ -580,11 +580,20 @@ impl crate::runtime::Runtime for QemuRuntime {
     fn shutdown_timeout(&self) -> Duration {
         self.config.shutdown_timeout
     }
+
+    fn fall_back_to_tcg(&mut self) {
+        self.config.prefer_kvm = false;
+        self.config.require_kvm = false;
+    }
 }
 
 impl crate::runtime::Guest for RunningVm {
     fn pid(&self) -> u32 {
         RunningVm::pid(self)
+    }
+
+    fn accel(&self) -> &'static str {
+        self.accel
     }
 
     fn is_running(&mut self) -> bool {

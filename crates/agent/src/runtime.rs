@@ -49,6 +49,9 @@ pub trait Runtime: Send + std::fmt::Debug {
     /// How long a guest has to shut down after it is asked to.
     fn shutdown_timeout(&self) -> Duration;
 
+    /// Runs VMs under TCG from now on (KVM was found not to boot guests here).
+    fn fall_back_to_tcg(&mut self) {}
+
     /// Whether VMs run here without any key reaching disk; if not, why and what to do.
     fn keeps_keys_off_disk(&self) -> Result<(), String> {
         Ok(())
@@ -79,6 +82,9 @@ pub trait Runtime: Send + std::fmt::Debug {
 pub trait Guest: Send + std::fmt::Debug {
     /// The id of the process that runs it, for logs.
     fn pid(&self) -> u32;
+
+    /// The accelerator it runs under: `kvm` or `tcg`.
+    fn accel(&self) -> &'static str;
 
     /// Whether it still runs (one that died is noticed here).
     fn is_running(&mut self) -> bool;

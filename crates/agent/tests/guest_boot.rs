@@ -473,3 +473,72 @@ fn a_libvirt_domain_of_the_same_name_that_is_not_this_vms_is_left_alone() {
     assert_eq!(virsh(&["dumpxml", "--inactive", &name]), before);
     virsh(&["undefine", &name]);
 }
+
+/// With `accel = "auto"`, a host whose KVM runs QEMU but boots nothing (the nested KVM of these
+/// machines) is found out by the first guest that prints nothing on its serial console, and the
+/// guest comes up under TCG. Where KVM works, the guest comes up under KVM.
+#[test]
+fn a_kvm_that_boots_nothing_falls_back_to_tcg() {
+    let tmp = tempfile::tempdir().unwrap();
+    let guest = guest(tmp.path());
+    let mut h = Host::open(HostConfig {
+        name: "host-1".into(),
+        datastore: tmp.path().join("datastore"),
+        state_dir: tmp.path().join("state"),
+        key_capacity: 8,
+        qemu: QemuConfig {
+            shutdown_timeout: Duration::from_millis(300),
+            ..QemuConfig::default()
+        },
+        runtime: RuntimeKind::Qemu,
+        tools: QemuTools::default(),
+        seed_dir: tresor_agent::host::DEFAULT_SEED_DIR.into(),
+    })
+    .unwrap();
+    let report = match ok(h.handle(Command::CreateVm {
+        spec: VmSpec {
+            id: None,
+            name: "auto01".into(),
+            memory_mib: 256,
+            vcpus: 1,
+            disks: vec![DiskSpec {
+                size: 1 << 20,
+                own_key: None,
+            }],
+            key: None,
+            networks: Vec::new(),
+        },
+    })) {
+        Reply::Vm { vm } => vm,
+        other => panic!("{other:?}"),
+    };
+    let boot = PathBuf::from(&report.path).join("boot");
+    std::fs::create_dir_all(&boot).unwrap();
+    std::fs::copy(guest.join("vmlinuz"), boot.join("vmlinuz")).unwrap();
+    std::fs::copy(guest.join("initrd.img"), boot.join("initrd.img")).unwrap();
+    std::fs::write(boot.join("cmdline"), "console=ttyS0 panic=-1 tresor.stay").unwrap();
+    ok(h.handle(Command::PowerOn {
+        vm: "auto01".into(),
+    }));
+    let first = h.accel_of("auto01");
+    let log = tmp.path().join("state/run/auto01/serial.log");
+    // The agent looks at its guests with every report to the server; here, every second.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("tresor-guest: staying") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the guest never came up (first under {first:?}, now under {:?}); its console:\n{text}",
+            h.accel_of("auto01")
+        );
+        h.resume();
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    eprintln!("first under {first:?}, up under {:?}", h.accel_of("auto01"));
+    ok(h.handle(Command::PowerOff {
+        vm: "auto01".into(),
+    }));
+}

@@ -243,6 +243,20 @@ impl Vms<'_> {
         self.cx.store.vm(name)?.ok_or_else(|| no_vm(name))
     }
 
+    /// The record of a VM just made or adopted. The engine's pass that writes it may be one that
+    /// the engine's own loop started before this request's tick (which then found nothing to
+    /// do), so it is waited for, briefly.
+    async fn new_record(&self, name: &str) -> Result<VmRecord, ServiceError> {
+        for _ in 0..100 {
+            if let Some(r) = self.cx.store.vm(name)? {
+                return Ok(r);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            self.cx.engine.tick().await;
+        }
+        self.record(name)
+    }
+
     /// One VM; for one a host reports but the registry does not hold, where it is.
     pub fn show(&self, name: &str) -> Result<Vm, ServiceError> {
         let record = self.cx.store.vm(name)?.ok_or_else(|| {
@@ -556,7 +570,7 @@ impl Vms<'_> {
                     ServiceError { message, ..e }
                 })?;
         }
-        Ok(vm_view(&self.record(&req.domain)?))
+        Ok(vm_view(&self.new_record(&req.domain).await?))
     }
 
     /// Creates a VM on a host: the registry decides its id and keys (made on the provider and
@@ -693,7 +707,7 @@ impl Vms<'_> {
         };
         cx.engine.observe_report(&req.host, Arc::new(vm));
         cx.engine.tick().await;
-        Ok(vm_view(&self.record(&req.name)?))
+        Ok(vm_view(&self.new_record(&req.name).await?))
     }
 
     /// Registers VMs from their folders on a host. An encrypted VM whose keys the host lacks
