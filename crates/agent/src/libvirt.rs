@@ -201,8 +201,8 @@ impl LibvirtRuntime {
             Ok(fs) if [TMPFS_MAGIC, RAMFS_MAGIC].contains(&(fs.f_type as u64)) => Ok(()),
             Ok(_) => Err(format!(
                 "libvirt keeps each running domain's master key in {dir}, which is not on a memory \
-                 file system; stop libvirtd, mount one there (mount -t tmpfs -o mode=0751 tmpfs {dir}), \
-                 start libvirtd and enable encryption again",
+                 file system; stop libvirtd, mount one there (mount -t tmpfs -o mode=0750 tmpfs {dir}; \
+                 chown libvirt-qemu:libvirt-qemu {dir}), start libvirtd and enable encryption again",
                 dir = dir.display()
             )),
             Err(e) => Err(format!(
