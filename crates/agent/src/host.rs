@@ -969,46 +969,14 @@ impl Host {
         tresor_core::protocol::check_shape(file.disks.len(), &[info.virtual_size], None)
             .map_err(|e| fail("badShape", e.to_string()))?;
         self.check_space(info.virtual_size)?;
-        let mut i = file.disks.len();
-        while file.disks.iter().any(|d| d.id == format!("d{i}")) {
-            i += 1;
-        }
-        let name = format!("disk{i}.qcow2");
-        let path = dir.join(&name);
-        let _ = std::fs::remove_file(&path);
-        let made = if file.encrypted {
-            let secret = file.add_encrypted_disk(
-                &format!("d{i}"),
-                &name,
-                DiskFormat::Qcow2Luks,
-                info.virtual_size,
-                None,
-                &self.cache,
-            )?;
-            self.config.tools.import(
-                staging,
-                info.format,
-                &path,
-                DiskFormat::Qcow2Luks,
-                Some(&secret),
-            )
-        } else {
-            file.disks.push(DiskEntry {
-                id: format!("d{i}"),
-                file: name,
-                format: DiskFormat::Qcow2,
-                size: info.virtual_size,
-                key_id: None,
-                wrapped_secret: None,
-            });
-            self.config
-                .tools
-                .import(staging, info.format, &path, DiskFormat::Qcow2, None)
-        };
-        if let Err(e) = made {
-            let _ = std::fs::remove_file(&path);
-            return Err(e.into());
-        }
+        let tools = self.config.tools.clone();
+        self.new_disk(
+            &mut file,
+            dir,
+            info.virtual_size,
+            None,
+            |path, format, secret| tools.import(staging, info.format, path, format, secret),
+        )?;
         // The boot disk first.
         if let Some(entry) = file.disks.pop() {
             file.disks.insert(0, entry);
@@ -1150,6 +1118,36 @@ impl Host {
                 format!("VM {vm} is not encrypted; a disk of its own key needs an encrypted VM (encrypt it first)"),
             ));
         }
+        let tools = self.config.tools.clone();
+        let size = spec.size;
+        self.new_disk(
+            &mut file,
+            &dir,
+            size,
+            spec.own_key,
+            |path, format, secret| tools.create(path, format, size, secret),
+        )?;
+        file.save(&dir)?;
+        Ok(Reply::Vm {
+            vm: self.report(vm)?,
+        })
+    }
+
+    /// A new disk of `size` bytes at the end of `file` (in the VM's folder `dir`): an entry,
+    /// encrypted under the VM's KEK (or `own_key`) when the VM is, and its image made by `make`
+    /// (given the path, format and secret). The caller saves `file`; a failure leaves no image.
+    fn new_disk(
+        &self,
+        file: &mut VmFile,
+        dir: &Path,
+        size: u64,
+        own_key: Option<KeyRef>,
+        make: impl FnOnce(
+            &Path,
+            DiskFormat,
+            Option<&crate::disk::DiskSecret>,
+        ) -> Result<(), crate::disk::DiskError>,
+    ) -> Result<(), HostError> {
         let mut i = file.disks.len();
         while file.disks.iter().any(|d| d.id == format!("d{i}")) {
             i += 1;
@@ -1163,34 +1161,27 @@ impl Host {
                 &format!("d{i}"),
                 &name,
                 DiskFormat::Qcow2Luks,
-                spec.size,
-                spec.own_key.clone(),
+                size,
+                own_key,
                 &self.cache,
             )?;
-            self.config
-                .tools
-                .create(&path, DiskFormat::Qcow2Luks, spec.size, Some(&secret))
+            make(&path, DiskFormat::Qcow2Luks, Some(&secret))
         } else {
             file.disks.push(DiskEntry {
                 id: format!("d{i}"),
                 file: name,
                 format: DiskFormat::Qcow2,
-                size: spec.size,
+                size,
                 key_id: None,
                 wrapped_secret: None,
             });
-            self.config
-                .tools
-                .create(&path, DiskFormat::Qcow2, spec.size, None)
+            make(&path, DiskFormat::Qcow2, None)
         };
         if let Err(e) = made {
             let _ = std::fs::remove_file(&path);
             return Err(e.into());
         }
-        file.save(&dir)?;
-        Ok(Reply::Vm {
-            vm: self.report(vm)?,
-        })
+        Ok(())
     }
 
     fn encrypt(&mut self, vm: &str, key: KeyRef) -> Result<Reply, HostError> {
