@@ -712,9 +712,7 @@ impl Host {
         std::fs::create_dir_all(dir).map_err(io)?;
         // Searchable by libvirt's QEMU user, which is given the file itself.
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).map_err(io)?;
-        let on_memory = rustix::fs::statfs(dir)
-            .map(|fs| [0x0102_1994u64, 0x8584_58f6].contains(&(fs.f_type as u64)))
-            .unwrap_or(false);
+        let on_memory = crate::memory::on_memory_fs(dir).unwrap_or(false);
         if !on_memory {
             return Err(fail(
                 "hostNotSafe",

@@ -96,9 +96,8 @@ pub struct LibvirtRuntime {
     pub qemu: QemuConfig,
 }
 
-/// File system magic numbers of memory file systems (statfs(2)).
-const TMPFS_MAGIC: u64 = 0x0102_1994;
-const RAMFS_MAGIC: u64 = 0x8584_58f6;
+/// The states `virsh domstate` gives a domain whose QEMU runs.
+const RUNNING: [&str; 4] = ["running", "paused", "in shutdown", "pmsuspended"];
 
 impl LibvirtRuntime {
     fn virsh(
@@ -188,18 +187,12 @@ impl LibvirtRuntime {
         }
     }
 
-    /// Whether domain `name` carries Tresor's mark at all.
-    fn marked(&self, name: &str) -> bool {
-        self.virsh(name, "dumpxml", &["--domain", name, "--inactive"])
-            .is_ok_and(|xml| xml.contains(METADATA_NS))
-    }
-
     /// Why keys would reach disk with this runtime, and what to do; None when they do not.
     pub fn keeps_keys_off_disk(&self) -> Result<(), String> {
         let dir = &self.libvirt.domain_state_dir;
-        match rustix::fs::statfs(dir) {
-            Ok(fs) if [TMPFS_MAGIC, RAMFS_MAGIC].contains(&(fs.f_type as u64)) => Ok(()),
-            Ok(_) => Err(format!(
+        match crate::memory::on_memory_fs(dir) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(format!(
                 "libvirt keeps each running domain's master key in {dir}, which is not on a memory \
                  file system; stop libvirtd, mount one there (mount -t tmpfs -o mode=0750 tmpfs {dir}; \
                  chown libvirt-qemu:libvirt-qemu {dir}), start libvirtd and enable encryption again",
@@ -734,23 +727,23 @@ impl crate::runtime::Runtime for LibvirtRuntime {
         _run_dir: &Path,
         _disks: usize,
     ) -> Option<Box<dyn crate::runtime::Guest>> {
-        match self.domain_state(name).as_deref() {
-            Some("running" | "paused" | "in shutdown" | "pmsuspended") if self.marked(name) => {
-                let xml = self
-                    .virsh(name, "dumpxml", &["--domain", name])
-                    .unwrap_or_default();
-                Some(Box::new(Domain {
-                    runtime: self.clone(),
-                    name: name.into(),
-                    accel: if xml.contains("type='kvm'") || xml.contains("type=\"kvm\"") {
-                        "kvm"
-                    } else {
-                        "tcg"
-                    },
-                }))
-            }
-            _ => None,
+        if !self
+            .domain_state(name)
+            .is_some_and(|s| RUNNING.contains(&s.as_str()))
+        {
+            return None;
         }
+        // The live definition: Tresor's mark, and the accelerator it was started with.
+        let xml = self
+            .virsh(name, "dumpxml", &["--domain", name])
+            .ok()
+            .filter(|xml| xml.contains(METADATA_NS))?;
+        let kvm = xml.contains("type='kvm'") || xml.contains("type=\"kvm\"");
+        Some(Box::new(Domain {
+            runtime: self.clone(),
+            name: name.into(),
+            accel: if kvm { "kvm" } else { "tcg" },
+        }))
     }
 
     fn shutdown_timeout(&self) -> Duration {
@@ -839,10 +832,9 @@ impl Domain {
         if self.runtime.libvirt.pid_dir.is_dir() {
             return self.live_pid().is_some();
         }
-        matches!(
-            self.runtime.domain_state(&self.name).as_deref(),
-            Some("running" | "paused" | "in shutdown" | "pmsuspended")
-        )
+        self.runtime
+            .domain_state(&self.name)
+            .is_some_and(|s| RUNNING.contains(&s.as_str()))
     }
 }
 
@@ -954,9 +946,8 @@ mod tests {
             },
             qemu: QemuConfig::default(),
         };
-        let fs = rustix::fs::statfs(&on_disk).unwrap();
         match runtime.keeps_keys_off_disk() {
-            Ok(()) => assert!([TMPFS_MAGIC, RAMFS_MAGIC].contains(&(fs.f_type as u64))),
+            Ok(()) => assert!(crate::memory::on_memory_fs(&on_disk).unwrap()),
             Err(message) => {
                 assert!(message.contains("mount -t tmpfs"), "{message}");
                 assert!(

@@ -230,6 +230,15 @@ pub fn harden_process() -> Result<(), std::io::Error> {
     Ok(())
 }
 
+/// Whether `path` lies on a memory file system (tmpfs or ramfs): what is written there never
+/// reaches a disk (swap aside, which the agent's own key memory avoids by locking).
+pub fn on_memory_fs(path: &std::path::Path) -> std::io::Result<bool> {
+    const TMPFS_MAGIC: u64 = 0x0102_1994;
+    const RAMFS_MAGIC: u64 = 0x8584_58f6;
+    let fs = rustix::fs::statfs(path)?;
+    Ok([TMPFS_MAGIC, RAMFS_MAGIC].contains(&(fs.f_type as u64)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,14 +10,13 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use tresor_agent::disk::QemuTools;
+mod common;
+use common::{key, ok};
 use tresor_agent::host::{Host, HostConfig};
 use tresor_agent::libvirt::LibvirtConfig;
-use tresor_agent::qemu::QemuConfig;
 use tresor_agent::runtime::RuntimeKind;
 use tresor_agent::vmfile::VmFile;
-use tresor_core::ids::KeyRef;
-use tresor_core::protocol::{Command, DiskSpec, KeyMaterial, Reply, SecretBytes, VmSpec};
+use tresor_core::protocol::{Command, DiskSpec, Reply, VmSpec};
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -39,18 +38,6 @@ fn guest(tmp: &Path) -> PathBuf {
         "scripts/guest/build failed; run scripts/setup-test-deps"
     );
     out
-}
-
-fn key(id: &str, byte: u8) -> KeyMaterial {
-    KeyMaterial {
-        key: KeyRef::new("kms", id),
-        material: SecretBytes::new(vec![byte; 32]),
-    }
-}
-
-fn ok(reply: Reply) -> Reply {
-    assert!(!matches!(reply, Reply::Failed { .. }), "{reply:?}");
-    reply
 }
 
 /// Waits until the guest's serial console holds a line starting with `prefix`; that line.
@@ -135,18 +122,8 @@ fn scenario(tmp: &Path, runtime: RuntimeKind, vm: &str) {
     let libvirt = matches!(runtime, RuntimeKind::Libvirt(_));
     let guest = guest(tmp);
     let mut h = Host::open(HostConfig {
-        name: "host-1".into(),
-        datastore: tmp.join("datastore"),
-        state_dir: tmp.join("state"),
-        key_capacity: 64,
-        qemu: QemuConfig {
-            prefer_kvm: false,
-            shutdown_timeout: Duration::from_millis(300),
-            ..QemuConfig::default()
-        },
         runtime,
-        tools: QemuTools::default(),
-        seed_dir: tresor_agent::host::DEFAULT_SEED_DIR.into(),
+        ..common::config_tcg(tmp)
     })
     .unwrap();
     let host_key = key("host-key", 9);
@@ -432,18 +409,8 @@ fn a_libvirt_domain_of_the_same_name_that_is_not_this_vms_is_left_alone() {
     let before = virsh(&["dumpxml", "--inactive", &name]);
 
     let mut h = Host::open(HostConfig {
-        name: "host-1".into(),
-        datastore: tmp.path().join("datastore"),
-        state_dir: tmp.path().join("state"),
-        key_capacity: 8,
-        qemu: QemuConfig {
-            prefer_kvm: false,
-            shutdown_timeout: Duration::from_millis(300),
-            ..QemuConfig::default()
-        },
         runtime: RuntimeKind::Libvirt(LibvirtConfig::default()),
-        tools: QemuTools::default(),
-        seed_dir: tresor_agent::host::DEFAULT_SEED_DIR.into(),
+        ..common::config_tcg(tmp.path())
     })
     .unwrap();
     ok(h.handle(Command::CreateVm {
@@ -481,20 +448,8 @@ fn a_libvirt_domain_of_the_same_name_that_is_not_this_vms_is_left_alone() {
 fn a_kvm_that_boots_nothing_falls_back_to_tcg() {
     let tmp = tempfile::tempdir().unwrap();
     let guest = guest(tmp.path());
-    let mut h = Host::open(HostConfig {
-        name: "host-1".into(),
-        datastore: tmp.path().join("datastore"),
-        state_dir: tmp.path().join("state"),
-        key_capacity: 8,
-        qemu: QemuConfig {
-            shutdown_timeout: Duration::from_millis(300),
-            ..QemuConfig::default()
-        },
-        runtime: RuntimeKind::Qemu,
-        tools: QemuTools::default(),
-        seed_dir: tresor_agent::host::DEFAULT_SEED_DIR.into(),
-    })
-    .unwrap();
+    // accel = auto: KVM when /dev/kvm opens.
+    let mut h = Host::open(common::config(tmp.path())).unwrap();
     let report = match ok(h.handle(Command::CreateVm {
         spec: VmSpec {
             id: None,

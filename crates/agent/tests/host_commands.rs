@@ -1,50 +1,14 @@
 //! The host agent's commands on real QEMU and real LUKS disks: encryption mode, create, power,
 //! a restart that empties the key cache, register, unregister, delete, encrypt and rekey.
 
-use std::time::Duration;
+mod common;
 
-use tresor_agent::disk::QemuTools;
-use tresor_agent::host::{Host, HostConfig};
-use tresor_agent::qemu::QemuConfig;
-use tresor_core::ids::KeyRef;
-use tresor_core::protocol::{
-    Command, DiskSpec, KeyMaterial, PowerState, Reply, SecretBytes, VmReport, VmSpec,
-};
+use common::{failed, key, ok};
+use tresor_agent::host::Host;
+use tresor_core::protocol::{Command, DiskSpec, PowerState, Reply, VmReport, VmSpec};
 
 fn host(dir: &std::path::Path) -> Host {
-    Host::open(HostConfig {
-        name: "host-1".into(),
-        datastore: dir.join("datastore"),
-        state_dir: dir.join("state"),
-        key_capacity: 64,
-        qemu: QemuConfig {
-            shutdown_timeout: Duration::from_millis(300),
-            ..QemuConfig::default()
-        },
-        runtime: Default::default(),
-        tools: QemuTools::default(),
-        seed_dir: tresor_agent::host::DEFAULT_SEED_DIR.into(),
-    })
-    .unwrap()
-}
-
-fn key(id: &str, byte: u8) -> KeyMaterial {
-    KeyMaterial {
-        key: KeyRef::new("kms", id),
-        material: SecretBytes::new(vec![byte; 32]),
-    }
-}
-
-fn ok(reply: Reply) -> Reply {
-    assert!(!matches!(reply, Reply::Failed { .. }), "{reply:?}");
-    reply
-}
-
-fn failed(reply: Reply) -> (String, String) {
-    match reply {
-        Reply::Failed { code, message } => (code, message),
-        other => panic!("expected a failure, got {other:?}"),
-    }
+    Host::open(common::config(dir)).unwrap()
 }
 
 fn vm(reply: Reply) -> VmReport {

@@ -5,57 +5,33 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command as Process;
-use std::time::Duration;
+
+mod common;
+use common::{failed, key};
 
 use tresor_agent::disk::{DiskFormat, QemuTools};
 use tresor_agent::host::{Host, HostConfig};
-use tresor_agent::qemu::QemuConfig;
 use tresor_agent::vmfile::VmFile;
-use tresor_core::ids::KeyRef;
 use tresor_core::protocol::{
-    Chunk, Command, DiskSpec, KeyMaterial, Reply, SecretBytes, UploadKind, VmReport, VmSpec,
+    Chunk, Command, DiskSpec, KeyMaterial, Reply, UploadKind, VmReport, VmSpec,
 };
 
 fn host(dir: &Path) -> Host {
-    host_with_seeds(dir, tresor_agent::host::DEFAULT_SEED_DIR.into())
+    Host::open(common::config_tcg(dir)).unwrap()
 }
 
 fn host_with_seeds(dir: &Path, seed_dir: PathBuf) -> Host {
     Host::open(HostConfig {
-        name: "host-1".into(),
-        datastore: dir.join("datastore"),
-        state_dir: dir.join("state"),
-        key_capacity: 64,
-        qemu: QemuConfig {
-            prefer_kvm: false,
-            shutdown_timeout: Duration::from_millis(300),
-            ..QemuConfig::default()
-        },
-        runtime: Default::default(),
-        tools: QemuTools::default(),
         seed_dir,
+        ..common::config_tcg(dir)
     })
     .unwrap()
-}
-
-fn key(id: &str, byte: u8) -> KeyMaterial {
-    KeyMaterial {
-        key: KeyRef::new("kms", id),
-        material: SecretBytes::new(vec![byte; 32]),
-    }
 }
 
 fn reply_vm(reply: Reply) -> VmReport {
     match reply {
         Reply::Vm { vm } => vm,
         other => panic!("{other:?}"),
-    }
-}
-
-fn failed(reply: Reply) -> (String, String) {
-    match reply {
-        Reply::Failed { code, message } => (code, message),
-        other => panic!("expected a failure, got {other:?}"),
     }
 }
 

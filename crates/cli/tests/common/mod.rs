@@ -203,11 +203,8 @@ impl Dev {
     /// (and error, after it).
     pub fn cli_with_input(&self, input: &str, args: &[&str]) -> String {
         use std::io::Write;
-        let mut child = std::process::Command::new(TRESOR)
-            .args(args)
-            .env("TRESOR_SERVER", self.url())
-            .env("TRESOR_CA", self.ca())
-            .env("TRESOR_TOKEN", &self.token)
+        let mut child = self
+            .command(&self.token, args)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -251,15 +248,19 @@ impl Dev {
         config
     }
 
-    /// Runs a client command with another token.
-    pub fn cli_as(&self, token: &str, args: &[&str]) -> (bool, String, String) {
-        let out = std::process::Command::new(TRESOR)
-            .args(args)
+    /// A client command against this server with `token`.
+    fn command(&self, token: &str, args: &[&str]) -> std::process::Command {
+        let mut c = std::process::Command::new(TRESOR);
+        c.args(args)
             .env("TRESOR_SERVER", self.url())
             .env("TRESOR_CA", self.ca())
-            .env("TRESOR_TOKEN", token)
-            .output()
-            .unwrap();
+            .env("TRESOR_TOKEN", token);
+        c
+    }
+
+    /// Runs a client command with another token.
+    pub fn cli_as(&self, token: &str, args: &[&str]) -> (bool, String, String) {
+        let out = self.command(token, args).output().unwrap();
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
