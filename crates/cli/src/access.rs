@@ -151,6 +151,7 @@ fn read_password(file: Option<&Path>, prompt: &str) -> Result<Zeroizing<String>,
 pub struct LoginArgs {
     #[command(flatten)]
     conn: Conn,
+    /// The user to log in as.
     #[arg(long)]
     user: String,
     /// A file whose first line is the password (otherwise it is asked for, or read from
@@ -263,6 +264,7 @@ pub struct UserCommand {
 enum UserSub {
     /// Add a user with a password and roles.
     Add {
+        /// The new user's name.
         name: String,
         /// A file whose first line is the password (at least 12 characters).
         #[arg(long)]
@@ -271,18 +273,23 @@ enum UserSub {
         #[arg(long = "role")]
         roles: Vec<String>,
     },
+    /// Every user and their roles.
     List,
     /// Remove a user and its tokens.
     Remove {
+        /// The user's name.
         name: String,
     },
     /// Take a role from a user.
     Revoke {
+        /// The user's name.
         name: String,
+        /// The role to take away.
         role: String,
     },
     /// Set a user's password (your own, or anyone's with Authorization.ModifyPermissions).
     Passwd {
+        /// The user's name.
         name: String,
         /// A file whose first line is the new password (at least 12 characters).
         #[arg(long)]
@@ -371,18 +378,24 @@ pub struct RoleCommand {
 
 #[derive(Debug, Subcommand)]
 enum RoleSub {
+    /// Every role, built-in and your own, with its privileges.
     List,
     /// A role's privileges.
     Show {
+        /// The role's name.
         name: String,
     },
     /// Define a role of your own (or change one) from privileges such as Cryptographer.RegisterVM.
     Create {
+        /// The role's name.
         name: String,
+        /// A privilege, such as VirtualMachine.PowerOn; repeat for more.
         #[arg(long = "privilege", required = true)]
         privileges: Vec<String>,
     },
+    /// Remove a role of your own; users who have it lose it.
     Remove {
+        /// The role's name.
         name: String,
     },
 }
@@ -449,7 +462,9 @@ pub fn run_role(cmd: RoleCommand) -> Result<(), CliError> {
 pub struct GrantArgs {
     #[command(flatten)]
     conn: Conn,
+    /// The user's name.
     user: String,
+    /// The role to grant.
     role: String,
 }
 

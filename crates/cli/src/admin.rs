@@ -25,6 +25,7 @@ enum ProviderSub {
     /// Add a key provider: its KMIP endpoints (same keys, tried in order), the CA it is trusted
     /// by, and how the server proves itself to it.
     Add {
+        /// The provider's name in Tresor.
         name: String,
         /// An endpoint, HOST:PORT; repeat for more.
         #[arg(long = "kmip", required = true)]
@@ -52,16 +53,30 @@ enum ProviderSub {
     /// Every provider.
     List,
     /// One provider: endpoints, trust, certificates, last status.
-    Show { name: String },
+    Show {
+        /// The provider's name.
+        name: String,
+    },
     /// Probe every endpoint of a provider now.
-    Status { name: String },
+    Status {
+        /// The provider's name.
+        name: String,
+    },
     /// Make a provider the default for new keys.
-    Default { name: String },
+    Default {
+        /// The provider's name.
+        name: String,
+    },
     /// Remove a provider that holds no VM's or host's key.
-    Remove { name: String },
+    Remove {
+        /// The provider's name.
+        name: String,
+    },
     /// Give the certificate the provider signed from the server's CSR.
     Certificate {
+        /// The provider's name.
         name: String,
+        /// The signed certificate (PEM).
         #[arg(long)]
         client_cert: PathBuf,
     },
@@ -302,9 +317,17 @@ pub struct SettingsCommand {
 #[derive(Debug, Subcommand)]
 enum SettingsSub {
     /// Print a setting (or all of them).
-    Get { key: Option<String> },
+    Get {
+        /// The setting, such as unlock.policy (default: every setting).
+        key: Option<String>,
+    },
     /// Change a setting: unlock.policy automatic|manual.
-    Set { key: String, value: String },
+    Set {
+        /// The setting, such as unlock.policy.
+        key: String,
+        /// Its new value.
+        value: String,
+    },
 }
 
 pub fn run_settings(cmd: SettingsCommand) -> Result<(), CliError> {
@@ -356,7 +379,10 @@ enum AlarmSub {
     /// The active alarms, with what to do next.
     List,
     /// Acknowledge an alarm (it stays until its condition ends).
-    Ack { id: i64 },
+    Ack {
+        /// The alarm's id, as `tresor alarm list` shows it.
+        id: i64,
+    },
 }
 
 pub fn run_alarm(cmd: AlarmCommand) -> Result<(), CliError> {

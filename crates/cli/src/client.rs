@@ -190,6 +190,7 @@ impl VmFiles {
 enum VmSub {
     /// Every VM (or the locked ones, or those hosts report that are not registered).
     List {
+        /// Only the locked VMs, with why each is locked.
         #[arg(long, conflicts_with = "discovered")]
         locked: bool,
         /// VMs that hosts report but the server has not registered (or holds otherwise): never
@@ -199,10 +200,12 @@ enum VmSub {
     },
     /// One VM.
     Show {
+        /// The VM's name.
         name: String,
     },
     /// Why a VM is locked and what to do next, following the troubleshooting procedure.
     Diagnose {
+        /// The VM's name.
         #[arg(required_unless_present = "all")]
         name: Option<String>,
         /// Every locked VM.
@@ -214,19 +217,25 @@ enum VmSub {
     },
     /// One value of a VM, by path (for example config.keyId.keyId).
     Get {
+        /// The VM's name.
         name: String,
+        /// A dotted path into the VM's JSON, such as config.keyId.keyId or runtime.cryptoState.
         path: String,
     },
     /// Create a VM on a host; --encrypt creates its key on the provider.
     Create {
+        /// The new VM's name: letters, digits, '.', '_', '-' (at most 63).
         name: String,
+        /// The host to create it on (one in encryption mode for --encrypt).
         #[arg(long)]
         host: String,
         /// A disk of this size (512M, 10G); repeat for more.
         #[arg(long = "disk")]
         disks: Vec<String>,
+        /// Encrypt it: a new key on the provider, its disks in LUKS images.
         #[arg(long)]
         encrypt: bool,
+        /// The key provider for --encrypt (default: the default provider).
         #[arg(long)]
         provider: Option<String>,
         /// A disk of this size with a key of its own (needs --encrypt); repeat for more.
@@ -248,6 +257,7 @@ enum VmSub {
     /// Send files to a powered-off VM: an image (imported as its first disk, encrypted when the
     /// VM is), a kernel, an initrd, a kernel command line.
     Upload {
+        /// The VM's name (powered off).
         name: String,
         #[command(flatten)]
         files: VmFiles,
@@ -256,11 +266,15 @@ enum VmSub {
     /// as a VM of the same name: its images move into the VM's folder, its definition is replaced
     /// by Tresor's; --encrypt encrypts it next.
     Adopt {
+        /// The libvirt domain's name; it becomes the VM's name.
         domain: String,
+        /// The host whose libvirt defines the domain.
         #[arg(long)]
         host: String,
+        /// Encrypt the VM once it is adopted.
         #[arg(long)]
         encrypt: bool,
+        /// The key provider for --encrypt (default: the default provider).
         #[arg(long, requires = "encrypt")]
         provider: Option<String>,
     },
@@ -268,7 +282,9 @@ enum VmSub {
     /// --log, what it printed since it was powered on, and no more. Input that is not a terminal
     /// is typed as it is, and the output followed for --wait seconds.
     Console {
+        /// The VM's name.
         name: String,
+        /// Print what the VM printed since it was powered on, and return.
         #[arg(long)]
         log: bool,
         /// Seconds to follow the output after input that is not a terminal ends.
@@ -277,20 +293,26 @@ enum VmSub {
     },
     /// Power VMs on.
     PowerOn {
+        /// The VMs' names.
         names: Vec<String>,
     },
     /// Power VMs off (the guest is asked first, then stopped).
     PowerOff {
+        /// The VMs' names.
         names: Vec<String>,
     },
     /// Send the keys of locked VMs to their hosts: named VMs, every locked VM (--all), those of a
     /// host, or those whose keys come from a provider. Waits and shows progress.
     Unlock {
+        /// The locked VMs' names.
         names: Vec<String>,
+        /// Every locked VM.
         #[arg(long, conflicts_with_all = ["names", "host", "provider"])]
         all: bool,
+        /// Every locked VM of this host.
         #[arg(long, conflicts_with_all = ["names", "provider"])]
         host: Option<String>,
+        /// Every locked VM whose keys come from this provider.
         #[arg(long, conflicts_with = "names")]
         provider: Option<String>,
         /// Return once the unlock is requested, without waiting for the VMs.
@@ -302,33 +324,46 @@ enum VmSub {
     },
     /// Register a VM from its directory on a host, or every VM found there (--all).
     Register {
+        /// The VM's folder on the host (omit it with --all).
         path: Option<String>,
+        /// The host the folder is on.
         #[arg(long)]
         host: String,
+        /// Every VM found on the host that is not registered yet.
         #[arg(long)]
         all: bool,
     },
     /// Forget a VM; its files stay on the host.
     Unregister {
+        /// The VM's name.
         name: String,
     },
+    /// Read a VM's files on its host again, keeping its registration (allowed while it is locked).
     Reload {
+        /// The VM's name.
         name: String,
     },
     /// Delete a VM and its files (refused while it is locked).
     Delete {
+        /// The VM's name.
         name: String,
     },
+    /// Encrypt a powered-off VM: a new key on the provider, each disk copied into a LUKS image.
     Encrypt {
+        /// The VM's name.
         name: String,
+        /// The key provider (default: the default provider).
         #[arg(long)]
         provider: Option<String>,
     },
+    /// Decrypt a powered-off VM: each disk copied into a plain image, its keys no longer used.
     Decrypt {
+        /// The VM's name.
         name: String,
     },
     /// Add a disk to a powered-off VM (encrypted with the VM's key, or --own-key).
     AddDisk {
+        /// The VM's name.
         name: String,
         /// Its size: 512M, 10G.
         #[arg(long)]
@@ -339,7 +374,9 @@ enum VmSub {
     },
     /// A new key for the VM; --deep also re-encrypts its disks (powered off).
     Rekey {
+        /// The VM's name.
         name: String,
+        /// Also re-encrypt the disks under new disk keys (the VM must be powered off).
         #[arg(long)]
         deep: bool,
     },
@@ -877,22 +914,29 @@ enum HostSub {
     },
     /// Forget a host and refuse its certificate from now on (its VMs stay registered).
     Remove {
+        /// The host's name.
         name: String,
     },
+    /// Every host: connection, encryption mode, VMs.
     List,
     /// One host and its VMs.
     Show {
+        /// The host's name.
         name: String,
     },
+    /// Put a host in encryption mode: it gets a key of its own and may run encrypted VMs.
     EnableEncryption {
+        /// The host's name.
         name: String,
     },
     /// Take the host out of encryption mode; it ends when the host restarts.
     DisableEncryption {
+        /// The host's name.
         name: String,
     },
     /// Stop the host's VMs and empty its key cache, as a restart does.
     Reboot {
+        /// The host's name.
         name: String,
     },
 }
@@ -1007,18 +1051,24 @@ pub struct EventCommand {
 
 #[derive(Debug, Subcommand)]
 enum EventSub {
+    /// The event log, oldest first, by VM, host, provider, type or time.
     List {
+        /// Only events of this VM.
         #[arg(long)]
         vm: Option<String>,
+        /// Only events of this host.
         #[arg(long)]
         host: Option<String>,
+        /// Only events of this key provider.
         #[arg(long)]
         provider: Option<String>,
+        /// Only events of this type, such as vm.locked.
         #[arg(long = "type")]
         event_type: Option<String>,
         /// Seconds since the epoch.
         #[arg(long)]
         since: Option<i64>,
+        /// Language of the messages: en or de.
         #[arg(long, default_value = "en")]
         lang: String,
         /// After the list, print events as they happen, until interrupted.

@@ -25,13 +25,16 @@ pub struct ServerCommand {
 enum ServerSub {
     /// Create an empty server: database, CA, and the `admin` user, whose first token it prints once.
     Init {
+        /// The folder to create for the server's database, CA and configuration.
         #[arg(long)]
         data: PathBuf,
         /// Names and addresses agents use to reach the server (for its certificate).
         #[arg(long = "name", default_values_t = vec!["localhost".to_string(), "127.0.0.1".to_string()])]
         names: Vec<String>,
+        /// Address and port of the REST API and web console.
         #[arg(long, default_value = "127.0.0.1:8400")]
         api_listen: String,
+        /// Address and port agents connect to.
         #[arg(long, default_value = "0.0.0.0:8401")]
         agent_listen: String,
         /// The API's certificate chain (PEM), if not one from the server's own CA.

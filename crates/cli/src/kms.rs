@@ -103,15 +103,32 @@ enum KeySub {
     /// Every key, newest first.
     List,
     /// One key: attributes (never key material), grants and audit trail.
-    Show { id: String },
+    Show {
+        /// The key's unique identifier (from `tresor kms key list` or a VM's keyId).
+        id: String,
+    },
     /// Make a key usable: Pre-Active becomes Active, a Deactivated key is reactivated.
-    Activate { id: String },
+    Activate {
+        /// The key's unique identifier (from `tresor kms key list` or a VM's keyId).
+        id: String,
+    },
     /// Take an active key out of use.
-    Deactivate { id: String },
+    Deactivate {
+        /// The key's unique identifier (from `tresor kms key list` or a VM's keyId).
+        id: String,
+    },
     /// Destroy a key's material for good (deactivate it first).
-    Destroy { id: String },
+    Destroy {
+        /// The key's unique identifier (from `tresor kms key list` or a VM's keyId).
+        id: String,
+    },
     /// Let another client identity (certificate subject, `CN=…`) use a key.
-    Grant { id: String, identity: String },
+    Grant {
+        /// The key's unique identifier (from `tresor kms key list` or a VM's keyId).
+        id: String,
+        /// The client identity to let use it, as its certificate subject (`CN=…`).
+        identity: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -126,6 +143,7 @@ enum KmipSub {
     Decode {
         /// A file, or - for standard input.
         file: PathBuf,
+        /// The input is hex text (spaces and newlines ignored), not binary.
         #[arg(long)]
         hex: bool,
     },

@@ -58,6 +58,17 @@ enum Command {
     Server(daemons::ServerCommand),
     /// The host agent.
     Agent(daemons::AgentCommand),
+    /// Print a shell's completion script: `tresor completion bash > /etc/bash_completion.d/tresor`.
+    Completion {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Write a man page for every command and subcommand into a folder (tresor.1,
+    /// tresor-vm.1, tresor-vm-create.1, ...).
+    Manpages {
+        /// The folder to write them into (created if missing).
+        dir: std::path::PathBuf,
+    },
 }
 
 /// Why a command failed: one line for standard error.
@@ -88,7 +99,34 @@ fn init_logging() {
         .try_init();
 }
 
-/// Runs the command line; the exit code is 0 on success.
+/// Writes `tresor.1` and one page per subcommand, named by its path (`tresor-vm-create.1`).
+fn write_manpages(dir: &std::path::Path) -> Result<(), CliError> {
+    fn write(cmd: clap::Command, dir: &std::path::Path) -> Result<usize, CliError> {
+        let name = cmd.get_name().to_owned();
+        let mut page = Vec::new();
+        clap_mangen::Man::new(cmd.clone())
+            .render(&mut page)
+            .map_err(|e| CliError::msg(format!("Cannot render the man page of {name}: {e}")))?;
+        let path = dir.join(format!("{name}.1"));
+        std::fs::write(&path, page)
+            .map_err(|e| CliError::msg(format!("Cannot write {}: {e}", path.display())))?;
+        let mut written = 1;
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            // A subcommand's page is named by its whole path, as git's and cargo's are.
+            let sub = sub.clone().name(format!("{name}-{}", sub.get_name()));
+            written += write(sub, dir)?;
+        }
+        Ok(written)
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| CliError::msg(format!("Cannot create {}: {e}", dir.display())))?;
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    cmd.build();
+    let n = write(cmd, dir)?;
+    println!("Wrote {n} man pages to {}.", dir.display());
+    Ok(())
+}
+
 /// Whether the command line asks for JSON output (`-o json`, `-ojson`, `--output json`,
 /// `--output=json`, `-o=json`).
 fn wants_json(args: &[String]) -> bool {
@@ -99,6 +137,7 @@ fn wants_json(args: &[String]) -> bool {
     })
 }
 
+/// Runs the command line; the exit code is 0 on success.
 pub fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let json_output = wants_json(&args);
@@ -121,6 +160,12 @@ pub fn main() -> ExitCode {
         Command::Kmip(c) => kms::run_kmip(c),
         Command::Server(c) => daemons::run_server(c),
         Command::Agent(c) => daemons::run_agent(c),
+        Command::Completion { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "tresor", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Manpages { dir } => write_manpages(&dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -163,5 +208,38 @@ mod tests {
         ] {
             assert!(!super::wants_json(&args(no)), "{no:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod help_tests {
+    use clap::CommandFactory;
+
+    /// Every command, subcommand and argument a user can type says what it does in `--help`.
+    #[test]
+    fn every_command_and_argument_has_help_text() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            if cmd.get_about().is_none() && cmd.get_long_about().is_none() {
+                missing.push(path.clone());
+            }
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} <{id}>"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_name() != "help" {
+                    walk(sub, &path, missing);
+                }
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
     }
 }
