@@ -479,14 +479,21 @@ impl Host {
                 if started.accel() == "kvm" && speaks && !self.config.qemu.require_kvm {
                     self.kvm_watch.insert(vm.clone(), std::time::Instant::now());
                 }
-                self.running.insert(vm, started);
-                Ok(Reply::Done)
+                self.running.insert(vm.clone(), started);
+                // The VM as it is now, so that the server shows it powered on at once.
+                Ok(Reply::Vm {
+                    vm: self.report_of(&vm, &dir, &file),
+                })
             }
             Command::PowerOff { vm } => {
                 if let Some(r) = self.running.remove(&vm) {
                     r.power_off(self.runtime.shutdown_timeout());
                 }
-                Ok(Reply::Done)
+                let dir = self.dir(&vm)?;
+                let file = VmFile::load(&dir)?;
+                Ok(Reply::Vm {
+                    vm: self.report_of(&vm, &dir, &file),
+                })
             }
             Command::Inspect { path } => {
                 let dir = self.vm_dir_at(&path)?;

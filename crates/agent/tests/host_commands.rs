@@ -59,7 +59,9 @@ fn an_encrypted_vm_runs_loses_its_keys_on_restart_and_runs_again_when_they_retur
     assert!(report.encrypted);
     assert_eq!(report.key_id, Some(vm_key.key.clone()));
     assert!(report.keys.iter().all(|k| k.on_host));
-    ok(h.handle(Command::PowerOn { vm: "web01".into() }));
+    // The answer is the VM as it is now, powered on.
+    let on = vm(ok(h.handle(Command::PowerOn { vm: "web01".into() })));
+    assert_eq!(on.power_state, PowerState::PoweredOn);
     assert_eq!(
         h.report("web01").unwrap().power_state,
         PowerState::PoweredOn
@@ -95,7 +97,8 @@ fn an_encrypted_vm_runs_loses_its_keys_on_restart_and_runs_again_when_they_retur
         keys: vec![disk_key.clone()],
     }));
     ok(h.handle(Command::PowerOn { vm: "web01".into() }));
-    ok(h.handle(Command::PowerOff { vm: "web01".into() }));
+    let off = vm(ok(h.handle(Command::PowerOff { vm: "web01".into() })));
+    assert_eq!(off.power_state, PowerState::PoweredOff);
 
     // Unregister keeps the files; a new agent registers the VM from them.
     ok(h.handle(Command::Unregister { vm: "web01".into() }));

@@ -409,6 +409,10 @@ pub struct ProviderStatus {
     pub checked_at: i64,
     pub endpoints: Vec<EndpointStatus>,
     pub certificates: Vec<CertStatus>,
+    /// Who made the provider's KMIP server, as it says (KMIP Query): `Tresor` for `tresor kms`.
+    /// The last answer is kept while the provider does not answer.
+    #[serde(default)]
+    pub vendor: Option<String>,
     /// What it means and what to do, for a person.
     pub message: String,
 }

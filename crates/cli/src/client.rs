@@ -456,34 +456,46 @@ fn vm_table(vms: Vec<tresor_api::views::Vm>) -> String {
     )
 }
 
-/// A diagnosis as text: the summary, then the evidence and the next steps as lists.
-fn diagnosis_text(v: &Value) -> String {
+/// A diagnosis as text: the summary, then the evidence and the next steps as lists, labelled
+/// in the diagnosis's language (`en` or `de`).
+fn diagnosis_text(v: &Value, lang: &str) -> String {
     match typed::<Diagnosis>(v, "a diagnosis") {
-        Ok(d) => diagnosis_lines(&d),
+        Ok(d) => diagnosis_lines(&d, lang),
         Err(line) => line,
     }
 }
 
-fn diagnosis_lines(d: &Diagnosis) -> String {
+fn diagnosis_lines(d: &Diagnosis, lang: &str) -> String {
+    let de = lang == "de";
+    let label = |en: &'static str, german: &'static str| if de { german } else { en };
     let mut out = String::new();
     if let Some(case) = d.case {
-        out.push_str(&format!("case {case}: "));
+        out.push_str(&format!("{} {case}: ", label("case", "Fall")));
     }
     out.push_str(&d.summary);
     out.push('\n');
-    for (title, items) in [("evidence", &d.evidence), ("next steps", &d.next_steps)] {
+    let sections = [
+        (label("evidence", "Befund"), &d.evidence, true),
+        (
+            label("next steps", "nächste Schritte"),
+            &d.next_steps,
+            false,
+        ),
+    ];
+    for (title, items, is_evidence) in sections {
         if !items.is_empty() {
             out.push_str(&format!("\n{title}:\n"));
             for (i, item) in items.iter().enumerate() {
                 out.push_str(&format!("  {}. {item}\n", i + 1));
             }
         }
-        if title == "evidence" {
+        if is_evidence {
             // The providers' last probe: which endpoint answered what, and when.
             for (name, st) in d.provider_status.iter().flatten() {
                 out.push_str(&format!(
-                    "  provider {name}: {} ({})\n",
-                    health_name(st.health),
+                    "  {} {name}: {} ({})\n",
+                    label("provider", "Anbieter"),
+                    health_label(st.health, de),
                     output::time(st.checked_at)
                 ));
                 for e in &st.endpoints {
@@ -497,6 +509,21 @@ fn diagnosis_lines(d: &Diagnosis) -> String {
         }
     }
     out
+}
+
+/// A provider's health for a diagnosis: the API's name, or its German word.
+fn health_label(h: Health, de: bool) -> String {
+    if !de {
+        return health_name(h);
+    }
+    match h {
+        Health::Ok => "in Ordnung",
+        Health::Degraded => "eingeschränkt",
+        Health::Unreachable => "nicht erreichbar",
+        Health::AwaitingCertificate => "wartet auf sein Zertifikat",
+        Health::Misconfigured => "falsch eingerichtet",
+    }
+    .to_owned()
 }
 
 /// A provider's health as the API names it.
@@ -590,12 +617,12 @@ pub fn run_vm(cmd: VmCommand) -> Result<(), CliError> {
                     }
                     items
                         .iter()
-                        .map(|d| format!("== {}\n{}", d.vm, diagnosis_lines(d)))
+                        .map(|d| format!("== {}\n{}", d.vm, diagnosis_lines(d, &lang)))
                         .collect::<Vec<_>>()
                         .join("\n")
                 });
             } else if let Some(d) = all_diagnoses.first() {
-                c.print(d, diagnosis_text);
+                c.print(d, |v| diagnosis_text(v, &lang));
             }
         }
         VmSub::Get { name, path } => {
@@ -1144,6 +1171,58 @@ pub fn run_event(cmd: EventCommand) -> Result<(), CliError> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// `vm diagnose --lang de` labels its parts in German, the providers' status line too.
+    #[test]
+    fn a_diagnosis_is_labelled_in_its_language() {
+        let status = tresor_api::views::ProviderStatus {
+            name: "corp".into(),
+            health: Health::Unreachable,
+            active_endpoint: None,
+            checked_at: 0,
+            endpoints: Vec::new(),
+            certificates: Vec::new(),
+            vendor: None,
+            message: String::new(),
+        };
+        let d = Diagnosis {
+            vm: "web01".into(),
+            case: Some(1),
+            summary: "S".into(),
+            evidence: vec!["E".into()],
+            next_steps: vec!["N".into()],
+            provider_status: Some([("corp".to_owned(), status)].into()),
+        };
+        let de = diagnosis_lines(&d, "de");
+        for want in [
+            "Fall 1: S",
+            "Befund:",
+            "nächste Schritte:",
+            "Anbieter corp: nicht erreichbar",
+        ] {
+            assert!(de.contains(want), "{want}: {de}");
+        }
+        for english in [
+            "case",
+            "evidence",
+            "next steps",
+            "provider corp",
+            "unreachable",
+        ] {
+            assert!(!de.contains(english), "{english}: {de}");
+        }
+        let en = diagnosis_lines(&d, "en");
+        for want in [
+            "case 1: S",
+            "evidence:",
+            "next steps:",
+            "provider corp: unreachable",
+        ] {
+            assert!(en.contains(want), "{want}: {en}");
+        }
+    }
+
     /// A VM list this CLI cannot read is said to be so, not shown as an empty table.
     #[test]
     fn an_unreadable_vm_list_says_so() {

@@ -23,6 +23,9 @@ fn an_agent_restart_keeps_vms_running() {
     let dev = Dev::start(1);
     dev.create_vm("web01", true);
     dev.ok(&["vm", "power-on", "web01"]);
+    // Once power-on answers, the VM is shown powered on (not a moment later).
+    let state = dev.ok(&["vm", "get", "web01", "powerState"]);
+    assert_eq!(state.trim(), "poweredOn");
     let out = dev.guest_io("web01", "vd0", "write -P 0x42 0 16k");
     assert!(out.contains("wrote 16384/16384 bytes"), "{out}");
     let qemu_pid = std::fs::read_to_string(
@@ -82,6 +85,25 @@ fn an_agent_restart_keeps_vms_running() {
     wait_for("web01 is reported powered off", || {
         dev.vm("web01")["powerState"] == "poweredOff"
     });
+
+    // What happened is in the event log: who powered the VM on and off, and the host's agent
+    // going and coming back.
+    let events = |t: &str| -> Vec<serde_json::Value> {
+        let out = dev.ok(&["event", "list", "--type", t, "-o", "json"]);
+        serde_json::from_str(&out).unwrap()
+    };
+    for t in ["vm.poweredOn", "vm.poweredOff"] {
+        let e = events(t);
+        assert!(
+            e.iter().any(|e| e["vm"] == "web01"
+                && e["host"] == "host-1"
+                && e["message"].as_str().unwrap().ends_with("by admin.")),
+            "{t}: {e:?}"
+        );
+    }
+    assert!(!events("host.disconnected").is_empty());
+    // The first session and the new agent's.
+    assert!(events("host.connected").len() >= 2);
 }
 
 /// Long host work does not hold the agent: while a disk is being encrypted, its session goes

@@ -52,6 +52,11 @@ fn a_key_deactivated_on_the_provider_locks_and_its_reactivation_unlocks_under(ru
     assert_eq!(dev.vm("web01")["cryptoState"], "unlocked");
 
     dev.ok(&["host", "reboot", "host-1"]);
+    let rebooted = dev.ok(&["event", "list", "--type", "host.rebooted"]);
+    assert!(
+        rebooted.contains("Host host-1 was restarted by admin"),
+        "{rebooted}"
+    );
     wait_for("web01 is locked with keyMissingOnKms", || {
         let v = dev.vm("web01");
         v["cryptoState"] == "locked"
@@ -74,7 +79,20 @@ fn a_key_deactivated_on_the_provider_locks_and_its_reactivation_unlocks_under(ru
         serde_json::from_str(&dev.ok(&["vm", "diagnose", "web01", "-o", "json"])).unwrap();
     assert_eq!(d["case"], 3, "{d}");
     assert!(d["evidence"].to_string().contains(key), "{d}");
-    assert!(d["nextSteps"].to_string().contains("activate"), "{d}");
+    // Tresor's own key server: its command, with the key's id.
+    assert!(
+        d["nextSteps"]
+            .to_string()
+            .contains(&format!("tresor kms key activate {key}")),
+        "{d}"
+    );
+    // The labels in German as the rest.
+    let de = dev.ok(&["vm", "diagnose", "web01", "--lang", "de"]);
+    assert!(
+        de.contains("Fall 3:") && de.contains("Befund:") && de.contains("nächste Schritte:"),
+        "{de}"
+    );
+    assert!(!de.contains("evidence") && !de.contains("next steps"), "{de}");
 
     // The alarm says what to do; the event in both languages.
     let alarms: serde_json::Value =

@@ -82,6 +82,9 @@ fn pykmip_as_the_provider_through_cases_1_and_3() {
         serde_json::from_str(&dev.ok(&["vm", "diagnose", "web01", "-o", "json"])).unwrap();
     assert_eq!(d["case"], 3, "{d}");
     assert!(d["evidence"].to_string().contains(&key), "{d}");
+    // PyKMIP is not Tresor's key server: no `tresor kms` command for its administrator.
+    let steps = d["nextSteps"].to_string();
+    assert!(steps.contains(&key) && !steps.contains("tresor kms"), "{d}");
 
     // PyKMIP cannot reactivate: its administrator restores the database from the backup.
     pykmip.restore_backup();

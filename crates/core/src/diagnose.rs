@@ -27,6 +27,9 @@ pub struct MissingKey {
     pub provider: String,
     pub uses: Vec<KeyUse>,
     pub answer: ProviderAnswer,
+    /// Whether the provider is Tresor's own key server (`tresor kms`), whose administrator has
+    /// Tresor's commands; other providers are administered their own way.
+    pub provider_is_tresor_kms: bool,
 }
 
 /// The diagnosis.
@@ -152,8 +155,19 @@ pub fn diagnose(input: &DiagnoseInput, lang: Lang) -> Diagnosis {
         }
         (CryptoState::Locked, Some(LockReason::KeyMissingOnKms)) => {
             for k in &input.missing {
+                // Tresor's own key server has a command for it; another vendor's its own tools.
+                let how = if k.provider_is_tresor_kms {
+                    format!("tresor kms key activate {}", k.key_id)
+                } else {
+                    t(
+                        lang,
+                        "in the provider's own administration, so that its KMIP state is Active",
+                        "in der Verwaltung des Anbieters, sodass sein KMIP-Zustand Active ist",
+                    )
+                    .to_owned()
+                };
                 next.push(format!(
-                    "{} {} {} {} ({})",
+                    "{} {} {} {} ({how})",
                     t(
                         lang,
                         "Have the administrator of provider",
@@ -166,14 +180,6 @@ pub fn diagnose(input: &DiagnoseInput, lang: Lang) -> Diagnosis {
                         "den Schlüssel reaktivieren oder wiederherstellen:"
                     ),
                     k.key_id,
-                    t(
-                        lang,
-                        "on tresor kms: tresor kms key activate",
-                        "bei tresor kms: tresor kms key activate"
-                    )
-                    .to_owned()
-                        + " "
-                        + &k.key_id
                 ));
             }
             next.push(format!("{} {unlock}", t(lang, "Then:", "Danach:")));
@@ -237,6 +243,7 @@ mod tests {
                 provider: "corp-kms".into(),
                 uses: vec![KeyUse::Home],
                 answer,
+                provider_is_tresor_kms: true,
             }],
             user_may_unlock: may,
         }
@@ -268,6 +275,24 @@ mod tests {
             d.next_steps
         );
         assert!(d.next_steps[1].contains("tresor vm unlock web01"));
+
+        // Another vendor's key server is not told to run Tresor's key commands.
+        let mut other = input(
+            LockReason::KeyMissingOnKms,
+            ProviderAnswer::NotActive("Deactivated".into()),
+            true,
+        );
+        other.missing[0].provider_is_tresor_kms = false;
+        for lang in [Lang::En, Lang::De] {
+            let d = diagnose(&other, lang);
+            assert!(
+                !d.next_steps[0].contains("tresor kms"),
+                "{:?}",
+                d.next_steps
+            );
+            assert!(d.next_steps[0].contains("4711"), "{:?}", d.next_steps);
+            assert!(d.next_steps[0].contains("Active"), "{:?}", d.next_steps);
+        }
     }
 
     #[test]

@@ -59,6 +59,12 @@ catalogue! {
     VM_STOPPED = "vm.stopped", Info,
         "VM {vm} on host {host} stopped without Tresor asking: the guest powered itself off, or its QEMU process or libvirt domain was stopped outside Tresor.",
         "Die VM {vm} auf Host {host} wurde beendet, ohne dass Tresor es veranlasst hat: Der Gast hat sich selbst ausgeschaltet, oder sein QEMU-Prozess bzw. seine libvirt-Domäne wurde außerhalb von Tresor beendet.";
+    VM_POWERED_ON = "vm.poweredOn", Info,
+        "VM {vm} on host {host} was powered on by {user}.",
+        "Die VM {vm} auf Host {host} wurde von {user} eingeschaltet.";
+    VM_POWERED_OFF = "vm.poweredOff", Info,
+        "VM {vm} on host {host} was powered off by {user}.",
+        "Die VM {vm} auf Host {host} wurde von {user} ausgeschaltet.";
     VM_UNLOCKED = "vm.unlocked", Info,
         "The virtual machine is unlocked.",
         "Die virtuelle Maschine ist entsperrt.";
@@ -89,6 +95,15 @@ catalogue! {
     VM_DISCOVERED = "vm.discovered", Warning,
         "Host {host} reports VM {vm} ({path}), which the server's registry does not hold as reported: {reason}. It is not unlocked; if it is yours, register it (tresor vm register PATH --host {host}).",
         "Host {host} meldet die VM {vm} ({path}), die das Register des Servers so nicht enthält: {reason}. Sie wird nicht entsperrt; gehört sie Ihnen, registrieren Sie sie (tresor vm register PFAD --host {host}).";
+    HOST_CONNECTED = "host.connected", Info,
+        "The agent of host {host} is connected.",
+        "Der Agent von Host {host} ist verbunden.";
+    HOST_DISCONNECTED = "host.disconnected", Warning,
+        "The agent of host {host} lost its connection; its VMs are shown disconnected until it connects again (check the agent on the host and the network to the server).",
+        "Der Agent von Host {host} hat die Verbindung verloren; seine VMs gelten als getrennt, bis er sich wieder verbindet (prüfen Sie den Agenten auf dem Host und das Netz zum Server).";
+    HOST_REBOOTED = "host.rebooted", Warning,
+        "Host {host} was restarted by {user}: its VMs were stopped and its key cache emptied.",
+        "Host {host} wurde von {user} neu gestartet: Seine VMs wurden beendet und sein Schlüsselspeicher geleert.";
     HOST_REMOVED = "host.removed", Warning,
         "Host {host} was removed by {user}; its certificate is refused from now on.",
         "Host {host} wurde von {user} entfernt; sein Zertifikat wird ab jetzt abgewiesen.";

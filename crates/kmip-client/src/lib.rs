@@ -620,6 +620,21 @@ impl KmipClient {
         }
     }
 
+    /// Who made the server, as it answers Query with Query Server Information (`Tresor` for
+    /// `tresor kms`; `None` when it does not say).
+    pub async fn vendor(&self) -> Result<Option<String>, ClientError> {
+        let query = tresor_kmip::message::query_functions(&[
+            tresor_kmip::spec::QueryFunction::QueryServerInformation,
+        ]);
+        match self.call(query).await? {
+            ResponsePayload::Query {
+                vendor_identification,
+                ..
+            } => Ok(vendor_identification),
+            other => Err(self.unexpected("Query", &other)),
+        }
+    }
+
     /// The named attributes of an object (all of them when `names` is empty).
     pub async fn get_attributes(
         &self,

@@ -20,3 +20,7 @@ pub mod ttlv;
 pub mod xml;
 
 pub use ttlv::{Item, ItemType, Tag, Value};
+
+/// The Vendor Identification Tresor's own key server (`tresor kms`) answers to Query, by which
+/// the Tresor server tells it from other vendors' key servers.
+pub const TRESOR_VENDOR: &str = "Tresor";

@@ -113,7 +113,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             administrators: Vec::new(),
-            vendor: "Tresor".into(),
+            vendor: tresor_kmip::TRESOR_VENDOR.into(),
         }
     }
 }

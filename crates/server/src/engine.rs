@@ -682,11 +682,28 @@ impl Engine {
                 if st.hosts_connected.insert(host.clone(), true) != Some(true) {
                     Self::host_changed(st, host);
                 }
+                // Every session that starts is an event (a reconnect after a short drop too).
+                let args = vec![("host".to_owned(), host.clone())];
+                self.record(
+                    st,
+                    tresor_core::events::HOST_CONNECTED,
+                    None,
+                    Some(host),
+                    args,
+                );
             }
             HubEvent::Disconnected { host } => {
                 if st.hosts_connected.insert(host.clone(), false) != Some(false) {
                     Self::host_changed(st, host);
                 }
+                let args = vec![("host".to_owned(), host.clone())];
+                self.record(
+                    st,
+                    tresor_core::events::HOST_DISCONNECTED,
+                    None,
+                    Some(host),
+                    args,
+                );
             }
             HubEvent::Notice {
                 host,

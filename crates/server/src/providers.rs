@@ -415,7 +415,7 @@ impl Providers {
                 None,
                 format!("The provider's administrator must sign the CSR; then give the certificate with `tresor provider certificate {name} --client-cert FILE`"),
             )
-        } else if let Some(client) = client {
+        } else if let Some(client) = &client {
             for i in 0..client.endpoints().len() {
                 let address = client.endpoints()[i].clone();
                 match client.probe(i).await {
@@ -489,7 +489,15 @@ impl Providers {
                 format!("The stored trust of key provider {name} cannot be used (see the server log); remove it and add it again"),
             )
         };
+        // Who makes the provider decides how its keys are administered (the diagnosis names
+        // `tresor kms` commands only for Tresor's own); kept while the provider does not say.
+        let mut vendor = None;
+        if let (Some(client), true) = (&client, active.is_some()) {
+            vendor = client.vendor().await.ok().flatten();
+        }
+        let vendor = vendor.or_else(|| self.last_status(name).and_then(|s| s.vendor));
         let status = ProviderStatus {
+            vendor,
             name: name.into(),
             health,
             active_endpoint: active,

@@ -102,13 +102,13 @@ pub(super) async fn reboot(
     headers: HeaderMap,
     ApiPath(host): ApiPath<String>,
 ) -> Result<Json<HostRebooted>, ApiError> {
-    authorize(
+    let user = authorize(
         &s,
         &headers,
         Privilege::HostConfig,
         &format!("Rebooting host {host}"),
     )?;
-    s.hosts().reboot(&host).await?;
+    s.hosts().reboot(&user, &host).await?;
     Ok(Json(HostRebooted {
         host,
         rebooted: true,

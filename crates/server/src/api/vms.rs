@@ -283,7 +283,9 @@ pub(super) async fn action(
     let vms = s.vms();
     Ok(match action {
         VmAction::PowerOn | VmAction::PowerOff => {
-            let power_state = vms.power(&name, action == VmAction::PowerOn).await?;
+            let power_state = vms
+                .power(&caller, &name, action == VmAction::PowerOn)
+                .await?;
             Json(VmPower {
                 vm: name,
                 power_state,

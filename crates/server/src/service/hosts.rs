@@ -206,9 +206,17 @@ impl Hosts<'_> {
 
     /// Stops a host's VMs and empties its key cache, as a restart of the host would; the
     /// encryption mode follows the restart (`pendingIncapable` ends).
-    pub async fn reboot(&self, host: &str) -> Result<HostCryptoState, ServiceError> {
+    pub async fn reboot(&self, user: &str, host: &str) -> Result<HostCryptoState, ServiceError> {
         let mut record = self.record(host)?;
         ask_host(self.cx, host, Command::Reboot).await?;
+        host_event(
+            self.cx,
+            &tresor_core::events::HOST_REBOOTED,
+            host,
+            None,
+            user,
+            vec![("user".into(), user.into())],
+        )?;
         let next = transition(host, record.crypto_state, HostCryptoEvent::Restart)?;
         if next != record.crypto_state {
             record.crypto_state = next;

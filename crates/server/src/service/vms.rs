@@ -289,6 +289,30 @@ impl Vms<'_> {
             None => (false, None),
         };
         let encrypted = view.as_ref().is_some_and(|v| v.report.encrypted);
+        // Each provider involved (endpoints, certificates, vendor): as last probed when that is
+        // a few seconds old, else probed now (and so at most once in that time, however often
+        // diagnoses are asked for).
+        let providers: BTreeSet<String> = verdict
+            .iter()
+            .flat_map(|v| v.missing.iter().map(|k| k.key.provider().to_owned()))
+            .collect();
+        let mut statuses = BTreeMap::new();
+        for p in providers {
+            let cached = cx
+                .providers
+                .last_status(&p)
+                .filter(|st| crate::enrol::now() - st.checked_at <= FRESH_STATUS_SECS);
+            let status = match cached {
+                Some(st) => Some(st),
+                None => match cx.providers.probe(&p).await {
+                    Ok(st) => Some(st),
+                    Err(_) => cx.providers.last_status(&p),
+                },
+            };
+            if let Some(st) = status {
+                statuses.insert(p, st);
+            }
+        }
         let input = tresor_core::diagnose::DiagnoseInput {
             vm: name.to_owned(),
             host: view
@@ -312,39 +336,21 @@ impl Vms<'_> {
                             provider: k.key.provider().to_owned(),
                             uses: k.uses.clone(),
                             answer: k.provider.clone(),
+                            provider_is_tresor_kms: statuses
+                                .get(k.key.provider())
+                                .and_then(|st| st.vendor.as_deref())
+                                .is_some_and(|v| v == tresor_kmip::TRESOR_VENDOR),
                         })
                         .collect()
                 })
                 .unwrap_or_default(),
             user_may_unlock: caller.may(Privilege::CryptoRegisterVm),
         };
-        let providers: BTreeSet<String> =
-            input.missing.iter().map(|k| k.provider.clone()).collect();
         let diagnosis = tresor_core::diagnose::diagnose(&input, lang);
-        // Each provider involved (endpoints, certificates), only for those who may read
-        // providers: as last probed when that is a few seconds old, else probed now (and so at
-        // most once in that time, however often diagnoses are asked for).
-        let mut provider_status = None;
-        if caller.may(Privilege::CryptoReadKeyServersInfo) {
-            let mut statuses = BTreeMap::new();
-            for p in providers {
-                let cached = cx
-                    .providers
-                    .last_status(&p)
-                    .filter(|st| crate::enrol::now() - st.checked_at <= FRESH_STATUS_SECS);
-                let status = match cached {
-                    Some(st) => Some(st),
-                    None => match cx.providers.probe(&p).await {
-                        Ok(st) => Some(st),
-                        Err(_) => cx.providers.last_status(&p),
-                    },
-                };
-                if let Some(st) = status {
-                    statuses.insert(p, st);
-                }
-            }
-            provider_status = Some(statuses);
-        }
+        // The providers' status only for those who may read providers.
+        let provider_status = caller
+            .may(Privilege::CryptoReadKeyServersInfo)
+            .then_some(statuses);
         Ok(Diagnosis {
             vm: diagnosis.vm,
             case: diagnosis.case,
@@ -1129,7 +1135,12 @@ impl Vms<'_> {
     }
 
     /// Powers a VM on or off, unless its lock state forbids it.
-    pub async fn power(&self, name: &str, on: bool) -> Result<PowerState, ServiceError> {
+    pub async fn power(
+        &self,
+        caller: &Caller,
+        name: &str,
+        on: bool,
+    ) -> Result<PowerState, ServiceError> {
         let record = self.record(name)?;
         let op = if on { VmOp::PowerOn } else { VmOp::PowerOff };
         tresor_core::ops::check(name, op, record.crypto_state, record.lock_reason).map_err(
@@ -1163,7 +1174,32 @@ impl Vms<'_> {
         } else {
             Command::PowerOff { vm: name.into() }
         };
-        ask_host(self.cx, &record.host, command).await?;
+        // The host answers with the VM as it is now: taken at once, so that `vm show` after the
+        // answer says what the host did.
+        if let Reply::Vm { vm } = ask_host(self.cx, &record.host, command).await? {
+            self.cx.engine.observe_report(&record.host, Arc::new(vm));
+            self.cx.engine.tick().await;
+        }
+        let event = match on {
+            true => &tresor_core::events::VM_POWERED_ON,
+            false => &tresor_core::events::VM_POWERED_OFF,
+        };
+        let user = caller.user.as_str();
+        self.cx.store.add_event(&crate::store::EventRow {
+            id: 0,
+            time: crate::enrol::now(),
+            event_type: event.id.into(),
+            severity: event.severity.as_str().into(),
+            vm: Some(name.to_owned()),
+            host: Some(record.host.clone()),
+            provider: None,
+            user: Some(user.to_owned()),
+            args: vec![
+                ("vm".into(), name.to_owned()),
+                ("host".into(), record.host.clone()),
+                ("user".into(), user.to_owned()),
+            ],
+        })?;
         Ok(if on {
             PowerState::PoweredOn
         } else {
