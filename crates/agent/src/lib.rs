@@ -24,6 +24,7 @@ pub mod host;
 pub mod keycache;
 pub mod libvirt;
 pub mod memory;
+pub mod metrics;
 pub mod qemu;
 pub mod run;
 pub mod runtime;

@@ -47,6 +47,10 @@ pub struct AgentConfig {
     /// Where cloud-init seeds are written while a VM starts; a memory file system.
     #[serde(default = "default_seed_dir")]
     pub seed_dir: PathBuf,
+    /// Where Prometheus scrapes `/metrics` (with `/healthz` and `/readyz`), plain HTTP; none
+    /// when unset.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
 }
 
 fn default_seed_dir() -> PathBuf {
@@ -145,7 +149,9 @@ pub async fn join(
          # Where VMs run: \"qemu\" (QEMU processes of the agent's own) or \"libvirt\" (domains of\n\
          # libvirtd; its domain state folder must be on a memory file system for encrypted VMs).\n\
          runtime = \"qemu\"\n# libvirt's connection URI, for runtime = \"libvirt\".\nlibvirt_uri = \"qemu:///system\"\n\
-         # \"auto\" (KVM when /dev/kvm can be opened, TCG otherwise), \"kvm\" or \"tcg\".\naccel = \"auto\"\n"
+         # \"auto\" (KVM when /dev/kvm can be opened, TCG otherwise), \"kvm\" or \"tcg\".\naccel = \"auto\"\n\n\
+         # Prometheus metrics (/metrics, with /healthz and /readyz) over plain HTTP on this\n\
+         # address; keep it on a loopback or management address.\n# metrics_listen = \"127.0.0.1:9401\"\n"
     );
     let path = dir.join("agent.toml");
     // A host that enrols again keeps its settings (runtime, datastore, ...): only who it is and
@@ -242,8 +248,26 @@ pub async fn run(
         max_backoff: Duration::from_secs(30),
     };
     tracing::info!(host = %config.name, server = %config.server, "agent starting");
+    let metrics = match &config.metrics_listen {
+        Some(address) => {
+            let listener = tresor_ops::bind(address).await.map_err(|e| e.to_string())?;
+            tracing::info!(metrics = %address, "metrics listening");
+            let observed = Arc::new(crate::metrics::Observed {
+                certificate: state.join("agent.pem"),
+            });
+            Some(tokio::spawn(tresor_ops::serve(
+                listener,
+                observed,
+                std::future::pending(),
+            )))
+        }
+        None => None,
+    };
     let host = Arc::new(Mutex::new(host));
     session::run(session, host.clone(), shutdown).await;
+    if let Some(m) = metrics {
+        m.abort();
+    }
     // An agent that stops (an upgrade, a restart) leaves its VMs running: `tresor host reboot`
     // is the way to stop them. Work under way holds the host; the agent does not wait for it
     // (disk operations are journaled: the next agent finishes or rolls them back), and its VMs

@@ -123,6 +123,7 @@ pub async fn run(
         tokio::select! {
             _ = &mut shutdown => return,
             result = attempt => {
+                crate::metrics::METRICS.set_connected(false);
                 match result {
                     Ok(()) => {
                         tracing::warn!(server = %config.server, "the server closed the session");
@@ -165,6 +166,7 @@ async fn report<W: AsyncWriteExt + Unpin>(
             notices.extend(h.take_stopped());
             (notices, vms, h.keys_held())
         };
+        crate::metrics::METRICS.reported(&out.1, out.2.len());
         crate::memory::scrub_stack();
         out
     })
@@ -205,6 +207,7 @@ async fn session(config: &SessionConfig, host: &Arc<Mutex<Host>>) -> std::io::Re
     send(&mut writer, &hello).await?;
     report(&mut writer, host).await?;
     tracing::info!(server = %config.server, "session with the server established");
+    crate::metrics::METRICS.set_connected(true);
     let mut decoder = FrameDecoder::default();
     let mut buf = vec![0u8; 64 * 1024];
     let mut heartbeat = tokio::time::interval(config.heartbeat);
@@ -222,7 +225,10 @@ async fn session(config: &SessionConfig, host: &Arc<Mutex<Host>>) -> std::io::Re
                 running = Some((
                     id,
                     tokio::task::spawn_blocking(move || {
+                        let (command, started) = (body.name(), std::time::Instant::now());
                         let reply = lock(&h).handle(body);
+                        let ok = !matches!(reply, protocol::Reply::Failed { .. });
+                        crate::metrics::METRICS.request(command, ok, started.elapsed());
                         crate::memory::scrub_stack();
                         reply
                     }),

@@ -28,6 +28,37 @@ pub struct DevArgs {
     /// The accelerator: auto (KVM when /dev/kvm can be opened), kvm or tcg.
     #[arg(long, default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
     accel: String,
+    /// Serve Prometheus metrics (with /healthz and /readyz): the server on this port, the key
+    /// server on the next, host-N on the one N after that.
+    #[arg(long)]
+    metrics_port: Option<u16>,
+}
+
+/// A configuration's text with its top-level `key` set to `value` (a TOML string), or removed.
+/// Top-level keys go first, before any table of the file.
+fn with_top_level(text: &str, key: &str, value: Option<&str>) -> String {
+    let prefix = format!("{key} = ");
+    let rest: String = text
+        .lines()
+        .filter(|l| !l.starts_with(&prefix))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    match value {
+        Some(v) => format!("{prefix}{v:?}\n{rest}"),
+        None => rest,
+    }
+}
+
+/// Sets (or removes) `metrics_listen` in the configuration file at `path`.
+fn set_metrics_listen(path: &Path, port: Option<u16>) -> Result<(), CliError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::msg(format!("Cannot read {}: {e}", path.display())))?;
+    let address = port.map(|p| format!("127.0.0.1:{p}"));
+    std::fs::write(
+        path,
+        with_top_level(&text, "metrics_listen", address.as_deref()),
+    )
+    .map_err(|e| CliError::msg(format!("Cannot write {}: {e}", path.display())))
 }
 
 struct Children(Vec<(String, Child)>);
@@ -54,6 +85,7 @@ fn spawn(children: &mut Children, name: &str, args: &[&str], log: &Path) -> Resu
     let exe = std::env::current_exe().map_err(|e| CliError::msg(e.to_string()))?;
     let child = Command::new(exe)
         .args(args)
+        .env("TRESOR_LOG_FORMAT", crate::log_format_name())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(
@@ -134,6 +166,9 @@ pub fn run(args: DevArgs) -> Result<(), CliError> {
     let api_url = format!("https://127.0.0.1:{api}");
     let client = tresor_api::Client::new(&api_url, tresor_api::Trust::ca_file(&ca_file)?)?
         .with_token(admin.trim());
+    let metrics = |offset: u16| args.metrics_port.map(|p| p + offset);
+    set_metrics_listen(&kms_dir.join("kms.toml"), metrics(1))?;
+    set_metrics_listen(&server_dir.join("server.toml"), metrics(0))?;
     let mut children = Children(Vec::new());
     let kms_log = logs.join("kms.log");
     spawn(
@@ -238,6 +273,7 @@ pub fn run(args: DevArgs) -> Result<(), CliError> {
             + "\n";
         std::fs::write(&config, text)
             .map_err(|e| CliError::msg(format!("Cannot write {}: {e}", config.display())))?;
+        set_metrics_listen(&config, metrics(1 + i as u16))?;
         spawn(
             &mut children,
             &name,
@@ -288,6 +324,13 @@ pub fn run(args: DevArgs) -> Result<(), CliError> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    if let Some(p) = args.metrics_port {
+        println!(
+            "  metrics      http://127.0.0.1:{p}/metrics (server), :{} (key server), :{}.. (hosts)",
+            p + 1,
+            p + 2
+        );
+    }
     println!("  logs         {}", logs.display());
     println!("Stop with Ctrl-C.");
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -347,5 +390,22 @@ fn stop_leftover_vms(data: &Path) {
                 .args(["-KILL", &pid.to_string()])
                 .status();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_top_level_key_is_set_before_any_table_and_removed() {
+        let text = "# c\nlisten = \"x\"\n[tls]\ncert = \"a\"\n";
+        let set = super::with_top_level(text, "metrics_listen", Some("127.0.0.1:1"));
+        assert!(
+            set.starts_with("metrics_listen = \"127.0.0.1:1\"\n"),
+            "{set}"
+        );
+        assert!(set.ends_with(text), "{set}");
+        let again = super::with_top_level(&set, "metrics_listen", Some("127.0.0.1:2"));
+        assert_eq!(again.matches("metrics_listen").count(), 1);
+        assert_eq!(super::with_top_level(&again, "metrics_listen", None), text);
     }
 }

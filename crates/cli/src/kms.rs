@@ -248,6 +248,25 @@ fn serve(config: &KmsConfig) -> Result<(), CliError> {
             .map(|a| a.to_string())
             .unwrap_or_else(|_| config.listen.clone());
         tracing::info!(address = %addr, data = %config.data_dir.display(), "key server listening");
+        let metrics = match &config.metrics_listen {
+            Some(address) => {
+                let listener = tresor_ops::bind(address)
+                    .await
+                    .map_err(|e| CliError::msg(e.to_string()))?;
+                tracing::info!(metrics = %address, "metrics listening");
+                let observed = Arc::new(tresor_kms::metrics::Observed {
+                    engine: engine.clone(),
+                    server_certificate: config.tls.cert.clone(),
+                    client_ca: config.tls.client_ca.clone(),
+                });
+                Some(tokio::spawn(tresor_ops::serve(
+                    listener,
+                    observed,
+                    std::future::pending(),
+                )))
+            }
+            None => None,
+        };
         server::serve(
             listener,
             acceptor,
@@ -256,6 +275,9 @@ fn serve(config: &KmsConfig) -> Result<(), CliError> {
             shutdown_signal(),
         )
         .await;
+        if let Some(m) = metrics {
+            m.abort();
+        }
         engine.store().close();
         tracing::info!("key server stopped");
         Ok(())

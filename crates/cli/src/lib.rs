@@ -22,6 +22,23 @@ mod output;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as text, or as JSON objects one per line (for a log collector). Levels come
+    /// from TRESOR_LOG, else RUST_LOG (an env filter such as `info,tresor::access=warn`).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "TRESOR_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -87,16 +104,48 @@ impl CliError {
     }
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TRESOR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
+/// The log format this process was started with, as `--log-format` names it (what `tresor
+/// dev` hands its children).
+pub(crate) fn log_format_name() -> &'static str {
+    match LOG_FORMAT.get() {
+        Some(LogFormat::Json) => "json",
+        _ => "text",
+    }
+}
+
+/// Logs to standard error, at the levels of `TRESOR_LOG`, else `RUST_LOG`, else `info`.
+fn init_logging(format: LogFormat) {
+    let _ = LOG_FORMAT.set(format);
+    let filter = ["TRESOR_LOG", "RUST_LOG"]
+        .iter()
+        .find_map(|var| {
+            let value = std::env::var(var).ok()?;
+            match tracing_subscriber::EnvFilter::try_new(&value) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    eprintln!("tresor: {var}={value} is not a log filter ({e}); logging at info");
+                    None
+                }
+            }
+        })
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .try_init();
+    let _ = match format {
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_target(false)
+            .try_init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_current_span(false)
+            .try_init(),
+    };
 }
 
 /// Writes `tresor.1` and one page per subcommand, named by its path (`tresor-vm-create.1`).
@@ -142,7 +191,7 @@ pub fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let json_output = wants_json(&args);
     let cli = Cli::parse();
-    init_logging();
+    init_logging(cli.log_format);
     let result = match cli.command {
         Command::Dev(a) => dev::run(a),
         Command::Vm(c) => client::run_vm(c),

@@ -92,7 +92,10 @@ fn a_key_deactivated_on_the_provider_locks_and_its_reactivation_unlocks_under(ru
         de.contains("Fall 3:") && de.contains("Befund:") && de.contains("nächste Schritte:"),
         "{de}"
     );
-    assert!(!de.contains("evidence") && !de.contains("next steps"), "{de}");
+    assert!(
+        !de.contains("evidence") && !de.contains("next steps"),
+        "{de}"
+    );
 
     // The alarm says what to do; the event in both languages.
     let alarms: serde_json::Value =

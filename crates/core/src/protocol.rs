@@ -422,6 +422,34 @@ impl<'de> Deserialize<'de> for Chunk {
 }
 
 impl Command {
+    /// The command's name on the wire (`pushKeys`, `powerOn`, ...), for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::PushKeys { .. } => "pushKeys",
+            Command::ForgetKeys { .. } => "forgetKeys",
+            Command::Reboot => "reboot",
+            Command::EnableEncryption { .. } => "enableEncryption",
+            Command::DisableEncryption => "disableEncryption",
+            Command::CreateVm { .. } => "createVm",
+            Command::PowerOn { .. } => "powerOn",
+            Command::PowerOff { .. } => "powerOff",
+            Command::Register { .. } => "register",
+            Command::Inspect { .. } => "inspect",
+            Command::ListVmDirs => "listVmDirs",
+            Command::Unregister { .. } => "unregister",
+            Command::Reload { .. } => "reload",
+            Command::Delete { .. } => "delete",
+            Command::Encrypt { .. } => "encrypt",
+            Command::Decrypt { .. } => "decrypt",
+            Command::Rekey { .. } => "rekey",
+            Command::AddDisk { .. } => "addDisk",
+            Command::Adopt { .. } => "adopt",
+            Command::ConsoleRead { .. } => "consoleRead",
+            Command::ConsoleWrite { .. } => "consoleWrite",
+            Command::Upload { .. } => "upload",
+        }
+    }
+
     /// Whether the command carries key material.
     pub fn carries_secrets(&self) -> bool {
         matches!(
@@ -688,5 +716,20 @@ mod tests {
         let hello = AgentMessage::Heartbeat { seq: 3 };
         let frame = encode(&hello).unwrap();
         assert_eq!(&frame[4..], br#"{"type":"heartbeat","seq":3}"#);
+    }
+
+    #[test]
+    fn a_commands_name_is_its_tag_on_the_wire() {
+        for c in [
+            Command::PushKeys { keys: Vec::new() },
+            Command::Reboot,
+            Command::DisableEncryption,
+            Command::ListVmDirs,
+            Command::PowerOn { vm: "a".into() },
+            Command::Decrypt { vm: "a".into() },
+        ] {
+            let v = serde_json::to_value(&c).unwrap();
+            assert_eq!(v["command"], c.name());
+        }
     }
 }

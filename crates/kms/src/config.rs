@@ -31,6 +31,10 @@ pub struct KmsConfig {
     pub administrators: Vec<String>,
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Where Prometheus scrapes `/metrics` (with `/healthz` and `/readyz`), plain HTTP; none
+    /// when unset.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
 }
 
 /// Certificates for mutual TLS.
@@ -99,6 +103,10 @@ data_dir = "data"
 
 # Client certificate subjects that may read and change every object.
 administrators = []
+
+# Prometheus metrics (/metrics, with /healthz and /readyz) over plain HTTP on this address;
+# keep it on a loopback or management address.
+# metrics_listen = "127.0.0.1:9402"
 
 [tls]
 cert = "tls/server.pem"        # certificate chain, server certificate first

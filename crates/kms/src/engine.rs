@@ -297,7 +297,14 @@ impl Engine {
                     format!("Protocol version {requested} is not supported; this server speaks KMIP 1.0 to 1.4"),
                 ))
             } else {
-                self.operation(&mut ctx, item)
+                let started = std::time::Instant::now();
+                let result = self.operation(&mut ctx, item);
+                crate::metrics::METRICS.operation(
+                    item.operation,
+                    result.as_ref().err().map(|e| e.reason),
+                    started.elapsed(),
+                );
+                result
             };
             let failed = result.is_err();
             results.push(match result {

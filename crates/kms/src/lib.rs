@@ -16,6 +16,7 @@ pub mod config;
 pub mod crypto;
 pub mod engine;
 pub mod lifecycle;
+pub mod metrics;
 pub mod server;
 pub mod store;
 #[doc(hidden)]

@@ -297,6 +297,7 @@ async fn connection(
         tracing::warn!(%peer, client = &*identity, max = limits.max_connections, "too many client connections; this one is closed");
         return;
     };
+    let _counted = crate::metrics::METRICS.connection();
     tracing::debug!(%peer, client = &*identity, "connection opened");
     let frame_limits = Limits {
         max_message_len: limits.max_message_bytes,

@@ -72,6 +72,7 @@ impl TestServer {
             tls,
             administrators: Vec::new(),
             limits,
+            metrics_listen: None,
         };
         let engine = Arc::new(server::open_engine(&config).expect("engine"));
         let acceptor = server::acceptor(&config).expect("acceptor");

@@ -238,6 +238,24 @@ impl AgentHub {
         body: Command,
         timeout: Duration,
     ) -> Result<(Reply, u64), HubError> {
+        let pushed = match &body {
+            Command::PushKeys { keys } => Some((keys.len(), std::time::Instant::now())),
+            _ => None,
+        };
+        let result = self.send_and_wait(host, body, timeout).await;
+        if let Some((keys, started)) = pushed {
+            let ok = matches!(result, Ok((Reply::Done, _)));
+            crate::metrics::METRICS.keys_pushed(keys, ok, started.elapsed());
+        }
+        result
+    }
+
+    async fn send_and_wait(
+        &self,
+        host: &str,
+        body: Command,
+        timeout: Duration,
+    ) -> Result<(Reply, u64), HubError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply_tx, reply_rx) = oneshot::channel();
         let tx = {

@@ -74,12 +74,16 @@ impl KeyBroker {
             provider: provider.into(),
             error,
         };
-        let uid = client
-            .create_aes_key(256, vec![name_attribute(&format!("tresor:{purpose}"))])
-            .await
-            .map_err(err)?;
-        client.activate(&uid).await.map_err(err)?;
-        Ok(KeyRef::new(provider, &uid))
+        let made = async {
+            let uid = client
+                .create_aes_key(256, vec![name_attribute(&format!("tresor:{purpose}"))])
+                .await?;
+            client.activate(&uid).await?;
+            Ok(uid)
+        }
+        .await;
+        crate::metrics::METRICS.key_created(provider, made.is_ok());
+        Ok(KeyRef::new(provider, &made.map_err(err)?))
     }
 
     /// Deactivates a key the server created for an operation that then failed, so that no
@@ -113,12 +117,16 @@ impl KeyBroker {
                 None,
             );
         };
-        let results = match client.batch(fetch_items(&key.key_id)).await {
-            Ok(r) => r,
-            Err(e) => return (classify(&e), None),
+        let started = std::time::Instant::now();
+        let out = match client.batch(fetch_items(&key.key_id)).await {
+            Ok(results) => {
+                let mut results = results.into_iter();
+                answer(results.next(), results.next())
+            }
+            Err(e) => (classify(&e), None),
         };
-        let mut results = results.into_iter();
-        answer(results.next(), results.next())
+        crate::metrics::METRICS.keys_fetched(key.provider(), [&out.0], started.elapsed());
+        out
     }
 
     /// Asks one provider for many keys in one KMIP message (a Get Attributes and a Get for each,
@@ -138,21 +146,33 @@ impl KeyBroker {
             return out;
         };
         let items: Vec<RequestPayload> = keys.iter().flat_map(|k| fetch_items(&k.key_id)).collect();
-        let mut results = match client.batch_continuing(items).await {
+        let started = std::time::Instant::now();
+        let results = client.batch_continuing(items).await;
+        let took = started.elapsed();
+        let mut results = match results {
             Ok(r) => r.into_iter(),
             // A connection problem is the same answer for every key.
             Err(e @ (ClientError::Connection { .. } | ClientError::AllEndpoints(_))) => {
-                return keys.iter().map(|_| (classify(&e), None)).collect();
+                let out: Vec<_> = keys.iter().map(|_| (classify(&e), None)).collect();
+                crate::metrics::METRICS.keys_fetched(provider, out.iter().map(|o| &o.0), took);
+                return out;
             }
             Err(_) => Vec::new().into_iter(),
         };
         let mut out = Vec::with_capacity(keys.len());
+        let mut answered = Vec::new();
         for k in keys {
             match (results.next(), results.next()) {
-                (Some(state), Some(get)) => out.push(answer(Some(state), Some(get))),
+                (Some(state), Some(get)) => {
+                    let a = answer(Some(state), Some(get));
+                    answered.push(a.0.clone());
+                    out.push(a);
+                }
+                // Asked again on its own (and counted there).
                 _ => out.push(self.fetch(k).await),
             }
         }
+        crate::metrics::METRICS.keys_fetched(provider, &answered, took);
         out
     }
 

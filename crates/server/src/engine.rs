@@ -286,6 +286,8 @@ pub struct Engine {
     config: Mutex<EngineConfig>,
     state: Mutex<State>,
     last_write: Mutex<Option<Instant>>,
+    /// When the last pass ended (readiness).
+    last_pass: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -322,6 +324,7 @@ impl Engine {
                 ..State::default()
             }),
             last_write: Mutex::new(None),
+            last_pass: Mutex::new(None),
         })
     }
 
@@ -886,6 +889,17 @@ impl Engine {
             }
         }
         self.write_states().await;
+        if let Ok(mut t) = self.last_pass.lock() {
+            *t = Some(Instant::now());
+        }
+    }
+
+    /// How long ago the last pass ended, if one has.
+    pub fn since_last_pass(&self) -> Option<Duration> {
+        self.last_pass
+            .lock()
+            .ok()
+            .and_then(|t| t.map(|t| t.elapsed()))
     }
 
     /// Decides for the VMs `names`: their verdicts, events and alarms, the states to write,

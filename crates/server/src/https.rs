@@ -4,16 +4,13 @@
 //! authenticate per request, so every connection counts as a stranger's.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
-use tresor_tls::gate::{Gate, Slot};
+use tresor_tls::gate::{Gate, Held};
 
 /// Bounds of the API's listener.
 #[derive(Clone, Copy, Debug)]
@@ -37,51 +34,7 @@ impl Default for Limits {
 }
 
 /// A TLS connection and its slot.
-#[derive(Debug)]
-pub struct Connection {
-    stream: TlsStream<TcpStream>,
-    _slot: Slot,
-}
-
-impl AsyncRead for Connection {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Connection {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-}
+pub type Connection = Held<TlsStream<TcpStream>>;
 
 /// Accepts TLS connections; for `axum::serve`.
 #[derive(Debug)]
@@ -132,15 +85,7 @@ impl TlsListener {
                     match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await
                     {
                         Ok(Ok(stream)) => {
-                            let _ = tx
-                                .send((
-                                    Connection {
-                                        stream,
-                                        _slot: slot,
-                                    },
-                                    addr,
-                                ))
-                                .await;
+                            let _ = tx.send((Connection::new(stream, slot), addr)).await;
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(%addr, error = %e, "API TLS handshake failed")

@@ -25,6 +25,7 @@ pub mod console;
 pub mod engine;
 pub mod enrol;
 pub mod https;
+pub mod metrics;
 pub mod providers;
 pub mod run;
 pub mod service;

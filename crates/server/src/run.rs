@@ -65,6 +65,10 @@ pub struct ServerConfig {
     /// the lock follows the provider (a deactivated or reactivated key).
     #[serde(default = "default_locked_recheck")]
     pub locked_recheck_secs: u64,
+    /// Where Prometheus scrapes `/metrics` (with `/healthz` and `/readyz`), plain HTTP; none
+    /// when unset. `/healthz` and `/readyz` are on the API as well.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
 }
 
 fn default_api() -> String {
@@ -253,7 +257,9 @@ pub fn init(
          # certificate) expiring within this many days raise an alarm.\n# certificate_warning_days = 30\n\n\
          # Seconds a token from `tresor login` stays valid (12 hours).\n# token_ttl_secs = 43200\n\n\
          # Seconds after which a locked VM's keys are asked for again, so that the cause of the\n\
-         # lock follows the provider.\n# locked_recheck_secs = 15\n"
+         # lock follows the provider.\n# locked_recheck_secs = 15\n\n\
+         # Prometheus metrics (/metrics, with /healthz and /readyz) over plain HTTP on this\n\
+         # address; keep it on a loopback or management address.\n# metrics_listen = \"127.0.0.1:9400\"\n"
     );
     std::fs::write(dir.join("server.toml"), config).map_err(setup("Cannot write server.toml"))?;
     let api_fingerprint = leaf_fingerprint(&dir.join("api.pem"))?;
@@ -341,7 +347,7 @@ pub async fn serve(
         refuse_remote_plain_http(&config, &api)?;
     }
     tracing::info!(api = %config.api_listen, agents = %config.agent_listen, "server listening");
-    let app = router(AppState {
+    let state = AppState {
         store: store.clone(),
         engine: engine.clone(),
         hub: hub.clone(),
@@ -349,7 +355,32 @@ pub async fn serve(
         broker,
         providers: providers.clone(),
         logins: Arc::new(crate::accounts::LoginGuard::new(config.token_ttl_secs)),
+    };
+    let app = router(state.clone());
+    let observed: Arc<dyn tresor_ops::Observed> = Arc::new(crate::metrics::Observed {
+        cx: state.clone(),
+        data_dir: dir.clone(),
+        api_certificate: config.api_certificate.clone(),
+        engine_stall: std::time::Duration::from_millis(config.engine_tick_ms.max(50) * 20)
+            .max(std::time::Duration::from_secs(30)),
     });
+    let metrics_task = match &config.metrics_listen {
+        Some(address) => {
+            let listener = tresor_ops::bind(address)
+                .await
+                .map_err(|e| RunError::Setup(e.to_string()))?;
+            tracing::info!(metrics = %address, "metrics listening");
+            let observed = observed.clone();
+            Some(tokio::spawn(async move {
+                if let Err(e) = tresor_ops::serve(listener, observed, std::future::pending()).await
+                {
+                    tracing::error!(error = %e, "the metrics listener failed");
+                }
+            }))
+        }
+        None => None,
+    };
+    let app = app.merge(tresor_ops::health_routes(observed));
     let hub_task = tokio::spawn(hub.serve(agents, tokio_rustls::TlsAcceptor::from(tls)));
     let engine_task = tokio::spawn(engine.run());
     let probe_task = tokio::spawn(providers.run(std::time::Duration::from_secs(
@@ -389,6 +420,9 @@ pub async fn serve(
     api_runtime.shutdown_background();
     hub_task.abort();
     engine_task.abort();
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
     probe_task.abort();
     // The VM states the engine took last.
     if let Err(e) = store.write_deferred() {

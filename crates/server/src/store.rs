@@ -1325,6 +1325,12 @@ impl Store {
         Ok(out)
     }
 
+    /// Whether the database answers (readiness).
+    pub fn ping(&self) -> Result<(), StoreError> {
+        self.reader().query_row("SELECT 1", [], |_| Ok(()))?;
+        Ok(())
+    }
+
     // Settings.
 
     pub fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {

@@ -11,7 +11,7 @@ use tresor_agent::disk::QemuTools;
 use tresor_agent::host::{Host, HostConfig};
 use tresor_agent::qemu::QemuConfig;
 use tresor_agent::session::{self, SessionConfig};
-use tresor_core::protocol::{Command, DiskSpec, KeyMaterial, Reply, VmSpec};
+use tresor_core::protocol::{Command, DiskSpec, KeyMaterial, PowerState, Reply, VmSpec};
 use tresor_core::reconcile::UnlockPolicy;
 use tresor_core::registry::Registration;
 use tresor_core::vm::LockReason;
@@ -279,12 +279,15 @@ async fn the_procedures_cases_1_3_and_5_in_one_process() {
             material: tresor_core::protocol::SecretBytes::new(vec![1; 32]),
         },
     });
-    assert_eq!(
-        hub.request("host-1", Command::PowerOn { vm: "web01".into() }, t)
-            .await
-            .unwrap(),
-        Reply::Done
-    );
+    // The host answers with the VM as it is now: running.
+    match hub
+        .request("host-1", Command::PowerOn { vm: "web01".into() }, t)
+        .await
+        .unwrap()
+    {
+        Reply::Vm { vm } => assert_eq!(vm.power_state, PowerState::PoweredOn),
+        other => panic!("{other:?}"),
+    }
     hub.request("host-1", Command::PowerOff { vm: "web01".into() }, t)
         .await
         .unwrap();

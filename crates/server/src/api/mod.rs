@@ -194,6 +194,42 @@ where
     }
 }
 
+tokio::task_local! {
+    /// The user the request being answered comes from, once [`authenticate`] knows it (for the
+    /// access log).
+    static ACCESS_USER: std::sync::Arc<std::sync::OnceLock<String>>;
+}
+
+/// The access log and the API's request metrics: one line per request (method, route, path,
+/// status, user, duration), at `info` on the target `tresor::access`. Never a header, a query
+/// or a body: tokens, passwords and key material do not reach it.
+async fn access(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let path = req.uri().path().to_owned();
+    let user = std::sync::Arc::new(std::sync::OnceLock::new());
+    let response = ACCESS_USER.scope(user.clone(), next.run(req)).await;
+    let took = started.elapsed();
+    let status = response.status().as_u16();
+    crate::metrics::METRICS.api_request(&method, &route, status, took);
+    tracing::info!(
+        target: "tresor::access",
+        method = %method,
+        route,
+        path,
+        status,
+        user = user.get().map(String::as_str).unwrap_or("-"),
+        duration_ms = took.as_secs_f64() * 1000.0,
+        "api request"
+    );
+    response
+}
+
 /// The bearer token of a request.
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
@@ -231,6 +267,7 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<String, ApiErro
         )
         .de("Das API-Token ist abgelaufen; melden Sie sich mit `tresor login` erneut an"));
     }
+    let _ = ACCESS_USER.try_with(|u| u.set(user.clone()));
     Ok(user)
 }
 
@@ -354,5 +391,6 @@ pub fn router(state: AppState) -> Router {
             get(settings::get_one).put(settings::set),
         )
         .merge(crate::console::routes())
+        .layer(axum::middleware::from_fn(access))
         .with_state(state)
 }
