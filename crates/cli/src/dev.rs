@@ -32,6 +32,31 @@ pub struct DevArgs {
     /// server on the next, host-N on the one N after that.
     #[arg(long)]
     metrics_port: Option<u16>,
+    /// Forward every event to this syslog collector (RFC 5424): udp://HOST:PORT or
+    /// tcp://HOST:PORT.
+    #[arg(long)]
+    syslog: Option<String>,
+}
+
+/// A configuration's text without its `[name]` table, then with it holding `body` when given.
+fn with_table(text: &str, name: &str, body: Option<&str>) -> String {
+    let header = format!("[{name}]");
+    let mut out = String::new();
+    let mut inside = false;
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            inside = t == header;
+        }
+        if !inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    if let Some(body) = body {
+        out.push_str(&format!("{header}\n{body}"));
+    }
+    out
 }
 
 /// A configuration's text with its top-level `key` set to `value` (a TOML string), or removed.
@@ -169,6 +194,12 @@ pub fn run(args: DevArgs) -> Result<(), CliError> {
     let metrics = |offset: u16| args.metrics_port.map(|p| p + offset);
     set_metrics_listen(&kms_dir.join("kms.toml"), metrics(1))?;
     set_metrics_listen(&server_dir.join("server.toml"), metrics(0))?;
+    let server_toml = server_dir.join("server.toml");
+    let text = std::fs::read_to_string(&server_toml)
+        .map_err(|e| CliError::msg(format!("Cannot read {}: {e}", server_toml.display())))?;
+    let syslog = args.syslog.as_ref().map(|a| format!("address = {a:?}\n"));
+    std::fs::write(&server_toml, with_table(&text, "syslog", syslog.as_deref()))
+        .map_err(|e| CliError::msg(format!("Cannot write {}: {e}", server_toml.display())))?;
     let mut children = Children(Vec::new());
     let kms_log = logs.join("kms.log");
     spawn(
@@ -407,5 +438,19 @@ mod tests {
         let again = super::with_top_level(&set, "metrics_listen", Some("127.0.0.1:2"));
         assert_eq!(again.matches("metrics_listen").count(), 1);
         assert_eq!(super::with_top_level(&again, "metrics_listen", None), text);
+    }
+
+    #[test]
+    fn a_table_is_replaced_or_removed() {
+        let text = "a = 1\n[syslog]\naddress = \"udp://x:1\"\n[other]\nb = 2\n";
+        let set = super::with_table(text, "syslog", Some("address = \"udp://y:2\"\n"));
+        assert_eq!(
+            set,
+            "a = 1\n[other]\nb = 2\n[syslog]\naddress = \"udp://y:2\"\n"
+        );
+        assert_eq!(
+            super::with_table(&set, "syslog", None),
+            "a = 1\n[other]\nb = 2\n"
+        );
     }
 }

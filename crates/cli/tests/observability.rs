@@ -5,7 +5,7 @@
 //! requests, hosts, provider endpoints, certificates). `/healthz` and `/readyz` answer on the
 //! metrics ports and on the API; with `--log-format json` every log line is a JSON object, and
 //! each API request has an access log line that names its route, status and user, never the
-//! token.
+//! token; events reach a syslog collector as RFC 5424 messages.
 
 mod common;
 use common::{free_ports, wait_for, Dev};
@@ -84,6 +84,12 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64>
 #[test]
 fn metrics_health_and_logs_say_what_the_system_does() {
     let metrics = free_ports();
+    // A syslog collector: a UDP socket of the test's.
+    let collector = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    collector
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let syslog = format!("udp://{}", collector.local_addr().unwrap());
     let dev = Dev::start_with(
         1,
         &[
@@ -91,6 +97,8 @@ fn metrics_health_and_logs_say_what_the_system_does() {
             &metrics.to_string(),
             "--log-format",
             "json",
+            "--syslog",
+            &syslog,
         ],
     );
     let (server, kms, agent) = (metrics, metrics + 1, metrics + 2);
@@ -255,6 +263,39 @@ fn metrics_health_and_logs_say_what_the_system_does() {
         ) == Some(3.0)
     );
 
+    // The Grafana dashboard of docs/ reads only metrics that the three serve.
+    let exposed: String = [server, kms, agent]
+        .iter()
+        .map(|p| get(*p, "/metrics").1)
+        .collect();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("docs/grafana/tresor.json")).unwrap(),
+    )
+    .unwrap();
+    let mut exprs = Vec::new();
+    for p in dashboard["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            exprs.push(t["expr"].as_str().unwrap().to_owned());
+        }
+    }
+    assert!(exprs.len() >= 20, "{exprs:?}");
+    for expr in &exprs {
+        let names = expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("tresor_"));
+        for name in names {
+            let family = ["_total", "_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(name);
+            assert!(
+                exposed.contains(&format!("# TYPE {family} ")),
+                "the dashboard reads {name}, which no part serves ({expr})"
+            );
+        }
+    }
+
     // Health and readiness on every metrics port, and on the API.
     for port in [server, kms, agent] {
         assert_eq!(get(port, "/healthz").0, 200);
@@ -275,6 +316,39 @@ fn metrics_health_and_logs_say_what_the_system_does() {
     assert_eq!(
         common::https(&dev.ca(), dev.port, "GET", "/healthz", "", "").0,
         200
+    );
+
+    // Every event reached the collector as an RFC 5424 message: web01's lock among them.
+    let mut received = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while !received
+        .iter()
+        .any(|m: &String| m.contains(" vm.locked.keyMissingOnHost ") && m.contains("vm=\"web01\""))
+    {
+        let n = collector
+            .recv(&mut buf)
+            .expect("the locked event reaches the syslog collector");
+        received.push(String::from_utf8(buf[..n].to_vec()).unwrap());
+    }
+    let locked = received
+        .iter()
+        .find(|m| m.contains(" vm.locked.keyMissingOnHost "))
+        .unwrap();
+    // local0 (16) * 8 + err (3); version 1; then time, host, app, pid, message id.
+    let parts: Vec<&str> = locked.splitn(8, ' ').collect();
+    assert_eq!(parts[0], "<131>1", "{locked}");
+    assert!(
+        parts[1].ends_with('Z') && parts[1].contains('T'),
+        "{locked}"
+    );
+    assert_eq!(parts[3], "tresor");
+    assert_eq!(parts[5], "vm.locked.keyMissingOnHost");
+    assert!(parts[6].starts_with("[tresor@32473"), "{locked}");
+    assert!(
+        locked.ends_with(
+            "\u{feff}The virtual machine is locked because keys are missing on the host."
+        ),
+        "{locked}"
     );
 
     // JSON logs, an access line per request with the user, and no token anywhere.

@@ -30,3 +30,4 @@ pub mod providers;
 pub mod run;
 pub mod service;
 pub mod store;
+pub mod syslog;

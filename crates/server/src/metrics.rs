@@ -218,7 +218,14 @@ impl Metrics {
             m.certificate_days.clone(),
         );
         registry.register("tasks", "Server-side tasks by state", m.tasks.clone());
-        Metrics { registry, ..m }
+        let m = Metrics { registry, ..m };
+        m.set_tasks(&[
+            ("running", 0),
+            ("succeeded", 0),
+            ("failed", 0),
+            ("cancelled", 0),
+        ]);
+        m
     }
 
     /// One API request answered.

@@ -69,6 +69,9 @@ pub struct ServerConfig {
     /// when unset. `/healthz` and `/readyz` are on the API as well.
     #[serde(default)]
     pub metrics_listen: Option<String>,
+    /// Events forwarded to a syslog collector (RFC 5424), for a SIEM.
+    #[serde(default)]
+    pub syslog: Option<crate::syslog::SyslogConfig>,
 }
 
 fn default_api() -> String {
@@ -259,7 +262,10 @@ pub fn init(
          # Seconds after which a locked VM's keys are asked for again, so that the cause of the\n\
          # lock follows the provider.\n# locked_recheck_secs = 15\n\n\
          # Prometheus metrics (/metrics, with /healthz and /readyz) over plain HTTP on this\n\
-         # address; keep it on a loopback or management address.\n# metrics_listen = \"127.0.0.1:9400\"\n"
+         # address; keep it on a loopback or management address.\n# metrics_listen = \"127.0.0.1:9400\"\n\n\
+         # Every event also to a syslog collector (RFC 5424) for a SIEM: udp://HOST:PORT, or\n\
+         # tcp://HOST:PORT (octet counting); facility local0 unless set.\n\
+         # [syslog]\n# address = \"udp://127.0.0.1:514\"\n# facility = \"local0\"\n"
     );
     std::fs::write(dir.join("server.toml"), config).map_err(setup("Cannot write server.toml"))?;
     let api_fingerprint = leaf_fingerprint(&dir.join("api.pem"))?;
@@ -381,6 +387,15 @@ pub async fn serve(
         None => None,
     };
     let app = app.merge(tresor_ops::health_routes(observed));
+    let syslog_task = match &config.syslog {
+        Some(c) => {
+            let syslog =
+                crate::syslog::Syslog::new(c).map_err(|e| RunError::Setup(e.to_string()))?;
+            tracing::info!(address = %c.address, "events are forwarded to syslog");
+            Some(tokio::spawn(crate::syslog::forward(state.clone(), syslog)))
+        }
+        None => None,
+    };
     let hub_task = tokio::spawn(hub.serve(agents, tokio_rustls::TlsAcceptor::from(tls)));
     let engine_task = tokio::spawn(engine.run());
     let probe_task = tokio::spawn(providers.run(std::time::Duration::from_secs(
@@ -420,7 +435,7 @@ pub async fn serve(
     api_runtime.shutdown_background();
     hub_task.abort();
     engine_task.abort();
-    if let Some(t) = metrics_task {
+    for t in [metrics_task, syslog_task].into_iter().flatten() {
         t.abort();
     }
     probe_task.abort();
