@@ -97,6 +97,15 @@ pub enum StoreError {
     Commit(String),
     #[error("The request failed inside the key server and changed nothing; see the key server's log and report it")]
     HandlerFailed,
+    /// The database was made or migrated by a newer release.
+    #[error("The key server database {path} has schema {found}, written by tresor {release}; this tresor {ours} knows schemas up to {known}. Run tresor {release} or newer, or restore a backup made by this release")]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: usize,
+        release: String,
+        ours: &'static str,
+    },
 }
 
 /// A stored object: everything but the key material is in the clear; the key material is sealed
@@ -208,7 +217,13 @@ const MIGRATIONS: &[&str] = &[
     // 2: whether an object is fresh (never handed out), kept beside its attributes so that Get
     // does not decode them.
     "ALTER TABLE objects ADD COLUMN fresh INTEGER NOT NULL DEFAULT 0;",
+    // 3: facts about the database itself: the release that last changed its schema (so that
+    // an older release can say which one it needs).
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
 ];
+
+/// The number of the newest schema this release knows.
+pub const SCHEMA: usize = MIGRATIONS.len();
 
 fn configure(conn: &Connection) -> Result<(), rusqlite::Error> {
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
@@ -237,12 +252,39 @@ impl Store {
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(open_err)?;
+        if version > MIGRATIONS.len() as i64 {
+            let release = conn
+                .query_row(
+                    "SELECT value FROM meta WHERE key = 'schema_release'",
+                    [],
+                    |r| r.get::<_, String>(0),
+                )
+                .unwrap_or_else(|_| "(a newer release)".into());
+            return Err(StoreError::TooNew {
+                path: path.to_owned(),
+                found: version,
+                known: MIGRATIONS.len(),
+                release,
+                ours: env!("CARGO_PKG_VERSION"),
+            });
+        }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             let tx = conn.unchecked_transaction().map_err(open_err)?;
             tx.execute_batch(sql).map_err(open_err)?;
             tx.pragma_update(None, "user_version", (i + 1) as i64)
                 .map_err(open_err)?;
+            // The release that wrote the schema (the table exists from migration 3 on).
+            if i >= 2 {
+                tx.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_release', ?1) ON CONFLICT(key) DO UPDATE SET value = ?1",
+                    params![env!("CARGO_PKG_VERSION")],
+                )
+                .map_err(open_err)?;
+            }
             tx.commit().map_err(open_err)?;
+            if version > 0 {
+                tracing::info!(path = %path.display(), from = version, to = i + 1, "database schema migrated");
+            }
         }
         let (sender, receiver) = mpsc::sync_channel::<Job>(4096);
         let spawn = |name: &str, run: Box<dyn FnOnce() + Send>| {

@@ -36,6 +36,63 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
     #[error("Stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The database was made or migrated by a newer release.
+    #[error("The server database {path} has schema {found}, written by tresor {release}; this tresor {ours} knows schemas up to {known}. Run tresor {release} or newer, or restore a backup made by this release")]
+    TooNew {
+        path: String,
+        found: i64,
+        known: usize,
+        release: String,
+        ours: &'static str,
+    },
+}
+
+/// The number of the newest schema this release knows.
+pub const SCHEMA: usize = MIGRATIONS.len();
+
+/// Refuses a database whose schema is newer than this release's, naming the release it needs;
+/// otherwise applies the migrations it lacks and records this release as the one that wrote the
+/// schema. `after` runs after migration `i` (0-based) in its transaction.
+fn migrate(
+    conn: &Connection,
+    path: &str,
+    after: impl Fn(&rusqlite::Transaction<'_>, usize) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > MIGRATIONS.len() as i64 {
+        let release = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'schema_release'",
+                [],
+                |r| r.get::<_, String>(0),
+            )
+            .unwrap_or_else(|_| "(a newer release)".into());
+        return Err(StoreError::TooNew {
+            path: path.to_owned(),
+            found: version,
+            known: MIGRATIONS.len(),
+            release,
+            ours: env!("CARGO_PKG_VERSION"),
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(sql)?;
+        after(&tx, i)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        // The release that wrote the schema (the table exists from migration 5 on).
+        if i >= 4 {
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_release', ?1) ON CONFLICT(key) DO UPDATE SET value = ?1",
+                params![env!("CARGO_PKG_VERSION")],
+            )?;
+        }
+        tx.commit()?;
+        if version > 0 {
+            tracing::info!(path, from = version, to = i + 1, "database schema migrated");
+        }
+    }
+    Ok(())
 }
 
 /// A key provider: a name (its identity) and the endpoints that serve its keys.
@@ -240,6 +297,9 @@ const MIGRATIONS: &[&str] = &[
         host TEXT PRIMARY KEY,
         cert_sha256 TEXT NOT NULL
     );",
+    // 5: facts about the database itself: the release that last changed its schema (so that
+    // an older release can say which one it needs).
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
 ];
 
 /// What a join token allows.
@@ -457,7 +517,7 @@ impl Store {
             source,
         })?;
         let conn = Connection::open(path).map_err(err)?;
-        let mut store = Store::setup(conn).map_err(|e| match e {
+        let mut store = Store::setup(conn, &path.display().to_string()).map_err(|e| match e {
             StoreError::Sql(source) => err(source),
             other => other,
         })?;
@@ -471,24 +531,18 @@ impl Store {
 
     /// A store in memory (tests).
     pub fn in_memory() -> Result<Store, StoreError> {
-        Store::setup(Connection::open_in_memory()?)
+        Store::setup(Connection::open_in_memory()?, ":memory:")
     }
 
-    fn setup(conn: Connection) -> Result<Store, StoreError> {
+    fn setup(conn: Connection, path: &str) -> Result<Store, StoreError> {
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         let _ = conn.pragma_update(None, "journal_mode", "WAL");
         conn.pragma_update(None, "synchronous", "FULL")?;
-        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            let tx = conn.unchecked_transaction()?;
-            tx.execute_batch(sql)?;
-            if i == 2 {
-                registry_from_reports(&tx)?;
-            }
-            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
-            tx.commit()?;
-        }
+        migrate(&conn, path, |tx, i| match i {
+            2 => registry_from_reports(tx),
+            _ => Ok(()),
+        })?;
         let store = Store {
             conn: Mutex::new(conn),
             read: None,
