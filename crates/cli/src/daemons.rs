@@ -44,6 +44,36 @@ enum ServerSub {
         #[arg(long, requires = "api_cert")]
         api_key: Option<PathBuf>,
     },
+    /// Write a backup of the server (database, CA and certificates with their keys, client
+    /// keys for the providers, configuration), consistent while it runs, sealed under a
+    /// passphrase read from a file.
+    Backup {
+        /// The backup file to write (it must not exist).
+        file: PathBuf,
+        /// The server's configuration file.
+        #[arg(
+            long,
+            short,
+            env = "TRESOR_SERVER_CONFIG",
+            default_value = "server.toml"
+        )]
+        config: PathBuf,
+        /// A file whose first line is the passphrase (at least 16 characters). Without it the
+        /// backup cannot be opened: keep it apart from the backup.
+        #[arg(long)]
+        passphrase_file: PathBuf,
+    },
+    /// Make a server from a backup, in a new or empty folder.
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+        /// The folder to restore into.
+        #[arg(long)]
+        data: PathBuf,
+        /// A file whose first line is the backup's passphrase.
+        #[arg(long)]
+        passphrase_file: PathBuf,
+    },
     /// Print the SHA-256 fingerprint of the API's certificate, for clients to compare at their
     /// first `tresor login`.
     Fingerprint {
@@ -130,6 +160,44 @@ pub fn run_server(cmd: ServerCommand) -> Result<(), CliError> {
             );
             println!("The admin user's API token (shown once; keep it safe):");
             println!("{}", done.admin_token);
+            Ok(())
+        }
+        Some(ServerSub::Backup {
+            file,
+            config,
+            passphrase_file,
+        }) => {
+            let passphrase = tresor_ops::backup::passphrase_from(&passphrase_file)
+                .map_err(|e| CliError::msg(e.to_string()))?;
+            let (manifest, sealed) = tresor_server::backup::backup(&config, passphrase.as_bytes())
+                .map_err(|e| CliError::msg(e.to_string()))?;
+            crate::kms::write_private(&file, &sealed)?;
+            println!(
+                "Server backed up to {} (schema {}, sealed; keep the passphrase apart from it).",
+                file.display(),
+                manifest.schema
+            );
+            Ok(())
+        }
+        Some(ServerSub::Restore {
+            file,
+            data,
+            passphrase_file,
+        }) => {
+            let passphrase = tresor_ops::backup::passphrase_from(&passphrase_file)
+                .map_err(|e| CliError::msg(e.to_string()))?;
+            let sealed = std::fs::read(&file)
+                .map_err(|e| CliError::msg(format!("Cannot read {}: {e}", file.display())))?;
+            let (manifest, config) =
+                tresor_server::backup::restore(&sealed, passphrase.as_bytes(), &data)
+                    .map_err(|e| CliError::msg(e.to_string()))?;
+            println!(
+                "Server restored into {} from a backup of {} (tresor {}).",
+                data.display(),
+                crate::output::time(manifest.created),
+                manifest.release
+            );
+            println!("Start it with: tresor server --config {}", config.display());
             Ok(())
         }
         Some(ServerSub::Fingerprint { config }) => {

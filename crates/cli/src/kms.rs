@@ -50,6 +50,29 @@ enum KmsSub {
         #[arg(long, default_value = "0.0.0.0:5696")]
         listen: String,
     },
+    /// Write a backup of the key server (database, master key, certificates, configuration),
+    /// consistent while it serves, sealed under a passphrase read from a file.
+    Backup {
+        /// The backup file to write (it must not exist).
+        file: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// A file whose first line is the passphrase (at least 16 characters). Without it the
+        /// backup cannot be opened: keep it apart from the backup.
+        #[arg(long)]
+        passphrase_file: PathBuf,
+    },
+    /// Make a key server from a backup, in a new or empty folder.
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+        /// The folder to restore into.
+        #[arg(long)]
+        dir: PathBuf,
+        /// A file whose first line is the backup's passphrase.
+        #[arg(long)]
+        passphrase_file: PathBuf,
+    },
     /// Issue a client certificate from the key server's CA (created by `init`).
     IssueCert {
         #[command(flatten)]
@@ -165,6 +188,48 @@ pub fn run(cmd: KmsCommand) -> Result<(), CliError> {
     match cmd.command {
         KmsSub::Serve(c) => serve(&load(&c.config)?),
         KmsSub::Init { dir, names, listen } => init(&dir, &names, &listen),
+        KmsSub::Backup {
+            file,
+            config,
+            passphrase_file,
+        } => {
+            let passphrase = tresor_ops::backup::passphrase_from(&passphrase_file)
+                .map_err(|e| CliError::msg(e.to_string()))?;
+            let (manifest, sealed) =
+                tresor_kms::backup::backup(&config.config, passphrase.as_bytes())
+                    .map_err(|e| CliError::msg(e.to_string()))?;
+            write_private(&file, &sealed)?;
+            println!(
+                "Key server backed up to {} (schema {}, sealed; keep the passphrase apart from it).",
+                file.display(),
+                manifest.schema
+            );
+            Ok(())
+        }
+        KmsSub::Restore {
+            file,
+            dir,
+            passphrase_file,
+        } => {
+            let passphrase = tresor_ops::backup::passphrase_from(&passphrase_file)
+                .map_err(|e| CliError::msg(e.to_string()))?;
+            let sealed = std::fs::read(&file)
+                .map_err(|e| CliError::msg(format!("Cannot read {}: {e}", file.display())))?;
+            let (manifest, config) =
+                tresor_kms::backup::restore(&sealed, passphrase.as_bytes(), &dir)
+                    .map_err(|e| CliError::msg(e.to_string()))?;
+            println!(
+                "Key server restored into {} from a backup of {} (tresor {}).",
+                dir.display(),
+                crate::output::time(manifest.created),
+                manifest.release
+            );
+            println!(
+                "Start it with: tresor kms serve --config {}",
+                config.display()
+            );
+            Ok(())
+        }
         KmsSub::IssueCert {
             config,
             name,

@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod attributes;
+pub mod backup;
 pub mod config;
 pub mod crypto;
 pub mod engine;

@@ -316,6 +316,25 @@ impl Store {
         })
     }
 
+    /// A consistent copy of the database at `db` (which a running key server may be using) in
+    /// the new file `out`, for a backup; its schema number.
+    pub fn snapshot(db: &Path, out: &Path) -> Result<u32, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: db.to_owned(),
+            source,
+        };
+        let conn =
+            Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(open_err)?;
+        configure(&conn).map_err(open_err)?;
+        let out_text = out
+            .to_str()
+            .ok_or_else(|| StoreError::Corrupt(format!("{} is not a UTF-8 path", out.display())))?;
+        conn.execute("VACUUM INTO ?1", params![out_text])?;
+        drop(conn);
+        let copy = Connection::open(out)?;
+        Ok(copy.pragma_query_value(None, "user_version", |r| r.get(0))?)
+    }
+
     /// Runs `f` on a read-only connection.
     pub fn read<T, E: From<StoreError>>(
         &self,

@@ -20,6 +20,8 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use tokio::net::{TcpListener, TcpStream};
 use tresor_tls::gate::{Gate, Held};
 
+pub mod backup;
+
 pub use prometheus_client;
 
 /// The media type of the metrics: OpenMetrics 1.0 text, which Prometheus reads.

@@ -20,6 +20,7 @@
 pub mod accounts;
 pub mod agents;
 pub mod api;
+pub mod backup;
 pub mod broker;
 pub mod console;
 pub mod engine;

@@ -1379,6 +1379,42 @@ impl Store {
         Ok(out)
     }
 
+    /// A consistent copy of the database at `db` (which a running server may be using) in the
+    /// new file `out`, for a backup; its schema number. The copy's providers name their client
+    /// keys as `providers/NAME/client.key` relative to the data folder, where the backup puts
+    /// them; the keys' files as they were named before are returned by provider.
+    pub fn snapshot(db: &Path, out: &Path) -> Result<(u32, Vec<(String, String)>), StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: db.display().to_string(),
+            source,
+        };
+        let conn = Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))
+            .map_err(open_err)?;
+        let out_text = out
+            .to_str()
+            .ok_or_else(|| StoreError::Corrupt(format!("{} is not a UTF-8 path", out.display())))?;
+        conn.execute("VACUUM INTO ?1", params![out_text])?;
+        drop(conn);
+        let copy = Connection::open(out)?;
+        let schema: u32 = copy.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let keys: Vec<(String, String)> = {
+            let mut stmt = copy.prepare("SELECT name, client_key_file FROM providers")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for (name, file) in &keys {
+            if !file.is_empty() {
+                copy.execute(
+                    "UPDATE providers SET client_key_file = ?1 WHERE name = ?2",
+                    params![format!("providers/{name}/client.key"), name],
+                )?;
+            }
+        }
+        Ok((schema, keys))
+    }
+
     /// Whether the database answers (readiness).
     pub fn ping(&self) -> Result<(), StoreError> {
         self.reader().query_row("SELECT 1", [], |_| Ok(()))?;

@@ -110,7 +110,6 @@ impl Dev {
     /// Starts `tresor dev --hosts N` with more arguments (`--runtime libvirt`, ...). With
     /// libvirt, its folder is searchable by others: libvirt's QEMU user reaches the disks.
     pub fn start_with(hosts: u32, more: &[&str]) -> Dev {
-        use std::io::BufRead;
         let dir = tempfile::tempdir().unwrap();
         if more.contains(&"libvirt") {
             std::fs::set_permissions(
@@ -120,6 +119,12 @@ impl Dev {
             .unwrap();
         }
         let port = free_ports();
+        Dev::start_in(dir, port, hosts, more)
+    }
+
+    /// Starts `tresor dev` in `dir` (a folder it made before, or a new one) on `port`.
+    pub fn start_in(dir: tempfile::TempDir, port: u16, hosts: u32, more: &[&str]) -> Dev {
+        use std::io::BufRead;
         let mut child = std::process::Command::new(TRESOR)
             .args(["dev", "--hosts", &hosts.to_string(), "--data"])
             .arg(dir.path())
@@ -174,6 +179,20 @@ impl Dev {
     }
 
     /// The API's URL.
+    /// Stops `tresor dev` (and with it everything it started) and keeps its folder: the folder,
+    /// the port and the admin token.
+    pub fn stop(self) -> (tempfile::TempDir, u16, String) {
+        let Dev {
+            dir,
+            port,
+            token,
+            _proc,
+            ..
+        } = self;
+        drop(_proc);
+        (dir, port, token)
+    }
+
     pub fn url(&self) -> String {
         format!("https://127.0.0.1:{}", self.port)
     }

@@ -1,0 +1,209 @@
+//! `tresor kms backup` and `restore`: the key server in one sealed file (see
+//! `tresor_ops::backup`): a consistent copy of its database taken while it serves, its master key,
+//! its TLS certificate and key, the CA of its clients (with the CA's key and the client
+//! certificates `tresor kms init` made, when they are beside it), and its configuration. The
+//! backup holds the master key, so it is sealed under a passphrase and never written in the
+//! clear; without the passphrase it is worth nothing, with it, it is every key.
+
+use std::path::{Path, PathBuf};
+
+use tresor_ops::backup::{self, BackupError, Entry, Manifest};
+use zeroize::Zeroizing;
+
+use crate::config::KmsConfig;
+use crate::store::{Store, StoreError};
+
+/// Why a backup or restore failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KmsBackupError {
+    #[error("{0}")]
+    Config(String),
+    #[error("Cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("Cannot copy the database: {0}")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Sealed(#[from] BackupError),
+    #[error(
+        "This is a backup of a {0}, not of a key server; restore it with `tresor {0} restore`"
+    )]
+    Kind(String),
+    #[error("This backup was made by tresor {release} with database schema {schema}; this tresor {ours} knows schemas up to {known}. Restore it with tresor {release} or newer")]
+    TooNew {
+        release: String,
+        schema: u32,
+        known: usize,
+        ours: &'static str,
+    },
+    #[error("{0} already holds a key server; restore into a new or empty folder")]
+    NotEmpty(PathBuf),
+    #[error("Cannot write the restored key server into {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn read(path: &Path) -> Result<Zeroizing<Vec<u8>>, KmsBackupError> {
+    std::fs::read(path)
+        .map(Zeroizing::new)
+        .map_err(|source| KmsBackupError::Read {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+fn file(path: &str, mode: u32, from: &Path) -> Result<Entry, KmsBackupError> {
+    Ok(Entry {
+        path: path.into(),
+        mode,
+        data: read(from)?,
+    })
+}
+
+/// The key server configured by `config_path`, sealed under `passphrase`: the backup's bytes and
+/// its manifest. The key server may be serving.
+pub fn backup(
+    config_path: &Path,
+    passphrase: &[u8],
+) -> Result<(Manifest, Vec<u8>), KmsBackupError> {
+    let config = KmsConfig::load(config_path).map_err(|e| KmsBackupError::Config(e.to_string()))?;
+    // The copy goes to a private folder beside the database, removed after.
+    let scratch = config
+        .data_dir
+        .join(format!(".backup-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&scratch)
+            .map_err(|source| KmsBackupError::Write {
+                path: scratch.clone(),
+                source,
+            })?;
+    }
+    let copy = scratch.join("kms.sqlite");
+    let snapshot = Store::snapshot(&config.database_path(), &copy).and_then(|schema| {
+        read(&copy)
+            .map(|data| (schema, data))
+            .map_err(|e| StoreError::Corrupt(e.to_string()))
+    });
+    let _ = std::fs::remove_dir_all(&scratch);
+    let (schema, database) = snapshot?;
+    let mut entries = vec![
+        Entry {
+            path: "data/kms.sqlite".into(),
+            mode: 0o600,
+            data: database,
+        },
+        file(
+            "data/master.key",
+            0o600,
+            &config.data_dir.join("master.key"),
+        )?,
+        file("tls/server.pem", 0o644, &config.tls.cert)?,
+        file("tls/server.key", 0o600, &config.tls.key)?,
+        file("tls/ca.pem", 0o644, &config.tls.client_ca)?,
+    ];
+    // What `tresor kms init` keeps beside them: the CA's key (to issue client certificates) and
+    // the client certificates it issued.
+    let ca_key = config.tls.client_ca.with_file_name("ca.key");
+    if ca_key.is_file() {
+        entries.push(file("tls/ca.key", 0o600, &ca_key)?);
+    }
+    let clients = config_path
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("clients");
+    if let Ok(list) = std::fs::read_dir(&clients) {
+        let mut names: Vec<String> = list
+            .flatten()
+            .filter(|e| e.path().is_file())
+            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .collect();
+        names.sort();
+        for name in names {
+            entries.push(file(
+                &format!("clients/{name}"),
+                0o600,
+                &clients.join(&name),
+            )?);
+        }
+    }
+    let text = read(config_path)?;
+    let mut table: toml::Table = std::str::from_utf8(&text)
+        .ok()
+        .and_then(|t| toml::from_str(t).ok())
+        .ok_or_else(|| {
+            KmsBackupError::Config(format!("{} is not valid TOML", config_path.display()))
+        })?;
+    table.insert("data_dir".into(), "data".into());
+    if let Some(toml::Value::Table(tls)) = table.get_mut("tls") {
+        tls.insert("cert".into(), "tls/server.pem".into());
+        tls.insert("key".into(), "tls/server.key".into());
+        tls.insert("client_ca".into(), "tls/ca.pem".into());
+    }
+    let restored = format!(
+        "# Tresor key server, restored from a backup (tresor kms serve --config kms.toml)\n\n{}",
+        toml::to_string(&table).unwrap_or_default()
+    );
+    entries.push(Entry {
+        path: "kms.toml".into(),
+        mode: 0o644,
+        data: Zeroizing::new(restored.into_bytes()),
+    });
+    let manifest = Manifest {
+        kind: "kms".into(),
+        release: env!("CARGO_PKG_VERSION").into(),
+        schema,
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0),
+    };
+    let sealed = backup::seal(&manifest, &entries, passphrase)?;
+    Ok((manifest, sealed))
+}
+
+/// Restores a key server from `sealed` into `dir` (new or empty); the configuration file's
+/// path.
+pub fn restore(
+    sealed: &[u8],
+    passphrase: &[u8],
+    dir: &Path,
+) -> Result<(Manifest, PathBuf), KmsBackupError> {
+    let (manifest, entries) = backup::open(sealed, passphrase)?;
+    if manifest.kind != "kms" {
+        return Err(KmsBackupError::Kind(manifest.kind));
+    }
+    if manifest.schema as usize > crate::store::SCHEMA {
+        return Err(KmsBackupError::TooNew {
+            release: manifest.release,
+            schema: manifest.schema,
+            known: crate::store::SCHEMA,
+            ours: env!("CARGO_PKG_VERSION"),
+        });
+    }
+    if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
+        return Err(KmsBackupError::NotEmpty(dir.to_owned()));
+    }
+    let write_err = |source| KmsBackupError::Write {
+        path: dir.to_owned(),
+        source,
+    };
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(write_err)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(write_err)?;
+    }
+    backup::write_entries(dir, &entries).map_err(write_err)?;
+    Ok((manifest, dir.join("kms.toml")))
+}
