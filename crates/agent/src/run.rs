@@ -112,17 +112,47 @@ pub fn endpoint_of(server: &str) -> String {
     s.trim_end_matches('/').to_owned()
 }
 
-/// Enrols this host and writes `dir/agent.toml` with its certificate and key beside it.
+/// Enrols this host and writes its configuration (`config`, or `dir/agent.toml`) with its
+/// certificate and key in its state folder: that of an existing configuration (whose other
+/// settings stay), else `dir/state`.
 pub async fn join(
     dir: &Path,
+    config: Option<&Path>,
     server: &str,
     server_name: &str,
     token: &str,
     name: &str,
 ) -> Result<PathBuf, String> {
     let endpoint = endpoint_of(server);
+    let path = config.map_or_else(|| dir.join("agent.toml"), Path::to_path_buf);
+    let existing = std::fs::read_to_string(&path).ok();
+    let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let configured_state = existing
+        .as_deref()
+        .and_then(|t| toml::from_str::<toml::Table>(t).ok())
+        .and_then(|t| {
+            t.get("state_dir")
+                .and_then(|v| v.as_str())
+                .map(PathBuf::from)
+        })
+        .map(|p| if p.is_relative() { base.join(p) } else { p });
+    // A configuration outside `dir` names the folders in `dir` absolutely.
+    let (datastore, state) = match (config, &configured_state) {
+        (_, Some(state)) => (String::new(), state.clone()),
+        (None, None) => ("datastore".to_owned(), dir.join("state")),
+        (Some(_), None) => {
+            let dir = std::path::absolute(dir).map_err(|e| e.to_string())?;
+            (
+                dir.join("datastore").display().to_string(),
+                dir.join("state"),
+            )
+        }
+    };
+    let state_text = match config {
+        None => "state".to_owned(),
+        Some(_) => state.display().to_string(),
+    };
     let enrolment = session::join(&endpoint, server_name, token, name).await?;
-    let state = dir.join("state");
     std::fs::create_dir_all(&state)
         .map_err(|e| format!("Cannot create {}: {e}", state.display()))?;
     // A new enrolment (a new server) replaces the old certificate.
@@ -145,7 +175,7 @@ pub async fn join(
     }
     let config = format!(
         "# Tresor host agent (tresor agent --config agent.toml)\n\nname = {name:?}\nserver = {endpoint:?}\nserver_name = {server_name:?}\n\
-         datastore = \"datastore\"\nstate_dir = \"state\"\nkey_capacity = 1024\nshutdown_timeout_secs = 30\n\n\
+         datastore = {datastore:?}\nstate_dir = {state_text:?}\nkey_capacity = 1024\nshutdown_timeout_secs = 30\n\n\
          # Where VMs run: \"qemu\" (QEMU processes of the agent's own) or \"libvirt\" (domains of\n\
          # libvirtd; its domain state folder must be on a memory file system for encrypted VMs).\n\
          runtime = \"qemu\"\n# libvirt's connection URI, for runtime = \"libvirt\".\nlibvirt_uri = \"qemu:///system\"\n\
@@ -153,12 +183,11 @@ pub async fn join(
          # Prometheus metrics (/metrics, with /healthz and /readyz) over plain HTTP on this\n\
          # address; keep it on a loopback or management address.\n# metrics_listen = \"127.0.0.1:9401\"\n"
     );
-    let path = dir.join("agent.toml");
     // A host that enrols again keeps its settings (runtime, datastore, ...): only who it is and
     // which server it speaks to change.
-    let config = match std::fs::read_to_string(&path) {
-        Ok(existing) => reenrolled(&existing, name, &endpoint, server_name),
-        Err(_) => config,
+    let config = match existing {
+        Some(existing) => reenrolled(&existing, name, &endpoint, server_name),
+        None => config,
     };
     crate::vmfile::write_atomic(&path, config.as_bytes()).map_err(|e| e.to_string())?;
     Ok(path)

@@ -117,6 +117,11 @@ enum AgentSub {
         /// Where the agent keeps its configuration and state.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
+        /// Write the configuration here instead of DIR/agent.toml (the package's is
+        /// /etc/tresor/agent.toml); the settings of an existing one stay, and its state_dir
+        /// receives the certificate.
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// The name in the server's certificate.
         #[arg(long, default_value = "localhost")]
         server_name: String,
@@ -237,6 +242,7 @@ pub fn run_agent(cmd: AgentCommand) -> Result<(), CliError> {
             token_file,
             name,
             dir,
+            config,
             server_name,
         }) => {
             let token = match (token, token_file) {
@@ -260,6 +266,7 @@ pub fn run_agent(cmd: AgentCommand) -> Result<(), CliError> {
             let path = runtime()?
                 .block_on(tresor_agent::run::join(
                     &dir,
+                    config.as_deref(),
                     &server,
                     &server_name,
                     &token,

@@ -154,4 +154,62 @@ fn a_host_enrols_connects_and_is_seen_to_go() {
     std::thread::sleep(std::time::Duration::from_secs(3));
     let (_, hosts) = api_call("GET", "/api/v1/hosts", &admin, "");
     assert_eq!(hosts, serde_json::json!([]), "a removed host came back");
+    drop(_agent);
+
+    // The package's layout: the configuration in /etc/tresor/agent.toml (here a copy of the
+    // package's, its folders moved into the test's), the state in its own folder. Joining fills
+    // in who the host is and keeps the file's other settings and comments.
+    let etc = tmp.path().join("etc");
+    let var = tmp.path().join("var-agent");
+    std::fs::create_dir_all(&etc).unwrap();
+    let shipped = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/etc/agent.toml"),
+    )
+    .unwrap();
+    let config = etc.join("agent.toml");
+    std::fs::write(
+        &config,
+        shipped.replace("/var/lib/tresor/agent", var.to_str().unwrap()),
+    )
+    .unwrap();
+    let (_, body) = api_call(
+        "POST",
+        "/api/v1/hosts/token",
+        &admin,
+        r#"{"host": "host-3"}"#,
+    );
+    let token = body["token"].as_str().unwrap().to_owned();
+    let out = Command::new(TRESOR)
+        .args(["agent", "join", "--server", &format!("127.0.0.1:{agents}")])
+        .args(["--token", &token, "--name", "host-3", "--config"])
+        .arg(&config)
+        .arg("--dir")
+        .arg(&var)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(var.join("state/agent.pem").is_file());
+    let joined = std::fs::read_to_string(&config).unwrap();
+    assert!(joined.contains("name = \"host-3\""), "{joined}");
+    assert!(joined.contains("# Where VMs run"), "{joined}");
+    let _agent = Proc(
+        Command::new(TRESOR)
+            .args(["agent", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(tmp.path().join("agent-3.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("host-3 to connect", || {
+        let (_, hosts) = api_call("GET", "/api/v1/hosts", &admin, "");
+        hosts.as_array().is_some_and(|h| {
+            h.iter()
+                .any(|x| x["name"] == "host-3" && x["connected"] == true)
+        })
+    });
 }

@@ -285,11 +285,13 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     let dir = &config.data_dir;
-    let store = Arc::new(Store::open(&dir.join("server.sqlite")).map_err(|e| match e {
-        // Says itself which database and which release.
-        e @ crate::store::StoreError::TooNew { .. } => RunError::Setup(e.to_string()),
-        e => setup("Cannot open the database")(e),
-    })?);
+    let store = Arc::new(
+        Store::open(&dir.join("server.sqlite")).map_err(|e| match e {
+            // Says itself which database and which release.
+            e @ crate::store::StoreError::TooNew { .. } => RunError::Setup(e.to_string()),
+            e => setup("Cannot open the database")(e),
+        })?,
+    );
     seed_roles(&store).map_err(setup("Cannot update the roles"))?;
     let ca_pem =
         std::fs::read_to_string(dir.join("ca.pem")).map_err(setup("Cannot read ca.pem"))?;
