@@ -3,6 +3,10 @@
 //! HTTP on loopback (`api_plain_http`), and `GET /api/v1/vms` (every VM in one answer) timed with
 //! the API client as `tresor vm list` uses it: a new connection per request. Requests alternate
 //! between the two servers. Prints one JSON line.
+//!
+//! With `--baseline OTHER`, the two servers are this `tresor` and another build of it (both over
+//! HTTPS), this one with its metrics served and scraped every second while the requests run: the
+//! cost of the metrics as a client sees it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -21,6 +25,10 @@ struct Args {
     requests: usize,
     #[arg(long)]
     dir: PathBuf,
+    /// Compare with this build instead of plain HTTP (both over HTTPS; `tresor` with its
+    /// metrics scraped every second).
+    #[arg(long)]
+    baseline: Option<PathBuf>,
 }
 
 struct Server(Child);
@@ -69,7 +77,14 @@ fn record(i: usize) -> VmRecord {
     }
 }
 
-fn init(tresor: &Path, dir: &Path, api: u16, vms: &[VmRecord], plain: bool) -> String {
+fn init(
+    tresor: &Path,
+    dir: &Path,
+    api: u16,
+    vms: &[VmRecord],
+    plain: bool,
+    metrics: Option<u16>,
+) -> String {
     let out = Command::new(tresor)
         .args(["server", "init", "--data"])
         .arg(dir)
@@ -91,11 +106,15 @@ fn init(tresor: &Path, dir: &Path, api: u16, vms: &[VmRecord], plain: bool) -> S
     let store = Store::open(&dir.join("server.sqlite")).expect("database");
     store.put_vms(vms).expect("VMs");
     drop(store);
+    let toml = dir.join("server.toml");
+    let mut text = std::fs::read_to_string(&toml).expect("server.toml");
     if plain {
-        let toml = dir.join("server.toml");
-        let text = std::fs::read_to_string(&toml).expect("server.toml");
-        std::fs::write(&toml, format!("{text}\napi_plain_http = true\n")).expect("server.toml");
+        text = format!("api_plain_http = true\n{text}");
     }
+    if let Some(port) = metrics {
+        text = format!("metrics_listen = \"127.0.0.1:{port}\"\n{text}");
+    }
+    std::fs::write(&toml, text).expect("server.toml");
     token
 }
 
@@ -130,13 +149,45 @@ async fn main() {
     let (https_port, http_port) = (free_port(), free_port());
     let https_dir = args.dir.join("https");
     let http_dir = args.dir.join("http");
-    let https_token = init(&args.tresor, &https_dir, https_port, &vms, false);
-    let http_token = init(&args.tresor, &http_dir, http_port, &vms, true);
+    let metrics = args.baseline.as_ref().map(|_| free_port());
+    let https_token = init(&args.tresor, &https_dir, https_port, &vms, false, metrics);
+    let other = args.baseline.clone().unwrap_or_else(|| args.tresor.clone());
+    let plain_b = args.baseline.is_none();
+    let http_token = init(&other, &http_dir, http_port, &vms, plain_b, None);
     let _a = start(&args.tresor, &https_dir, https_port);
-    let _b = start(&args.tresor, &http_dir, http_port);
+    let _b = start(&other, &http_dir, http_port);
+    // Prometheus at its most eager: a scrape every second for as long as the requests run.
+    let scraping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let scrapes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let scraper = metrics.map(|port| {
+        let (on, n) = (scraping.clone(), scrapes.clone());
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            while on.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                    let _ = c.write_all(
+                        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                    );
+                    let mut answer = Vec::new();
+                    if c.read_to_end(&mut answer).is_ok() && answer.starts_with(b"HTTP/1.1 200") {
+                        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        })
+    });
     let ca = tresor_tls::load_certs(&https_dir.join("ca.pem")).expect("CA");
+    let ca_b = tresor_tls::load_certs(&http_dir.join("ca.pem")).expect("CA");
     let client = |plain: bool| {
-        if plain {
+        if plain && !plain_b {
+            tresor_api::Client::new(
+                &format!("https://127.0.0.1:{http_port}"),
+                tresor_api::Trust::Ca(ca_b.clone()),
+            )
+            .expect("client")
+            .with_token(&http_token)
+        } else if plain {
             tresor_api::Client::new(
                 &format!("http://127.0.0.1:{http_port}"),
                 tresor_api::Trust::Insecure,
@@ -171,8 +222,28 @@ async fn main() {
             }
         }
     }
+    scraping.store(false, std::sync::atomic::Ordering::Relaxed);
+    if let Some(s) = scraper {
+        let _ = s.join();
+    }
     for t in times.iter_mut() {
         t.sort();
+    }
+    if args.baseline.is_some() {
+        println!(
+            "{}",
+            serde_json::json!({
+                "vms": args.vms,
+                "requests": args.requests,
+                "bytes": bytes[0],
+                "metricsScrapes": scrapes.load(std::sync::atomic::Ordering::Relaxed),
+                "withMetricsP50Ms": percentile(&times[0], 0.5),
+                "withMetricsP99Ms": percentile(&times[0], 0.99),
+                "baselineP50Ms": percentile(&times[1], 0.5),
+                "baselineP99Ms": percentile(&times[1], 0.99),
+            })
+        );
+        return;
     }
     println!(
         "{}",
