@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tresor_core::protocol::{PowerState, VmReport};
-use tresor_ops::Check;
+use tresor_ops::{Check, Seconds};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CommandLabels {
@@ -32,15 +32,6 @@ struct CommandOnly {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PowerLabels {
     power_state: &'static str,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Seconds;
-
-impl MetricConstructor<Histogram> for Seconds {
-    fn new_metric(&self) -> Histogram {
-        tresor_ops::seconds_histogram()
-    }
 }
 
 /// Every metric of the agent.

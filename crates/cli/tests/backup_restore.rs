@@ -138,7 +138,7 @@ fn a_server_and_key_server_restored_on_a_new_machine_unlock_the_vms() {
         pass.to_str().unwrap(),
     ]);
     assert!(
-        !again && err.contains("already holds a key server"),
+        !again && err.contains("is not empty; restore into a new or empty folder"),
         "{err}"
     );
     assert_eq!(

@@ -23,28 +23,14 @@ pub enum KmsBackupError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("Cannot make a private folder for the database's copy beside it: {0}")]
+    Scratch(std::io::Error),
     #[error("Cannot copy the database: {0}")]
     Store(#[from] StoreError),
     #[error(transparent)]
     Sealed(#[from] BackupError),
-    #[error(
-        "This is a backup of a {0}, not of a key server; restore it with `tresor {0} restore`"
-    )]
-    Kind(String),
-    #[error("This backup was made by tresor {release} with database schema {schema}; this tresor {ours} knows schemas up to {known}. Restore it with tresor {release} or newer")]
-    TooNew {
-        release: String,
-        schema: u32,
-        known: usize,
-        ours: &'static str,
-    },
-    #[error("{0} already holds a key server; restore into a new or empty folder")]
-    NotEmpty(PathBuf),
-    #[error("Cannot write the restored key server into {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Restore(#[from] backup::RestoreError),
 }
 
 fn read(path: &Path) -> Result<Zeroizing<Vec<u8>>, KmsBackupError> {
@@ -72,27 +58,14 @@ pub fn backup(
 ) -> Result<(Manifest, Vec<u8>), KmsBackupError> {
     let config = KmsConfig::load(config_path).map_err(|e| KmsBackupError::Config(e.to_string()))?;
     // The copy goes to a private folder beside the database, removed after.
-    let scratch = config
-        .data_dir
-        .join(format!(".backup-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&scratch);
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&scratch)
-            .map_err(|source| KmsBackupError::Write {
-                path: scratch.clone(),
-                source,
-            })?;
-    }
-    let copy = scratch.join("kms.sqlite");
+    let scratch = backup::Scratch::new(&config.data_dir).map_err(KmsBackupError::Scratch)?;
+    let copy = scratch.0.join("kms.sqlite");
     let snapshot = Store::snapshot(&config.database_path(), &copy).and_then(|schema| {
         read(&copy)
             .map(|data| (schema, data))
             .map_err(|e| StoreError::Corrupt(e.to_string()))
     });
-    let _ = std::fs::remove_dir_all(&scratch);
+    drop(scratch);
     let (schema, database) = snapshot?;
     let mut entries = vec![
         Entry {
@@ -176,34 +149,6 @@ pub fn restore(
     passphrase: &[u8],
     dir: &Path,
 ) -> Result<(Manifest, PathBuf), KmsBackupError> {
-    let (manifest, entries) = backup::open(sealed, passphrase)?;
-    if manifest.kind != "kms" {
-        return Err(KmsBackupError::Kind(manifest.kind));
-    }
-    if manifest.schema as usize > crate::store::SCHEMA {
-        return Err(KmsBackupError::TooNew {
-            release: manifest.release,
-            schema: manifest.schema,
-            known: crate::store::SCHEMA,
-            ours: env!("CARGO_PKG_VERSION"),
-        });
-    }
-    if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
-        return Err(KmsBackupError::NotEmpty(dir.to_owned()));
-    }
-    let write_err = |source| KmsBackupError::Write {
-        path: dir.to_owned(),
-        source,
-    };
-    {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(write_err)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(write_err)?;
-    }
-    backup::write_entries(dir, &entries).map_err(write_err)?;
+    let manifest = backup::restore(sealed, passphrase, "kms", crate::store::SCHEMA, dir)?;
     Ok((manifest, dir.join("kms.toml")))
 }

@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tresor_kmip::spec::{Operation, ResultReason};
-use tresor_ops::Check;
+use tresor_ops::{Check, Seconds};
 
 use crate::engine::Engine;
 
@@ -33,15 +33,6 @@ struct OperationOnly {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WhichLabels {
     which: &'static str,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Seconds;
-
-impl MetricConstructor<Histogram> for Seconds {
-    fn new_metric(&self) -> Histogram {
-        tresor_ops::seconds_histogram()
-    }
 }
 
 /// Every metric of the key server.

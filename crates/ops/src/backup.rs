@@ -254,6 +254,95 @@ fn safe_path(path: &std::path::Path) -> Result<String, BackupError> {
     Ok(parts.join("/"))
 }
 
+/// Why a backup is not restored.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Sealed(#[from] BackupError),
+    #[error("This is a backup of a {found}, not of a {wanted}; restore it with `tresor {found} restore`")]
+    Kind { found: String, wanted: &'static str },
+    #[error("This backup was made by tresor {release} with database schema {schema}; this tresor {ours} knows schemas up to {known}. Restore it with tresor {release} or newer")]
+    TooNew {
+        release: String,
+        schema: u32,
+        known: usize,
+        ours: &'static str,
+    },
+    #[error("{0} is not empty; restore into a new or empty folder")]
+    NotEmpty(std::path::PathBuf),
+    #[error("Cannot write the restored files into {path}: {source}")]
+    Write {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Opens a sealed backup of a `kind` (`server`, `kms`) whose database this release can open
+/// (schema at most `known`) and writes its files into `dir`, new or empty (made 0700); the
+/// manifest.
+pub fn restore(
+    sealed: &[u8],
+    passphrase: &[u8],
+    kind: &'static str,
+    known: usize,
+    dir: &std::path::Path,
+) -> Result<Manifest, RestoreError> {
+    let (manifest, entries) = open(sealed, passphrase)?;
+    if manifest.kind != kind {
+        return Err(RestoreError::Kind {
+            found: manifest.kind,
+            wanted: kind,
+        });
+    }
+    if manifest.schema as usize > known {
+        return Err(RestoreError::TooNew {
+            release: manifest.release,
+            schema: manifest.schema,
+            known,
+            ours: env!("CARGO_PKG_VERSION"),
+        });
+    }
+    if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
+        return Err(RestoreError::NotEmpty(dir.to_owned()));
+    }
+    let write_err = |source| RestoreError::Write {
+        path: dir.to_owned(),
+        source,
+    };
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(write_err)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(write_err)?;
+    }
+    write_entries(dir, &entries).map_err(write_err)?;
+    Ok(manifest)
+}
+
+/// A private folder (0700) for a database's copy while a backup is made, removed when dropped.
+#[derive(Debug)]
+pub struct Scratch(pub std::path::PathBuf);
+
+impl Scratch {
+    /// A new one in `parent` (beside the database, on its file system).
+    pub fn new(parent: &std::path::Path) -> std::io::Result<Scratch> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = parent.join(format!(".backup-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        Ok(Scratch(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Writes the entries under `dir` (which must exist), each file with its mode, its folders
 /// 0700.
 pub fn write_entries(dir: &std::path::Path, entries: &[Entry]) -> std::io::Result<()> {

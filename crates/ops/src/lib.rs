@@ -172,6 +172,17 @@ pub fn seconds_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.5, 14))
 }
 
+/// Makes [`seconds_histogram`]s for a family of them
+/// (`Family::new_with_constructor(Seconds)`).
+#[derive(Clone, Copy, Debug)]
+pub struct Seconds;
+
+impl prometheus_client::metrics::family::MetricConstructor<Histogram> for Seconds {
+    fn new_metric(&self) -> Histogram {
+        seconds_histogram()
+    }
+}
+
 /// The registry's metrics as OpenMetrics text.
 pub fn encode(registry: &prometheus_client::registry::Registry) -> String {
     let mut out = String::new();

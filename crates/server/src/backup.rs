@@ -23,26 +23,14 @@ pub enum ServerBackupError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("Cannot make a private folder for the database's copy beside it: {0}")]
+    Scratch(std::io::Error),
     #[error("Cannot copy the database: {0}")]
     Store(#[from] StoreError),
     #[error(transparent)]
     Sealed(#[from] BackupError),
-    #[error("This is a backup of a {0}, not of a server; restore it with `tresor {0} restore`")]
-    Kind(String),
-    #[error("This backup was made by tresor {release} with database schema {schema}; this tresor {ours} knows schemas up to {known}. Restore it with tresor {release} or newer")]
-    TooNew {
-        release: String,
-        schema: u32,
-        known: usize,
-        ours: &'static str,
-    },
-    #[error("{0} already holds a server; restore into a new or empty folder")]
-    NotEmpty(PathBuf),
-    #[error("Cannot write the restored server into {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Restore(#[from] backup::RestoreError),
 }
 
 fn read(path: &Path) -> Result<Zeroizing<Vec<u8>>, ServerBackupError> {
@@ -54,31 +42,6 @@ fn read(path: &Path) -> Result<Zeroizing<Vec<u8>>, ServerBackupError> {
         })
 }
 
-/// A private folder beside the database for its copy, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(data_dir: &Path) -> Result<Scratch, ServerBackupError> {
-        use std::os::unix::fs::DirBuilderExt;
-        let dir = data_dir.join(format!(".backup-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|source| ServerBackupError::Write {
-                path: dir.clone(),
-                source,
-            })?;
-        Ok(Scratch(dir))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// The server configured by `config_path`, sealed under `passphrase`: the backup's bytes and
 /// its manifest. The server may be running.
 pub fn backup(
@@ -88,7 +51,7 @@ pub fn backup(
     let config =
         ServerConfig::load(config_path).map_err(|e| ServerBackupError::Config(e.to_string()))?;
     let dir = &config.data_dir;
-    let scratch = Scratch::new(dir)?;
+    let scratch = backup::Scratch::new(dir).map_err(ServerBackupError::Scratch)?;
     let copy = scratch.0.join("server.sqlite");
     let (schema, provider_keys) = Store::snapshot(&dir.join("server.sqlite"), &copy)?;
     let mut entries = vec![Entry {
@@ -157,34 +120,6 @@ pub fn restore(
     passphrase: &[u8],
     dir: &Path,
 ) -> Result<(Manifest, PathBuf), ServerBackupError> {
-    let (manifest, entries) = backup::open(sealed, passphrase)?;
-    if manifest.kind != "server" {
-        return Err(ServerBackupError::Kind(manifest.kind));
-    }
-    if manifest.schema as usize > crate::store::SCHEMA {
-        return Err(ServerBackupError::TooNew {
-            release: manifest.release,
-            schema: manifest.schema,
-            known: crate::store::SCHEMA,
-            ours: env!("CARGO_PKG_VERSION"),
-        });
-    }
-    let write_err = |source| ServerBackupError::Write {
-        path: dir.to_owned(),
-        source,
-    };
-    if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
-        return Err(ServerBackupError::NotEmpty(dir.to_owned()));
-    }
-    {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(write_err)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(write_err)?;
-    }
-    backup::write_entries(dir, &entries).map_err(write_err)?;
+    let manifest = backup::restore(sealed, passphrase, "server", crate::store::SCHEMA, dir)?;
     Ok((manifest, dir.join("server.toml")))
 }

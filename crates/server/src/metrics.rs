@@ -14,12 +14,12 @@ use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tresor_core::vm::{CryptoState, LockReason, ProviderAnswer};
-use tresor_ops::Check;
+use tresor_ops::{Check, Seconds};
 
 use crate::service::Context;
 
@@ -78,15 +78,6 @@ struct CertLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     version: &'static str,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Seconds;
-
-impl MetricConstructor<Histogram> for Seconds {
-    fn new_metric(&self) -> Histogram {
-        tresor_ops::seconds_histogram()
-    }
 }
 
 type FloatGauge = Gauge<f64, AtomicU64>;
