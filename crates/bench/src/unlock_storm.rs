@@ -42,6 +42,10 @@ struct Args {
     /// what TLS costs in the storm.
     #[arg(long)]
     plain_http: bool,
+    /// Serve the server's metrics and scrape them every second during the storm (the cost of
+    /// the metrics at its most).
+    #[arg(long)]
+    scrape_metrics: bool,
 }
 
 /// Whether the API is served over plain HTTP in this run (`--plain-http`).
@@ -563,6 +567,16 @@ async fn main() {
         let text = std::fs::read_to_string(&toml).expect("server.toml");
         std::fs::write(&toml, format!("{text}\napi_plain_http = true\n")).expect("server.toml");
     }
+    let metrics_port = args.scrape_metrics.then(free_port);
+    if let Some(port) = metrics_port {
+        let toml = server_dir.join("server.toml");
+        let text = std::fs::read_to_string(&toml).expect("server.toml");
+        std::fs::write(
+            &toml,
+            format!("metrics_listen = \"127.0.0.1:{port}\"\n{text}"),
+        )
+        .expect("server.toml");
+    }
     let server = spawn(
         &bin,
         &[
@@ -574,6 +588,7 @@ async fn main() {
     );
     let server_pid = server.0.id();
     wait_port(api).await;
+    let scraper = metrics_port.map(tresor_bench::Scraper::start);
     let body = serde_json::json!({
         "name": "tresor-kms",
         "endpoints": [format!("127.0.0.1:{proxy_port}")],
@@ -691,6 +706,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     paging.store(false, Ordering::SeqCst);
+    let scrapes = scraper.map(tresor_bench::Scraper::stop);
     let mut pages = pager.await.expect("pager");
     pages.sort();
     latencies.sort();
@@ -709,6 +725,7 @@ async fn main() {
         "vmPageRequests": pages.len(),
         "vmPageP50Ms": pp(0.5).as_millis(),
         "vmPageP99Ms": pp(0.99).as_millis(),
+        "metricsScrapes": scrapes,
     });
     QUIET.store(true, Ordering::SeqCst);
     println!("{report}");

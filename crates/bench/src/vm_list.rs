@@ -157,26 +157,7 @@ async fn main() {
     let _a = start(&args.tresor, &https_dir, https_port);
     let _b = start(&other, &http_dir, http_port);
     // Prometheus at its most eager: a scrape every second for as long as the requests run.
-    let scraping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let scrapes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let scraper = metrics.map(|port| {
-        let (on, n) = (scraping.clone(), scrapes.clone());
-        std::thread::spawn(move || {
-            use std::io::{Read, Write};
-            while on.load(std::sync::atomic::Ordering::Relaxed) {
-                if let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-                    let _ = c.write_all(
-                        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-                    );
-                    let mut answer = Vec::new();
-                    if c.read_to_end(&mut answer).is_ok() && answer.starts_with(b"HTTP/1.1 200") {
-                        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                }
-                std::thread::sleep(Duration::from_secs(1));
-            }
-        })
-    });
+    let scraper = metrics.map(tresor_bench::Scraper::start);
     let ca = tresor_tls::load_certs(&https_dir.join("ca.pem")).expect("CA");
     let ca_b = tresor_tls::load_certs(&http_dir.join("ca.pem")).expect("CA");
     let client = |plain: bool| {
@@ -222,10 +203,7 @@ async fn main() {
             }
         }
     }
-    scraping.store(false, std::sync::atomic::Ordering::Relaxed);
-    if let Some(s) = scraper {
-        let _ = s.join();
-    }
+    let scrapes = scraper.map_or(0, tresor_bench::Scraper::stop);
     for t in times.iter_mut() {
         t.sort();
     }
@@ -236,7 +214,7 @@ async fn main() {
                 "vms": args.vms,
                 "requests": args.requests,
                 "bytes": bytes[0],
-                "metricsScrapes": scrapes.load(std::sync::atomic::Ordering::Relaxed),
+                "metricsScrapes": scrapes,
                 "withMetricsP50Ms": percentile(&times[0], 0.5),
                 "withMetricsP99Ms": percentile(&times[0], 0.99),
                 "baselineP50Ms": percentile(&times[1], 0.5),
