@@ -103,7 +103,7 @@ fn provider_down_during_a_host_restart_locks_and_its_return_unlocks_under(runtim
     );
     let (ok, out, _) = cli(&["vm", "diagnose", "web01", "--lang", "de"]);
     assert!(
-        ok && out.starts_with("case 1: ") && out.contains("gesperrt"),
+        ok && out.starts_with("Fall 1: ") && out.contains("gesperrt") && out.contains("Befund:"),
         "{out}"
     );
     let (ok, _, err) = cli(&["vm", "delete", "web01"]);
