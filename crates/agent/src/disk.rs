@@ -145,9 +145,22 @@ impl QemuTools {
         secrets: &[&DiskSecret],
         path: &Path,
     ) -> Result<String, DiskError> {
+        self.run_reporting(tool, args, secrets, path, false)
+    }
+
+    /// Runs a tool; with `progress`, its output is read as it comes and the progress
+    /// `qemu-img -p` prints goes to [`crate::progress`].
+    fn run_reporting(
+        &self,
+        tool: &Path,
+        args: &[String],
+        secrets: &[&DiskSecret],
+        path: &Path,
+        progress: bool,
+    ) -> Result<String, DiskError> {
         let mut attempt = 0;
         loop {
-            match self.run_once(tool, args, secrets, path) {
+            match self.run_once(tool, args, secrets, path, progress) {
                 Err(DiskError::Tool { message, .. })
                     if message.contains("Unable to get accurate CPU usage") && attempt < 6 =>
                 {
@@ -170,6 +183,7 @@ impl QemuTools {
         args: &[String],
         secrets: &[&DiskSecret],
         path: &Path,
+        progress: bool,
     ) -> Result<String, DiskError> {
         let name = tool.display().to_string();
         let mut cmd = Command::new(tool);
@@ -191,10 +205,14 @@ impl QemuTools {
             tool: name.clone(),
             source: std::io::Error::other(e.to_string()),
         })?;
-        let out = cmd.output().map_err(|source| DiskError::Spawn {
+        let spawn_err = |source| DiskError::Spawn {
             tool: name.clone(),
             source,
-        })?;
+        };
+        let out = match progress {
+            false => cmd.output().map_err(spawn_err)?,
+            true => output_reporting_progress(&mut cmd).map_err(spawn_err)?,
+        };
         let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         // qemu-io reports some failures on standard output and still exits 0.
@@ -486,6 +504,58 @@ impl QemuTools {
             Self::image_opts(from, from_format, &source_secret),
         ]);
         args.extend(Self::target_args(to, to_format, to_secret.is_some())?);
-        self.run(&self.qemu_img, &args, &secrets, from).map(|_| ())
+        // Its progress tells the server the copy goes on, however long it takes.
+        args.insert(1, "-p".into());
+        crate::progress::set(0, 10_000);
+        self.run_reporting(&self.qemu_img, &args, &secrets, from, true)
+            .map(|_| ())
     }
+}
+
+/// Runs `cmd` to its end like `Command::output`, reading its standard output as it comes and
+/// passing the progress `qemu-img -p` prints (`(12.50/100%)`, each ended by a carriage return)
+/// to [`crate::progress`].
+fn output_reporting_progress(cmd: &mut Command) -> std::io::Result<std::process::Output> {
+    use std::io::Read;
+    let mut child = cmd.spawn()?;
+    let mut stderr = child.stderr.take();
+    let errors = std::thread::spawn(move || {
+        let mut e = Vec::new();
+        if let Some(s) = stderr.as_mut() {
+            let _ = s.read_to_end(&mut e);
+        }
+        e
+    });
+    let mut stdout = Vec::new();
+    if let Some(mut out) = child.stdout.take() {
+        let mut buf = [0u8; 512];
+        let mut line = Vec::new();
+        loop {
+            let n = out.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            stdout.extend_from_slice(&buf[..n]);
+            for &b in &buf[..n] {
+                if b == b'\r' || b == b'\n' {
+                    if let Some(done) = std::str::from_utf8(&line)
+                        .ok()
+                        .and_then(crate::progress::parse_qemu_img)
+                    {
+                        crate::progress::set(done, 10_000);
+                    }
+                    line.clear();
+                } else if line.len() < 64 {
+                    line.push(b);
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    let stderr = errors.join().unwrap_or_default();
+    Ok(std::process::Output {
+        status,
+        stdout,
+        stderr,
+    })
 }

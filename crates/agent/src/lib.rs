@@ -25,6 +25,7 @@ pub mod keycache;
 pub mod libvirt;
 pub mod memory;
 pub mod metrics;
+pub mod progress;
 pub mod qemu;
 pub mod run;
 pub mod runtime;

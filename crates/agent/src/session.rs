@@ -218,6 +218,10 @@ async fn session(config: &SessionConfig, host: &Arc<Mutex<Host>>) -> std::io::Re
     // on meanwhile (heartbeats, new requests queued), so that long host work never silences it.
     let mut queue: std::collections::VecDeque<(u64, protocol::Command)> = Default::default();
     let mut running: Option<(u64, tokio::task::JoinHandle<protocol::Reply>)> = None;
+    // The server's protocol, from its welcome: from 2 on it takes progress reports.
+    let mut server_protocol = 1;
+    // The request under way is reported each second while it is carried out.
+    let mut progress_tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         if running.is_none() {
             if let Some((id, body)) = queue.pop_front() {
@@ -225,6 +229,7 @@ async fn session(config: &SessionConfig, host: &Arc<Mutex<Host>>) -> std::io::Re
                 running = Some((
                     id,
                     tokio::task::spawn_blocking(move || {
+                        crate::progress::set(0, 0);
                         let (command, started) = (body.name(), std::time::Instant::now());
                         let reply = lock(&h).handle(body);
                         let ok = !matches!(reply, protocol::Reply::Failed { .. });
@@ -256,12 +261,21 @@ async fn session(config: &SessionConfig, host: &Arc<Mutex<Host>>) -> std::io::Re
                 buf[..n].fill(0);
                 while let Some(message) = decoder.next_message::<ServerMessage>().map_err(std::io::Error::other)? {
                     match message {
-                        ServerMessage::Welcome { .. } | ServerMessage::Joined { .. } | ServerMessage::JoinRefused { .. } => {}
+                        ServerMessage::Welcome { protocol, .. } => server_protocol = protocol,
+                        ServerMessage::Joined { .. } | ServerMessage::JoinRefused { .. } => {}
                         ServerMessage::HeartbeatAck { .. } => unanswered = 0,
                         ServerMessage::Padding { .. } => {}
                         ServerMessage::Request { id, body } => queue.push_back((id, body)),
                     }
                 }
+            }
+            _ = progress_tick.tick(), if running.is_some() && server_protocol >= 2 => {
+                // Each second while the request is carried out (its work alive on its thread:
+                // a copy, or the flush of a large file after it), with how far it has come when
+                // the work says so (total 0: not known).
+                let (_, done, total) = crate::progress::get();
+                let id = running.as_ref().map(|(id, _)| *id).unwrap_or_default();
+                send(&mut writer, &AgentMessage::Progress { id, done, total }).await?;
             }
             _ = heartbeat.tick() => {
                 if unanswered >= 3 {

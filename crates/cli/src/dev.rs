@@ -36,6 +36,10 @@ pub struct DevArgs {
     /// tcp://HOST:PORT.
     #[arg(long)]
     syslog: Option<String>,
+    /// Seconds the server waits for a host that neither answers nor reports progress (the
+    /// server's agent_timeout_secs; default 120).
+    #[arg(long)]
+    agent_timeout: Option<u64>,
 }
 
 /// A configuration's text without its `[name]` table, then with it holding `body` when given.
@@ -59,8 +63,8 @@ fn with_table(text: &str, name: &str, body: Option<&str>) -> String {
     out
 }
 
-/// A configuration's text with its top-level `key` set to `value` (a TOML string), or removed.
-/// Top-level keys go first, before any table of the file.
+/// A configuration's text with its top-level `key` set to `value` (TOML, such as `"text"` or
+/// `12`), or removed. Top-level keys go first, before any table of the file.
 fn with_top_level(text: &str, key: &str, value: Option<&str>) -> String {
     let prefix = format!("{key} = ");
     let rest: String = text
@@ -69,7 +73,7 @@ fn with_top_level(text: &str, key: &str, value: Option<&str>) -> String {
         .map(|l| format!("{l}\n"))
         .collect();
     match value {
-        Some(v) => format!("{prefix}{v:?}\n{rest}"),
+        Some(v) => format!("{prefix}{v}\n{rest}"),
         None => rest,
     }
 }
@@ -78,7 +82,7 @@ fn with_top_level(text: &str, key: &str, value: Option<&str>) -> String {
 fn set_metrics_listen(path: &Path, port: Option<u16>) -> Result<(), CliError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| CliError::msg(format!("Cannot read {}: {e}", path.display())))?;
-    let address = port.map(|p| format!("127.0.0.1:{p}"));
+    let address = port.map(|p| format!("\"127.0.0.1:{p}\""));
     std::fs::write(
         path,
         with_top_level(&text, "metrics_listen", address.as_deref()),
@@ -198,7 +202,10 @@ pub fn run(args: DevArgs) -> Result<(), CliError> {
     let text = std::fs::read_to_string(&server_toml)
         .map_err(|e| CliError::msg(format!("Cannot read {}: {e}", server_toml.display())))?;
     let syslog = args.syslog.as_ref().map(|a| format!("address = {a:?}\n"));
-    std::fs::write(&server_toml, with_table(&text, "syslog", syslog.as_deref()))
+    let text = with_table(&text, "syslog", syslog.as_deref());
+    let timeout = args.agent_timeout.map(|t| t.to_string());
+    let text = with_top_level(&text, "agent_timeout_secs", timeout.as_deref());
+    std::fs::write(&server_toml, text)
         .map_err(|e| CliError::msg(format!("Cannot write {}: {e}", server_toml.display())))?;
     let mut children = Children(Vec::new());
     let kms_log = logs.join("kms.log");
@@ -429,13 +436,13 @@ mod tests {
     #[test]
     fn a_top_level_key_is_set_before_any_table_and_removed() {
         let text = "# c\nlisten = \"x\"\n[tls]\ncert = \"a\"\n";
-        let set = super::with_top_level(text, "metrics_listen", Some("127.0.0.1:1"));
+        let set = super::with_top_level(text, "metrics_listen", Some("\"127.0.0.1:1\""));
         assert!(
             set.starts_with("metrics_listen = \"127.0.0.1:1\"\n"),
             "{set}"
         );
         assert!(set.ends_with(text), "{set}");
-        let again = super::with_top_level(&set, "metrics_listen", Some("127.0.0.1:2"));
+        let again = super::with_top_level(&set, "metrics_listen", Some("\"127.0.0.1:2\""));
         assert_eq!(again.matches("metrics_listen").count(), 1);
         assert_eq!(super::with_top_level(&again, "metrics_listen", None), text);
     }

@@ -15,8 +15,9 @@ use crate::host::HostCryptoState;
 use crate::ids::KeyRef;
 use crate::vm::KeyUse;
 
-/// The protocol version this build speaks.
-pub const VERSION: u32 = 1;
+/// The protocol version this build speaks. 2: the agent reports the progress of long requests
+/// (`AgentMessage::Progress`) to a server that speaks 2.
+pub const VERSION: u32 = 2;
 
 /// The largest frame accepted.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
@@ -561,6 +562,14 @@ pub enum AgentMessage {
     },
     Heartbeat {
         seq: u64,
+    },
+    /// Request `id` is still being carried out and has come this far (`done` of `total`, in
+    /// the units of the work: basis points of a disk's copy). A server waits for a request as
+    /// long as it progresses, so that no work is bounded by a timeout, only by silence.
+    Progress {
+        id: u64,
+        done: u64,
+        total: u64,
     },
 }
 

@@ -57,7 +57,9 @@ pub enum HubEvent {
 pub enum HubError {
     #[error("Host {0} is not connected; check that its agent runs and can reach the server")]
     NotConnected(String),
-    #[error("Host {host} did not answer within {seconds} s")]
+    #[error(
+        "Host {host} neither answered nor reported progress for {seconds} s; see its agent's log"
+    )]
     Timeout { host: String, seconds: u64 },
     #[error("The session with host {0} ended before it answered")]
     Closed(String),
@@ -128,6 +130,10 @@ pub struct AgentHub {
     inventories: Mutex<HashMap<String, Inventory>>,
     /// Counts the messages agents sent, in the order the hub received them.
     seq: AtomicU64,
+    /// The requests waiting for an answer, woken by their agent's progress reports.
+    progress: Mutex<HashMap<u64, Arc<tokio::sync::Notify>>>,
+    /// How long a request waits for an agent that neither answers nor reports progress.
+    timeout_ms: AtomicU64,
 }
 
 impl std::fmt::Debug for AgentHub {
@@ -149,6 +155,8 @@ impl Default for AgentHub {
             // bounded small, and a subscriber that falls behind catches up from `inventories`.
             events: broadcast::channel(4096).0,
             inventories: Mutex::new(HashMap::new()),
+            progress: Mutex::new(HashMap::new()),
+            timeout_ms: AtomicU64::new(120_000),
             seq: AtomicU64::new(1),
         }
     }
@@ -271,17 +279,47 @@ impl AgentHub {
             }
             s.tx.clone()
         };
-        tx.send(ServerMessage::Request { id, body })
-            .await
-            .map_err(|_| HubError::Closed(host.into()))?;
-        match tokio::time::timeout(timeout, reply_rx).await {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(_)) => Err(HubError::Closed(host.into())),
-            Err(_) => Err(HubError::Timeout {
-                host: host.into(),
-                seconds: timeout.as_secs(),
-            }),
+        // The agent's progress reports on this request: each starts the wait anew.
+        let alive = Arc::new(tokio::sync::Notify::new());
+        if let Ok(mut p) = self.progress.lock() {
+            p.insert(id, alive.clone());
         }
+        let result = async {
+            tx.send(ServerMessage::Request { id, body })
+                .await
+                .map_err(|_| HubError::Closed(host.into()))?;
+            tokio::pin!(reply_rx);
+            loop {
+                tokio::select! {
+                    reply = &mut reply_rx => {
+                        return reply.map_err(|_| HubError::Closed(host.into()));
+                    }
+                    _ = alive.notified() => continue,
+                    _ = tokio::time::sleep(timeout) => {
+                        return Err(HubError::Timeout {
+                            host: host.into(),
+                            seconds: timeout.as_secs(),
+                        });
+                    }
+                }
+            }
+        }
+        .await;
+        if let Ok(mut p) = self.progress.lock() {
+            p.remove(&id);
+        }
+        result
+    }
+
+    /// How long a request waits for an agent that neither answers nor reports progress
+    /// (`agent_timeout_secs`).
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms.load(Ordering::Relaxed))
+    }
+
+    pub fn set_timeout(&self, timeout: Duration) {
+        self.timeout_ms
+            .store(timeout.as_millis().max(1) as u64, Ordering::Relaxed);
     }
 
     /// Accepts agents on `listener` until the future is dropped, which also ends their sessions.
@@ -440,9 +478,11 @@ impl AgentHub {
                 return Err(std::io::Error::other(why));
             }
         }
-        if version != protocol::VERSION {
+        // Older agents stay welcome (an upgrade goes host by host); a newer one waits for the
+        // server's upgrade.
+        if !(1..=protocol::VERSION).contains(&version) {
             return Err(std::io::Error::other(format!(
-                "agent speaks protocol {version}, the server {}",
+                "agent speaks protocol {version}, the server 1 to {}; upgrade the server first",
                 protocol::VERSION
             )));
         }
@@ -535,6 +575,20 @@ impl AgentHub {
                                 vms,
                                 keys_held,
                             });
+                        }
+                        AgentMessage::Progress { id, .. } => {
+                            // Only a request of this session: a host cannot keep another's
+                            // request waiting.
+                            let ours = pending.lock().is_ok_and(|p| p.contains_key(&id));
+                            let waiter = self
+                                .progress
+                                .lock()
+                                .ok()
+                                .and_then(|p| p.get(&id).cloned())
+                                .filter(|_| ours);
+                            if let Some(alive) = waiter {
+                                alive.notify_one();
+                            }
                         }
                         AgentMessage::Notice { vm, kind, message } => {
                             let _ = self.events.send(HubEvent::Notice {

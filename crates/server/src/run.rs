@@ -72,6 +72,15 @@ pub struct ServerConfig {
     /// Events forwarded to a syslog collector (RFC 5424), for a SIEM.
     #[serde(default)]
     pub syslog: Option<crate::syslog::SyslogConfig>,
+    /// Seconds the server waits for a host that neither answers a request nor reports its
+    /// progress. Long work (a disk's encryption) reports progress, so no work has a size limit
+    /// from this.
+    #[serde(default = "default_agent_timeout")]
+    pub agent_timeout_secs: u64,
+}
+
+fn default_agent_timeout() -> u64 {
+    120
 }
 
 fn default_api() -> String {
@@ -261,6 +270,9 @@ pub fn init(
          # Seconds a token from `tresor login` stays valid (12 hours).\n# token_ttl_secs = 43200\n\n\
          # Seconds after which a locked VM's keys are asked for again, so that the cause of the\n\
          # lock follows the provider.\n# locked_recheck_secs = 15\n\n\
+         # Seconds to wait for a host that neither answers nor reports progress (long work such\n\
+         # as encrypting a disk reports progress, so it has no size limit from this).\n\
+         # agent_timeout_secs = 120\n\n\
          # Prometheus metrics (/metrics, with /healthz and /readyz) over plain HTTP on this\n\
          # address; keep it on a loopback or management address.\n# metrics_listen = \"127.0.0.1:9400\"\n\n\
          # Every event also to a syslog collector (RFC 5424) for a SIEM: udp://HOST:PORT, or\n\
@@ -314,6 +326,9 @@ pub async fn serve(
     let tls = tresor_tls::server_config(chain, key, &roots, ClientAuth::OptionalClientAuthUsage)
         .map_err(setup("Cannot set up TLS"))?;
     let hub = AgentHub::new();
+    hub.set_timeout(std::time::Duration::from_secs(
+        config.agent_timeout_secs.max(1),
+    ));
     let enroller =
         Arc::new(Enroller::new(store.clone(), ca).map_err(setup("Cannot set up enrolment"))?);
     hub.set_join_authority(enroller.clone());

@@ -157,7 +157,7 @@ impl Hosts<'_> {
         // A host that did not answer may have taken the key; one that refused did not.
         let reply = cx
             .hub
-            .request(host, command, super::AGENT_TIMEOUT)
+            .request(host, command, cx.hub.timeout())
             .await
             .map_err(super::agent_error)?;
         if let Err(e) = super::reply_error(reply) {

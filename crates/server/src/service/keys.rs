@@ -57,7 +57,7 @@ pub(crate) async fn disown(cx: &Context, user: &str, vm: &str, host: &str, key: 
     let forget = Command::ForgetKeys {
         keys: vec![key.clone()],
     };
-    if let Err(e) = cx.hub.request(host, forget, super::AGENT_TIMEOUT).await {
+    if let Err(e) = cx.hub.request(host, forget, cx.hub.timeout()).await {
         tracing::warn!(%host, key = %key, error = %e, "the host could not be told to forget an unused key");
     }
     retire(cx, user, Audited::Vm(vm), std::slice::from_ref(key)).await;

@@ -211,9 +211,6 @@ pub(crate) fn reachable_host(cx: &Context, host: &str) -> Result<(), ServiceErro
     )))
 }
 
-/// How long the server waits for an agent's answer.
-pub(crate) const AGENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
-
 /// Sends `command` to `host` and waits for its answer; a host that is not there, does not
 /// answer or refuses is an error.
 pub(crate) async fn ask_host(
@@ -223,7 +220,7 @@ pub(crate) async fn ask_host(
 ) -> Result<tresor_core::protocol::Reply, ServiceError> {
     let reply = cx
         .hub
-        .request(host, command, AGENT_TIMEOUT)
+        .request(host, command, cx.hub.timeout())
         .await
         .map_err(agent_error)?;
     reply_error(reply)

@@ -849,7 +849,7 @@ impl Vms<'_> {
         };
         let answer = cx
             .hub
-            .request(&record.host, command, super::AGENT_TIMEOUT)
+            .request(&record.host, command, cx.hub.timeout())
             .await
             .map_err(super::agent_error)?;
         let reply = match super::reply_error(answer) {
@@ -908,7 +908,7 @@ impl Vms<'_> {
                     vm: name.to_owned(),
                     offset,
                 },
-                super::AGENT_TIMEOUT,
+                self.cx.hub.timeout(),
             )
             .await
             .map_err(super::agent_error)?;
@@ -971,7 +971,7 @@ impl Vms<'_> {
                         vm: name.to_owned(),
                         data: Chunk(rest.as_bytes()[..cut].to_vec()),
                     },
-                    super::AGENT_TIMEOUT,
+                    self.cx.hub.timeout(),
                 )
                 .await
                 .map_err(super::agent_error)?;
@@ -1128,7 +1128,7 @@ impl Vms<'_> {
         let answer = self
             .cx
             .hub
-            .request(host, command, super::AGENT_TIMEOUT)
+            .request(host, command, self.cx.hub.timeout())
             .await
             .map_err(super::agent_error)?;
         super::reply_error(answer)
@@ -1283,7 +1283,7 @@ impl Vms<'_> {
         };
         let reply = cx
             .hub
-            .request(&record.host, command, super::AGENT_TIMEOUT)
+            .request(&record.host, command, cx.hub.timeout())
             .await
             .map_err(super::agent_error)?;
         let reply = match super::reply_error(reply) {
