@@ -171,40 +171,21 @@ pub fn run_server(cmd: ServerCommand) -> Result<(), CliError> {
             file,
             config,
             passphrase_file,
-        }) => {
-            let passphrase = tresor_ops::backup::passphrase_from(&passphrase_file)
-                .map_err(|e| CliError::msg(e.to_string()))?;
-            let (manifest, sealed) = tresor_server::backup::backup(&config, passphrase.as_bytes())
-                .map_err(|e| CliError::msg(e.to_string()))?;
-            crate::kms::write_private(&file, &sealed)?;
-            println!(
-                "Server backed up to {} (schema {}, sealed; keep the passphrase apart from it).",
-                file.display(),
-                manifest.schema
-            );
-            Ok(())
-        }
+        }) => crate::backup::write("Server", &file, &passphrase_file, |p| {
+            tresor_server::backup::backup(&config, p)
+        }),
         Some(ServerSub::Restore {
             file,
             data,
             passphrase_file,
-        }) => {
-            let passphrase = tresor_ops::backup::passphrase_from(&passphrase_file)
-                .map_err(|e| CliError::msg(e.to_string()))?;
-            let sealed = std::fs::read(&file)
-                .map_err(|e| CliError::msg(format!("Cannot read {}: {e}", file.display())))?;
-            let (manifest, config) =
-                tresor_server::backup::restore(&sealed, passphrase.as_bytes(), &data)
-                    .map_err(|e| CliError::msg(e.to_string()))?;
-            println!(
-                "Server restored into {} from a backup of {} (tresor {}).",
-                data.display(),
-                crate::output::time(manifest.created),
-                manifest.release
-            );
-            println!("Start it with: tresor server --config {}", config.display());
-            Ok(())
-        }
+        }) => crate::backup::restore(
+            "Server",
+            &file,
+            &passphrase_file,
+            &data,
+            "tresor server --config",
+            tresor_server::backup::restore,
+        ),
         Some(ServerSub::Fingerprint { config }) => {
             let config = tresor_server::run::ServerConfig::load(&config)
                 .map_err(|e| CliError::msg(e.to_string()))?;

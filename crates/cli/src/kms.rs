@@ -192,44 +192,21 @@ pub fn run(cmd: KmsCommand) -> Result<(), CliError> {
             file,
             config,
             passphrase_file,
-        } => {
-            let passphrase = tresor_ops::backup::passphrase_from(&passphrase_file)
-                .map_err(|e| CliError::msg(e.to_string()))?;
-            let (manifest, sealed) =
-                tresor_kms::backup::backup(&config.config, passphrase.as_bytes())
-                    .map_err(|e| CliError::msg(e.to_string()))?;
-            write_private(&file, &sealed)?;
-            println!(
-                "Key server backed up to {} (schema {}, sealed; keep the passphrase apart from it).",
-                file.display(),
-                manifest.schema
-            );
-            Ok(())
-        }
+        } => crate::backup::write("Key server", &file, &passphrase_file, |p| {
+            tresor_kms::backup::backup(&config.config, p)
+        }),
         KmsSub::Restore {
             file,
             dir,
             passphrase_file,
-        } => {
-            let passphrase = tresor_ops::backup::passphrase_from(&passphrase_file)
-                .map_err(|e| CliError::msg(e.to_string()))?;
-            let sealed = std::fs::read(&file)
-                .map_err(|e| CliError::msg(format!("Cannot read {}: {e}", file.display())))?;
-            let (manifest, config) =
-                tresor_kms::backup::restore(&sealed, passphrase.as_bytes(), &dir)
-                    .map_err(|e| CliError::msg(e.to_string()))?;
-            println!(
-                "Key server restored into {} from a backup of {} (tresor {}).",
-                dir.display(),
-                crate::output::time(manifest.created),
-                manifest.release
-            );
-            println!(
-                "Start it with: tresor kms serve --config {}",
-                config.display()
-            );
-            Ok(())
-        }
+        } => crate::backup::restore(
+            "Key server",
+            &file,
+            &passphrase_file,
+            &dir,
+            "tresor kms serve --config",
+            tresor_kms::backup::restore,
+        ),
         KmsSub::IssueCert {
             config,
             name,

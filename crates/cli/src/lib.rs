@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod access;
 mod admin;
 mod api;
+mod backup;
 mod client;
 mod console;
 mod daemons;
