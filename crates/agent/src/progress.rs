@@ -7,24 +7,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 static DONE: AtomicU64 = AtomicU64::new(0);
 static TOTAL: AtomicU64 = AtomicU64::new(0);
-/// Counts the updates, so that the session sees whether anything moved since it last looked.
-static STEP: AtomicU64 = AtomicU64::new(0);
 
 /// The work has come to `done` of `total`.
 pub fn set(done: u64, total: u64) {
     DONE.store(done, Ordering::Relaxed);
     TOTAL.store(total, Ordering::Relaxed);
-    STEP.fetch_add(1, Ordering::Release);
 }
 
-/// The number of updates so far, and the last one.
-pub fn get() -> (u64, u64, u64) {
-    let step = STEP.load(Ordering::Acquire);
-    (
-        step,
-        DONE.load(Ordering::Relaxed),
-        TOTAL.load(Ordering::Relaxed),
-    )
+/// How far the work has come: done, of total.
+pub fn get() -> (u64, u64) {
+    (DONE.load(Ordering::Relaxed), TOTAL.load(Ordering::Relaxed))
 }
 
 /// The progress `qemu-img convert -p` prints, `    (12.50/100%)`, in basis points.

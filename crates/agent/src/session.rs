@@ -221,10 +221,14 @@ async fn session(config: &SessionConfig, host: &Arc<Mutex<Host>>) -> std::io::Re
     // The server's protocol, from its welcome: from 2 on it takes progress reports.
     let mut server_protocol = 1;
     // The request under way is reported each second while it is carried out.
+    // (Polled only while a request runs: it starts anew with each request and never bursts
+    // to catch up the idle time between them.)
     let mut progress_tick = tokio::time::interval(Duration::from_secs(1));
+    progress_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         if running.is_none() {
             if let Some((id, body)) = queue.pop_front() {
+                progress_tick.reset_immediately();
                 let h = host.clone();
                 running = Some((
                     id,
@@ -273,7 +277,7 @@ async fn session(config: &SessionConfig, host: &Arc<Mutex<Host>>) -> std::io::Re
                 // Each second while the request is carried out (its work alive on its thread:
                 // a copy, or the flush of a large file after it), with how far it has come when
                 // the work says so (total 0: not known).
-                let (_, done, total) = crate::progress::get();
+                let (done, total) = crate::progress::get();
                 let id = running.as_ref().map(|(id, _)| *id).unwrap_or_default();
                 send(&mut writer, &AgentMessage::Progress { id, done, total }).await?;
             }
