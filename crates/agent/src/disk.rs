@@ -506,7 +506,7 @@ impl QemuTools {
         args.extend(Self::target_args(to, to_format, to_secret.is_some())?);
         // Its progress tells the server the copy goes on, however long it takes.
         args.insert(1, "-p".into());
-        crate::progress::set(0, 10_000);
+        crate::progress::copied(0);
         self.run_reporting(&self.qemu_img, &args, &secrets, from, true)
             .map(|_| ())
     }
@@ -514,7 +514,8 @@ impl QemuTools {
 
 /// Runs `cmd` to its end like `Command::output`, reading its standard output as it comes and
 /// passing the progress `qemu-img -p` prints (`(12.50/100%)`, each ended by a carriage return)
-/// to [`crate::progress`].
+/// to [`crate::progress`]. When the server cancels the request, the tool is killed (its output
+/// is a new image that the caller removes) and the error says so.
 fn output_reporting_progress(cmd: &mut Command) -> std::io::Result<std::process::Output> {
     use std::io::Read;
     let mut child = cmd.spawn()?;
@@ -526,23 +527,26 @@ fn output_reporting_progress(cmd: &mut Command) -> std::io::Result<std::process:
         }
         e
     });
-    let mut stdout = Vec::new();
-    if let Some(mut out) = child.stdout.take() {
+    let mut stdout = child.stdout.take();
+    let output = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let Some(out) = stdout.as_mut() else {
+            return all;
+        };
         let mut buf = [0u8; 512];
         let mut line = Vec::new();
-        loop {
-            let n = out.read(&mut buf)?;
+        while let Ok(n) = out.read(&mut buf) {
             if n == 0 {
                 break;
             }
-            stdout.extend_from_slice(&buf[..n]);
+            all.extend_from_slice(&buf[..n]);
             for &b in &buf[..n] {
                 if b == b'\r' || b == b'\n' {
                     if let Some(done) = std::str::from_utf8(&line)
                         .ok()
                         .and_then(crate::progress::parse_qemu_img)
                     {
-                        crate::progress::set(done, 10_000);
+                        crate::progress::copied(done);
                     }
                     line.clear();
                 } else if line.len() < 64 {
@@ -550,9 +554,27 @@ fn output_reporting_progress(cmd: &mut Command) -> std::io::Result<std::process:
                 }
             }
         }
-    }
-    let status = child.wait()?;
+        all
+    });
+    let mut killed = false;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if crate::progress::cancelled() && !killed {
+            killed = true;
+            let _ = child.kill();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let stdout = output.join().unwrap_or_default();
     let stderr = errors.join().unwrap_or_default();
+    if killed {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::Interrupted,
+            "cancelled by the server",
+        ));
+    }
     Ok(std::process::Output {
         status,
         stdout,

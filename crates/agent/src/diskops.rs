@@ -43,6 +43,17 @@ pub enum Operation {
     DeepRekey,
 }
 
+impl Operation {
+    /// Its name in a VM's report (the server's task kinds).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Encrypt => "encrypt",
+            Operation::Decrypt => "decrypt",
+            Operation::DeepRekey => "deepRekey",
+        }
+    }
+}
+
 /// Records (atomically) that `intent` is in progress in the VM directory `dir`.
 pub fn write_intent(dir: &Path, intent: &Intent) -> Result<(), DiskOpError> {
     let text = serde_json::to_vec_pretty(intent).map_err(|e| DiskOpError::Io {

@@ -17,6 +17,7 @@ use crate::diskops::{self, Change};
 use crate::diskops::{Intent, Operation};
 use crate::keycache::KeyCache;
 use crate::libvirt::LibvirtRuntime;
+use crate::progress;
 use crate::qemu::{QemuConfig, QemuRuntime};
 use crate::runtime::{Guest, Runtime, RuntimeKind};
 use crate::vmfile::{write_atomic, DiskEntry, VmConfig, VmFile, VmFileError, CONFIG_FILE};
@@ -48,6 +49,34 @@ pub const DEFAULT_SEED_DIR: &str = "/dev/shm/tresor-seeds";
 pub struct HostError {
     pub code: &'static str,
     pub message: String,
+}
+
+/// A request the server cancelled, after its undoing.
+fn cancelled(message: String) -> HostError {
+    fail("cancelled", message)
+}
+
+/// The copies of a VM-wide operation, for its progress in bytes of all its disks; each asks
+/// first whether the server cancelled the request.
+struct Copies {
+    base: u64,
+}
+
+impl Copies {
+    fn of(disks: &[&DiskEntry]) -> Copies {
+        progress::begin_bytes(disks.iter().map(|d| d.size).sum());
+        Copies { base: 0 }
+    }
+
+    /// The copy of `disk` comes next, unless the request is cancelled.
+    fn next(&mut self, disk: &DiskEntry) -> Result<(), HostError> {
+        if progress::cancelled() {
+            return Err(cancelled("Cancelled before the next disk".into()));
+        }
+        progress::copy_of(self.base, disk.size);
+        self.base = self.base.saturating_add(disk.size);
+        Ok(())
+    }
 }
 
 fn fail(code: &'static str, message: impl Into<String>) -> HostError {
@@ -372,6 +401,10 @@ impl Host {
                 .iter()
                 .map(|d| dir.join(&d.file).display().to_string())
                 .collect(),
+            operation: diskops::read_intent(dir)
+                .ok()
+                .flatten()
+                .map(|i| i.operation.as_str().to_owned()),
         }
     }
 
@@ -1219,15 +1252,33 @@ impl Host {
             next.save(&dir)?;
         }
         let file = VmFile::load(&dir)?;
-        for d in file.disks.iter().filter(|d| d.wrapped_secret.is_none()) {
-            diskops::run(
-                &dir,
-                &d.id,
-                &Change::Encrypt { key: key.clone() },
-                &self.cache,
-                &self.config.tools,
-                None,
-            )?;
+        let todo: Vec<&DiskEntry> = file
+            .disks
+            .iter()
+            .filter(|d| d.wrapped_secret.is_none())
+            .collect();
+        let mut copies = Copies::of(&todo);
+        for d in todo {
+            let done = copies.next(d).and_then(|()| {
+                diskops::run(
+                    &dir,
+                    &d.id,
+                    &Change::Encrypt { key: key.clone() },
+                    &self.cache,
+                    &self.config.tools,
+                    None,
+                )
+                .map_err(HostError::from)
+            });
+            if progress::cancelled() {
+                // Rolled back: the VM is decrypted again, as it was before.
+                progress::clear_cancel();
+                self.decrypt(vm)?;
+                return Err(cancelled(format!(
+                    "The encryption of VM {vm} was cancelled; the disks encrypted so far were decrypted again and the VM is unencrypted as before"
+                )));
+            }
+            done?;
         }
         diskops::clear_intent(&dir)?;
         Ok(Reply::Vm {
@@ -1247,15 +1298,32 @@ impl Host {
                 disks: Vec::new(),
             },
         )?;
-        for d in file.disks.iter().filter(|d| d.wrapped_secret.is_some()) {
-            diskops::run(
-                &dir,
-                &d.id,
-                &Change::Decrypt,
-                &self.cache,
-                &self.config.tools,
-                None,
-            )?;
+        let todo: Vec<&DiskEntry> = file
+            .disks
+            .iter()
+            .filter(|d| d.wrapped_secret.is_some())
+            .collect();
+        let mut copies = Copies::of(&todo);
+        for d in &todo {
+            let done = copies.next(d).and_then(|()| {
+                diskops::run(
+                    &dir,
+                    &d.id,
+                    &Change::Decrypt,
+                    &self.cache,
+                    &self.config.tools,
+                    None,
+                )
+                .map_err(HostError::from)
+            });
+            if progress::cancelled() {
+                progress::clear_cancel();
+                self.encrypt_again(vm, &dir, &file)?;
+                return Err(cancelled(format!(
+                    "The decryption of VM {vm} was cancelled; the disks decrypted so far were encrypted again and the VM is encrypted as before"
+                )));
+            }
+            done?;
         }
         let mut plain = VmFile::new_plain(&file.id, &file.name, config);
         plain.disks = VmFile::load(&dir)?.disks;
@@ -1299,6 +1367,12 @@ impl Host {
     /// Gives the disks `disks` of the VM in `dir` new secrets under its current KEK, recording
     /// after each which are left.
     fn deep_rekey_disks(&mut self, dir: &Path, disks: Vec<String>) -> Result<(), HostError> {
+        let file = VmFile::load(dir)?;
+        let entries: Vec<&DiskEntry> = disks
+            .iter()
+            .filter_map(|id| file.disks.iter().find(|d| &d.id == id))
+            .collect();
+        let mut copies = Copies::of(&entries);
         for done in 0..disks.len() {
             diskops::write_intent(
                 dir,
@@ -1307,10 +1381,70 @@ impl Host {
                     disks: disks[done..].to_vec(),
                 },
             )?;
-            diskops::run(
+            if let Some(d) = entries.iter().find(|d| d.id == disks[done]) {
+                copies.next(d)?;
+            }
+            let result = diskops::run(
                 dir,
                 &disks[done],
                 &Change::DeepRekey { key: None },
+                &self.cache,
+                &self.config.tools,
+                None,
+            );
+            if progress::cancelled() {
+                // Stopped: each disk is whole, under the VM's new KEK, with its new secret
+                // (those done) or its old one (the rest).
+                progress::clear_cancel();
+                diskops::clear_intent(dir)?;
+                let finished = done + usize::from(result.is_ok());
+                return Err(cancelled(format!(
+                    "The deep rekey of VM {} was cancelled after {finished} of {} disks; every disk is under the new key, those not done keep their old secret (a deep rekey again gives them new ones)",
+                    file.name,
+                    disks.len()
+                )));
+            }
+            result?;
+        }
+        diskops::clear_intent(dir)?;
+        Ok(())
+    }
+
+    /// Undoes a cancelled decryption: the disks it decrypted are encrypted again, each under
+    /// the key it had (`before` is the VM's file before the decryption), journaled as an
+    /// encryption so that a crash in the middle is finished like one.
+    fn encrypt_again(&mut self, vm: &str, dir: &Path, before: &VmFile) -> Result<(), HostError> {
+        diskops::write_intent(
+            dir,
+            &Intent {
+                operation: Operation::Encrypt,
+                disks: Vec::new(),
+            },
+        )?;
+        let vm_key = before.key_id.clone().ok_or_else(|| {
+            fail(
+                "noKey",
+                format!("VM {vm} names no key to encrypt its disks again with"),
+            )
+        })?;
+        let now = VmFile::load(dir)?;
+        let plain: Vec<(&DiskEntry, KeyRef)> = now
+            .disks
+            .iter()
+            .filter(|d| d.wrapped_secret.is_none())
+            .filter_map(|d| {
+                let was = before.disks.iter().find(|b| b.id == d.id)?;
+                was.wrapped_secret.as_ref()?;
+                Some((d, was.key_id.clone().unwrap_or_else(|| vm_key.clone())))
+            })
+            .collect();
+        let mut copies = Copies::of(&plain.iter().map(|(d, _)| *d).collect::<Vec<_>>());
+        for (d, key) in plain {
+            copies.next(d)?;
+            diskops::run(
+                dir,
+                &d.id,
+                &Change::Encrypt { key },
                 &self.cache,
                 &self.config.tools,
                 None,

@@ -118,8 +118,11 @@ pub async fn run(
 ) {
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(250);
+    // Work a session left running goes on; the next session reports and answers it.
+    let mut work = Work::default();
+    let mut snapshot = Snapshot::default();
     loop {
-        let attempt = session(&config, &host);
+        let attempt = session(&config, &host, &mut work, &mut snapshot);
         tokio::select! {
             _ = &mut shutdown => return,
             result = attempt => {
@@ -151,12 +154,57 @@ async fn send<W: AsyncWriteExt + Unpin>(w: &mut W, message: &AgentMessage) -> st
     w.flush().await
 }
 
+/// The server's requests: the one being carried out, and those waiting for it. The one being
+/// carried out outlives its session (its thread runs on); its answer goes to the next.
+#[derive(Default)]
+struct Work {
+    queue: std::collections::VecDeque<(u64, Option<String>, protocol::Command)>,
+    running: Option<Running>,
+}
+
+struct Running {
+    /// The request's id in its session; 0 once that session is gone.
+    id: u64,
+    task: Option<String>,
+    handle: tokio::task::JoinHandle<protocol::Reply>,
+}
+
+/// What the agent last reported, said again while a request holds the host (a new session
+/// must not wait for the work to end to say hello).
+#[derive(Clone, Default)]
+struct Snapshot {
+    last: Option<Reported>,
+}
+
+#[derive(Clone)]
+struct Reported {
+    name: String,
+    crypto_state: tresor_core::host::HostCryptoState,
+    keys_held: Vec<tresor_core::ids::KeyRef>,
+    vms: Vec<protocol::VmReport>,
+}
+
 async fn report<W: AsyncWriteExt + Unpin>(
     w: &mut W,
     host: &Arc<Mutex<Host>>,
+    snapshot: &mut Snapshot,
+    busy: bool,
 ) -> std::io::Result<()> {
+    if busy {
+        // The host is held by the work under way: what was last reported.
+        if let Some(last) = &snapshot.last {
+            return send(
+                w,
+                &AgentMessage::Inventory {
+                    vms: last.vms.clone(),
+                    keys_held: last.keys_held.clone(),
+                },
+            )
+            .await;
+        }
+    }
     let h = host.clone();
-    let (notices, vms, keys_held) = tokio::task::spawn_blocking(move || {
+    let (notices, reported) = tokio::task::spawn_blocking(move || {
         let out = {
             let mut h = lock(&h);
             // An operation the agent was killed in is finished once the VM's key is here again.
@@ -164,9 +212,15 @@ async fn report<W: AsyncWriteExt + Unpin>(
             let vms = h.inventory();
             // Looking at each VM finds those that stopped without being asked to.
             notices.extend(h.take_stopped());
-            (notices, vms, h.keys_held())
+            let reported = Reported {
+                name: h.name().to_owned(),
+                crypto_state: h.crypto_state(),
+                keys_held: h.keys_held(),
+                vms,
+            };
+            (notices, reported)
         };
-        crate::metrics::METRICS.reported(&out.1, out.2.len());
+        crate::metrics::METRICS.reported(&out.1.vms, out.1.keys_held.len());
         crate::memory::scrub_stack();
         out
     })
@@ -180,10 +234,27 @@ async fn report<W: AsyncWriteExt + Unpin>(
         };
         send(w, &notice).await?;
     }
-    send(w, &AgentMessage::Inventory { vms, keys_held }).await
+    let message = AgentMessage::Inventory {
+        vms: reported.vms.clone(),
+        keys_held: reported.keys_held.clone(),
+    };
+    snapshot.last = Some(reported);
+    send(w, &message).await
 }
 
-async fn session(config: &SessionConfig, host: &Arc<Mutex<Host>>) -> std::io::Result<()> {
+async fn session(
+    config: &SessionConfig,
+    host: &Arc<Mutex<Host>>,
+    work: &mut Work,
+    snapshot: &mut Snapshot,
+) -> std::io::Result<()> {
+    // Requests of an earlier session: those waiting were that session's (their server gave up
+    // on them); the one under way goes on as a task's work, under id 0 from now on.
+    work.queue.clear();
+    if let Some(r) = work.running.as_mut() {
+        r.id = 0;
+    }
+    let busy = work.running.is_some();
     let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&config.server))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
@@ -193,19 +264,34 @@ async fn session(config: &SessionConfig, host: &Arc<Mutex<Host>>) -> std::io::Re
         .connect(name, tcp)
         .await?;
     let (mut reader, mut writer) = tokio::io::split(tls);
-    let hello = {
-        let h = lock(host);
-        AgentMessage::Hello {
-            host: h.name().to_owned(),
+    let hello = match (busy, &snapshot.last) {
+        (true, Some(last)) => AgentMessage::Hello {
+            host: last.name.clone(),
             protocol: protocol::VERSION,
             agent_version: env!("CARGO_PKG_VERSION").into(),
             boot_id: boot_id(),
-            crypto_state: h.crypto_state(),
-            keys_held: h.keys_held(),
+            crypto_state: last.crypto_state,
+            keys_held: last.keys_held.clone(),
+        },
+        _ => {
+            let h = host.clone();
+            tokio::task::spawn_blocking(move || {
+                let h = lock(&h);
+                AgentMessage::Hello {
+                    host: h.name().to_owned(),
+                    protocol: protocol::VERSION,
+                    agent_version: env!("CARGO_PKG_VERSION").into(),
+                    boot_id: boot_id(),
+                    crypto_state: h.crypto_state(),
+                    keys_held: h.keys_held(),
+                }
+            })
+            .await
+            .map_err(std::io::Error::other)?
         }
     };
     send(&mut writer, &hello).await?;
-    report(&mut writer, host).await?;
+    report(&mut writer, host, snapshot, busy).await?;
     tracing::info!(server = %config.server, "session with the server established");
     crate::metrics::METRICS.set_connected(true);
     let mut decoder = FrameDecoder::default();
@@ -216,9 +302,8 @@ async fn session(config: &SessionConfig, host: &Arc<Mutex<Host>>) -> std::io::Re
     let mut unanswered = 0u32;
     // The server's requests run one at a time, in order, on a blocking thread; the session goes
     // on meanwhile (heartbeats, new requests queued), so that long host work never silences it.
-    let mut queue: std::collections::VecDeque<(u64, protocol::Command)> = Default::default();
-    let mut running: Option<(u64, tokio::task::JoinHandle<protocol::Reply>)> = None;
-    // The server's protocol, from its welcome: from 2 on it takes progress reports.
+    // The server's protocol, from its welcome: from 2 on it takes progress reports, from 3 on
+    // the task of a request.
     let mut server_protocol = 1;
     // The request under way is reported each second while it is carried out.
     // (Polled only while a request runs: it starts anew with each request and never bursts
@@ -226,14 +311,15 @@ async fn session(config: &SessionConfig, host: &Arc<Mutex<Host>>) -> std::io::Re
     let mut progress_tick = tokio::time::interval(Duration::from_secs(1));
     progress_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        if running.is_none() {
-            if let Some((id, body)) = queue.pop_front() {
+        if work.running.is_none() {
+            if let Some((id, task, body)) = work.queue.pop_front() {
                 progress_tick.reset_immediately();
                 let h = host.clone();
-                running = Some((
+                work.running = Some(Running {
                     id,
-                    tokio::task::spawn_blocking(move || {
-                        crate::progress::set(0, 0);
+                    task,
+                    handle: tokio::task::spawn_blocking(move || {
+                        crate::progress::reset();
                         let (command, started) = (body.name(), std::time::Instant::now());
                         let reply = lock(&h).handle(body);
                         let ok = !matches!(reply, protocol::Reply::Failed { .. });
@@ -241,20 +327,28 @@ async fn session(config: &SessionConfig, host: &Arc<Mutex<Host>>) -> std::io::Re
                         crate::memory::scrub_stack();
                         reply
                     }),
-                ));
+                });
             }
         }
+        let running = work.running.is_some();
         tokio::select! {
             reply = async {
-                match running.as_mut() {
-                    Some((_, task)) => task.await,
+                match work.running.as_mut() {
+                    Some(r) => (&mut r.handle).await,
                     None => std::future::pending().await,
                 }
-            }, if running.is_some() => {
-                let id = running.take().map(|(id, _)| id).unwrap_or_default();
+            }, if running => {
+                let Some(Running { id, task, .. }) = work.running.take() else {
+                    continue;
+                };
                 let reply = reply.map_err(std::io::Error::other)?;
-                send(&mut writer, &AgentMessage::Reply { id, reply }).await?;
-                report(&mut writer, host).await?;
+                // Work an earlier session left is answered only when it belongs to a task:
+                // nobody waits for anything else any more.
+                let task = task.filter(|_| server_protocol >= 3);
+                if id != 0 || task.is_some() {
+                    send(&mut writer, &AgentMessage::Reply { id, reply, task }).await?;
+                }
+                report(&mut writer, host, snapshot, false).await?;
             }
             n = reader.read(&mut buf) => {
                 let n = n?;
@@ -269,17 +363,27 @@ async fn session(config: &SessionConfig, host: &Arc<Mutex<Host>>) -> std::io::Re
                         ServerMessage::Joined { .. } | ServerMessage::JoinRefused { .. } => {}
                         ServerMessage::HeartbeatAck { .. } => unanswered = 0,
                         ServerMessage::Padding { .. } => {}
-                        ServerMessage::Request { id, body } => queue.push_back((id, body)),
+                        ServerMessage::Request { id, body, task } => {
+                            work.queue.push_back((id, task, body));
+                        }
+                        ServerMessage::Cancel { id } => {
+                            cancel(&mut writer, work, id).await?;
+                        }
                     }
                 }
             }
-            _ = progress_tick.tick(), if running.is_some() && server_protocol >= 2 => {
+            _ = progress_tick.tick(), if running && server_protocol >= 2 => {
                 // Each second while the request is carried out (its work alive on its thread:
                 // a copy, or the flush of a large file after it), with how far it has come when
                 // the work says so (total 0: not known).
                 let (done, total) = crate::progress::get();
-                let id = running.as_ref().map(|(id, _)| *id).unwrap_or_default();
-                send(&mut writer, &AgentMessage::Progress { id, done, total }).await?;
+                if let Some(r) = &work.running {
+                    let task = r.task.clone().filter(|_| server_protocol >= 3);
+                    if r.id != 0 || task.is_some() {
+                        let progress = AgentMessage::Progress { id: r.id, done, total, task };
+                        send(&mut writer, &progress).await?;
+                    }
+                }
             }
             _ = heartbeat.tick() => {
                 if unanswered >= 3 {
@@ -290,10 +394,34 @@ async fn session(config: &SessionConfig, host: &Arc<Mutex<Host>>) -> std::io::Re
                 send(&mut writer, &AgentMessage::Heartbeat { seq }).await?;
                 // A VM that died shows in the next inventory (after the work under way, which
                 // holds the host).
-                if running.is_none() {
-                    report(&mut writer, host).await?;
+                if work.running.is_none() {
+                    report(&mut writer, host, snapshot, false).await?;
                 }
             }
         }
     }
+}
+
+/// The server cancels request `id` (of this session; 0 names work an earlier session left):
+/// the one under way is told to stop where it is safe and answers when it has undone what it
+/// did; one still waiting is answered at once, never started.
+async fn cancel<W: AsyncWriteExt + Unpin>(
+    w: &mut W,
+    work: &mut Work,
+    id: u64,
+) -> std::io::Result<()> {
+    if work.running.as_ref().is_some_and(|r| r.id == id) {
+        crate::progress::cancel();
+        return Ok(());
+    }
+    if let Some(at) = work.queue.iter().position(|(i, _, _)| *i == id) {
+        if let Some((id, task, _)) = work.queue.remove(at) {
+            let reply = protocol::Reply::Failed {
+                code: "cancelled".into(),
+                message: "Cancelled before the host started it; nothing was changed".into(),
+            };
+            send(w, &AgentMessage::Reply { id, reply, task }).await?;
+        }
+    }
+    Ok(())
 }

@@ -182,6 +182,7 @@ impl SimHost {
                     on_host: held.contains(key),
                 }],
                 disks: vec![format!("/datastore/{name}/disk0.qcow2")],
+                operation: None,
             })
             .collect();
         (vms, held.iter().cloned().collect())
@@ -264,7 +265,7 @@ async fn host_session(
                     .next_message::<ServerMessage>()
                     .map_err(std::io::Error::other)?
                 {
-                    if let ServerMessage::Request { id, body } = m {
+                    if let ServerMessage::Request { id, body, .. } = m {
                         let reply = match body {
                             Command::PushKeys { keys } => {
                                 let mut held = host.held.lock().expect("held");
@@ -277,7 +278,15 @@ async fn host_session(
                                 message: "not simulated".into(),
                             },
                         };
-                        send(&mut w, &AgentMessage::Reply { id, reply }).await?;
+                        send(
+                            &mut w,
+                            &AgentMessage::Reply {
+                                id,
+                                reply,
+                                task: None,
+                            },
+                        )
+                        .await?;
                         let (vms, held) = host.inventory();
                         send(
                             &mut w,

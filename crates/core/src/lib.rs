@@ -10,6 +10,7 @@
 //! - [`events`]: event types with their messages in English and German.
 //! - [`diagnose`]: the troubleshooting procedure as a function, in English and German.
 //! - [`access`]: privileges and the built-in roles.
+//! - [`task`]: long work as tasks: kinds, states and their moves.
 //! - [`protocol`]: the messages between host agents and the server, and their framing.
 
 #![forbid(unsafe_code)]
@@ -24,6 +25,7 @@ pub mod ops;
 pub mod protocol;
 pub mod reconcile;
 pub mod registry;
+pub mod task;
 pub mod vm;
 
 /// A language for messages people read.

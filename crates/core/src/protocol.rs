@@ -16,8 +16,11 @@ use crate::ids::KeyRef;
 use crate::vm::KeyUse;
 
 /// The protocol version this build speaks. 2: the agent reports the progress of long requests
-/// (`AgentMessage::Progress`) to a server that speaks 2.
-pub const VERSION: u32 = 2;
+/// (`AgentMessage::Progress`) to a server that speaks 2. 3: requests may belong to a task
+/// (`task`), which outlives the session: work a session left running reports and answers in the
+/// next under the task's id; the server may cancel a request (`ServerMessage::Cancel`); progress
+/// of disk work counts bytes; a VM's report says which operation its journal holds.
+pub const VERSION: u32 = 3;
 
 /// The largest frame accepted.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
@@ -100,6 +103,10 @@ pub struct VmReport {
     pub keys: Vec<HostKey>,
     /// Disk image paths, in order.
     pub disks: Vec<String>,
+    /// The VM-wide operation its journal holds (`encrypt`, `decrypt`, `deepRekey`): under way,
+    /// or interrupted and finished when the host holds the VM's key again (protocol 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
 }
 
 /// One key a VM needs, as the host sees it.
@@ -504,6 +511,15 @@ pub enum ServerMessage {
     Request {
         id: u64,
         body: Command,
+        /// The server's task this request carries out: work that outlives its session is
+        /// reported and answered in the next one under this id (protocol 3).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        task: Option<String>,
+    },
+    /// Stop request `id` where that is safe and undo what it did (protocol 3). A request that
+    /// cannot stop finishes; one that stops answers `Failed` with the code `cancelled`.
+    Cancel {
+        id: u64,
     },
     HeartbeatAck {
         seq: u64,
@@ -553,6 +569,10 @@ pub enum AgentMessage {
     Reply {
         id: u64,
         reply: Reply,
+        /// The task of the request (protocol 3). Work a session left running is answered in the
+        /// next session with `id` 0 and its task.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        task: Option<String>,
     },
     /// Something happened on the host (a VM died, a key arrived).
     Notice {
@@ -570,6 +590,9 @@ pub enum AgentMessage {
         id: u64,
         done: u64,
         total: u64,
+        /// The task of the request (protocol 3; `id` 0 for work an earlier session left).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        task: Option<String>,
     },
 }
 
@@ -664,6 +687,7 @@ mod tests {
     fn messages_round_trip_through_frames_split_anywhere() {
         let msg = ServerMessage::Request {
             id: 7,
+            task: None,
             body: Command::PushKeys {
                 keys: vec![KeyMaterial {
                     key: KeyRef::new("kms", "k1"),

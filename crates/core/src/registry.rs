@@ -240,6 +240,7 @@ mod tests {
                 })
                 .collect(),
             disks: vec![],
+            operation: None,
         }
     }
 

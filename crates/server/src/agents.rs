@@ -50,6 +50,51 @@ pub enum HubEvent {
     Disconnected {
         host: String,
     },
+    /// How far the work of a task has come, said by a host in a session other than the one its
+    /// request was sent in (the server or the session restarted meanwhile).
+    TaskProgress {
+        host: String,
+        task: String,
+        done: u64,
+        total: u64,
+    },
+    /// The answer to a task's request, given in a session other than the one it was sent in.
+    TaskReply {
+        host: String,
+        task: String,
+        reply: Reply,
+    },
+}
+
+/// A request's progress as its agent reports it; also how to cancel it.
+#[derive(Debug, Default)]
+pub struct Watch {
+    alive: tokio::sync::Notify,
+    /// The request's id once sent (0 before).
+    id: AtomicU64,
+    done: AtomicU64,
+    total: AtomicU64,
+}
+
+impl Watch {
+    /// How far the request has come: done, of total (0: not known).
+    pub fn progress(&self) -> (u64, u64) {
+        (
+            self.done.load(Ordering::Relaxed),
+            self.total.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The request's id in its session, once it was sent.
+    pub fn id(&self) -> Option<u64> {
+        Some(self.id.load(Ordering::Relaxed)).filter(|id| *id != 0)
+    }
+
+    fn advance(&self, done: u64, total: u64) {
+        self.done.store(done, Ordering::Relaxed);
+        self.total.store(total, Ordering::Relaxed);
+        self.alive.notify_one();
+    }
 }
 
 /// Why a request to an agent failed.
@@ -63,11 +108,17 @@ pub enum HubError {
     Timeout { host: String, seconds: u64 },
     #[error("The session with host {0} ended before it answered")]
     Closed(String),
+    #[error(
+        "The agent of host {0} is too old to cancel work; upgrade it, or wait for the work to end"
+    )]
+    CannotCancel(String),
 }
 
 struct Session {
     tx: mpsc::Sender<ServerMessage>,
     pending: Pending,
+    /// The protocol the agent speaks.
+    protocol: u32,
     /// Tells sessions of the same host apart when one replaces another.
     serial: u64,
     /// Ends the session (the host was removed).
@@ -131,7 +182,7 @@ pub struct AgentHub {
     /// Counts the messages agents sent, in the order the hub received them.
     seq: AtomicU64,
     /// The requests waiting for an answer, woken by their agent's progress reports.
-    progress: Mutex<HashMap<u64, Arc<tokio::sync::Notify>>>,
+    progress: Mutex<HashMap<u64, Arc<Watch>>>,
     /// How long a request waits for an agent that neither answers nor reports progress.
     timeout_ms: AtomicU64,
 }
@@ -250,7 +301,9 @@ impl AgentHub {
             Command::PushKeys { keys } => Some((keys.len(), std::time::Instant::now())),
             _ => None,
         };
-        let result = self.send_and_wait(host, body, timeout).await;
+        let result = self
+            .send_and_wait(host, body, timeout, None, Arc::default())
+            .await;
         if let Some((keys, started)) = pushed {
             let ok = matches!(result, Ok((Reply::Done, _)));
             crate::metrics::METRICS.keys_pushed(keys, ok, started.elapsed());
@@ -258,11 +311,49 @@ impl AgentHub {
         result
     }
 
+    /// Sends the request of task `task` and waits for its reply as long as the agent reports
+    /// progress, which `watch` holds (with the request's id, to cancel it).
+    pub async fn request_watched(
+        &self,
+        host: &str,
+        body: Command,
+        timeout: Duration,
+        task: Option<String>,
+        watch: Arc<Watch>,
+    ) -> Result<Reply, HubError> {
+        self.send_and_wait(host, body, timeout, task, watch)
+            .await
+            .map(|(r, _)| r)
+    }
+
+    /// Asks host `host` to cancel its request `id` (0: the work an earlier session left
+    /// running). Agents of protocol 3 and later can.
+    pub async fn cancel(&self, host: &str, id: u64) -> Result<(), HubError> {
+        let tx = {
+            let sessions = self
+                .sessions
+                .lock()
+                .map_err(|_| HubError::NotConnected(host.into()))?;
+            let s = sessions
+                .get(host)
+                .ok_or_else(|| HubError::NotConnected(host.into()))?;
+            if s.protocol < 3 {
+                return Err(HubError::CannotCancel(host.into()));
+            }
+            s.tx.clone()
+        };
+        tx.send(ServerMessage::Cancel { id })
+            .await
+            .map_err(|_| HubError::Closed(host.into()))
+    }
+
     async fn send_and_wait(
         &self,
         host: &str,
         body: Command,
         timeout: Duration,
+        task: Option<String>,
+        watch: Arc<Watch>,
     ) -> Result<(Reply, u64), HubError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply_tx, reply_rx) = oneshot::channel();
@@ -280,12 +371,12 @@ impl AgentHub {
             s.tx.clone()
         };
         // The agent's progress reports on this request: each starts the wait anew.
-        let alive = Arc::new(tokio::sync::Notify::new());
+        watch.id.store(id, Ordering::Relaxed);
         if let Ok(mut p) = self.progress.lock() {
-            p.insert(id, alive.clone());
+            p.insert(id, watch.clone());
         }
         let result = async {
-            tx.send(ServerMessage::Request { id, body })
+            tx.send(ServerMessage::Request { id, body, task })
                 .await
                 .map_err(|_| HubError::Closed(host.into()))?;
             tokio::pin!(reply_rx);
@@ -294,7 +385,7 @@ impl AgentHub {
                     reply = &mut reply_rx => {
                         return reply.map_err(|_| HubError::Closed(host.into()));
                     }
-                    _ = alive.notified() => continue,
+                    _ = watch.alive.notified() => continue,
                     _ = tokio::time::sleep(timeout) => {
                         return Err(HubError::Timeout {
                             host: host.into(),
@@ -497,6 +588,7 @@ impl AgentHub {
                 Session {
                     tx: tx.clone(),
                     pending: pending.clone(),
+                    protocol: version,
                     serial,
                     close: close.clone(),
                 },
@@ -530,7 +622,7 @@ impl AgentHub {
                 let Ok(frame) = protocol::encode(&m).map(zeroize::Zeroizing::new) else {
                     continue;
                 };
-                if let ServerMessage::Request { id, body } = &m {
+                if let ServerMessage::Request { id, body, .. } = &m {
                     if body.carries_secrets() {
                         if let Ok(mut w) = written.lock() {
                             w.insert(*id, frame.len());
@@ -550,11 +642,20 @@ impl AgentHub {
                     .map_err(std::io::Error::other)?
                 {
                     match message {
-                        AgentMessage::Reply { id, reply } => {
-                            if let Some(waiter) =
-                                pending.lock().ok().and_then(|mut p| p.remove(&id))
-                            {
+                        AgentMessage::Reply { id, reply, task } => {
+                            let waiter = match id {
+                                0 => None,
+                                id => pending.lock().ok().and_then(|mut p| p.remove(&id)),
+                            };
+                            if let Some(waiter) = waiter {
                                 let _ = waiter.send((reply, self.next_seq()));
+                            } else if let Some(task) = task {
+                                // Work of a task whose request was sent in an earlier session.
+                                let _ = self.events.send(HubEvent::TaskReply {
+                                    host: host.clone(),
+                                    task,
+                                    reply,
+                                });
                             }
                             // The waiter first: the padding is for the agent's memory only.
                             let secret = secret_frames.lock().ok().and_then(|mut w| w.remove(&id));
@@ -576,18 +677,30 @@ impl AgentHub {
                                 keys_held,
                             });
                         }
-                        AgentMessage::Progress { id, .. } => {
+                        AgentMessage::Progress {
+                            id,
+                            done,
+                            total,
+                            task,
+                        } => {
                             // Only a request of this session: a host cannot keep another's
                             // request waiting.
-                            let ours = pending.lock().is_ok_and(|p| p.contains_key(&id));
+                            let ours = id != 0 && pending.lock().is_ok_and(|p| p.contains_key(&id));
                             let waiter = self
                                 .progress
                                 .lock()
                                 .ok()
                                 .and_then(|p| p.get(&id).cloned())
                                 .filter(|_| ours);
-                            if let Some(alive) = waiter {
-                                alive.notify_one();
+                            if let Some(watch) = waiter {
+                                watch.advance(done, total);
+                            } else if let Some(task) = task {
+                                let _ = self.events.send(HubEvent::TaskProgress {
+                                    host: host.clone(),
+                                    task,
+                                    done,
+                                    total,
+                                });
                             }
                         }
                         AgentMessage::Notice { vm, kind, message } => {

@@ -752,6 +752,8 @@ impl Engine {
                 }
             }
             HubEvent::Notice { .. } => {}
+            // The tasks follow these.
+            HubEvent::TaskProgress { .. } | HubEvent::TaskReply { .. } => {}
         }
     }
 
