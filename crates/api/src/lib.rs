@@ -43,6 +43,8 @@ pub fn schemas() -> serde_json::Map<String, serde_json::Value> {
     generator.subschema_for::<views::VmUnlock>();
     generator.subschema_for::<views::UnlockStarted>();
     generator.subschema_for::<views::Registered>();
+    generator.subschema_for::<views::Task>();
+    generator.subschema_for::<requests::TaskQuery>();
     generator.subschema_for::<views::JoinToken>();
     generator.subschema_for::<views::HostMode>();
     generator.subschema_for::<views::HostRemoved>();

@@ -344,3 +344,14 @@ pub struct SignedCertificate {
 fn lang_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({ "enum": ["en", "de", null] })
 }
+
+/// The query of `GET /api/v1/tasks`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TaskQuery {
+    /// Only the tasks still running (or cancelling).
+    #[serde(default)]
+    pub running: Option<bool>,
+    /// At most this many, newest first (100 unless said).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}

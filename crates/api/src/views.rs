@@ -276,6 +276,9 @@ pub struct VmUnlock {
 pub struct UnlockStarted {
     pub requested: Vec<String>,
     pub failed: Vec<UnlockFailed>,
+    /// The task that follows the requested VMs until each is unlocked (when any was requested).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
 }
 
 /// A VM that cannot be unlocked now: the key its provider did not give, and why.
@@ -560,4 +563,68 @@ pub struct ConsoleOutput {
     pub data: String,
     /// Whether the VM runs (input reaches it).
     pub running: bool,
+}
+
+pub use tresor_core::task::{ProgressUnit, TaskKind, TaskState};
+
+fn task_kind_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    names_schema(&TaskKind::ALL.map(TaskKind::as_str), false)
+}
+
+fn task_state_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    names_schema(&TaskState::ALL.map(TaskState::as_str), false)
+}
+
+fn progress_unit_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    names_schema(&ProgressUnit::ALL.map(ProgressUnit::as_str), false)
+}
+
+/// Long work on the server and its hosts (encrypt, decrypt, rekey, unlock of many VMs, register
+/// of a host's folders), as `GET /api/v1/tasks/{id}` answers it, and the answer (202) of the
+/// operations that start one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Task {
+    pub id: String,
+    #[schemars(schema_with = "task_kind_schema")]
+    pub kind: TaskKind,
+    #[schemars(schema_with = "task_state_schema")]
+    pub state: TaskState,
+    /// Who started it.
+    pub user: String,
+    pub vm: Option<String>,
+    pub host: Option<String>,
+    pub progress: TaskProgress,
+    /// Whether it can be cancelled now, and what cancelling does.
+    pub cancellable: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_does: Option<String>,
+    /// What it did, once it succeeded: the VM (disk work), the VMs registered or unlocked.
+    pub result: Option<serde_json::Value>,
+    /// Why it failed or what its cancellation left.
+    pub error: Option<TaskError>,
+    /// Unix seconds.
+    pub created: i64,
+    pub updated: i64,
+}
+
+/// How far a task has come: `done` of `total` (0: not known yet) in `unit`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskProgress {
+    pub done: u64,
+    pub total: u64,
+    #[schemars(schema_with = "progress_unit_schema")]
+    pub unit: ProgressUnit,
+    /// 0 to 100, when the total is known.
+    pub percent: Option<f64>,
+}
+
+/// Why a task failed, as an error answer would say it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskError {
+    /// The error code (`hostRefused`, `cancelled`, ...).
+    pub code: String,
+    pub message: String,
 }

@@ -32,3 +32,4 @@ pub mod run;
 pub mod service;
 pub mod store;
 pub mod syslog;
+pub mod tasks;

@@ -208,14 +208,13 @@ impl Metrics {
             "Days until a certificate expires (negative once it has), by owner and which",
             m.certificate_days.clone(),
         );
-        registry.register("tasks", "Server-side tasks by state", m.tasks.clone());
+        registry.register(
+            "tasks",
+            "Server-side tasks by state (finished ones kept 30 days)",
+            m.tasks.clone(),
+        );
         let m = Metrics { registry, ..m };
-        m.set_tasks(&[
-            ("running", 0),
-            ("succeeded", 0),
-            ("failed", 0),
-            ("cancelled", 0),
-        ]);
+        m.set_tasks(&tresor_core::task::TaskState::ALL.map(|s| (s.as_str(), 0)));
         m
     }
 

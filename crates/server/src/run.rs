@@ -380,7 +380,14 @@ pub async fn serve(
         broker,
         providers: providers.clone(),
         logins: Arc::new(crate::accounts::LoginGuard::new(config.token_ttl_secs)),
+        tasks: crate::tasks::Tasks::new(store.clone()),
     };
+    // Tasks a previous run left: disk work is followed on its host again.
+    match crate::service::tasks::resume_all(&state) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(tasks = n, "taking up the tasks the server was stopped in"),
+        Err(e) => tracing::error!(error = %e, "cannot take up the unfinished tasks"),
+    }
     let app = router(state.clone());
     let observed: Arc<dyn tresor_ops::Observed> = Arc::new(crate::metrics::Observed {
         cx: state.clone(),

@@ -300,7 +300,49 @@ const MIGRATIONS: &[&str] = &[
     // 5: facts about the database itself: the release that last changed its schema (so that
     // an older release can say which one it needs).
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+    // 6: long work as tasks: who started what on which VM or host, how it ended. A task's
+    // new key (encrypt, rekey) is recorded so that one the server lost sight of (a restart) is
+    // settled from the host's journal: kept when the host uses it, retired when not.
+    "CREATE TABLE tasks (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        state TEXT NOT NULL,
+        user TEXT NOT NULL,
+        vm TEXT,
+        host TEXT,
+        key_provider TEXT,
+        key_id TEXT,
+        done INTEGER NOT NULL DEFAULT 0,
+        total INTEGER NOT NULL DEFAULT 0,
+        result TEXT,
+        error_code TEXT,
+        error_message TEXT,
+        created INTEGER NOT NULL,
+        updated INTEGER NOT NULL
+    );
+    CREATE INDEX tasks_created ON tasks (created);",
 ];
+
+/// A task as the store keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskRow {
+    pub id: String,
+    pub kind: String,
+    pub state: String,
+    pub user: String,
+    pub vm: Option<String>,
+    pub host: Option<String>,
+    /// The key the task made (encrypt, rekey).
+    pub key: Option<KeyRef>,
+    pub done: u64,
+    pub total: u64,
+    /// What it gave, as JSON (the VMs a register or an unlock did).
+    pub result: Option<String>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub created: i64,
+    pub updated: i64,
+}
 
 /// What a join token allows.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1220,6 +1262,87 @@ impl Store {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    // Tasks.
+
+    /// Writes a task as it is now (a new one, or a change of an existing one).
+    pub fn put_task(&self, t: &TaskRow) -> Result<(), StoreError> {
+        let (kp, kid) = match &t.key {
+            Some(k) => (Some(k.provider().to_owned()), Some(k.key_id.clone())),
+            None => (None, None),
+        };
+        self.conn().execute(
+            "INSERT INTO tasks (id, kind, state, user, vm, host, key_provider, key_id, done, total, result, error_code, error_message, created, updated)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+             ON CONFLICT(id) DO UPDATE SET state = ?3, key_provider = ?7, key_id = ?8, done = ?9, total = ?10,
+                result = ?11, error_code = ?12, error_message = ?13, updated = ?15",
+            params![
+                t.id,
+                t.kind,
+                t.state,
+                t.user,
+                t.vm,
+                t.host,
+                kp,
+                kid,
+                t.done as i64,
+                t.total as i64,
+                t.result,
+                t.error_code,
+                t.error_message,
+                t.created,
+                t.updated
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The tasks, newest first; at most `limit`.
+    pub fn tasks(&self, limit: usize) -> Result<Vec<TaskRow>, StoreError> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare(
+            "SELECT id, kind, state, user, vm, host, key_provider, key_id, done, total, result, error_code, error_message, created, updated
+             FROM tasks ORDER BY created DESC, rowid DESC LIMIT ?1",
+        )?;
+        let rows = stmt.query_map(params![limit as i64], |r| {
+            let kp: Option<String> = r.get(6)?;
+            let kid: Option<String> = r.get(7)?;
+            Ok(TaskRow {
+                id: r.get(0)?,
+                kind: r.get(1)?,
+                state: r.get(2)?,
+                user: r.get(3)?,
+                vm: r.get(4)?,
+                host: r.get(5)?,
+                key: kp.zip(kid).map(|(p, k)| KeyRef::new(&p, &k)),
+                done: r.get::<_, i64>(8)?.max(0) as u64,
+                total: r.get::<_, i64>(9)?.max(0) as u64,
+                result: r.get(10)?,
+                error_code: r.get(11)?,
+                error_message: r.get(12)?,
+                created: r.get(13)?,
+                updated: r.get(14)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// How many tasks the store keeps in each state.
+    pub fn task_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare("SELECT state, COUNT(*) FROM tasks GROUP BY state")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Forgets finished tasks older than `before` (seconds since the epoch), keeping those
+    /// still running.
+    pub fn prune_tasks(&self, before: i64) -> Result<usize, StoreError> {
+        Ok(self.conn().execute(
+            "DELETE FROM tasks WHERE created < ?1 AND state NOT IN ('running', 'cancelling')",
+            params![before],
+        )?)
     }
 
     // Users, tokens, roles.

@@ -22,6 +22,7 @@ mod hosts;
 pub mod openapi;
 mod providers;
 pub mod settings;
+mod tasks;
 mod users;
 mod vms;
 
@@ -385,6 +386,9 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/roles/{name}",
             get(users::show_role).delete(users::remove_role),
         )
+        .route("/api/v1/tasks", get(tasks::list))
+        .route("/api/v1/tasks/{id}", get(tasks::show))
+        .route("/api/v1/tasks/{id}/cancel", post(tasks::cancel))
         .route("/api/v1/settings", get(settings::list))
         .route(
             "/api/v1/settings/{key}",

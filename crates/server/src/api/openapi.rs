@@ -34,7 +34,7 @@ ops! {
     "post" "/api/v1/vms" "vms" Some(P::VmCreate), r#"{"name": "web01", "host": "host-1", "disks": [1073741824]}"#, "Create a VM (encrypted ones need Cryptographer.EncryptNew)";
     "get" "/api/v1/vms/{name}" "vms" Some(P::SystemView), "", "A VM: power, crypto and connection state, lock reason, key ids";
     "get" "/api/v1/vms/{name}/diagnose" "vms" Some(P::SystemView), "", "Which case of the procedure applies, the evidence and the next steps (`?lang=en|de`)";
-    "post" "/api/v1/vms/register" "vms" Some(P::VmRegister), r#"{"host": "host-1", "all": true}"#, "Register a VM from its folder, or every VM on a host (keys to fetch need Cryptographer.RegisterVM)";
+    "post" "/api/v1/vms/register" "vms" Some(P::VmRegister), r#"{"host": "host-1", "all": true}"#, "Register a VM from its folder (200), or every VM on a host as a task (`all`, 202; keys to fetch need Cryptographer.RegisterVM)";
     "post" "/api/v1/vms/adopt" "vms" Some(P::VmRegister), r#"{"domain": "db1", "host": "kvm-7", "encrypt": true}"#, "Adopt a powered-off libvirt domain of a host (one whose agent runs libvirt) as a VM of the same name: its images move into the VM's folder, its definition is replaced by Tresor's; `encrypt` encrypts it next (also Cryptographer.Encrypt)";
     "post" "/api/v1/vms/unlock" "vms" Some(P::CryptoRegisterVm), r#"{"all": true}"#, "Unlock VMs: names, all, a host's or a provider's";
     "post" "/api/v1/vms/{name}/power-on" "vms" Some(P::VmPowerOn), "", "Power a VM on";
@@ -43,13 +43,13 @@ ops! {
     "post" "/api/v1/vms/{name}/unregister" "vms" Some(P::VmUnregister), "", "Forget a VM; its files stay";
     "post" "/api/v1/vms/{name}/reload" "vms" Some(P::VmConfig), "", "Read a VM's files again";
     "post" "/api/v1/vms/{name}/delete" "vms" Some(P::VmDelete), "", "Delete a VM and its files (refused while locked)";
-    "post" "/api/v1/vms/{name}/encrypt" "vms" Some(P::CryptoEncrypt), r#"{"provider": "corp-kms"}"#, "Encrypt a VM (`provider`)";
+    "post" "/api/v1/vms/{name}/encrypt" "vms" Some(P::CryptoEncrypt), r#"{"provider": "corp-kms"}"#, "Encrypt a VM (`provider`): starts a task (202), whose progress `GET /api/v1/tasks/{id}` says";
     "post" "/api/v1/vms/{name}/add-disk" "vms" Some(P::VmConfig), r#"{"size": 10737418240, "ownKey": false}"#, "Add a disk to a powered-off VM (to an encrypted one: Cryptographer.AddDisk; `ownKey`: a key of its own)";
     "get" "/api/v1/vms/{name}/console" "vms" Some(P::VmConsole), "", "What a VM's serial console said: its log from `?offset=N` on (base64 in `data`; ask again from `next`). For an encrypted VM also Cryptographer.Access";
     "post" "/api/v1/vms/{name}/console" "vms" Some(P::VmConsole), r#"{"input": "uptime\n"}"#, "Type on a running VM's serial console (at most 4096 bytes). For an encrypted VM also Cryptographer.Access";
     "put" "/api/v1/vms/{name}/files/{kind}" "vms" Some(P::VmConfig), "", "Send a file to a powered-off VM, the body as it is (`application/octet-stream`), in one request or in pieces of at most 64 MiB (`?offset=N&more=true`, the last without `more`): `image` (a qcow2 or raw image, imported as the VM's first disk, encrypted when the VM is; to an encrypted VM also Cryptographer.AddDisk), `kernel`, `initrd` or `cmdline` (booted directly; for an encrypted VM also Cryptographer.Access, as what boots it reads its disks)";
-    "post" "/api/v1/vms/{name}/decrypt" "vms" Some(P::CryptoDecrypt), "", "Decrypt a VM";
-    "post" "/api/v1/vms/{name}/rekey" "vms" Some(P::CryptoRecrypt), r#"{"deep": false}"#, "A new key for a VM (`deep`: re-encrypt its disks)";
+    "post" "/api/v1/vms/{name}/decrypt" "vms" Some(P::CryptoDecrypt), "", "Decrypt a VM: starts a task (202)";
+    "post" "/api/v1/vms/{name}/rekey" "vms" Some(P::CryptoRecrypt), r#"{"deep": false}"#, "A new key for a VM (`deep`: re-encrypt its disks): starts a task (202)";
     "get" "/api/v1/hosts" "hosts" Some(P::SystemView), "", "List hosts";
     "post" "/api/v1/hosts/token" "hosts" Some(P::CryptoRegisterHost), r#"{"ttlSecs": 3600, "host": "host-1", "replace": false}"#, "A one-time join token for `tresor agent join`: for the host named (`replace` lets it replace the enrolled host of that name), or for any name not enrolled yet";
     "delete" "/api/v1/hosts/{name}" "hosts" Some(P::CryptoRegisterHost), "", "Remove a host: its certificate is refused from now on, its session ends";
@@ -85,6 +85,9 @@ ops! {
     "get" "/api/v1/settings" "settings" Some(P::SystemView), "", "Every setting";
     "get" "/api/v1/settings/{key}" "settings" Some(P::SystemView), "", "One setting";
     "put" "/api/v1/settings/{key}" "settings" Some(P::CryptoManageEncryptionPolicy), r#"{"value": "manual"}"#, "Change a setting (`unlock.policy`: automatic or manual)";
+    "get" "/api/v1/tasks" "tasks" Some(P::SystemView), "", "Tasks, newest first, with their progress (`?running=true`, `?limit=N`)";
+    "get" "/api/v1/tasks/{id}" "tasks" Some(P::SystemView), "", "A task: what it does, who started it, how far it has come (bytes or VMs), its result or error";
+    "post" "/api/v1/tasks/{id}/cancel" "tasks" Some(P::SystemView), "", "Cancel a running task where that is safe (also the privilege that starting it needs): an encryption or decryption is undone, a deep rekey stops between disks, bulk work stops at its next VM";
     "get" "/api/v1/openapi.json" "meta" None, "", "This document";
 }
 
@@ -135,11 +138,10 @@ pub fn answer_type(method: &str, path: &str) -> Option<(&'static str, bool)> {
             "post",
             "/api/v1/vms/{name}/unregister"
             | "/api/v1/vms/{name}/reload"
-            | "/api/v1/vms/{name}/delete"
-            | "/api/v1/vms/{name}/encrypt"
-            | "/api/v1/vms/{name}/decrypt"
-            | "/api/v1/vms/{name}/rekey",
+            | "/api/v1/vms/{name}/delete",
         ) => ("VmDone", false),
+        ("get", "/api/v1/tasks") => ("Task", true),
+        ("get", "/api/v1/tasks/{id}") | ("post", "/api/v1/tasks/{id}/cancel") => ("Task", false),
         ("get", "/api/v1/hosts") => ("Host", true),
         ("get", "/api/v1/hosts/{name}") => ("HostWithVms", false),
         ("post", "/api/v1/hosts/token") => ("JoinToken", false),
@@ -187,8 +189,24 @@ pub fn query_type(method: &str, path: &str) -> Option<&'static str> {
         ("get", "/api/v1/vms/{name}/diagnose") => "LangQuery",
         ("put", "/api/v1/vms/{name}/files/{kind}") => "FileQuery",
         ("get", "/api/v1/vms/{name}/console") => "ConsoleQuery",
+        ("get", "/api/v1/tasks") => "TaskQuery",
         _ => return None,
     })
+}
+
+/// Whether an operation starts a task and answers it with 202; `Some(true)` when it always does
+/// (it has no 200 answer).
+pub fn starts_task(method: &str, path: &str) -> Option<bool> {
+    match (method, path) {
+        (
+            "post",
+            "/api/v1/vms/{name}/encrypt"
+            | "/api/v1/vms/{name}/decrypt"
+            | "/api/v1/vms/{name}/rekey",
+        ) => Some(true),
+        ("post", "/api/v1/vms/register") => Some(false),
+        _ => None,
+    }
 }
 
 /// Whether an operation asks a host's agent (and so can meet a host that is away, 503, or that
@@ -350,10 +368,26 @@ pub fn document() -> Value {
                 "type": "array", "items": {"anyOf": [reference("Vm"), reference("DiscoveredVm")]}}}),
             None => json!({}),
         };
-        responses.insert(
-            "200".into(),
-            json!({"description": "Done", "content": {"application/json": ok}}),
-        );
+        match starts_task(op.method, op.path) {
+            Some(always) => {
+                if !always {
+                    responses.insert(
+                        "200".into(),
+                        json!({"description": "Done", "content": {"application/json": ok}}),
+                    );
+                }
+                responses.insert(
+                    "202".into(),
+                    json!({"description": "Started as a task; `GET /api/v1/tasks/{id}` follows it", "content": {"application/json": {"schema": reference("Task")}}}),
+                );
+            }
+            None => {
+                responses.insert(
+                    "200".into(),
+                    json!({"description": "Done", "content": {"application/json": ok}}),
+                );
+            }
+        }
         if op.method == "get" && op.path == "/api/v1/vms" {
             responses["200"]["headers"] = json!({"X-Total-Count": {
                 "description": "How many VMs match the filters (all pages)",

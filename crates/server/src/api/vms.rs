@@ -130,14 +130,20 @@ pub(super) async fn create(
     Ok(Json(s.vms().create(&caller, &req).await?))
 }
 
-/// `POST /api/v1/vms/register`: VMs from their folders on a host.
+/// `POST /api/v1/vms/register`: a VM from its folder on a host (answered when done), or every
+/// VM folder of the host (`all`: a task, answered 202 when started).
 pub(super) async fn register(
     State(s): State<AppState>,
     headers: HeaderMap,
     ApiJson(req): ApiJson<RegisterRequest>,
-) -> Result<Json<Registered>, ApiError> {
+) -> Result<Response, ApiError> {
     let caller = permit(&s, &headers, Privilege::VmRegister, "Registering VMs")?;
-    Ok(Json(s.vms().register_folders(&caller, &req).await?))
+    if req.all && req.path.is_none() {
+        let task = s.vms().register_all(&caller, req)?;
+        return Ok((axum::http::StatusCode::ACCEPTED, Json(task)).into_response());
+    }
+    let done: Registered = s.vms().register_folders(&caller, &req, None).await?;
+    Ok(Json(done).into_response())
 }
 
 /// `POST /api/v1/vms/unlock`: many VMs (named ones, every locked one, a host's or a
@@ -266,7 +272,8 @@ pub(super) async fn upload(
 }
 
 /// `POST /api/v1/vms/{name}/{action}`: power on or off, unlock, unregister, reload, delete,
-/// encrypt, decrypt, rekey (`encrypt` and `rekey` take a [`CryptoRequest`]).
+/// encrypt, decrypt, rekey (`encrypt` and `rekey` take a [`CryptoRequest`]; those three start a
+/// task and answer it, 202).
 pub(super) async fn action(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -307,8 +314,11 @@ pub(super) async fn action(
         }
         _ => {
             let body = body.map(|b| b.0);
-            vms.operate(&caller, &name, action, body.as_ref()).await?;
-            Json(VmDone { vm: name, done: op }).into_response()
+            match vms.operate(&caller, &name, action, body.as_ref()).await? {
+                // Started: the task says how it goes on.
+                Some(task) => (axum::http::StatusCode::ACCEPTED, Json(task)).into_response(),
+                None => Json(VmDone { vm: name, done: op }).into_response(),
+            }
         }
     })
 }

@@ -14,6 +14,8 @@
 //! - [`providers`]: key providers (their trust and probes live in [`crate::providers`]).
 //! - [`accounts`]: signing in, users, roles and passwords (on [`crate::accounts`]).
 //! - [`settings`]: the settings (the unlock policy).
+//! - [`tasks`]: long work after the answer: disk work on a host followed to its end (also
+//!   across a restart of the server, from the host's journal), cancellation.
 
 use std::sync::Arc;
 
@@ -31,6 +33,7 @@ pub mod hosts;
 pub mod keys;
 pub mod providers;
 pub mod settings;
+pub mod tasks;
 pub mod vms;
 
 /// What the services work on: the state of the server, shared by every request.
@@ -44,6 +47,8 @@ pub struct Context {
     pub providers: Arc<crate::providers::Providers>,
     /// Sign-in limits and how long login tokens live.
     pub logins: Arc<crate::accounts::LoginGuard>,
+    /// Long work, carried out after the answer.
+    pub tasks: Arc<crate::tasks::Tasks>,
 }
 
 impl Context {
@@ -75,6 +80,11 @@ impl Context {
     /// The settings.
     pub fn settings(&self) -> settings::Settings<'_> {
         settings::Settings { cx: self }
+    }
+
+    /// The tasks.
+    pub fn task_service(&self) -> tasks::TaskService<'_> {
+        tasks::TaskService { cx: self }
     }
 }
 

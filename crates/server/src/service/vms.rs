@@ -9,8 +9,8 @@ use tresor_api::requests::{
     AddDisk, AdoptVm, CreateVm, CryptoRequest, RegisterRequest, UnlockMany, MAX_FILE_PIECE,
 };
 use tresor_api::views::{
-    ConsoleOutput, Diagnosis, DiscoveredVm, Disk, KeyId, Registered, UnlockFailed, UnlockStarted,
-    Vm, VmConfig, VmDone,
+    ConsoleOutput, Diagnosis, DiscoveredVm, Disk, KeyId, Registered, Task, UnlockFailed,
+    UnlockStarted, Vm, VmConfig, VmDone,
 };
 use tresor_api::ErrorCode;
 use tresor_core::access::Privilege;
@@ -20,6 +20,7 @@ use tresor_core::protocol::{
     Chunk, Command, DiskSpec, NetworkSpec, PowerState, Reply, SecretBytes, UploadKind, VmReport,
     MAX_CHUNK, MAX_CONSOLE_WRITE,
 };
+use tresor_core::task::TaskKind;
 use tresor_core::vm::{ConnectionState, CryptoState, ProviderAnswer};
 use tresor_core::Lang;
 
@@ -414,7 +415,68 @@ impl Vms<'_> {
                 message: f.error.message,
             })
             .collect();
-        Ok(UnlockStarted { requested, failed })
+        let task = match requested.is_empty() {
+            true => None,
+            false => Some(self.follow_unlocks(&caller.user, requested.clone())?),
+        };
+        Ok(UnlockStarted {
+            requested,
+            failed,
+            task,
+        })
+    }
+
+    /// A task that follows VMs whose unlock was requested until each is unlocked: its progress
+    /// counts them; it fails naming those still locked when none was unlocked for the agents'
+    /// timeout; cancelling it stops the following, not the unlocks.
+    fn follow_unlocks(&self, user: &str, vms: Vec<String>) -> Result<String, ServiceError> {
+        let cx = self.cx;
+        let ctl = cx.tasks.start(TaskKind::Unlock, user, None, None, None)?;
+        let id = ctl.id.clone();
+        let task_cx = cx.clone();
+        cx.tasks.spawn(async move {
+            use tresor_core::task::TaskEvent;
+            let total = vms.len() as u64;
+            let mut last_change = std::time::Instant::now();
+            let mut unlocked_before = 0;
+            let (event, result, error) = loop {
+                let still: Vec<&String> = vms
+                    .iter()
+                    .filter(|v| {
+                        task_cx.store.vm(v).ok().flatten().is_some_and(|r| {
+                            r.crypto_state == CryptoState::Locked
+                        })
+                    })
+                    .collect();
+                let unlocked = total - still.len() as u64;
+                ctl.progress(unlocked, total);
+                if still.is_empty() {
+                    break (TaskEvent::Succeeded, serde_json::json!({"unlocked": vms}), None);
+                }
+                if unlocked != unlocked_before {
+                    unlocked_before = unlocked;
+                    last_change = std::time::Instant::now();
+                }
+                let names = still.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
+                if ctl.stopping() {
+                    let message = format!("No longer followed; still locked: {names}");
+                    break (TaskEvent::Cancelled, serde_json::Value::Null, Some(("cancelled".into(), message)));
+                }
+                if last_change.elapsed() > task_cx.hub.timeout() {
+                    let message = format!(
+                        "Still locked after {} s without progress: {names}; `tresor vm diagnose NAME` shows why",
+                        task_cx.hub.timeout().as_secs()
+                    );
+                    break (TaskEvent::Failed, serde_json::Value::Null, Some((ErrorCode::VmLocked.as_str().into(), message)));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            };
+            let result = Some(result).filter(|r| !r.is_null());
+            if let Err(e) = task_cx.tasks.finish(&ctl.id, event, result, error) {
+                tracing::error!(task = %ctl.id, error = %e, "cannot record the end of a task");
+            }
+        });
+        Ok(id)
     }
 
     /// Asks the providers now for the keys the VMs' hosts lack. The VMs whose keys are all there
@@ -724,6 +786,7 @@ impl Vms<'_> {
         &self,
         caller: &Caller,
         req: &RegisterRequest,
+        task: Option<&crate::tasks::TaskCtl>,
     ) -> Result<Registered, ServiceError> {
         let cx = self.cx;
         reachable_host(cx, &req.host)?;
@@ -764,7 +827,15 @@ impl Vms<'_> {
             found.push((path, reg, vm.encrypted));
         }
         let mut registered = Vec::new();
-        for (path, reg, encrypted) in found {
+        let total = found.len() as u64;
+        for (i, (path, reg, encrypted)) in found.into_iter().enumerate() {
+            if let Some(t) = task {
+                // Cancelled: the folders not yet registered are left alone.
+                if t.stopping() {
+                    break;
+                }
+                t.progress(i as u64, total);
+            }
             let name = reg.name.clone();
             self.admit(reg)?;
             let vm = match ask_host(cx, &req.host, Command::Register { path }).await {
@@ -785,6 +856,61 @@ impl Vms<'_> {
         }
         cx.engine.tick().await;
         Ok(Registered { registered })
+    }
+
+    /// Registers every VM folder of a host as a task: answered once started.
+    pub fn register_all(
+        &self,
+        caller: &Caller,
+        req: RegisterRequest,
+    ) -> Result<Task, ServiceError> {
+        let cx = self.cx;
+        reachable_host(cx, &req.host)?;
+        let ctl = cx.tasks.start(
+            TaskKind::Register,
+            &caller.user,
+            None,
+            Some(&req.host),
+            None,
+        )?;
+        let started = cx.tasks.get(&ctl.id)?;
+        let (task_cx, caller) = (cx.clone(), caller.clone());
+        cx.tasks.spawn(async move {
+            let result = task_cx.vms().register_folders(&caller, &req, Some(&ctl)).await;
+            let ended = match result {
+                Ok(r) if ctl.stopping() => {
+                    let message = format!(
+                        "Cancelled after registering {} VMs of host {}; the other folders are left alone",
+                        r.registered.len(),
+                        req.host
+                    );
+                    task_cx.tasks.finish(
+                        &ctl.id,
+                        tresor_core::task::TaskEvent::Cancelled,
+                        serde_json::to_value(&r).ok(),
+                        Some(("cancelled".into(), message)),
+                    )
+                }
+                Ok(r) => task_cx.tasks.finish(
+                    &ctl.id,
+                    tresor_core::task::TaskEvent::Succeeded,
+                    serde_json::to_value(&r).ok(),
+                    None,
+                ),
+                Err(e) => task_cx.tasks.finish(
+                    &ctl.id,
+                    tresor_core::task::TaskEvent::Failed,
+                    None,
+                    Some((e.code.as_str().into(), e.message)),
+                ),
+            };
+            if let Err(e) = ended {
+                tracing::error!(task = %ctl.id, error = %e, "cannot record the end of a task");
+            }
+        });
+        started
+            .map(|r| crate::tasks::view(&r))
+            .ok_or_else(|| ServiceError::new(ErrorCode::Internal, "The task was not recorded"))
     }
 
     /// Adds a disk to a powered-off VM: encrypted with the VM's key, or with a new key of its
@@ -1210,14 +1336,15 @@ impl Vms<'_> {
     /// Unregister, reload, delete, encrypt, decrypt and rekey: checked against the VM's lock
     /// state, then carried out by the VM's host. Encrypt and rekey make the new key first (on the
     /// VM's provider, or the one asked for) and push it; a host that refuses leaves it unused,
-    /// and it is retired.
+    /// and it is retired. Encrypt, decrypt and rekey are tasks: answered once they are started
+    /// (the task), carried out after.
     pub async fn operate(
         &self,
         caller: &Caller,
         name: &str,
         action: VmAction,
         body: Option<&CryptoRequest>,
-    ) -> Result<(), ServiceError> {
+    ) -> Result<Option<Task>, ServiceError> {
         let cx = self.cx;
         let user = caller.user.as_str();
         let deep = body.is_some_and(|b| b.deep);
@@ -1239,6 +1366,12 @@ impl Vms<'_> {
         let record = self.record(name)?;
         tresor_core::ops::check(name, vm_op, record.crypto_state, record.lock_reason)
             .map_err(|r| ServiceError::new(ErrorCode::VmLocked, r.message).de(r.message_de))?;
+        if let Some(task) = cx.tasks.running_on(name) {
+            return Err(ServiceError::new(
+                ErrorCode::Conflict,
+                format!("VM {name} has task {task} running; wait for it (`tresor task wait {task}`) or cancel it"),
+            ));
+        }
         let mut new_key_made = None;
         let vm = name.to_owned();
         let command = match action {
@@ -1281,6 +1414,30 @@ impl Vms<'_> {
                 }
             }
         };
+        let kind = match vm_op {
+            VmOp::Encrypt => Some(TaskKind::Encrypt),
+            VmOp::Decrypt => Some(TaskKind::Decrypt),
+            VmOp::Rekey => Some(TaskKind::Rekey),
+            VmOp::DeepRekey => Some(TaskKind::DeepRekey),
+            VmOp::Unregister
+            | VmOp::Reload
+            | VmOp::Delete
+            | VmOp::PowerOn
+            | VmOp::PowerOff
+            | VmOp::Unlock
+            | VmOp::AddDisk => None,
+        };
+        if let Some(kind) = kind {
+            let work = super::tasks::DiskWork {
+                kind,
+                host: record.host.clone(),
+                vm: name.to_owned(),
+                path: record.path.clone(),
+                key: new_key_made,
+                user: user.to_owned(),
+            };
+            return super::tasks::start_disk(cx, work, command).map(Some);
+        }
         let reply = cx
             .hub
             .request(&record.host, command, cx.hub.timeout())
@@ -1312,7 +1469,7 @@ impl Vms<'_> {
             }
             _ => {}
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Registers a VM with these keys (written before the answer), unless the registry refuses
@@ -1352,7 +1509,7 @@ impl Vms<'_> {
 
     /// After an operation the server started, a VM keeps only the keys its host still names (the
     /// registry never gains a key from what a host says).
-    fn settle_keys(&self, report: &VmReport) -> Result<(), ServiceError> {
+    pub(crate) fn settle_keys(&self, report: &VmReport) -> Result<(), ServiceError> {
         let Some(mut reg) = self.cx.engine.registration(&report.name) else {
             return Ok(());
         };

@@ -94,8 +94,10 @@ pub async fn serve_with(store: Arc<Store>, dir: &Path, token_ttl_secs: i64) -> S
     // makes short-lived are expiring.
     let providers = Arc::new(Providers::new(store.clone(), broker.clone(), dir, 20));
     providers.load().unwrap();
+    let tasks = tresor_server::tasks::Tasks::new(store.clone());
     let app = router(AppState {
         store,
+        tasks,
         engine: engine.clone(),
         hub,
         enroller,

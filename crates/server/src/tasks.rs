@@ -1,0 +1,383 @@
+//! The tasks: long work the server carries out for a user after it answered (an encryption, a
+//! bulk unlock, a host's folders registered). Each task is a row of the store, written when it
+//! starts, when a cancellation is asked and when it ends; its progress lives in memory (the
+//! agent reports it each second, and after a restart of the server it comes again from the
+//! agent). The moves between states are the core's (`tresor_core::task`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tresor_api::views::{Task, TaskError, TaskProgress};
+use tresor_core::ids::KeyRef;
+use tresor_core::task::{BadMove, TaskEvent, TaskKind, TaskState};
+
+use crate::agents::Watch;
+use crate::store::{Store, StoreError, TaskRow};
+
+/// How long finished tasks are kept.
+const KEEP_SECS: i64 = 30 * 86_400;
+
+/// The tasks the server knows: those running in memory with their progress, all in the store.
+#[derive(Debug)]
+pub struct Tasks {
+    store: Arc<Store>,
+    running: Mutex<HashMap<String, Entry>>,
+    /// Told whenever a task changes state.
+    changed: tokio::sync::watch::Sender<u64>,
+    /// Where the work of tasks runs (the server's main runtime, not the API's).
+    runtime: tokio::runtime::Handle,
+}
+
+#[derive(Debug)]
+struct Entry {
+    row: TaskRow,
+    /// The request carrying out the task on a host, while there is one.
+    watch: Option<Arc<Watch>>,
+    /// Progress a host reported without a request (work an earlier session or server left).
+    reported: Option<(u64, u64)>,
+    /// Set when the task is to stop at its next safe point (bulk work).
+    stop: Arc<AtomicBool>,
+}
+
+/// What a task's work sees of it: where to say how far it has come, whether to stop.
+#[derive(Clone, Debug)]
+pub struct TaskCtl {
+    pub id: String,
+    tasks: Arc<Tasks>,
+    stop: Arc<AtomicBool>,
+}
+
+impl TaskCtl {
+    /// The work has come to `done` of `total`.
+    pub fn progress(&self, done: u64, total: u64) {
+        self.tasks.reported(&self.id, done, total);
+    }
+
+    /// Whether a cancellation was asked for.
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
+
+impl Tasks {
+    /// The tasks of `store`, whose work runs on the runtime this is called on.
+    pub fn new(store: Arc<Store>) -> Arc<Tasks> {
+        let _ = store.prune_tasks(crate::enrol::now() - KEEP_SECS);
+        Arc::new(Tasks {
+            store,
+            running: Mutex::default(),
+            changed: tokio::sync::watch::channel(0).0,
+            runtime: tokio::runtime::Handle::current(),
+        })
+    }
+
+    /// Runs a task's work on the server's runtime.
+    pub fn spawn<F>(&self, work: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.runtime.spawn(work);
+    }
+
+    /// Starts a task: written to the store before it is answered.
+    pub fn start(
+        self: &Arc<Self>,
+        kind: TaskKind,
+        user: &str,
+        vm: Option<&str>,
+        host: Option<&str>,
+        key: Option<KeyRef>,
+    ) -> Result<TaskCtl, StoreError> {
+        let now = crate::enrol::now();
+        let row = TaskRow {
+            id: new_id(),
+            kind: kind.as_str().into(),
+            state: TaskState::Running.as_str().into(),
+            user: user.into(),
+            vm: vm.map(Into::into),
+            host: host.map(Into::into),
+            key,
+            done: 0,
+            total: 0,
+            result: None,
+            error_code: None,
+            error_message: None,
+            created: now,
+            updated: now,
+        };
+        self.store.put_task(&row)?;
+        Ok(self.track(row))
+    }
+
+    /// Follows a task again that the store says was running (after a restart).
+    pub fn track(self: &Arc<Self>, row: TaskRow) -> TaskCtl {
+        let stop = Arc::new(AtomicBool::new(row.state == TaskState::Cancelling.as_str()));
+        let id = row.id.clone();
+        if let Ok(mut r) = self.running.lock() {
+            r.insert(
+                id.clone(),
+                Entry {
+                    row,
+                    watch: None,
+                    reported: None,
+                    stop: stop.clone(),
+                },
+            );
+        }
+        self.tell();
+        TaskCtl {
+            id,
+            tasks: self.clone(),
+            stop,
+        }
+    }
+
+    /// The tasks the store holds as running or cancelling (to take up after a restart).
+    pub fn unfinished(&self) -> Result<Vec<TaskRow>, StoreError> {
+        Ok(self
+            .store
+            .tasks(10_000)?
+            .into_iter()
+            .filter(|t| state_of(t).is_some_and(|s| !s.is_finished()))
+            .collect())
+    }
+
+    /// The request that carries out task `id` on its host now.
+    pub fn attach(&self, id: &str, watch: Option<Arc<Watch>>) {
+        if let Some(e) = self
+            .running
+            .lock()
+            .ok()
+            .as_mut()
+            .and_then(|r| r.get_mut(id))
+        {
+            e.watch = watch;
+        }
+    }
+
+    /// The request carrying out task `id`, if there is one.
+    pub fn watch(&self, id: &str) -> Option<Arc<Watch>> {
+        self.running
+            .lock()
+            .ok()
+            .and_then(|r| r.get(id).and_then(|e| e.watch.clone()))
+    }
+
+    /// How far task `id` has come, said outside a request.
+    pub fn reported(&self, id: &str, done: u64, total: u64) {
+        if let Some(e) = self
+            .running
+            .lock()
+            .ok()
+            .as_mut()
+            .and_then(|r| r.get_mut(id))
+        {
+            e.reported = Some((done, total));
+        }
+    }
+
+    /// Task `id` as it is now.
+    pub fn get(&self, id: &str) -> Result<Option<TaskRow>, StoreError> {
+        if let Some(row) = self.live(id) {
+            return Ok(Some(row));
+        }
+        Ok(self.store.tasks(10_000)?.into_iter().find(|t| t.id == id))
+    }
+
+    /// The newest tasks, at most `limit`, running ones with their progress now.
+    pub fn list(&self, limit: usize) -> Result<Vec<TaskRow>, StoreError> {
+        let mut rows = self.store.tasks(limit)?;
+        for row in &mut rows {
+            if let Some(live) = self.live(&row.id) {
+                *row = live;
+            }
+        }
+        Ok(rows)
+    }
+
+    /// A running task of VM `vm`, if there is one.
+    pub fn running_on(&self, vm: &str) -> Option<String> {
+        self.running.lock().ok().and_then(|r| {
+            r.values()
+                .find(|e| e.row.vm.as_deref() == Some(vm))
+                .map(|e| e.row.id.clone())
+        })
+    }
+
+    /// How many tasks are running (or cancelling), by kind.
+    pub fn running_by_kind(&self) -> Vec<(TaskKind, usize)> {
+        let r = self.running.lock();
+        TaskKind::ALL
+            .into_iter()
+            .map(|k| {
+                let n = r.as_ref().map_or(0, |r| {
+                    r.values().filter(|e| e.row.kind == k.as_str()).count()
+                });
+                (k, n)
+            })
+            .collect()
+    }
+
+    fn live(&self, id: &str) -> Option<TaskRow> {
+        let r = self.running.lock().ok()?;
+        let e = r.get(id)?;
+        let mut row = e.row.clone();
+        if let Some((done, total)) = e.watch.as_ref().map(|w| w.progress()).or(e.reported) {
+            row.done = done;
+            row.total = total;
+        }
+        Some(row)
+    }
+
+    /// Asks task `id` to stop: it is cancelling from now on (written), and bulk work stops at
+    /// its next safe point.
+    pub fn ask_cancel(&self, id: &str) -> Result<TaskRow, TaskMoveError> {
+        let row = {
+            let mut r = self.running.lock().map_err(|_| TaskMoveError::Gone)?;
+            let e = r.get_mut(id).ok_or(TaskMoveError::Gone)?;
+            let state = state_of(&e.row).ok_or(TaskMoveError::Gone)?;
+            let next = state.next(TaskEvent::CancelAsked)?;
+            e.row.state = next.as_str().into();
+            e.row.updated = crate::enrol::now();
+            e.stop.store(true, Ordering::Relaxed);
+            e.row.clone()
+        };
+        self.store.put_task(&row)?;
+        self.tell();
+        Ok(row)
+    }
+
+    /// Ends task `id` with `event` (succeeded, failed, cancelled), its result or error
+    /// written. A task that ended already stays as it ended.
+    pub fn finish(
+        &self,
+        id: &str,
+        event: TaskEvent,
+        result: Option<serde_json::Value>,
+        error: Option<(String, String)>,
+    ) -> Result<Option<TaskRow>, StoreError> {
+        let row = {
+            let Ok(mut r) = self.running.lock() else {
+                return Ok(None);
+            };
+            let Some(e) = r.get(id) else {
+                return Ok(None);
+            };
+            let Some(state) = state_of(&e.row) else {
+                return Ok(None);
+            };
+            // A task asked to stop that could not stop any more ends as its work did.
+            let event = match (state, event) {
+                (TaskState::Running, TaskEvent::Cancelled) => TaskEvent::Failed,
+                (_, e) => e,
+            };
+            let Ok(next) = state.next(event) else {
+                return Ok(None);
+            };
+            let mut row = e.row.clone();
+            if let Some((done, total)) = e.watch.as_ref().map(|w| w.progress()).or(e.reported) {
+                row.done = done;
+                row.total = total;
+            }
+            if next == TaskState::Succeeded && row.total > 0 {
+                row.done = row.total;
+            }
+            row.state = next.as_str().into();
+            row.updated = crate::enrol::now();
+            row.result = result.map(|v| v.to_string());
+            if let Some((code, message)) = error {
+                row.error_code = Some(code);
+                row.error_message = Some(message);
+            }
+            r.remove(id);
+            row
+        };
+        self.store.put_task(&row)?;
+        tracing::info!(task = %row.id, kind = %row.kind, state = %row.state, "task ended");
+        self.tell();
+        Ok(Some(row))
+    }
+
+    /// Waits until some task changes state.
+    pub async fn changed(&self) {
+        let mut rx = self.changed.subscribe();
+        let _ = rx.changed().await;
+    }
+
+    fn tell(&self) {
+        self.changed.send_modify(|n| *n += 1);
+        if let Ok(counts) = self.store.task_counts() {
+            let counts: Vec<(&'static str, i64)> = TaskState::ALL
+                .into_iter()
+                .map(|s| {
+                    let n = counts
+                        .iter()
+                        .find(|(c, _)| c == s.as_str())
+                        .map_or(0, |c| c.1);
+                    (s.as_str(), n)
+                })
+                .collect();
+            crate::metrics::METRICS.set_tasks(&counts);
+        }
+    }
+}
+
+/// Why a task cannot move as asked.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskMoveError {
+    #[error("The task is not running")]
+    Gone,
+    #[error(transparent)]
+    Move(#[from] BadMove),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn state_of(row: &TaskRow) -> Option<TaskState> {
+    row.state.parse().ok()
+}
+
+/// A task as the API shows it.
+pub fn view(row: &TaskRow) -> Task {
+    let kind: TaskKind = row.kind.parse().unwrap_or(TaskKind::Encrypt);
+    let state: TaskState = row.state.parse().unwrap_or(TaskState::Failed);
+    let percent = (row.total > 0).then(|| {
+        let p = row.done.min(row.total) as f64 * 100.0 / row.total as f64;
+        (p * 10.0).round() / 10.0
+    });
+    Task {
+        id: row.id.clone(),
+        kind,
+        state,
+        user: row.user.clone(),
+        vm: row.vm.clone(),
+        host: row.host.clone(),
+        progress: TaskProgress {
+            done: row.done,
+            total: row.total,
+            unit: kind.unit(),
+            percent,
+        },
+        cancellable: state == TaskState::Running && kind.cancellation().is_some(),
+        cancel_does: kind.cancellation().map(Into::into),
+        result: row
+            .result
+            .as_deref()
+            .and_then(|r| serde_json::from_str(r).ok()),
+        error: row
+            .error_code
+            .clone()
+            .zip(row.error_message.clone())
+            .map(|(code, message)| TaskError { code, message }),
+        created: row.created,
+        updated: row.updated,
+    }
+}
+
+/// A new task id: 16 random hex digits.
+fn new_id() -> String {
+    let mut b = [0u8; 8];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
