@@ -329,9 +329,12 @@ enum VmSub {
         /// The host the folder is on.
         #[arg(long)]
         host: String,
-        /// Every VM found on the host that is not registered yet.
+        /// Every VM found on the host that is not registered yet (a task).
         #[arg(long)]
         all: bool,
+        /// With --all: say the task's id and return instead of following it.
+        #[arg(long, requires = "all")]
+        no_wait: bool,
     },
     /// Forget a VM; its files stay on the host.
     Unregister {
@@ -355,11 +358,17 @@ enum VmSub {
         /// The key provider (default: the default provider).
         #[arg(long)]
         provider: Option<String>,
+        /// Say the task's id and return instead of following it.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Decrypt a powered-off VM: each disk copied into a plain image, its keys no longer used.
     Decrypt {
         /// The VM's name.
         name: String,
+        /// Say the task's id and return instead of following it.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Add a disk to a powered-off VM (encrypted with the VM's key, or --own-key).
     AddDisk {
@@ -379,6 +388,9 @@ enum VmSub {
         /// Also re-encrypt the disks under new disk keys (the VM must be powered off).
         #[arg(long)]
         deep: bool,
+        /// Say the task's id and return instead of following it.
+        #[arg(long)]
+        no_wait: bool,
     },
 }
 
@@ -728,9 +740,19 @@ pub fn run_vm(cmd: VmCommand) -> Result<(), CliError> {
                 c.done(&v, || format!("{n}: powered off"));
             }
         }
-        VmSub::Register { path, host, all } => {
+        VmSub::Register {
+            path,
+            host,
+            all,
+            no_wait,
+        } => {
             let body = RegisterRequest { host, path, all };
             let v = c.call("POST", "/api/v1/vms/register", &json_text(&body))?;
+            if all && body.path.is_none() {
+                // A task: the VMs it registered are its result.
+                crate::task::started(c, &v, no_wait)?;
+                return Ok(());
+            }
             c.print(&v, |v| {
                 let names = match typed::<Registered>(v, "the registered VMs") {
                     Ok(r) => r.registered,
@@ -749,7 +771,7 @@ pub fn run_vm(cmd: VmCommand) -> Result<(), CliError> {
         VmSub::Unregister { name }
         | VmSub::Reload { name }
         | VmSub::Delete { name }
-        | VmSub::Decrypt { name }
+        | VmSub::Decrypt { name, .. }
             if name.is_empty() =>
         {
             return Err(CliError::msg("Name a VM"));
@@ -757,7 +779,10 @@ pub fn run_vm(cmd: VmCommand) -> Result<(), CliError> {
         VmSub::Unregister { name } => simple(c, &name, "unregister", "")?,
         VmSub::Reload { name } => simple(c, &name, "reload", "")?,
         VmSub::Delete { name } => simple(c, &name, "delete", "")?,
-        VmSub::Decrypt { name } => simple(c, &name, "decrypt", "")?,
+        VmSub::Decrypt { name, no_wait } => {
+            let v = c.call("POST", &format!("/api/v1/vms/{name}/decrypt"), "")?;
+            crate::task::started(c, &v, no_wait)?;
+        }
         VmSub::AddDisk {
             name,
             size,
@@ -771,18 +796,24 @@ pub fn run_vm(cmd: VmCommand) -> Result<(), CliError> {
             )?;
             c.print(&v, vm_rows);
         }
-        VmSub::Encrypt { name, provider } => simple(
-            c,
-            &name,
-            "encrypt",
-            &serde_json::json!({"provider": provider}).to_string(),
-        )?,
-        VmSub::Rekey { name, deep } => simple(
-            c,
-            &name,
-            "rekey",
-            &serde_json::json!({"deep": deep}).to_string(),
-        )?,
+        VmSub::Encrypt {
+            name,
+            provider,
+            no_wait,
+        } => {
+            let body = serde_json::json!({"provider": provider}).to_string();
+            let v = c.call("POST", &format!("/api/v1/vms/{name}/encrypt"), &body)?;
+            crate::task::started(c, &v, no_wait)?;
+        }
+        VmSub::Rekey {
+            name,
+            deep,
+            no_wait,
+        } => {
+            let body = serde_json::json!({"deep": deep}).to_string();
+            let v = c.call("POST", &format!("/api/v1/vms/{name}/rekey"), &body)?;
+            crate::task::started(c, &v, no_wait)?;
+        }
         VmSub::Unlock {
             names,
             all,

@@ -16,6 +16,7 @@ mod daemons;
 mod dev;
 mod kms;
 mod output;
+mod task;
 
 /// Tresor: encrypted virtual machines on KVM/QEMU, with keys from KMIP key providers.
 #[derive(Debug, Parser)]
@@ -62,6 +63,8 @@ enum Command {
     Settings(admin::SettingsCommand),
     /// Alarms: list and acknowledge.
     Alarm(admin::AlarmCommand),
+    /// Long work (encrypt, decrypt, rekey, bulk unlock and register): list, show, wait, cancel.
+    Task(task::TaskCommand),
     /// Log in with a user's password; the token is kept for the following commands.
     Login(access::LoginArgs),
     /// End the session: the token stops working and is forgotten.
@@ -201,6 +204,7 @@ pub fn main() -> ExitCode {
         Command::Provider(c) => admin::run_provider(c),
         Command::Settings(c) => admin::run_settings(c),
         Command::Alarm(c) => admin::run_alarm(c),
+        Command::Task(c) => task::run(c),
         Command::Login(a) => access::run_login(a),
         Command::Logout(a) => access::run_logout(a),
         Command::User(c) => access::run_user(c),

@@ -131,6 +131,8 @@ fn interrupt(dev: &Dev, host: &mut Host, dir: &Path, op: &[&str], moment: Moment
         new_image: new_image_mib().is_some(),
     };
     host.kill(dev);
+    // The client follows the operation's task, which outlives the agent: it is let go.
+    let _ = client.kill();
     let _ = client.wait();
     seen
 }
@@ -148,6 +150,10 @@ fn check(dev: &Dev, dir: &Path, name: &str) {
     // server has sent the VM's key again.
     wait_for("the interrupted operation to be finished or undone", || {
         !dir.join("vm-operation.json").exists()
+    });
+    // The server settles the operation's task from the host's journal before the next one.
+    wait_for("the server to settle the task", || {
+        dev.ok(&["task", "list", "--running", "-o", "json"]).trim() == "[]"
     });
     assert!(
         !dir.join("operation.json").exists(),

@@ -114,34 +114,39 @@ fn an_agent_stops_promptly_during_long_work_and_the_next_one_finishes_it() {
     let dev = Dev::start(1);
     dev.ok(&["vm", "create", "big", "--host", "host-1", "--disk", "4G"]);
     let toml = dev.dir.path().join("host-1/agent.toml");
-    let encrypt = std::thread::scope(|s| {
-        let encrypt = s.spawn(|| dev.cli(&["vm", "encrypt", "big"]));
-        // The operation is under way when its journal or new image shows up.
-        let folder = std::path::PathBuf::from(dev.ok(&["vm", "get", "big", "path"]).trim());
-        wait_for("the encryption to start", || {
-            std::fs::read_dir(&folder)
-                .map(|d| d.count() > 2)
-                .unwrap_or(false)
-        });
-        std::thread::sleep(std::time::Duration::from_secs(1));
-        // The session answers meanwhile.
-        let hosts = dev.ok(&["host", "list", "-o", "json"]);
-        assert!(hosts.contains("\"connected\": true"), "{hosts}");
-        let pid = pid_of(&["agent --config", &toml.display().to_string()]);
-        let asked = std::time::Instant::now();
-        std::process::Command::new("kill")
-            .args(["-INT", &pid])
-            .status()
+    // A task: answered at once with its id, carried out after.
+    let started: serde_json::Value =
+        serde_json::from_str(&dev.ok(&["vm", "encrypt", "big", "--no-wait", "-o", "json"]))
             .unwrap();
-        wait_for("the agent to stop", || !alive(&pid));
-        assert!(
-            asked.elapsed() < std::time::Duration::from_secs(10),
-            "the agent took {:?} to stop",
-            asked.elapsed()
-        );
-        encrypt.join().unwrap()
+    let task = started["id"].as_str().unwrap().to_owned();
+    assert_eq!(started["state"], "running", "{started}");
+    // The operation is under way when its journal or new image shows up.
+    let folder = std::path::PathBuf::from(dev.ok(&["vm", "get", "big", "path"]).trim());
+    wait_for("the encryption to start", || {
+        std::fs::read_dir(&folder)
+            .map(|d| d.count() > 2)
+            .unwrap_or(false)
     });
-    assert!(!encrypt.0, "the interrupted encrypt reported success");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    // The session answers meanwhile.
+    let hosts = dev.ok(&["host", "list", "-o", "json"]);
+    assert!(hosts.contains("\"connected\": true"), "{hosts}");
+    let pid = pid_of(&["agent --config", &toml.display().to_string()]);
+    let asked = std::time::Instant::now();
+    std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    wait_for("the agent to stop", || !alive(&pid));
+    assert!(
+        asked.elapsed() < std::time::Duration::from_secs(10),
+        "the agent took {:?} to stop",
+        asked.elapsed()
+    );
+    // The task outlives its agent: still running, followed on the host.
+    let show: serde_json::Value =
+        serde_json::from_str(&dev.ok(&["task", "show", &task, "-o", "json"])).unwrap();
+    assert_eq!(show["state"], "running", "{show}");
     // The next agent finishes or undoes it; the VM is one or the other, whole.
     let _agent = Proc(
         std::process::Command::new(TRESOR)
@@ -160,5 +165,14 @@ fn an_agent_stops_promptly_during_long_work_and_the_next_one_finishes_it() {
                 .join("vm-operation.json")
                 .exists()
     });
+    // The task ends as the host's journal ended: encrypted (the next agent finished it) or
+    // not (it was undone), and says so.
+    let (ok, _, err) = dev.cli(&["task", "wait", &task, "--timeout", "60"]);
+    let v = dev.vm("big");
+    if v["cryptoState"] == "unlocked" {
+        assert!(ok, "the finished encryption's task failed: {err}");
+    } else {
+        assert!(!ok && err.contains("as it was before"), "{err}");
+    }
     dev.ok(&["vm", "power-on", "big"]);
 }

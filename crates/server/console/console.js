@@ -58,6 +58,9 @@ const TEXT = {
     unlockHostPick: "Host to unlock", unlockProviderPick: "Provider whose VMs to unlock",
     registerHost: "Host to register on", actions: "Actions", filter: "Filter",
     signedInAs: "Signed in as", navigation: "Pages",
+    tasks: "Tasks", noTasks: "No tasks yet.", progress: "Progress", cancelTask: "Cancel",
+    startedBy: "Started by", taskStarted: "Task {id} started ({kind}); see Tasks", on: "On",
+    cancelConfirm: "Really cancel task {id} ({kind})? {does}", error: "Error",
     serial: "Serial console", serialEmpty: "The VM has printed nothing on its serial console since it was powered on.",
   },
   de: {
@@ -104,6 +107,9 @@ const TEXT = {
     unlockHostPick: "Zu entsperrender Host", unlockProviderPick: "Anbieter, dessen VMs entsperrt werden",
     registerHost: "Host, auf dem registriert wird", actions: "Aktionen", filter: "Filter",
     signedInAs: "Angemeldet als", navigation: "Seiten",
+    tasks: "Aufgaben", noTasks: "Noch keine Aufgaben.", progress: "Fortschritt", cancelTask: "Abbrechen",
+    startedBy: "Gestartet von", taskStarted: "Aufgabe {id} gestartet ({kind}); siehe Aufgaben", on: "Betrifft",
+    cancelConfirm: "Aufgabe {id} ({kind}) wirklich abbrechen? {does}", error: "Fehler",
     serial: "Serielle Konsole", serialEmpty: "Die VM hat seit dem Einschalten nichts auf ihrer seriellen Konsole ausgegeben.",
   },
 };
@@ -269,7 +275,7 @@ async function start() {
 
 function shell(active, body) {
   const nav = [["vms", t("vms")], ["hosts", t("hosts")], ["providers", t("providers")],
-    ["alarms", t("alarms")], ["events", t("events")]]
+    ["alarms", t("alarms")], ["events", t("events")], ["tasks", t("tasks")]]
     .map(([r, label]) => `<a href="#/${r}" id="nav-${r}" class="${active === r ? "active" : ""}">${esc(label)}</a>`)
     .join("");
   return `<a href="#main" id="skip-link" class="skip-link">${esc(t("skip"))}</a>
@@ -363,7 +369,9 @@ async function renderVms() {
       out.textContent = "…";
       try {
         const r = await api("POST", "/api/v1/vms/register", body);
-        state.registerResult = t("registered", { names: (r.registered || []).join(", ") || "–" });
+        // Every folder of a host is a task; one folder is answered when done.
+        state.registerResult = r.registered ? t("registered", { names: r.registered.join(", ") || "–" })
+          : t("taskStarted", { id: r.id, kind: r.kind });
         out.textContent = state.registerResult;
         refresh();
       } catch (e) {
@@ -520,8 +528,10 @@ async function renderVm(name) {
         out.textContent = "…";
         state.opResult[name] = "";
         try {
-          await api("POST", `/api/v1/vms/${encodeURIComponent(name)}/${opName}`, opName === "rekey" ? { deep: false } : undefined);
-          out.textContent = "✓ " + b.dataset.label;
+          const r = await api("POST", `/api/v1/vms/${encodeURIComponent(name)}/${opName}`, opName === "rekey" ? { deep: false } : undefined);
+          // Encrypt, decrypt and rekey go on as tasks.
+          out.textContent = r && r.kind && r.state ? t("taskStarted", { id: r.id, kind: r.kind }) : "✓ " + b.dataset.label;
+          state.opResult[name] = out.textContent;
           if (opName === "unregister") { location.hash = "#/vms"; return; }
           refresh();
         } catch (e) {
@@ -541,6 +551,49 @@ async function renderHosts() {
   return [`<h1>${t("hosts")}</h1><div class="scroll" tabindex="0" role="region" aria-label="${esc(t("hosts"))}"><table><thead><tr><th>${t("name")}</th><th>${t("connected")}</th>
     <th>${t("encryptionMode")}</th><th>${t("vmCount")}</th><th>${t("keysHeld")}</th><th>${t("time")}</th></tr></thead>
     <tbody>${rows}</tbody></table></div>`, () => {}];
+}
+
+// The privilege that starting (and so cancelling) a task of each kind needs.
+const TASK_PRIVILEGE = {
+  encrypt: "Cryptographer.Encrypt", decrypt: "Cryptographer.Decrypt", rekey: "Cryptographer.Recrypt",
+  deepRekey: "Cryptographer.Recrypt", unlock: "Cryptographer.RegisterVM", register: "VirtualMachine.Register",
+};
+
+function taskProgress(task) {
+  const p = task.progress;
+  if (!p.total) return "–";
+  const text = p.unit === "vms" ? `${p.done}/${p.total} VMs` : `${p.percent}% (${(p.total / 1048576).toFixed(0)} MiB)`;
+  return `<progress max="${esc(p.total)}" value="${esc(Math.min(p.done, p.total))}" aria-label="${esc(t("progress"))} ${esc(task.id)}"></progress> ${esc(text)}`;
+}
+
+// Long work: the running tasks with their progress, then the ended ones.
+async function renderTasks() {
+  const tasks = await api("GET", "/api/v1/tasks?limit=100");
+  const running = tasks.filter((x) => x.state === "running" || x.state === "cancelling");
+  const rows = tasks.map((x) => {
+    const on = x.vm ? `<a href="#/vms/${encodeURIComponent(x.vm)}">${esc(x.vm)}</a>` : esc(x.host || "–");
+    const cls = x.state === "succeeded" ? "ok" : x.state === "failed" ? "bad" : x.state === "cancelled" ? "warn" : "locked";
+    const cancel = x.cancellable ? button(t("cancelTask"), TASK_PRIVILEGE[x.kind] || "", `data-cancel="${esc(x.id)}" data-kind="${esc(x.kind)}" data-does="${esc(x.cancelDoes || "")}"`) : "";
+    const error = x.error ? `<div class="muted">${esc(x.error.message)}</div>` : "";
+    return `<tr><td>${esc(x.kind)}</td><td>${on}</td><td>${badge(x.state, cls)}${error}</td><td>${taskProgress(x)}</td>
+      <td>${esc(x.user)}</td><td>${time(x.created)}</td><td>${cancel}</td></tr>`;
+  }).join("");
+  const body = tasks.length ? `<div class="scroll" tabindex="0" role="region" aria-label="${esc(t("tasks"))}"><table><thead><tr>
+    <th>${t("kind")}</th><th>${t("on")}</th><th>${t("state")}</th><th>${t("progress")}</th><th>${t("startedBy")}</th>
+    <th>${t("time")}</th><th>${t("actions")}</th></tr></thead><tbody>${rows}</tbody></table></div>` : `<p>${t("noTasks")}</p>`;
+  return [`<h1>${t("tasks")}</h1><p id="task-result" role="status"></p>${body}`, () => {
+    for (const b of document.querySelectorAll("button[data-cancel]")) {
+      b.onclick = async () => {
+        if (!confirm(t("cancelConfirm", { id: b.dataset.cancel, kind: b.dataset.kind, does: b.dataset.does }))) return;
+        try { await api("POST", `/api/v1/tasks/${encodeURIComponent(b.dataset.cancel)}/cancel`); refresh(); } catch (e) {
+          document.getElementById("task-result").textContent = e.message;
+        }
+      };
+    }
+    // Running tasks move: the page follows them each second.
+    clearTimeout(state.taskTimer);
+    if (running.length) state.taskTimer = setTimeout(() => { if (route()[0] === "tasks") refresh(); }, 1000);
+  }];
 }
 
 function certText(c) {
@@ -690,6 +743,7 @@ async function render() {
     else if (page === "providers") view = await renderProviders();
     else if (page === "alarms") view = await renderAlarms();
     else if (page === "events") view = await renderEvents();
+    else if (page === "tasks") view = await renderTasks();
     else view = await renderVms();
     if (mine !== rendering) return;
     const checked = [...document.querySelectorAll(".pick:checked")].map((c) => c.value);

@@ -299,10 +299,17 @@ impl Tasks {
         Ok(Some(row))
     }
 
-    /// Waits until some task changes state.
-    pub async fn changed(&self) {
+    /// Waits until task `id` has ended, and says how.
+    pub async fn wait(&self, id: &str) -> Result<Option<TaskRow>, StoreError> {
         let mut rx = self.changed.subscribe();
-        let _ = rx.changed().await;
+        loop {
+            let row = self.get(id)?;
+            match &row {
+                Some(r) if state_of(r).is_some_and(|s| !s.is_finished()) => {}
+                _ => return Ok(row),
+            }
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), rx.changed()).await;
+        }
     }
 
     fn tell(&self) {

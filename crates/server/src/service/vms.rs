@@ -628,15 +628,30 @@ impl Vms<'_> {
                 provider: req.provider.clone(),
                 deep: false,
             };
-            self.operate(caller, &req.domain, VmAction::Encrypt, Some(&body))
+            let not_encrypted = |e: ServiceError| {
+                let message = format!(
+                    "Domain {} was adopted as a VM, but not encrypted: {}; encrypt it with tresor vm encrypt {}",
+                    req.domain, e.message, req.domain
+                );
+                ServiceError { message, ..e }
+            };
+            let task = self
+                .operate(caller, &req.domain, VmAction::Encrypt, Some(&body))
                 .await
-                .map_err(|e| {
-                    let message = format!(
-                        "Domain {} was adopted as a VM, but not encrypted: {}; encrypt it with tresor vm encrypt {}",
-                        req.domain, e.message, req.domain
-                    );
-                    ServiceError { message, ..e }
-                })?;
+                .map_err(not_encrypted)?;
+            // The adoption answers the VM as it is encrypted: its task is waited for.
+            if let Some(task) = task {
+                let ended = cx.tasks.wait(&task.id).await?;
+                if let Some(e) =
+                    ended.filter(|t| t.state != tresor_core::task::TaskState::Succeeded.as_str())
+                {
+                    return Err(not_encrypted(ServiceError::new(
+                        ErrorCode::HostRefused,
+                        e.error_message
+                            .unwrap_or_else(|| format!("task {} {}", e.id, e.state)),
+                    )));
+                }
+            }
         }
         Ok(vm_view(&self.new_record(&req.domain).await?))
     }
