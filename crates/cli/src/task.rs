@@ -126,8 +126,25 @@ fn finish(c: &Conn, task: Task, timeout: Option<Duration>) -> Result<(), CliErro
     let task = follow(c, task, timeout)?;
     match task.state {
         TaskState::Succeeded => {
-            c.done(&serde_json::to_value(&task).unwrap_or_default(), || {
-                format!("{}: {} done", subject(&task), task.kind)
+            // What the command did: the VM, the VMs registered (the task with `tresor task
+            // show`).
+            let result = task
+                .result
+                .clone()
+                .unwrap_or_else(|| serde_json::to_value(&task).unwrap_or_default());
+            c.done(&result, || match result.get("registered") {
+                Some(Value::Array(names)) => {
+                    let names: Vec<&str> = names.iter().filter_map(Value::as_str).collect();
+                    format!(
+                        "registered: {}",
+                        if names.is_empty() {
+                            "-".to_owned()
+                        } else {
+                            names.join(", ")
+                        }
+                    )
+                }
+                _ => format!("{}: {} done", subject(&task), task.kind),
             });
             Ok(())
         }

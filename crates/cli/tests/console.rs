@@ -292,6 +292,9 @@ fn every_page_reads_on_a_phone_and_passes_axe() {
     dev.ok(&["settings", "set", "unlock.policy", "manual"]);
     dev.create_vm("web01", true);
     dev.create_vm("plain01", false);
+    // A task that ended, for the Tasks page.
+    dev.create_vm("enc02", false);
+    dev.ok(&["vm", "encrypt", "enc02"]);
     dev.ok(&["vm", "power-on", "plain01"]);
     dev.ok(&["host", "reboot", "host-1"]);
     wait_for("web01 is locked", || {
@@ -349,6 +352,7 @@ fn every_page_reads_on_a_phone_and_passes_axe() {
         ),
         ("alarms", "#nav-alarms", "#alarm-table"),
         ("events", "#nav-events", "#event-table"),
+        ("tasks", "#nav-tasks", "#task-table"),
     ];
     for phone in [false, true] {
         browser.emulate_phone(phone.then_some((390, 844)));

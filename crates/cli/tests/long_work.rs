@@ -4,7 +4,8 @@
 //! times longer succeeds, since the agent reports the copy's progress every second; the task
 //! shows it in bytes; an encryption cancelled half-way is undone (the VM unencrypted, its data
 //! whole); one whose server is killed and started again in the middle is followed by the new
-//! server to its end; the guest reads its data back after. A host that stops answering (its
+//! server to its end; a decryption cancelled half-way leaves the VM encrypted; the guest reads its
+//! data back after each. A host that stops answering (its
 //! agent stopped with SIGSTOP) is given up on after the 2 s, with a message that says so.
 
 mod common;
@@ -141,6 +142,20 @@ fn a_copy_longer_than_the_timeout_finishes_while_it_reports_progress() {
             "{out}"
         );
     }
+
+    // A decryption cancelled half-way is undone: the VM stays encrypted, its data whole.
+    dev.ok(&["vm", "power-off", "big"]);
+    let id = started(&dev, "decrypt");
+    dev.ok(&["task", "cancel", &id]);
+    let (ok, _, err) = dev.cli(&["task", "wait", &id]);
+    assert!(!ok && err.contains("encrypted as before"), "{err}");
+    assert_eq!(dev.vm("big")["cryptoState"], "unlocked");
+    dev.ok(&["vm", "power-on", "big"]);
+    let out = dev.guest_io("big", "vd0", "read -P 0x61 1535M 1M");
+    assert!(
+        out.contains("read 1048576/1048576 bytes") && !out.contains("fail"),
+        "{out}"
+    );
 
     // A host that is silent is given up on after the timeout.
     let toml = dev.dir.path().join("host-1/agent.toml");

@@ -368,10 +368,16 @@ async function renderVms() {
       const out = document.getElementById("register-result");
       out.textContent = "…";
       try {
-        const r = await api("POST", "/api/v1/vms/register", body);
-        // Every folder of a host is a task; one folder is answered when done.
-        state.registerResult = r.registered ? t("registered", { names: r.registered.join(", ") || "–" })
-          : t("taskStarted", { id: r.id, kind: r.kind });
+        let r = await api("POST", "/api/v1/vms/register", body);
+        // Every folder of a host is a task, followed here to its end; one folder is answered
+        // when done.
+        if (!r.registered) {
+          out.textContent = t("taskStarted", { id: r.id, kind: r.kind });
+          const task = await followTask(r.id);
+          if (task.state !== "succeeded") throw new Error(task.error ? task.error.message : task.state);
+          r = task.result || { registered: [] };
+        }
+        state.registerResult = t("registered", { names: r.registered.join(", ") || "–" });
         out.textContent = state.registerResult;
         refresh();
       } catch (e) {
@@ -553,6 +559,15 @@ async function renderHosts() {
     <tbody>${rows}</tbody></table></div>`, () => {}];
 }
 
+// Asks for a task until it ends; its last state.
+async function followTask(id) {
+  for (;;) {
+    const task = await api("GET", `/api/v1/tasks/${encodeURIComponent(id)}`);
+    if (!["running", "cancelling"].includes(task.state)) return task;
+    await new Promise((done) => setTimeout(done, 500));
+  }
+}
+
 // The privilege that starting (and so cancelling) a task of each kind needs.
 const TASK_PRIVILEGE = {
   encrypt: "Cryptographer.Encrypt", decrypt: "Cryptographer.Decrypt", rekey: "Cryptographer.Recrypt",
@@ -575,10 +590,10 @@ async function renderTasks() {
     const cls = x.state === "succeeded" ? "ok" : x.state === "failed" ? "bad" : x.state === "cancelled" ? "warn" : "locked";
     const cancel = x.cancellable ? button(t("cancelTask"), TASK_PRIVILEGE[x.kind] || "", `data-cancel="${esc(x.id)}" data-kind="${esc(x.kind)}" data-does="${esc(x.cancelDoes || "")}"`) : "";
     const error = x.error ? `<div class="muted">${esc(x.error.message)}</div>` : "";
-    return `<tr><td>${esc(x.kind)}</td><td>${on}</td><td>${badge(x.state, cls)}${error}</td><td>${taskProgress(x)}</td>
+    return `<tr data-task="${esc(x.id)}"><td>${esc(x.kind)}</td><td>${on}</td><td>${badge(x.state, cls)}${error}</td><td>${taskProgress(x)}</td>
       <td>${esc(x.user)}</td><td>${time(x.created)}</td><td>${cancel}</td></tr>`;
   }).join("");
-  const body = tasks.length ? `<div class="scroll" tabindex="0" role="region" aria-label="${esc(t("tasks"))}"><table><thead><tr>
+  const body = tasks.length ? `<div class="scroll" tabindex="0" role="region" aria-label="${esc(t("tasks"))}"><table id="task-table"><thead><tr>
     <th>${t("kind")}</th><th>${t("on")}</th><th>${t("state")}</th><th>${t("progress")}</th><th>${t("startedBy")}</th>
     <th>${t("time")}</th><th>${t("actions")}</th></tr></thead><tbody>${rows}</tbody></table></div>` : `<p>${t("noTasks")}</p>`;
   return [`<h1>${t("tasks")}</h1><p id="task-result" role="status"></p>${body}`, () => {

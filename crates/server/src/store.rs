@@ -1300,12 +1300,36 @@ impl Store {
 
     /// The tasks, newest first; at most `limit`.
     pub fn tasks(&self, limit: usize) -> Result<Vec<TaskRow>, StoreError> {
+        self.select_tasks(
+            "ORDER BY created DESC, rowid DESC LIMIT ?1",
+            params![limit as i64],
+        )
+    }
+
+    /// One task.
+    pub fn task(&self, id: &str) -> Result<Option<TaskRow>, StoreError> {
+        Ok(self.select_tasks("WHERE id = ?1", params![id])?.pop())
+    }
+
+    /// The tasks not ended (running or cancelling).
+    pub fn unfinished_tasks(&self) -> Result<Vec<TaskRow>, StoreError> {
+        self.select_tasks(
+            "WHERE state IN ('running', 'cancelling') ORDER BY created",
+            params![],
+        )
+    }
+
+    fn select_tasks(
+        &self,
+        rest: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<TaskRow>, StoreError> {
         let conn = self.reader();
-        let mut stmt = conn.prepare(
+        let mut stmt = conn.prepare(&format!(
             "SELECT id, kind, state, user, vm, host, key_provider, key_id, done, total, result, error_code, error_message, created, updated
-             FROM tasks ORDER BY created DESC, rowid DESC LIMIT ?1",
-        )?;
-        let rows = stmt.query_map(params![limit as i64], |r| {
+             FROM tasks {rest}"
+        ))?;
+        let rows = stmt.query_map(args, |r| {
             let kp: Option<String> = r.get(6)?;
             let kid: Option<String> = r.get(7)?;
             Ok(TaskRow {

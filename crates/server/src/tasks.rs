@@ -64,12 +64,15 @@ impl Tasks {
     /// The tasks of `store`, whose work runs on the runtime this is called on.
     pub fn new(store: Arc<Store>) -> Arc<Tasks> {
         let _ = store.prune_tasks(crate::enrol::now() - KEEP_SECS);
-        Arc::new(Tasks {
+        let tasks = Arc::new(Tasks {
             store,
             running: Mutex::default(),
             changed: tokio::sync::watch::channel(0).0,
             runtime: tokio::runtime::Handle::current(),
-        })
+        });
+        // The metrics count the tasks kept from the start.
+        tasks.tell();
+        tasks
     }
 
     /// Runs a task's work on the server's runtime.
@@ -135,12 +138,7 @@ impl Tasks {
 
     /// The tasks the store holds as running or cancelling (to take up after a restart).
     pub fn unfinished(&self) -> Result<Vec<TaskRow>, StoreError> {
-        Ok(self
-            .store
-            .tasks(10_000)?
-            .into_iter()
-            .filter(|t| state_of(t).is_some_and(|s| !s.is_finished()))
-            .collect())
+        self.store.unfinished_tasks()
     }
 
     /// The request that carries out task `id` on its host now.
@@ -182,7 +180,7 @@ impl Tasks {
         if let Some(row) = self.live(id) {
             return Ok(Some(row));
         }
-        Ok(self.store.tasks(10_000)?.into_iter().find(|t| t.id == id))
+        self.store.task(id)
     }
 
     /// The newest tasks, at most `limit`, running ones with their progress now.
@@ -387,4 +385,81 @@ fn new_id() -> String {
     let mut b = [0u8; 8];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_task_is_kept_through_a_restart_and_ends_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("t.db")).unwrap());
+        let tasks = Tasks::new(store.clone());
+        let key = KeyRef::new("kms", "k1");
+        let ctl = tasks
+            .start(
+                TaskKind::Encrypt,
+                "alice",
+                Some("web01"),
+                Some("host-1"),
+                Some(key.clone()),
+            )
+            .unwrap();
+        ctl.progress(5, 10);
+        assert_eq!(tasks.running_on("web01"), Some(ctl.id.clone()));
+        let live = tasks.get(&ctl.id).unwrap().unwrap();
+        assert_eq!((live.done, live.total), (5, 10));
+        assert_eq!(view(&live).progress.percent, Some(50.0));
+
+        // A new server on the same store finds it unfinished, with its key.
+        let again = Tasks::new(store.clone());
+        let left = again.unfinished().unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].key, Some(key));
+        assert_eq!(left[0].user, "alice");
+
+        let asked = tasks.ask_cancel(&ctl.id).unwrap();
+        assert_eq!(asked.state, "cancelling");
+        assert!(ctl.stopping());
+        assert!(tasks.ask_cancel(&ctl.id).is_err());
+        let ended = tasks
+            .finish(
+                &ctl.id,
+                TaskEvent::Cancelled,
+                None,
+                Some(("cancelled".into(), "undone".into())),
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(ended.state, "cancelled");
+        // Once ended, it stays as it ended.
+        assert!(tasks
+            .finish(&ctl.id, TaskEvent::Succeeded, None, None)
+            .unwrap()
+            .is_none());
+        let stored = store.task(&ctl.id).unwrap().unwrap();
+        assert_eq!(stored.state, "cancelled");
+        assert_eq!(stored.error_message.as_deref(), Some("undone"));
+        assert!(tasks.running_on("web01").is_none());
+        assert!(again.unfinished().unwrap().is_empty());
+        let v = view(&stored);
+        assert!(!v.cancellable);
+        assert_eq!(v.error.unwrap().code, "cancelled");
+    }
+
+    #[tokio::test]
+    async fn a_running_task_that_cannot_stop_any_more_fails_instead_of_cancelled() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("t.db")).unwrap());
+        let tasks = Tasks::new(store);
+        let ctl = tasks
+            .start(TaskKind::Register, "bob", None, Some("host-1"), None)
+            .unwrap();
+        let ended = tasks
+            .finish(&ctl.id, TaskEvent::Cancelled, None, None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(ended.state, "failed");
+    }
 }
