@@ -77,6 +77,19 @@ impl Copies {
         self.base = self.base.saturating_add(disk.size);
         Ok(())
     }
+
+    /// Copies `disk` of the VM in `dir` to its new form, unless the request is cancelled.
+    fn run(
+        &mut self,
+        host: &Host,
+        dir: &Path,
+        disk: &DiskEntry,
+        change: &Change,
+    ) -> Result<(), HostError> {
+        self.next(disk)?;
+        diskops::run(dir, &disk.id, change, &host.cache, &host.config.tools, None)?;
+        Ok(())
+    }
 }
 
 fn fail(code: &'static str, message: impl Into<String>) -> HostError {
@@ -1259,17 +1272,8 @@ impl Host {
             .collect();
         let mut copies = Copies::of(&todo);
         for d in todo {
-            let done = copies.next(d).and_then(|()| {
-                diskops::run(
-                    &dir,
-                    &d.id,
-                    &Change::Encrypt { key: key.clone() },
-                    &self.cache,
-                    &self.config.tools,
-                    None,
-                )
-                .map_err(HostError::from)
-            });
+            let change = Change::Encrypt { key: key.clone() };
+            let done = copies.run(self, &dir, d, &change);
             if progress::cancelled() {
                 // Rolled back: the VM is decrypted again, as it was before.
                 progress::clear_cancel();
@@ -1305,17 +1309,7 @@ impl Host {
             .collect();
         let mut copies = Copies::of(&todo);
         for d in &todo {
-            let done = copies.next(d).and_then(|()| {
-                diskops::run(
-                    &dir,
-                    &d.id,
-                    &Change::Decrypt,
-                    &self.cache,
-                    &self.config.tools,
-                    None,
-                )
-                .map_err(HostError::from)
-            });
+            let done = copies.run(self, &dir, d, &Change::Decrypt);
             if progress::cancelled() {
                 progress::clear_cancel();
                 self.encrypt_again(vm, &dir, &file)?;
@@ -1440,15 +1434,7 @@ impl Host {
             .collect();
         let mut copies = Copies::of(&plain.iter().map(|(d, _)| *d).collect::<Vec<_>>());
         for (d, key) in plain {
-            copies.next(d)?;
-            diskops::run(
-                dir,
-                &d.id,
-                &Change::Encrypt { key },
-                &self.cache,
-                &self.config.tools,
-                None,
-            )?;
+            copies.run(self, dir, d, &Change::Encrypt { key })?;
         }
         diskops::clear_intent(dir)?;
         Ok(())

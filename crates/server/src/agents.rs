@@ -329,22 +329,30 @@ impl AgentHub {
     /// Asks host `host` to cancel its request `id` (0: the work an earlier session left
     /// running). Agents of protocol 3 and later can.
     pub async fn cancel(&self, host: &str, id: u64) -> Result<(), HubError> {
-        let tx = {
-            let sessions = self
-                .sessions
-                .lock()
-                .map_err(|_| HubError::NotConnected(host.into()))?;
-            let s = sessions
-                .get(host)
-                .ok_or_else(|| HubError::NotConnected(host.into()))?;
-            if s.protocol < 3 {
-                return Err(HubError::CannotCancel(host.into()));
-            }
-            s.tx.clone()
-        };
+        let tx = self.session_of(host, |s| match s.protocol {
+            ..3 => Err(HubError::CannotCancel(host.into())),
+            _ => Ok(()),
+        })?;
         tx.send(ServerMessage::Cancel { id })
             .await
             .map_err(|_| HubError::Closed(host.into()))
+    }
+
+    /// The sender of `host`'s session, after `check` accepted the session.
+    fn session_of(
+        &self,
+        host: &str,
+        check: impl FnOnce(&Session) -> Result<(), HubError>,
+    ) -> Result<mpsc::Sender<ServerMessage>, HubError> {
+        let sessions = self
+            .sessions
+            .lock()
+            .map_err(|_| HubError::NotConnected(host.into()))?;
+        let s = sessions
+            .get(host)
+            .ok_or_else(|| HubError::NotConnected(host.into()))?;
+        check(s)?;
+        Ok(s.tx.clone())
     }
 
     async fn send_and_wait(
@@ -357,19 +365,12 @@ impl AgentHub {
     ) -> Result<(Reply, u64), HubError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply_tx, reply_rx) = oneshot::channel();
-        let tx = {
-            let sessions = self
-                .sessions
-                .lock()
-                .map_err(|_| HubError::NotConnected(host.into()))?;
-            let s = sessions
-                .get(host)
-                .ok_or_else(|| HubError::NotConnected(host.into()))?;
+        let tx = self.session_of(host, |s| {
             if let Ok(mut p) = s.pending.lock() {
                 p.insert(id, reply_tx);
             }
-            s.tx.clone()
-        };
+            Ok(())
+        })?;
         // The agent's progress reports on this request: each starts the wait anew.
         watch.id.store(id, Ordering::Relaxed);
         if let Ok(mut p) = self.progress.lock() {

@@ -40,6 +40,18 @@ struct Entry {
     stop: Arc<AtomicBool>,
 }
 
+impl Entry {
+    /// The task with its progress now: its request's, else what its host said.
+    fn now(&self) -> TaskRow {
+        let mut row = self.row.clone();
+        if let Some((done, total)) = self.watch.as_ref().map(|w| w.progress()).or(self.reported) {
+            row.done = done;
+            row.total = total;
+        }
+        row
+    }
+}
+
 /// What a task's work sees of it: where to say how far it has come, whether to stop.
 #[derive(Clone, Debug)]
 pub struct TaskCtl {
@@ -141,8 +153,8 @@ impl Tasks {
         self.store.unfinished_tasks()
     }
 
-    /// The request that carries out task `id` on its host now.
-    pub fn attach(&self, id: &str, watch: Option<Arc<Watch>>) {
+    /// Changes the entry of running task `id`.
+    fn with_entry(&self, id: &str, change: impl FnOnce(&mut Entry)) {
         if let Some(e) = self
             .running
             .lock()
@@ -150,8 +162,13 @@ impl Tasks {
             .as_mut()
             .and_then(|r| r.get_mut(id))
         {
-            e.watch = watch;
+            change(e);
         }
+    }
+
+    /// The request that carries out task `id` on its host now.
+    pub fn attach(&self, id: &str, watch: Option<Arc<Watch>>) {
+        self.with_entry(id, |e| e.watch = watch);
     }
 
     /// The request carrying out task `id`, if there is one.
@@ -164,15 +181,7 @@ impl Tasks {
 
     /// How far task `id` has come, said outside a request.
     pub fn reported(&self, id: &str, done: u64, total: u64) {
-        if let Some(e) = self
-            .running
-            .lock()
-            .ok()
-            .as_mut()
-            .and_then(|r| r.get_mut(id))
-        {
-            e.reported = Some((done, total));
-        }
+        self.with_entry(id, |e| e.reported = Some((done, total)));
     }
 
     /// Task `id` as it is now.
@@ -220,12 +229,7 @@ impl Tasks {
     fn live(&self, id: &str) -> Option<TaskRow> {
         let r = self.running.lock().ok()?;
         let e = r.get(id)?;
-        let mut row = e.row.clone();
-        if let Some((done, total)) = e.watch.as_ref().map(|w| w.progress()).or(e.reported) {
-            row.done = done;
-            row.total = total;
-        }
-        Some(row)
+        Some(e.now())
     }
 
     /// Asks task `id` to stop: it is cancelling from now on (written), and bulk work stops at
@@ -273,11 +277,7 @@ impl Tasks {
             let Ok(next) = state.next(event) else {
                 return Ok(None);
             };
-            let mut row = e.row.clone();
-            if let Some((done, total)) = e.watch.as_ref().map(|w| w.progress()).or(e.reported) {
-                row.done = done;
-                row.total = total;
-            }
+            let mut row = e.now();
             if next == TaskState::Succeeded && row.total > 0 {
                 row.done = row.total;
             }
