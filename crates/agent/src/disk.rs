@@ -460,8 +460,12 @@ impl QemuTools {
         };
         args.extend(["-f".into(), source.into(), from.display().to_string()]);
         args.extend(Self::target_args(to, to_format, to_secret.is_some())?);
+        // Its progress tells the server how far the copy has come.
+        args.insert(1, "-p".into());
+        crate::progress::copied(0);
         let secrets: Vec<&DiskSecret> = to_secret.into_iter().collect();
-        self.run(&self.qemu_img, &args, &secrets, from).map(|_| ())
+        self.run_reporting(&self.qemu_img, &args, &secrets, from, true)
+            .map(|_| ())
     }
 
     /// Copies a disk into a new one of another format or key (encrypt, decrypt, deep rekey).

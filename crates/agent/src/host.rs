@@ -1021,6 +1021,9 @@ impl Host {
             .map_err(|e| fail("badShape", e.to_string()))?;
         self.check_space(info.virtual_size)?;
         let tools = self.config.tools.clone();
+        // The copy's progress counts bytes of the image.
+        progress::begin_bytes(info.virtual_size);
+        progress::copy_of(0, info.virtual_size);
         self.new_disk(
             &mut file,
             dir,

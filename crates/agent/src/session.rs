@@ -345,6 +345,12 @@ async fn session(
                 // Work an earlier session left is answered only when it belongs to a task:
                 // nobody waits for anything else any more.
                 let task = task.filter(|_| server_protocol >= 3);
+                if let Some(t) = &task {
+                    // How far it came, last: work quicker than a progress tick has a size too.
+                    let (done, total) = crate::progress::get();
+                    let last = AgentMessage::Progress { id, done, total, task: Some(t.clone()) };
+                    send(&mut writer, &last).await?;
+                }
                 if id != 0 || task.is_some() {
                     send(&mut writer, &AgentMessage::Reply { id, reply, task }).await?;
                 }

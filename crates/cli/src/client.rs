@@ -174,6 +174,12 @@ impl VmFiles {
             if let Some(file) = file {
                 let path = format!("/api/v1/vms/{name}/files/{kind}");
                 let v = crate::api::block_on(client.put_file(&path, file))??;
+                // An image is imported by a task, followed here to its end.
+                if let Ok(task) = typed::<tresor_api::views::Task>(&v, "a task") {
+                    crate::task::follow_to_success(c, task)?;
+                    last = Some(c.call("GET", &format!("/api/v1/vms/{name}"), "")?);
+                    continue;
+                }
                 last = Some(v);
             }
         }

@@ -121,6 +121,37 @@ pub(crate) fn started(c: &Conn, answer: &Value, no_wait: bool) -> Result<(), Cli
     finish(c, task, None)
 }
 
+/// Follows `task` to its end, saying nothing when it succeeds; a failed or cancelled task is the
+/// error.
+pub(crate) fn follow_to_success(c: &Conn, task: Task) -> Result<Task, CliError> {
+    let task = follow(c, task, None)?;
+    match task.state {
+        TaskState::Succeeded => Ok(task),
+        _ => Err(failure(task)),
+    }
+}
+
+/// Why a task did not succeed, as the error of the command that waited for it.
+fn failure(task: Task) -> CliError {
+    if task.state.is_finished() {
+        let (code, message) = task.error.map(|e| (e.code, e.message)).unwrap_or_else(|| {
+            (
+                "internal".into(),
+                format!("Task {} {}", task.id, task.state),
+            )
+        });
+        let body = serde_json::json!({"code": code, "message": message});
+        return match serde_json::from_value(body) {
+            Ok(b) => CliError::Api(b),
+            Err(_) => CliError::msg(message),
+        };
+    }
+    CliError::msg(format!(
+        "Task {} is still {} after the time given; `tresor task wait {}` goes on following it",
+        task.id, task.state, task.id
+    ))
+}
+
 /// Follows `task` to its end and says how it ended; a failed or cancelled task is the error.
 fn finish(c: &Conn, task: Task, timeout: Option<Duration>) -> Result<(), CliError> {
     let task = follow(c, task, timeout)?;

@@ -86,6 +86,18 @@ fn boot_files_of_an_encrypted_vm_need_direct_access() {
     ]);
     let v = dev.vm("plain01");
     assert_eq!(v["disks"].as_array().unwrap().len(), 2, "{v}");
+    // Its import was a task, with its progress in bytes of the image.
+    let tasks: serde_json::Value =
+        serde_json::from_str(&dev.ok(&["task", "list", "-o", "json"])).unwrap();
+    let import = tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["kind"] == "import" && t["vm"] == "plain01")
+        .unwrap_or_else(|| panic!("no import task: {tasks}"));
+    assert_eq!(import["state"], "succeeded", "{import}");
+    assert_eq!(import["progress"]["total"], 65u64 << 20, "{import}");
+    assert_eq!(import["progress"]["unit"], "bytes", "{import}");
     let first = v["disks"][0]["path"].as_str().unwrap();
     let out = std::process::Command::new("qemu-io")
         .args([

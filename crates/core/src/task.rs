@@ -14,6 +14,8 @@ crate::named_enum! {
         DeepRekey = "deepRekey",
         Unlock = "unlock",
         Register = "register",
+        /// An image sent to a VM, copied into its new first disk.
+        Import = "import",
     }
 }
 
@@ -107,16 +109,18 @@ impl TaskKind {
             }
             TaskKind::Register => Some("the folders not yet registered are left alone"),
             TaskKind::Unlock => Some("the VMs not yet unlocked are no longer followed"),
-            TaskKind::Rekey => None,
+            TaskKind::Rekey | TaskKind::Import => None,
         }
     }
 
     /// What `done` and `total` count for this kind.
     pub fn unit(self) -> ProgressUnit {
         match self {
-            TaskKind::Encrypt | TaskKind::Decrypt | TaskKind::Rekey | TaskKind::DeepRekey => {
-                ProgressUnit::Bytes
-            }
+            TaskKind::Encrypt
+            | TaskKind::Decrypt
+            | TaskKind::Rekey
+            | TaskKind::DeepRekey
+            | TaskKind::Import => ProgressUnit::Bytes,
             TaskKind::Unlock | TaskKind::Register => ProgressUnit::Vms,
         }
     }

@@ -1038,6 +1038,14 @@ impl Store {
             .collect())
     }
 
+    /// A VM's crypto state, without copying its record.
+    pub fn crypto_state(&self, name: &str) -> Option<CryptoState> {
+        self.vm_cache()
+            .by_name
+            .get(name)
+            .map(|v| v.record.crypto_state)
+    }
+
     pub fn vm(&self, name: &str) -> Result<Option<VmRecord>, StoreError> {
         Ok(self.vm_cache().by_name.get(name).map(|v| v.record.clone()))
     }

@@ -168,7 +168,13 @@ impl Tasks {
 
     /// The request that carries out task `id` on its host now.
     pub fn attach(&self, id: &str, watch: Option<Arc<Watch>>) {
-        self.with_entry(id, |e| e.watch = watch);
+        self.with_entry(id, |e| {
+            // The request's last progress stays the task's.
+            if let Some(w) = e.watch.take() {
+                e.reported = Some(w.progress());
+            }
+            e.watch = watch;
+        });
     }
 
     /// The request carrying out task `id`, if there is one.

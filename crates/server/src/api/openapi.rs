@@ -47,7 +47,7 @@ ops! {
     "post" "/api/v1/vms/{name}/add-disk" "vms" Some(P::VmConfig), r#"{"size": 10737418240, "ownKey": false}"#, "Add a disk to a powered-off VM (to an encrypted one: Cryptographer.AddDisk; `ownKey`: a key of its own)";
     "get" "/api/v1/vms/{name}/console" "vms" Some(P::VmConsole), "", "What a VM's serial console said: its log from `?offset=N` on (base64 in `data`; ask again from `next`). For an encrypted VM also Cryptographer.Access";
     "post" "/api/v1/vms/{name}/console" "vms" Some(P::VmConsole), r#"{"input": "uptime\n"}"#, "Type on a running VM's serial console (at most 4096 bytes). For an encrypted VM also Cryptographer.Access";
-    "put" "/api/v1/vms/{name}/files/{kind}" "vms" Some(P::VmConfig), "", "Send a file to a powered-off VM, the body as it is (`application/octet-stream`), in one request or in pieces of at most 64 MiB (`?offset=N&more=true`, the last without `more`): `image` (a qcow2 or raw image, imported as the VM's first disk, encrypted when the VM is; to an encrypted VM also Cryptographer.AddDisk), `kernel`, `initrd` or `cmdline` (booted directly; for an encrypted VM also Cryptographer.Access, as what boots it reads its disks)";
+    "put" "/api/v1/vms/{name}/files/{kind}" "vms" Some(P::VmConfig), "", "Send a file to a powered-off VM, the body as it is (`application/octet-stream`), in one request or in pieces of at most 64 MiB (`?offset=N&more=true`, the last without `more`): `image` (a qcow2 or raw image, imported as the VM's first disk, encrypted when the VM is, by a task that its last piece starts (202); to an encrypted VM also Cryptographer.AddDisk), `kernel`, `initrd` or `cmdline` (booted directly; for an encrypted VM also Cryptographer.Access, as what boots it reads its disks)";
     "post" "/api/v1/vms/{name}/decrypt" "vms" Some(P::CryptoDecrypt), "", "Decrypt a VM: starts a task (202)";
     "post" "/api/v1/vms/{name}/rekey" "vms" Some(P::CryptoRecrypt), r#"{"deep": false}"#, "A new key for a VM (`deep`: re-encrypt its disks): starts a task (202)";
     "get" "/api/v1/hosts" "hosts" Some(P::SystemView), "", "List hosts";
@@ -204,7 +204,9 @@ pub fn starts_task(method: &str, path: &str) -> Option<bool> {
             | "/api/v1/vms/{name}/decrypt"
             | "/api/v1/vms/{name}/rekey",
         ) => Some(true),
-        ("post", "/api/v1/vms/register") => Some(false),
+        ("post", "/api/v1/vms/register") | ("put", "/api/v1/vms/{name}/files/{kind}") => {
+            Some(false)
+        }
         _ => None,
     }
 }

@@ -17,7 +17,7 @@ use tresor_api::ErrorCode;
 use tresor_core::access::Privilege;
 
 use super::{authorize, caller, permit, ApiError, ApiJson, ApiPath, ApiQuery, AppState};
-use crate::service::vms::{vm_json_text, VmAction, VmFilter};
+use crate::service::vms::{vm_json_text, Uploaded, VmAction, VmFilter};
 use crate::service::{parse_lang, ServiceError};
 
 /// VMs per piece of the streamed VM list (about 32 KiB).
@@ -229,14 +229,15 @@ pub(super) async fn console_write(
     ))
 }
 
-/// `PUT /api/v1/vms/{name}/files/{kind}`: the body, as it arrives, to the VM's host.
+/// `PUT /api/v1/vms/{name}/files/{kind}`: the body, as it arrives, to the VM's host; the last
+/// piece of an image starts its import as a task (202).
 pub(super) async fn upload(
     State(s): State<AppState>,
     headers: HeaderMap,
     ApiPath((name, kind)): ApiPath<(String, String)>,
     ApiQuery(q): ApiQuery<FileQuery>,
     body: axum::body::Body,
-) -> Result<Json<Vm>, ApiError> {
+) -> Result<Response, ApiError> {
     use futures_util::StreamExt;
     let announced = headers
         .get(axum::http::header::CONTENT_LENGTH)
@@ -268,7 +269,11 @@ pub(super) async fn upload(
             }
         }
     }
-    Ok(Json(answer?))
+    Ok(match answer? {
+        Uploaded::Vm(vm) => Json(vm).into_response(),
+        // The last piece of an image: its import goes on as a task.
+        Uploaded::Task(task) => (axum::http::StatusCode::ACCEPTED, Json(task)).into_response(),
+    })
 }
 
 /// `POST /api/v1/vms/{name}/{action}`: power on or off, unlock, unregister, reload, delete,

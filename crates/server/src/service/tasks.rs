@@ -35,6 +35,7 @@ pub fn privilege_of(kind: TaskKind) -> Privilege {
         TaskKind::Rekey | TaskKind::DeepRekey => Privilege::CryptoRecrypt,
         TaskKind::Unlock => Privilege::CryptoRegisterVm,
         TaskKind::Register => Privilege::VmRegister,
+        TaskKind::Import => Privilege::VmConfig,
     }
 }
 
@@ -296,6 +297,8 @@ fn outcome(kind: TaskKind, key: Option<&KeyRef>, report: &VmReport) -> Option<bo
         TaskKind::Encrypt => report.encrypted && report.key_id.as_ref() == key,
         TaskKind::Decrypt => !report.encrypted,
         TaskKind::Rekey | TaskKind::DeepRekey => report.key_id.as_ref() == key,
+        // An import keeps no journal: what became of it cannot be told from the VM.
+        TaskKind::Import => false,
         TaskKind::Unlock | TaskKind::Register => return None,
     })
 }
@@ -358,7 +361,9 @@ async fn recover(cx: Context, id: String, work: DiskWork) {
                 if done {
                     settle(&cx, &id, &work, Reply::Vm { vm: (*report).clone() }).await;
                 } else {
-                    let (code, message) = if cancelling {
+                    let (code, message) = if work.kind == TaskKind::Import {
+                        ("hostRefused", format!("The import of an image into VM {} ended on host {} without an answer (its agent or the server restarted); `tresor vm show {}` shows whether its disk is there, send the image again if not", work.vm, work.host, work.vm))
+                    } else if cancelling {
                         ("cancelled", format!("The {} of VM {} was cancelled and undone on host {}", work.kind.as_str(), work.vm, work.host))
                     } else {
                         ("hostRefused", format!("The {} of VM {} ended on host {} without an answer (its agent or the server restarted) and the VM is as it was before; run it again", work.kind.as_str(), work.vm, work.host))

@@ -47,6 +47,14 @@ pub struct VmFilter {
     pub limit: Option<usize>,
 }
 
+/// What a piece of a file sent to a VM gives: the VM as it is after it, or (the last piece of an
+/// image) the task that imports the image.
+#[derive(Debug)]
+pub enum Uploaded {
+    Vm(Vm),
+    Task(Task),
+}
+
 /// What can be done to one VM by name (`POST /api/v1/vms/{name}/{action}`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VmAction {
@@ -442,11 +450,7 @@ impl Vms<'_> {
             let (event, result, error) = loop {
                 let still: Vec<&String> = vms
                     .iter()
-                    .filter(|v| {
-                        task_cx.store.vm(v).ok().flatten().is_some_and(|r| {
-                            r.crypto_state == CryptoState::Locked
-                        })
-                    })
+                    .filter(|v| task_cx.store.crypto_state(v) == Some(CryptoState::Locked))
                     .collect();
                 let unlocked = total - still.len() as u64;
                 ctl.progress(unlocked, total);
@@ -1135,7 +1139,7 @@ impl Vms<'_> {
         name: &str,
         piece: &FilePiece,
         body: &mut S,
-    ) -> Result<Vm, ServiceError>
+    ) -> Result<Uploaded, ServiceError>
     where
         S: futures_util::Stream<Item = Result<B, E>> + Unpin,
         B: AsRef<[u8]>,
@@ -1235,6 +1239,26 @@ impl Vms<'_> {
             }
             if done {
                 let data = std::mem::take(&mut buffer);
+                if kind == UploadKind::Image && !piece.more {
+                    // The last piece of an image: its copy into the VM's new disk is a task.
+                    let command = Command::Upload {
+                        vm: name.to_owned(),
+                        kind,
+                        offset,
+                        data: Chunk(data),
+                        done: true,
+                    };
+                    let work = super::tasks::DiskWork {
+                        kind: TaskKind::Import,
+                        host: record.host.clone(),
+                        vm: name.to_owned(),
+                        path: record.path.clone(),
+                        key: None,
+                        user: caller.user.clone(),
+                    };
+                    tracing::info!(vm = name, user = %caller.user, %kind, "image sent to the VM; its import is a task");
+                    return super::tasks::start_disk(cx, work, command).map(Uploaded::Task);
+                }
                 break self
                     .send_piece(&record.host, name, kind, offset, data, !piece.more)
                     .await?;
@@ -1247,7 +1271,7 @@ impl Vms<'_> {
         if !piece.more {
             tracing::info!(vm = name, user = %caller.user, %kind, bytes = offset, "file sent to the VM");
         }
-        Ok(vm_view(&self.record(name)?))
+        Ok(Uploaded::Vm(vm_view(&self.record(name)?)))
     }
 
     async fn send_piece(
