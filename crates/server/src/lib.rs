@@ -33,3 +33,4 @@ pub mod service;
 pub mod store;
 pub mod syslog;
 pub mod tasks;
+pub mod vmview;

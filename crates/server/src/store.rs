@@ -502,34 +502,12 @@ pub struct Store {
     /// A second connection for reads, so that reading (signing in, listing events) does not
     /// wait for a large write (WAL lets readers go on while one writes). None in memory.
     read: Option<Mutex<Connection>>,
-    /// Renders a VM for the API when it is written, so that no request waits for it.
-    render: std::sync::OnceLock<fn(&VmRecord) -> String>,
-    /// VM states taken in memory and not written yet, by id (see [`Store::put_vms_deferred`]).
-    deferred: Mutex<std::collections::HashMap<String, Arc<StoredVm>>>,
-    vms: std::sync::RwLock<VmCache>,
+    /// The VMs in memory, as last written or taken (the server's view; no SQL there).
+    view: VmView,
 }
 
-/// The VMs as stored, by name, and the name of each id.
-#[derive(Default)]
-struct VmCache {
-    by_name: std::collections::BTreeMap<String, Arc<StoredVm>>,
-    names: std::collections::HashMap<String, String>,
-}
-
-/// A VM as stored, with a slot for a rendering of it that stays valid as long as the record
-/// does (a new record is a new `StoredVm`).
-#[derive(Debug)]
-pub struct StoredVm {
-    pub record: VmRecord,
-    pub rendered: std::sync::OnceLock<String>,
-}
-
-impl StoredVm {
-    /// The rendering, made once by `render`.
-    pub fn rendered(&self, render: impl FnOnce(&VmRecord) -> String) -> &str {
-        self.rendered.get_or_init(|| render(&self.record))
-    }
-}
+pub use crate::vmview::StoredVm;
+use crate::vmview::VmView;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -585,35 +563,13 @@ impl Store {
             2 => registry_from_reports(tx),
             _ => Ok(()),
         })?;
-        let store = Store {
+        let mut store = Store {
             conn: Mutex::new(conn),
             read: None,
-            render: Default::default(),
-            deferred: Default::default(),
-            vms: Default::default(),
+            view: VmView::default(),
         };
-        let vms = store.vm_rows("", &[])?;
-        let mut cache = store.vm_cache_mut();
-        for v in vms {
-            cache.names.insert(v.id.clone(), v.name.clone());
-            cache.by_name.insert(
-                v.name.clone(),
-                Arc::new(StoredVm {
-                    record: v,
-                    rendered: Default::default(),
-                }),
-            );
-        }
-        drop(cache);
+        store.view = VmView::load(store.vm_rows("", &[])?);
         Ok(store)
-    }
-
-    fn vm_cache(&self) -> std::sync::RwLockReadGuard<'_, VmCache> {
-        self.vms.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn vm_cache_mut(&self) -> std::sync::RwLockWriteGuard<'_, VmCache> {
-        self.vms.write().unwrap_or_else(|p| p.into_inner())
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -839,17 +795,12 @@ impl Store {
 
     /// Writes many VMs in one transaction (one disk flush for all of them).
     pub fn put_vms(&self, vms: &[VmRecord]) -> Result<(), StoreError> {
-        let stored = self.stored(vms.to_vec());
+        let stored = self.view.stored(vms.to_vec());
         let mut conn = self.conn();
-        {
-            // Written now: a deferred older state of these VMs must not overwrite them.
-            let mut deferred = self.deferred();
-            for v in vms {
-                deferred.remove(&v.id);
-            }
-        }
+        // Written now: a deferred older state of these VMs must not overwrite them.
+        self.view.undefer(vms.iter().map(|v| v.id.as_str()));
         write_vms(&mut conn, &vms.iter().collect::<Vec<_>>())?;
-        self.cache(stored);
+        self.view.cache(stored);
         Ok(())
     }
 
@@ -858,14 +809,9 @@ impl Store {
     /// many times a second in a storm, and the database needs only the latest one. They are
     /// observed state, derived again from the hosts' reports after a restart.
     pub fn put_vms_deferred(&self, vms: Vec<VmRecord>) {
-        let stored = self.stored(vms);
-        {
-            let mut deferred = self.deferred();
-            for v in &stored {
-                deferred.insert(v.record.id.clone(), v.clone());
-            }
-        }
-        self.cache(stored);
+        let stored = self.view.stored(vms);
+        self.view.defer(&stored);
+        self.view.cache(stored);
     }
 
     /// Writes the deferred VM states, a few thousand per transaction so that other writes
@@ -875,82 +821,18 @@ impl Store {
         let mut written = 0;
         loop {
             let mut conn = self.conn();
-            let chunk: Vec<Arc<StoredVm>> = {
-                let mut deferred = self.deferred();
-                let ids: Vec<String> = deferred.keys().take(CHUNK).cloned().collect();
-                ids.iter().filter_map(|id| deferred.remove(id)).collect()
-            };
+            let chunk = self.view.take_deferred(CHUNK);
             if chunk.is_empty() {
                 return Ok(written);
             }
             let records: Vec<&VmRecord> = chunk.iter().map(|v| &v.record).collect();
             if let Err(e) = write_vms(&mut conn, &records) {
                 // Kept for the next try, unless a newer state came meanwhile.
-                let mut deferred = self.deferred();
-                for v in chunk {
-                    deferred.entry(v.record.id.clone()).or_insert(v);
-                }
+                self.view.defer_again(chunk);
                 return Err(e);
             }
             written += chunk.len();
         }
-    }
-
-    fn deferred(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Arc<StoredVm>>> {
-        self.deferred.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The VMs as the cache holds them, rendered for the API when a renderer is set.
-    fn stored(&self, vms: Vec<VmRecord>) -> Vec<Arc<StoredVm>> {
-        let render = self.render.get();
-        vms.into_iter()
-            .map(|v| {
-                let rendered = std::sync::OnceLock::new();
-                if let Some(render) = render {
-                    let _ = rendered.set(render(&v));
-                }
-                Arc::new(StoredVm {
-                    record: v,
-                    rendered,
-                })
-            })
-            .collect()
-    }
-
-    /// Puts VMs into the cache, a thousand at a time, so that readers (the VM list) never wait
-    /// long behind a storm's worth of new states; the records replaced are freed outside the lock.
-    fn cache(&self, stored: Vec<Arc<StoredVm>>) {
-        const AT_A_TIME: usize = 1000;
-        let mut replaced = Vec::with_capacity(stored.len());
-        for chunk in stored.chunks(AT_A_TIME) {
-            let mut guard = self.vm_cache_mut();
-            let cache = &mut *guard;
-            for v in chunk {
-                let (id, name) = (&v.record.id, &v.record.name);
-                // Upserted by id: a renamed VM leaves its old name.
-                match cache.names.get(id) {
-                    Some(old) if old == name => {
-                        if let Some(slot) = cache.by_name.get_mut(name) {
-                            replaced.push(std::mem::replace(slot, v.clone()));
-                            continue;
-                        }
-                    }
-                    Some(old) => {
-                        if let Some(gone) = cache.by_name.remove(old) {
-                            replaced.push(gone);
-                        }
-                    }
-                    None => {}
-                }
-                cache.names.insert(id.clone(), name.clone());
-                if let Some(gone) = cache.by_name.insert(name.clone(), v.clone()) {
-                    replaced.push(gone);
-                }
-            }
-        }
-        drop(replaced);
     }
 
     fn vm_rows(
@@ -988,19 +870,19 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The VMs in memory: the server's view of them, as last written or taken.
+    pub fn view(&self) -> &VmView {
+        &self.view
+    }
+
     /// Every VM, by name (from memory).
     pub fn vms(&self) -> Result<Vec<VmRecord>, StoreError> {
-        Ok(self
-            .vm_cache()
-            .by_name
-            .values()
-            .map(|v| v.record.clone())
-            .collect())
+        Ok(self.view.records(|_| true))
     }
 
     /// Renders each VM so when it is written (see [`StoredVm::rendered`]).
     pub fn render_vms_with(&self, render: fn(&VmRecord) -> String) {
-        let _ = self.render.set(render);
+        self.view.render_with(render);
     }
 
     /// The VMs that match, by name: how many, and those from `offset`, at most `limit`, without
@@ -1011,43 +893,25 @@ impl Store {
         offset: usize,
         limit: usize,
     ) -> (usize, Vec<Arc<StoredVm>>) {
-        let cache = self.vm_cache();
-        let mut total = 0;
-        let mut page = Vec::new();
-        for v in cache.by_name.values().filter(|v| matches(&v.record)) {
-            if total >= offset && page.len() < limit {
-                page.push(v.clone());
-            }
-            total += 1;
-        }
-        (total, page)
+        self.view.select(matches, offset, limit)
     }
 
     /// Every VM as stored, by name, without copying the records.
     pub fn stored_vms(&self) -> Vec<Arc<StoredVm>> {
-        self.vm_cache().by_name.values().cloned().collect()
+        self.view.select(|_| true, 0, usize::MAX).1
     }
 
     pub fn locked_vms(&self) -> Result<Vec<VmRecord>, StoreError> {
-        Ok(self
-            .vm_cache()
-            .by_name
-            .values()
-            .filter(|v| v.record.crypto_state == CryptoState::Locked)
-            .map(|v| v.record.clone())
-            .collect())
+        Ok(self.view.records(|v| v.crypto_state == CryptoState::Locked))
     }
 
     /// A VM's crypto state, without copying its record.
     pub fn crypto_state(&self, name: &str) -> Option<CryptoState> {
-        self.vm_cache()
-            .by_name
-            .get(name)
-            .map(|v| v.record.crypto_state)
+        self.view.crypto_state(name)
     }
 
     pub fn vm(&self, name: &str) -> Result<Option<VmRecord>, StoreError> {
-        Ok(self.vm_cache().by_name.get(name).map(|v| v.record.clone()))
+        Ok(self.view.record(name))
     }
 
     // The registry.
@@ -1099,13 +963,7 @@ impl Store {
     pub fn remove_vm(&self, name: &str) -> Result<bool, StoreError> {
         let conn = self.conn();
         conn.execute("DELETE FROM registry WHERE name = ?1", params![name])?;
-        let mut cache = self.vm_cache_mut();
-        let cached = cache.by_name.remove(name);
-        if let Some(v) = &cached {
-            cache.names.remove(&v.record.id);
-            self.deferred().remove(&v.record.id);
-        }
-        drop(cache);
+        let cached = self.view.remove(name);
         let removed = conn.execute("DELETE FROM vms WHERE name = ?1", params![name])? > 0;
         Ok(removed || cached.is_some())
     }
