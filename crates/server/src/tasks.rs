@@ -70,6 +70,16 @@ impl TaskCtl {
     pub fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
     }
+
+    /// Ends the task (see [`Tasks::end`]).
+    pub fn end(
+        &self,
+        event: TaskEvent,
+        result: Option<serde_json::Value>,
+        error: Option<(String, String)>,
+    ) {
+        self.tasks.end(&self.id, event, result, error);
+    }
 }
 
 impl Tasks {
@@ -95,7 +105,7 @@ impl Tasks {
         self.runtime.spawn(work);
     }
 
-    /// Starts a task: written to the store before it is answered.
+    /// Starts a task: written to the store before it is answered, which the view is for.
     pub fn start(
         self: &Arc<Self>,
         kind: TaskKind,
@@ -103,7 +113,7 @@ impl Tasks {
         vm: Option<&str>,
         host: Option<&str>,
         key: Option<KeyRef>,
-    ) -> Result<TaskCtl, StoreError> {
+    ) -> Result<(TaskCtl, Task), StoreError> {
         let now = crate::enrol::now();
         let row = TaskRow {
             id: new_id(),
@@ -122,7 +132,8 @@ impl Tasks {
             updated: now,
         };
         self.store.put_task(&row)?;
-        Ok(self.track(row))
+        let started = view(&row);
+        Ok((self.track(row), started))
     }
 
     /// Follows a task again that the store says was running (after a restart).
@@ -198,9 +209,18 @@ impl Tasks {
         self.store.task(id)
     }
 
-    /// The newest tasks, at most `limit`, running ones with their progress now.
-    pub fn list(&self, limit: usize) -> Result<Vec<TaskRow>, StoreError> {
-        let mut rows = self.store.tasks(limit)?;
+    /// The newest tasks (only those not ended when `running`), at most `limit`, running ones
+    /// with their progress now.
+    pub fn list(&self, limit: usize, running: bool) -> Result<Vec<TaskRow>, StoreError> {
+        let mut rows = match running {
+            true => {
+                let mut r = self.store.unfinished_tasks()?;
+                r.reverse();
+                r.truncate(limit);
+                r
+            }
+            false => self.store.tasks(limit)?,
+        };
         for row in &mut rows {
             if let Some(live) = self.live(&row.id) {
                 *row = live;
@@ -303,6 +323,20 @@ impl Tasks {
         Ok(Some(row))
     }
 
+    /// Ends task `id` as [`Tasks::finish`] does; a store that cannot record it is logged, the
+    /// task's work being done either way.
+    pub fn end(
+        &self,
+        id: &str,
+        event: TaskEvent,
+        result: Option<serde_json::Value>,
+        error: Option<(String, String)>,
+    ) {
+        if let Err(e) = self.finish(id, event, result, error) {
+            tracing::error!(task = %id, error = %e, "cannot record the end of a task");
+        }
+    }
+
     /// Waits until task `id` has ended, and says how.
     pub async fn wait(&self, id: &str) -> Result<Option<TaskRow>, StoreError> {
         let mut rx = self.changed.subscribe();
@@ -403,7 +437,7 @@ mod tests {
         let store = Arc::new(Store::open(&dir.path().join("t.db")).unwrap());
         let tasks = Tasks::new(store.clone());
         let key = KeyRef::new("kms", "k1");
-        let ctl = tasks
+        let (ctl, started) = tasks
             .start(
                 TaskKind::Encrypt,
                 "alice",
@@ -412,6 +446,7 @@ mod tests {
                 Some(key.clone()),
             )
             .unwrap();
+        assert_eq!(started.state, TaskState::Running);
         ctl.progress(5, 10);
         assert_eq!(tasks.running_on("web01"), Some(ctl.id.clone()));
         let live = tasks.get(&ctl.id).unwrap().unwrap();
@@ -459,7 +494,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(&dir.path().join("t.db")).unwrap());
         let tasks = Tasks::new(store);
-        let ctl = tasks
+        let (ctl, _) = tasks
             .start(TaskKind::Register, "bob", None, Some("host-1"), None)
             .unwrap();
         let ended = tasks

@@ -52,10 +52,9 @@ impl TaskService<'_> {
         Ok(self
             .cx
             .tasks
-            .list(limit.clamp(1, 10_000))?
+            .list(limit.clamp(1, 10_000), running)?
             .iter()
             .map(view)
-            .filter(|t| !running || !t.state.is_finished())
             .collect())
     }
 
@@ -74,7 +73,7 @@ impl TaskService<'_> {
         let kind: TaskKind = row.kind.parse().map_err(|_| no_task(id))?;
         caller.require(
             privilege_of(kind),
-            &format!("Cancelling task {id} ({} )", kind.as_str()).replace(" )", ")"),
+            &format!("Cancelling task {id} ({kind})"),
         )?;
         if kind.cancellation().is_none() {
             return Err(ServiceError::new(
@@ -131,19 +130,17 @@ pub(crate) fn start_disk(
     work: DiskWork,
     command: Command,
 ) -> Result<Task, ServiceError> {
-    let ctl = cx.tasks.start(
+    let (ctl, started) = cx.tasks.start(
         work.kind,
         &work.user,
         Some(&work.vm),
         Some(&work.host),
         work.key.clone(),
     )?;
-    let row = cx.tasks.get(&ctl.id)?;
     let task = cx.clone();
     cx.tasks
         .spawn(async move { run_disk(task, ctl, work, command).await });
-    row.map(|r| view(&r))
-        .ok_or_else(|| ServiceError::new(ErrorCode::Internal, "The task was not recorded"))
+    Ok(started)
 }
 
 async fn run_disk(cx: Context, ctl: TaskCtl, work: DiskWork, command: Command) {
@@ -173,9 +170,7 @@ async fn run_disk(cx: Context, ctl: TaskCtl, work: DiskWork, command: Command) {
                 )
                 .await;
             }
-            end(
-                &cx,
-                &ctl.id,
+            cx.tasks.end(&ctl.id,
                 TaskEvent::Failed,
                 None,
                 Some((
@@ -196,19 +191,6 @@ async fn run_disk(cx: Context, ctl: TaskCtl, work: DiskWork, command: Command) {
     }
 }
 
-/// Ends a task, logging a store failure (the task's work is done either way).
-fn end(
-    cx: &Context,
-    id: &str,
-    event: TaskEvent,
-    result: Option<serde_json::Value>,
-    error: Option<(String, String)>,
-) {
-    if let Err(e) = cx.tasks.finish(id, event, result, error) {
-        tracing::error!(task = %id, error = %e, "cannot record the end of a task");
-    }
-}
-
 /// Takes the host's answer to disk work.
 async fn settle(cx: &Context, id: &str, work: &DiskWork, reply: Reply) {
     match reply {
@@ -223,7 +205,7 @@ async fn settle(cx: &Context, id: &str, work: &DiskWork, reply: Reply) {
                 .show(&work.vm)
                 .ok()
                 .and_then(|v| serde_json::to_value(v).ok());
-            end(cx, id, TaskEvent::Succeeded, result, None);
+            cx.tasks.end(id, TaskEvent::Succeeded, result, None);
         }
         Reply::Failed { code, message } => {
             keep_or_retire(cx, work).await;
@@ -240,12 +222,11 @@ async fn settle(cx: &Context, id: &str, work: &DiskWork, reply: Reply) {
                 .err()
                 .map_or_else(|| "hostRefused".into(), |e| e.code.as_str().to_owned()),
             };
-            end(cx, id, event, None, Some((code, message)));
+            cx.tasks.end(id, event, None, Some((code, message)));
         }
         other => {
             tracing::warn!(task = %id, reply = ?other, "unexpected answer to disk work");
-            end(
-                cx,
+            cx.tasks.end(
                 id,
                 TaskEvent::Failed,
                 None,
@@ -414,8 +395,7 @@ pub fn resume_all(cx: &Context) -> Result<usize, ServiceError> {
                 "The server restarted while this {} ran; what it did is kept. Run it again for the rest",
                 kind.as_str()
             );
-            end(
-                cx,
+            cx.tasks.end(
                 &ctl.id,
                 TaskEvent::Failed,
                 None,

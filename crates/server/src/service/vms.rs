@@ -439,7 +439,7 @@ impl Vms<'_> {
     /// timeout; cancelling it stops the following, not the unlocks.
     fn follow_unlocks(&self, user: &str, vms: Vec<String>) -> Result<String, ServiceError> {
         let cx = self.cx;
-        let ctl = cx.tasks.start(TaskKind::Unlock, user, None, None, None)?;
+        let (ctl, _) = cx.tasks.start(TaskKind::Unlock, user, None, None, None)?;
         let id = ctl.id.clone();
         let task_cx = cx.clone();
         cx.tasks.spawn(async move {
@@ -447,37 +447,39 @@ impl Vms<'_> {
             let total = vms.len() as u64;
             let mut last_change = std::time::Instant::now();
             let mut unlocked_before = 0;
-            let (event, result, error) = loop {
-                let still: Vec<&String> = vms
+            loop {
+                let still: Vec<&str> = vms
                     .iter()
                     .filter(|v| task_cx.store.crypto_state(v) == Some(CryptoState::Locked))
+                    .map(String::as_str)
                     .collect();
                 let unlocked = total - still.len() as u64;
                 ctl.progress(unlocked, total);
                 if still.is_empty() {
-                    break (TaskEvent::Succeeded, serde_json::json!({"unlocked": vms}), None);
+                    let result = serde_json::json!({ "unlocked": vms });
+                    ctl.end(TaskEvent::Succeeded, Some(result), None);
+                    return;
                 }
                 if unlocked != unlocked_before {
                     unlocked_before = unlocked;
                     last_change = std::time::Instant::now();
                 }
-                let names = still.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
                 if ctl.stopping() {
-                    let message = format!("No longer followed; still locked: {names}");
-                    break (TaskEvent::Cancelled, serde_json::Value::Null, Some(("cancelled".into(), message)));
+                    let message = format!("No longer followed; still locked: {}", still.join(", "));
+                    ctl.end(TaskEvent::Cancelled, None, Some(("cancelled".into(), message)));
+                    return;
                 }
                 if last_change.elapsed() > task_cx.hub.timeout() {
                     let message = format!(
-                        "Still locked after {} s without progress: {names}; `tresor vm diagnose NAME` shows why",
-                        task_cx.hub.timeout().as_secs()
+                        "Still locked after {} s without progress: {}; `tresor vm diagnose NAME` shows why",
+                        task_cx.hub.timeout().as_secs(),
+                        still.join(", ")
                     );
-                    break (TaskEvent::Failed, serde_json::Value::Null, Some((ErrorCode::VmLocked.as_str().into(), message)));
+                    let code = ErrorCode::VmLocked.as_str().into();
+                    ctl.end(TaskEvent::Failed, None, Some((code, message)));
+                    return;
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-            };
-            let result = Some(result).filter(|r| !r.is_null());
-            if let Err(e) = task_cx.tasks.finish(&ctl.id, event, result, error) {
-                tracing::error!(task = %ctl.id, error = %e, "cannot record the end of a task");
             }
         });
         Ok(id)
@@ -885,51 +887,35 @@ impl Vms<'_> {
     ) -> Result<Task, ServiceError> {
         let cx = self.cx;
         reachable_host(cx, &req.host)?;
-        let ctl = cx.tasks.start(
+        let (ctl, started) = cx.tasks.start(
             TaskKind::Register,
             &caller.user,
             None,
             Some(&req.host),
             None,
         )?;
-        let started = cx.tasks.get(&ctl.id)?;
         let (task_cx, caller) = (cx.clone(), caller.clone());
         cx.tasks.spawn(async move {
-            let result = task_cx.vms().register_folders(&caller, &req, Some(&ctl)).await;
-            let ended = match result {
+            use tresor_core::task::TaskEvent;
+            match task_cx.vms().register_folders(&caller, &req, Some(&ctl)).await {
                 Ok(r) if ctl.stopping() => {
                     let message = format!(
                         "Cancelled after registering {} VMs of host {}; the other folders are left alone",
                         r.registered.len(),
                         req.host
                     );
-                    task_cx.tasks.finish(
-                        &ctl.id,
-                        tresor_core::task::TaskEvent::Cancelled,
-                        serde_json::to_value(&r).ok(),
-                        Some(("cancelled".into(), message)),
-                    )
+                    let result = serde_json::to_value(&r).ok();
+                    ctl.end(TaskEvent::Cancelled, result, Some(("cancelled".into(), message)));
                 }
-                Ok(r) => task_cx.tasks.finish(
-                    &ctl.id,
-                    tresor_core::task::TaskEvent::Succeeded,
-                    serde_json::to_value(&r).ok(),
-                    None,
-                ),
-                Err(e) => task_cx.tasks.finish(
-                    &ctl.id,
-                    tresor_core::task::TaskEvent::Failed,
+                Ok(r) => ctl.end(TaskEvent::Succeeded, serde_json::to_value(&r).ok(), None),
+                Err(e) => ctl.end(
+                    TaskEvent::Failed,
                     None,
                     Some((e.code.as_str().into(), e.message)),
                 ),
-            };
-            if let Err(e) = ended {
-                tracing::error!(task = %ctl.id, error = %e, "cannot record the end of a task");
             }
         });
-        started
-            .map(|r| crate::tasks::view(&r))
-            .ok_or_else(|| ServiceError::new(ErrorCode::Internal, "The task was not recorded"))
+        Ok(started)
     }
 
     /// Adds a disk to a powered-off VM: encrypted with the VM's key, or with a new key of its
