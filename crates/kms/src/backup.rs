@@ -18,36 +18,12 @@ use crate::store::{Store, StoreError};
 pub enum KmsBackupError {
     #[error("{0}")]
     Config(String),
-    #[error("Cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("Cannot make a private folder for the database's copy beside it: {0}")]
-    Scratch(std::io::Error),
     #[error("Cannot copy the database: {0}")]
     Store(#[from] StoreError),
     #[error(transparent)]
     Sealed(#[from] BackupError),
     #[error(transparent)]
     Restore(#[from] backup::RestoreError),
-}
-
-fn read(path: &Path) -> Result<Zeroizing<Vec<u8>>, KmsBackupError> {
-    std::fs::read(path)
-        .map(Zeroizing::new)
-        .map_err(|source| KmsBackupError::Read {
-            path: path.to_owned(),
-            source,
-        })
-}
-
-fn file(path: &str, mode: u32, from: &Path) -> Result<Entry, KmsBackupError> {
-    Ok(Entry {
-        path: path.into(),
-        mode,
-        data: read(from)?,
-    })
 }
 
 /// The key server configured by `config_path`, sealed under `passphrase`: the backup's bytes and
@@ -58,10 +34,10 @@ pub fn backup(
 ) -> Result<(Manifest, Vec<u8>), KmsBackupError> {
     let config = KmsConfig::load(config_path).map_err(|e| KmsBackupError::Config(e.to_string()))?;
     // The copy goes to a private folder beside the database, removed after.
-    let scratch = backup::Scratch::new(&config.data_dir).map_err(KmsBackupError::Scratch)?;
+    let scratch = backup::Scratch::new(&config.data_dir)?;
     let copy = scratch.0.join("kms.sqlite");
     let snapshot = Store::snapshot(&config.database_path(), &copy).and_then(|schema| {
-        read(&copy)
+        backup::read_file(&copy)
             .map(|data| (schema, data))
             .map_err(|e| StoreError::Corrupt(e.to_string()))
     });
@@ -73,20 +49,20 @@ pub fn backup(
             mode: 0o600,
             data: database,
         },
-        file(
+        Entry::file(
             "data/master.key",
             0o600,
             &config.data_dir.join("master.key"),
         )?,
-        file("tls/server.pem", 0o644, &config.tls.cert)?,
-        file("tls/server.key", 0o600, &config.tls.key)?,
-        file("tls/ca.pem", 0o644, &config.tls.client_ca)?,
+        Entry::file("tls/server.pem", 0o644, &config.tls.cert)?,
+        Entry::file("tls/server.key", 0o600, &config.tls.key)?,
+        Entry::file("tls/ca.pem", 0o644, &config.tls.client_ca)?,
     ];
     // What `tresor kms init` keeps beside them: the CA's key (to issue client certificates) and
     // the client certificates it issued.
     let ca_key = config.tls.client_ca.with_file_name("ca.key");
     if ca_key.is_file() {
-        entries.push(file("tls/ca.key", 0o600, &ca_key)?);
+        entries.push(Entry::file("tls/ca.key", 0o600, &ca_key)?);
     }
     let clients = config_path
         .parent()
@@ -100,14 +76,14 @@ pub fn backup(
             .collect();
         names.sort();
         for name in names {
-            entries.push(file(
+            entries.push(Entry::file(
                 &format!("clients/{name}"),
                 0o600,
                 &clients.join(&name),
             )?);
         }
     }
-    let text = read(config_path)?;
+    let text = backup::read_file(config_path)?;
     let mut table: toml::Table = std::str::from_utf8(&text)
         .ok()
         .and_then(|t| toml::from_str(t).ok())

@@ -47,9 +47,37 @@ pub struct Entry {
     pub data: Zeroizing<Vec<u8>>,
 }
 
+impl Entry {
+    /// The file `from`, as `path` in the archive with `mode`.
+    pub fn file(path: &str, mode: u32, from: &std::path::Path) -> Result<Entry, BackupError> {
+        Ok(Entry {
+            path: path.into(),
+            mode,
+            data: read_file(from)?,
+        })
+    }
+}
+
+/// A file's bytes, wiped when dropped (a backup reads keys).
+pub fn read_file(path: &std::path::Path) -> Result<Zeroizing<Vec<u8>>, BackupError> {
+    std::fs::read(path)
+        .map(Zeroizing::new)
+        .map_err(|source| BackupError::Read {
+            path: path.to_owned(),
+            source,
+        })
+}
+
 /// Why a backup cannot be made or opened.
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
+    #[error("Cannot read {path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("Cannot make a private folder for the database's copy beside it: {0}")]
+    Scratch(std::io::Error),
     #[error("Cannot read the passphrase file {path}: {source}")]
     PassphraseFile {
         path: String,
@@ -328,11 +356,14 @@ pub struct Scratch(pub std::path::PathBuf);
 
 impl Scratch {
     /// A new one in `parent` (beside the database, on its file system).
-    pub fn new(parent: &std::path::Path) -> std::io::Result<Scratch> {
+    pub fn new(parent: &std::path::Path) -> Result<Scratch, BackupError> {
         use std::os::unix::fs::DirBuilderExt;
         let dir = parent.join(format!(".backup-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(BackupError::Scratch)?;
         Ok(Scratch(dir))
     }
 }

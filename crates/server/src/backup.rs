@@ -18,28 +18,12 @@ use crate::store::{Store, StoreError};
 pub enum ServerBackupError {
     #[error("{0}")]
     Config(String),
-    #[error("Cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("Cannot make a private folder for the database's copy beside it: {0}")]
-    Scratch(std::io::Error),
     #[error("Cannot copy the database: {0}")]
     Store(#[from] StoreError),
     #[error(transparent)]
     Sealed(#[from] BackupError),
     #[error(transparent)]
     Restore(#[from] backup::RestoreError),
-}
-
-fn read(path: &Path) -> Result<Zeroizing<Vec<u8>>, ServerBackupError> {
-    std::fs::read(path)
-        .map(Zeroizing::new)
-        .map_err(|source| ServerBackupError::Read {
-            path: path.to_owned(),
-            source,
-        })
 }
 
 /// The server configured by `config_path`, sealed under `passphrase`: the backup's bytes and
@@ -51,13 +35,13 @@ pub fn backup(
     let config =
         ServerConfig::load(config_path).map_err(|e| ServerBackupError::Config(e.to_string()))?;
     let dir = &config.data_dir;
-    let scratch = backup::Scratch::new(dir).map_err(ServerBackupError::Scratch)?;
+    let scratch = backup::Scratch::new(dir)?;
     let copy = scratch.0.join("server.sqlite");
     let (schema, provider_keys) = Store::snapshot(&dir.join("server.sqlite"), &copy)?;
     let mut entries = vec![Entry {
         path: "server.sqlite".into(),
         mode: 0o600,
-        data: read(&copy)?,
+        data: backup::read_file(&copy)?,
     }];
     for (name, file) in [
         ("ca.pem", PathBuf::from("ca.pem")),
@@ -70,7 +54,7 @@ pub fn backup(
         entries.push(Entry {
             path: name.into(),
             mode: 0o600,
-            data: read(&dir.join(file))?,
+            data: backup::read_file(&dir.join(file))?,
         });
     }
     for (provider, file) in provider_keys.iter().filter(|(_, f)| !f.is_empty()) {
@@ -81,11 +65,11 @@ pub fn backup(
         entries.push(Entry {
             path: format!("providers/{provider}/client.key"),
             mode: 0o600,
-            data: read(&path)?,
+            data: backup::read_file(&path)?,
         });
     }
     // The configuration, its paths made those of the restored folder.
-    let text = read(config_path)?;
+    let text = backup::read_file(config_path)?;
     let mut table: toml::Table = std::str::from_utf8(&text)
         .ok()
         .and_then(|t| toml::from_str(t).ok())
