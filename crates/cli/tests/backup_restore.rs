@@ -9,7 +9,7 @@
 mod common;
 use common::{wait_for, Dev, TRESOR};
 
-fn tresor(args: &[&str]) -> (bool, String, String) {
+fn tresor<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (bool, String, String) {
     let out = std::process::Command::new(TRESOR)
         .args(args)
         .output()
@@ -21,10 +21,35 @@ fn tresor(args: &[&str]) -> (bool, String, String) {
     )
 }
 
-fn ok(args: &[&str]) -> String {
+fn ok<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
     let (ok, out, err) = tresor(args);
-    assert!(ok, "tresor {}: {err}", args.join(" "));
+    let line: Vec<_> = args.iter().map(|a| a.as_ref().to_string_lossy()).collect();
+    assert!(ok, "tresor {}: {err}", line.join(" "));
     out
+}
+
+/// `tresor PART VERB FILE FLAG AT --passphrase-file PASS`: a backup or a restore.
+fn sealed(
+    part: &str,
+    verb: &str,
+    file: &std::path::Path,
+    flag: &str,
+    at: &std::path::Path,
+    pass: &std::path::Path,
+) -> Vec<std::ffi::OsString> {
+    let pass_flag = "--passphrase-file";
+    [
+        part.as_ref(),
+        verb.as_ref(),
+        file.as_os_str(),
+        flag.as_ref(),
+        at.as_os_str(),
+        pass_flag.as_ref(),
+        pass.as_os_str(),
+    ]
+    .into_iter()
+    .map(std::ffi::OsStr::to_owned)
+    .collect()
 }
 
 #[test]
@@ -45,35 +70,22 @@ fn a_server_and_key_server_restored_on_a_new_machine_unlock_the_vms() {
     let (server_bak, kms_bak) = (safe.path().join("server.bak"), safe.path().join("kms.bak"));
     let server_toml = dev.dir.path().join("server/server.toml");
     let kms_toml = dev.dir.path().join("kms/kms.toml");
-    let said = ok(&[
+    let said = ok(&sealed(
         "server",
         "backup",
-        server_bak.to_str().unwrap(),
+        &server_bak,
         "--config",
-        server_toml.to_str().unwrap(),
-        "--passphrase-file",
-        pass.to_str().unwrap(),
-    ]);
+        &server_toml,
+        &pass,
+    ));
     assert!(said.contains("sealed"), "{said}");
-    ok(&[
-        "kms",
-        "backup",
-        kms_bak.to_str().unwrap(),
-        "--config",
-        kms_toml.to_str().unwrap(),
-        "--passphrase-file",
-        pass.to_str().unwrap(),
-    ]);
+    ok(&sealed(
+        "kms", "backup", &kms_bak, "--config", &kms_toml, &pass,
+    ));
     // An existing file is not written over.
-    let (refused, _, err) = tresor(&[
-        "kms",
-        "backup",
-        kms_bak.to_str().unwrap(),
-        "--config",
-        kms_toml.to_str().unwrap(),
-        "--passphrase-file",
-        pass.to_str().unwrap(),
-    ]);
+    let (refused, _, err) = tresor(&sealed(
+        "kms", "backup", &kms_bak, "--config", &kms_toml, &pass,
+    ));
     assert!(!refused && err.contains("Cannot create"), "{err}");
 
     // Nothing secret is in a backup in the clear: not the master key, not a private key.
@@ -97,46 +109,42 @@ fn a_server_and_key_server_restored_on_a_new_machine_unlock_the_vms() {
     // Both restored from the backups, in new folders.
     let wrong = safe.path().join("wrong");
     std::fs::write(&wrong, "not the passphrase of these\n").unwrap();
-    let (opened, _, err) = tresor(&[
+    let (opened, _, err) = tresor(&sealed(
         "server",
         "restore",
-        server_bak.to_str().unwrap(),
+        &server_bak,
         "--data",
-        new.path().join("server").to_str().unwrap(),
-        "--passphrase-file",
-        wrong.to_str().unwrap(),
-    ]);
+        &new.path().join("server"),
+        &wrong,
+    ));
     assert!(!opened && err.contains("passphrase is wrong"), "{err}");
     assert!(!new.path().join("server").exists());
-    let said = ok(&[
+    let said = ok(&sealed(
         "server",
         "restore",
-        server_bak.to_str().unwrap(),
+        &server_bak,
         "--data",
-        new.path().join("server").to_str().unwrap(),
-        "--passphrase-file",
-        pass.to_str().unwrap(),
-    ]);
+        &new.path().join("server"),
+        &pass,
+    ));
     assert!(said.contains("tresor server --config"), "{said}");
-    ok(&[
+    ok(&sealed(
         "kms",
         "restore",
-        kms_bak.to_str().unwrap(),
+        &kms_bak,
         "--dir",
-        new.path().join("kms").to_str().unwrap(),
-        "--passphrase-file",
-        pass.to_str().unwrap(),
-    ]);
+        &new.path().join("kms"),
+        &pass,
+    ));
     // A restore does not write into a folder that holds one already.
-    let (again, _, err) = tresor(&[
+    let (again, _, err) = tresor(&sealed(
         "kms",
         "restore",
-        kms_bak.to_str().unwrap(),
+        &kms_bak,
         "--dir",
-        new.path().join("kms").to_str().unwrap(),
-        "--passphrase-file",
-        pass.to_str().unwrap(),
-    ]);
+        &new.path().join("kms"),
+        &pass,
+    ));
     assert!(
         !again && err.contains("is not empty; restore into a new or empty folder"),
         "{err}"
