@@ -188,16 +188,18 @@ async fn report<W: AsyncWriteExt + Unpin>(
     w: &mut W,
     host: &Arc<Mutex<Host>>,
     snapshot: &mut Snapshot,
-    busy: bool,
+    busy: Option<&Running>,
 ) -> std::io::Result<()> {
-    if busy {
-        // The host is held by the work under way: what was last reported.
+    if let Some(running) = busy {
+        // The host is held by the work under way: what was last reported, and which task's
+        // work that is (so that the server does not take the old report for the work's end).
         if let Some(last) = &snapshot.last {
             return send(
                 w,
                 &AgentMessage::Inventory {
                     vms: last.vms.clone(),
                     keys_held: last.keys_held.clone(),
+                    working: running.task.clone(),
                 },
             )
             .await;
@@ -237,6 +239,7 @@ async fn report<W: AsyncWriteExt + Unpin>(
     let message = AgentMessage::Inventory {
         vms: reported.vms.clone(),
         keys_held: reported.keys_held.clone(),
+        working: None,
     };
     snapshot.last = Some(reported);
     send(w, &message).await
@@ -291,7 +294,7 @@ async fn session(
         }
     };
     send(&mut writer, &hello).await?;
-    report(&mut writer, host, snapshot, busy).await?;
+    report(&mut writer, host, snapshot, work.running.as_ref()).await?;
     tracing::info!(server = %config.server, "session with the server established");
     crate::metrics::METRICS.set_connected(true);
     let mut decoder = FrameDecoder::default();
@@ -354,7 +357,7 @@ async fn session(
                 if id != 0 || task.is_some() {
                     send(&mut writer, &AgentMessage::Reply { id, reply, task }).await?;
                 }
-                report(&mut writer, host, snapshot, false).await?;
+                report(&mut writer, host, snapshot, None).await?;
             }
             n = reader.read(&mut buf) => {
                 let n = n?;
@@ -401,7 +404,7 @@ async fn session(
                 // A VM that died shows in the next inventory (after the work under way, which
                 // holds the host).
                 if work.running.is_none() {
-                    report(&mut writer, host, snapshot, false).await?;
+                    report(&mut writer, host, snapshot, None).await?;
                 }
             }
         }

@@ -239,6 +239,7 @@ async fn host_session(
                 &AgentMessage::Inventory {
                     vms,
                     keys_held: held,
+                    working: None,
                 },
             )
             .await?;
@@ -293,6 +294,7 @@ async fn host_session(
                             &AgentMessage::Inventory {
                                 vms,
                                 keys_held: held,
+                                working: None,
                             },
                         )
                         .await?;

@@ -565,6 +565,10 @@ pub enum AgentMessage {
     Inventory {
         vms: Vec<VmReport>,
         keys_held: Vec<KeyRef>,
+        /// The task whose work holds the host while this is reported (work an earlier session
+        /// left; the report is then the last one made before it, protocol 3).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        working: Option<String>,
     },
     Reply {
         id: u64,

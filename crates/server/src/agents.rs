@@ -143,6 +143,9 @@ impl Drop for SessionGuard {
         });
         // A newer session of the same host took over: it is still connected.
         if mine.unwrap_or(false) {
+            if let Ok(mut w) = self.hub.working.lock() {
+                w.remove(&self.host);
+            }
             tracing::info!(host = %self.host, "agent disconnected");
             let _ = self.hub.events.send(HubEvent::Disconnected {
                 host: self.host.clone(),
@@ -185,6 +188,8 @@ pub struct AgentHub {
     progress: Mutex<HashMap<u64, Arc<Watch>>>,
     /// How long a request waits for an agent that neither answers nor reports progress.
     timeout_ms: AtomicU64,
+    /// The task whose work holds each host, as its last report said.
+    working: Mutex<HashMap<String, String>>,
 }
 
 impl std::fmt::Debug for AgentHub {
@@ -208,6 +213,7 @@ impl Default for AgentHub {
             inventories: Mutex::new(HashMap::new()),
             progress: Mutex::new(HashMap::new()),
             timeout_ms: AtomicU64::new(120_000),
+            working: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(1),
         }
     }
@@ -249,6 +255,12 @@ impl AgentHub {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// The task whose work holds `host` now, as its last report said (its report is then older
+    /// than the work).
+    pub fn working(&self, host: &str) -> Option<String> {
+        self.working.lock().ok().and_then(|w| w.get(host).cloned())
     }
 
     /// Events from agents, from now on.
@@ -664,10 +676,20 @@ impl AgentHub {
                                 let _ = tx.send(ServerMessage::padding(len)).await;
                             }
                         }
-                        AgentMessage::Inventory { vms, keys_held } => {
+                        AgentMessage::Inventory {
+                            vms,
+                            keys_held,
+                            working,
+                        } => {
                             // An agent always reports all its VMs.
                             let vms: Vec<Arc<VmReport>> = vms.into_iter().map(Arc::new).collect();
                             let seq = self.next_seq();
+                            if let Ok(mut w) = self.working.lock() {
+                                match working {
+                                    Some(task) => w.insert(host.clone(), task),
+                                    None => w.remove(&host),
+                                };
+                            }
                             if let Ok(mut inv) = self.inventories.lock() {
                                 inv.insert(host.clone(), (seq, vms.clone()));
                             }

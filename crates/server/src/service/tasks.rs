@@ -318,7 +318,11 @@ async fn recover(cx: Context, id: String, work: DiskWork) {
                     continue;
                 }
                 let since = *connected_since.get_or_insert_with(Instant::now);
-                if alive.elapsed() < quiet || since.elapsed() < quiet {
+                // The host's report predates work it still carries: it says nothing of its end.
+                if alive.elapsed() < quiet
+                    || since.elapsed() < quiet
+                    || cx.hub.working(&work.host).as_deref() == Some(id.as_str())
+                {
                     continue;
                 }
                 let report = cx
