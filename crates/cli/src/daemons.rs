@@ -43,6 +43,13 @@ enum ServerSub {
         /// The key of --api-cert (PEM).
         #[arg(long, requires = "api_cert")]
         api_key: Option<PathBuf>,
+        /// The database on PostgreSQL (`postgres://USER@HOST:PORT/DB`) instead of an SQLite
+        /// file in the folder: for more than one server.
+        #[arg(long)]
+        database: Option<String>,
+        /// The file that holds the PostgreSQL user's password.
+        #[arg(long, requires = "database")]
+        database_password_file: Option<PathBuf>,
     },
     /// Write a backup of the server (database, CA and certificates with their keys, client
     /// keys for the providers, configuration), consistent while it runs, sealed under a
@@ -144,16 +151,28 @@ pub fn run_server(cmd: ServerCommand) -> Result<(), CliError> {
             agent_listen,
             api_cert,
             api_key,
+            database,
+            database_password_file,
         }) => {
+            let database = database.map(|url| tresor_server::run::DatabaseSetting {
+                url,
+                password_file: database_password_file,
+            });
             let certificate = match (&api_cert, &api_key) {
                 (Some(chain), Some(key)) => {
                     tresor_server::run::ApiCertificate::Given { chain, key }
                 }
                 _ => tresor_server::run::ApiCertificate::FromServerCa,
             };
-            let done =
-                tresor_server::run::init(&data, &names, &api_listen, &agent_listen, certificate)
-                    .map_err(|e| CliError::msg(e.to_string()))?;
+            let done = tresor_server::run::init(
+                &data,
+                &names,
+                &api_listen,
+                &agent_listen,
+                certificate,
+                database.as_ref(),
+            )
+            .map_err(|e| CliError::msg(e.to_string()))?;
             println!("Server set up in {}.", data.display());
             println!(
                 "Start it with: tresor server --config {}",

@@ -40,6 +40,13 @@ pub struct DevArgs {
     /// server's agent_timeout_secs; default 120).
     #[arg(long)]
     agent_timeout: Option<u64>,
+    /// The server's database on PostgreSQL (`postgres://USER@HOST:PORT/DB`) instead of an
+    /// SQLite file; used when the server is first set up.
+    #[arg(long)]
+    database: Option<String>,
+    /// The file that holds the PostgreSQL user's password.
+    #[arg(long, requires = "database")]
+    database_password_file: Option<PathBuf>,
 }
 
 /// A configuration's text without its `[name]` table, then with it holding `body` when given.
@@ -158,6 +165,13 @@ pub fn run(args: DevArgs) -> Result<(), CliError> {
         )?;
     }
     let token_file = data.join("admin-token");
+    let database = args
+        .database
+        .clone()
+        .map(|url| tresor_server::run::DatabaseSetting {
+            url,
+            password_file: args.database_password_file.clone(),
+        });
     if !server_dir.join("server.toml").exists() {
         let done = tresor_server::run::init(
             &server_dir,
@@ -165,11 +179,15 @@ pub fn run(args: DevArgs) -> Result<(), CliError> {
             &format!("127.0.0.1:{api}"),
             &format!("127.0.0.1:{agents}"),
             tresor_server::run::ApiCertificate::FromServerCa,
+            database.as_ref(),
         )
         .map_err(|e| CliError::msg(e.to_string()))?;
         crate::kms::write_private(&token_file, done.admin_token.as_bytes())?;
         // The embedded key server is the default provider.
-        let store = tresor_server::store::Store::open(&server_dir.join("server.sqlite"))
+        let location = tresor_server::run::ServerConfig::load(&server_dir.join("server.toml"))
+            .and_then(|c| c.database_location())
+            .map_err(|e| CliError::msg(e.to_string()))?;
+        let store = tresor_server::store::Store::open_at(&location)
             .map_err(|e| CliError::msg(e.to_string()))?;
         let read = |p: PathBuf| {
             std::fs::read_to_string(&p)

@@ -35,6 +35,9 @@ pub fn backup(
     let config =
         ServerConfig::load(config_path).map_err(|e| ServerBackupError::Config(e.to_string()))?;
     let dir = &config.data_dir;
+    if let Some(url) = &config.database {
+        return Err(StoreError::NotAFile(url.clone()).into());
+    }
     let scratch = backup::Scratch::new(dir)?;
     let copy = scratch.0.join("server.sqlite");
     let (schema, provider_keys) = Store::snapshot(&dir.join("server.sqlite"), &copy)?;

@@ -77,6 +77,59 @@ pub struct ServerConfig {
     /// from this.
     #[serde(default = "default_agent_timeout")]
     pub agent_timeout_secs: u64,
+    /// The database: an SQLite file in `data_dir` when unset, or PostgreSQL
+    /// (`postgres://USER@HOST:PORT/DB`, for several servers; the password in
+    /// `database_password_file`, never in the string).
+    #[serde(default)]
+    pub database: Option<String>,
+    /// The file that holds the PostgreSQL user's password (relative to this file's folder).
+    #[serde(default)]
+    pub database_password_file: Option<PathBuf>,
+}
+
+/// A PostgreSQL database for the server (`tresor server init --database`).
+#[derive(Clone, Debug)]
+pub struct DatabaseSetting {
+    pub url: String,
+    pub password_file: Option<PathBuf>,
+}
+
+/// Where the database is: `database` (PostgreSQL) with its password read from
+/// `password_file`, or the SQLite file `server.sqlite` in `data_dir`.
+pub fn database_location(
+    data_dir: &Path,
+    database: Option<&str>,
+    password_file: Option<&Path>,
+) -> Result<tresor_db::Location, RunError> {
+    let Some(url) = database else {
+        if password_file.is_some() {
+            return Err(RunError::Setup(
+                "database_password_file is set but database is not; set database = \"postgres://USER@HOST:PORT/DB\" or remove it".into(),
+            ));
+        }
+        return Ok(tresor_db::Location::Sqlite(data_dir.join("server.sqlite")));
+    };
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(RunError::Setup(format!(
+            "database = {url:?} is not a PostgreSQL connection string; write postgres://USER@HOST:PORT/DB, or leave database unset for the SQLite file in data_dir"
+        )));
+    }
+    let password = password_file
+        .map(|f| {
+            std::fs::read_to_string(f)
+                .map(zeroize::Zeroizing::new)
+                .map_err(|e| {
+                    RunError::Setup(format!(
+                        "Cannot read the database password from {}: {e}",
+                        f.display()
+                    ))
+                })
+        })
+        .transpose()?;
+    Ok(tresor_db::Location::Postgres {
+        url: url.to_owned(),
+        password,
+    })
 }
 
 fn default_agent_timeout() -> u64 {
@@ -117,10 +170,27 @@ impl ServerConfig {
             .map_err(setup(&format!("Cannot read {}", path.display())))?;
         let mut c: ServerConfig =
             toml::from_str(&text).map_err(setup(&format!("{} is invalid", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
         if c.data_dir.is_relative() {
-            c.data_dir = path.parent().unwrap_or(Path::new(".")).join(&c.data_dir);
+            c.data_dir = base.join(&c.data_dir);
+        }
+        if let Some(f) = c
+            .database_password_file
+            .as_mut()
+            .filter(|f| f.is_relative())
+        {
+            *f = base.join(&*f);
         }
         Ok(c)
+    }
+
+    /// Where the server's database is (see [`database_location`]).
+    pub fn database_location(&self) -> Result<tresor_db::Location, RunError> {
+        database_location(
+            &self.data_dir,
+            self.database.as_deref(),
+            self.database_password_file.as_deref(),
+        )
     }
 }
 
@@ -190,6 +260,7 @@ pub fn init(
     api_listen: &str,
     agent_listen: &str,
     api_certificate: ApiCertificate<'_>,
+    database: Option<&DatabaseSetting>,
 ) -> Result<Initialised, RunError> {
     if dir.join("server.toml").exists() {
         return Err(RunError::Setup(format!(
@@ -240,8 +311,16 @@ pub fn init(
             write_private(&dir.join("api.key"), &key_pem)?;
         }
     }
-    let store =
-        Store::open(&dir.join("server.sqlite")).map_err(setup("Cannot create the database"))?;
+    let password_file = database.and_then(|d| d.password_file.as_ref().map(std::path::absolute));
+    let password_file = password_file
+        .transpose()
+        .map_err(setup("Cannot find the database password file"))?;
+    let location = database_location(
+        dir,
+        database.map(|d| d.url.as_str()),
+        password_file.as_deref(),
+    )?;
+    let store = Store::open_at(&location).map_err(setup("Cannot create the database"))?;
     seed_roles(&store).map_err(setup("Cannot create the roles"))?;
     let mut secret = [0u8; 24];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
@@ -256,8 +335,20 @@ pub fn init(
     store
         .add_token(&token_hash(&admin_token), "admin", "first token", now())
         .map_err(setup("Cannot store the token"))?;
+    let database_lines = match (database, &password_file) {
+        (Some(d), Some(f)) => format!(
+            "database = {:?}\ndatabase_password_file = {:?}\n",
+            d.url,
+            f.display().to_string()
+        ),
+        (Some(d), None) => format!("database = {:?}\n", d.url),
+        (None, _) => "# database = \"postgres://tresor@db.example:5432/tresor\"\n# database_password_file = \"db-password\"\n".into(),
+    };
     let config = format!(
         "# Tresor server (tresor server --config server.toml)\n\n# Database, CA and certificates.\ndata_dir = \".\"\n\n\
+         # The database: the SQLite file server.sqlite in data_dir unless set; PostgreSQL for\n\
+         # more than one server (the password in a file of its own, never in the string).\n\
+         {database_lines}\n\
          # The REST API and the web console, over HTTPS with this certificate chain and key.\napi_listen = {api_listen:?}\n\
          # api_certificate = \"api.pem\"\n# api_key = \"api.key\"\n\n\
          # Plain HTTP instead, allowed only when api_listen is a loopback address (for a TLS proxy\n\
@@ -298,7 +389,7 @@ pub async fn serve(
 ) -> Result<(), RunError> {
     let dir = &config.data_dir;
     let store = Arc::new(
-        Store::open(&dir.join("server.sqlite")).map_err(|e| match e {
+        Store::open_at(&config.database_location()?).map_err(|e| match e {
             // Says itself which database and which release.
             e @ crate::store::StoreError::TooNew { .. } => RunError::Setup(e.to_string()),
             e => setup("Cannot open the database")(e),

@@ -2,38 +2,29 @@
 //! VMs, providers), the operators' intent (settings, unlock requests), users, roles and tokens,
 //! events and alarms. Never key material: keys are `(provider, id)` here.
 //!
-//! SQLite through one connection (WAL, `synchronous=FULL`), schema by numbered migrations. The
-//! rest of the server uses the [`Store`] methods only, so that a PostgreSQL backend can take the
-//! same place.
+//! On either backend of [`tresor_db`]: SQLite (one file, the embedded default) or PostgreSQL
+//! (for several servers), with the schema as numbered migrations in both dialects. The rest of
+//! the server uses the [`Store`] methods only. The VMs are also kept in memory ([`VmView`]), the
+//! server's view of them; that is not persistence and holds no SQL.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use tresor_core::host::HostCryptoState;
 use tresor_core::ids::KeyRef;
 use tresor_core::protocol::PowerState;
 use tresor_core::registry::Registration;
 use tresor_core::vm::{ConnectionState, CryptoState, LockReason};
+use tresor_db::{args, Conn, Database, DbError, Dialect, Location, Migration, Row};
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("Cannot open the server database {path}: {source}")]
-    Open {
-        path: String,
-        source: rusqlite::Error,
-    },
-    #[error(
-        "Cannot make the server database {path} and its folder private (0600, 0700): {source}"
-    )]
-    Private {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("Cannot open the server database: {0}")]
+    Open(DbError),
     #[error("Database error: {0}")]
-    Sql(#[from] rusqlite::Error),
+    Db(#[from] DbError),
     #[error("Stored data is corrupt: {0}")]
     Corrupt(String),
     /// The database was made or migrated by a newer release.
@@ -45,55 +36,22 @@ pub enum StoreError {
         release: String,
         ours: &'static str,
     },
+    /// A backup copies an SQLite file; a database on PostgreSQL is backed up with its tools.
+    #[error("The server database is on PostgreSQL ({0}); back it up with pg_dump (tresor server backup copies a database in an SQLite file)")]
+    NotAFile(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        StoreError::Db(DbError::Sqlite(e))
+    }
 }
 
 /// The number of the newest schema this release knows.
 pub const SCHEMA: usize = MIGRATIONS.len();
 
-/// Refuses a database whose schema is newer than this release's, naming the release it needs;
-/// otherwise applies the migrations it lacks and records this release as the one that wrote the
-/// schema. `after` runs after migration `i` (0-based) in its transaction.
-fn migrate(
-    conn: &Connection,
-    path: &str,
-    after: impl Fn(&rusqlite::Transaction<'_>, usize) -> Result<(), StoreError>,
-) -> Result<(), StoreError> {
-    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    if version > MIGRATIONS.len() as i64 {
-        let release = conn
-            .query_row(
-                "SELECT value FROM meta WHERE key = 'schema_release'",
-                [],
-                |r| r.get::<_, String>(0),
-            )
-            .unwrap_or_else(|_| "(a newer release)".into());
-        return Err(StoreError::TooNew {
-            path: path.to_owned(),
-            found: version,
-            known: MIGRATIONS.len(),
-            release,
-            ours: env!("CARGO_PKG_VERSION"),
-        });
-    }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-        let tx = conn.unchecked_transaction()?;
-        tx.execute_batch(sql)?;
-        after(&tx, i)?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
-        // The release that wrote the schema (the table exists from migration 5 on).
-        if i >= 4 {
-            tx.execute(
-                "INSERT INTO meta (key, value) VALUES ('schema_release', ?1) ON CONFLICT(key) DO UPDATE SET value = ?1",
-                params![env!("CARGO_PKG_VERSION")],
-            )?;
-        }
-        tx.commit()?;
-        if version > 0 {
-            tracing::info!(path, from = version, to = i + 1, "database schema migrated");
-        }
-    }
-    Ok(())
-}
+/// Migration 5 made the `meta` table, which says which release wrote the schema.
+const META_FROM: usize = 4;
 
 /// A key provider: a name (its identity) and the endpoints that serve its keys.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -199,128 +157,252 @@ pub struct AlarmRow {
     pub acknowledged_by: Option<String>,
 }
 
-const MIGRATIONS: &[&str] = &[
-    "CREATE TABLE providers (
-        name TEXT PRIMARY KEY,
-        endpoints TEXT NOT NULL,
-        ca_pem TEXT NOT NULL,
-        client_cert_pem TEXT NOT NULL,
-        client_key_file TEXT NOT NULL,
-        is_default INTEGER NOT NULL DEFAULT 0
-    );
-    CREATE TABLE hosts (
-        name TEXT PRIMARY KEY,
-        boot_id TEXT NOT NULL DEFAULT '',
-        crypto_state TEXT NOT NULL DEFAULT 'incapable',
-        connected INTEGER NOT NULL DEFAULT 0,
-        last_seen INTEGER NOT NULL DEFAULT 0
-    );
-    CREATE TABLE join_tokens (
-        token_hash TEXT PRIMARY KEY,
-        expires INTEGER NOT NULL
-    );
-    CREATE TABLE vms (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL UNIQUE,
-        host TEXT NOT NULL,
-        path TEXT NOT NULL,
-        encrypted INTEGER NOT NULL,
-        key_provider TEXT,
-        key_id TEXT,
-        power_state TEXT NOT NULL,
-        crypto_state TEXT NOT NULL,
-        connection_state TEXT NOT NULL,
-        lock_reason TEXT,
-        report TEXT NOT NULL
-    );
-    CREATE INDEX vms_host ON vms(host);
-    CREATE TABLE events (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        time INTEGER NOT NULL,
-        type TEXT NOT NULL,
-        severity TEXT NOT NULL,
-        vm TEXT, host TEXT, provider TEXT, user TEXT,
-        args TEXT NOT NULL
-    );
-    CREATE INDEX events_vm ON events(vm);
-    CREATE INDEX events_type ON events(type);
-    CREATE TABLE alarms (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        kind TEXT NOT NULL,
-        object TEXT NOT NULL,
-        reason TEXT NOT NULL,
-        raised INTEGER NOT NULL,
-        cleared INTEGER,
-        acknowledged_by TEXT
-    );
-    CREATE UNIQUE INDEX alarms_active ON alarms(kind, object) WHERE cleared IS NULL;
-    CREATE TABLE users (
-        name TEXT PRIMARY KEY,
-        password_hash TEXT NOT NULL
-    );
-    CREATE TABLE tokens (
-        token_hash TEXT PRIMARY KEY,
-        user TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
-        label TEXT NOT NULL,
-        created INTEGER NOT NULL
-    );
-    CREATE TABLE roles (
-        name TEXT PRIMARY KEY,
-        privileges TEXT NOT NULL
-    );
-    CREATE TABLE grants (
-        user TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
-        role TEXT NOT NULL REFERENCES roles(name) ON DELETE CASCADE,
-        PRIMARY KEY (user, role)
-    );
-    CREATE TABLE settings (
-        key TEXT PRIMARY KEY,
-        value TEXT NOT NULL
-    );",
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        sqlite: "CREATE TABLE providers (
+            name TEXT PRIMARY KEY,
+            endpoints TEXT NOT NULL,
+            ca_pem TEXT NOT NULL,
+            client_cert_pem TEXT NOT NULL,
+            client_key_file TEXT NOT NULL,
+            is_default INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE TABLE hosts (
+            name TEXT PRIMARY KEY,
+            boot_id TEXT NOT NULL DEFAULT '',
+            crypto_state TEXT NOT NULL DEFAULT 'incapable',
+            connected INTEGER NOT NULL DEFAULT 0,
+            last_seen INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE TABLE join_tokens (
+            token_hash TEXT PRIMARY KEY,
+            expires INTEGER NOT NULL
+        );
+        CREATE TABLE vms (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            host TEXT NOT NULL,
+            path TEXT NOT NULL,
+            encrypted INTEGER NOT NULL,
+            key_provider TEXT,
+            key_id TEXT,
+            power_state TEXT NOT NULL,
+            crypto_state TEXT NOT NULL,
+            connection_state TEXT NOT NULL,
+            lock_reason TEXT,
+            report TEXT NOT NULL
+        );
+        CREATE INDEX vms_host ON vms(host);
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            time INTEGER NOT NULL,
+            type TEXT NOT NULL,
+            severity TEXT NOT NULL,
+            vm TEXT, host TEXT, provider TEXT, user TEXT,
+            args TEXT NOT NULL
+        );
+        CREATE INDEX events_vm ON events(vm);
+        CREATE INDEX events_type ON events(type);
+        CREATE TABLE alarms (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL,
+            object TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            raised INTEGER NOT NULL,
+            cleared INTEGER,
+            acknowledged_by TEXT
+        );
+        CREATE UNIQUE INDEX alarms_active ON alarms(kind, object) WHERE cleared IS NULL;
+        CREATE TABLE users (
+            name TEXT PRIMARY KEY,
+            password_hash TEXT NOT NULL
+        );
+        CREATE TABLE tokens (
+            token_hash TEXT PRIMARY KEY,
+            user TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+            label TEXT NOT NULL,
+            created INTEGER NOT NULL
+        );
+        CREATE TABLE roles (
+            name TEXT PRIMARY KEY,
+            privileges TEXT NOT NULL
+        );
+        CREATE TABLE grants (
+            user TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+            role TEXT NOT NULL REFERENCES roles(name) ON DELETE CASCADE,
+            PRIMARY KEY (user, role)
+        );
+        CREATE TABLE settings (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        );",
+        postgres: r#"CREATE TABLE providers (
+            name TEXT PRIMARY KEY,
+            endpoints TEXT NOT NULL,
+            ca_pem TEXT NOT NULL,
+            client_cert_pem TEXT NOT NULL,
+            client_key_file TEXT NOT NULL,
+            is_default BIGINT NOT NULL DEFAULT 0
+        );
+        CREATE TABLE hosts (
+            name TEXT PRIMARY KEY,
+            boot_id TEXT NOT NULL DEFAULT '',
+            crypto_state TEXT NOT NULL DEFAULT 'incapable',
+            connected BIGINT NOT NULL DEFAULT 0,
+            last_seen BIGINT NOT NULL DEFAULT 0
+        );
+        CREATE TABLE join_tokens (
+            token_hash TEXT PRIMARY KEY,
+            expires BIGINT NOT NULL
+        );
+        CREATE TABLE vms (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            host TEXT NOT NULL,
+            path TEXT NOT NULL,
+            encrypted BIGINT NOT NULL,
+            key_provider TEXT,
+            key_id TEXT,
+            power_state TEXT NOT NULL,
+            crypto_state TEXT NOT NULL,
+            connection_state TEXT NOT NULL,
+            lock_reason TEXT,
+            report TEXT NOT NULL
+        );
+        CREATE INDEX vms_host ON vms(host);
+        CREATE TABLE events (
+            id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+            time BIGINT NOT NULL,
+            type TEXT NOT NULL,
+            severity TEXT NOT NULL,
+            vm TEXT, host TEXT, provider TEXT, "user" TEXT,
+            args TEXT NOT NULL
+        );
+        CREATE INDEX events_vm ON events(vm);
+        CREATE INDEX events_type ON events(type);
+        CREATE TABLE alarms (
+            id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+            kind TEXT NOT NULL,
+            object TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            raised BIGINT NOT NULL,
+            cleared BIGINT,
+            acknowledged_by TEXT
+        );
+        CREATE UNIQUE INDEX alarms_active ON alarms(kind, object) WHERE cleared IS NULL;
+        CREATE TABLE users (
+            name TEXT PRIMARY KEY,
+            password_hash TEXT NOT NULL
+        );
+        CREATE TABLE tokens (
+            token_hash TEXT PRIMARY KEY,
+            "user" TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+            label TEXT NOT NULL,
+            created BIGINT NOT NULL
+        );
+        CREATE TABLE roles (
+            name TEXT PRIMARY KEY,
+            privileges TEXT NOT NULL
+        );
+        CREATE TABLE grants (
+            "user" TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+            role TEXT NOT NULL REFERENCES roles(name) ON DELETE CASCADE,
+            PRIMARY KEY ("user", role)
+        );
+        CREATE TABLE settings (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        );"#,
+    },
     // 2: the host key of a host in encryption mode (its id; never its material).
-    "ALTER TABLE hosts ADD COLUMN host_key_provider TEXT;
-    ALTER TABLE hosts ADD COLUMN host_key_id TEXT;",
+    Migration {
+        sqlite: "ALTER TABLE hosts ADD COLUMN host_key_provider TEXT;
+        ALTER TABLE hosts ADD COLUMN host_key_id TEXT;",
+        postgres: "ALTER TABLE hosts ADD COLUMN host_key_provider TEXT;
+        ALTER TABLE hosts ADD COLUMN host_key_id TEXT;",
+    },
     // 3: the registry, the operators' intent: which VM (id, name) is on which host with which
     // keys. The vms table beside it is what the hosts last reported of the registered VMs.
-    "CREATE TABLE registry (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL UNIQUE,
-        host TEXT NOT NULL,
-        keys TEXT NOT NULL
-    );",
+    Migration {
+        sqlite: "CREATE TABLE registry (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            host TEXT NOT NULL,
+            keys TEXT NOT NULL
+        );",
+        postgres: "CREATE TABLE registry (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            host TEXT NOT NULL,
+            keys TEXT NOT NULL
+        );",
+    },
     // 4: a join token names the host it enrols (and whether it may replace an enrolled one);
     // each enrolled host's certificate, by its SHA-256: no other certificate of that name is
     // taken, and a removed host's is refused.
-    "ALTER TABLE join_tokens ADD COLUMN host TEXT;
-    ALTER TABLE join_tokens ADD COLUMN replace INTEGER NOT NULL DEFAULT 0;
-    CREATE TABLE host_certs (
-        host TEXT PRIMARY KEY,
-        cert_sha256 TEXT NOT NULL
-    );",
+    Migration {
+        sqlite: "ALTER TABLE join_tokens ADD COLUMN host TEXT;
+        ALTER TABLE join_tokens ADD COLUMN replace INTEGER NOT NULL DEFAULT 0;
+        CREATE TABLE host_certs (
+            host TEXT PRIMARY KEY,
+            cert_sha256 TEXT NOT NULL
+        );",
+        postgres: "ALTER TABLE join_tokens ADD COLUMN host TEXT;
+        ALTER TABLE join_tokens ADD COLUMN replace BIGINT NOT NULL DEFAULT 0;
+        CREATE TABLE host_certs (
+            host TEXT PRIMARY KEY,
+            cert_sha256 TEXT NOT NULL
+        );",
+    },
     // 5: facts about the database itself: the release that last changed its schema (so that
     // an older release can say which one it needs).
-    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+    Migration {
+        sqlite: "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+        postgres: "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+    },
     // 6: long work as tasks: who started what on which VM or host, how it ended. A task's
     // new key (encrypt, rekey) is recorded so that one the server lost sight of (a restart) is
-    // settled from the host's journal: kept when the host uses it, retired when not.
-    "CREATE TABLE tasks (
-        id TEXT PRIMARY KEY,
-        kind TEXT NOT NULL,
-        state TEXT NOT NULL,
-        user TEXT NOT NULL,
-        vm TEXT,
-        host TEXT,
-        key_provider TEXT,
-        key_id TEXT,
-        done INTEGER NOT NULL DEFAULT 0,
-        total INTEGER NOT NULL DEFAULT 0,
-        result TEXT,
-        error_code TEXT,
-        error_message TEXT,
-        created INTEGER NOT NULL,
-        updated INTEGER NOT NULL
-    );
-    CREATE INDEX tasks_created ON tasks (created);",
+    // settled from the host's journal: kept when the host uses it, retired when not. Tasks made
+    // in the same second are ordered as they were made (SQLite's rowid, PostgreSQL's seq).
+    Migration {
+        sqlite: "CREATE TABLE tasks (
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            state TEXT NOT NULL,
+            user TEXT NOT NULL,
+            vm TEXT,
+            host TEXT,
+            key_provider TEXT,
+            key_id TEXT,
+            done INTEGER NOT NULL DEFAULT 0,
+            total INTEGER NOT NULL DEFAULT 0,
+            result TEXT,
+            error_code TEXT,
+            error_message TEXT,
+            created INTEGER NOT NULL,
+            updated INTEGER NOT NULL
+        );
+        CREATE INDEX tasks_created ON tasks (created);",
+        postgres: r#"CREATE TABLE tasks (
+            id TEXT PRIMARY KEY,
+            seq BIGINT GENERATED BY DEFAULT AS IDENTITY,
+            kind TEXT NOT NULL,
+            state TEXT NOT NULL,
+            "user" TEXT NOT NULL,
+            vm TEXT,
+            host TEXT,
+            key_provider TEXT,
+            key_id TEXT,
+            done BIGINT NOT NULL DEFAULT 0,
+            total BIGINT NOT NULL DEFAULT 0,
+            result TEXT,
+            error_code TEXT,
+            error_message TEXT,
+            created BIGINT NOT NULL,
+            updated BIGINT NOT NULL
+        );
+        CREATE INDEX tasks_created ON tasks (created);"#,
+    },
 ];
 
 /// A task as the store keeps it.
@@ -368,37 +450,35 @@ pub enum AlarmChange {
 }
 
 fn raise_alarm(
-    conn: &Connection,
+    conn: &dyn Conn,
     kind: &str,
     object: &str,
     reason: &str,
     now: i64,
 ) -> Result<i64, StoreError> {
-    let existing: Option<i64> = conn
-        .prepare_cached(
-            "SELECT id FROM alarms WHERE kind = ?1 AND object = ?2 AND cleared IS NULL",
-        )?
-        .query_row(params![kind, object], |r| r.get(0))
-        .optional()?;
+    let existing: Option<i64> = conn.value(
+        "SELECT id FROM alarms WHERE kind = ?1 AND object = ?2 AND cleared IS NULL",
+        args![kind, object],
+    )?;
     if let Some(id) = existing {
-        conn.prepare_cached("UPDATE alarms SET reason = ?2 WHERE id = ?1")?
-            .execute(params![id, reason])?;
+        conn.execute(
+            "UPDATE alarms SET reason = ?2 WHERE id = ?1",
+            args![id, reason],
+        )?;
         return Ok(id);
     }
-    conn.prepare_cached(
-        "INSERT INTO alarms (kind, object, reason, raised) VALUES (?1, ?2, ?3, ?4)",
+    conn.value(
+        "INSERT INTO alarms (kind, object, reason, raised) VALUES (?1, ?2, ?3, ?4) RETURNING id",
+        args![kind, object, reason, now],
     )?
-    .execute(params![kind, object, reason, now])?;
-    Ok(conn.last_insert_rowid())
+    .ok_or_else(|| StoreError::Corrupt("an inserted alarm has no id".into()))
 }
 
-fn clear_alarm(conn: &Connection, kind: &str, object: &str, now: i64) -> Result<bool, StoreError> {
-    Ok(conn
-        .prepare_cached(
-            "UPDATE alarms SET cleared = ?3 WHERE kind = ?1 AND object = ?2 AND cleared IS NULL",
-        )?
-        .execute(params![kind, object, now])?
-        > 0)
+fn clear_alarm(conn: &dyn Conn, kind: &str, object: &str, now: i64) -> Result<bool, StoreError> {
+    Ok(conn.execute(
+        "UPDATE alarms SET cleared = ?3 WHERE kind = ?1 AND object = ?2 AND cleared IS NULL",
+        args![kind, object, now],
+    )? > 0)
 }
 
 /// A state name read back from the database. The store writes only known names; one it does not
@@ -410,83 +490,59 @@ fn named<T: std::str::FromStr>(text: &str, object: &str, fallback: T) -> T {
     })
 }
 
-fn write_vms(conn: &mut Connection, vms: &[&VmRecord]) -> Result<(), StoreError> {
-    let tx = conn.transaction()?;
+fn write_vms(tx: &dyn Conn, vms: &[&VmRecord]) -> Result<(), StoreError> {
     {
         // Most writes change a VM's state, not its name or host: an update that leaves the
         // indexed columns alone, and an insert (or full upsert) only when that finds no row.
-        let mut update = tx.prepare_cached(
-            "UPDATE vms SET path = ?4, encrypted = ?5, key_provider = ?6, key_id = ?7, power_state = ?8,
-                crypto_state = ?9, connection_state = ?10, lock_reason = ?11, report = ?12
-             WHERE id = ?1 AND name = ?2 AND host = ?3",
-        )?;
-        let mut upsert = tx.prepare_cached(
-            "INSERT INTO vms (id, name, host, path, encrypted, key_provider, key_id, power_state, crypto_state, connection_state, lock_reason, report)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
-             ON CONFLICT(id) DO UPDATE SET name = ?2, host = ?3, path = ?4, encrypted = ?5, key_provider = ?6, key_id = ?7,
-                power_state = ?8, crypto_state = ?9, connection_state = ?10, lock_reason = ?11, report = ?12",
-        )?;
         for v in vms {
-            let values = params![
-                v.id,
-                v.name,
-                v.host,
-                v.path,
+            let values = args![
+                &v.id,
+                &v.name,
+                &v.host,
+                &v.path,
                 v.encrypted,
-                v.key_provider,
-                v.key_id,
+                &v.key_provider,
+                &v.key_id,
                 v.power_state.as_str(),
                 v.crypto_state.as_str(),
                 v.connection_state.as_str(),
                 v.lock_reason.map(LockReason::as_str),
-                v.report
+                &v.report
             ];
-            if update.execute(values)? == 0 {
-                upsert.execute(values)?;
+            let updated = tx.execute(
+                "UPDATE vms SET path = ?4, encrypted = ?5, key_provider = ?6, key_id = ?7, power_state = ?8,
+                    crypto_state = ?9, connection_state = ?10, lock_reason = ?11, report = ?12
+                 WHERE id = ?1 AND name = ?2 AND host = ?3",
+                values,
+            )?;
+            if updated == 0 {
+                tx.execute(
+                    "INSERT INTO vms (id, name, host, path, encrypted, key_provider, key_id, power_state, crypto_state, connection_state, lock_reason, report)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                     ON CONFLICT (id) DO UPDATE SET name = ?2, host = ?3, path = ?4, encrypted = ?5, key_provider = ?6, key_id = ?7,
+                        power_state = ?8, crypto_state = ?9, connection_state = ?10, lock_reason = ?11, report = ?12",
+                    values,
+                )?;
             }
         }
+        Ok(())
     }
-    tx.commit()?;
-    Ok(())
-}
-
-/// Creates `path` with mode 0600 (or sets it), and makes its folder 0700.
-fn private_file(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    }
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)?;
-    for suffix in ["", "-wal", "-shm"] {
-        let mut p = path.as_os_str().to_owned();
-        p.push(suffix);
-        match std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-    }
-    Ok(())
 }
 
 /// Migration 3: the VMs a server held before it had a registry are registered as their hosts
 /// last reported them (they were registered then, by the rules of that time).
-fn registry_from_reports(tx: &Connection) -> Result<(), StoreError> {
-    let rows: Vec<(String, String, String, String)> = tx
-        .prepare("SELECT id, name, host, report FROM vms")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-        .collect::<Result<_, _>>()?;
-    for (id, name, host, report) in rows {
+fn registry_from_reports(tx: &dyn Conn) -> Result<(), StoreError> {
+    let rows = tx.query("SELECT id, name, host, report FROM vms", &[])?;
+    for r in rows {
+        let (id, name, host, report): (String, String, String, String) =
+            (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
         let keys: std::collections::BTreeSet<KeyRef> =
             serde_json::from_str::<tresor_core::protocol::VmReport>(&report)
                 .map(|r| r.keys.into_iter().map(|k| k.key).collect())
                 .unwrap_or_default();
         tx.execute(
             "INSERT INTO registry (id, name, host, keys) VALUES (?1, ?2, ?3, ?4)",
-            params![id, name, host, json(&keys)?],
+            args![id, name, host, json(&keys)?],
         )?;
     }
     Ok(())
@@ -498,10 +554,7 @@ fn registry_from_reports(tx: &Connection) -> Result<(), StoreError> {
 /// than they change (every `vm list`, every pass of the engine), and with tens of thousands of
 /// them reading the table back each time would dominate the server's work.
 pub struct Store {
-    conn: Mutex<Connection>,
-    /// A second connection for reads, so that reading (signing in, listing events) does not
-    /// wait for a large write (WAL lets readers go on while one writes). None in memory.
-    read: Option<Mutex<Connection>>,
+    db: Database,
     /// The VMs in memory, as last written or taken (the server's view; no SQL there).
     view: VmView,
 }
@@ -523,110 +576,151 @@ fn unjson<T: for<'de> Deserialize<'de>>(s: &str) -> Result<T, StoreError> {
     serde_json::from_str(s).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
+const VM_COLUMNS: &str = "id, name, host, path, encrypted, key_provider, key_id, power_state, crypto_state, connection_state, lock_reason, report";
+
+fn vm_record(r: &Row) -> Result<VmRecord, DbError> {
+    Ok(VmRecord {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        host: r.get(2)?,
+        path: r.get(3)?,
+        encrypted: r.get(4)?,
+        key_provider: r.get(5)?,
+        key_id: r.get(6)?,
+        power_state: named(&r.get::<String>(7)?, "a VM", PowerState::PoweredOff),
+        crypto_state: named(&r.get::<String>(8)?, "a VM", CryptoState::Locked),
+        connection_state: named(&r.get::<String>(9)?, "a VM", ConnectionState::Disconnected),
+        lock_reason: r
+            .get::<Option<String>>(10)?
+            .map(|t| named(&t, "a VM", LockReason::KeyMissingOnHost)),
+        report: r.get(11)?,
+    })
+}
+
+const TASK_COLUMNS: &str = r#"id, kind, state, "user", vm, host, key_provider, key_id, done, total, result, error_code, error_message, created, updated"#;
+
+fn task_row(r: &Row) -> Result<TaskRow, DbError> {
+    let kp: Option<String> = r.get(6)?;
+    let kid: Option<String> = r.get(7)?;
+    Ok(TaskRow {
+        id: r.get(0)?,
+        kind: r.get(1)?,
+        state: r.get(2)?,
+        user: r.get(3)?,
+        vm: r.get(4)?,
+        host: r.get(5)?,
+        key: kp.zip(kid).map(|(p, k)| KeyRef::new(&p, &k)),
+        done: r.get::<i64>(8)?.max(0) as u64,
+        total: r.get::<i64>(9)?.max(0) as u64,
+        result: r.get(10)?,
+        error_code: r.get(11)?,
+        error_message: r.get(12)?,
+        created: r.get(13)?,
+        updated: r.get(14)?,
+    })
+}
+
 impl Store {
-    /// Opens (creating or migrating) the database at `path`.
+    /// Opens (creating or migrating) the database in an SQLite file at `path`.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let err = |source| StoreError::Open {
-            path: path.display().to_string(),
-            source,
-        };
-        // It holds password hashes: readable by the server's user only (SQLite gives its
-        // journal files the database's mode), in a folder only that user may enter.
-        private_file(path).map_err(|source| StoreError::Private {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let conn = Connection::open(path).map_err(err)?;
-        let mut store = Store::setup(conn, &path.display().to_string()).map_err(|e| match e {
-            StoreError::Sql(source) => err(source),
-            other => other,
-        })?;
-        let read = Connection::open(path).map_err(err)?;
-        read.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(err)?;
-        read.pragma_update(None, "query_only", "ON").map_err(err)?;
-        store.read = Some(Mutex::new(read));
-        Ok(store)
+        Store::open_at(&Location::Sqlite(path.to_owned()))
+    }
+
+    /// Opens (creating or migrating) the database at `location`: an SQLite file or PostgreSQL.
+    pub fn open_at(location: &Location) -> Result<Store, StoreError> {
+        let db = Database::open(location).map_err(StoreError::Open)?;
+        Store::setup(db)
     }
 
     /// A store in memory (tests).
     pub fn in_memory() -> Result<Store, StoreError> {
-        Store::setup(Connection::open_in_memory()?, ":memory:")
+        Store::setup(Database::in_memory()?)
     }
 
-    fn setup(conn: Connection, path: &str) -> Result<Store, StoreError> {
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        let _ = conn.pragma_update(None, "journal_mode", "WAL");
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        migrate(&conn, path, |tx, i| match i {
+    fn setup(db: Database) -> Result<Store, StoreError> {
+        db.migrate(MIGRATIONS, META_FROM, |tx, i| match i {
             2 => registry_from_reports(tx),
             _ => Ok(()),
+        })
+        .map_err(|e| match e {
+            StoreError::Db(DbError::TooNew {
+                found,
+                known,
+                release,
+            }) => StoreError::TooNew {
+                path: db.location().to_owned(),
+                found,
+                known,
+                release,
+                ours: env!("CARGO_PKG_VERSION"),
+            },
+            other => other,
         })?;
-        let mut store = Store {
-            conn: Mutex::new(conn),
-            read: None,
-            view: VmView::default(),
-        };
-        store.view = VmView::load(store.vm_rows("", &[])?);
-        Ok(store)
+        let vms = db.read(|c| {
+            c.map(
+                &format!("SELECT {VM_COLUMNS} FROM vms ORDER BY name"),
+                &[],
+                vm_record,
+            )
+        })?;
+        Ok(Store {
+            db,
+            view: VmView::load(vms),
+        })
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    /// Which backend the database is on.
+    pub fn dialect(&self) -> Dialect {
+        self.db.dialect()
     }
 
-    fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
-        match &self.read {
-            Some(read) => read.lock().unwrap_or_else(|p| p.into_inner()),
-            None => self.conn(),
-        }
+    /// Where the database is (never a password), for messages.
+    pub fn location(&self) -> &str {
+        self.db.location()
+    }
+
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&dyn Conn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.db.write(f)
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&dyn Conn) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        self.db.read(f)
     }
 
     // Providers.
 
     /// Adds or replaces a provider; `is_default` moves the default marker to it.
     pub fn put_provider(&self, p: &ProviderRecord) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        if p.is_default {
-            tx.execute("UPDATE providers SET is_default = 0", [])?;
-        }
-        tx.execute(
-            "INSERT INTO providers (name, endpoints, ca_pem, client_cert_pem, client_key_file, is_default) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT(name) DO UPDATE SET endpoints = ?2, ca_pem = ?3, client_cert_pem = ?4, client_key_file = ?5, is_default = ?6",
-            params![p.name, json(&p.endpoints)?, p.ca_pem, p.client_cert_pem, p.client_key_file, p.is_default],
-        )?;
-        tx.commit()?;
-        Ok(())
+        self.write(|tx| {
+            if p.is_default {
+                tx.execute("UPDATE providers SET is_default = 0", &[])?;
+            }
+            tx.execute(
+                "INSERT INTO providers (name, endpoints, ca_pem, client_cert_pem, client_key_file, is_default) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (name) DO UPDATE SET endpoints = ?2, ca_pem = ?3, client_cert_pem = ?4, client_key_file = ?5, is_default = ?6",
+                args![&p.name, json(&p.endpoints)?, &p.ca_pem, &p.client_cert_pem, &p.client_key_file, p.is_default],
+            )?;
+            Ok(())
+        })
     }
 
     pub fn providers(&self) -> Result<Vec<ProviderRecord>, StoreError> {
-        let conn = self.reader();
-        let mut stmt = conn.prepare("SELECT name, endpoints, ca_pem, client_cert_pem, client_key_file, is_default FROM providers ORDER BY name")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (name, endpoints, ca_pem, client_cert_pem, client_key_file, is_default) = row?;
-            out.push(ProviderRecord {
-                name,
-                endpoints: unjson(&endpoints)?,
-                ca_pem,
-                client_cert_pem,
-                client_key_file,
-                is_default,
-            });
-        }
-        Ok(out)
+        let rows = self.read(|c| Ok(c.query("SELECT name, endpoints, ca_pem, client_cert_pem, client_key_file, is_default FROM providers ORDER BY name", &[])?))?;
+        rows.iter()
+            .map(|r| {
+                Ok(ProviderRecord {
+                    name: r.get(0)?,
+                    endpoints: unjson(&r.get::<String>(1)?)?,
+                    ca_pem: r.get(2)?,
+                    client_cert_pem: r.get(3)?,
+                    client_key_file: r.get(4)?,
+                    is_default: r.get(5)?,
+                })
+            })
+            .collect()
     }
 
     pub fn provider(&self, name: &str) -> Result<Option<ProviderRecord>, StoreError> {
@@ -634,87 +728,84 @@ impl Store {
     }
 
     pub fn set_default_provider(&self, name: &str) -> Result<bool, StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let exists: bool = tx.query_row(
-            "SELECT COUNT(*) FROM providers WHERE name = ?1",
-            params![name],
-            |r| r.get::<_, i64>(0),
-        )? > 0;
-        if exists {
-            tx.execute(
-                "UPDATE providers SET is_default = (name = ?1)",
-                params![name],
-            )?;
-        }
-        tx.commit()?;
-        Ok(exists)
+        self.write(|tx| {
+            let exists = tx
+                .value::<i64>(
+                    "SELECT COUNT(*) FROM providers WHERE name = ?1",
+                    args![name],
+                )?
+                .unwrap_or(0)
+                > 0;
+            if exists {
+                tx.execute(
+                    "UPDATE providers SET is_default = CASE WHEN name = ?1 THEN 1 ELSE 0 END",
+                    args![name],
+                )?;
+            }
+            Ok(exists)
+        })
     }
 
     pub fn remove_provider(&self, name: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .conn()
-            .execute("DELETE FROM providers WHERE name = ?1", params![name])?
-            > 0)
+        self.write(|tx| Ok(tx.execute("DELETE FROM providers WHERE name = ?1", args![name])? > 0))
     }
 
     // Hosts and enrolment.
 
     pub fn put_host(&self, h: &HostRecord) -> Result<(), StoreError> {
-        self.conn().execute(
-            "INSERT INTO hosts (name, boot_id, crypto_state, connected, last_seen, host_key_provider, host_key_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT(name) DO UPDATE SET boot_id = ?2, crypto_state = ?3, connected = ?4, last_seen = ?5, host_key_provider = ?6, host_key_id = ?7",
-            params![h.name, h.boot_id, h.crypto_state.as_str(), h.connected, h.last_seen, h.host_key_provider, h.host_key_id],
-        )?;
-        Ok(())
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO hosts (name, boot_id, crypto_state, connected, last_seen, host_key_provider, host_key_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (name) DO UPDATE SET boot_id = ?2, crypto_state = ?3, connected = ?4, last_seen = ?5, host_key_provider = ?6, host_key_id = ?7",
+                args![&h.name, &h.boot_id, h.crypto_state.as_str(), h.connected, h.last_seen, &h.host_key_provider, &h.host_key_id],
+            )?;
+            Ok(())
+        })
     }
 
     /// What hosts' agents said of themselves, in the order they said it, in one transaction:
     /// when an agent connected, its boot and its encryption mode (the host runs the mode machine;
     /// a restart ends `pendingIncapable`), and when one left. Hosts not enrolled are skipped.
     pub fn hosts_seen(&self, seen: &[HostSeen]) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        {
-            let mut connected = tx.prepare_cached(
-                "UPDATE hosts SET boot_id = ?2, crypto_state = ?3, connected = 1, last_seen = ?4 WHERE name = ?1",
-            )?;
-            let mut left = tx
-                .prepare_cached("UPDATE hosts SET connected = 0, last_seen = ?2 WHERE name = ?1")?;
+        self.write(|tx| {
             for h in seen {
                 match &h.hello {
-                    Some((boot_id, mode)) => {
-                        connected.execute(params![h.name, boot_id, mode.as_str(), h.at])?
-                    }
-                    None => left.execute(params![h.name, h.at])?,
+                    Some((boot_id, mode)) => tx.execute(
+                        "UPDATE hosts SET boot_id = ?2, crypto_state = ?3, connected = 1, last_seen = ?4 WHERE name = ?1",
+                        args![&h.name, boot_id, mode.as_str(), h.at],
+                    )?,
+                    None => tx.execute(
+                        "UPDATE hosts SET connected = 0, last_seen = ?2 WHERE name = ?1",
+                        args![&h.name, h.at],
+                    )?,
                 };
             }
-        }
-        tx.commit()?;
-        Ok(())
+            Ok(())
+        })
     }
 
     pub fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
-        let conn = self.reader();
-        let mut stmt = conn.prepare(
-            "SELECT name, boot_id, crypto_state, connected, last_seen, host_key_provider, host_key_id FROM hosts ORDER BY name",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(HostRecord {
-                name: r.get(0)?,
-                boot_id: r.get(1)?,
-                crypto_state: named(
-                    &r.get::<_, String>(2)?,
-                    "a host",
-                    HostCryptoState::Incapable,
-                ),
-                connected: r.get(3)?,
-                last_seen: r.get(4)?,
-                host_key_provider: r.get(5)?,
-                host_key_id: r.get(6)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.read(|c| {
+            Ok(c.map(
+                "SELECT name, boot_id, crypto_state, connected, last_seen, host_key_provider, host_key_id FROM hosts ORDER BY name",
+                &[],
+                |r| {
+                    Ok(HostRecord {
+                        name: r.get(0)?,
+                        boot_id: r.get(1)?,
+                        crypto_state: named(
+                            &r.get::<String>(2)?,
+                            "a host",
+                            HostCryptoState::Incapable,
+                        ),
+                        connected: r.get(3)?,
+                        last_seen: r.get(4)?,
+                        host_key_provider: r.get(5)?,
+                        host_key_id: r.get(6)?,
+                    })
+                },
+            )?)
+        })
     }
 
     /// Records a one-time join token (its hash) valid until `expires`.
@@ -724,11 +815,13 @@ impl Store {
         expires: i64,
         grant: &JoinGrant,
     ) -> Result<(), StoreError> {
-        self.conn().execute(
-            "INSERT INTO join_tokens (token_hash, expires, host, replace) VALUES (?1, ?2, ?3, ?4)",
-            params![token_hash, expires, grant.host, grant.replace],
-        )?;
-        Ok(())
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO join_tokens (token_hash, expires, host, replace) VALUES (?1, ?2, ?3, ?4)",
+                args![token_hash, expires, &grant.host, grant.replace],
+            )?;
+            Ok(())
+        })
     }
 
     /// Uses up a join token: what it allows, or `None` if it is unknown, used or expired.
@@ -737,54 +830,51 @@ impl Store {
         token_hash: &str,
         now: i64,
     ) -> Result<Option<JoinGrant>, StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let grant = tx
-            .query_row(
-                "DELETE FROM join_tokens WHERE token_hash = ?1 AND expires >= ?2 RETURNING host, replace",
-                params![token_hash, now],
-                |r| {
-                    Ok(JoinGrant {
+        self.write(|tx| {
+            let grant = tx
+                .query_opt(
+                    "DELETE FROM join_tokens WHERE token_hash = ?1 AND expires >= ?2 RETURNING host, replace",
+                    args![token_hash, now],
+                )?
+                .map(|r| {
+                    Ok::<_, DbError>(JoinGrant {
                         host: r.get(0)?,
                         replace: r.get(1)?,
                     })
-                },
-            )
-            .optional()?;
-        tx.execute("DELETE FROM join_tokens WHERE expires < ?1", params![now])?;
-        tx.commit()?;
-        Ok(grant)
+                })
+                .transpose()?;
+            tx.execute("DELETE FROM join_tokens WHERE expires < ?1", args![now])?;
+            Ok(grant)
+        })
     }
 
     /// The SHA-256 of the certificate a host was enrolled with.
     pub fn host_cert(&self, host: &str) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .reader()
-            .query_row(
+        self.read(|c| {
+            Ok(c.value(
                 "SELECT cert_sha256 FROM host_certs WHERE host = ?1",
-                params![host],
-                |r| r.get(0),
-            )
-            .optional()?)
+                args![host],
+            )?)
+        })
     }
 
     pub fn set_host_cert(&self, host: &str, cert_sha256: &str) -> Result<(), StoreError> {
-        self.conn().execute(
-            "INSERT INTO host_certs (host, cert_sha256) VALUES (?1, ?2)
-             ON CONFLICT(host) DO UPDATE SET cert_sha256 = ?2",
-            params![host, cert_sha256],
-        )?;
-        Ok(())
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO host_certs (host, cert_sha256) VALUES (?1, ?2)
+                 ON CONFLICT (host) DO UPDATE SET cert_sha256 = ?2",
+                args![host, cert_sha256],
+            )?;
+            Ok(())
+        })
     }
 
     /// Removes a host: its record and its certificate (refused from then on).
     pub fn remove_host(&self, name: &str) -> Result<bool, StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        tx.execute("DELETE FROM host_certs WHERE host = ?1", params![name])?;
-        let n = tx.execute("DELETE FROM hosts WHERE name = ?1", params![name])?;
-        tx.commit()?;
-        Ok(n > 0)
+        self.write(|tx| {
+            tx.execute("DELETE FROM host_certs WHERE host = ?1", args![name])?;
+            Ok(tx.execute("DELETE FROM hosts WHERE name = ?1", args![name])? > 0)
+        })
     }
 
     // VMs.
@@ -796,10 +886,12 @@ impl Store {
     /// Writes many VMs in one transaction (one disk flush for all of them).
     pub fn put_vms(&self, vms: &[VmRecord]) -> Result<(), StoreError> {
         let stored = self.view.stored(vms.to_vec());
-        let mut conn = self.conn();
-        // Written now: a deferred older state of these VMs must not overwrite them.
-        self.view.undefer(vms.iter().map(|v| v.id.as_str()));
-        write_vms(&mut conn, &vms.iter().collect::<Vec<_>>())?;
+        self.write(|tx| {
+            // Written now: a deferred older state of these VMs must not overwrite them (the
+            // deferred writer takes its states inside its transaction, so after this one).
+            self.view.undefer(vms.iter().map(|v| v.id.as_str()));
+            write_vms(tx, &vms.iter().collect::<Vec<_>>())
+        })?;
         self.view.cache(stored);
         Ok(())
     }
@@ -820,54 +912,22 @@ impl Store {
         const CHUNK: usize = 2000;
         let mut written = 0;
         loop {
-            let mut conn = self.conn();
-            let chunk = self.view.take_deferred(CHUNK);
-            if chunk.is_empty() {
-                return Ok(written);
-            }
-            let records: Vec<&VmRecord> = chunk.iter().map(|v| &v.record).collect();
-            if let Err(e) = write_vms(&mut conn, &records) {
+            let mut taken = Vec::new();
+            let result = self.write(|tx| {
+                taken = self.view.take_deferred(CHUNK);
+                let records: Vec<&VmRecord> = taken.iter().map(|v| &v.record).collect();
+                write_vms(tx, &records)
+            });
+            if let Err(e) = result {
                 // Kept for the next try, unless a newer state came meanwhile.
-                self.view.defer_again(chunk);
+                self.view.defer_again(taken);
                 return Err(e);
             }
-            written += chunk.len();
+            if taken.is_empty() {
+                return Ok(written);
+            }
+            written += taken.len();
         }
-    }
-
-    fn vm_rows(
-        &self,
-        clause: &str,
-        args: &[&dyn rusqlite::ToSql],
-    ) -> Result<Vec<VmRecord>, StoreError> {
-        let conn = self.conn();
-        let sql = format!(
-            "SELECT id, name, host, path, encrypted, key_provider, key_id, power_state, crypto_state, connection_state, lock_reason, report FROM vms {clause} ORDER BY name"
-        );
-        let mut stmt = conn.prepare(&sql)?;
-        let rows = stmt.query_map(args, |r| {
-            Ok(VmRecord {
-                id: r.get(0)?,
-                name: r.get(1)?,
-                host: r.get(2)?,
-                path: r.get(3)?,
-                encrypted: r.get(4)?,
-                key_provider: r.get(5)?,
-                key_id: r.get(6)?,
-                power_state: named(&r.get::<_, String>(7)?, "a VM", PowerState::PoweredOff),
-                crypto_state: named(&r.get::<_, String>(8)?, "a VM", CryptoState::Locked),
-                connection_state: named(
-                    &r.get::<_, String>(9)?,
-                    "a VM",
-                    ConnectionState::Disconnected,
-                ),
-                lock_reason: r
-                    .get::<_, Option<String>>(10)?
-                    .map(|t| named(&t, "a VM", LockReason::KeyMissingOnHost)),
-                report: r.get(11)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// The VMs in memory: the server's view of them, as last written or taken.
@@ -918,22 +978,23 @@ impl Store {
 
     /// Every registered VM.
     pub fn registrations(&self) -> Result<Vec<Registration>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT id, name, host, keys FROM registry ORDER BY name")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, String>(3)?))
+        // From the connection for writes: a registration just written is read back at once.
+        let rows = self.write(|c| {
+            Ok(c.query(
+                "SELECT id, name, host, keys FROM registry ORDER BY name",
+                &[],
+            )?)
         })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, name, host, keys) = row?;
-            out.push(Registration {
-                id,
-                name,
-                host,
-                keys: unjson(&keys)?,
-            });
-        }
-        Ok(out)
+        rows.iter()
+            .map(|r| {
+                Ok(Registration {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    host: r.get(2)?,
+                    keys: unjson(&r.get::<String>(3)?)?,
+                })
+            })
+            .collect()
     }
 
     /// Registers a VM, or changes its registration (by name), on disk before it returns.
@@ -943,124 +1004,81 @@ impl Store {
 
     /// Registers many VMs in one transaction.
     pub fn put_registrations(&self, regs: &[Registration]) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        {
-            let mut delete = tx.prepare_cached("DELETE FROM registry WHERE name = ?1")?;
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO registry (id, name, host, keys) VALUES (?1, ?2, ?3, ?4)",
-            )?;
+        self.write(|tx| {
             for reg in regs {
-                delete.execute(params![reg.name])?;
-                insert.execute(params![reg.id, reg.name, reg.host, json(&reg.keys)?])?;
+                tx.execute("DELETE FROM registry WHERE name = ?1", args![&reg.name])?;
+                tx.execute(
+                    "INSERT INTO registry (id, name, host, keys) VALUES (?1, ?2, ?3, ?4)",
+                    args![&reg.id, &reg.name, &reg.host, json(&reg.keys)?],
+                )?;
             }
-        }
-        tx.commit()?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Unregisters a VM: its registration and its last reported state go.
     pub fn remove_vm(&self, name: &str) -> Result<bool, StoreError> {
-        let conn = self.conn();
-        conn.execute("DELETE FROM registry WHERE name = ?1", params![name])?;
-        let cached = self.view.remove(name);
-        let removed = conn.execute("DELETE FROM vms WHERE name = ?1", params![name])? > 0;
-        Ok(removed || cached.is_some())
+        self.write(|tx| {
+            tx.execute("DELETE FROM registry WHERE name = ?1", args![name])?;
+            let cached = self.view.remove(name);
+            let removed = tx.execute("DELETE FROM vms WHERE name = ?1", args![name])? > 0;
+            Ok(removed || cached.is_some())
+        })
     }
 
     // Events.
 
     pub fn add_event(&self, e: &EventRow) -> Result<i64, StoreError> {
-        let conn = self.conn();
-        conn.execute(
-            "INSERT INTO events (time, type, severity, vm, host, provider, user, args) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![e.time, e.event_type, e.severity, e.vm, e.host, e.provider, e.user, json(&e.args)?],
-        )?;
-        Ok(conn.last_insert_rowid())
+        self.write(|tx| insert_event(tx, e))
     }
 
     /// Stores many events in one transaction, in order.
     pub fn add_events(&self, events: &[EventRow]) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO events (time, type, severity, vm, host, provider, user, args) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?;
+        self.write(|tx| {
             for e in events {
-                stmt.execute(params![
-                    e.time,
-                    e.event_type,
-                    e.severity,
-                    e.vm,
-                    e.host,
-                    e.provider,
-                    e.user,
-                    json(&e.args)?
-                ])?;
+                insert_event(tx, e)?;
             }
-        }
-        tx.commit()?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// The id of the newest event (0 when there is none).
     pub fn last_event_id(&self) -> Result<i64, StoreError> {
-        Ok(self
-            .reader()
-            .query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))?)
+        self.read(|c| {
+            Ok(c.value("SELECT COALESCE(MAX(id), 0) FROM events", &[])?
+                .unwrap_or(0))
+        })
     }
 
     /// Events matching the filter, oldest first.
     pub fn events(&self, f: &EventFilter) -> Result<Vec<EventRow>, StoreError> {
-        let conn = self.reader();
-        let mut stmt = conn.prepare(
-            "SELECT id, time, type, severity, vm, host, provider, user, args FROM events
-             WHERE (?1 IS NULL OR vm = ?1) AND (?2 IS NULL OR host = ?2) AND (?3 IS NULL OR provider = ?3)
-               AND (?4 IS NULL OR type = ?4 OR type LIKE ?4 || '.%') AND (?5 IS NULL OR time >= ?5) AND (?6 IS NULL OR id > ?6)
-             ORDER BY id LIMIT ?7",
-        )?;
         let limit = i64::from(f.limit.unwrap_or(1000));
-        let rows = stmt.query_map(
-            params![
-                f.vm,
-                f.host,
-                f.provider,
-                f.event_type,
-                f.since,
-                f.after_id,
-                limit
-            ],
-            |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, Option<String>>(4)?,
-                    r.get::<_, Option<String>>(5)?,
-                    r.get::<_, Option<String>>(6)?,
-                    r.get::<_, Option<String>>(7)?,
-                    r.get::<_, String>(8)?,
-                ))
-            },
-        )?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, time, event_type, severity, vm, host, provider, user, args) = row?;
-            out.push(EventRow {
-                id,
-                time,
-                event_type,
-                severity,
-                vm,
-                host,
-                provider,
-                user,
-                args: unjson(&args)?,
-            });
-        }
-        Ok(out)
+        let rows = self.read(|c| {
+            Ok(c.query(
+                r#"SELECT id, time, type, severity, vm, host, provider, "user", args FROM events
+                 WHERE (CAST(?1 AS TEXT) IS NULL OR vm = ?1) AND (CAST(?2 AS TEXT) IS NULL OR host = ?2)
+                   AND (CAST(?3 AS TEXT) IS NULL OR provider = ?3)
+                   AND (CAST(?4 AS TEXT) IS NULL OR type = ?4 OR type LIKE ?4 || '.%')
+                   AND (CAST(?5 AS BIGINT) IS NULL OR time >= ?5) AND (CAST(?6 AS BIGINT) IS NULL OR id > ?6)
+                 ORDER BY id LIMIT ?7"#,
+                args![&f.vm, &f.host, &f.provider, &f.event_type, f.since, f.after_id, limit],
+            )?)
+        })?;
+        rows.iter()
+            .map(|r| {
+                Ok(EventRow {
+                    id: r.get(0)?,
+                    time: r.get(1)?,
+                    event_type: r.get(2)?,
+                    severity: r.get(3)?,
+                    vm: r.get(4)?,
+                    host: r.get(5)?,
+                    provider: r.get(6)?,
+                    user: r.get(7)?,
+                    args: unjson(&r.get::<String>(8)?)?,
+                })
+            })
+            .collect()
     }
 
     // Alarms.
@@ -1073,61 +1091,63 @@ impl Store {
         reason: &str,
         now: i64,
     ) -> Result<i64, StoreError> {
-        raise_alarm(&self.conn(), kind, object, reason, now)
+        self.write(|tx| raise_alarm(tx, kind, object, reason, now))
     }
 
     /// Clears the active alarm of this kind for the object; false if there was none.
     pub fn clear_alarm(&self, kind: &str, object: &str, now: i64) -> Result<bool, StoreError> {
-        clear_alarm(&self.conn(), kind, object, now)
+        self.write(|tx| clear_alarm(tx, kind, object, now))
     }
 
     /// Raises and clears many alarms in one transaction.
     pub fn change_alarms(&self, changes: &[AlarmChange], now: i64) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        for c in changes {
-            match c {
-                AlarmChange::Raise {
-                    kind,
-                    object,
-                    reason,
-                } => {
-                    raise_alarm(&tx, kind, object, reason, now)?;
-                }
-                AlarmChange::Clear { kind, object } => {
-                    clear_alarm(&tx, kind, object, now)?;
+        self.write(|tx| {
+            for c in changes {
+                match c {
+                    AlarmChange::Raise {
+                        kind,
+                        object,
+                        reason,
+                    } => {
+                        raise_alarm(tx, kind, object, reason, now)?;
+                    }
+                    AlarmChange::Clear { kind, object } => {
+                        clear_alarm(tx, kind, object, now)?;
+                    }
                 }
             }
-        }
-        tx.commit()?;
-        Ok(())
+            Ok(())
+        })
     }
 
     pub fn acknowledge_alarm(&self, id: i64, user: &str) -> Result<bool, StoreError> {
-        Ok(self.conn().execute(
-            "UPDATE alarms SET acknowledged_by = ?2 WHERE id = ?1",
-            params![id, user],
-        )? > 0)
+        self.write(|tx| {
+            Ok(tx.execute(
+                "UPDATE alarms SET acknowledged_by = ?2 WHERE id = ?1",
+                args![id, user],
+            )? > 0)
+        })
     }
 
     /// Active alarms (or all, newest first).
     pub fn alarms(&self, active_only: bool) -> Result<Vec<AlarmRow>, StoreError> {
-        let conn = self.reader();
-        let mut stmt = conn.prepare(
-            "SELECT id, kind, object, reason, raised, cleared, acknowledged_by FROM alarms WHERE (?1 = 0 OR cleared IS NULL) ORDER BY id DESC",
-        )?;
-        let rows = stmt.query_map(params![active_only], |r| {
-            Ok(AlarmRow {
-                id: r.get(0)?,
-                kind: r.get(1)?,
-                object: r.get(2)?,
-                reason: r.get(3)?,
-                raised: r.get(4)?,
-                cleared: r.get(5)?,
-                acknowledged_by: r.get(6)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.read(|c| {
+            Ok(c.map(
+                "SELECT id, kind, object, reason, raised, cleared, acknowledged_by FROM alarms WHERE (?1 = 0 OR cleared IS NULL) ORDER BY id DESC",
+                args![active_only],
+                |r| {
+                    Ok(AlarmRow {
+                        id: r.get(0)?,
+                        kind: r.get(1)?,
+                        object: r.get(2)?,
+                        reason: r.get(3)?,
+                        raised: r.get(4)?,
+                        cleared: r.get(5)?,
+                        acknowledged_by: r.get(6)?,
+                    })
+                },
+            )?)
+        })
     }
 
     // Tasks.
@@ -1138,136 +1158,122 @@ impl Store {
             Some(k) => (Some(k.provider().to_owned()), Some(k.key_id.clone())),
             None => (None, None),
         };
-        self.conn().execute(
-            "INSERT INTO tasks (id, kind, state, user, vm, host, key_provider, key_id, done, total, result, error_code, error_message, created, updated)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
-             ON CONFLICT(id) DO UPDATE SET state = ?3, key_provider = ?7, key_id = ?8, done = ?9, total = ?10,
-                result = ?11, error_code = ?12, error_message = ?13, updated = ?15",
-            params![
-                t.id,
-                t.kind,
-                t.state,
-                t.user,
-                t.vm,
-                t.host,
-                kp,
-                kid,
-                t.done as i64,
-                t.total as i64,
-                t.result,
-                t.error_code,
-                t.error_message,
-                t.created,
-                t.updated
-            ],
-        )?;
-        Ok(())
+        self.write(|tx| {
+            tx.execute(
+                r#"INSERT INTO tasks (id, kind, state, "user", vm, host, key_provider, key_id, done, total, result, error_code, error_message, created, updated)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                 ON CONFLICT (id) DO UPDATE SET state = ?3, key_provider = ?7, key_id = ?8, done = ?9, total = ?10,
+                    result = ?11, error_code = ?12, error_message = ?13, updated = ?15"#,
+                args![
+                    &t.id,
+                    &t.kind,
+                    &t.state,
+                    &t.user,
+                    &t.vm,
+                    &t.host,
+                    kp,
+                    kid,
+                    t.done as i64,
+                    t.total as i64,
+                    &t.result,
+                    &t.error_code,
+                    &t.error_message,
+                    t.created,
+                    t.updated
+                ],
+            )?;
+            Ok(())
+        })
     }
 
     /// The tasks, newest first; at most `limit`.
     pub fn tasks(&self, limit: usize) -> Result<Vec<TaskRow>, StoreError> {
+        let made = match self.db.dialect() {
+            Dialect::Sqlite => "rowid",
+            Dialect::Postgres => "seq",
+        };
         self.select_tasks(
-            "ORDER BY created DESC, rowid DESC LIMIT ?1",
-            params![limit as i64],
+            &format!("ORDER BY created DESC, {made} DESC LIMIT ?1"),
+            args![limit as i64],
         )
     }
 
     /// One task.
     pub fn task(&self, id: &str) -> Result<Option<TaskRow>, StoreError> {
-        Ok(self.select_tasks("WHERE id = ?1", params![id])?.pop())
+        Ok(self.select_tasks("WHERE id = ?1", args![id])?.pop())
     }
 
     /// The tasks not ended (running or cancelling).
     pub fn unfinished_tasks(&self) -> Result<Vec<TaskRow>, StoreError> {
         self.select_tasks(
             "WHERE state IN ('running', 'cancelling') ORDER BY created",
-            params![],
+            &[],
         )
     }
 
     fn select_tasks(
         &self,
         rest: &str,
-        args: impl rusqlite::Params,
+        args: &[tresor_db::Value],
     ) -> Result<Vec<TaskRow>, StoreError> {
-        let conn = self.reader();
-        let mut stmt = conn.prepare(&format!(
-            "SELECT id, kind, state, user, vm, host, key_provider, key_id, done, total, result, error_code, error_message, created, updated
-             FROM tasks {rest}"
-        ))?;
-        let rows = stmt.query_map(args, |r| {
-            let kp: Option<String> = r.get(6)?;
-            let kid: Option<String> = r.get(7)?;
-            Ok(TaskRow {
-                id: r.get(0)?,
-                kind: r.get(1)?,
-                state: r.get(2)?,
-                user: r.get(3)?,
-                vm: r.get(4)?,
-                host: r.get(5)?,
-                key: kp.zip(kid).map(|(p, k)| KeyRef::new(&p, &k)),
-                done: r.get::<_, i64>(8)?.max(0) as u64,
-                total: r.get::<_, i64>(9)?.max(0) as u64,
-                result: r.get(10)?,
-                error_code: r.get(11)?,
-                error_message: r.get(12)?,
-                created: r.get(13)?,
-                updated: r.get(14)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.read(|c| {
+            Ok(c.map(
+                &format!("SELECT {TASK_COLUMNS} FROM tasks {rest}"),
+                args,
+                task_row,
+            )?)
+        })
     }
 
     /// How many tasks the store keeps in each state.
     pub fn task_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        let conn = self.reader();
-        let mut stmt = conn.prepare("SELECT state, COUNT(*) FROM tasks GROUP BY state")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.read(|c| {
+            Ok(c.map(
+                "SELECT state, COUNT(*) FROM tasks GROUP BY state",
+                &[],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?)
+        })
     }
 
     /// Forgets finished tasks older than `before` (seconds since the epoch), keeping those
     /// still running.
     pub fn prune_tasks(&self, before: i64) -> Result<usize, StoreError> {
-        Ok(self.conn().execute(
-            "DELETE FROM tasks WHERE created < ?1 AND state NOT IN ('running', 'cancelling')",
-            params![before],
-        )?)
+        self.write(|tx| {
+            Ok(tx.execute(
+                "DELETE FROM tasks WHERE created < ?1 AND state NOT IN ('running', 'cancelling')",
+                args![before],
+            )? as usize)
+        })
     }
 
     // Users, tokens, roles.
 
     pub fn add_user(&self, name: &str, password_hash: &str) -> Result<(), StoreError> {
-        self.conn().execute(
-            "INSERT INTO users (name, password_hash) VALUES (?1, ?2)",
-            params![name, password_hash],
-        )?;
-        Ok(())
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO users (name, password_hash) VALUES (?1, ?2)",
+                args![name, password_hash],
+            )?;
+            Ok(())
+        })
     }
 
     pub fn password_hash(&self, name: &str) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .reader()
-            .query_row(
+        self.read(|c| {
+            Ok(c.value(
                 "SELECT password_hash FROM users WHERE name = ?1",
-                params![name],
-                |r| r.get(0),
-            )
-            .optional()?)
+                args![name],
+            )?)
+        })
     }
 
     pub fn users(&self) -> Result<Vec<String>, StoreError> {
-        let conn = self.reader();
-        let mut stmt = conn.prepare("SELECT name FROM users ORDER BY name")?;
-        let rows = stmt.query_map([], |r| r.get(0))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.read(|c| Ok(c.map("SELECT name FROM users ORDER BY name", &[], |r| r.get(0))?))
     }
 
     pub fn remove_user(&self, name: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .conn()
-            .execute("DELETE FROM users WHERE name = ?1", params![name])?
-            > 0)
+        self.write(|tx| Ok(tx.execute("DELETE FROM users WHERE name = ?1", args![name])? > 0))
     }
 
     pub fn add_token(
@@ -1277,112 +1283,123 @@ impl Store {
         label: &str,
         now: i64,
     ) -> Result<(), StoreError> {
-        self.conn().execute(
-            "INSERT INTO tokens (token_hash, user, label, created) VALUES (?1, ?2, ?3, ?4)",
-            params![token_hash, user, label, now],
-        )?;
-        Ok(())
+        self.write(|tx| {
+            tx.execute(
+                r#"INSERT INTO tokens (token_hash, "user", label, created) VALUES (?1, ?2, ?3, ?4)"#,
+                args![token_hash, user, label, now],
+            )?;
+            Ok(())
+        })
     }
 
     /// Forgets a token; false if there was none.
     pub fn remove_token(&self, token_hash: &str) -> Result<bool, StoreError> {
-        Ok(self.conn().execute(
-            "DELETE FROM tokens WHERE token_hash = ?1",
-            params![token_hash],
-        )? > 0)
+        self.write(|tx| {
+            Ok(tx.execute(
+                "DELETE FROM tokens WHERE token_hash = ?1",
+                args![token_hash],
+            )? > 0)
+        })
     }
 
-    /// The user an API token belongs to.
     /// The user of a token, its label (`login`, …) and when it was made.
     pub fn token_user(
         &self,
         token_hash: &str,
     ) -> Result<Option<(String, String, i64)>, StoreError> {
-        Ok(self
-            .reader()
-            .query_row(
-                "SELECT user, label, created FROM tokens WHERE token_hash = ?1",
-                params![token_hash],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?)
+        self.read(|c| {
+            c.query_opt(
+                r#"SELECT "user", label, created FROM tokens WHERE token_hash = ?1"#,
+                args![token_hash],
+            )?
+            .map(|r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .transpose()
+        })
     }
 
     /// Ends every token of a user but `keep` (a token hash).
     pub fn revoke_tokens(&self, user: &str, keep: Option<&str>) -> Result<usize, StoreError> {
-        Ok(self.conn().execute(
-            "DELETE FROM tokens WHERE user = ?1 AND token_hash IS NOT ?2",
-            params![user, keep],
-        )?)
+        self.write(|tx| {
+            Ok(tx.execute(
+                r#"DELETE FROM tokens WHERE "user" = ?1 AND token_hash IS DISTINCT FROM CAST(?2 AS TEXT)"#,
+                args![user, keep],
+            )? as usize)
+        })
     }
 
     pub fn put_role(&self, name: &str, privileges: &[String]) -> Result<(), StoreError> {
-        self.conn().execute(
-            "INSERT INTO roles (name, privileges) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET privileges = ?2",
-            params![name, json(&privileges)?],
-        )?;
-        Ok(())
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO roles (name, privileges) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET privileges = ?2",
+                args![name, json(&privileges)?],
+            )?;
+            Ok(())
+        })
     }
 
     pub fn roles(&self) -> Result<Vec<(String, Vec<String>)>, StoreError> {
-        let conn = self.reader();
-        let mut stmt = conn.prepare("SELECT name, privileges FROM roles ORDER BY name")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (name, p) = row?;
-            out.push((name, unjson(&p)?));
-        }
-        Ok(out)
+        let rows =
+            self.read(|c| Ok(c.query("SELECT name, privileges FROM roles ORDER BY name", &[])?))?;
+        rows.iter()
+            .map(|r| Ok((r.get(0)?, unjson(&r.get::<String>(1)?)?)))
+            .collect()
     }
 
     pub fn grant(&self, user: &str, role: &str) -> Result<(), StoreError> {
-        self.conn().execute(
-            "INSERT OR IGNORE INTO grants (user, role) VALUES (?1, ?2)",
-            params![user, role],
-        )?;
-        Ok(())
+        self.write(|tx| {
+            tx.execute(
+                r#"INSERT INTO grants ("user", role) VALUES (?1, ?2) ON CONFLICT DO NOTHING"#,
+                args![user, role],
+            )?;
+            Ok(())
+        })
     }
 
     pub fn ungrant(&self, user: &str, role: &str) -> Result<bool, StoreError> {
-        Ok(self.conn().execute(
-            "DELETE FROM grants WHERE user = ?1 AND role = ?2",
-            params![user, role],
-        )? > 0)
+        self.write(|tx| {
+            Ok(tx.execute(
+                r#"DELETE FROM grants WHERE "user" = ?1 AND role = ?2"#,
+                args![user, role],
+            )? > 0)
+        })
     }
 
     /// The roles granted to a user.
     pub fn grants_of(&self, user: &str) -> Result<Vec<String>, StoreError> {
-        let conn = self.reader();
-        let mut stmt = conn.prepare("SELECT role FROM grants WHERE user = ?1 ORDER BY role")?;
-        let rows = stmt.query_map(params![user], |r| r.get(0))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.read(|c| {
+            Ok(c.map(
+                r#"SELECT role FROM grants WHERE "user" = ?1 ORDER BY role"#,
+                args![user],
+                |r| r.get(0),
+            )?)
+        })
     }
 
     pub fn remove_role(&self, name: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .conn()
-            .execute("DELETE FROM roles WHERE name = ?1", params![name])?
-            > 0)
+        self.write(|tx| Ok(tx.execute("DELETE FROM roles WHERE name = ?1", args![name])? > 0))
     }
 
     pub fn set_password_hash(&self, user: &str, hash: &str) -> Result<bool, StoreError> {
-        Ok(self.conn().execute(
-            "UPDATE users SET password_hash = ?2 WHERE name = ?1",
-            params![user, hash],
-        )? > 0)
+        self.write(|tx| {
+            Ok(tx.execute(
+                "UPDATE users SET password_hash = ?2 WHERE name = ?1",
+                args![user, hash],
+            )? > 0)
+        })
     }
 
     /// Every privilege the user's roles give.
     pub fn privileges_of(&self, user: &str) -> Result<Vec<String>, StoreError> {
-        let conn = self.reader();
-        let mut stmt = conn.prepare(
-            "SELECT r.privileges FROM grants g JOIN roles r ON r.name = g.role WHERE g.user = ?1",
-        )?;
-        let rows = stmt.query_map(params![user], |r| r.get::<_, String>(0))?;
+        let sets: Vec<String> = self.read(|c| {
+            Ok(c.map(
+                r#"SELECT r.privileges FROM grants g JOIN roles r ON r.name = g.role WHERE g."user" = ?1"#,
+                args![user],
+                |r| r.get(0),
+            )?)
+        })?;
         let mut out: Vec<String> = Vec::new();
-        for row in rows {
-            for p in unjson::<Vec<String>>(&row?)? {
+        for set in sets {
+            for p in unjson::<Vec<String>>(&set)? {
                 if !out.contains(&p) {
                     out.push(p);
                 }
@@ -1397,9 +1414,12 @@ impl Store {
     /// keys as `providers/NAME/client.key` relative to the data folder, where the backup puts
     /// them; the keys' files as they were named before are returned by provider.
     pub fn snapshot(db: &Path, out: &Path) -> Result<(u32, Vec<(String, String)>), StoreError> {
-        let open_err = |source| StoreError::Open {
-            path: db.display().to_string(),
-            source,
+        use rusqlite::{params, Connection};
+        let open_err = |source: rusqlite::Error| {
+            StoreError::Open(DbError::Open {
+                location: db.display().to_string(),
+                reason: source.to_string(),
+            })
         };
         let conn = Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(open_err)?;
@@ -1430,33 +1450,70 @@ impl Store {
 
     /// Whether the database answers (readiness).
     pub fn ping(&self) -> Result<(), StoreError> {
-        self.reader().query_row("SELECT 1", [], |_| Ok(()))?;
-        Ok(())
+        self.read(|c| {
+            c.query("SELECT 1", &[])?;
+            Ok(())
+        })
     }
 
     // Settings.
 
     pub fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .reader()
-            .query_row(
-                "SELECT value FROM settings WHERE key = ?1",
-                params![key],
-                |r| r.get(0),
-            )
-            .optional()?)
+        self.read(|c| Ok(c.value("SELECT value FROM settings WHERE key = ?1", args![key])?))
     }
 
     pub fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        self.conn()
-            .execute("INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = ?2", params![key, value])?;
-        Ok(())
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2",
+                args![key, value],
+            )?;
+            Ok(())
+        })
     }
+}
+
+fn insert_event(tx: &dyn Conn, e: &EventRow) -> Result<i64, StoreError> {
+    tx.value(
+        r#"INSERT INTO events (time, type, severity, vm, host, provider, "user", args) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id"#,
+        args![e.time, &e.event_type, &e.severity, &e.vm, &e.host, &e.provider, &e.user, json(&e.args)?],
+    )?
+    .ok_or_else(|| StoreError::Corrupt("an inserted event has no id".into()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tresor_db::testing::ScratchPostgres;
+
+    /// Each test on both backends: SQLite in memory and a PostgreSQL database of its own.
+    macro_rules! on_both_backends {
+        ($($name:ident),* $(,)?) => {
+            mod sqlite {
+                $(#[test]
+                fn $name() {
+                    super::$name(&super::Store::in_memory().unwrap());
+                })*
+            }
+            mod postgres {
+                $(#[test]
+                fn $name() {
+                    let db = super::ScratchPostgres::new();
+                    super::$name(&super::Store::open_at(db.location()).unwrap());
+                })*
+            }
+        };
+    }
+
+    on_both_backends!(
+        providers_keep_one_default,
+        what_hosts_say_of_themselves_is_written_in_order,
+        hosts_keep_their_host_key_id,
+        join_tokens_work_once_and_expire,
+        events_filter_and_page,
+        alarms_are_raised_once_cleared_and_acknowledged,
+        users_tokens_roles_and_privileges
+    );
 
     fn provider(name: &str, default: bool) -> ProviderRecord {
         ProviderRecord {
@@ -1469,9 +1526,7 @@ mod tests {
         }
     }
 
-    #[test]
-    fn providers_keep_one_default() {
-        let s = Store::in_memory().unwrap();
+    fn providers_keep_one_default(s: &Store) {
         s.put_provider(&provider("a", true)).unwrap();
         s.put_provider(&provider("b", true)).unwrap();
         let p = s.providers().unwrap();
@@ -1490,9 +1545,7 @@ mod tests {
         assert_eq!(s.provider("a").unwrap().unwrap().endpoints.len(), 2);
     }
 
-    #[test]
-    fn what_hosts_say_of_themselves_is_written_in_order() {
-        let s = Store::in_memory().unwrap();
+    fn what_hosts_say_of_themselves_is_written_in_order(s: &Store) {
         let mut h = HostRecord {
             name: "host-1".into(),
             boot_id: String::new(),
@@ -1532,9 +1585,7 @@ mod tests {
         assert_eq!(s.hosts().unwrap(), vec![h]);
     }
 
-    #[test]
-    fn hosts_keep_their_host_key_id() {
-        let s = Store::in_memory().unwrap();
+    fn hosts_keep_their_host_key_id(s: &Store) {
         let mut h = HostRecord {
             name: "host-1".into(),
             boot_id: "b".into(),
@@ -1550,9 +1601,7 @@ mod tests {
         assert_eq!(s.hosts().unwrap(), vec![h]);
     }
 
-    #[test]
-    fn join_tokens_work_once_and_expire() {
-        let s = Store::in_memory().unwrap();
+    fn join_tokens_work_once_and_expire(s: &Store) {
         let grant = JoinGrant {
             host: Some("host-1".into()),
             replace: true,
@@ -1572,9 +1621,7 @@ mod tests {
         assert_eq!(s.consume_join_token("h2", 60).unwrap(), None, "expired");
     }
 
-    #[test]
-    fn events_filter_and_page() {
-        let s = Store::in_memory().unwrap();
+    fn events_filter_and_page(s: &Store) {
         for (i, (t, vm)) in [
             ("vm.locked.kmsClusterError", "web01"),
             ("vm.unlocked", "web01"),
@@ -1631,9 +1678,7 @@ mod tests {
         assert_eq!(page[0].args, vec![("key".to_string(), "k1".to_string())]);
     }
 
-    #[test]
-    fn alarms_are_raised_once_cleared_and_acknowledged() {
-        let s = Store::in_memory().unwrap();
+    fn alarms_are_raised_once_cleared_and_acknowledged(s: &Store) {
         let a = s
             .raise_alarm("vm.locked", "vm:web01", "kmsClusterError", 1)
             .unwrap();
@@ -1652,9 +1697,7 @@ mod tests {
         assert_eq!(s.alarms(false).unwrap().len(), 2);
     }
 
-    #[test]
-    fn users_tokens_roles_and_privileges() {
-        let s = Store::in_memory().unwrap();
+    fn users_tokens_roles_and_privileges(s: &Store) {
         s.add_user("alice", "argon2-hash").unwrap();
         s.put_role(
             "Operators",
@@ -1690,11 +1733,21 @@ mod tests {
     }
 
     #[test]
-    fn vms_and_settings_persist_across_opens() {
+    fn vms_and_settings_persist_across_opens_sqlite() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("server.sqlite");
+        vms_and_settings_persist_across_opens(|| Store::open(&path).unwrap());
+    }
+
+    #[test]
+    fn vms_and_settings_persist_across_opens_postgres() {
+        let db = ScratchPostgres::new();
+        vms_and_settings_persist_across_opens(|| Store::open_at(db.location()).unwrap());
+    }
+
+    fn vms_and_settings_persist_across_opens(open: impl Fn() -> Store) {
         {
-            let s = Store::open(&path).unwrap();
+            let s = open();
             s.put_vm(&VmRecord {
                 id: "id1".into(),
                 name: "web01".into(),
@@ -1712,7 +1765,7 @@ mod tests {
             .unwrap();
             s.set_setting("unlock.policy", "manual").unwrap();
         }
-        let s = Store::open(&path).unwrap();
+        let s = open();
         assert_eq!(
             s.vm("web01").unwrap().unwrap().key_id.as_deref(),
             Some("4711")

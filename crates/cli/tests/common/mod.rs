@@ -8,6 +8,27 @@ use std::time::{Duration, Instant};
 
 pub const TRESOR: &str = env!("CARGO_BIN_EXE_tresor");
 
+/// Whether the tests run the server on PostgreSQL (`TRESOR_TEST_SERVER_DATABASE=postgres`,
+/// which `./scripts/test` sets for a second run of the locked-VM cases) instead of SQLite.
+pub fn server_on_postgres() -> bool {
+    std::env::var("TRESOR_TEST_SERVER_DATABASE").as_deref() == Ok("postgres")
+}
+
+/// `tresor dev`'s arguments for a new PostgreSQL database of the test cluster. The database is
+/// kept until the test process ends (a test may stop and start the same server again); the
+/// cluster is the test run's own and goes with it.
+pub fn postgres_database() -> Vec<String> {
+    static KEPT: std::sync::Mutex<Vec<tresor_db::testing::ScratchPostgres>> =
+        std::sync::Mutex::new(Vec::new());
+    let db = tresor_db::testing::ScratchPostgres::new();
+    let mut args = vec!["--database".to_string(), db.url().to_string()];
+    if let Ok(f) = std::env::var(tresor_db::testing::PASSWORD_VAR) {
+        args.extend(["--database-password-file".to_string(), f]);
+    }
+    KEPT.lock().unwrap_or_else(|p| p.into_inner()).push(db);
+    args
+}
+
 /// A free local port.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -125,10 +146,15 @@ impl Dev {
     /// Starts `tresor dev` in `dir` (a folder it made before, or a new one) on `port`.
     pub fn start_in(dir: tempfile::TempDir, port: u16, hosts: u32, more: &[&str]) -> Dev {
         use std::io::BufRead;
-        let mut child = std::process::Command::new(TRESOR)
+        let mut command = std::process::Command::new(TRESOR);
+        command
             .args(["dev", "--hosts", &hosts.to_string(), "--data"])
             .arg(dir.path())
-            .args(["--port", &port.to_string()])
+            .args(["--port", &port.to_string()]);
+        if server_on_postgres() && !dir.path().join("server/server.toml").exists() {
+            command.args(postgres_database());
+        }
+        let mut child = command
             .args(more)
             .stdout(std::process::Stdio::piped())
             .stderr(std::fs::File::create(dir.path().join("dev.stderr")).unwrap())
@@ -738,13 +764,15 @@ impl NewServer {
     pub fn start(dir: &std::path::Path) -> NewServer {
         use std::process::{Command, Stdio};
         let (api, agents) = (free_port(), free_port());
-        let out = Command::new(TRESOR)
-            .args(["server", "init", "--data"])
+        let mut init = Command::new(TRESOR);
+        init.args(["server", "init", "--data"])
             .arg(dir)
             .args(["--api-listen", &format!("127.0.0.1:{api}")])
-            .args(["--agent-listen", &format!("127.0.0.1:{agents}")])
-            .output()
-            .unwrap();
+            .args(["--agent-listen", &format!("127.0.0.1:{agents}")]);
+        if server_on_postgres() {
+            init.args(postgres_database());
+        }
+        let out = init.output().unwrap();
         assert!(
             out.status.success(),
             "{}",

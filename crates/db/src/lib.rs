@@ -1,0 +1,413 @@
+//! The SQL layer under Tresor's stores: the server's and the key server's persistence speak SQL
+//! through [`Database`] and [`Conn`] only, and either backend takes their place:
+//!
+//! - **SQLite** ([`sqlite`]), the embedded default: one file, WAL, `synchronous=FULL`, one
+//!   connection for writes and one for reads;
+//! - **PostgreSQL** ([`postgres`]), for more than one machine: tokio-postgres on a small runtime
+//!   of its own, one connection for writes and one for reads, reconnected when lost.
+//!
+//! Statements are written once, with SQLite's numbered parameters (`?1`, `?2`), in the SQL both
+//! engines share (`INSERT ... ON CONFLICT ... DO UPDATE`, `RETURNING`); PostgreSQL gets them with
+//! `$1`, `$2`. Where the dialects differ (the schema's DDL), a [`Migration`] holds both forms.
+//! Integers are 64-bit in both (`BIGINT` in PostgreSQL), truth values are integers 0 and 1.
+//!
+//! The calls block their caller until the database answers, as SQLite's do: the stores are
+//! called from synchronous code (the engine's passes, the services). On a multi-threaded tokio
+//! runtime, the wait is announced to tokio ([`tokio::task::block_in_place`]) so that the
+//! runtime's other tasks move to another thread meanwhile.
+
+use std::fmt;
+
+pub mod migrate;
+pub mod postgres;
+pub mod sqlite;
+pub mod testing;
+
+pub use migrate::Migration;
+
+/// Why the database failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("Cannot open the database {location}: {reason}")]
+    Open { location: String, reason: String },
+    #[error("SQLite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("PostgreSQL: {0}")]
+    Postgres(String),
+    #[error("Column {column} holds {found}, not {expected}")]
+    Type {
+        column: usize,
+        expected: &'static str,
+        found: &'static str,
+    },
+    #[error("A row has no column {0}")]
+    NoColumn(usize),
+    /// The database was made or migrated by a newer release.
+    #[error("The database has schema {found}, written by tresor {release}; this release knows schemas up to {known}")]
+    TooNew {
+        found: i64,
+        known: usize,
+        release: String,
+    },
+}
+
+impl DbError {
+    pub(crate) fn postgres(e: tokio_postgres::Error) -> DbError {
+        // The server's own message (and its detail) says what went wrong; the driver's
+        // Display of a database error is only "db error".
+        match e.as_db_error() {
+            Some(db) => match db.detail() {
+                Some(detail) => DbError::Postgres(format!("{} ({detail})", db.message())),
+                None => DbError::Postgres(db.message().to_owned()),
+            },
+            None => DbError::Postgres(e.to_string()),
+        }
+    }
+
+    /// A unique or primary key was violated.
+    pub fn is_conflict(&self) -> bool {
+        match self {
+            DbError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
+                e.code == rusqlite::ErrorCode::ConstraintViolation
+            }
+            DbError::Postgres(m) => m.starts_with("duplicate key"),
+            _ => false,
+        }
+    }
+}
+
+/// Which SQL a backend speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// A value given to or read from a statement.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Value {
+    Null,
+    Int(i64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+impl fmt::Debug for Value {
+    // Never the contents: a value may be sealed material or a password hash.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.kind())
+    }
+}
+
+impl Value {
+    fn kind(&self) -> &'static str {
+        match self {
+            Value::Null => "NULL",
+            Value::Int(_) => "an integer",
+            Value::Text(_) => "text",
+            Value::Blob(_) => "bytes",
+        }
+    }
+}
+
+macro_rules! int_value {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Value {
+            fn from(v: $t) -> Value {
+                Value::Int(v as i64)
+            }
+        }
+    )*};
+}
+int_value!(i64, i32, u32, u16, u8, usize, u64);
+
+impl From<bool> for Value {
+    fn from(v: bool) -> Value {
+        Value::Int(v as i64)
+    }
+}
+impl From<&str> for Value {
+    fn from(v: &str) -> Value {
+        Value::Text(v.to_owned())
+    }
+}
+impl From<String> for Value {
+    fn from(v: String) -> Value {
+        Value::Text(v)
+    }
+}
+impl From<&String> for Value {
+    fn from(v: &String) -> Value {
+        Value::Text(v.clone())
+    }
+}
+impl From<Vec<u8>> for Value {
+    fn from(v: Vec<u8>) -> Value {
+        Value::Blob(v)
+    }
+}
+impl From<&[u8]> for Value {
+    fn from(v: &[u8]) -> Value {
+        Value::Blob(v.to_vec())
+    }
+}
+impl<T: Into<Value>> From<Option<T>> for Value {
+    fn from(v: Option<T>) -> Value {
+        v.map_or(Value::Null, Into::into)
+    }
+}
+impl From<&Option<String>> for Value {
+    fn from(v: &Option<String>) -> Value {
+        v.as_deref().map_or(Value::Null, Into::into)
+    }
+}
+
+/// The values of a statement's parameters: `args![a, b]`.
+#[macro_export]
+macro_rules! args {
+    () => { &[] as &[$crate::Value] };
+    ($($v:expr),+ $(,)?) => { &[$($crate::Value::from($v)),+] as &[$crate::Value] };
+}
+
+/// A value read from a row.
+pub trait FromValue: Sized {
+    fn from_value(v: &Value, column: usize) -> Result<Self, DbError>;
+}
+
+fn mismatch<T>(v: &Value, column: usize, expected: &'static str) -> Result<T, DbError> {
+    Err(DbError::Type {
+        column,
+        expected,
+        found: v.kind(),
+    })
+}
+
+impl FromValue for i64 {
+    fn from_value(v: &Value, column: usize) -> Result<i64, DbError> {
+        match v {
+            Value::Int(i) => Ok(*i),
+            other => mismatch(other, column, "an integer"),
+        }
+    }
+}
+
+macro_rules! narrow_int {
+    ($($t:ty),*) => {$(
+        impl FromValue for $t {
+            fn from_value(v: &Value, column: usize) -> Result<$t, DbError> {
+                let i = i64::from_value(v, column)?;
+                <$t>::try_from(i).or_else(|_| mismatch(v, column, stringify!($t)))
+            }
+        }
+    )*};
+}
+narrow_int!(i32, u32, u16, u8, u64, usize);
+
+impl FromValue for bool {
+    fn from_value(v: &Value, column: usize) -> Result<bool, DbError> {
+        Ok(i64::from_value(v, column)? != 0)
+    }
+}
+impl FromValue for String {
+    fn from_value(v: &Value, column: usize) -> Result<String, DbError> {
+        match v {
+            Value::Text(s) => Ok(s.clone()),
+            other => mismatch(other, column, "text"),
+        }
+    }
+}
+impl FromValue for Vec<u8> {
+    fn from_value(v: &Value, column: usize) -> Result<Vec<u8>, DbError> {
+        match v {
+            Value::Blob(b) => Ok(b.clone()),
+            other => mismatch(other, column, "bytes"),
+        }
+    }
+}
+impl<T: FromValue> FromValue for Option<T> {
+    fn from_value(v: &Value, column: usize) -> Result<Option<T>, DbError> {
+        match v {
+            Value::Null => Ok(None),
+            other => T::from_value(other, column).map(Some),
+        }
+    }
+}
+
+/// One row of a result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Row(pub Vec<Value>);
+
+impl Row {
+    /// Column `i` (0-based) as a `T`.
+    pub fn get<T: FromValue>(&self, i: usize) -> Result<T, DbError> {
+        T::from_value(self.0.get(i).ok_or(DbError::NoColumn(i))?, i)
+    }
+}
+
+/// A connection: what a store's statements run on (in a transaction, for writes).
+pub trait Conn {
+    fn dialect(&self) -> Dialect;
+    /// Runs one statement; the number of rows it changed.
+    fn execute(&self, sql: &str, args: &[Value]) -> Result<u64, DbError>;
+    /// Runs one statement; the rows it returned.
+    fn query(&self, sql: &str, args: &[Value]) -> Result<Vec<Row>, DbError>;
+    /// Runs statements without parameters, separated by semicolons.
+    fn batch(&self, sql: &str) -> Result<(), DbError>;
+}
+
+impl dyn Conn + '_ {
+    /// The first row, if any.
+    pub fn query_opt(&self, sql: &str, args: &[Value]) -> Result<Option<Row>, DbError> {
+        Ok(self.query(sql, args)?.into_iter().next())
+    }
+
+    /// The first column of the first row (None without a row).
+    pub fn value<T: FromValue>(&self, sql: &str, args: &[Value]) -> Result<Option<T>, DbError> {
+        self.query_opt(sql, args)?.map(|r| r.get(0)).transpose()
+    }
+
+    /// Each row read by `f`.
+    pub fn map<T>(
+        &self,
+        sql: &str,
+        args: &[Value],
+        f: impl FnMut(&Row) -> Result<T, DbError>,
+    ) -> Result<Vec<T>, DbError> {
+        self.query(sql, args)?.iter().map(f).collect()
+    }
+}
+
+/// What both backends do; [`Database`] is its face to the stores.
+pub trait Backend: Send + Sync {
+    fn dialect(&self) -> Dialect;
+    /// Where the database is, for messages (never a password).
+    fn location(&self) -> &str;
+    /// Runs `f` in a transaction on the connection for writes: committed when `f` says
+    /// true, rolled back otherwise.
+    fn transaction(&self, f: &mut dyn FnMut(&dyn Conn) -> bool) -> Result<(), DbError>;
+    /// Runs `f` on a connection for reads.
+    fn read(&self, f: &mut dyn FnMut(&dyn Conn)) -> Result<(), DbError>;
+    /// The schema version recorded (0 for a new database).
+    fn schema_version(&self, conn: &dyn Conn) -> Result<i64, DbError>;
+    fn set_schema_version(&self, conn: &dyn Conn, version: i64) -> Result<(), DbError>;
+    /// Keeps other processes from migrating the same database until the transaction ends.
+    fn lock_schema(&self, conn: &dyn Conn) -> Result<(), DbError>;
+}
+
+/// Where a store's database is.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Location {
+    /// An SQLite file.
+    Sqlite(std::path::PathBuf),
+    /// A PostgreSQL connection string (`postgres://USER@HOST:PORT/DB`) and the password, read
+    /// from a file by the caller.
+    Postgres {
+        url: String,
+        password: Option<zeroize::Zeroizing<String>>,
+    },
+}
+
+impl fmt::Debug for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Location::Sqlite(p) => write!(f, "Sqlite({})", p.display()),
+            Location::Postgres { url, .. } => write!(f, "Postgres({url})"),
+        }
+    }
+}
+
+/// A store's database, on either backend.
+pub struct Database {
+    backend: Box<dyn Backend>,
+}
+
+impl fmt::Debug for Database {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Database({})", self.backend.location())
+    }
+}
+
+impl Database {
+    /// Opens the database at `location` (an SQLite file is created, private to this user).
+    pub fn open(location: &Location) -> Result<Database, DbError> {
+        Ok(match location {
+            Location::Sqlite(path) => Database {
+                backend: Box::new(sqlite::Sqlite::open(path)?),
+            },
+            Location::Postgres { url, password } => Database {
+                backend: Box::new(postgres::Postgres::connect(
+                    url,
+                    password.as_ref().map(|p| p.as_str()),
+                )?),
+            },
+        })
+    }
+
+    /// An SQLite database in memory (tests).
+    pub fn in_memory() -> Result<Database, DbError> {
+        Ok(Database {
+            backend: Box::new(sqlite::Sqlite::in_memory()?),
+        })
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.backend.dialect()
+    }
+
+    pub fn location(&self) -> &str {
+        self.backend.location()
+    }
+
+    /// Runs `f` in a transaction: committed when it returns `Ok`, rolled back when `Err`.
+    pub fn write<T, E: From<DbError>>(
+        &self,
+        f: impl FnOnce(&dyn Conn) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut f = Some(f);
+        let mut out = None;
+        self.backend.transaction(&mut |conn| {
+            let r = f.take().map(|f| f(conn));
+            let ok = matches!(r, Some(Ok(_)));
+            out = r;
+            ok
+        })?;
+        out.expect("the transaction ran its closure")
+    }
+
+    /// Runs `f` on the connection for reads.
+    pub fn read<T, E: From<DbError>>(
+        &self,
+        f: impl FnOnce(&dyn Conn) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut f = Some(f);
+        let mut out = None;
+        self.backend
+            .read(&mut |conn| out = f.take().map(|f| f(conn)))?;
+        out.expect("the read ran its closure")
+    }
+
+    /// Applies the migrations the database lacks; see [`migrate`].
+    pub fn migrate<E: From<DbError>>(
+        &self,
+        migrations: &[Migration],
+        meta_from: usize,
+        after: impl Fn(&dyn Conn, usize) -> Result<(), E>,
+    ) -> Result<(), E> {
+        migrate::run(self, migrations, meta_from, after)
+    }
+
+    pub(crate) fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+}
+
+/// Blocks on `wait`, letting a multi-threaded tokio runtime move its other tasks elsewhere
+/// meanwhile.
+pub(crate) fn blocking<T>(wait: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(wait)
+        }
+        _ => wait(),
+    }
+}

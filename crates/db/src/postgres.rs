@@ -1,0 +1,394 @@
+//! The PostgreSQL backend: tokio-postgres on a runtime of its own (one thread), one connection
+//! for writes and one for reads. A connection found closed (the database restarted, a network
+//! cut) is opened again by the next call; the call that met the closed connection fails and
+//! says so.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::future::Future;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+use tokio_postgres::{Client, Config, NoTls, Statement};
+
+use crate::{blocking, Backend, Conn, DbError, Dialect, Row, Value};
+
+/// How long opening a connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl ToSql for Value {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self {
+            Value::Null => Ok(IsNull::Yes),
+            Value::Int(i) => match *ty {
+                Type::INT8 => i.to_sql(ty, out),
+                Type::INT4 => i32::try_from(*i)?.to_sql(ty, out),
+                Type::INT2 => i16::try_from(*i)?.to_sql(ty, out),
+                Type::BOOL => (*i != 0).to_sql(ty, out),
+                _ => Err(format!("an integer cannot be given as {ty}").into()),
+            },
+            Value::Text(s) => s.to_sql(ty, out),
+            Value::Blob(b) => b.to_sql(ty, out),
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}
+
+fn value(row: &tokio_postgres::Row, i: usize) -> Result<Value, DbError> {
+    let ty = row.columns()[i].type_().clone();
+    let e = DbError::postgres;
+    Ok(match ty {
+        Type::INT8 => row.try_get::<_, Option<i64>>(i).map_err(e)?.into(),
+        Type::INT4 => row.try_get::<_, Option<i32>>(i).map_err(e)?.into(),
+        Type::INT2 => row
+            .try_get::<_, Option<i16>>(i)
+            .map_err(e)?
+            .map_or(Value::Null, |v| Value::Int(v.into())),
+        Type::BOOL => row.try_get::<_, Option<bool>>(i).map_err(e)?.into(),
+        Type::TEXT | Type::VARCHAR | Type::NAME | Type::BPCHAR => {
+            row.try_get::<_, Option<String>>(i).map_err(e)?.into()
+        }
+        Type::BYTEA => row.try_get::<_, Option<Vec<u8>>>(i).map_err(e)?.into(),
+        _ => {
+            return Err(DbError::Type {
+                column: i,
+                expected: "an integer, text or bytes",
+                found: "another type",
+            })
+        }
+    })
+}
+
+/// `?N` (SQLite's numbered parameter) as `$N`, outside quoted text.
+pub fn numbered(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut quoted = None;
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (None, '\'' | '"') => quoted = Some(c),
+            (Some(q), c) if c == q => quoted = None,
+            (None, '?') if chars.peek().is_some_and(char::is_ascii_digit) => {
+                out.push('$');
+                continue;
+            }
+            _ => {}
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// One connection and the statements prepared on it.
+struct Session {
+    client: Arc<Client>,
+    statements: HashMap<String, Statement>,
+}
+
+/// A PostgreSQL database.
+pub struct Postgres {
+    location: String,
+    config: Config,
+    runtime: Option<tokio::runtime::Runtime>,
+    write: Mutex<Option<Session>>,
+    read: Mutex<Option<Session>>,
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        // A runtime may not be dropped where blocking is not allowed (inside another runtime).
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// The connection string without a password, for messages.
+fn without_password(config: &Config) -> String {
+    let host = config
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    let port = config
+        .get_ports()
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    format!(
+        "postgres://{}@{host}:{port}/{}",
+        config.get_user().unwrap_or(""),
+        config.get_dbname().unwrap_or("")
+    )
+}
+
+impl std::fmt::Debug for Postgres {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Postgres({})", self.location)
+    }
+}
+
+impl Postgres {
+    /// Connects to `url` (`postgres://USER@HOST:PORT/DB`, no password in it: `password`).
+    pub fn connect(url: &str, password: Option<&str>) -> Result<Postgres, DbError> {
+        let mut config = Config::from_str(url).map_err(|e| DbError::Open {
+            location: "(the PostgreSQL connection string)".into(),
+            reason: format!("the connection string is invalid: {e}"),
+        })?;
+        let location = without_password(&config);
+        if config.get_password().is_some() {
+            return Err(DbError::Open {
+                location,
+                reason: "the connection string holds a password; give it in a file instead (database_password_file)".into(),
+            });
+        }
+        if let Some(p) = password {
+            config.password(p.trim_end_matches(['\n', '\r']));
+        }
+        config
+            .connect_timeout(CONNECT_TIMEOUT)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(30))
+            .application_name("tresor");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("tresor-postgres")
+            .enable_all()
+            .build()
+            .map_err(|e| DbError::Open {
+                location: location.clone(),
+                reason: format!("cannot start its runtime: {e}"),
+            })?;
+        let pg = Postgres {
+            location,
+            config,
+            runtime: Some(runtime),
+            write: Mutex::new(None),
+            read: Mutex::new(None),
+        };
+        // Fail now, not on the first statement, when the database cannot be reached.
+        let session = pg.open_session().map_err(|e| DbError::Open {
+            location: pg.location.clone(),
+            reason: e.to_string(),
+        })?;
+        *lock(&pg.write) = Some(session);
+        Ok(pg)
+    }
+
+    fn run<T: Send + 'static>(
+        &self,
+        fut: impl Future<Output = T> + Send + 'static,
+    ) -> Result<T, DbError> {
+        let rt = self
+            .runtime
+            .as_ref()
+            .ok_or_else(|| DbError::Postgres("the database connection is closed".into()))?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        rt.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        blocking(|| rx.recv()).map_err(|_| {
+            DbError::Postgres("the database connection stopped before it answered".into())
+        })
+    }
+
+    fn open_session(&self) -> Result<Session, DbError> {
+        let config = self.config.clone();
+        let rt = self.runtime.as_ref().map(|r| r.handle().clone());
+        let client = self.run(async move {
+            let (client, connection) = config.connect(NoTls).await?;
+            if let Some(rt) = rt {
+                rt.spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::warn!(error = %e, "the connection to PostgreSQL ended");
+                    }
+                });
+            }
+            Ok::<_, tokio_postgres::Error>(client)
+        })?;
+        Ok(Session {
+            client: Arc::new(client.map_err(DbError::postgres)?),
+            statements: HashMap::new(),
+        })
+    }
+
+    /// The session in `slot`, opened again if it was closed.
+    fn session<'a>(
+        &self,
+        slot: &'a Mutex<Option<Session>>,
+    ) -> Result<MutexGuard<'a, Option<Session>>, DbError> {
+        let mut guard = lock(slot);
+        if guard.as_ref().is_none_or(|s| s.client.is_closed()) {
+            *guard = Some(self.open_session()?);
+        }
+        Ok(guard)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A session lent to a store's statements.
+struct PgConn<'a> {
+    pg: &'a Postgres,
+    session: RefCell<&'a mut Session>,
+}
+
+impl PgConn<'_> {
+    fn statement(&self, sql: &str) -> Result<(Arc<Client>, Statement), DbError> {
+        let mut session = self.session.borrow_mut();
+        let client = session.client.clone();
+        if let Some(s) = session.statements.get(sql) {
+            return Ok((client, s.clone()));
+        }
+        let text = numbered(sql);
+        let c = client.clone();
+        let stmt = self
+            .pg
+            .run(async move { c.prepare(&text).await })?
+            .map_err(DbError::postgres)?;
+        session.statements.insert(sql.to_owned(), stmt.clone());
+        Ok((client, stmt))
+    }
+}
+
+fn refs(args: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
+    args.iter().map(|a| a as &(dyn ToSql + Sync)).collect()
+}
+
+impl Conn for PgConn<'_> {
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+
+    fn execute(&self, sql: &str, args: &[Value]) -> Result<u64, DbError> {
+        let (client, stmt) = self.statement(sql)?;
+        let args = args.to_vec();
+        self.pg
+            .run(async move { client.execute(&stmt, &refs(&args)).await })?
+            .map_err(DbError::postgres)
+    }
+
+    fn query(&self, sql: &str, args: &[Value]) -> Result<Vec<Row>, DbError> {
+        let (client, stmt) = self.statement(sql)?;
+        let args = args.to_vec();
+        let rows = self
+            .pg
+            .run(async move { client.query(&stmt, &refs(&args)).await })?
+            .map_err(DbError::postgres)?;
+        rows.iter()
+            .map(|r| {
+                (0..r.len())
+                    .map(|i| value(r, i))
+                    .collect::<Result<_, _>>()
+                    .map(Row)
+            })
+            .collect()
+    }
+
+    fn batch(&self, sql: &str) -> Result<(), DbError> {
+        let client = self.session.borrow().client.clone();
+        let sql = sql.to_owned();
+        self.pg
+            .run(async move { client.batch_execute(&sql).await })?
+            .map_err(DbError::postgres)
+    }
+}
+
+impl Backend for Postgres {
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+
+    fn location(&self) -> &str {
+        &self.location
+    }
+
+    fn transaction(&self, f: &mut dyn FnMut(&dyn Conn) -> bool) -> Result<(), DbError> {
+        let mut guard = self.session(&self.write)?;
+        let session = guard.as_mut().expect("session() opened one");
+        let conn = PgConn {
+            pg: self,
+            session: RefCell::new(session),
+        };
+        conn.batch("BEGIN")?;
+        if f(&conn) {
+            conn.batch("COMMIT")
+        } else {
+            // A transaction that failed in the database is rolled back as well.
+            conn.batch("ROLLBACK")
+        }
+    }
+
+    fn read(&self, f: &mut dyn FnMut(&dyn Conn)) -> Result<(), DbError> {
+        let mut guard = self.session(&self.read)?;
+        let session = guard.as_mut().expect("session() opened one");
+        f(&PgConn {
+            pg: self,
+            session: RefCell::new(session),
+        });
+        Ok(())
+    }
+
+    fn schema_version(&self, conn: &dyn Conn) -> Result<i64, DbError> {
+        // Looked for first: CREATE TABLE IF NOT EXISTS would log a notice at every start.
+        let exists = conn
+            .value::<i64>(
+                "SELECT COUNT(*) FROM pg_tables WHERE schemaname = current_schema() AND tablename = 'tresor_schema'",
+                &[],
+            )?
+            .unwrap_or(0)
+            > 0;
+        if !exists {
+            conn.batch("CREATE TABLE tresor_schema (version BIGINT NOT NULL)")?;
+        }
+        Ok(conn
+            .value::<i64>("SELECT version FROM tresor_schema", &[])?
+            .unwrap_or(0))
+    }
+
+    fn set_schema_version(&self, conn: &dyn Conn, version: i64) -> Result<(), DbError> {
+        conn.execute("DELETE FROM tresor_schema", &[])?;
+        conn.execute(
+            "INSERT INTO tresor_schema (version) VALUES (?1)",
+            &[Value::Int(version)],
+        )?;
+        Ok(())
+    }
+
+    fn lock_schema(&self, conn: &dyn Conn) -> Result<(), DbError> {
+        // Held until the transaction ends: servers started together migrate one after another.
+        conn.batch("SELECT pg_advisory_xact_lock(7206001)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::numbered;
+
+    #[test]
+    fn numbered_parameters_become_dollars_outside_quotes() {
+        assert_eq!(
+            numbered("SELECT a FROM t WHERE b = ?1 AND c = '?2' AND \"d?3\" = ?12"),
+            "SELECT a FROM t WHERE b = $1 AND c = '?2' AND \"d?3\" = $12"
+        );
+    }
+}
