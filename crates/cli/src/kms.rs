@@ -261,8 +261,10 @@ pub fn run(cmd: KmsCommand) -> Result<(), CliError> {
             output,
         } => {
             let config = load(&config.config)?;
-            let store =
-                Store::open(&config.database_path()).map_err(|e| CliError::msg(e.to_string()))?;
+            let store = config
+                .database_location()
+                .map_err(|e| CliError::msg(e.to_string()))
+                .and_then(|at| Store::open_at(&at).map_err(|e| CliError::msg(e.to_string())))?;
             key(&store, command, output)
         }
     }

@@ -287,6 +287,10 @@ pub trait Backend: Send + Sync {
     fn transaction(&self, f: &mut dyn FnMut(&dyn Conn) -> bool) -> Result<(), DbError>;
     /// Runs `f` on a connection for reads.
     fn read(&self, f: &mut dyn FnMut(&dyn Conn)) -> Result<(), DbError>;
+    /// A connection of its own, for a worker that keeps one (a group-commit writer): its
+    /// transactions are its own business (`BEGIN`, `SAVEPOINT`, `COMMIT` through
+    /// [`Conn::batch`]).
+    fn connect(&self) -> Result<Box<dyn Conn + Send>, DbError>;
     /// The schema version recorded (0 for a new database).
     fn schema_version(&self, conn: &dyn Conn) -> Result<i64, DbError>;
     fn set_schema_version(&self, conn: &dyn Conn, version: i64) -> Result<(), DbError>;
@@ -305,6 +309,45 @@ pub enum Location {
         url: String,
         password: Option<zeroize::Zeroizing<String>>,
     },
+}
+
+impl Location {
+    /// The location a daemon's configuration names: `database` (a PostgreSQL connection
+    /// string) with its password read from `password_file`, or the SQLite file `sqlite` when
+    /// `database` is unset. The error says what to change.
+    pub fn configured(
+        sqlite: std::path::PathBuf,
+        database: Option<&str>,
+        password_file: Option<&std::path::Path>,
+    ) -> Result<Location, String> {
+        let Some(url) = database else {
+            if password_file.is_some() {
+                return Err("database_password_file is set but database is not; set database = \"postgres://USER@HOST:PORT/DB\" or remove it".into());
+            }
+            return Ok(Location::Sqlite(sqlite));
+        };
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(format!(
+                "database = {url:?} is not a PostgreSQL connection string; write postgres://USER@HOST:PORT/DB, or leave database unset for the SQLite file in data_dir"
+            ));
+        }
+        let password = password_file
+            .map(|f| {
+                std::fs::read_to_string(f)
+                    .map(zeroize::Zeroizing::new)
+                    .map_err(|e| {
+                        format!(
+                            "Cannot read the database password from {}: {e}",
+                            f.display()
+                        )
+                    })
+            })
+            .transpose()?;
+        Ok(Location::Postgres {
+            url: url.to_owned(),
+            password,
+        })
+    }
 }
 
 impl fmt::Debug for Location {
@@ -394,6 +437,11 @@ impl Database {
         after: impl Fn(&dyn Conn, usize) -> Result<(), E>,
     ) -> Result<(), E> {
         migrate::run(self, migrations, meta_from, after)
+    }
+
+    /// A connection of its own (see [`Backend::connect`]).
+    pub fn connect(&self) -> Result<Box<dyn Conn + Send>, DbError> {
+        self.backend.connect()
     }
 
     pub(crate) fn backend(&self) -> &dyn Backend {

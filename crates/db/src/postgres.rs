@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use tokio::runtime::Handle;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio_postgres::{Client, Config, NoTls, Statement};
 
@@ -97,13 +98,24 @@ struct Session {
     statements: HashMap<String, Statement>,
 }
 
+/// Sessions for reads kept for reuse at most.
+const READERS: usize = 8;
+
 /// A PostgreSQL database.
 pub struct Postgres {
     location: String,
     config: Config,
     runtime: Option<tokio::runtime::Runtime>,
+    handle: Handle,
     write: Mutex<Option<Session>>,
-    read: Mutex<Option<Session>>,
+    /// Sessions for reads not in use.
+    readers: Mutex<Vec<Session>>,
+}
+
+impl std::fmt::Debug for Postgres {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Postgres({})", self.location)
+    }
 }
 
 impl Drop for Postgres {
@@ -139,10 +151,36 @@ fn without_password(config: &Config) -> String {
     )
 }
 
-impl std::fmt::Debug for Postgres {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Postgres({})", self.location)
-    }
+/// Runs `fut` on the database's runtime and waits for it.
+fn run<T: Send + 'static>(
+    handle: &Handle,
+    fut: impl Future<Output = T> + Send + 'static,
+) -> Result<T, DbError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    handle.spawn(async move {
+        let _ = tx.send(fut.await);
+    });
+    blocking(|| rx.recv())
+        .map_err(|_| DbError::Postgres("the database connection stopped before it answered".into()))
+}
+
+/// Opens a connection.
+fn open_session(handle: &Handle, config: &Config) -> Result<Session, DbError> {
+    let config = config.clone();
+    let spawner = handle.clone();
+    let client = run(handle, async move {
+        let (client, connection) = config.connect(NoTls).await?;
+        spawner.spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %e, "the connection to PostgreSQL ended");
+            }
+        });
+        Ok::<_, tokio_postgres::Error>(client)
+    })?;
+    Ok(Session {
+        client: Arc::new(client.map_err(DbError::postgres)?),
+        statements: HashMap::new(),
+    })
 }
 
 impl Postgres {
@@ -176,69 +214,20 @@ impl Postgres {
                 location: location.clone(),
                 reason: format!("cannot start its runtime: {e}"),
             })?;
-        let pg = Postgres {
+        let handle = runtime.handle().clone();
+        // Fail now, not on the first statement, when the database cannot be reached.
+        let session = open_session(&handle, &config).map_err(|e| DbError::Open {
+            location: location.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(Postgres {
             location,
             config,
             runtime: Some(runtime),
-            write: Mutex::new(None),
-            read: Mutex::new(None),
-        };
-        // Fail now, not on the first statement, when the database cannot be reached.
-        let session = pg.open_session().map_err(|e| DbError::Open {
-            location: pg.location.clone(),
-            reason: e.to_string(),
-        })?;
-        *lock(&pg.write) = Some(session);
-        Ok(pg)
-    }
-
-    fn run<T: Send + 'static>(
-        &self,
-        fut: impl Future<Output = T> + Send + 'static,
-    ) -> Result<T, DbError> {
-        let rt = self
-            .runtime
-            .as_ref()
-            .ok_or_else(|| DbError::Postgres("the database connection is closed".into()))?;
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        rt.spawn(async move {
-            let _ = tx.send(fut.await);
-        });
-        blocking(|| rx.recv()).map_err(|_| {
-            DbError::Postgres("the database connection stopped before it answered".into())
+            handle,
+            write: Mutex::new(Some(session)),
+            readers: Mutex::new(Vec::new()),
         })
-    }
-
-    fn open_session(&self) -> Result<Session, DbError> {
-        let config = self.config.clone();
-        let rt = self.runtime.as_ref().map(|r| r.handle().clone());
-        let client = self.run(async move {
-            let (client, connection) = config.connect(NoTls).await?;
-            if let Some(rt) = rt {
-                rt.spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::warn!(error = %e, "the connection to PostgreSQL ended");
-                    }
-                });
-            }
-            Ok::<_, tokio_postgres::Error>(client)
-        })?;
-        Ok(Session {
-            client: Arc::new(client.map_err(DbError::postgres)?),
-            statements: HashMap::new(),
-        })
-    }
-
-    /// The session in `slot`, opened again if it was closed.
-    fn session<'a>(
-        &self,
-        slot: &'a Mutex<Option<Session>>,
-    ) -> Result<MutexGuard<'a, Option<Session>>, DbError> {
-        let mut guard = lock(slot);
-        if guard.as_ref().is_none_or(|s| s.client.is_closed()) {
-            *guard = Some(self.open_session()?);
-        }
-        Ok(guard)
     }
 }
 
@@ -248,7 +237,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// A session lent to a store's statements.
 struct PgConn<'a> {
-    pg: &'a Postgres,
+    handle: &'a Handle,
     session: RefCell<&'a mut Session>,
 }
 
@@ -261,10 +250,8 @@ impl PgConn<'_> {
         }
         let text = numbered(sql);
         let c = client.clone();
-        let stmt = self
-            .pg
-            .run(async move { c.prepare(&text).await })?
-            .map_err(DbError::postgres)?;
+        let stmt =
+            run(self.handle, async move { c.prepare(&text).await })?.map_err(DbError::postgres)?;
         session.statements.insert(sql.to_owned(), stmt.clone());
         Ok((client, stmt))
     }
@@ -282,18 +269,19 @@ impl Conn for PgConn<'_> {
     fn execute(&self, sql: &str, args: &[Value]) -> Result<u64, DbError> {
         let (client, stmt) = self.statement(sql)?;
         let args = args.to_vec();
-        self.pg
-            .run(async move { client.execute(&stmt, &refs(&args)).await })?
-            .map_err(DbError::postgres)
+        run(self.handle, async move {
+            client.execute(&stmt, &refs(&args)).await
+        })?
+        .map_err(DbError::postgres)
     }
 
     fn query(&self, sql: &str, args: &[Value]) -> Result<Vec<Row>, DbError> {
         let (client, stmt) = self.statement(sql)?;
         let args = args.to_vec();
-        let rows = self
-            .pg
-            .run(async move { client.query(&stmt, &refs(&args)).await })?
-            .map_err(DbError::postgres)?;
+        let rows = run(self.handle, async move {
+            client.query(&stmt, &refs(&args)).await
+        })?
+        .map_err(DbError::postgres)?;
         rows.iter()
             .map(|r| {
                 (0..r.len())
@@ -307,9 +295,46 @@ impl Conn for PgConn<'_> {
     fn batch(&self, sql: &str) -> Result<(), DbError> {
         let client = self.session.borrow().client.clone();
         let sql = sql.to_owned();
-        self.pg
-            .run(async move { client.batch_execute(&sql).await })?
+        run(self.handle, async move { client.batch_execute(&sql).await })?
             .map_err(DbError::postgres)
+    }
+}
+
+/// A connection a worker keeps ([`Backend::connect`]); opened again when found closed.
+struct OwnedSession {
+    handle: Handle,
+    config: Config,
+    session: RefCell<Session>,
+}
+
+impl OwnedSession {
+    fn with<T>(&self, f: impl FnOnce(&PgConn<'_>) -> Result<T, DbError>) -> Result<T, DbError> {
+        let mut session = self.session.borrow_mut();
+        if session.client.is_closed() {
+            *session = open_session(&self.handle, &self.config)?;
+        }
+        f(&PgConn {
+            handle: &self.handle,
+            session: RefCell::new(&mut session),
+        })
+    }
+}
+
+impl Conn for OwnedSession {
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+
+    fn execute(&self, sql: &str, args: &[Value]) -> Result<u64, DbError> {
+        self.with(|c| c.execute(sql, args))
+    }
+
+    fn query(&self, sql: &str, args: &[Value]) -> Result<Vec<Row>, DbError> {
+        self.with(|c| c.query(sql, args))
+    }
+
+    fn batch(&self, sql: &str) -> Result<(), DbError> {
+        self.with(|c| c.batch(sql))
     }
 }
 
@@ -323,10 +348,13 @@ impl Backend for Postgres {
     }
 
     fn transaction(&self, f: &mut dyn FnMut(&dyn Conn) -> bool) -> Result<(), DbError> {
-        let mut guard = self.session(&self.write)?;
-        let session = guard.as_mut().expect("session() opened one");
+        let mut guard = lock(&self.write);
+        if guard.as_ref().is_none_or(|s| s.client.is_closed()) {
+            *guard = Some(open_session(&self.handle, &self.config)?);
+        }
+        let session = guard.as_mut().expect("opened above");
         let conn = PgConn {
-            pg: self,
+            handle: &self.handle,
             session: RefCell::new(session),
         };
         conn.batch("BEGIN")?;
@@ -339,13 +367,28 @@ impl Backend for Postgres {
     }
 
     fn read(&self, f: &mut dyn FnMut(&dyn Conn)) -> Result<(), DbError> {
-        let mut guard = self.session(&self.read)?;
-        let session = guard.as_mut().expect("session() opened one");
+        let pooled = lock(&self.readers).pop();
+        let mut session = match pooled.filter(|s| !s.client.is_closed()) {
+            Some(s) => s,
+            None => open_session(&self.handle, &self.config)?,
+        };
         f(&PgConn {
-            pg: self,
-            session: RefCell::new(session),
+            handle: &self.handle,
+            session: RefCell::new(&mut session),
         });
+        let mut readers = lock(&self.readers);
+        if readers.len() < READERS && !session.client.is_closed() {
+            readers.push(session);
+        }
         Ok(())
+    }
+
+    fn connect(&self) -> Result<Box<dyn Conn + Send>, DbError> {
+        Ok(Box::new(OwnedSession {
+            handle: self.handle.clone(),
+            config: self.config.clone(),
+            session: RefCell::new(open_session(&self.handle, &self.config)?),
+        }))
     }
 
     fn schema_version(&self, conn: &dyn Conn) -> Result<i64, DbError> {

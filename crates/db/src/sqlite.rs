@@ -74,10 +74,15 @@ impl Conn for Connection {
 /// An SQLite database.
 pub struct Sqlite {
     location: String,
+    /// None in memory.
+    path: Option<std::path::PathBuf>,
     write: Mutex<Connection>,
-    /// None in memory: reads use the connection for writes.
-    read: Option<Mutex<Connection>>,
+    /// Read-only connections not in use (none in memory: reads use the connection for writes).
+    readers: Mutex<Vec<Connection>>,
 }
+
+/// Read-only connections kept for reuse at most.
+const READERS: usize = 16;
 
 fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -107,15 +112,24 @@ impl Sqlite {
         setup(&write).map_err(|e| err(e.to_string()))?;
         // WAL files are made with the database's mode; set it again for those just made.
         private_file(path).map_err(|e| err(e.to_string()))?;
-        let read = Connection::open(path).map_err(|e| err(e.to_string()))?;
-        read.busy_timeout(Duration::from_secs(10))
-            .and_then(|_| read.pragma_update(None, "query_only", "ON"))
-            .map_err(|e| err(e.to_string()))?;
         Ok(Sqlite {
             location,
+            path: Some(path.to_owned()),
             write: Mutex::new(write),
-            read: Some(Mutex::new(read)),
+            readers: Mutex::new(Vec::new()),
         })
+    }
+
+    fn reader(&self, path: &Path) -> Result<Connection, DbError> {
+        if let Some(c) = self.readers.lock().ok().and_then(|mut r| r.pop()) {
+            return Ok(c);
+        }
+        let c = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        c.busy_timeout(Duration::from_secs(10))?;
+        Ok(c)
     }
 
     /// A database in memory (tests).
@@ -124,8 +138,9 @@ impl Sqlite {
         setup(&conn)?;
         Ok(Sqlite {
             location: ":memory:".into(),
+            path: None,
             write: Mutex::new(conn),
-            read: None,
+            readers: Mutex::new(Vec::new()),
         })
     }
 }
@@ -158,9 +173,28 @@ impl Backend for Sqlite {
     }
 
     fn read(&self, f: &mut dyn FnMut(&dyn Conn)) -> Result<(), DbError> {
-        let conn = lock(self.read.as_ref().unwrap_or(&self.write));
-        f(&*conn);
+        let Some(path) = &self.path else {
+            f(&*lock(&self.write));
+            return Ok(());
+        };
+        let conn = self.reader(path)?;
+        f(&conn);
+        if let Ok(mut readers) = self.readers.lock() {
+            if readers.len() < READERS {
+                readers.push(conn);
+            }
+        }
         Ok(())
+    }
+
+    fn connect(&self) -> Result<Box<dyn Conn + Send>, DbError> {
+        let path = self.path.as_ref().ok_or_else(|| DbError::Open {
+            location: self.location.clone(),
+            reason: "a database in memory has one connection only".into(),
+        })?;
+        let conn = Connection::open(path)?;
+        setup(&conn)?;
+        Ok(Box::new(conn))
     }
 
     fn schema_version(&self, conn: &dyn Conn) -> Result<i64, DbError> {

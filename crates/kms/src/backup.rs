@@ -33,6 +33,9 @@ pub fn backup(
     passphrase: &[u8],
 ) -> Result<(Manifest, Vec<u8>), KmsBackupError> {
     let config = KmsConfig::load(config_path).map_err(|e| KmsBackupError::Config(e.to_string()))?;
+    if let Some(url) = &config.database {
+        return Err(StoreError::NotAFile(url.clone()).into());
+    }
     // The copy goes to a private folder beside the database, removed after.
     let scratch = backup::Scratch::new(&config.data_dir)?;
     let copy = scratch.0.join("kms.sqlite");

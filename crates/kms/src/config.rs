@@ -14,6 +14,8 @@ pub enum ConfigError {
     },
     #[error("Configuration {path} is invalid: {message}")]
     Parse { path: PathBuf, message: String },
+    #[error("The database setting is unusable: {message}")]
+    Database { message: String },
 }
 
 /// The key server's configuration. Relative paths are relative to the configuration file.
@@ -35,6 +37,14 @@ pub struct KmsConfig {
     /// when unset.
     #[serde(default)]
     pub metrics_listen: Option<String>,
+    /// The database: `kms.sqlite` in `data_dir` when unset, or PostgreSQL
+    /// (`postgres://USER@HOST:PORT/DB`), which several key servers share to serve the same
+    /// keys (each with the same master key); the password in `database_password_file`.
+    #[serde(default)]
+    pub database: Option<String>,
+    /// The file that holds the PostgreSQL user's password.
+    #[serde(default)]
+    pub database_password_file: Option<PathBuf>,
 }
 
 /// Certificates for mutual TLS.
@@ -101,6 +111,11 @@ listen = "0.0.0.0:5696"
 # first start; back it up separately from the database.
 data_dir = "data"
 
+# The database: kms.sqlite in data_dir unless set. Key servers that serve the same keys share
+# one PostgreSQL database (and each holds the same master.key); the password in a file.
+# database = "postgres://tresor_kms@db.example:5432/tresor_kms"
+# database_password_file = "db-password"
+
 # Client certificate subjects that may read and change every object.
 administrators = []
 
@@ -153,6 +168,23 @@ impl KmsConfig {
                 *p = base.join(&*p);
             }
         }
+        if let Some(p) = self
+            .database_password_file
+            .as_mut()
+            .filter(|p| p.is_relative())
+        {
+            *p = base.join(&*p);
+        }
+    }
+
+    /// Where the database is: PostgreSQL when `database` is set, else `kms.sqlite`.
+    pub fn database_location(&self) -> Result<tresor_db::Location, ConfigError> {
+        tresor_db::Location::configured(
+            self.database_path(),
+            self.database.as_deref(),
+            self.database_password_file.as_deref(),
+        )
+        .map_err(|message| ConfigError::Database { message })
     }
 
     pub fn database_path(&self) -> PathBuf {

@@ -31,6 +31,8 @@ pub enum ServeError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Database(String),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
     #[error("Cannot create data folder {path}: {source}")]
@@ -53,7 +55,10 @@ pub fn open_engine(config: &KmsConfig) -> Result<Engine, ServeError> {
     })?;
     restrict_dir(&config.data_dir);
     let master = MasterKey::load_or_create(&config.master_key_path())?;
-    let store = Store::open(&config.database_path())?;
+    let location = config
+        .database_location()
+        .map_err(|e| ServeError::Database(e.to_string()))?;
+    let store = Store::open_at(&location)?;
     Ok(Engine::new(
         Arc::new(store),
         Arc::new(master),

@@ -1,7 +1,8 @@
 //! Persistence: the only module that speaks SQL.
 //!
 //! Objects live in SQLite (WAL mode, `synchronous=FULL`; a thread of its own copies the log into
-//! the database, so that commits do not wait for that). All changes go through one writer thread
+//! the database, so that commits do not wait for that) or, for several key servers that serve
+//! the same keys, in PostgreSQL (through [`tresor_db`], the same statements). All changes go through one writer thread
 //! that runs the changes of many connections in one transaction and commits them together (group
 //! commit): a change is durable on disk before its caller hears back, and one fsync serves many
 //! callers. Each change runs in its own savepoint, so a change that fails leaves the others intact.
@@ -16,7 +17,8 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use rusqlite::{params, Connection, OpenFlags};
+use tresor_db::{args, Conn, Database, DbError, Dialect, Location, Migration, Row};
 use tresor_kmip::message::{Attribute, TemplateAttribute};
 use tresor_kmip::spec::tag;
 use tresor_kmip::ttlv::{self, Limits};
@@ -35,7 +37,7 @@ const CHECKPOINT_IN_COMMIT_PAGES: i64 = 16_384;
 thread_local! {
     /// The writer's connection, set on the writer thread only: reads and changes made there
     /// (by requests given to [`Store::submit`]) join the transaction of the group it is running.
-    static WRITER: RefCell<Option<Connection>> = const { RefCell::new(None) };
+    static WRITER: RefCell<Option<Box<dyn Conn + Send>>> = const { RefCell::new(None) };
 }
 
 fn on_writer_thread() -> bool {
@@ -43,11 +45,9 @@ fn on_writer_thread() -> bool {
 }
 
 /// Runs `f` on the writer's connection (only on the writer thread).
-fn with_writer<T, E: From<StoreError>>(
-    f: impl FnOnce(&Connection) -> Result<T, E>,
-) -> Result<T, E> {
+fn with_writer<T, E: From<StoreError>>(f: impl FnOnce(&dyn Conn) -> Result<T, E>) -> Result<T, E> {
     WRITER.with_borrow(|w| match w {
-        Some(conn) => f(conn),
+        Some(conn) => f(conn.as_ref()),
         None => Err(StoreError::WriterGone.into()),
     })
 }
@@ -55,12 +55,12 @@ fn with_writer<T, E: From<StoreError>>(
 /// Runs `f` on `conn` in a savepoint of its own, inside the group's transaction: unless `keep`
 /// says otherwise of its result, what it changed is undone and the rest of the group stays.
 fn savepoint<R>(
-    conn: &Connection,
-    f: impl FnOnce(&Connection) -> R,
+    conn: &dyn Conn,
+    f: impl FnOnce(&dyn Conn) -> R,
     keep: impl FnOnce(&R) -> bool,
-) -> Result<R, rusqlite::Error> {
+) -> Result<R, DbError> {
     // Statements prepared once: a group may hold thousands of small changes.
-    let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
+    let run = |sql: &str| conn.execute(sql, &[]);
     run("SAVEPOINT change")?;
     let result = f(conn);
     if !keep(&result) {
@@ -71,9 +71,7 @@ fn savepoint<R>(
 }
 
 /// A change made on the writer thread by a request given to [`Store::submit`].
-fn in_savepoint<T, E: From<StoreError>>(
-    f: impl FnOnce(&Connection) -> Result<T, E>,
-) -> Result<T, E> {
+fn in_savepoint<T, E: From<StoreError>>(f: impl FnOnce(&dyn Conn) -> Result<T, E>) -> Result<T, E> {
     with_writer(|conn| {
         savepoint(conn, f, Result::is_ok).map_err(|e| E::from(StoreError::from(e)))?
     })
@@ -82,13 +80,10 @@ fn in_savepoint<T, E: From<StoreError>>(
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("Cannot open the key server database {path}: {source}")]
-    Open {
-        path: PathBuf,
-        source: rusqlite::Error,
-    },
+    #[error("Cannot open the key server database: {0}")]
+    Open(DbError),
     #[error("Database error: {0}")]
-    Sql(#[from] rusqlite::Error),
+    Db(#[from] DbError),
     #[error("Stored attributes of object {0} are corrupt")]
     Corrupt(String),
     #[error("The database writer has stopped; restart the key server")]
@@ -106,6 +101,15 @@ pub enum StoreError {
         release: String,
         ours: &'static str,
     },
+    /// A backup copies an SQLite file; a database on PostgreSQL is backed up with its tools.
+    #[error("The key server database is on PostgreSQL ({0}); back it up with pg_dump (tresor kms backup copies a database in an SQLite file), and keep master.key apart from it")]
+    NotAFile(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        StoreError::Db(DbError::Sqlite(e))
+    }
 }
 
 /// A stored object: everything but the key material is in the clear; the key material is sealed
@@ -160,16 +164,18 @@ struct Completion {
     finish: Box<dyn FnOnce(Option<StoreError>) + Send>,
 }
 
+/// What a job does on the writer's connection.
+type JobRun = Box<dyn FnOnce(&dyn Conn) -> Completion + Send>;
+
 struct Job {
-    run: Box<dyn FnOnce(&Connection) -> Completion + Send>,
+    run: JobRun,
     fail: Box<dyn FnOnce(StoreError) + Send>,
 }
 
 /// The key server's database.
 pub struct Store {
-    path: PathBuf,
+    db: Database,
     writer: Mutex<Option<SyncSender<Job>>>,
-    readers: Mutex<Vec<Connection>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     checkpointer: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
 }
@@ -177,50 +183,93 @@ pub struct Store {
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
-            .field("path", &self.path)
+            .field("database", &self.db.location())
             .finish_non_exhaustive()
     }
 }
 
-const MIGRATIONS: &[&str] = &[
-    // 1: objects, their names, grants, audit log.
-    "CREATE TABLE objects (
-        uid TEXT PRIMARY KEY,
-        object_type INTEGER NOT NULL,
-        state INTEGER NOT NULL,
-        owner TEXT NOT NULL,
-        attributes BLOB NOT NULL,
-        sealed BLOB,
-        created INTEGER NOT NULL,
-        updated INTEGER NOT NULL
-    );
-    CREATE INDEX objects_owner ON objects(owner);
-    CREATE TABLE names (
-        uid TEXT NOT NULL REFERENCES objects(uid) ON DELETE CASCADE,
-        name TEXT NOT NULL
-    );
-    CREATE INDEX names_name ON names(name);
-    CREATE INDEX names_uid ON names(uid);
-    CREATE TABLE grants (
-        uid TEXT NOT NULL REFERENCES objects(uid) ON DELETE CASCADE,
-        identity TEXT NOT NULL,
-        PRIMARY KEY (uid, identity)
-    );
-    CREATE TABLE audit (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        time INTEGER NOT NULL,
-        actor TEXT NOT NULL,
-        action TEXT NOT NULL,
-        uid TEXT,
-        detail TEXT NOT NULL
-    );",
+const MIGRATIONS: &[Migration] = &[
+    // 1: objects, their names, grants, audit log. Objects made in the same second are listed
+    // as they were made (SQLite's rowid, PostgreSQL's seq).
+    Migration {
+        sqlite: "CREATE TABLE objects (
+            uid TEXT PRIMARY KEY,
+            object_type INTEGER NOT NULL,
+            state INTEGER NOT NULL,
+            owner TEXT NOT NULL,
+            attributes BLOB NOT NULL,
+            sealed BLOB,
+            created INTEGER NOT NULL,
+            updated INTEGER NOT NULL
+        );
+        CREATE INDEX objects_owner ON objects(owner);
+        CREATE TABLE names (
+            uid TEXT NOT NULL REFERENCES objects(uid) ON DELETE CASCADE,
+            name TEXT NOT NULL
+        );
+        CREATE INDEX names_name ON names(name);
+        CREATE INDEX names_uid ON names(uid);
+        CREATE TABLE grants (
+            uid TEXT NOT NULL REFERENCES objects(uid) ON DELETE CASCADE,
+            identity TEXT NOT NULL,
+            PRIMARY KEY (uid, identity)
+        );
+        CREATE TABLE audit (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            time INTEGER NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            uid TEXT,
+            detail TEXT NOT NULL
+        );",
+        postgres: "CREATE TABLE objects (
+            uid TEXT PRIMARY KEY,
+            seq BIGINT GENERATED BY DEFAULT AS IDENTITY,
+            object_type BIGINT NOT NULL,
+            state BIGINT NOT NULL,
+            owner TEXT NOT NULL,
+            attributes BYTEA NOT NULL,
+            sealed BYTEA,
+            created BIGINT NOT NULL,
+            updated BIGINT NOT NULL
+        );
+        CREATE INDEX objects_owner ON objects(owner);
+        CREATE TABLE names (
+            uid TEXT NOT NULL REFERENCES objects(uid) ON DELETE CASCADE,
+            name TEXT NOT NULL
+        );
+        CREATE INDEX names_name ON names(name);
+        CREATE INDEX names_uid ON names(uid);
+        CREATE TABLE grants (
+            uid TEXT NOT NULL REFERENCES objects(uid) ON DELETE CASCADE,
+            identity TEXT NOT NULL,
+            PRIMARY KEY (uid, identity)
+        );
+        CREATE TABLE audit (
+            id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+            time BIGINT NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            uid TEXT,
+            detail TEXT NOT NULL
+        );",
+    },
     // 2: whether an object is fresh (never handed out), kept beside its attributes so that Get
     // does not decode them.
-    "ALTER TABLE objects ADD COLUMN fresh INTEGER NOT NULL DEFAULT 0;",
+    Migration {
+        sqlite: "ALTER TABLE objects ADD COLUMN fresh INTEGER NOT NULL DEFAULT 0;",
+        postgres: "ALTER TABLE objects ADD COLUMN fresh BIGINT NOT NULL DEFAULT 0;",
+    },
     // 3: facts about the database itself: the release that last changed its schema (so that
     // an older release can say which one it needs).
-    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+    Migration {
+        sqlite: "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+        postgres: "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+    },
 ];
+
+/// Migration 3 made the `meta` table, which says which release wrote the schema.
+const META_FROM: usize = 2;
 
 /// The number of the newest schema this release knows.
 pub const SCHEMA: usize = MIGRATIONS.len();
@@ -232,96 +281,87 @@ fn configure(conn: &Connection) -> Result<(), rusqlite::Error> {
 }
 
 impl Store {
-    /// Opens (and creates or migrates) the database at `path`.
+    /// Opens (and creates or migrates) the database in the SQLite file at `path`.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let open_err = |source| StoreError::Open {
-            path: path.to_owned(),
-            source,
-        };
-        let conn = Connection::open(path).map_err(open_err)?;
-        configure(&conn).map_err(open_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(open_err)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(open_err)?;
-        conn.pragma_update(None, "wal_autocheckpoint", CHECKPOINT_IN_COMMIT_PAGES)
-            .map_err(open_err)?;
-        // A log that grew under load is cut back to this size when it starts over.
-        conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
-            .map_err(open_err)?;
-        let version: i64 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(open_err)?;
-        if version > MIGRATIONS.len() as i64 {
-            let release = conn
-                .query_row(
-                    "SELECT value FROM meta WHERE key = 'schema_release'",
-                    [],
-                    |r| r.get::<_, String>(0),
-                )
-                .unwrap_or_else(|_| "(a newer release)".into());
-            return Err(StoreError::TooNew {
-                path: path.to_owned(),
-                found: version,
-                known: MIGRATIONS.len(),
-                release,
-                ours: env!("CARGO_PKG_VERSION"),
-            });
-        }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            let tx = conn.unchecked_transaction().map_err(open_err)?;
-            tx.execute_batch(sql).map_err(open_err)?;
-            tx.pragma_update(None, "user_version", (i + 1) as i64)
-                .map_err(open_err)?;
-            // The release that wrote the schema (the table exists from migration 3 on).
-            if i >= 2 {
-                tx.execute(
-                    "INSERT INTO meta (key, value) VALUES ('schema_release', ?1) ON CONFLICT(key) DO UPDATE SET value = ?1",
-                    params![env!("CARGO_PKG_VERSION")],
-                )
-                .map_err(open_err)?;
-            }
-            tx.commit().map_err(open_err)?;
-            if version > 0 {
-                tracing::info!(path = %path.display(), from = version, to = i + 1, "database schema migrated");
-            }
+        Store::open_at(&Location::Sqlite(path.to_owned()))
+    }
+
+    /// Opens (and creates or migrates) the database at `location`: an SQLite file, or
+    /// PostgreSQL for several key servers.
+    pub fn open_at(location: &Location) -> Result<Store, StoreError> {
+        let db = Database::open(location).map_err(StoreError::Open)?;
+        db.migrate(MIGRATIONS, META_FROM, |_, _| Ok::<(), StoreError>(()))
+            .map_err(|e| match e {
+                StoreError::Db(DbError::TooNew {
+                    found,
+                    known,
+                    release,
+                }) => StoreError::TooNew {
+                    path: PathBuf::from(db.location()),
+                    found,
+                    known,
+                    release,
+                    ours: env!("CARGO_PKG_VERSION"),
+                },
+                other => other,
+            })?;
+        let writer = db.connect().map_err(StoreError::Open)?;
+        if db.dialect() == Dialect::Sqlite {
+            writer.batch(&format!(
+                // A log that grew under load is cut back to 64 MiB when it starts over.
+                "PRAGMA wal_autocheckpoint = {CHECKPOINT_IN_COMMIT_PAGES}; PRAGMA journal_size_limit = 67108864;"
+            ))?;
         }
         let (sender, receiver) = mpsc::sync_channel::<Job>(4096);
         let spawn = |name: &str, run: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
                 .name(name.into())
                 .spawn(run)
-                .map_err(|e| StoreError::Open {
-                    path: path.to_owned(),
-                    source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+                .map_err(|e| {
+                    StoreError::Open(DbError::Open {
+                        location: db.location().to_owned(),
+                        reason: format!("cannot start its thread: {e}"),
+                    })
                 })
         };
         let handle = spawn(
             "kms-db-writer",
-            Box::new(move || writer_loop(conn, receiver)),
+            Box::new(move || writer_loop(writer, receiver)),
         )?;
-        let checkpoints = Connection::open(path).map_err(open_err)?;
-        configure(&checkpoints).map_err(open_err)?;
-        let (stop, stopped) = mpsc::channel::<()>();
-        let checkpointer = spawn(
-            "kms-db-checkpoint",
-            Box::new(move || checkpoint_loop(checkpoints, stopped)),
-        )?;
+        let checkpointer = match db.dialect() {
+            Dialect::Sqlite => {
+                let checkpoints = db.connect().map_err(StoreError::Open)?;
+                let (stop, stopped) = mpsc::channel::<()>();
+                let thread = spawn(
+                    "kms-db-checkpoint",
+                    Box::new(move || checkpoint_loop(checkpoints, stopped)),
+                )?;
+                Some((stop, thread))
+            }
+            // PostgreSQL checkpoints by itself.
+            Dialect::Postgres => None,
+        };
         Ok(Store {
-            path: path.to_owned(),
+            db,
             writer: Mutex::new(Some(sender)),
-            readers: Mutex::new(Vec::new()),
             writer_thread: Mutex::new(Some(handle)),
-            checkpointer: Mutex::new(Some((stop, checkpointer))),
+            checkpointer: Mutex::new(checkpointer),
         })
+    }
+
+    /// Which backend the database is on.
+    pub fn dialect(&self) -> Dialect {
+        self.db.dialect()
     }
 
     /// A consistent copy of the database at `db` (which a running key server may be using) in
     /// the new file `out`, for a backup; its schema number.
     pub fn snapshot(db: &Path, out: &Path) -> Result<u32, StoreError> {
-        let open_err = |source| StoreError::Open {
-            path: db.to_owned(),
-            source,
+        let open_err = |source: rusqlite::Error| {
+            StoreError::Open(DbError::Open {
+                location: db.display().to_string(),
+                reason: source.to_string(),
+            })
         };
         let conn =
             Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(open_err)?;
@@ -335,44 +375,30 @@ impl Store {
         Ok(copy.pragma_query_value(None, "user_version", |r| r.get(0))?)
     }
 
-    /// Runs `f` on a read-only connection.
+    /// Runs `f` on a connection for reads.
     pub fn read<T, E: From<StoreError>>(
         &self,
-        f: impl FnOnce(&Connection) -> Result<T, E>,
+        f: impl FnOnce(&dyn Conn) -> Result<T, E>,
     ) -> Result<T, E> {
         if on_writer_thread() {
             // A request running on the writer reads what it has written so far.
             return with_writer(f);
         }
-        let conn = match self.readers.lock().ok().and_then(|mut r| r.pop()) {
-            Some(c) => c,
-            None => {
-                let c = Connection::open_with_flags(
-                    &self.path,
-                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                )
-                .map_err(|source| StoreError::Open {
-                    path: self.path.clone(),
-                    source,
-                })?;
-                configure(&c).map_err(StoreError::from)?;
-                c
-            }
-        };
-        let result = f(&conn);
-        if let Ok(mut readers) = self.readers.lock() {
-            if readers.len() < 16 {
-                readers.push(conn);
-            }
-        }
-        result
+        let mut out = None;
+        self.db
+            .read(|conn| {
+                out = Some(f(conn));
+                Ok::<(), StoreError>(())
+            })
+            .map_err(E::from)?;
+        out.expect("the read ran")
     }
 
     /// Runs `f` in the writer's transaction and returns once its changes are committed. If `f`
     /// fails, its changes are rolled back and the error returned.
     pub fn write<T, E>(
         &self,
-        f: impl FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+        f: impl FnOnce(&dyn Conn) -> Result<T, E> + Send + 'static,
     ) -> Result<T, E>
     where
         T: Send + 'static,
@@ -415,7 +441,7 @@ impl Store {
     /// waits on, such as clearing the Fresh attribute after a Get.
     pub fn write_detached<E: std::fmt::Display + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> Result<(), E> + Send + 'static,
+        f: impl FnOnce(&dyn Conn) -> Result<(), E> + Send + 'static,
     ) {
         self.write_detached_then(f, || {});
     }
@@ -425,7 +451,7 @@ impl Store {
     /// tell; `after` is not called for it.
     pub fn write_detached_then<E: std::fmt::Display + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> Result<(), E> + Send + 'static,
+        f: impl FnOnce(&dyn Conn) -> Result<(), E> + Send + 'static,
         after: impl FnOnce() + Send + 'static,
     ) {
         if on_writer_thread() {
@@ -519,7 +545,7 @@ impl Drop for Store {
     }
 }
 
-fn writer_loop(conn: Connection, jobs: Receiver<Job>) {
+fn writer_loop(conn: Box<dyn Conn + Send>, jobs: Receiver<Job>) {
     WRITER.with_borrow_mut(|w| *w = Some(conn));
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
@@ -531,7 +557,7 @@ fn writer_loop(conn: Connection, jobs: Receiver<Job>) {
         }
         WRITER.with_borrow(|w| {
             if let Some(conn) = w {
-                run_group(conn, batch);
+                run_group(conn.as_ref(), batch);
             }
         });
     }
@@ -540,18 +566,22 @@ fn writer_loop(conn: Connection, jobs: Receiver<Job>) {
 
 /// Copies committed changes into the database every [`CHECKPOINT_EVERY`] until told to stop
 /// (or the store is dropped). A passive checkpoint never makes the writer or readers wait.
-fn checkpoint_loop(conn: Connection, stop: Receiver<()>) {
+fn checkpoint_loop(conn: Box<dyn Conn + Send>, stop: Receiver<()>) {
     while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+        if let Err(e) = conn.query("PRAGMA wal_checkpoint(PASSIVE)", &[]) {
             tracing::warn!(error = %e, "cannot copy the write-ahead log into the database; will retry");
         }
     }
 }
 
-fn run_group(conn: &Connection, batch: Vec<Job>) {
+fn run_group(conn: &dyn Conn, batch: Vec<Job>) {
     let mut done = Vec::with_capacity(batch.len());
-    let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
-    if let Err(e) = run("BEGIN IMMEDIATE") {
+    let run = |sql: &str| conn.execute(sql, &[]);
+    let begin = match conn.dialect() {
+        Dialect::Sqlite => "BEGIN IMMEDIATE",
+        Dialect::Postgres => "BEGIN",
+    };
+    if let Err(e) = run(begin) {
         tracing::error!(error = %e, "cannot start a database transaction");
         for job in batch {
             (job.fail)(StoreError::Commit(e.to_string()));
@@ -567,7 +597,7 @@ fn run_group(conn: &Connection, batch: Vec<Job>) {
     let error = run("COMMIT").err().map(|e| e.to_string());
     if let Some(e) = &error {
         tracing::error!(error = %e, "database commit failed");
-        let _ = conn.execute_batch("ROLLBACK");
+        let _ = conn.batch("ROLLBACK");
     }
     for c in done {
         // A change that failed reports its own error, not the commit's.
@@ -626,7 +656,7 @@ fn names_of(attributes: &[Attribute]) -> Vec<String> {
 
 const COLUMNS: &str = "uid, object_type, state, owner, attributes, sealed, created, updated";
 
-fn row_to_object(row: &rusqlite::Row<'_>) -> Result<(ObjectRow, Vec<u8>), rusqlite::Error> {
+fn row_to_object(row: &Row) -> Result<(ObjectRow, Vec<u8>), DbError> {
     Ok((
         ObjectRow {
             uid: row.get(0)?,
@@ -648,69 +678,74 @@ fn finish_row((mut row, attrs): (ObjectRow, Vec<u8>)) -> Result<ObjectRow, Store
 }
 
 /// Inserts a new object.
-pub fn insert_object(conn: &Connection, obj: &ObjectRow) -> Result<(), StoreError> {
-    conn.prepare_cached(&format!(
-        "INSERT INTO objects ({COLUMNS}, fresh) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
-    ))?
-    .execute(params![
-        obj.uid,
-        obj.object_type,
-        obj.state,
-        obj.owner,
-        encode_attributes(&obj.attributes),
-        obj.sealed,
-        obj.created,
-        obj.updated,
-        is_fresh(&obj.attributes)
-    ])?;
+pub fn insert_object(conn: &dyn Conn, obj: &ObjectRow) -> Result<(), StoreError> {
+    conn.execute(
+        &format!(
+            "INSERT INTO objects ({COLUMNS}, fresh) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+        ),
+        args![
+            &obj.uid,
+            obj.object_type,
+            obj.state,
+            &obj.owner,
+            encode_attributes(&obj.attributes),
+            obj.sealed.clone(),
+            obj.created,
+            obj.updated,
+            is_fresh(&obj.attributes)
+        ],
+    )?;
     write_names(conn, obj)?;
     Ok(())
 }
 
 /// Saves an object's state, attributes and sealed material.
-pub fn update_object(conn: &Connection, obj: &ObjectRow) -> Result<(), StoreError> {
-    conn.prepare_cached(
+pub fn update_object(conn: &dyn Conn, obj: &ObjectRow) -> Result<(), StoreError> {
+    conn.execute(
         "UPDATE objects SET state = ?2, attributes = ?3, sealed = ?4, updated = ?5, fresh = ?6 WHERE uid = ?1",
-    )?
-    .execute(
-        params![
-            obj.uid,
+        args![
+            &obj.uid,
             obj.state,
             encode_attributes(&obj.attributes),
-            obj.sealed,
+            obj.sealed.clone(),
             obj.updated,
             is_fresh(&obj.attributes)
         ],
     )?;
-    conn.prepare_cached("DELETE FROM names WHERE uid = ?1")?
-        .execute(params![obj.uid])?;
+    conn.execute("DELETE FROM names WHERE uid = ?1", args![&obj.uid])?;
     write_names(conn, obj)?;
     Ok(())
 }
 
-fn write_names(conn: &Connection, obj: &ObjectRow) -> Result<(), StoreError> {
-    let mut stmt = conn.prepare_cached("INSERT INTO names (uid, name) VALUES (?1, ?2)")?;
+fn write_names(conn: &dyn Conn, obj: &ObjectRow) -> Result<(), StoreError> {
     for name in names_of(&obj.attributes) {
-        stmt.execute(params![obj.uid, name])?;
+        conn.execute(
+            "INSERT INTO names (uid, name) VALUES (?1, ?2)",
+            args![&obj.uid, name],
+        )?;
     }
     Ok(())
 }
 
 /// The object with this unique identifier.
-pub fn get_object(conn: &Connection, uid: &str) -> Result<Option<ObjectRow>, StoreError> {
-    let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM objects WHERE uid = ?1"))?;
-    let row = stmt.query_row(params![uid], row_to_object).optional()?;
-    row.map(finish_row).transpose()
+pub fn get_object(conn: &dyn Conn, uid: &str) -> Result<Option<ObjectRow>, StoreError> {
+    conn.query_opt(
+        &format!("SELECT {COLUMNS} FROM objects WHERE uid = ?1"),
+        args![uid],
+    )?
+    .map(|r| finish_row(row_to_object(&r)?))
+    .transpose()
 }
 
 /// What Get needs of an object, without decoding its attributes.
-pub fn get_access(conn: &Connection, uid: &str) -> Result<Option<ObjectAccess>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT uid, object_type, state, owner, sealed, fresh FROM objects WHERE uid = ?1",
-    )?;
-    Ok(stmt
-        .query_row(params![uid], |r| {
-            Ok(ObjectAccess {
+pub fn get_access(conn: &dyn Conn, uid: &str) -> Result<Option<ObjectAccess>, StoreError> {
+    Ok(conn
+        .query_opt(
+            "SELECT uid, object_type, state, owner, sealed, fresh FROM objects WHERE uid = ?1",
+            args![uid],
+        )?
+        .map(|r| {
+            Ok::<_, DbError>(ObjectAccess {
                 uid: r.get(0)?,
                 object_type: r.get(1)?,
                 state: r.get(2)?,
@@ -719,25 +754,25 @@ pub fn get_access(conn: &Connection, uid: &str) -> Result<Option<ObjectAccess>, 
                 fresh: r.get(5)?,
             })
         })
-        .optional()?)
+        .transpose()?)
 }
 
 /// Objects that match `filter`, newest first.
 pub fn list_objects(
-    conn: &Connection,
+    conn: &dyn Conn,
     filter: &ObjectFilter<'_>,
 ) -> Result<Vec<ObjectRow>, StoreError> {
     let mut sql = format!("SELECT {COLUMNS} FROM objects o WHERE 1 = 1");
-    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    let mut args: Vec<tresor_db::Value> = Vec::new();
     if let Some(owner) = filter.owner {
-        args.push(owner.to_owned().into());
+        args.push(owner.into());
         sql.push_str(&format!(
             " AND (o.owner = ?{n} OR EXISTS (SELECT 1 FROM grants g WHERE g.uid = o.uid AND g.identity = ?{n}))",
             n = args.len()
         ));
     }
     if let Some(t) = filter.object_type {
-        args.push(i64::from(t).into());
+        args.push(t.into());
         sql.push_str(&format!(" AND o.object_type = ?{}", args.len()));
     }
     if let Some(states) = filter.states {
@@ -745,84 +780,94 @@ pub fn list_objects(
         sql.push_str(&format!(" AND o.state IN ({})", list.join(",")));
     }
     if let Some(name) = filter.name {
-        args.push(name.to_owned().into());
+        args.push(name.into());
         sql.push_str(&format!(
             " AND EXISTS (SELECT 1 FROM names n WHERE n.uid = o.uid AND n.name = ?{})",
             args.len()
         ));
     }
     if let Some(uid) = filter.uid {
-        args.push(uid.to_owned().into());
+        args.push(uid.into());
         sql.push_str(&format!(" AND o.uid = ?{}", args.len()));
     }
-    sql.push_str(" ORDER BY o.created DESC, o.rowid DESC");
-    let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(args), row_to_object)?;
-    let mut out = Vec::new();
-    for row in rows {
-        out.push(finish_row(row?)?);
-    }
-    Ok(out)
+    sql.push_str(match conn.dialect() {
+        Dialect::Sqlite => " ORDER BY o.created DESC, o.rowid DESC",
+        Dialect::Postgres => " ORDER BY o.created DESC, o.seq DESC",
+    });
+    conn.query(&sql, &args)?
+        .iter()
+        .map(|r| finish_row(row_to_object(r)?))
+        .collect()
 }
 
 /// Whether `identity` was granted access to object `uid`.
-pub fn is_granted(conn: &Connection, uid: &str, identity: &str) -> Result<bool, StoreError> {
-    let mut stmt = conn.prepare_cached("SELECT 1 FROM grants WHERE uid = ?1 AND identity = ?2")?;
-    Ok(stmt.exists(params![uid, identity])?)
+pub fn is_granted(conn: &dyn Conn, uid: &str, identity: &str) -> Result<bool, StoreError> {
+    Ok(conn
+        .query_opt(
+            "SELECT 1 FROM grants WHERE uid = ?1 AND identity = ?2",
+            args![uid, identity],
+        )?
+        .is_some())
 }
 
 /// Grants `identity` access to object `uid`.
-pub fn grant(conn: &Connection, uid: &str, identity: &str) -> Result<(), StoreError> {
+pub fn grant(conn: &dyn Conn, uid: &str, identity: &str) -> Result<(), StoreError> {
     conn.execute(
-        "INSERT OR IGNORE INTO grants (uid, identity) VALUES (?1, ?2)",
-        params![uid, identity],
+        "INSERT INTO grants (uid, identity) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+        args![uid, identity],
     )?;
     Ok(())
 }
 
 /// The identities granted access to object `uid`.
-pub fn grants_of(conn: &Connection, uid: &str) -> Result<Vec<String>, StoreError> {
-    let mut stmt =
-        conn.prepare_cached("SELECT identity FROM grants WHERE uid = ?1 ORDER BY identity")?;
-    let rows = stmt.query_map(params![uid], |r| r.get(0))?;
-    Ok(rows.collect::<Result<_, _>>()?)
+pub fn grants_of(conn: &dyn Conn, uid: &str) -> Result<Vec<String>, StoreError> {
+    Ok(conn.map(
+        "SELECT identity FROM grants WHERE uid = ?1 ORDER BY identity",
+        args![uid],
+        |r| r.get(0),
+    )?)
 }
 
 /// Appends to the audit log.
 pub fn audit(
-    conn: &Connection,
+    conn: &dyn Conn,
     time: i64,
     actor: &str,
     action: &str,
     uid: Option<&str>,
     detail: &str,
 ) -> Result<(), StoreError> {
-    let mut stmt = conn.prepare_cached(
+    conn.execute(
         "INSERT INTO audit (time, actor, action, uid, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+        args![time, actor, action, uid, detail],
     )?;
-    stmt.execute(params![time, actor, action, uid, detail])?;
     Ok(())
 }
 
 /// The audit log of one object, or the whole log, oldest first.
-pub fn audit_log(conn: &Connection, uid: Option<&str>) -> Result<Vec<AuditRecord>, StoreError> {
-    let mut stmt = conn.prepare("SELECT id, time, actor, action, uid, detail FROM audit WHERE ?1 IS NULL OR uid = ?1 ORDER BY id")?;
-    let rows = stmt.query_map(params![uid], |r| {
-        Ok(AuditRecord {
-            id: r.get(0)?,
-            time: r.get(1)?,
-            actor: r.get(2)?,
-            action: r.get(3)?,
-            uid: r.get(4)?,
-            detail: r.get(5)?,
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+pub fn audit_log(conn: &dyn Conn, uid: Option<&str>) -> Result<Vec<AuditRecord>, StoreError> {
+    Ok(conn.map(
+        "SELECT id, time, actor, action, uid, detail FROM audit WHERE CAST(?1 AS TEXT) IS NULL OR uid = ?1 ORDER BY id",
+        args![uid],
+        |r| {
+            Ok(AuditRecord {
+                id: r.get(0)?,
+                time: r.get(1)?,
+                actor: r.get(2)?,
+                action: r.get(3)?,
+                uid: r.get(4)?,
+                detail: r.get(5)?,
+            })
+        },
+    )?)
 }
 
 /// How many objects there are.
-pub fn count_objects(conn: &Connection) -> Result<u64, StoreError> {
-    Ok(conn.query_row("SELECT COUNT(*) FROM objects", [], |r| r.get::<_, i64>(0))? as u64)
+pub fn count_objects(conn: &dyn Conn) -> Result<u64, StoreError> {
+    Ok(conn
+        .value::<i64>("SELECT COUNT(*) FROM objects", &[])?
+        .unwrap_or(0)
+        .max(0) as u64)
 }
 
 #[cfg(test)]
@@ -842,19 +887,40 @@ mod tests {
         }
     }
 
-    fn open() -> (tempfile::TempDir, Arc<Store>) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(&dir.path().join("kms.db")).unwrap());
-        (dir, store)
+    /// Each test on both backends: an SQLite file and a PostgreSQL database of its own.
+    macro_rules! on_both_backends {
+        ($($name:ident),* $(,)?) => {
+            mod sqlite {
+                $(#[tokio::test]
+                async fn $name() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let store = super::Store::open(&dir.path().join("kms.db")).unwrap();
+                    super::$name(std::sync::Arc::new(store)).await;
+                })*
+            }
+            mod postgres {
+                $(#[tokio::test]
+                async fn $name() {
+                    let db = tresor_db::testing::ScratchPostgres::new();
+                    let store = super::Store::open_at(db.location()).unwrap();
+                    super::$name(std::sync::Arc::new(store)).await;
+                })*
+            }
+        };
     }
+
+    on_both_backends!(
+        a_submitted_request_reads_its_own_changes_and_is_answered_once_committed,
+        a_panicking_request_changes_nothing_and_the_writer_goes_on,
+    );
 
     fn count(store: &Store) -> u64 {
         store.read(count_objects).expect("count objects")
     }
 
-    #[tokio::test]
-    async fn a_submitted_request_reads_its_own_changes_and_is_answered_once_committed() {
-        let (_dir, store) = open();
+    async fn a_submitted_request_reads_its_own_changes_and_is_answered_once_committed(
+        store: Arc<Store>,
+    ) {
         let inner = store.clone();
         let answer = store.submit(
             move || -> Result<(bool, u64), StoreError> {
@@ -878,9 +944,7 @@ mod tests {
         assert_eq!(count(&store), 1);
     }
 
-    #[tokio::test]
-    async fn a_panicking_request_changes_nothing_and_the_writer_goes_on() {
-        let (_dir, store) = open();
+    async fn a_panicking_request_changes_nothing_and_the_writer_goes_on(store: Arc<Store>) {
         let inner = store.clone();
         let answer = store.submit(
             move || {

@@ -73,6 +73,8 @@ impl TestServer {
             administrators: Vec::new(),
             limits,
             metrics_listen: None,
+            database: None,
+            database_password_file: None,
         };
         let engine = Arc::new(server::open_engine(&config).expect("engine"));
         let acceptor = server::acceptor(&config).expect("acceptor");

@@ -101,35 +101,8 @@ pub fn database_location(
     database: Option<&str>,
     password_file: Option<&Path>,
 ) -> Result<tresor_db::Location, RunError> {
-    let Some(url) = database else {
-        if password_file.is_some() {
-            return Err(RunError::Setup(
-                "database_password_file is set but database is not; set database = \"postgres://USER@HOST:PORT/DB\" or remove it".into(),
-            ));
-        }
-        return Ok(tresor_db::Location::Sqlite(data_dir.join("server.sqlite")));
-    };
-    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        return Err(RunError::Setup(format!(
-            "database = {url:?} is not a PostgreSQL connection string; write postgres://USER@HOST:PORT/DB, or leave database unset for the SQLite file in data_dir"
-        )));
-    }
-    let password = password_file
-        .map(|f| {
-            std::fs::read_to_string(f)
-                .map(zeroize::Zeroizing::new)
-                .map_err(|e| {
-                    RunError::Setup(format!(
-                        "Cannot read the database password from {}: {e}",
-                        f.display()
-                    ))
-                })
-        })
-        .transpose()?;
-    Ok(tresor_db::Location::Postgres {
-        url: url.to_owned(),
-        password,
-    })
+    tresor_db::Location::configured(data_dir.join("server.sqlite"), database, password_file)
+        .map_err(RunError::Setup)
 }
 
 fn default_agent_timeout() -> u64 {

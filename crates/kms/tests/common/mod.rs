@@ -15,6 +15,14 @@ use tresor_kms::store::Store;
 pub struct TestKms {
     pub engine: Engine,
     pub dir: tempfile::TempDir,
+    /// The database when the tests run on PostgreSQL; dropped after the engine.
+    _postgres: Option<tresor_db::testing::ScratchPostgres>,
+}
+
+/// Whether the key server's tests run on PostgreSQL (`TRESOR_TEST_KMS_DATABASE=postgres`, which
+/// `./scripts/test` sets for a second run of them) instead of SQLite.
+pub fn on_postgres() -> bool {
+    std::env::var("TRESOR_TEST_KMS_DATABASE").as_deref() == Ok("postgres")
 }
 
 pub fn kms() -> TestKms {
@@ -23,13 +31,21 @@ pub fn kms() -> TestKms {
 
 pub fn kms_with(config: EngineConfig) -> TestKms {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("kms.sqlite")).unwrap();
+    let postgres = on_postgres().then(tresor_db::testing::ScratchPostgres::new);
+    let store = match &postgres {
+        Some(db) => Store::open_at(db.location()).unwrap(),
+        None => Store::open(&dir.path().join("kms.sqlite")).unwrap(),
+    };
     let engine = Engine::new(
         Arc::new(store),
         Arc::new(MasterKey::ephemeral().unwrap()),
         config,
     );
-    TestKms { engine, dir }
+    TestKms {
+        engine,
+        dir,
+        _postgres: postgres,
+    }
 }
 
 impl TestKms {
