@@ -190,3 +190,106 @@ fn the_administrator_deactivates_and_reactivates_exactly_one_key() {
     assert!(!ok);
     assert!(err.contains("No key with id no-such-key"), "{err}");
 }
+
+/// `kms.toml` with its listen address and a PostgreSQL database set.
+fn configure(dir: &Path, port: u16, db: &tresor_db::testing::ScratchPostgres) {
+    let path = dir.join("kms.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut out = String::new();
+    for line in text.lines().filter(|l| !l.starts_with("database")) {
+        if line.starts_with("listen = ") {
+            out.push_str(&format!("listen = \"127.0.0.1:{port}\"\n"));
+            out.push_str(&format!("database = {:?}\n", db.url()));
+            if let Ok(f) = std::env::var(tresor_db::testing::PASSWORD_VAR) {
+                out.push_str(&format!("database_password_file = {f:?}\n"));
+            }
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    std::fs::write(&path, out).unwrap();
+}
+
+/// Two key servers on one PostgreSQL database serve the same keys: a client that lists both
+/// creates keys while the first is killed with SIGKILL; every key whose Create was answered is
+/// fetched from the second, and the client went on creating there.
+#[test]
+fn two_key_servers_on_one_postgres_serve_the_same_keys_through_a_kill_9() {
+    let db = tresor_db::testing::ScratchPostgres::new();
+    let root = tempfile::tempdir().unwrap();
+    let (a, b) = (root.path().join("a"), root.path().join("b"));
+    let (port_a, port_b) = (free_port(), free_port());
+    init(&a, port_a);
+    configure(&a, port_a, &db);
+    // The first start makes the master key; the second node gets a copy of the folder (its
+    // certificates and that master key), as an operator would give it.
+    drop(Kms::start(&a, port_a));
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(&a)
+        .arg(&b)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    configure(&b, port_b, &db);
+    let node_a = Kms::start(&a, port_a);
+    let _node_b = Kms::start(&b, port_b);
+    let tls = tresor_tls::client_config(
+        &tresor_tls::load_certs(&a.join("tls/ca.pem")).unwrap(),
+        tresor_tls::load_certs(&a.join("clients/tresor-server.pem")).unwrap(),
+        tresor_tls::load_key(&a.join("clients/tresor-server.key")).unwrap(),
+    )
+    .unwrap();
+    let both = KmipClient::new(ClientConfig::new(
+        vec![format!("127.0.0.1:{port_a}"), format!("127.0.0.1:{port_b}")],
+        tls,
+    ));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (acknowledged, before_kill) = rt.block_on(async {
+        let both = Arc::new(both);
+        let writer = {
+            let both = both.clone();
+            tokio::spawn(async move {
+                let mut acknowledged = Vec::new();
+                let start = Instant::now();
+                while start.elapsed() < Duration::from_millis(3000) {
+                    match both.create_aes_key(256, vec![]).await {
+                        Ok(uid) => acknowledged.push((uid, start.elapsed())),
+                        // A Create cut off by the kill is not acknowledged; the next one goes
+                        // to the other node.
+                        Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
+                }
+                acknowledged
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let killed_at = Duration::from_millis(1000);
+        node_a.kill9();
+        let acknowledged = writer.await.unwrap();
+        let before = acknowledged.iter().filter(|(_, t)| *t < killed_at).count();
+        (acknowledged, before)
+    });
+    assert!(
+        before_kill > 5,
+        "only {before_kill} keys were created before the kill"
+    );
+    assert!(
+        acknowledged.len() > before_kill + 5,
+        "the client did not go on at the other node: {} keys in all, {before_kill} before the kill",
+        acknowledged.len()
+    );
+    eprintln!(
+        "{} keys acknowledged, {before_kill} of them before the kill",
+        acknowledged.len()
+    );
+    let only_b = client(&b, port_b);
+    rt.block_on(async {
+        for (uid, _) in &acknowledged {
+            only_b.get_key(uid).await.unwrap_or_else(|e| {
+                panic!("key {uid}, acknowledged, is not on the other node: {e}")
+            });
+        }
+    });
+}
