@@ -403,7 +403,45 @@ const MIGRATIONS: &[Migration] = &[
         );
         CREATE INDEX tasks_created ON tasks (created);"#,
     },
+    // 7: which server leads when several share the database (PostgreSQL): one row, a lease
+    // until `expires_ms` (the database's clock) with a fencing token that grows with every new
+    // holder, and the holder's API address, where the others send writes.
+    Migration {
+        sqlite: "CREATE TABLE leader (
+            id INTEGER PRIMARY KEY,
+            holder TEXT NOT NULL,
+            api_url TEXT NOT NULL,
+            token INTEGER NOT NULL,
+            expires_ms INTEGER NOT NULL
+        );",
+        postgres: "CREATE TABLE leader (
+            id BIGINT PRIMARY KEY,
+            holder TEXT NOT NULL,
+            api_url TEXT NOT NULL,
+            token BIGINT NOT NULL,
+            expires_ms BIGINT NOT NULL
+        );",
+    },
 ];
+
+/// The database's clock in milliseconds since the epoch, in each dialect: leases are timed by
+/// the one clock all servers share.
+fn now_ms(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Sqlite => "CAST(unixepoch('subsec') * 1000 AS INTEGER)",
+        Dialect::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+    }
+}
+
+/// The server holding the lease, as the database says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaderRow {
+    pub holder: String,
+    pub api_url: String,
+    pub token: i64,
+    /// Milliseconds until the lease ends unless renewed (negative: it has ended).
+    pub expires_in_ms: i64,
+}
 
 /// A task as the store keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1473,6 +1511,94 @@ impl Store {
     }
 }
 
+impl Store {
+    // Leadership (see crate::lease).
+
+    /// Takes the lease for `holder` for `ttl_ms` unless another holder's lease is still
+    /// running: the new fencing token, or `None` when another server leads.
+    pub fn acquire_lease(
+        &self,
+        holder: &str,
+        api_url: &str,
+        ttl_ms: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let now = now_ms(self.db.dialect());
+        self.write(|tx| {
+            Ok(tx.value(
+                &format!(
+                    "INSERT INTO leader (id, holder, api_url, token, expires_ms) VALUES (1, ?1, ?2, 1, {now} + ?3)
+                     ON CONFLICT (id) DO UPDATE SET holder = ?1, api_url = ?2, token = leader.token + 1, expires_ms = {now} + ?3
+                     WHERE leader.expires_ms < {now} OR leader.holder = ?1
+                     RETURNING token"
+                ),
+                args![holder, api_url, ttl_ms],
+            )?)
+        })
+    }
+
+    /// Extends the lease `holder` holds with `token` by `ttl_ms`; false when it has ended or
+    /// another server holds it now.
+    pub fn renew_lease(&self, holder: &str, token: i64, ttl_ms: i64) -> Result<bool, StoreError> {
+        let now = now_ms(self.db.dialect());
+        self.write(|tx| {
+            Ok(tx.execute(
+                &format!(
+                    "UPDATE leader SET expires_ms = {now} + ?3
+                     WHERE id = 1 AND holder = ?1 AND token = ?2 AND expires_ms >= {now}"
+                ),
+                args![holder, token, ttl_ms],
+            )? > 0)
+        })
+    }
+
+    /// Ends the lease `holder` holds with `token` at once (a server stopping), so that another
+    /// takes over without waiting for it to run out.
+    pub fn release_lease(&self, holder: &str, token: i64) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE leader SET expires_ms = 0 WHERE id = 1 AND holder = ?1 AND token = ?2",
+                args![holder, token],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Who holds (or last held) the lease.
+    pub fn leader(&self) -> Result<Option<LeaderRow>, StoreError> {
+        let now = now_ms(self.db.dialect());
+        self.read(|c| {
+            c.query_opt(
+                &format!(
+                    "SELECT holder, api_url, token, expires_ms - {now} FROM leader WHERE id = 1"
+                ),
+                &[],
+            )?
+            .map(|r| {
+                Ok(LeaderRow {
+                    holder: r.get(0)?,
+                    api_url: r.get(1)?,
+                    token: r.get(2)?,
+                    expires_in_ms: r.get(3)?,
+                })
+            })
+            .transpose()
+        })
+    }
+
+    /// Reads the VMs from the database into the view again (a standby server follows what the
+    /// leader writes); says how many changed.
+    pub fn reload_view(&self) -> Result<usize, StoreError> {
+        let vms = self.read(|c| {
+            Ok(c.map(
+                &format!("SELECT {VM_COLUMNS} FROM vms ORDER BY name"),
+                &[],
+                vm_record,
+            )?)
+        })?;
+        Ok(self.view.replace_all(vms))
+    }
+}
+
 fn insert_event(tx: &dyn Conn, e: &EventRow) -> Result<i64, StoreError> {
     tx.value(
         r#"INSERT INTO events (time, type, severity, vm, host, provider, "user", args) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id"#,
@@ -1505,7 +1631,36 @@ mod tests {
         };
     }
 
+    fn one_server_holds_the_lease_and_each_holder_gets_a_larger_token(s: &Store) {
+        let a = s.acquire_lease("a", "https://a:8400", 300).unwrap();
+        assert_eq!(a, Some(1));
+        assert_eq!(
+            s.acquire_lease("b", "https://b:8400", 300).unwrap(),
+            None,
+            "a's lease runs"
+        );
+        assert!(s.renew_lease("a", 1, 300).unwrap());
+        let led = s.leader().unwrap().unwrap();
+        assert_eq!((led.holder.as_str(), led.token), ("a", 1));
+        assert!(led.expires_in_ms > 0 && led.expires_in_ms <= 300, "{led:?}");
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        assert!(!s.renew_lease("a", 1, 300).unwrap(), "a's lease ran out");
+        assert_eq!(
+            s.acquire_lease("b", "https://b:8400", 300).unwrap(),
+            Some(2)
+        );
+        assert!(!s.renew_lease("a", 1, 300).unwrap(), "b holds it now");
+        assert_eq!(s.leader().unwrap().unwrap().api_url, "https://b:8400");
+        // A server that stops hands the lease over at once.
+        s.release_lease("b", 2).unwrap();
+        assert_eq!(
+            s.acquire_lease("a", "https://a:8400", 300).unwrap(),
+            Some(3)
+        );
+    }
+
     on_both_backends!(
+        one_server_holds_the_lease_and_each_holder_gets_a_larger_token,
         providers_keep_one_default,
         what_hosts_say_of_themselves_is_written_in_order,
         hosts_keep_their_host_key_id,

@@ -137,6 +137,41 @@ impl VmView {
         drop(replaced);
     }
 
+    /// Holds exactly `records` from now on (a standby server following the database the leader
+    /// writes): a VM whose record is unchanged keeps its rendering, the others are rendered
+    /// anew, and VMs not among `records` leave the view. Says how many changed.
+    pub fn replace_all(&self, records: Vec<VmRecord>) -> usize {
+        let render = self.render.get();
+        let old = self.read().by_name.clone();
+        let mut changed = 0;
+        let mut cache = VmCache::default();
+        for v in records {
+            let kept = old.get(&v.name).filter(|s| s.record == v).cloned();
+            let stored = kept.unwrap_or_else(|| {
+                changed += 1;
+                let rendered = OnceLock::new();
+                if let Some(render) = render {
+                    let _ = rendered.set(render(&v));
+                }
+                Arc::new(StoredVm {
+                    record: v,
+                    rendered,
+                })
+            });
+            cache
+                .names
+                .insert(stored.record.id.clone(), stored.record.name.clone());
+            cache.by_name.insert(stored.record.name.clone(), stored);
+        }
+        changed += old
+            .keys()
+            .filter(|n| !cache.by_name.contains_key(*n))
+            .count();
+        let replaced = std::mem::replace(&mut *self.write(), cache);
+        drop(replaced);
+        changed
+    }
+
     /// Marks these states as not written yet.
     pub fn defer(&self, stored: &[Arc<StoredVm>]) {
         let mut deferred = self.deferred();
