@@ -17,7 +17,8 @@ use crate::host::Host;
 /// How the agent reaches the server.
 #[derive(Clone, Debug)]
 pub struct SessionConfig {
-    /// `host:port` of the server's agent endpoint.
+    /// `host:port` of the server's agent endpoint; several, separated by commas, for servers
+    /// that share one database (the agent connects to the one that leads).
     pub server: String,
     /// The name in the server's certificate.
     pub server_name: String,
@@ -43,8 +44,24 @@ impl std::fmt::Debug for Enrolment {
 
 /// Enrols this host with a server. `token` is what `tresor host token` printed:
 /// `<secret>.<sha-256 of the server's CA>`, so the agent knows the server before it sends the
-/// secret.
+/// secret. With several servers (separated by commas), the one that leads enrols it.
 pub async fn join(
+    server: &str,
+    server_name: &str,
+    token: &str,
+    host: &str,
+) -> Result<Enrolment, String> {
+    let mut last = String::from("No server address given");
+    for one in server.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match join_one(one, server_name, token, host).await {
+            Ok(e) => return Ok(e),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+async fn join_one(
     server: &str,
     server_name: &str,
     token: &str,
@@ -117,30 +134,58 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let servers: Vec<&str> = config
+        .server
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    // With several servers only the leader listens for agents: the agent goes round them, and
+    // waits a little only after a round in which none took it.
+    let max_backoff = if servers.len() > 1 {
+        config.max_backoff.min(Duration::from_secs(2))
+    } else {
+        config.max_backoff
+    };
+    let mut at = 0;
+    let mut failed_in_round = 0;
     let mut backoff = Duration::from_millis(250);
     // Work a session left running goes on; the next session reports and answers it.
     let mut work = Work::default();
     let mut snapshot = Snapshot::default();
     loop {
-        let attempt = session(&config, &host, &mut work, &mut snapshot);
+        let server = servers
+            .get(at % servers.len().max(1))
+            .copied()
+            .unwrap_or("");
+        let attempt = session(&config, server, &host, &mut work, &mut snapshot);
         tokio::select! {
             _ = &mut shutdown => return,
             result = attempt => {
                 crate::metrics::METRICS.set_connected(false);
                 match result {
                     Ok(()) => {
-                        tracing::warn!(server = %config.server, "the server closed the session");
+                        tracing::warn!(server, "the server closed the session");
                         backoff = Duration::from_millis(250);
+                        failed_in_round = 0;
                     }
-                    Err(e) => tracing::warn!(server = %config.server, error = %e, retry_in = ?backoff, "no session with the server"),
+                    Err(e) => {
+                        tracing::warn!(server, error = %e, "no session with the server");
+                        failed_in_round += 1;
+                    }
                 }
             }
         }
+        at += 1;
+        if servers.len() > 1 && failed_in_round < servers.len() {
+            continue;
+        }
+        failed_in_round = 0;
         tokio::select! {
             _ = &mut shutdown => return,
             _ = tokio::time::sleep(backoff) => {}
         }
-        backoff = (backoff * 2).min(config.max_backoff);
+        backoff = (backoff * 2).min(max_backoff);
     }
 }
 
@@ -247,6 +292,7 @@ async fn report<W: AsyncWriteExt + Unpin>(
 
 async fn session(
     config: &SessionConfig,
+    server: &str,
     host: &Arc<Mutex<Host>>,
     work: &mut Work,
     snapshot: &mut Snapshot,
@@ -258,7 +304,7 @@ async fn session(
         r.id = 0;
     }
     let busy = work.running.is_some();
-    let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&config.server))
+    let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(server))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
     let _ = tcp.set_nodelay(true);
@@ -295,7 +341,7 @@ async fn session(
     };
     send(&mut writer, &hello).await?;
     report(&mut writer, host, snapshot, work.running.as_ref()).await?;
-    tracing::info!(server = %config.server, "session with the server established");
+    tracing::info!(server, "session with the server established");
     crate::metrics::METRICS.set_connected(true);
     let mut decoder = FrameDecoder::default();
     let mut buf = vec![0u8; 64 * 1024];

@@ -67,11 +67,16 @@ pub struct Answer {
 /// The largest answer the client reads (the VM list of 40,000 VMs is about 20 MB).
 pub const MAX_ANSWER: usize = 1 << 30;
 
-/// A client for one server.
+/// A client for a server, or for several servers that share one database (one leads, the
+/// others stand by): it sends to one of them and moves to the next when that one cannot be
+/// reached, or to the leader when a standby names it.
 #[derive(Clone, Debug)]
 pub struct Client {
     http: reqwest::Client,
-    base: String,
+    /// The servers' URLs, as given.
+    bases: Arc<Vec<String>>,
+    /// The one requests go to now.
+    current: Arc<std::sync::atomic::AtomicUsize>,
     token: Option<Arc<Zeroizing<String>>>,
     seen: Arc<Mutex<Option<CertificateDer<'static>>>>,
 }
@@ -91,29 +96,51 @@ fn host_of(rest: &str) -> &str {
     authority.rsplit_once(':').map_or(authority, |(h, _)| h)
 }
 
-impl Client {
-    /// A client for the server at `server` (`https://host:port`, or `http://` on loopback).
-    pub fn new(server: &str, trust: Trust) -> Result<Client, ClientError> {
-        let base = server.trim_end_matches('/').to_owned();
-        let https = if let Some(rest) = base.strip_prefix("https://") {
-            if host_of(rest).is_empty() {
-                return Err(ClientError::BadUrl(server.into()));
-            }
-            true
-        } else if let Some(rest) = base.strip_prefix("http://") {
-            if !is_loopback(host_of(rest)) {
-                return Err(ClientError::PlainRemote(rest.into()));
-            }
-            false
-        } else {
+/// How long a write waits for a server to lead, when none does (a takeover).
+const LEADER_WAIT: Duration = Duration::from_secs(30);
+
+/// Checks one server's URL; whether it is HTTPS.
+fn check_url(base: &str, server: &str) -> Result<bool, ClientError> {
+    if let Some(rest) = base.strip_prefix("https://") {
+        if host_of(rest).is_empty() {
             return Err(ClientError::BadUrl(server.into()));
-        };
+        }
+        Ok(true)
+    } else if let Some(rest) = base.strip_prefix("http://") {
+        if !is_loopback(host_of(rest)) {
+            return Err(ClientError::PlainRemote(rest.into()));
+        }
+        Ok(false)
+    } else {
+        Err(ClientError::BadUrl(server.into()))
+    }
+}
+
+impl Client {
+    /// A client for the server at `server` (`https://host:port`, or `http://` on loopback), or
+    /// for the servers listed there, separated by commas (several servers on one database).
+    pub fn new(server: &str, trust: Trust) -> Result<Client, ClientError> {
+        let bases: Vec<String> = server
+            .split(',')
+            .map(|s| s.trim().trim_end_matches('/').to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if bases.is_empty() {
+            return Err(ClientError::BadUrl(server.into()));
+        }
+        let mut https = true;
+        for base in &bases {
+            https &= check_url(base, server)?;
+        }
         let seen = Arc::new(Mutex::new(None));
         let mut builder = reqwest::Client::builder()
             .no_proxy()
             .http1_only()
             .connect_timeout(Duration::from_secs(10))
-            .pool_idle_timeout(Duration::from_secs(30));
+            .pool_idle_timeout(Duration::from_secs(30))
+            // A standby's redirect is followed only to a server the client was given, and by
+            // the client itself (with its token): see `send_text`.
+            .redirect(reqwest::redirect::Policy::none());
         // HTTP has no use for TLS, but the HTTP client wants a configuration anyway (one that
         // is never used).
         let trust = if https { trust } else { Trust::Insecure };
@@ -138,7 +165,8 @@ impl Client {
             .map_err(|e| ClientError::Setup(format!("Cannot set up the HTTP client: {e}")))?;
         Ok(Client {
             http,
-            base,
+            bases: Arc::new(bases),
+            current: Arc::default(),
             token: None,
             seen,
         })
@@ -150,9 +178,15 @@ impl Client {
         self
     }
 
-    /// The server's URL, as given.
+    /// The URL of the server requests go to now, as given.
     pub fn server(&self) -> &str {
-        &self.base
+        &self.bases[self.current.load(std::sync::atomic::Ordering::Relaxed) % self.bases.len()]
+    }
+
+    /// Sends requests to the server at `index` of the list from now on.
+    fn switch_to(&self, index: usize) {
+        self.current
+            .store(index, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The fingerprint of the certificate the server presented on the last new connection.
@@ -166,7 +200,9 @@ impl Client {
     fn request(&self, method: &str, path: &str) -> Result<reqwest::RequestBuilder, ClientError> {
         let method = reqwest::Method::from_bytes(method.as_bytes())
             .map_err(|_| ClientError::Setup(format!("{method} is not an HTTP method")))?;
-        let mut r = self.http.request(method, format!("{}{path}", self.base));
+        let mut r = self
+            .http
+            .request(method, format!("{}{path}", self.server()));
         if let Some(t) = &self.token {
             r = r.bearer_auth(t.as_str());
         }
@@ -182,7 +218,7 @@ impl Client {
                 s.downcast_ref::<tresor_tls::rustls::Error>()
             {
                 return ClientError::Untrusted {
-                    server: self.base.clone(),
+                    server: self.server().to_owned(),
                     fingerprint: self
                         .presented_fingerprint()
                         .unwrap_or_else(|| "unknown".into()),
@@ -206,7 +242,7 @@ impl Client {
             s = inner.source();
         }
         ClientError::Unreachable {
-            server: self.base.clone(),
+            server: self.server().to_owned(),
             detail,
         }
     }
@@ -225,32 +261,75 @@ impl Client {
         })
     }
 
-    /// Sends a request; the status and the body as text.
+    /// Sends a request; the status and the body as text. With several servers: a request that
+    /// could not reach one (nothing was sent) goes to the next; a write a standby sends on
+    /// (307) goes to the leader it names, when that is one of the servers given; a write that
+    /// finds no leader (a takeover) is tried again for up to 30 s.
     pub async fn send_text(
         &self,
         method: &str,
         path: &str,
         body: Option<&Value>,
     ) -> Result<(u16, String), ClientError> {
-        let mut r = self.request(method, path)?;
-        if let Some(b) = body {
-            r = r.json(b);
+        let n = self.bases.len();
+        let started = std::time::Instant::now();
+        let mut unreachable = 0;
+        let mut redirects = 0;
+        loop {
+            let mut r = self.request(method, path)?;
+            if let Some(b) = body {
+                r = r.json(b);
+            }
+            let answer = match r.send().await {
+                Ok(a) => a,
+                Err(e) if n > 1 && e.is_connect() && unreachable + 1 < n => {
+                    unreachable += 1;
+                    self.switch_to(self.current.load(std::sync::atomic::Ordering::Relaxed) + 1);
+                    continue;
+                }
+                Err(e) => return Err(self.transport_error(e)),
+            };
+            let status = answer.status().as_u16();
+            let location = answer
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .map(str::to_owned);
+            let body = self.read_body(answer).await?;
+            let text = String::from_utf8(body).map_err(|e| ClientError::BadAnswer {
+                server: self.server().to_owned(),
+                detail: format!("the answer is not UTF-8 ({e})"),
+            })?;
+            if n > 1 && status == 307 && redirects < 3 {
+                let leader = location.as_deref().and_then(|l| {
+                    self.bases
+                        .iter()
+                        .position(|b| l.strip_prefix(b.as_str()) == Some(path))
+                });
+                if let Some(i) = leader {
+                    redirects += 1;
+                    self.switch_to(i);
+                    continue;
+                }
+            }
+            let no_leader = status == 503
+                && serde_json::from_str::<Value>(&text)
+                    .ok()
+                    .and_then(|v| v["error"]["code"].as_str().map(|c| c == "noLeader"))
+                    .unwrap_or(false);
+            if no_leader && started.elapsed() < LEADER_WAIT {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            return Ok((status, text));
         }
-        let answer = r.send().await.map_err(|e| self.transport_error(e))?;
-        let status = answer.status().as_u16();
-        let body = self.read_body(answer).await?;
-        let text = String::from_utf8(body).map_err(|e| ClientError::BadAnswer {
-            server: self.base.clone(),
-            detail: format!("the answer is not UTF-8 ({e})"),
-        })?;
-        Ok((status, text))
     }
 
     /// An answer's body, read into one buffer as it arrives (sized from its length when the
     /// server says it), at most [`MAX_ANSWER`] bytes.
     async fn read_body(&self, mut answer: reqwest::Response) -> Result<Vec<u8>, ClientError> {
         let bad = |detail: String| ClientError::BadAnswer {
-            server: self.base.clone(),
+            server: self.server().to_owned(),
             detail,
         };
         let announced = answer.content_length().unwrap_or(0);

@@ -69,11 +69,16 @@ pub enum ErrorCode {
     Storage,
     /// Something failed inside the server; its log says what.
     Internal,
+    /// This server stands by (another one leads): the answer's `Location` is the leader, which
+    /// takes the request.
+    NotLeader,
+    /// No server leads at the moment (one takes over within the lease's length); try again.
+    NoLeader,
 }
 
 impl ErrorCode {
     /// Every code, for documents and tests.
-    pub const ALL: [ErrorCode; 27] = [
+    pub const ALL: [ErrorCode; 29] = [
         ErrorCode::BadRequest,
         ErrorCode::BadName,
         ErrorCode::BadShape,
@@ -101,6 +106,8 @@ impl ErrorCode {
         ErrorCode::TooLarge,
         ErrorCode::Storage,
         ErrorCode::Internal,
+        ErrorCode::NotLeader,
+        ErrorCode::NoLeader,
     ];
 
     /// The HTTP status of an answer with this code.
@@ -118,7 +125,8 @@ impl ErrorCode {
             TooManyAttempts => 429,
             Storage | Internal => 500,
             ProviderUnreachable | ProviderRefused | ProviderError => 502,
-            HostUnavailable => 503,
+            HostUnavailable | NoLeader => 503,
+            NotLeader => 307,
         }
     }
 
@@ -153,6 +161,8 @@ impl ErrorCode {
             TooLarge => "tooLarge",
             Storage => "storage",
             Internal => "internal",
+            NotLeader => "notLeader",
+            NoLeader => "noLeader",
         }
     }
 }

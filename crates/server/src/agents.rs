@@ -112,6 +112,8 @@ pub enum HubError {
         "The agent of host {0} is too old to cancel work; upgrade it, or wait for the work to end"
     )]
     CannotCancel(String),
+    #[error("Nothing was sent to host {0}: this server no longer leads (its lease ran out); the leading server does this work")]
+    NotLeading(String),
 }
 
 struct Session {
@@ -190,7 +192,12 @@ pub struct AgentHub {
     timeout_ms: AtomicU64,
     /// The task whose work holds each host, as its last report said.
     working: Mutex<HashMap<String, String>>,
+    /// Whether this server may send hosts anything (it leads); always when unset.
+    fence: Mutex<Option<Fence>>,
 }
+
+/// Says whether this server leads now (see [`crate::lease`]).
+pub type Fence = Arc<dyn Fn() -> bool + Send + Sync>;
 
 impl std::fmt::Debug for AgentHub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -215,6 +222,7 @@ impl Default for AgentHub {
             timeout_ms: AtomicU64::new(120_000),
             working: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(1),
+            fence: Mutex::new(None),
         }
     }
 }
@@ -222,6 +230,22 @@ impl Default for AgentHub {
 impl AgentHub {
     pub fn new() -> Arc<AgentHub> {
         Arc::new(AgentHub::default())
+    }
+
+    /// Sends hosts nothing (no key, no command) unless `fence` says this server leads: a
+    /// server whose lease may have run out keeps still, while another may have taken over.
+    pub fn set_fence(&self, fence: Fence) {
+        if let Ok(mut f) = self.fence.lock() {
+            *f = Some(fence);
+        }
+    }
+
+    fn fenced(&self) -> bool {
+        self.fence
+            .lock()
+            .ok()
+            .and_then(|f| f.clone())
+            .is_some_and(|leads| !leads())
     }
 
     /// Lets agents without a certificate enrol with a join token.
@@ -375,6 +399,9 @@ impl AgentHub {
         task: Option<String>,
         watch: Arc<Watch>,
     ) -> Result<(Reply, u64), HubError> {
+        if self.fenced() {
+            return Err(HubError::NotLeading(host.to_owned()));
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply_tx, reply_rx) = oneshot::channel();
         let tx = self.session_of(host, |s| {

@@ -328,6 +328,17 @@ impl Engine {
         })
     }
 
+    /// Reads the registry from the store again: a standby server follows what the leader
+    /// registers, and takes the registry as it is when it takes over.
+    pub fn reload_registry(&self) {
+        if let Some(store) = &self.store {
+            match store.registrations() {
+                Ok(r) => self.state().registry = Registry::new(r),
+                Err(e) => tracing::error!(error = %e, "cannot read the registry again"),
+            }
+        }
+    }
+
     /// The registration of a VM.
     pub fn registration(&self, name: &str) -> Option<Registration> {
         self.state().registry.get(name).cloned()

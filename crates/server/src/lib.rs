@@ -26,6 +26,7 @@ pub mod console;
 pub mod engine;
 pub mod enrol;
 pub mod https;
+pub mod lease;
 pub mod metrics;
 pub mod providers;
 pub mod run;

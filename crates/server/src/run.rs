@@ -1,7 +1,7 @@
 //! Setting up and running the server: `tresor server init` and `tresor server`.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
 use tresor_tls::{CertKind, CertificateAuthority, ClientAuth};
@@ -85,6 +85,39 @@ pub struct ServerConfig {
     /// The file that holds the PostgreSQL user's password (relative to this file's folder).
     #[serde(default)]
     pub database_password_file: Option<PathBuf>,
+    /// Where the other servers on the same database send clients' writes while this one
+    /// leads: this server's API as clients reach it. From `api_listen` when unset.
+    #[serde(default)]
+    pub api_url: Option<String>,
+    /// Seconds a leader's lease lasts (servers on PostgreSQL): a standby takes over at most this
+    /// long after the leader is gone.
+    #[serde(default = "default_lease")]
+    pub lease_secs: u64,
+}
+
+fn default_lease() -> u64 {
+    10
+}
+
+impl ServerConfig {
+    /// This server's API as clients reach it (see `api_url`).
+    pub fn api_url(&self) -> String {
+        if let Some(url) = &self.api_url {
+            return url.trim_end_matches('/').to_owned();
+        }
+        let scheme = if self.api_plain_http { "http" } else { "https" };
+        let (host, port) = self
+            .api_listen
+            .rsplit_once(':')
+            .unwrap_or((self.api_listen.as_str(), "8400"));
+        let host = match host {
+            "0.0.0.0" | "[::]" | "::" | "" => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "localhost".into()),
+            h => h.to_owned(),
+        };
+        format!("{scheme}://{host}:{port}")
+    }
 }
 
 /// A PostgreSQL database for the server (`tresor server init --database`).
@@ -369,6 +402,14 @@ pub async fn serve(
         })?,
     );
     seed_roles(&store).map_err(setup("Cannot update the roles"))?;
+    // Servers sharing a PostgreSQL database take turns leading; a server alone on SQLite leads.
+    let leadership = (store.dialect() == tresor_db::Dialect::Postgres).then(|| {
+        crate::lease::Leadership::new(
+            store.clone(),
+            &config.api_url(),
+            std::time::Duration::from_secs(config.lease_secs.max(1)),
+        )
+    });
     let ca_pem =
         std::fs::read_to_string(dir.join("ca.pem")).map_err(setup("Cannot read ca.pem"))?;
     let ca_key = zeroize::Zeroizing::new(
@@ -393,6 +434,10 @@ pub async fn serve(
     hub.set_timeout(std::time::Duration::from_secs(
         config.agent_timeout_secs.max(1),
     ));
+    if let Some(l) = &leadership {
+        let l = l.clone();
+        hub.set_fence(Arc::new(move || l.leads()));
+    }
     let enroller =
         Arc::new(Enroller::new(store.clone(), ca).map_err(setup("Cannot set up enrolment"))?);
     hub.set_join_authority(enroller.clone());
@@ -420,12 +465,6 @@ pub async fn serve(
         crate::service::settings::unlock_policy(&store)
             .map_err(setup("Cannot read the unlock policy"))?,
     );
-    let agents = tokio::net::TcpListener::bind(&config.agent_listen)
-        .await
-        .map_err(setup(&format!(
-            "Cannot listen on {} for agents",
-            config.agent_listen
-        )))?;
     let api = tokio::net::TcpListener::bind(&config.api_listen)
         .await
         .map_err(setup(&format!(
@@ -435,7 +474,7 @@ pub async fn serve(
     if api_tls.is_none() {
         refuse_remote_plain_http(&config, &api)?;
     }
-    tracing::info!(api = %config.api_listen, agents = %config.agent_listen, "server listening");
+    tracing::info!(api = %config.api_listen, "server listening");
     let state = AppState {
         store: store.clone(),
         engine: engine.clone(),
@@ -446,13 +485,14 @@ pub async fn serve(
         logins: Arc::new(crate::accounts::LoginGuard::new(config.token_ttl_secs)),
         tasks: crate::tasks::Tasks::new(store.clone()),
     };
-    // Tasks a previous run left: disk work is followed on its host again.
-    match crate::service::tasks::resume_all(&state) {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(tasks = n, "taking up the tasks the server was stopped in"),
-        Err(e) => tracing::error!(error = %e, "cannot take up the unfinished tasks"),
-    }
     let app = router(state.clone());
+    let app = match &leadership {
+        Some(l) => app.layer(axum::middleware::from_fn_with_state(
+            l.clone(),
+            crate::api::standby,
+        )),
+        None => app,
+    };
     let observed: Arc<dyn tresor_ops::Observed> = Arc::new(crate::metrics::Observed {
         cx: state.clone(),
         data_dir: dir.clone(),
@@ -486,11 +526,6 @@ pub async fn serve(
         }
         None => None,
     };
-    let hub_task = tokio::spawn(hub.serve(agents, tokio_rustls::TlsAcceptor::from(tls)));
-    let engine_task = tokio::spawn(engine.run());
-    let probe_task = tokio::spawn(providers.run(std::time::Duration::from_secs(
-        config.provider_probe_secs.max(1),
-    )));
     // The API has threads of its own: during a storm the engine and the agent sessions keep the
     // main runtime's workers busy, and an operator's request should not queue behind them.
     let api_runtime = tokio::runtime::Builder::new_multi_thread()
@@ -502,6 +537,22 @@ pub async fn serve(
     let api = api
         .into_std()
         .map_err(setup("Cannot hand over the API socket"))?;
+    // The API stops when asked to, or when this server stops leading.
+    let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<crate::lease::LeaseLost>();
+    let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
+    let lost = Arc::new(Mutex::new(None));
+    let shutdown = {
+        let lost = lost.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown => {}
+                Ok(why) = lost_rx => {
+                    *lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                }
+            }
+            let _ = stopping_tx.send(true);
+        }
+    };
     let served = api_runtime.spawn(async move {
         let api = tokio::net::TcpListener::from_std(api)?;
         // Each connection's address, for the sign-in limits.
@@ -519,21 +570,115 @@ pub async fn serve(
             None => axum::serve(api, app).with_graceful_shutdown(shutdown).await,
         }
     });
+    // Standing by until this server leads (at once when it is alone on SQLite), then the work
+    // only the leader does.
+    let mut stopping = stopping_rx;
+    let leading = async {
+        if let Some(l) = &leadership {
+            let follower = tokio::spawn(follow(store.clone(), engine.clone()));
+            let token = l.acquire().await;
+            follower.abort();
+            take_over(&state, &providers)?;
+            let l = l.clone();
+            tokio::spawn(async move {
+                let why = l.keep(token).await;
+                let _ = lost_tx.send(why);
+            });
+        }
+        let agents = tokio::net::TcpListener::bind(&config.agent_listen)
+            .await
+            .map_err(setup(&format!(
+                "Cannot listen on {} for agents",
+                config.agent_listen
+            )))?;
+        tracing::info!(agents = %config.agent_listen, "listening for agents");
+        // Tasks a previous leader left: disk work is followed on its host again.
+        match crate::service::tasks::resume_all(&state) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(tasks = n, "taking up the tasks the server was stopped in"),
+            Err(e) => tracing::error!(error = %e, "cannot take up the unfinished tasks"),
+        }
+        Ok::<_, RunError>([
+            tokio::spawn(
+                hub.clone()
+                    .serve(agents, tokio_rustls::TlsAcceptor::from(tls)),
+            ),
+            tokio::spawn(engine.clone().run()),
+            tokio::spawn(providers.clone().run(std::time::Duration::from_secs(
+                config.provider_probe_secs.max(1),
+            ))),
+        ])
+    };
+    let work = tokio::select! {
+        w = leading => Some(w),
+        _ = stopping.wait_for(|s| *s) => None,
+    };
+    let work = match work {
+        Some(Ok(w)) => w.into_iter().collect(),
+        Some(Err(e)) => {
+            api_runtime.shutdown_background();
+            return Err(e);
+        }
+        None => Vec::new(),
+    };
     let result = served
         .await
         .unwrap_or_else(|e| Err(std::io::Error::other(e)));
     api_runtime.shutdown_background();
-    hub_task.abort();
-    engine_task.abort();
-    for t in [metrics_task, syslog_task].into_iter().flatten() {
+    for t in work
+        .into_iter()
+        .chain([metrics_task, syslog_task].into_iter().flatten())
+    {
         t.abort();
     }
-    probe_task.abort();
-    // The VM states the engine took last.
-    if let Err(e) = store.write_deferred() {
-        tracing::error!(error = %e, "cannot store the VMs' last states");
+    if let Some(why) = lost.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        // What this server holds in memory may be older than what the new leader writes: it
+        // writes nothing more, and ends.
+        return Err(RunError::Setup(format!(
+            "This server stopped leading ({why}); it ends so that its process manager starts it again, as a standby"
+        )));
+    }
+    if leadership.as_ref().is_none_or(|l| l.leads()) {
+        // The VM states the engine took last.
+        if let Err(e) = store.write_deferred() {
+            tracing::error!(error = %e, "cannot store the VMs' last states");
+        }
+    }
+    if let Some(l) = &leadership {
+        // Another server takes over at once.
+        if let Err(e) = l.release() {
+            tracing::warn!(error = %e, "cannot hand the lease over; another server takes over when it runs out");
+        }
     }
     result.map_err(setup("The API server failed"))
+}
+
+/// A standby follows what the leader writes: the VMs and the registry, every second.
+async fn follow(store: Arc<Store>, engine: Arc<Engine>) {
+    loop {
+        if let Err(e) = store.reload_view() {
+            tracing::warn!(error = %e, "cannot read the VMs the leader wrote");
+        }
+        engine.reload_registry();
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// A standby that becomes the leader takes everything as the last leader left it.
+fn take_over(state: &AppState, providers: &Providers) -> Result<(), RunError> {
+    state
+        .store
+        .reload_view()
+        .map_err(setup("Cannot read the VMs"))?;
+    state.engine.reload_registry();
+    providers
+        .load()
+        .map_err(setup("Cannot read the providers"))?;
+    state.engine.set_policy(
+        crate::service::settings::unlock_policy(&state.store)
+            .map_err(setup("Cannot read the unlock policy"))?,
+    );
+    Ok(())
 }
 
 fn leaf_fingerprint(chain: &Path) -> Result<String, RunError> {

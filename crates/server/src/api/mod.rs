@@ -35,6 +35,49 @@ use crate::service::{Caller, ServiceError};
 /// decides and one JSON shape: `{"error": {"code", "message", "messages": {"en", "de"}}}`.
 pub type ApiError = ServiceError;
 
+/// In front of a server that shares its database with others: while another server leads,
+/// reads are answered here and writes are sent to the leader (307, its address in `Location`,
+/// with the API's error shape saying so); while no server leads, writes are refused (503).
+pub async fn standby(
+    axum::extract::State(leadership): axum::extract::State<
+        std::sync::Arc<crate::lease::Leadership>,
+    >,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use axum::http::Method;
+    if leadership.leads() || matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return next.run(req).await;
+    }
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    match leadership.leader_url() {
+        Some(leader) => {
+            let mut answer = ApiError::new(
+                ErrorCode::NotLeader,
+                format!(
+                    "This server stands by; the server that leads, {leader}, takes writes. Send the request there (tresor does when its server list names both)"
+                ),
+            )
+            .into_response();
+            if let Ok(location) = axum::http::HeaderValue::from_str(&format!("{leader}{path}")) {
+                answer
+                    .headers_mut()
+                    .insert(axum::http::header::LOCATION, location);
+            }
+            answer
+        }
+        None => ApiError::new(
+            ErrorCode::NoLeader,
+            "No server leads at the moment (a standby takes over when the last leader's lease runs out); try again in a few seconds",
+        )
+        .into_response(),
+    }
+}
+
 /// The HTTP status of an error, which its code decides.
 pub fn status_of(e: &ApiError) -> StatusCode {
     StatusCode::from_u16(e.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
