@@ -47,6 +47,54 @@ pub struct DevArgs {
     /// The file that holds the PostgreSQL user's password.
     #[arg(long, requires = "database")]
     database_password_file: Option<PathBuf>,
+    /// How many servers to run on the database (with --database): one leads, the others
+    /// stand by; each has an API port and an agent port of its own after the key server's.
+    #[arg(long, default_value_t = 1, requires = "database")]
+    servers: u16,
+    /// Seconds a leading server's lease lasts (the servers' lease_secs; default 10).
+    #[arg(long)]
+    lease_secs: Option<u64>,
+}
+
+/// The API and agent ports of server `i` (1-based): the first has `--port` and the one after;
+/// the others come after the key server's port.
+fn server_ports(port: u16, i: u16) -> (u16, u16) {
+    match i {
+        1 => (port, port + 1),
+        i => (port + 3 + 2 * (i - 2), port + 4 + 2 * (i - 2)),
+    }
+}
+
+/// A standby server beside the first: its folder holds the first's CA, certificates and
+/// configuration (the same database), with ports of its own.
+fn standby_server(first: &Path, dir: &Path, api: u16, agents: u16) -> Result<(), CliError> {
+    let io = |e: std::io::Error| CliError::msg(format!("Cannot set up {}: {e}", dir.display()));
+    if !dir.join("server.toml").exists() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(io)?;
+        for f in [
+            "ca.pem",
+            "ca.key",
+            "agent-endpoint.pem",
+            "agent-endpoint.key",
+            "api.pem",
+            "api.key",
+            "server.toml",
+        ] {
+            std::fs::copy(first.join(f), dir.join(f)).map_err(io)?;
+        }
+    }
+    let config = dir.join("server.toml");
+    let text = std::fs::read_to_string(&config).map_err(io)?;
+    let text = with_top_level(&text, "api_listen", Some(&format!("\"127.0.0.1:{api}\"")));
+    let text = with_top_level(
+        &text,
+        "agent_listen",
+        Some(&format!("\"127.0.0.1:{agents}\"")),
+    );
+    let text = with_top_level(&text, "metrics_listen", None);
+    std::fs::write(&config, text).map_err(io)
 }
 
 /// A configuration's text without its `[name]` table, then with it holding `body` when given.
@@ -153,6 +201,16 @@ pub fn run(args: DevArgs) -> Result<(), CliError> {
     std::fs::create_dir_all(&data)
         .map_err(|e| CliError::msg(format!("Cannot create {}: {e}", data.display())))?;
     let (api, agents, kms_port) = (args.port, args.port + 1, args.port + 2);
+    if args.servers > 1 && args.database.is_none() {
+        return Err(CliError::msg(
+            "--servers needs --database: servers share one PostgreSQL database",
+        ));
+    }
+    let servers = args.servers.max(1);
+    let agent_endpoints = (1..=servers)
+        .map(|i| format!("127.0.0.1:{}", server_ports(args.port, i).1))
+        .collect::<Vec<_>>()
+        .join(",");
     let kms_dir = data.join("kms");
     let server_dir = data.join("server");
     let logs = data.join("logs");
@@ -223,6 +281,9 @@ pub fn run(args: DevArgs) -> Result<(), CliError> {
     let text = with_table(&text, "syslog", syslog.as_deref());
     let timeout = args.agent_timeout.map(|t| t.to_string());
     let text = with_top_level(&text, "agent_timeout_secs", timeout.as_deref());
+    let lease = args.lease_secs.map(|t| t.to_string());
+    let text = with_top_level(&text, "lease_secs", lease.as_deref());
+    let text = with_top_level(&text, "api_url", Some(&format!("\"{api_url}\"")));
     std::fs::write(&server_toml, text)
         .map_err(|e| CliError::msg(format!("Cannot write {}: {e}", server_toml.display())))?;
     let mut children = Children(Vec::new());
@@ -251,6 +312,30 @@ pub fn run(args: DevArgs) -> Result<(), CliError> {
         &server_log,
     )?;
     wait_port(api, "The server", &server_log)?;
+    let mut api_urls = vec![api_url.clone()];
+    for i in 2..=servers {
+        let (api_i, agents_i) = server_ports(args.port, i);
+        let dir = data.join(format!("server-{i}"));
+        standby_server(&server_dir, &dir, api_i, agents_i)?;
+        let config = dir.join("server.toml");
+        let url = format!("https://127.0.0.1:{api_i}");
+        let text = std::fs::read_to_string(&config)
+            .map_err(|e| CliError::msg(format!("Cannot read {}: {e}", config.display())))?;
+        std::fs::write(
+            &config,
+            with_top_level(&text, "api_url", Some(&format!("\"{url}\""))),
+        )
+        .map_err(|e| CliError::msg(format!("Cannot write {}: {e}", config.display())))?;
+        let log = logs.join(format!("server-{i}.log"));
+        spawn(
+            &mut children,
+            &format!("server-{i}"),
+            &["server", "--config", &config.display().to_string()],
+            &log,
+        )?;
+        wait_port(api_i, &format!("Server {i}"), &log)?;
+        api_urls.push(url);
+    }
     for i in 1..=args.hosts.max(1) {
         let name = format!("host-{i}");
         let dir = data.join(&name);
@@ -316,7 +401,9 @@ pub fn run(args: DevArgs) -> Result<(), CliError> {
         let text: String = text
             .lines()
             .map(|l| {
-                if l.starts_with("runtime = ") {
+                if l.starts_with("server = ") {
+                    format!("server = {agent_endpoints:?}")
+                } else if l.starts_with("runtime = ") {
                     format!("runtime = {:?}", args.runtime)
                 } else if l.starts_with("accel = ") {
                     format!("accel = {:?}", args.accel)
@@ -366,6 +453,13 @@ pub fn run(args: DevArgs) -> Result<(), CliError> {
     println!("Tresor is running (data in {}).", data.display());
     println!("  console      {api_url}/   (sign in with the admin token; the certificate is issued by the CA below)");
     println!("  API          {api_url}/api/v1   (described at /api/v1/openapi.json)");
+    if servers > 1 {
+        println!(
+            "  servers      {}   (one leads, the others stand by; give tresor all of them: TRESOR_SERVER={})",
+            api_urls.join(", "),
+            api_urls.join(",")
+        );
+    }
     println!("  server CA    {}", ca_file.display());
     println!(
         "  admin token  {}   (also in {})",

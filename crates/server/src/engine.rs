@@ -260,6 +260,10 @@ pub struct EngineConfig {
     /// provider), and how often a provider that locked VMs depend on is probed.
     pub locked_recheck: Duration,
     pub provider_watch: Duration,
+    /// Writes the record of a key push to the database as soon as the host answers it, not
+    /// with the next pass: with several servers, another may lead a moment later, and what
+    /// was pushed must be on record before.
+    pub record_pushes_at_once: bool,
 }
 
 impl Default for EngineConfig {
@@ -274,6 +278,7 @@ impl Default for EngineConfig {
             answer_fresh: Duration::from_secs(5),
             locked_recheck: Duration::from_secs(15),
             provider_watch: Duration::from_secs(5),
+            record_pushes_at_once: false,
         }
     }
 }
@@ -1370,58 +1375,62 @@ impl Engine {
             _ => String::new(),
         };
         let mut alarms = Vec::new();
-        let mut st = self.state();
-        for (vm, vm_keys) in batch {
-            let mut failed_before = false;
-            let mut by = None;
-            if let Some(v) = st.vms.get_mut(vm) {
-                by = v.unlock_by.clone();
-                failed_before = v.push_failed;
-                v.push_failed = !ok;
-                if ok {
-                    v.pushed_seq = reply_seq;
-                    // Until the host reports again, count the keys as there.
-                    for hk in Arc::make_mut(&mut v.report)
-                        .keys
-                        .iter_mut()
-                        .filter(|hk| vm_keys.contains(&hk.key))
-                    {
-                        hk.on_host = true;
+        {
+            let mut st = self.state();
+            for (vm, vm_keys) in batch {
+                let mut failed_before = false;
+                let mut by = None;
+                if let Some(v) = st.vms.get_mut(vm) {
+                    by = v.unlock_by.clone();
+                    failed_before = v.push_failed;
+                    v.push_failed = !ok;
+                    if ok {
+                        v.pushed_seq = reply_seq;
+                        // Until the host reports again, count the keys as there.
+                        for hk in Arc::make_mut(&mut v.report)
+                            .keys
+                            .iter_mut()
+                            .filter(|hk| vm_keys.contains(&hk.key))
+                        {
+                            hk.on_host = true;
+                        }
+                        // Written with the verdict this changes, in the next pass.
                     }
-                    // Written with the verdict this changes, in the next pass.
+                    st.dirty.insert(vm.clone());
                 }
-                st.dirty.insert(vm.clone());
-            }
-            // A failed push is an alarm on the VM until a push succeeds.
-            let object = format!("vm:{vm}");
-            if ok && failed_before {
-                alarms.push(AlarmChange::Clear {
-                    kind: "key.push.failed",
-                    object,
-                });
-            } else if !ok {
-                alarms.push(AlarmChange::Raise {
-                    kind: "key.push.failed",
-                    object,
-                    reason: format!("keys could not be sent to host {host}: {error}"),
-                });
-            }
-            let cause = by
-                .clone()
-                .unwrap_or_else(|| "the automatic unlock policy".to_owned());
-            for k in vm_keys {
-                let mut args = vec![
-                    ("key".to_owned(), k.key_id.clone()),
-                    ("host".to_owned(), host.to_owned()),
-                    ("by".to_owned(), cause.clone()),
-                ];
-                if !ok {
-                    args.push(("error".to_owned(), error.clone()));
+                // A failed push is an alarm on the VM until a push succeeds.
+                let object = format!("vm:{vm}");
+                if ok && failed_before {
+                    alarms.push(AlarmChange::Clear {
+                        kind: "key.push.failed",
+                        object,
+                    });
+                } else if !ok {
+                    alarms.push(AlarmChange::Raise {
+                        kind: "key.push.failed",
+                        object,
+                        reason: format!("keys could not be sent to host {host}: {error}"),
+                    });
                 }
-                self.record_by(&mut st, event, Some(vm), Some(host), by.as_deref(), args);
+                let cause = by
+                    .clone()
+                    .unwrap_or_else(|| "the automatic unlock policy".to_owned());
+                for k in vm_keys {
+                    let mut args = vec![
+                        ("key".to_owned(), k.key_id.clone()),
+                        ("host".to_owned(), host.to_owned()),
+                        ("by".to_owned(), cause.clone()),
+                    ];
+                    if !ok {
+                        args.push(("error".to_owned(), error.clone()));
+                    }
+                    self.record_by(&mut st, event, Some(vm), Some(host), by.as_deref(), args);
+                }
             }
         }
-        drop(st);
+        if config.record_pushes_at_once {
+            self.flush(Vec::new(), Vec::new()).await;
+        }
         if let (Some(store), false) = (&self.store, alarms.is_empty()) {
             if let Err(e) = store.change_alarms(&alarms, crate::enrol::now()) {
                 tracing::error!(error = %e, "cannot store an alarm");

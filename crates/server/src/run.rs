@@ -457,6 +457,7 @@ pub async fn serve(
         EngineConfig {
             tick: std::time::Duration::from_millis(config.engine_tick_ms.max(50)),
             locked_recheck: std::time::Duration::from_secs(config.locked_recheck_secs.max(1)),
+            record_pushes_at_once: leadership.is_some(),
             ..EngineConfig::default()
         },
         Some(store.clone()),

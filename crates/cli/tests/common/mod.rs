@@ -40,9 +40,14 @@ pub fn free_port() -> u16 {
 
 /// The first of three consecutive free local ports (what `tresor dev --port` uses).
 pub fn free_ports() -> u16 {
+    free_port_block(3)
+}
+
+/// The first of `n` consecutive free local ports.
+pub fn free_port_block(n: u16) -> u16 {
     loop {
         let p = free_port();
-        if p < 65000 && (1..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
+        if p < 65000 && (1..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
             return p;
         }
     }
@@ -118,6 +123,8 @@ pub struct Dev {
     pub token: String,
     /// The agents' runtime: `qemu` or `libvirt`.
     pub runtime: String,
+    /// The servers' API URLs (more than one with `--servers`); the client is given them all.
+    pub servers: Vec<String>,
     /// Declared last: stopped before the folder goes.
     _proc: Proc,
 }
@@ -151,7 +158,10 @@ impl Dev {
             .args(["dev", "--hosts", &hosts.to_string(), "--data"])
             .arg(dir.path())
             .args(["--port", &port.to_string()]);
-        if server_on_postgres() && !dir.path().join("server/server.toml").exists() {
+        if server_on_postgres()
+            && !more.contains(&"--database")
+            && !dir.path().join("server/server.toml").exists()
+        {
             command.args(postgres_database());
         }
         let mut child = command
@@ -195,13 +205,39 @@ impl Dev {
             .and_then(|i| more.get(i + 1))
             .unwrap_or(&"qemu")
             .to_string();
+        let count: u16 = more
+            .iter()
+            .position(|a| *a == "--servers")
+            .and_then(|i| more.get(i + 1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1);
+        let servers = (1..=count)
+            .map(|i| match i {
+                1 => format!("https://127.0.0.1:{port}"),
+                i => format!("https://127.0.0.1:{}", port + 3 + 2 * (i - 2)),
+            })
+            .collect();
         Dev {
             dir,
             port,
             token,
             runtime,
+            servers,
             _proc: proc,
         }
+    }
+
+    /// Starts `tresor dev` with `servers` servers on a PostgreSQL database of the test cluster,
+    /// their leases lasting `lease_secs`.
+    pub fn start_servers(hosts: u32, servers: u16, lease_secs: u64, more: &[&str]) -> Dev {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port_block(3 + 2 * (servers - 1));
+        let database = postgres_database();
+        let (count, lease) = (servers.to_string(), lease_secs.to_string());
+        let mut args: Vec<&str> = database.iter().map(String::as_str).collect();
+        args.extend(["--servers", &count, "--lease-secs", &lease]);
+        args.extend(more);
+        Dev::start_in(dir, port, hosts, &args)
     }
 
     /// The API's URL.
@@ -297,7 +333,7 @@ impl Dev {
     fn command(&self, token: &str, args: &[&str]) -> std::process::Command {
         let mut c = std::process::Command::new(TRESOR);
         c.args(args)
-            .env("TRESOR_SERVER", self.url())
+            .env("TRESOR_SERVER", self.servers.join(","))
             .env("TRESOR_CA", self.ca())
             .env("TRESOR_TOKEN", token);
         c
@@ -324,7 +360,7 @@ impl Dev {
         use std::io::Write as _;
         let mut child = std::process::Command::new(TRESOR)
             .args(args)
-            .env("TRESOR_SERVER", self.url())
+            .env("TRESOR_SERVER", self.servers.join(","))
             .env("TRESOR_CA", self.ca())
             .env_remove("TRESOR_TOKEN")
             .env("TRESOR_CONFIG_DIR", config_dir)
