@@ -125,6 +125,9 @@ struct State {
     unwritten_alarms: Vec<AlarmChange>,
     /// When the providers locked VMs wait for were last probed.
     last_watch: Option<Instant>,
+    /// Key pushes an earlier leader sent and did not see to their end, by host: settled when
+    /// the host is seen to hold their keys, or lost when this leader pushes them itself.
+    earlier_pushes: Vec<(String, crate::store::PushIntent)>,
 }
 
 /// A VM a host reports that the registry does not hold, or holds otherwise: shown, never
@@ -260,9 +263,10 @@ pub struct EngineConfig {
     /// provider), and how often a provider that locked VMs depend on is probed.
     pub locked_recheck: Duration,
     pub provider_watch: Duration,
-    /// Writes the record of a key push to the database as soon as the host answers it, not
-    /// with the next pass: with several servers, another may lead a moment later, and what
-    /// was pushed must be on record before.
+    /// Writes each key push to the database before the keys leave, fenced by the leader's
+    /// token (see [`Engine::set_fencing_token`]), and settles it with its event when the host
+    /// answers: with several servers, another may lead a moment later, and a push must be on
+    /// record once, whoever sees its end.
     pub record_pushes_at_once: bool,
 }
 
@@ -293,6 +297,8 @@ pub struct Engine {
     last_write: Mutex<Option<Instant>>,
     /// When the last pass ended (readiness).
     last_pass: Mutex<Option<Instant>>,
+    /// The fencing token of this server's lease, when servers share the database.
+    token: Mutex<Option<i64>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -330,7 +336,143 @@ impl Engine {
             }),
             last_write: Mutex::new(None),
             last_pass: Mutex::new(None),
+            token: Mutex::new(None),
         })
+    }
+
+    /// The fencing token of the lease this server leads with: key pushes are written with it
+    /// before they leave, and refused by the database once another server holds the lease.
+    pub fn set_fencing_token(&self, token: i64) {
+        *self.token.lock().unwrap_or_else(|p| p.into_inner()) = Some(token);
+    }
+
+    fn fencing_token(&self) -> Option<i64> {
+        *self.token.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Settles the pushes to `host` that an earlier leader did not see to their end, by what
+    /// the host holds now: a push whose keys are there is recorded (once), the others are lost
+    /// (and pushed again by this leader when the VMs need them).
+    async fn settle_earlier_pushes(self: Arc<Self>, host: String, keys_held: Vec<KeyRef>) {
+        let (Some(store), Some(token)) = (self.store.clone(), self.fencing_token()) else {
+            return;
+        };
+        let h = host.clone();
+        let read = store.clone();
+        let intents = match tokio::task::spawn_blocking(move || read.unsettled_pushes(&h, token))
+            .await
+        {
+            Ok(Ok(i)) if !i.is_empty() => i,
+            Ok(Ok(_)) => return,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, host, "cannot read the key pushes an earlier leader left");
+                return;
+            }
+            Err(_) => return,
+        };
+        let mut settled = Vec::new();
+        let mut rows = Vec::new();
+        {
+            let mut st = self.state();
+            for i in intents {
+                let arrived = i.keys.iter().all(|k| keys_held.contains(k));
+                if !arrived {
+                    // It may still arrive (the host is busy with it): watched in the passes.
+                    st.earlier_pushes.push((host.clone(), i));
+                    continue;
+                }
+                settled.push((i.id, "done"));
+                for k in &i.keys {
+                    let args = vec![
+                        ("key".to_owned(), k.key_id.clone()),
+                        ("host".to_owned(), host.clone()),
+                        (
+                            "by".to_owned(),
+                            format!("the server that led before (fencing token {})", i.token),
+                        ),
+                    ];
+                    rows.extend(self.record_row(
+                        &mut st,
+                        tresor_core::events::KEY_PUSHED,
+                        Some(&i.vm),
+                        Some(&host),
+                        None,
+                        args,
+                    ));
+                }
+            }
+        }
+        tracing::info!(
+            host,
+            pushes = settled.len(),
+            "settled the key pushes an earlier leader left"
+        );
+        let result = tokio::task::spawn_blocking(move || {
+            let settled: Vec<(i64, &str)> = settled.iter().map(|(i, s)| (*i, *s)).collect();
+            store.settle_pushes(&settled, &rows)
+        })
+        .await;
+        if let Ok(Err(e)) = result {
+            tracing::error!(error = %e, "cannot settle the key pushes an earlier leader left");
+        }
+    }
+
+    /// Settles the earlier leader's pushes whose keys the hosts now report to hold.
+    async fn settle_observed_pushes(&self) {
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        let mut settled = Vec::new();
+        let mut rows = Vec::new();
+        {
+            let mut st = self.state();
+            if st.earlier_pushes.is_empty() {
+                return;
+            }
+            let pending = std::mem::take(&mut st.earlier_pushes);
+            for (host, i) in pending {
+                let arrived = st.vms.get(&i.vm).is_some_and(|v| {
+                    v.host == host
+                        && i.keys
+                            .iter()
+                            .all(|k| v.report.keys.iter().any(|hk| &hk.key == k && hk.on_host))
+                });
+                if !arrived {
+                    st.earlier_pushes.push((host, i));
+                    continue;
+                }
+                settled.push((i.id, "done"));
+                for k in &i.keys {
+                    let args = vec![
+                        ("key".to_owned(), k.key_id.clone()),
+                        ("host".to_owned(), host.clone()),
+                        (
+                            "by".to_owned(),
+                            format!("the server that led before (fencing token {})", i.token),
+                        ),
+                    ];
+                    rows.extend(self.record_row(
+                        &mut st,
+                        tresor_core::events::KEY_PUSHED,
+                        Some(&i.vm),
+                        Some(&host),
+                        None,
+                        args,
+                    ));
+                }
+            }
+        }
+        if settled.is_empty() {
+            return;
+        }
+        let result = tokio::task::spawn_blocking(move || {
+            let settled: Vec<(i64, &str)> = settled.iter().map(|(i, s)| (*i, *s)).collect();
+            store.settle_pushes(&settled, &rows)
+        })
+        .await;
+        if let Ok(Err(e)) = result {
+            tracing::error!(error = %e, "cannot settle the key pushes an earlier leader left");
+        }
     }
 
     /// Reads the registry from the store again: a standby server follows what the leader
@@ -516,6 +658,23 @@ impl Engine {
         user: Option<&str>,
         args: Vec<(String, String)>,
     ) {
+        if let Some(row) = self.record_row(st, event, vm, host, user, args) {
+            // Written in batches by `flush_events`, one transaction for a pass's events.
+            st.unwritten.push(row);
+        }
+    }
+
+    /// Records an event in memory (and the log); its row for the store, which the caller
+    /// writes.
+    fn record_row(
+        &self,
+        st: &mut State,
+        event: EventType,
+        vm: Option<&str>,
+        host: Option<&str>,
+        user: Option<&str>,
+        args: Vec<(String, String)>,
+    ) -> Option<EventRow> {
         st.next_event += 1;
         let record = EventRecord {
             id: st.next_event,
@@ -526,27 +685,24 @@ impl Engine {
             args,
         };
         tracing::info!(event = event.id, vm, host, "{}", record.message(Lang::En));
-        if self.store.is_some() {
-            let row = EventRow {
-                id: 0,
-                time: crate::enrol::now(),
-                event_type: event.id.into(),
-                severity: event.severity.as_str().to_owned(),
-                vm: record.vm.clone(),
-                host: record.host.clone(),
-                provider: None,
-                user: user.map(str::to_owned),
-                args: record.args.clone(),
-            };
-            // Written in batches by `flush_events`, one transaction for a pass's events.
-            st.unwritten.push(row);
-        }
+        let row = self.store.is_some().then(|| EventRow {
+            id: 0,
+            time: crate::enrol::now(),
+            event_type: event.id.into(),
+            severity: event.severity.as_str().to_owned(),
+            vm: record.vm.clone(),
+            host: record.host.clone(),
+            provider: None,
+            user: user.map(str::to_owned),
+            args: record.args.clone(),
+        });
         st.events.push(record);
         // The recent ones in memory; the store has them all.
         if st.events.len() > MEMORY_EVENTS {
             let excess = st.events.len() - MEMORY_EVENTS / 2;
             st.events.drain(..excess);
         }
+        row
     }
 
     /// Stores the events recorded since the last flush, then `vms` and `alarms`, on a thread
@@ -899,6 +1055,7 @@ impl Engine {
         let config = self.config();
         self.check_down_providers(&config).await;
         self.watch_providers(&config).await;
+        self.settle_observed_pushes().await;
         // Keys fetched in a pass are pushed by the next pass at once, and VMs whose keys were
         // pushed are decided again at once, not a tick later.
         for _ in 0..4 {
@@ -1353,6 +1510,46 @@ impl Engine {
         if batch.is_empty() {
             return;
         }
+        // With several servers, the push is on record (fenced by the lease) before it leaves;
+        // an earlier leader's push of these VMs' keys did not arrive (they are pushed again).
+        let intents = match (&self.store, self.fencing_token()) {
+            (Some(store), Some(token)) if config.record_pushes_at_once => {
+                let lost: Vec<i64> = {
+                    let mut st = self.state();
+                    let (lost, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut st.earlier_pushes)
+                        .into_iter()
+                        .partition(|(h, i)| h == host && batch.iter().any(|(vm, _)| *vm == i.vm));
+                    st.earlier_pushes = kept;
+                    lost.into_iter().map(|(_, i)| i.id).collect()
+                };
+                if !lost.is_empty() {
+                    let store = store.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        let lost: Vec<(i64, &str)> = lost.iter().map(|i| (*i, "lost")).collect();
+                        store.settle_pushes(&lost, &[])
+                    })
+                    .await;
+                }
+                let (store, h) = (store.clone(), host.to_owned());
+                let owned: Vec<(String, Vec<KeyRef>)> =
+                    batch.iter().map(|b| (*b).clone()).collect();
+                match tokio::task::spawn_blocking(move || store.push_intents(token, &h, &owned))
+                    .await
+                {
+                    Ok(Ok(Some(ids))) => Some(ids),
+                    Ok(Ok(None)) => {
+                        tracing::warn!(host, "no keys pushed: another server leads now");
+                        return;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, host, "no keys pushed: the push cannot be recorded first");
+                        return;
+                    }
+                    Err(_) => return,
+                }
+            }
+            _ => None,
+        };
         let result = self
             .hub
             .request_seq(
@@ -1375,6 +1572,7 @@ impl Engine {
             _ => String::new(),
         };
         let mut alarms = Vec::new();
+        let mut settled_rows = Vec::new();
         {
             let mut st = self.state();
             for (vm, vm_keys) in batch {
@@ -1424,12 +1622,26 @@ impl Engine {
                     if !ok {
                         args.push(("error".to_owned(), error.clone()));
                     }
-                    self.record_by(&mut st, event, Some(vm), Some(host), by.as_deref(), args);
+                    let row =
+                        self.record_row(&mut st, event, Some(vm), Some(host), by.as_deref(), args);
+                    match (&intents, row) {
+                        (Some(_), Some(row)) => settled_rows.push(row),
+                        (None, Some(row)) => st.unwritten.push(row),
+                        (_, None) => {}
+                    }
                 }
             }
         }
-        if config.record_pushes_at_once {
-            self.flush(Vec::new(), Vec::new()).await;
+        if let (Some(store), Some(ids)) = (self.store.clone(), intents) {
+            let state = if ok { "done" } else { "failed" };
+            let result = tokio::task::spawn_blocking(move || {
+                let settled: Vec<(i64, &str)> = ids.iter().map(|i| (*i, state)).collect();
+                store.settle_pushes(&settled, &settled_rows)
+            })
+            .await;
+            if let Ok(Err(e)) = result {
+                tracing::error!(error = %e, host, "cannot record the end of a key push");
+            }
         }
         if let (Some(store), false) = (&self.store, alarms.is_empty()) {
             if let Err(e) = store.change_alarms(&alarms, crate::enrol::now()) {
@@ -1560,6 +1772,9 @@ impl Engine {
                             let _ = tx.send(seen);
                         }
                         if let HubEvent::Connected { host, keys_held, crypto_state, .. } = e {
+                            if self.config().record_pushes_at_once {
+                                tokio::spawn(self.clone().settle_earlier_pushes(host.clone(), keys_held.clone()));
+                            }
                             tokio::spawn(self.clone().restore_host_key(host, keys_held, crypto_state));
                         }
                     }

@@ -580,6 +580,7 @@ pub async fn serve(
             let token = l.acquire().await;
             follower.abort();
             take_over(&state, &providers)?;
+            state.engine.set_fencing_token(token);
             let l = l.clone();
             tokio::spawn(async move {
                 let why = l.keep(token).await;
