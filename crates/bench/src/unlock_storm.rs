@@ -46,7 +46,23 @@ struct Args {
     /// the metrics at its most).
     #[arg(long)]
     scrape_metrics: bool,
+    /// The server's database on PostgreSQL (`postgres://USER@HOST:PORT/DB`) instead of SQLite.
+    #[arg(long)]
+    database: Option<String>,
+    /// The file that holds the PostgreSQL user's password.
+    #[arg(long)]
+    database_password_file: Option<PathBuf>,
+    /// With --database: run a second server on the same database, standing by, and kill the
+    /// leading one with SIGKILL this many milliseconds after the provider returns.
+    #[arg(long)]
+    kill_leader_after_ms: Option<u64>,
+    /// The servers' lease_secs (with --kill-leader-after-ms).
+    #[arg(long, default_value_t = 5)]
+    lease_secs: u64,
 }
+
+/// The standby server's API port, when there is one: API clients are given both servers.
+static STANDBY_API: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
 
 /// Whether the API is served over plain HTTP in this run (`--plain-http`).
 static PLAIN_HTTP: AtomicBool = AtomicBool::new(false);
@@ -201,10 +217,14 @@ async fn send(
 /// Runs a simulated host's session until `restart` changes its boot id, then dials again.
 async fn host_session(
     host: Arc<SimHost>,
-    server: String,
+    servers: Vec<String>,
     tls: Arc<tresor_tls::rustls::ClientConfig>,
 ) {
+    let mut at = 0;
     loop {
+        // With several servers, only the leader listens for agents: the next is tried after
+        // a failure.
+        let server = servers[at % servers.len()].clone();
         let boot = host.boot.load(Ordering::SeqCst);
         let result: std::io::Result<()> = async {
             // Each host from an address of its own, as real hosts are (the server bounds the
@@ -304,10 +324,19 @@ async fn host_session(
         }
         .await;
         if let Err(e) = result {
-            if host.boot.load(Ordering::SeqCst) == boot && !QUIET.load(Ordering::SeqCst) {
+            if host.boot.load(Ordering::SeqCst) == boot
+                && !QUIET.load(Ordering::SeqCst)
+                && servers.len() == 1
+            {
                 eprintln!("{}: session ended: {e}", host.name);
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            at += 1;
+            tokio::time::sleep(Duration::from_millis(if servers.len() > 1 {
+                250
+            } else {
+                500
+            }))
+            .await;
         }
     }
 }
@@ -348,12 +377,13 @@ fn api_client(api: u16, token: &str) -> tresor_api::Client {
     } else {
         "https"
     };
-    tresor_api::Client::new(
-        &format!("{scheme}://127.0.0.1:{api}"),
-        tresor_api::Trust::Ca(ca),
-    )
-    .expect("the API client")
-    .with_token(token)
+    let mut servers = format!("{scheme}://127.0.0.1:{api}");
+    if let Some(standby) = STANDBY_API.get() {
+        servers.push_str(&format!(",{scheme}://127.0.0.1:{standby}"));
+    }
+    tresor_api::Client::new(&servers, tresor_api::Trust::Ca(ca))
+        .expect("the API client")
+        .with_token(token)
 }
 
 async fn get_vms(api: u16, token: &str, path: &str) -> (Duration, usize, usize, usize) {
@@ -508,19 +538,32 @@ async fn main() {
 
     // The server, trusting the key server through the proxy under the provider name tresor-kms.
     let server_dir = dir.join("server");
-    let init = run(
-        &bin,
-        &[
-            "server",
-            "init",
-            "--data",
-            &server_dir.display().to_string(),
-            "--api-listen",
-            &format!("127.0.0.1:{api}"),
-            "--agent-listen",
-            &format!("127.0.0.1:{agents}"),
-        ],
+    let (data, api_listen, agent_listen) = (
+        server_dir.display().to_string(),
+        format!("127.0.0.1:{api}"),
+        format!("127.0.0.1:{agents}"),
     );
+    let mut init_args = vec![
+        "server",
+        "init",
+        "--data",
+        &data,
+        "--api-listen",
+        &api_listen,
+        "--agent-listen",
+        &agent_listen,
+    ];
+    let password_file = args
+        .database_password_file
+        .as_ref()
+        .map(|p| p.display().to_string());
+    if let Some(url) = &args.database {
+        init_args.extend(["--database", url]);
+        if let Some(f) = &password_file {
+            init_args.extend(["--database-password-file", f]);
+        }
+    }
+    let init = run(&bin, &init_args);
     let token = init.lines().last().expect("token").trim().to_owned();
     let _ =
         API_CA.set(tresor_tls::load_certs(&server_dir.join("ca.pem")).expect("the server's CA"));
@@ -541,8 +584,13 @@ async fn main() {
     // knows each host's certificate, and the registry holds each VM, on its host, with its key
     // (the server takes only enrolled certificates and pushes keys only for registered VMs).
     {
-        let store = tresor_server::store::Store::open(&server_dir.join("server.sqlite"))
-            .expect("server database");
+        let location = tresor_server::run::database_location(
+            &server_dir,
+            args.database.as_deref(),
+            args.database_password_file.as_deref(),
+        )
+        .expect("the database's location");
+        let store = tresor_server::store::Store::open_at(&location).expect("server database");
         for (h, cert) in issued.iter().enumerate() {
             let name = format!("host-{h}");
             store
@@ -588,6 +636,46 @@ async fn main() {
         )
         .expect("server.toml");
     }
+    // With a standby: both servers lease for `lease_secs`; the second has the first's folder
+    // (its CA and certificates) with ports of its own.
+    let standby_ports = args
+        .kill_leader_after_ms
+        .map(|_| (free_port(), free_port()));
+    if let Some((standby_api, standby_agents)) = standby_ports {
+        let standby_dir = dir.join("server-b");
+        std::fs::create_dir_all(&standby_dir).expect("standby folder");
+        for f in [
+            "ca.pem",
+            "ca.key",
+            "agent-endpoint.pem",
+            "agent-endpoint.key",
+            "api.pem",
+            "api.key",
+            "server.toml",
+        ] {
+            std::fs::copy(server_dir.join(f), standby_dir.join(f)).expect("standby file");
+        }
+        for (d, a, g) in [
+            (&server_dir, api, agents),
+            (&standby_dir, standby_api, standby_agents),
+        ] {
+            let toml = d.join("server.toml");
+            let text: String = std::fs::read_to_string(&toml)
+                .expect("server.toml")
+                .lines()
+                .filter(|l| !l.starts_with("api_listen") && !l.starts_with("agent_listen"))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            std::fs::write(
+                &toml,
+                format!(
+                    "api_listen = \"127.0.0.1:{a}\"\nagent_listen = \"127.0.0.1:{g}\"\napi_url = \"https://127.0.0.1:{a}\"\nlease_secs = {}\n{text}",
+                    args.lease_secs
+                ),
+            )
+            .expect("server.toml");
+        }
+    }
     let server = spawn(
         &bin,
         &[
@@ -599,6 +687,21 @@ async fn main() {
     );
     let server_pid = server.0.id();
     wait_port(api).await;
+    let standby = standby_ports.map(|(standby_api, _)| {
+        let _ = STANDBY_API.set(standby_api);
+        spawn(
+            &bin,
+            &[
+                "server",
+                "--config",
+                &dir.join("server-b/server.toml").display().to_string(),
+            ],
+            &dir.join("server-b.log"),
+        )
+    });
+    if let Some((standby_api, _)) = standby_ports {
+        wait_port(standby_api).await;
+    }
     let scraper = metrics_port.map(tresor_bench::Scraper::start);
     let body = serde_json::json!({
         "name": "tresor-kms",
@@ -637,11 +740,9 @@ async fn main() {
             held: Mutex::new(held),
             boot: AtomicU64::new(0),
         });
-        tokio::spawn(host_session(
-            host.clone(),
-            format!("127.0.0.1:{agents}"),
-            tls,
-        ));
+        let mut servers = vec![format!("127.0.0.1:{agents}")];
+        servers.extend(standby_ports.map(|(_, a)| format!("127.0.0.1:{a}")));
+        tokio::spawn(host_session(host.clone(), servers, tls));
         hosts.push(host);
     }
     let started = Instant::now();
@@ -703,6 +804,37 @@ async fn main() {
             latencies
         })
     };
+    // The leader is killed during the storm: how long until the standby leads (a write is
+    // taken again), measured as a client sees it.
+    let mut leader = Some(server);
+    let takeover = match (args.kill_leader_after_ms, standby.is_some()) {
+        (Some(after), true) => {
+            let token = token.clone();
+            let mut server = leader.take().expect("the leader");
+            Some(tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(after)).await;
+                let _ = server.0.kill();
+                let _ = server.0.wait();
+                let killed = Instant::now();
+                let client = api_client(api, &token);
+                loop {
+                    let answer = client
+                        .send_text(
+                            "PUT",
+                            "/api/v1/settings/unlock.policy",
+                            Some(&serde_json::json!({"value": "automatic"})),
+                        )
+                        .await;
+                    if matches!(answer, Ok((200..=299, _))) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                killed.elapsed()
+            }))
+        }
+        _ => None,
+    };
     let mut latencies = Vec::new();
     let unlock_time = loop {
         let (took, _, _, unlocked) = list_vms(api, &token).await;
@@ -723,13 +855,25 @@ async fn main() {
     latencies.sort();
     let p = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
     let pp = |q: f64| pages[((pages.len() as f64 - 1.0) * q).round() as usize];
+    let takeover = match takeover {
+        Some(t) => Some(t.await.expect("the takeover")),
+        None => None,
+    };
+    let peak = match &standby {
+        // The standby that took over; the killed leader's peak is gone with it.
+        Some(s) => rss_peak_kib(s.0.id()) / 1024,
+        None => rss_peak_kib(server_pid) / 1024,
+    };
     let report = serde_json::json!({
+        "database": if args.database.is_some() { "postgres" } else { "sqlite" },
+        "leaderKilledAfterMs": args.kill_leader_after_ms,
+        "takeoverSeconds": takeover.map(|t| (t.as_secs_f64() * 10.0).round() / 10.0),
         "hosts": args.hosts,
         "vms": total,
         "api": if args.plain_http { "http" } else { "https" },
         "lockSeconds": (lock_time.as_secs_f64() * 10.0).round() / 10.0,
         "unlockSeconds": (unlock_time.as_secs_f64() * 10.0).round() / 10.0,
-        "serverPeakRssMiB": rss_peak_kib(server_pid) / 1024,
+        "serverPeakRssMiB": peak,
         "vmListRequests": latencies.len(),
         "vmListP50Ms": p(0.5).as_millis(),
         "vmListP99Ms": p(0.99).as_millis(),
