@@ -14,7 +14,9 @@ use crate::CliError;
 
 #[derive(Debug, Args)]
 pub struct Conn {
-    /// The server's API, for example https://127.0.0.1:8400.
+    /// The server's API, for example https://127.0.0.1:8400; several servers on one database
+    /// separated by commas (the client moves on when one does not answer, and follows a
+    /// standby to the leader among them).
     #[arg(
         long,
         env = "TRESOR_SERVER",

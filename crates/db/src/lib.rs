@@ -12,9 +12,10 @@
 //! Integers are 64-bit in both (`BIGINT` in PostgreSQL), truth values are integers 0 and 1.
 //!
 //! The calls block their caller until the database answers, as SQLite's do: the stores are
-//! called from synchronous code (the engine's passes, the services). On a multi-threaded tokio
-//! runtime, the wait is announced to tokio ([`tokio::task::block_in_place`]) so that the
-//! runtime's other tasks move to another thread meanwhile.
+//! called from synchronous code (the engine's passes, the services). The wait is not announced
+//! to tokio with `block_in_place`: that hands the worker's tasks to a new thread each time, and
+//! thousands of agent sessions touching the store at once made hundreds of threads (5.6 GiB in
+//! the unlock storm); a round trip on a local network is as short as SQLite's own waits.
 
 use std::fmt;
 
@@ -253,6 +254,12 @@ pub trait Conn {
     fn query(&self, sql: &str, args: &[Value]) -> Result<Vec<Row>, DbError>;
     /// Runs statements without parameters, separated by semicolons.
     fn batch(&self, sql: &str) -> Result<(), DbError>;
+    /// Runs one statement once for each set of arguments, in order; the rows each changed.
+    /// PostgreSQL sends them all before it reads the first answer (one round trip, not one
+    /// each).
+    fn execute_many(&self, sql: &str, rows: &[Vec<Value>]) -> Result<Vec<u64>, DbError> {
+        rows.iter().map(|args| self.execute(sql, args)).collect()
+    }
 }
 
 impl dyn Conn + '_ {
@@ -287,6 +294,12 @@ pub trait Backend: Send + Sync {
     fn transaction(&self, f: &mut dyn FnMut(&dyn Conn) -> bool) -> Result<(), DbError>;
     /// Runs `f` on a connection for reads.
     fn read(&self, f: &mut dyn FnMut(&dyn Conn)) -> Result<(), DbError>;
+    /// [`Backend::transaction`] for writes that need no order with the others (records that
+    /// only ever grow): PostgreSQL runs several at once on connections of their own; SQLite,
+    /// with one writer, runs them as any other.
+    fn side_transaction(&self, f: &mut dyn FnMut(&dyn Conn) -> bool) -> Result<(), DbError> {
+        self.transaction(f)
+    }
     /// A connection of its own, for a worker that keeps one (a group-commit writer): its
     /// transactions are its own business (`BEGIN`, `SAVEPOINT`, `COMMIT` through
     /// [`Conn::batch`]).
@@ -417,6 +430,23 @@ impl Database {
         out.expect("the transaction ran its closure")
     }
 
+    /// Runs `f` in a transaction that need not wait for the others (see
+    /// [`Backend::side_transaction`]): committed when it returns `Ok`.
+    pub fn write_aside<T, E: From<DbError>>(
+        &self,
+        f: impl FnOnce(&dyn Conn) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut f = Some(f);
+        let mut out = None;
+        self.backend.side_transaction(&mut |conn| {
+            let r = f.take().map(|f| f(conn));
+            let ok = matches!(r, Some(Ok(_)));
+            out = r;
+            ok
+        })?;
+        out.expect("the transaction ran its closure")
+    }
+
     /// Runs `f` on the connection for reads.
     pub fn read<T, E: From<DbError>>(
         &self,
@@ -449,13 +479,7 @@ impl Database {
     }
 }
 
-/// Blocks on `wait`, letting a multi-threaded tokio runtime move its other tasks elsewhere
-/// meanwhile.
+/// Waits for the database (see the crate's documentation for why without `block_in_place`).
 pub(crate) fn blocking<T>(wait: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(wait)
-        }
-        _ => wait(),
-    }
+    wait()
 }

@@ -98,8 +98,16 @@ struct Session {
     statements: HashMap<String, Statement>,
 }
 
-/// Sessions for reads kept for reuse at most.
+/// Sessions of a pool at most: more callers wait for one (PostgreSQL's connections are few,
+/// 100 by default, and shared by every server and key server on the database).
 const READERS: usize = 8;
+
+/// The sessions of a pool: those not in use, and how many there are in all.
+#[derive(Default)]
+struct Sessions {
+    idle: Vec<Session>,
+    open: usize,
+}
 
 /// A PostgreSQL database.
 pub struct Postgres {
@@ -108,8 +116,17 @@ pub struct Postgres {
     runtime: Option<tokio::runtime::Runtime>,
     handle: Handle,
     write: Mutex<Option<Session>>,
-    /// Sessions for reads not in use.
-    readers: Mutex<Vec<Session>>,
+    readers: Pool,
+    /// Sessions for writes that need no order among themselves ([`Backend::side_transaction`]).
+    side: Pool,
+}
+
+/// A bounded pool of sessions.
+#[derive(Default)]
+struct Pool {
+    sessions: Mutex<Sessions>,
+    /// Signalled when a session is given back.
+    returned: std::sync::Condvar,
 }
 
 impl std::fmt::Debug for Postgres {
@@ -226,7 +243,8 @@ impl Postgres {
             runtime: Some(runtime),
             handle,
             write: Mutex::new(Some(session)),
-            readers: Mutex::new(Vec::new()),
+            readers: Pool::default(),
+            side: Pool::default(),
         })
     }
 }
@@ -292,6 +310,23 @@ impl Conn for PgConn<'_> {
             .collect()
     }
 
+    fn execute_many(&self, sql: &str, rows: &[Vec<Value>]) -> Result<Vec<u64>, DbError> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (client, stmt) = self.statement(sql)?;
+        let rows = rows.to_vec();
+        run(self.handle, async move {
+            // Issued together, the requests go out pipelined on the one connection.
+            futures_util::future::try_join_all(rows.iter().map(|args| {
+                let (client, stmt) = (&client, &stmt);
+                async move { client.execute(stmt, &refs(args)).await }
+            }))
+            .await
+        })?
+        .map_err(DbError::postgres)
+    }
+
     fn batch(&self, sql: &str) -> Result<(), DbError> {
         let client = self.session.borrow().client.clone();
         let sql = sql.to_owned();
@@ -336,6 +371,55 @@ impl Conn for OwnedSession {
     fn batch(&self, sql: &str) -> Result<(), DbError> {
         self.with(|c| c.batch(sql))
     }
+
+    fn execute_many(&self, sql: &str, rows: &[Vec<Value>]) -> Result<Vec<u64>, DbError> {
+        self.with(|c| c.execute_many(sql, rows))
+    }
+}
+
+impl Postgres {
+    /// Runs `f` on a session of `pool`: an idle one, or a new one while there are fewer than
+    /// [`READERS`], or the next one given back.
+    fn pooled(&self, pool: &Pool, f: &mut dyn FnMut(&dyn Conn)) -> Result<(), DbError> {
+        let idle = blocking(|| {
+            let mut r = lock(&pool.sessions);
+            loop {
+                if let Some(s) = r.idle.pop() {
+                    return Some(s);
+                }
+                if r.open < READERS {
+                    r.open += 1;
+                    return None;
+                }
+                r = pool.returned.wait(r).unwrap_or_else(|p| p.into_inner());
+            }
+        });
+        let opened = match idle.filter(|s| !s.client.is_closed()) {
+            Some(s) => Ok(s),
+            None => open_session(&self.handle, &self.config),
+        };
+        let mut session = match opened {
+            Ok(s) => s,
+            Err(e) => {
+                lock(&pool.sessions).open -= 1;
+                pool.returned.notify_one();
+                return Err(e);
+            }
+        };
+        f(&PgConn {
+            handle: &self.handle,
+            session: RefCell::new(&mut session),
+        });
+        let mut r = lock(&pool.sessions);
+        if session.client.is_closed() {
+            r.open -= 1;
+        } else {
+            r.idle.push(session);
+        }
+        drop(r);
+        pool.returned.notify_one();
+        Ok(())
+    }
 }
 
 impl Backend for Postgres {
@@ -367,20 +451,21 @@ impl Backend for Postgres {
     }
 
     fn read(&self, f: &mut dyn FnMut(&dyn Conn)) -> Result<(), DbError> {
-        let pooled = lock(&self.readers).pop();
-        let mut session = match pooled.filter(|s| !s.client.is_closed()) {
-            Some(s) => s,
-            None => open_session(&self.handle, &self.config)?,
-        };
-        f(&PgConn {
-            handle: &self.handle,
-            session: RefCell::new(&mut session),
-        });
-        let mut readers = lock(&self.readers);
-        if readers.len() < READERS && !session.client.is_closed() {
-            readers.push(session);
-        }
-        Ok(())
+        self.pooled(&self.readers, &mut |conn| f(conn))
+    }
+
+    fn side_transaction(&self, f: &mut dyn FnMut(&dyn Conn) -> bool) -> Result<(), DbError> {
+        let mut result = Ok(());
+        self.pooled(&self.side, &mut |conn| {
+            result = conn.batch("BEGIN").and_then(|_| {
+                if f(conn) {
+                    conn.batch("COMMIT")
+                } else {
+                    conn.batch("ROLLBACK")
+                }
+            });
+        })?;
+        result
     }
 
     fn connect(&self) -> Result<Box<dyn Conn + Send>, DbError> {

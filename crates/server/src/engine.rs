@@ -299,6 +299,9 @@ pub struct Engine {
     last_pass: Mutex<Option<Instant>>,
     /// The fencing token of this server's lease, when servers share the database.
     token: Mutex<Option<i64>>,
+    /// Bounds the key-push records written at once: each waits for the database on a thread
+    /// of its own, and a storm's thousands of pushes must not make thousands of threads.
+    records: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for Engine {
@@ -337,6 +340,7 @@ impl Engine {
             last_write: Mutex::new(None),
             last_pass: Mutex::new(None),
             token: Mutex::new(None),
+            records: tokio::sync::Semaphore::new(8),
         })
     }
 
@@ -1533,6 +1537,7 @@ impl Engine {
                 let (store, h) = (store.clone(), host.to_owned());
                 let owned: Vec<(String, Vec<KeyRef>)> =
                     batch.iter().map(|b| (*b).clone()).collect();
+                let _permit = self.records.acquire().await;
                 match tokio::task::spawn_blocking(move || store.push_intents(token, &h, &owned))
                     .await
                 {
@@ -1634,6 +1639,7 @@ impl Engine {
         }
         if let (Some(store), Some(ids)) = (self.store.clone(), intents) {
             let state = if ok { "done" } else { "failed" };
+            let _permit = self.records.acquire().await;
             let result = tokio::task::spawn_blocking(move || {
                 let settled: Vec<(i64, &str)> = ids.iter().map(|i| (*i, state)).collect();
                 store.settle_pushes(&settled, &settled_rows)

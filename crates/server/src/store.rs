@@ -563,11 +563,13 @@ fn named<T: std::str::FromStr>(text: &str, object: &str, fallback: T) -> T {
 }
 
 fn write_vms(tx: &dyn Conn, vms: &[&VmRecord]) -> Result<(), StoreError> {
-    {
-        // Most writes change a VM's state, not its name or host: an update that leaves the
-        // indexed columns alone, and an insert (or full upsert) only when that finds no row.
-        for v in vms {
-            let values = args![
+    // Most writes change a VM's state, not its name or host: an update that leaves the indexed
+    // columns alone, and an insert (or full upsert) only when that finds no row. Sent together
+    // (PostgreSQL answers them in one round trip).
+    let values: Vec<Vec<tresor_db::Value>> = vms
+        .iter()
+        .map(|v| {
+            args![
                 &v.id,
                 &v.name,
                 &v.host,
@@ -580,25 +582,30 @@ fn write_vms(tx: &dyn Conn, vms: &[&VmRecord]) -> Result<(), StoreError> {
                 v.connection_state.as_str(),
                 v.lock_reason.map(LockReason::as_str),
                 &v.report
-            ];
-            let updated = tx.execute(
-                "UPDATE vms SET path = ?4, encrypted = ?5, key_provider = ?6, key_id = ?7, power_state = ?8,
-                    crypto_state = ?9, connection_state = ?10, lock_reason = ?11, report = ?12
-                 WHERE id = ?1 AND name = ?2 AND host = ?3",
-                values,
-            )?;
-            if updated == 0 {
-                tx.execute(
-                    "INSERT INTO vms (id, name, host, path, encrypted, key_provider, key_id, power_state, crypto_state, connection_state, lock_reason, report)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
-                     ON CONFLICT (id) DO UPDATE SET name = ?2, host = ?3, path = ?4, encrypted = ?5, key_provider = ?6, key_id = ?7,
-                        power_state = ?8, crypto_state = ?9, connection_state = ?10, lock_reason = ?11, report = ?12",
-                    values,
-                )?;
-            }
-        }
-        Ok(())
-    }
+            ]
+            .to_vec()
+        })
+        .collect();
+    let updated = tx.execute_many(
+        "UPDATE vms SET path = ?4, encrypted = ?5, key_provider = ?6, key_id = ?7, power_state = ?8,
+            crypto_state = ?9, connection_state = ?10, lock_reason = ?11, report = ?12
+         WHERE id = ?1 AND name = ?2 AND host = ?3",
+        &values,
+    )?;
+    let missing: Vec<Vec<tresor_db::Value>> = values
+        .into_iter()
+        .zip(updated)
+        .filter(|(_, n)| *n == 0)
+        .map(|(v, _)| v)
+        .collect();
+    tx.execute_many(
+        "INSERT INTO vms (id, name, host, path, encrypted, key_provider, key_id, power_state, crypto_state, connection_state, lock_reason, report)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+         ON CONFLICT (id) DO UPDATE SET name = ?2, host = ?3, path = ?4, encrypted = ?5, key_provider = ?6, key_id = ?7,
+            power_state = ?8, crypto_state = ?9, connection_state = ?10, lock_reason = ?11, report = ?12",
+        &missing,
+    )?;
+    Ok(())
 }
 
 /// Migration 3: the VMs a server held before it had a registry are registered as their hosts
@@ -629,6 +636,8 @@ pub struct Store {
     db: Database,
     /// The VMs in memory, as last written or taken (the server's view; no SQL there).
     view: VmView,
+    /// A connection of the lease's own: its renewal must not wait behind a storm's writes.
+    lease: std::sync::Mutex<Option<Box<dyn Conn + Send>>>,
 }
 
 pub use crate::vmview::StoredVm;
@@ -738,6 +747,7 @@ impl Store {
         Ok(Store {
             db,
             view: VmView::load(vms),
+            lease: std::sync::Mutex::new(None),
         })
     }
 
@@ -760,6 +770,45 @@ impl Store {
 
     fn read<T>(&self, f: impl FnOnce(&dyn Conn) -> Result<T, StoreError>) -> Result<T, StoreError> {
         self.db.read(f)
+    }
+
+    /// Runs `f` in a transaction on the lease's own connection (the connection for writes
+    /// when there can be no other: a database in memory).
+    fn lease_write<T>(
+        &self,
+        f: impl FnOnce(&dyn Conn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut slot = self.lease.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            match self.db.connect() {
+                Ok(c) => *slot = Some(c),
+                Err(_) if self.db.location() == ":memory:" => {
+                    drop(slot);
+                    return self.write(f);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let conn = slot.as_deref().expect("connected above");
+        let begin = match self.db.dialect() {
+            Dialect::Sqlite => "BEGIN IMMEDIATE",
+            Dialect::Postgres => "BEGIN",
+        };
+        if let Err(e) = conn.batch(begin) {
+            // A connection that failed is opened again next time.
+            *slot = None;
+            return Err(e.into());
+        }
+        let result = f(conn);
+        let end = match &result {
+            Ok(_) => conn.batch("COMMIT"),
+            Err(_) => conn.batch("ROLLBACK"),
+        };
+        if let Err(e) = end {
+            *slot = None;
+            return Err(e.into());
+        }
+        result
     }
 
     // Providers.
@@ -1076,14 +1125,20 @@ impl Store {
 
     /// Registers many VMs in one transaction.
     pub fn put_registrations(&self, regs: &[Registration]) -> Result<(), StoreError> {
+        let names: Vec<Vec<tresor_db::Value>> =
+            regs.iter().map(|r| args![&r.name].to_vec()).collect();
+        let rows = regs
+            .iter()
+            .map(|r| Ok(args![&r.id, &r.name, &r.host, json(&r.keys)?].to_vec()))
+            .collect::<Result<Vec<_>, StoreError>>()?;
         self.write(|tx| {
-            for reg in regs {
-                tx.execute("DELETE FROM registry WHERE name = ?1", args![&reg.name])?;
-                tx.execute(
-                    "INSERT INTO registry (id, name, host, keys) VALUES (?1, ?2, ?3, ?4)",
-                    args![&reg.id, &reg.name, &reg.host, json(&reg.keys)?],
-                )?;
-            }
+            // Each name's old registration goes before any new one comes (a VM may take a
+            // name another gives up in the same batch).
+            tx.execute_many("DELETE FROM registry WHERE name = ?1", &names)?;
+            tx.execute_many(
+                "INSERT INTO registry (id, name, host, keys) VALUES (?1, ?2, ?3, ?4)",
+                &rows,
+            )?;
             Ok(())
         })
     }
@@ -1106,10 +1161,12 @@ impl Store {
 
     /// Stores many events in one transaction, in order.
     pub fn add_events(&self, events: &[EventRow]) -> Result<(), StoreError> {
+        let rows = events
+            .iter()
+            .map(event_args)
+            .collect::<Result<Vec<_>, StoreError>>()?;
         self.write(|tx| {
-            for e in events {
-                insert_event(tx, e)?;
-            }
+            tx.execute_many(INSERT_EVENT, &rows)?;
             Ok(())
         })
     }
@@ -1557,7 +1614,7 @@ impl Store {
         ttl_ms: i64,
     ) -> Result<Option<i64>, StoreError> {
         let now = now_ms(self.db.dialect());
-        self.write(|tx| {
+        self.lease_write(|tx| {
             Ok(tx.value(
                 &format!(
                     "INSERT INTO leader (id, holder, api_url, token, expires_ms) VALUES (1, ?1, ?2, 1, {now} + ?3)
@@ -1574,7 +1631,7 @@ impl Store {
     /// another server holds it now.
     pub fn renew_lease(&self, holder: &str, token: i64, ttl_ms: i64) -> Result<bool, StoreError> {
         let now = now_ms(self.db.dialect());
-        self.write(|tx| {
+        self.lease_write(|tx| {
             Ok(tx.execute(
                 &format!(
                     "UPDATE leader SET expires_ms = {now} + ?3
@@ -1588,7 +1645,7 @@ impl Store {
     /// Ends the lease `holder` holds with `token` at once (a server stopping), so that another
     /// takes over without waiting for it to run out.
     pub fn release_lease(&self, holder: &str, token: i64) -> Result<(), StoreError> {
-        self.write(|tx| {
+        self.lease_write(|tx| {
             tx.execute(
                 "UPDATE leader SET expires_ms = 0 WHERE id = 1 AND holder = ?1 AND token = ?2",
                 args![holder, token],
@@ -1629,7 +1686,7 @@ impl Store {
         batch: &[(String, Vec<KeyRef>)],
     ) -> Result<Option<Vec<i64>>, StoreError> {
         let now = now_ms(self.db.dialect());
-        self.write(|tx| {
+        self.db.write_aside(|tx| {
             let leads = tx
                 .value::<i64>(
                     &format!(
@@ -1642,14 +1699,34 @@ impl Store {
             if !leads {
                 return Ok(None);
             }
-            let mut ids = Vec::with_capacity(batch.len());
-            for (vm, keys) in batch {
-                let id = tx.value::<i64>(
-                    "INSERT INTO key_pushes (token, host, vm, keys, state, created) VALUES (?1, ?2, ?3, ?4, 'sent', ?5) RETURNING id",
-                    args![token, host, vm, json(keys)?, crate::enrol::now()],
-                )?;
-                ids.extend(id);
+            // One statement for the whole batch: one round trip.
+            let mut values = Vec::with_capacity(batch.len());
+            let mut args = Vec::with_capacity(batch.len() * 5);
+            let created = crate::enrol::now();
+            for (i, (vm, keys)) in batch.iter().enumerate() {
+                let n = i * 5;
+                values.push(format!(
+                    "(?{}, ?{}, ?{}, ?{}, 'sent', ?{})",
+                    n + 1,
+                    n + 2,
+                    n + 3,
+                    n + 4,
+                    n + 5
+                ));
+                args.extend(
+                    args![token, host, vm, json(keys)?, created]
+                        .iter()
+                        .cloned(),
+                );
             }
+            let ids = tx.map(
+                &format!(
+                    "INSERT INTO key_pushes (token, host, vm, keys, state, created) VALUES {} RETURNING id",
+                    values.join(", ")
+                ),
+                &args,
+                |r| r.get::<i64>(0),
+            )?;
             Ok(Some(ids))
         })
     }
@@ -1661,16 +1738,20 @@ impl Store {
         settled: &[(i64, &str)],
         events: &[EventRow],
     ) -> Result<(), StoreError> {
-        self.write(|tx| {
-            for (id, state) in settled {
-                tx.execute(
-                    "UPDATE key_pushes SET state = ?2 WHERE id = ?1 AND state = 'sent'",
-                    args![*id, *state],
-                )?;
-            }
-            for e in events {
-                insert_event(tx, e)?;
-            }
+        let updates: Vec<Vec<tresor_db::Value>> = settled
+            .iter()
+            .map(|(id, state)| args![*id, *state].to_vec())
+            .collect();
+        let rows = events
+            .iter()
+            .map(event_args)
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        self.db.write_aside(|tx| {
+            tx.execute_many(
+                "UPDATE key_pushes SET state = ?2 WHERE id = ?1 AND state = 'sent'",
+                &updates,
+            )?;
+            tx.execute_many(INSERT_EVENT, &rows)?;
             Ok(())
         })
     }
@@ -1709,11 +1790,25 @@ impl Store {
     }
 }
 
+const INSERT_EVENT: &str = r#"INSERT INTO events (time, type, severity, vm, host, provider, "user", args) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"#;
+
+/// An event's values for [`INSERT_EVENT`].
+fn event_args(e: &EventRow) -> Result<Vec<tresor_db::Value>, StoreError> {
+    Ok(args![
+        e.time,
+        &e.event_type,
+        &e.severity,
+        &e.vm,
+        &e.host,
+        &e.provider,
+        &e.user,
+        json(&e.args)?
+    ]
+    .to_vec())
+}
+
 fn insert_event(tx: &dyn Conn, e: &EventRow) -> Result<i64, StoreError> {
-    tx.value(
-        r#"INSERT INTO events (time, type, severity, vm, host, provider, "user", args) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id"#,
-        args![e.time, &e.event_type, &e.severity, &e.vm, &e.host, &e.provider, &e.user, json(&e.args)?],
-    )?
+    tx.value(&format!("{INSERT_EVENT} RETURNING id"), &event_args(e)?)?
     .ok_or_else(|| StoreError::Corrupt("an inserted event has no id".into()))
 }
 
