@@ -363,6 +363,7 @@ impl Engine {
         };
         let h = host.clone();
         let read = store.clone();
+        let permit = self.records.acquire().await;
         let intents = match tokio::task::spawn_blocking(move || read.unsettled_pushes(&h, token))
             .await
         {
@@ -406,11 +407,16 @@ impl Engine {
                 }
             }
         }
+        drop(permit);
+        if settled.is_empty() {
+            return;
+        }
         tracing::info!(
             host,
             pushes = settled.len(),
             "settled the key pushes an earlier leader left"
         );
+        let _permit = self.records.acquire().await;
         let result = tokio::task::spawn_blocking(move || {
             let settled: Vec<(i64, &str)> = settled.iter().map(|(i, s)| (*i, *s)).collect();
             store.settle_pushes(&settled, &rows)

@@ -1809,7 +1809,7 @@ fn event_args(e: &EventRow) -> Result<Vec<tresor_db::Value>, StoreError> {
 
 fn insert_event(tx: &dyn Conn, e: &EventRow) -> Result<i64, StoreError> {
     tx.value(&format!("{INSERT_EVENT} RETURNING id"), &event_args(e)?)?
-    .ok_or_else(|| StoreError::Corrupt("an inserted event has no id".into()))
+        .ok_or_else(|| StoreError::Corrupt("an inserted event has no id".into()))
 }
 
 #[cfg(test)]
