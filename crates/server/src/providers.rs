@@ -93,6 +93,19 @@ pub struct Providers {
     dir: PathBuf,
     warn_days: i64,
     statuses: Mutex<HashMap<String, ProviderStatus>>,
+    /// Seals the client keys kept in the database (see [`Providers::seal_keys_with`]).
+    sealing: Mutex<Option<ring::aead::LessSafeKey>>,
+}
+
+/// The key that seals providers' client keys in the database: derived from the server CA's
+/// private key, which every server sharing the database holds.
+fn sealing_key(ca_key_pem: &str) -> ring::aead::LessSafeKey {
+    let prk = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"tresor provider client keys")
+        .extract(ca_key_pem.as_bytes());
+    let okm = prk
+        .expand(&[b"aes-256-gcm"], &ring::aead::AES_256_GCM)
+        .expect("32 bytes are a valid HKDF output length");
+    ring::aead::LessSafeKey::new(ring::aead::UnboundKey::from(okm))
 }
 
 impl std::fmt::Debug for Providers {
@@ -159,6 +172,74 @@ impl Providers {
             dir: dir.to_owned(),
             warn_days,
             statuses: Mutex::new(HashMap::new()),
+            sealing: Mutex::new(None),
+        }
+    }
+
+    /// Keeps each client key, sealed under a key derived from the server CA's key, in the
+    /// database as well: a server that shares the database (and the CA) and lacks a provider's
+    /// key file makes it from there.
+    pub fn seal_keys_with(&self, ca_key_pem: &str) {
+        *self.sealing.lock().unwrap_or_else(|p| p.into_inner()) = Some(sealing_key(ca_key_pem));
+    }
+
+    fn seal(&self, name: &str, key_pem: &str) -> Option<Vec<u8>> {
+        let sealing = self.sealing.lock().unwrap_or_else(|p| p.into_inner());
+        let key = sealing.as_ref()?;
+        let mut nonce = [0u8; 12];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce).ok()?;
+        let mut data = zeroize::Zeroizing::new(key_pem.as_bytes().to_vec());
+        key.seal_in_place_append_tag(
+            ring::aead::Nonce::assume_unique_for_key(nonce),
+            ring::aead::Aad::from(name.as_bytes()),
+            &mut *data,
+        )
+        .ok()?;
+        let mut sealed = nonce.to_vec();
+        sealed.extend_from_slice(&data);
+        Some(sealed)
+    }
+
+    fn unseal(&self, name: &str, sealed: &[u8]) -> Option<zeroize::Zeroizing<String>> {
+        let sealing = self.sealing.lock().unwrap_or_else(|p| p.into_inner());
+        let key = sealing.as_ref()?;
+        let (nonce, data) = sealed.split_at_checked(12)?;
+        let nonce = ring::aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut data = zeroize::Zeroizing::new(data.to_vec());
+        let plain = key
+            .open_in_place(nonce, ring::aead::Aad::from(name.as_bytes()), &mut *data)
+            .ok()?;
+        String::from_utf8(plain.to_vec())
+            .ok()
+            .map(zeroize::Zeroizing::new)
+    }
+
+    /// Writes a provider's client key file from its sealed copy in the database, when this
+    /// server lacks it (a standby set up before the provider was added).
+    fn restore_key(&self, p: &ProviderRecord) {
+        if p.client_key_file.is_empty() || Path::new(&p.client_key_file).is_absolute() {
+            return;
+        }
+        if self.dir.join(&p.client_key_file).exists() {
+            return;
+        }
+        let sealed = match self.store.provider_key(&p.name) {
+            Ok(Some(s)) => s,
+            _ => return,
+        };
+        match self.unseal(&p.name, &sealed) {
+            Some(pem) => match self.write_key(&p.name, &pem) {
+                Ok(_) => {
+                    tracing::info!(provider = %p.name, "wrote the provider's client key from the database")
+                }
+                Err(e) => {
+                    tracing::error!(provider = %p.name, error = %e, "cannot write the provider's client key")
+                }
+            },
+            None => tracing::error!(
+                provider = %p.name,
+                "the provider's client key in the database cannot be opened with this server's CA key; copy the CA (ca.pem, ca.key) of the server that added the provider"
+            ),
         }
     }
 
@@ -174,6 +255,7 @@ impl Providers {
         if p.client_cert_pem.is_empty() {
             return;
         }
+        self.restore_key(p);
         match client_config(&self.dir, p) {
             Ok(c) => self.broker.set_provider(&p.name, c),
             Err(e) => {
@@ -210,6 +292,11 @@ impl Providers {
         f.write_all(key_pem.as_bytes()).map_err(err)?;
         f.sync_all().map_err(err)?;
         std::fs::rename(&tmp, &path).map_err(err)?;
+        if let Some(sealed) = self.seal(name, key_pem) {
+            if let Err(e) = self.store.put_provider_key(name, &sealed) {
+                tracing::error!(provider = name, error = %e, "cannot keep the sealed client key in the database; other servers lack it until they are given the file");
+            }
+        }
         Ok(relative)
     }
 
@@ -670,6 +757,43 @@ pub fn client_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_sharing_the_database_and_the_ca_makes_a_missing_client_key_from_its_sealed_copy() {
+        let store = Arc::new(Store::in_memory().unwrap());
+        let (a, b, c) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        let providers = |dir: &Path, ca_key: &str| {
+            let p = Providers::new(store.clone(), Arc::new(KeyBroker::new()), dir, 30);
+            p.seal_keys_with(ca_key);
+            p
+        };
+        let pem = "-----BEGIN PRIVATE KEY-----\nnot really a key\n-----END PRIVATE KEY-----\n";
+        let first = providers(a.path(), "the CA's key");
+        let file = first.write_key("corp-kms", pem).unwrap();
+        let sealed = store.provider_key("corp-kms").unwrap().unwrap();
+        assert!(
+            !sealed.windows(10).any(|w| w == &pem.as_bytes()[..10]),
+            "the database holds the key sealed"
+        );
+        let record = ProviderRecord {
+            name: "corp-kms".into(),
+            endpoints: vec!["127.0.0.1:5696".into()],
+            ca_pem: String::new(),
+            client_cert_pem: "CERT".into(),
+            client_key_file: file.clone(),
+            is_default: true,
+        };
+        // Another server with the same CA writes the file it lacked.
+        providers(b.path(), "the CA's key").restore_key(&record);
+        assert_eq!(std::fs::read_to_string(b.path().join(&file)).unwrap(), pem);
+        // One with another CA cannot open it, and writes nothing.
+        providers(c.path(), "another CA's key").restore_key(&record);
+        assert!(!c.path().join(&file).exists());
+    }
 
     #[test]
     fn names_and_endpoints_are_checked() {

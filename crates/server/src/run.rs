@@ -448,6 +448,7 @@ pub async fn serve(
         dir,
         config.certificate_warning_days,
     ));
+    providers.seal_keys_with(&ca_key);
     providers
         .load()
         .map_err(setup("Cannot read the providers"))?;

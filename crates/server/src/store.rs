@@ -447,6 +447,13 @@ const MIGRATIONS: &[Migration] = &[
         );
         CREATE INDEX key_pushes_open ON key_pushes (host, state);",
     },
+    // 9: each provider's client key, sealed under a key derived from the server CA's key (which
+    // every server on the database holds), so that a standby that takes over can use the
+    // providers added while it stood by. Never readable without the CA's key.
+    Migration {
+        sqlite: "CREATE TABLE provider_keys (name TEXT PRIMARY KEY, sealed BLOB NOT NULL);",
+        postgres: "CREATE TABLE provider_keys (name TEXT PRIMARY KEY, sealed BYTEA NOT NULL);",
+    },
 ];
 
 /// A key push written before the keys left, not settled yet.
@@ -868,7 +875,10 @@ impl Store {
     }
 
     pub fn remove_provider(&self, name: &str) -> Result<bool, StoreError> {
-        self.write(|tx| Ok(tx.execute("DELETE FROM providers WHERE name = ?1", args![name])? > 0))
+        self.write(|tx| {
+            tx.execute("DELETE FROM provider_keys WHERE name = ?1", args![name])?;
+            Ok(tx.execute("DELETE FROM providers WHERE name = ?1", args![name])? > 0)
+        })
     }
 
     // Hosts and enrolment.
@@ -1774,6 +1784,28 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// Keeps a provider's sealed client key (see migration 9).
+    pub fn put_provider_key(&self, name: &str, sealed: &[u8]) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO provider_keys (name, sealed) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET sealed = excluded.sealed",
+                args![name, sealed],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// A provider's sealed client key.
+    pub fn provider_key(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read(|c| {
+            Ok(c.value(
+                "SELECT sealed FROM provider_keys WHERE name = ?1",
+                args![name],
+            )?)
+        })
     }
 
     /// Reads the VMs from the database into the view again (a standby server follows what the
