@@ -207,7 +207,7 @@ impl Providers {
         let nonce = ring::aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
         let mut data = zeroize::Zeroizing::new(data.to_vec());
         let plain = key
-            .open_in_place(nonce, ring::aead::Aad::from(name.as_bytes()), &mut *data)
+            .open_in_place(nonce, ring::aead::Aad::from(name.as_bytes()), &mut data)
             .ok()?;
         String::from_utf8(plain.to_vec())
             .ok()
