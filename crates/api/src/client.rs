@@ -262,7 +262,7 @@ impl Client {
     }
 
     /// Sends a request; the status and the body as text. With several servers: a request that
-    /// could not reach one (nothing was sent) goes to the next; a write a standby sends on
+    /// could not reach one (nothing was sent), or a read cut off by one, goes to the next; a write a standby sends on
     /// (307) goes to the leader it names, when that is one of the servers given; a write that
     /// finds no leader (a takeover) is tried again for up to 30 s.
     pub async fn send_text(
@@ -282,7 +282,12 @@ impl Client {
             }
             let answer = match r.send().await {
                 Ok(a) => a,
-                Err(e) if n > 1 && e.is_connect() && unreachable + 1 < n => {
+                // Nothing was sent, or what was sent only reads (safe to send again).
+                Err(e)
+                    if n > 1
+                        && (e.is_connect() || matches!(method, "GET" | "HEAD"))
+                        && unreachable + 1 < n =>
+                {
                     unreachable += 1;
                     self.switch_to(self.current.load(std::sync::atomic::Ordering::Relaxed) + 1);
                     continue;
