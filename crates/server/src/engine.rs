@@ -387,24 +387,7 @@ impl Engine {
                     continue;
                 }
                 settled.push((i.id, "done"));
-                for k in &i.keys {
-                    let args = vec![
-                        ("key".to_owned(), k.key_id.clone()),
-                        ("host".to_owned(), host.clone()),
-                        (
-                            "by".to_owned(),
-                            format!("the server that led before (fencing token {})", i.token),
-                        ),
-                    ];
-                    rows.extend(self.record_row(
-                        &mut st,
-                        tresor_core::events::KEY_PUSHED,
-                        Some(&i.vm),
-                        Some(&host),
-                        None,
-                        args,
-                    ));
-                }
+                rows.extend(self.record_earlier_push(&mut st, &host, &i));
             }
         }
         drop(permit);
@@ -425,6 +408,36 @@ impl Engine {
         if let Ok(Err(e)) = result {
             tracing::error!(error = %e, "cannot settle the key pushes an earlier leader left");
         }
+    }
+
+    /// Records that a push of an earlier leader reached `host` (its event for each key).
+    fn record_earlier_push(
+        &self,
+        st: &mut State,
+        host: &str,
+        i: &crate::store::PushIntent,
+    ) -> Vec<EventRow> {
+        i.keys
+            .iter()
+            .filter_map(|k| {
+                let args = vec![
+                    ("key".to_owned(), k.key_id.clone()),
+                    ("host".to_owned(), host.to_owned()),
+                    (
+                        "by".to_owned(),
+                        format!("the server that led before (fencing token {})", i.token),
+                    ),
+                ];
+                self.record_row(
+                    st,
+                    tresor_core::events::KEY_PUSHED,
+                    Some(&i.vm),
+                    Some(host),
+                    None,
+                    args,
+                )
+            })
+            .collect()
     }
 
     /// Settles the earlier leader's pushes whose keys the hosts now report to hold.
@@ -452,24 +465,7 @@ impl Engine {
                     continue;
                 }
                 settled.push((i.id, "done"));
-                for k in &i.keys {
-                    let args = vec![
-                        ("key".to_owned(), k.key_id.clone()),
-                        ("host".to_owned(), host.clone()),
-                        (
-                            "by".to_owned(),
-                            format!("the server that led before (fencing token {})", i.token),
-                        ),
-                    ];
-                    rows.extend(self.record_row(
-                        &mut st,
-                        tresor_core::events::KEY_PUSHED,
-                        Some(&i.vm),
-                        Some(&host),
-                        None,
-                        args,
-                    ));
-                }
+                rows.extend(self.record_earlier_push(&mut st, &host, &i));
             }
         }
         if settled.is_empty() {
