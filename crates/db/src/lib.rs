@@ -2,9 +2,10 @@
 //! through [`Database`] and [`Conn`] only, and either backend takes their place:
 //!
 //! - **SQLite** ([`sqlite`]), the embedded default: one file, WAL, `synchronous=FULL`, one
-//!   connection for writes and one for reads;
+//!   connection for writes and pooled read-only ones;
 //! - **PostgreSQL** ([`postgres`]), for more than one machine: tokio-postgres on a small runtime
-//!   of its own, one connection for writes and one for reads, reconnected when lost.
+//!   of its own, one session for ordered writes, bounded pools for reads and for writes that
+//!   need no order, each reopened when lost.
 //!
 //! Statements are written once, with SQLite's numbered parameters (`?1`, `?2`), in the SQL both
 //! engines share (`INSERT ... ON CONFLICT ... DO UPDATE`, `RETURNING`); PostgreSQL gets them with
@@ -62,17 +63,6 @@ impl DbError {
                 None => DbError::Postgres(db.message().to_owned()),
             },
             None => DbError::Postgres(e.to_string()),
-        }
-    }
-
-    /// A unique or primary key was violated.
-    pub fn is_conflict(&self) -> bool {
-        match self {
-            DbError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
-                e.code == rusqlite::ErrorCode::ConstraintViolation
-            }
-            DbError::Postgres(m) => m.starts_with("duplicate key"),
-            _ => false,
         }
     }
 }
@@ -419,15 +409,7 @@ impl Database {
         &self,
         f: impl FnOnce(&dyn Conn) -> Result<T, E>,
     ) -> Result<T, E> {
-        let mut f = Some(f);
-        let mut out = None;
-        self.backend.transaction(&mut |conn| {
-            let r = f.take().map(|f| f(conn));
-            let ok = matches!(r, Some(Ok(_)));
-            out = r;
-            ok
-        })?;
-        out.expect("the transaction ran its closure")
+        self.in_transaction(false, f)
     }
 
     /// Runs `f` in a transaction that need not wait for the others (see
@@ -436,14 +418,26 @@ impl Database {
         &self,
         f: impl FnOnce(&dyn Conn) -> Result<T, E>,
     ) -> Result<T, E> {
+        self.in_transaction(true, f)
+    }
+
+    fn in_transaction<T, E: From<DbError>>(
+        &self,
+        aside: bool,
+        f: impl FnOnce(&dyn Conn) -> Result<T, E>,
+    ) -> Result<T, E> {
         let mut f = Some(f);
         let mut out = None;
-        self.backend.side_transaction(&mut |conn| {
+        let mut run = |conn: &dyn Conn| {
             let r = f.take().map(|f| f(conn));
             let ok = matches!(r, Some(Ok(_)));
             out = r;
             ok
-        })?;
+        };
+        match aside {
+            false => self.backend.transaction(&mut run)?,
+            true => self.backend.side_transaction(&mut run)?,
+        }
         out.expect("the transaction ran its closure")
     }
 
@@ -477,9 +471,4 @@ impl Database {
     pub(crate) fn backend(&self) -> &dyn Backend {
         self.backend.as_ref()
     }
-}
-
-/// Waits for the database (see the crate's documentation for why without `block_in_place`).
-pub(crate) fn blocking<T>(wait: impl FnOnce() -> T) -> T {
-    wait()
 }

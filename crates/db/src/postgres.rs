@@ -1,7 +1,7 @@
-//! The PostgreSQL backend: tokio-postgres on a runtime of its own (one thread), one connection
-//! for writes and one for reads. A connection found closed (the database restarted, a network
-//! cut) is opened again by the next call; the call that met the closed connection fails and
-//! says so.
+//! The PostgreSQL backend: tokio-postgres on a runtime of its own (one thread); one session for
+//! the ordered writes, bounded pools of sessions for reads and for writes that need no order. A
+//! session found closed (the database restarted, a network cut) is opened again by the next
+//! call; the call that met the closed session fails and says so.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -15,7 +15,7 @@ use tokio::runtime::Handle;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio_postgres::{Client, Config, NoTls, Statement};
 
-use crate::{blocking, Backend, Conn, DbError, Dialect, Row, Value};
+use crate::{Backend, Conn, DbError, Dialect, Row, Value};
 
 /// How long opening a connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -100,7 +100,7 @@ struct Session {
 
 /// Sessions of a pool at most: more callers wait for one (PostgreSQL's connections are few,
 /// 100 by default, and shared by every server and key server on the database).
-const READERS: usize = 8;
+const POOL_SIZE: usize = 8;
 
 /// The sessions of a pool: those not in use, and how many there are in all.
 #[derive(Default)]
@@ -177,7 +177,7 @@ fn run<T: Send + 'static>(
     handle.spawn(async move {
         let _ = tx.send(fut.await);
     });
-    blocking(|| rx.recv())
+    rx.recv()
         .map_err(|_| DbError::Postgres("the database connection stopped before it answered".into()))
 }
 
@@ -379,21 +379,21 @@ impl Conn for OwnedSession {
 
 impl Postgres {
     /// Runs `f` on a session of `pool`: an idle one, or a new one while there are fewer than
-    /// [`READERS`], or the next one given back.
+    /// [`POOL_SIZE`], or the next one given back.
     fn pooled(&self, pool: &Pool, f: &mut dyn FnMut(&dyn Conn)) -> Result<(), DbError> {
-        let idle = blocking(|| {
+        let idle = {
             let mut r = lock(&pool.sessions);
             loop {
                 if let Some(s) = r.idle.pop() {
-                    return Some(s);
+                    break Some(s);
                 }
-                if r.open < READERS {
+                if r.open < POOL_SIZE {
                     r.open += 1;
-                    return None;
+                    break None;
                 }
                 r = pool.returned.wait(r).unwrap_or_else(|p| p.into_inner());
             }
-        });
+        };
         let opened = match idle.filter(|s| !s.client.is_closed()) {
             Some(s) => Ok(s),
             None => open_session(&self.handle, &self.config),

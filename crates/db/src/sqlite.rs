@@ -1,5 +1,5 @@
-//! The SQLite backend: one file, WAL, `synchronous=FULL`; one connection for writes and one
-//! (query-only) for reads, so that reading does not wait for a large write.
+//! The SQLite backend: one file, WAL, `synchronous=FULL`; one connection for writes and pooled
+//! read-only ones, so that reading does not wait for a large write.
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};

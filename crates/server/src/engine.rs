@@ -22,7 +22,7 @@ use tresor_core::Lang;
 
 use crate::agents::{AgentHub, HubEvent};
 use crate::broker::KeyBroker;
-use crate::store::{AlarmChange, EventRow, Store, VmRecord};
+use crate::store::{AlarmChange, EventRow, PushOutcome, Store, VmRecord};
 
 /// How many host pushes the engine has in flight at once.
 const CONCURRENCY: usize = 256;
@@ -386,27 +386,35 @@ impl Engine {
                     st.earlier_pushes.push((host.clone(), i));
                     continue;
                 }
-                settled.push((i.id, "done"));
+                settled.push((i.id, PushOutcome::Done));
                 rows.extend(self.record_earlier_push(&mut st, &host, &i));
             }
         }
         drop(permit);
+        if !settled.is_empty() {
+            tracing::info!(
+                host,
+                pushes = settled.len(),
+                "settled the key pushes an earlier leader left"
+            );
+        }
+        self.settle(settled, rows).await;
+    }
+
+    /// Settles key pushes with their events (see [`Store::settle_pushes`]), on a thread that
+    /// may block, at most as many at once as [`Engine::records`] allows.
+    async fn settle(&self, settled: Vec<(i64, PushOutcome)>, rows: Vec<EventRow>) {
+        let Some(store) = self.store.clone() else {
+            return;
+        };
         if settled.is_empty() {
             return;
         }
-        tracing::info!(
-            host,
-            pushes = settled.len(),
-            "settled the key pushes an earlier leader left"
-        );
         let _permit = self.records.acquire().await;
-        let result = tokio::task::spawn_blocking(move || {
-            let settled: Vec<(i64, &str)> = settled.iter().map(|(i, s)| (*i, *s)).collect();
-            store.settle_pushes(&settled, &rows)
-        })
-        .await;
+        let result =
+            tokio::task::spawn_blocking(move || store.settle_pushes(&settled, &rows)).await;
         if let Ok(Err(e)) = result {
-            tracing::error!(error = %e, "cannot settle the key pushes an earlier leader left");
+            tracing::error!(error = %e, "cannot record how key pushes ended");
         }
     }
 
@@ -442,9 +450,6 @@ impl Engine {
 
     /// Settles the earlier leader's pushes whose keys the hosts now report to hold.
     async fn settle_observed_pushes(&self) {
-        let Some(store) = self.store.clone() else {
-            return;
-        };
         let mut settled = Vec::new();
         let mut rows = Vec::new();
         {
@@ -464,21 +469,11 @@ impl Engine {
                     st.earlier_pushes.push((host, i));
                     continue;
                 }
-                settled.push((i.id, "done"));
+                settled.push((i.id, PushOutcome::Done));
                 rows.extend(self.record_earlier_push(&mut st, &host, &i));
             }
         }
-        if settled.is_empty() {
-            return;
-        }
-        let result = tokio::task::spawn_blocking(move || {
-            let settled: Vec<(i64, &str)> = settled.iter().map(|(i, s)| (*i, *s)).collect();
-            store.settle_pushes(&settled, &rows)
-        })
-        .await;
-        if let Ok(Err(e)) = result {
-            tracing::error!(error = %e, "cannot settle the key pushes an earlier leader left");
-        }
+        self.settle(settled, rows).await;
     }
 
     /// Reads the registry from the store again: a standby server follows what the leader
@@ -1520,22 +1515,17 @@ impl Engine {
         // an earlier leader's push of these VMs' keys did not arrive (they are pushed again).
         let intents = match (&self.store, self.fencing_token()) {
             (Some(store), Some(token)) if config.record_pushes_at_once => {
-                let lost: Vec<i64> = {
+                let lost: Vec<(i64, PushOutcome)> = {
                     let mut st = self.state();
                     let (lost, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut st.earlier_pushes)
                         .into_iter()
                         .partition(|(h, i)| h == host && batch.iter().any(|(vm, _)| *vm == i.vm));
                     st.earlier_pushes = kept;
-                    lost.into_iter().map(|(_, i)| i.id).collect()
+                    lost.into_iter()
+                        .map(|(_, i)| (i.id, PushOutcome::Lost))
+                        .collect()
                 };
-                if !lost.is_empty() {
-                    let store = store.clone();
-                    let _ = tokio::task::spawn_blocking(move || {
-                        let lost: Vec<(i64, &str)> = lost.iter().map(|i| (*i, "lost")).collect();
-                        store.settle_pushes(&lost, &[])
-                    })
-                    .await;
-                }
+                self.settle(lost, Vec::new()).await;
                 let (store, h) = (store.clone(), host.to_owned());
                 let owned: Vec<(String, Vec<KeyRef>)> =
                     batch.iter().map(|b| (*b).clone()).collect();
@@ -1639,17 +1629,17 @@ impl Engine {
                 }
             }
         }
-        if let (Some(store), Some(ids)) = (self.store.clone(), intents) {
-            let state = if ok { "done" } else { "failed" };
-            let _permit = self.records.acquire().await;
-            let result = tokio::task::spawn_blocking(move || {
-                let settled: Vec<(i64, &str)> = ids.iter().map(|i| (*i, state)).collect();
-                store.settle_pushes(&settled, &settled_rows)
-            })
+        if let Some(ids) = intents {
+            let outcome = if ok {
+                PushOutcome::Done
+            } else {
+                PushOutcome::Failed
+            };
+            self.settle(
+                ids.into_iter().map(|i| (i, outcome)).collect(),
+                settled_rows,
+            )
             .await;
-            if let Ok(Err(e)) = result {
-                tracing::error!(error = %e, host, "cannot record the end of a key push");
-            }
         }
         if let (Some(store), false) = (&self.store, alarms.is_empty()) {
             if let Err(e) = store.change_alarms(&alarms, crate::enrol::now()) {

@@ -456,6 +456,27 @@ const MIGRATIONS: &[Migration] = &[
     },
 ];
 
+/// How a key push ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// The host took the keys.
+    Done,
+    /// The host refused them, or did not answer.
+    Failed,
+    /// It never reached the host (a later leader pushed those keys itself).
+    Lost,
+}
+
+impl PushOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            PushOutcome::Done => "done",
+            PushOutcome::Failed => "failed",
+            PushOutcome::Lost => "lost",
+        }
+    }
+}
+
 /// A key push written before the keys left, not settled yet.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PushIntent {
@@ -643,8 +664,6 @@ pub struct Store {
     db: Database,
     /// The VMs in memory, as last written or taken (the server's view; no SQL there).
     view: VmView,
-    /// A connection of the lease's own: its renewal must not wait behind a storm's writes.
-    lease: std::sync::Mutex<Option<Box<dyn Conn + Send>>>,
 }
 
 pub use crate::vmview::StoredVm;
@@ -754,7 +773,6 @@ impl Store {
         Ok(Store {
             db,
             view: VmView::load(vms),
-            lease: std::sync::Mutex::new(None),
         })
     }
 
@@ -777,45 +795,6 @@ impl Store {
 
     fn read<T>(&self, f: impl FnOnce(&dyn Conn) -> Result<T, StoreError>) -> Result<T, StoreError> {
         self.db.read(f)
-    }
-
-    /// Runs `f` in a transaction on the lease's own connection (the connection for writes
-    /// when there can be no other: a database in memory).
-    fn lease_write<T>(
-        &self,
-        f: impl FnOnce(&dyn Conn) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let mut slot = self.lease.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.is_none() {
-            match self.db.connect() {
-                Ok(c) => *slot = Some(c),
-                Err(_) if self.db.location() == ":memory:" => {
-                    drop(slot);
-                    return self.write(f);
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let conn = slot.as_deref().expect("connected above");
-        let begin = match self.db.dialect() {
-            Dialect::Sqlite => "BEGIN IMMEDIATE",
-            Dialect::Postgres => "BEGIN",
-        };
-        if let Err(e) = conn.batch(begin) {
-            // A connection that failed is opened again next time.
-            *slot = None;
-            return Err(e.into());
-        }
-        let result = f(conn);
-        let end = match &result {
-            Ok(_) => conn.batch("COMMIT"),
-            Err(_) => conn.batch("ROLLBACK"),
-        };
-        if let Err(e) = end {
-            *slot = None;
-            return Err(e.into());
-        }
-        result
     }
 
     // Providers.
@@ -1613,7 +1592,8 @@ impl Store {
 }
 
 impl Store {
-    // Leadership (see crate::lease).
+    // Leadership (see crate::lease), on connections apart from the ordered writes: a renewal
+    // must not wait behind a storm's writes.
 
     /// Takes the lease for `holder` for `ttl_ms` unless another holder's lease is still
     /// running: the new fencing token, or `None` when another server leads.
@@ -1624,7 +1604,7 @@ impl Store {
         ttl_ms: i64,
     ) -> Result<Option<i64>, StoreError> {
         let now = now_ms(self.db.dialect());
-        self.lease_write(|tx| {
+        self.db.write_aside(|tx| {
             Ok(tx.value(
                 &format!(
                     "INSERT INTO leader (id, holder, api_url, token, expires_ms) VALUES (1, ?1, ?2, 1, {now} + ?3)
@@ -1641,7 +1621,7 @@ impl Store {
     /// another server holds it now.
     pub fn renew_lease(&self, holder: &str, token: i64, ttl_ms: i64) -> Result<bool, StoreError> {
         let now = now_ms(self.db.dialect());
-        self.lease_write(|tx| {
+        self.db.write_aside(|tx| {
             Ok(tx.execute(
                 &format!(
                     "UPDATE leader SET expires_ms = {now} + ?3
@@ -1655,7 +1635,7 @@ impl Store {
     /// Ends the lease `holder` holds with `token` at once (a server stopping), so that another
     /// takes over without waiting for it to run out.
     pub fn release_lease(&self, holder: &str, token: i64) -> Result<(), StoreError> {
-        self.lease_write(|tx| {
+        self.db.write_aside(|tx| {
             tx.execute(
                 "UPDATE leader SET expires_ms = 0 WHERE id = 1 AND holder = ?1 AND token = ?2",
                 args![holder, token],
@@ -1741,16 +1721,16 @@ impl Store {
         })
     }
 
-    /// Settles key pushes (`done`, `failed` or `lost`) and stores their events, in one
-    /// transaction: a push is recorded once, whoever settles it.
+    /// Settles key pushes and stores their events, in one transaction: a push is recorded
+    /// once, whoever settles it.
     pub fn settle_pushes(
         &self,
-        settled: &[(i64, &str)],
+        settled: &[(i64, PushOutcome)],
         events: &[EventRow],
     ) -> Result<(), StoreError> {
         let updates: Vec<Vec<tresor_db::Value>> = settled
             .iter()
-            .map(|(id, state)| args![*id, *state].to_vec())
+            .map(|(id, outcome)| args![*id, outcome.as_str()].to_vec())
             .collect();
         let rows = events
             .iter()
