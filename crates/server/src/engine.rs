@@ -128,6 +128,9 @@ struct State {
     /// Key pushes an earlier leader sent and did not see to their end, by host: settled when
     /// the host is seen to hold their keys, or lost when this leader pushes them itself.
     earlier_pushes: Vec<(String, crate::store::PushIntent)>,
+    /// The ids of the earlier leader's pushes taken up (watched or settled): a host that
+    /// connects again does not bring them a second time, and none is recorded twice.
+    earlier_seen: HashSet<i64>,
 }
 
 /// A VM a host reports that the registry does not hold, or holds otherwise: shown, never
@@ -380,6 +383,9 @@ impl Engine {
         {
             let mut st = self.state();
             for i in intents {
+                if !st.earlier_seen.insert(i.id) {
+                    continue;
+                }
                 let arrived = i.keys.iter().all(|k| keys_held.contains(k));
                 if !arrived {
                     // It may still arrive (the host is busy with it): watched in the passes.
