@@ -1849,29 +1849,36 @@ mod tests {
     }
 
     fn one_server_holds_the_lease_and_each_holder_gets_a_larger_token(s: &Store) {
-        let a = s.acquire_lease("a", "https://a:8400", 300).unwrap();
+        // Leases of 10 s where one must still run (a loaded machine does not end them), and
+        // one of 1 ms where one must have run out.
+        let long = 10_000;
+        let a = s.acquire_lease("a", "https://a:8400", long).unwrap();
         assert_eq!(a, Some(1));
         assert_eq!(
-            s.acquire_lease("b", "https://b:8400", 300).unwrap(),
+            s.acquire_lease("b", "https://b:8400", long).unwrap(),
             None,
             "a's lease runs"
         );
-        assert!(s.renew_lease("a", 1, 300).unwrap());
+        assert!(s.renew_lease("a", 1, long).unwrap());
         let led = s.leader().unwrap().unwrap();
         assert_eq!((led.holder.as_str(), led.token), ("a", 1));
-        assert!(led.expires_in_ms > 0 && led.expires_in_ms <= 300, "{led:?}");
-        std::thread::sleep(std::time::Duration::from_millis(400));
-        assert!(!s.renew_lease("a", 1, 300).unwrap(), "a's lease ran out");
+        assert!(
+            led.expires_in_ms > 0 && led.expires_in_ms <= long,
+            "{led:?}"
+        );
+        assert!(s.renew_lease("a", 1, 1).unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!s.renew_lease("a", 1, long).unwrap(), "a's lease ran out");
         assert_eq!(
-            s.acquire_lease("b", "https://b:8400", 300).unwrap(),
+            s.acquire_lease("b", "https://b:8400", long).unwrap(),
             Some(2)
         );
-        assert!(!s.renew_lease("a", 1, 300).unwrap(), "b holds it now");
+        assert!(!s.renew_lease("a", 1, long).unwrap(), "b holds it now");
         assert_eq!(s.leader().unwrap().unwrap().api_url, "https://b:8400");
         // A server that stops hands the lease over at once.
         s.release_lease("b", 2).unwrap();
         assert_eq!(
-            s.acquire_lease("a", "https://a:8400", 300).unwrap(),
+            s.acquire_lease("a", "https://a:8400", long).unwrap(),
             Some(3)
         );
     }
