@@ -3,14 +3,13 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use common::{http, seed_users};
-use tresor_server::store::{EventRow, Store, VmRecord};
+use tresor_server::store::{EventRow, VmRecord};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_operation_checks_its_privilege() {
-    let store = Arc::new(Store::in_memory().unwrap());
+    let db = common::TestDb::new();
+    let store = db.store();
     seed_users(&store);
     let report = serde_json::json!({
         "id": "id1", "name": "web01", "path": "/vms/web01", "encrypted": true, "powerState": "poweredOff",
@@ -179,7 +178,8 @@ async fn every_operation_checks_its_privilege() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_unlock_policy_is_a_stored_setting_guarded_by_its_privilege() {
-    let store = Arc::new(Store::in_memory().unwrap());
+    let db = common::TestDb::new();
+    let store = db.store();
     seed_users(&store);
     let data = tempfile::tempdir().unwrap();
     let served = common::serve(store.clone(), data.path()).await;
@@ -244,7 +244,8 @@ async fn the_unlock_policy_is_a_stored_setting_guarded_by_its_privilege() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_stream_as_they_happen() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let store = Arc::new(Store::in_memory().unwrap());
+    let db = common::TestDb::new();
+    let store = db.store();
     seed_users(&store);
     let event = |vm: &str| EventRow {
         id: 0,
@@ -318,7 +319,8 @@ async fn events_stream_as_they_happen() {
 /// shape at worst), never the router's bare 404 or 405.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_matches_the_routes() {
-    let store = Arc::new(Store::in_memory().unwrap());
+    let db = common::TestDb::new();
+    let store = db.store();
     seed_users(&store);
     let data = tempfile::tempdir().unwrap();
     let served = common::serve(store.clone(), data.path()).await;
@@ -373,7 +375,8 @@ async fn the_openapi_document_matches_the_routes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_operation_refuses_a_user_without_its_privilege() {
     use tresor_server::api::openapi::OPERATIONS;
-    let store = Arc::new(Store::in_memory().unwrap());
+    let db = common::TestDb::new();
+    let store = db.store();
     seed_users(&store);
     store.add_user("nobody", "x").unwrap();
     store
@@ -427,7 +430,8 @@ async fn every_operation_refuses_a_user_without_its_privilege() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreadable_paths_and_queries_are_json_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(&dir.path().join("s.sqlite")).unwrap());
+    let db = common::TestDb::new();
+    let store = db.store();
     common::seed_users(&store);
     let served = common::serve(store, dir.path()).await;
     let (status, body) = http(
@@ -470,7 +474,8 @@ async fn unreadable_paths_and_queries_are_json_errors() {
 async fn every_example_is_taken_and_every_answer_reads_as_its_type() {
     use tresor_api::views::*;
     use tresor_server::api::openapi::{answer_type, statuses, OPERATIONS};
-    let store = Arc::new(Store::in_memory().unwrap());
+    let db = common::TestDb::new();
+    let store = db.store();
     seed_users(&store);
     let data = tempfile::tempdir().unwrap();
     let served = common::serve(store.clone(), data.path()).await;
@@ -586,7 +591,8 @@ async fn every_example_is_taken_and_every_answer_reads_as_its_type() {
 /// that is away): found by the API fuzzer, with `vm register` on a made-up host.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_that_does_not_exist_is_not_found() {
-    let store = Arc::new(Store::in_memory().unwrap());
+    let db = common::TestDb::new();
+    let store = db.store();
     seed_users(&store);
     let data = tempfile::tempdir().unwrap();
     let served = common::serve(store, data.path()).await;

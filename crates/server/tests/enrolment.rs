@@ -1,6 +1,8 @@
 //! Hosts enrol with one-time join tokens that pin the server's CA, and then hold sessions with the
 //! certificate they got.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -10,13 +12,14 @@ use tresor_agent::qemu::QemuConfig;
 use tresor_agent::session::{self, SessionConfig};
 use tresor_server::agents::AgentHub;
 use tresor_server::enrol::Enroller;
-use tresor_server::store::{JoinGrant, Store};
+use tresor_server::store::JoinGrant;
 use tresor_tls::{CertKind, CertificateAuthority, ClientAuth};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_joins_once_with_a_token_and_then_connects() {
     let tmp = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::in_memory().unwrap());
+    let db = common::TestDb::new();
+    let store = db.store();
     let ca = CertificateAuthority::generate("Tresor Server CA", 2).unwrap();
     let server_cert = ca
         .issue(CertKind::Server, "localhost", &["localhost"], 2)

@@ -6,7 +6,6 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::sync::Arc;
 
 use common::{http, http_body, seed_users};
 use serde_json::{json, Value};
@@ -62,7 +61,8 @@ async fn providers_are_added_trusted_probed_and_removed() {
     let kms_dir = tempfile::tempdir().unwrap();
     let kms = TestServer::start(kms_dir.path().to_path_buf(), LimitsConfig::default()).await;
     let data = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::in_memory().unwrap());
+    let db = common::TestDb::new();
+    let store = db.store();
     seed_users(&store);
     let api = common::serve(store.clone(), data.path()).await;
     let addr = api.addr.as_str();

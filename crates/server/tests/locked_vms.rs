@@ -4,6 +4,8 @@
 //! on the provider locks with keyMissingOnKms until its administrator reactivates it; under the
 //! manual policy the VM waits for an operator's unlock.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -101,7 +103,8 @@ async fn the_procedures_cases_1_3_and_5_in_one_process() {
     })
     .await;
 
-    let store = Arc::new(tresor_server::store::Store::in_memory().unwrap());
+    let db = common::TestDb::new();
+    let store = db.store();
     let engine = Engine::new(
         hub.clone(),
         broker.clone(),

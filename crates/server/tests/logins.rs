@@ -4,15 +4,13 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use tresor_server::accounts::Accounts;
-use tresor_server::store::Store;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_in_is_limited_tokens_expire_and_password_changes_end_sessions() {
     let data = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::in_memory().unwrap());
+    let db = common::TestDb::new();
+    let store = db.store();
     common::seed_users(&store);
     Accounts::new(&store)
         .add_user("alice", "alices-long-password", &["ReadOnly".into()])

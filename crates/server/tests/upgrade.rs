@@ -1,7 +1,11 @@
 //! The database across releases: a database made by the previous release (schema 4, from
 //! `tresor dev`, kept as SQL in `fixtures/`) is migrated on open and keeps everything; a
-//! database written by a newer release is refused with the release it needs.
+//! database written by a newer release is refused with the release it needs. (PostgreSQL came
+//! with schema 9, so there is no older PostgreSQL database to migrate; the refusal runs on both.)
 
+mod common;
+
+use tresor_db::{args, Database, DbError, Dialect};
 use tresor_server::store::{Store, StoreError, SCHEMA};
 
 /// A database file made from SQL text.
@@ -60,30 +64,43 @@ fn a_database_of_the_previous_release_is_migrated_and_keeps_everything() {
     assert_eq!(schema_of(&path).0, SCHEMA as i64);
 }
 
+/// On either backend (`TRESOR_TEST_SERVER_DATABASE`).
 #[test]
 fn a_database_of_a_newer_release_is_refused_with_the_release_it_needs() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("server.sqlite");
-    drop(Store::open(&path).unwrap());
+    let db = common::TestDb::new();
+    drop(db.open());
     // What a later release would leave: a schema beyond this one's, and its version.
-    let c = rusqlite::Connection::open(&path).unwrap();
-    c.pragma_update(None, "user_version", SCHEMA as i64 + 1)
-        .unwrap();
-    c.execute(
-        "UPDATE meta SET value = '9.1.0' WHERE key = 'schema_release'",
-        [],
-    )
+    let raw = Database::open(&db.location()).unwrap();
+    let newer = SCHEMA as i64 + 1;
+    raw.write(|c| -> Result<(), DbError> {
+        match c.dialect() {
+            Dialect::Sqlite => c.batch(&format!("PRAGMA user_version = {newer}"))?,
+            Dialect::Postgres => {
+                c.execute("UPDATE tresor_schema SET version = ?1", args![newer])?;
+            }
+        }
+        c.execute(
+            "UPDATE meta SET value = '9.1.0' WHERE key = 'schema_release'",
+            &[],
+        )?;
+        Ok(())
+    })
     .unwrap();
-    drop(c);
-    let err = Store::open(&path).unwrap_err();
+    let err = Store::open_at(&db.location()).unwrap_err();
     assert!(matches!(err, StoreError::TooNew { .. }), "{err}");
     let message = err.to_string();
     assert!(
-        message.contains(&format!("has schema {}", SCHEMA + 1))
+        message.contains(&format!("has schema {newer}"))
             && message.contains("written by tresor 9.1.0")
             && message.contains("Run tresor 9.1.0 or newer"),
         "{message}"
     );
     // Refused before anything was written.
-    assert_eq!(schema_of(&path).0, SCHEMA as i64 + 1);
+    let version = raw
+        .read(|c| match c.dialect() {
+            Dialect::Sqlite => c.value::<i64>("PRAGMA user_version", &[]),
+            Dialect::Postgres => c.value::<i64>("SELECT version FROM tresor_schema", &[]),
+        })
+        .unwrap();
+    assert_eq!(version, Some(newer));
 }

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use common::{http, seed_users, serve};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tresor_core::vm::CryptoState;
@@ -14,7 +12,7 @@ use tresor_server::api::vm_view;
 fn vm_json(r: &VmRecord) -> serde_json::Value {
     serde_json::to_value(vm_view(r)).unwrap()
 }
-use tresor_server::store::{Store, VmRecord};
+use tresor_server::store::VmRecord;
 
 fn record(i: usize) -> VmRecord {
     let locked = i.is_multiple_of(3);
@@ -74,9 +72,9 @@ fn names(v: &serde_json::Value) -> Vec<String> {
 
 #[tokio::test]
 async fn the_list_is_filtered_paged_and_shows_deferred_states_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("server.sqlite");
-    let store = Arc::new(Store::open(&path).unwrap());
+    let db = common::TestDb::new();
+    let dir = &db.dir;
+    let store = db.store();
     seed_users(&store);
     let records: Vec<VmRecord> = (0..1100).map(record).collect();
     store.put_vms(&records).unwrap();
@@ -144,7 +142,7 @@ async fn the_list_is_filtered_paged_and_shows_deferred_states_at_once() {
 
     // What was written is what a new server reads.
     drop(served);
-    let reopened = Store::open(&path).unwrap();
+    let reopened = db.open();
     assert_eq!(reopened.vm("vm-0003").unwrap().unwrap(), changed);
     assert!(reopened.vm("vm-0004").unwrap().is_none());
     assert_eq!(reopened.vms().unwrap().len(), 1099);

@@ -16,6 +16,44 @@ use tresor_server::providers::Providers;
 use tresor_server::store::Store;
 use tresor_tls::CertificateAuthority;
 
+/// Whether the server's tests run on PostgreSQL (`TRESOR_TEST_SERVER_DATABASE=postgres`, which
+/// `./scripts/test` sets for a second run of them) instead of SQLite.
+pub fn on_postgres() -> bool {
+    std::env::var("TRESOR_TEST_SERVER_DATABASE").as_deref() == Ok("postgres")
+}
+
+/// The database of one test: an SQLite file in a folder of its own, or a PostgreSQL database of
+/// its own on the test cluster; gone when the test ends.
+pub struct TestDb {
+    pub dir: tempfile::TempDir,
+    postgres: Option<tresor_db::testing::ScratchPostgres>,
+}
+
+impl TestDb {
+    pub fn new() -> TestDb {
+        TestDb {
+            dir: tempfile::tempdir().unwrap(),
+            postgres: on_postgres().then(tresor_db::testing::ScratchPostgres::new),
+        }
+    }
+
+    pub fn location(&self) -> tresor_db::Location {
+        match &self.postgres {
+            Some(db) => db.location().clone(),
+            None => tresor_db::Location::Sqlite(self.dir.path().join("server.sqlite")),
+        }
+    }
+
+    /// Opens the store (again: a second call reads what the first wrote).
+    pub fn open(&self) -> Store {
+        Store::open_at(&self.location()).unwrap()
+    }
+
+    pub fn store(&self) -> Arc<Store> {
+        Arc::new(self.open())
+    }
+}
+
 /// One request with the API client (plain HTTP: the API is served on loopback here); the status
 /// and the JSON answer (`Null` when there is none).
 pub async fn http_body(
