@@ -556,29 +556,24 @@ fn raise_alarm(
     reason: &str,
     now: i64,
 ) -> Result<i64, StoreError> {
-    let existing: Option<i64> = conn.value(
-        "SELECT id FROM alarms WHERE kind = ?1 AND object = ?2 AND cleared IS NULL",
-        args![kind, object],
-    )?;
-    if let Some(id) = existing {
-        conn.execute(
-            "UPDATE alarms SET reason = ?2 WHERE id = ?1",
-            args![id, reason],
-        )?;
-        return Ok(id);
-    }
     conn.value(
-        "INSERT INTO alarms (kind, object, reason, raised) VALUES (?1, ?2, ?3, ?4) RETURNING id",
+        &format!("{RAISE_ALARM} RETURNING id"),
         args![kind, object, reason, now],
     )?
-    .ok_or_else(|| StoreError::Corrupt("an inserted alarm has no id".into()))
+    .ok_or_else(|| StoreError::Corrupt("a raised alarm has no id".into()))
 }
 
+/// Raises an alarm, or gives the active one of its kind for the object the new reason: one
+/// statement (the partial unique index `alarms_active` finds the active one).
+const RAISE_ALARM: &str =
+    "INSERT INTO alarms (kind, object, reason, raised) VALUES (?1, ?2, ?3, ?4)
+     ON CONFLICT (kind, object) WHERE cleared IS NULL DO UPDATE SET reason = excluded.reason";
+
+const CLEAR_ALARM: &str =
+    "UPDATE alarms SET cleared = ?3 WHERE kind = ?1 AND object = ?2 AND cleared IS NULL";
+
 fn clear_alarm(conn: &dyn Conn, kind: &str, object: &str, now: i64) -> Result<bool, StoreError> {
-    Ok(conn.execute(
-        "UPDATE alarms SET cleared = ?3 WHERE kind = ?1 AND object = ?2 AND cleared IS NULL",
-        args![kind, object, now],
-    )? > 0)
+    Ok(conn.execute(CLEAR_ALARM, args![kind, object, now])? > 0)
 }
 
 /// A state name read back from the database. The store writes only known names; one it does not
@@ -1219,20 +1214,40 @@ impl Store {
 
     /// Raises and clears many alarms in one transaction.
     pub fn change_alarms(&self, changes: &[AlarmChange], now: i64) -> Result<(), StoreError> {
+        // In order, each run of raises or of clears sent together (a storm raises or clears
+        // thousands at once: one round trip, not one each).
+        let runs = changes.chunk_by(|a, b| {
+            matches!(a, AlarmChange::Raise { .. }) == matches!(b, AlarmChange::Raise { .. })
+        });
         self.write(|tx| {
-            for c in changes {
-                match c {
-                    AlarmChange::Raise {
-                        kind,
-                        object,
-                        reason,
-                    } => {
-                        raise_alarm(tx, kind, object, reason, now)?;
-                    }
-                    AlarmChange::Clear { kind, object } => {
-                        clear_alarm(tx, kind, object, now)?;
-                    }
-                }
+            for run in runs {
+                let (sql, rows) = match run[0] {
+                    AlarmChange::Raise { .. } => (
+                        RAISE_ALARM,
+                        run.iter()
+                            .filter_map(|c| match c {
+                                AlarmChange::Raise {
+                                    kind,
+                                    object,
+                                    reason,
+                                } => Some(args![*kind, object, reason, now].to_vec()),
+                                AlarmChange::Clear { .. } => None,
+                            })
+                            .collect::<Vec<_>>(),
+                    ),
+                    AlarmChange::Clear { .. } => (
+                        CLEAR_ALARM,
+                        run.iter()
+                            .filter_map(|c| match c {
+                                AlarmChange::Clear { kind, object } => {
+                                    Some(args![*kind, object, now].to_vec())
+                                }
+                                AlarmChange::Raise { .. } => None,
+                            })
+                            .collect(),
+                    ),
+                };
+                tx.execute_many(sql, &rows)?;
             }
             Ok(())
         })
@@ -2074,6 +2089,45 @@ mod tests {
             .unwrap();
         assert_ne!(a, c, "a new occurrence is a new alarm");
         assert_eq!(s.alarms(false).unwrap().len(), 2);
+
+        // Many changes at once are made in their order.
+        let raise = |object: &str, reason: &str| AlarmChange::Raise {
+            kind: "vm.locked",
+            object: object.into(),
+            reason: reason.into(),
+        };
+        let clear = |object: &str| AlarmChange::Clear {
+            kind: "vm.locked",
+            object: object.into(),
+        };
+        s.change_alarms(
+            &[
+                raise("vm:a", "kmsClusterError"),
+                raise("vm:b", "kmsClusterError"),
+                raise("vm:a", "keyMissingOnKms"),
+                clear("vm:web01"),
+                clear("vm:b"),
+                raise("vm:b", "keyMissingOnHost"),
+            ],
+            5,
+        )
+        .unwrap();
+        let mut active: Vec<(String, String)> = s
+            .alarms(true)
+            .unwrap()
+            .into_iter()
+            .map(|a| (a.object, a.reason))
+            .collect();
+        active.sort();
+        assert_eq!(
+            active,
+            [
+                ("vm:a".to_owned(), "keyMissingOnKms".to_owned()),
+                ("vm:b".to_owned(), "keyMissingOnHost".to_owned())
+            ]
+        );
+        // web01's two, a's one, b's cleared one and its new one.
+        assert_eq!(s.alarms(false).unwrap().len(), 5);
     }
 
     fn users_tokens_roles_and_privileges(s: &Store) {
