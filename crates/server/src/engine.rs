@@ -37,6 +37,9 @@ const DECIDE_CHUNK: usize = 2000;
 
 /// How many recent events the engine keeps in memory.
 const MEMORY_EVENTS: usize = 10_000;
+/// Key-push records written in one transaction at most (see [`Engine::push_log`]): one a
+/// host, so a storm of 2,500 hosts is written in a few.
+const PUSH_JOBS_PER_GROUP: usize = 1024;
 
 /// An event the engine recorded.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -302,9 +305,26 @@ pub struct Engine {
     last_pass: Mutex<Option<Instant>>,
     /// The fencing token of this server's lease, when servers share the database.
     token: Mutex<Option<i64>>,
-    /// Bounds the key-push records written at once: each waits for the database on a thread
-    /// of its own, and a storm's thousands of pushes must not make thousands of threads.
+    /// Bounds the reads of an earlier leader's key pushes at once: each waits for the database
+    /// on a thread of its own, and thousands of hosts connecting to a new leader must not make
+    /// thousands of threads.
     records: tokio::sync::Semaphore,
+    /// The writer of key-push records (see [`Engine::push_log`]), started at the first push.
+    push_log: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<PushJob>>,
+}
+
+/// A key-push record for [`Engine::push_log`] to write, with the one waiting for it.
+enum PushJob {
+    /// Pushes about to leave (with the earlier leader's pushes of the same keys that were
+    /// lost): their ids, `Ok(None)` when another server leads now, `Err` when they could not be
+    /// written (said in the log once for the group).
+    Intend(
+        crate::store::NewPushes,
+        Vec<(i64, PushOutcome)>,
+        tokio::sync::oneshot::Sender<Result<Option<Vec<i64>>, ()>>,
+    ),
+    /// Pushes that ended, their events and alarms.
+    Settle(crate::store::PushRecords, tokio::sync::oneshot::Sender<()>),
 }
 
 impl std::fmt::Debug for Engine {
@@ -344,6 +364,7 @@ impl Engine {
             last_pass: Mutex::new(None),
             token: Mutex::new(None),
             records: tokio::sync::Semaphore::new(8),
+            push_log: std::sync::OnceLock::new(),
         })
     }
 
@@ -404,24 +425,121 @@ impl Engine {
                 "settled the key pushes an earlier leader left"
             );
         }
-        self.settle(settled, rows).await;
+        self.settle(settled, rows, Vec::new()).await;
     }
 
-    /// Settles key pushes with their events (see [`Store::settle_pushes`]), on a thread that
-    /// may block, at most as many at once as [`Engine::records`] allows.
-    async fn settle(&self, settled: Vec<(i64, PushOutcome)>, rows: Vec<EventRow>) {
-        let Some(store) = self.store.clone() else {
+    /// Settles key pushes with their events and alarms (see [`Store::record_pushes`]), and
+    /// waits until they are written.
+    async fn settle(
+        &self,
+        settled: Vec<(i64, PushOutcome)>,
+        events: Vec<EventRow>,
+        alarms: Vec<AlarmChange>,
+    ) {
+        if settled.is_empty() && events.is_empty() && alarms.is_empty() {
+            return;
+        }
+        let Some(log) = self.push_log() else {
             return;
         };
-        if settled.is_empty() {
-            return;
+        let (done, written) = tokio::sync::oneshot::channel();
+        let records = crate::store::PushRecords {
+            settled,
+            events,
+            alarms,
+            ..Default::default()
+        };
+        if log.send(PushJob::Settle(records, done)).is_ok() {
+            let _ = written.await;
         }
-        let _permit = self.records.acquire().await;
-        let result =
-            tokio::task::spawn_blocking(move || store.settle_pushes(&settled, &rows)).await;
-        if let Ok(Err(e)) = result {
-            tracing::error!(error = %e, "cannot record how key pushes ended");
-        }
+    }
+
+    /// Writes that `host` is about to get these VMs' keys, fenced by `token`, with the
+    /// earlier leader's pushes of them that were `lost` (see [`Store::record_pushes`]).
+    async fn intend(
+        &self,
+        token: i64,
+        host: &str,
+        vms: Vec<(String, Vec<KeyRef>)>,
+        lost: Vec<(i64, PushOutcome)>,
+    ) -> Result<Option<Vec<i64>>, ()> {
+        let log = self.push_log().ok_or(())?;
+        let (reply, ids) = tokio::sync::oneshot::channel();
+        let intent = crate::store::NewPushes {
+            token,
+            host: host.to_owned(),
+            vms,
+        };
+        log.send(PushJob::Intend(intent, lost, reply))
+            .map_err(|_| ())?;
+        ids.await.map_err(|_| ())?
+    }
+
+    /// The writer of key-push records: what the pushes ask for while it writes is written
+    /// next, all in one transaction (group commit), so that a storm's thousands of pushes, each
+    /// recorded before its keys leave and settled after, cost a few commits and not two each.
+    /// One writer, so the records are written in the order they were asked for.
+    fn push_log(&self) -> Option<tokio::sync::mpsc::UnboundedSender<PushJob>> {
+        let store = self.store.clone()?;
+        let log = self.push_log.get_or_init(|| {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PushJob>();
+            tokio::spawn(async move {
+                while let Some(first) = rx.recv().await {
+                    let mut jobs = vec![first];
+                    while jobs.len() < PUSH_JOBS_PER_GROUP {
+                        match rx.try_recv() {
+                            Ok(job) => jobs.push(job),
+                            Err(_) => break,
+                        }
+                    }
+                    let mut records = crate::store::PushRecords::default();
+                    let mut intended = Vec::new();
+                    let mut settled = Vec::new();
+                    for job in jobs {
+                        match job {
+                            PushJob::Intend(intent, lost, reply) => {
+                                records.settled.extend(lost);
+                                records.intents.push(intent);
+                                intended.push(reply);
+                            }
+                            PushJob::Settle(s, done) => {
+                                records.settled.extend(s.settled);
+                                records.events.extend(s.events);
+                                records.alarms.extend(s.alarms);
+                                settled.push(done);
+                            }
+                        }
+                    }
+                    let store = store.clone();
+                    let (pushes, ended) = (records.intents.len(), records.settled.len());
+                    let written = tokio::task::spawn_blocking(move || {
+                        store.record_pushes(&records, crate::enrol::now())
+                    })
+                    .await;
+                    let ids: Vec<Result<Option<Vec<i64>>, ()>> = match written {
+                        Ok(Ok(ids)) => ids.into_iter().map(Ok).collect(),
+                        Ok(Err(e)) => {
+                            tracing::error!(
+                                error = %e,
+                                hosts = pushes,
+                                settled = ended,
+                                "cannot record key pushes; those about to leave stay here"
+                            );
+                            vec![Err(()); intended.len()]
+                        }
+                        Err(_) => vec![Err(()); intended.len()],
+                    };
+                    for (reply, ids) in intended.into_iter().zip(ids) {
+                        let _ = reply.send(ids);
+                    }
+                    for done in settled {
+                        let _ = done.send(());
+                    }
+                }
+            });
+            tx
+        });
+        Some(log.clone())
     }
 
     /// Records that a push of an earlier leader reached `host` (its event for each key).
@@ -479,7 +597,7 @@ impl Engine {
                 rows.extend(self.record_earlier_push(&mut st, &host, &i));
             }
         }
-        self.settle(settled, rows).await;
+        self.settle(settled, rows, Vec::new()).await;
     }
 
     /// Reads the registry from the store again: a standby server follows what the leader
@@ -1520,7 +1638,7 @@ impl Engine {
         // With several servers, the push is on record (fenced by the lease) before it leaves;
         // an earlier leader's push of these VMs' keys did not arrive (they are pushed again).
         let intents = match (&self.store, self.fencing_token()) {
-            (Some(store), Some(token)) if config.record_pushes_at_once => {
+            (Some(_), Some(token)) if config.record_pushes_at_once => {
                 let lost: Vec<(i64, PushOutcome)> = {
                     let mut st = self.state();
                     let (lost, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut st.earlier_pushes)
@@ -1531,24 +1649,16 @@ impl Engine {
                         .map(|(_, i)| (i.id, PushOutcome::Lost))
                         .collect()
                 };
-                self.settle(lost, Vec::new()).await;
-                let (store, h) = (store.clone(), host.to_owned());
                 let owned: Vec<(String, Vec<KeyRef>)> =
                     batch.iter().map(|b| (*b).clone()).collect();
-                let _permit = self.records.acquire().await;
-                match tokio::task::spawn_blocking(move || store.push_intents(token, &h, &owned))
-                    .await
-                {
-                    Ok(Ok(Some(ids))) => Some(ids),
-                    Ok(Ok(None)) => {
+                match self.intend(token, host, owned, lost).await {
+                    Ok(Some(ids)) => Some(ids),
+                    Ok(None) => {
                         tracing::warn!(host, "no keys pushed: another server leads now");
                         return;
                     }
-                    Ok(Err(e)) => {
-                        tracing::error!(error = %e, host, "no keys pushed: the push cannot be recorded first");
-                        return;
-                    }
-                    Err(_) => return,
+                    // Said once for the group in the log.
+                    Err(()) => return,
                 }
             }
             _ => None,
@@ -1635,23 +1745,18 @@ impl Engine {
                 }
             }
         }
-        if let Some(ids) = intents {
-            let outcome = if ok {
-                PushOutcome::Done
-            } else {
-                PushOutcome::Failed
-            };
-            self.settle(
-                ids.into_iter().map(|i| (i, outcome)).collect(),
-                settled_rows,
-            )
-            .await;
-        }
-        if let (Some(store), false) = (&self.store, alarms.is_empty()) {
-            if let Err(e) = store.change_alarms(&alarms, crate::enrol::now()) {
-                tracing::error!(error = %e, "cannot store an alarm");
+        let settled = match intents {
+            Some(ids) => {
+                let outcome = if ok {
+                    PushOutcome::Done
+                } else {
+                    PushOutcome::Failed
+                };
+                ids.into_iter().map(|i| (i, outcome)).collect()
             }
-        }
+            None => Vec::new(),
+        };
+        self.settle(settled, settled_rows, alarms).await;
     }
 
     /// Writes what hosts say of themselves when their agents connect and leave, off the

@@ -7,6 +7,7 @@
 //! the server uses the [`Store`] methods only. The VMs are also kept in memory ([`VmView`]), the
 //! server's view of them; that is not persistence and holds no SQL.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -486,6 +487,33 @@ pub struct PushIntent {
     pub keys: Vec<KeyRef>,
 }
 
+/// Key pushes about to leave for one host (see [`Store::record_pushes`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewPushes {
+    /// The fencing token of the leader sending them.
+    pub token: i64,
+    pub host: String,
+    /// The VMs whose keys go, with their keys.
+    pub vms: Vec<(String, Vec<KeyRef>)>,
+}
+
+/// Key-push records written together (see [`Store::record_pushes`]).
+#[derive(Clone, Debug, Default)]
+pub struct PushRecords {
+    /// Pushes about to leave.
+    pub intents: Vec<NewPushes>,
+    /// Pushes that ended, with how.
+    pub settled: Vec<(i64, PushOutcome)>,
+    /// The events of the settled pushes.
+    pub events: Vec<EventRow>,
+    /// The alarms the settled pushes raise or clear.
+    pub alarms: Vec<AlarmChange>,
+}
+
+/// Key pushes per INSERT: 5 parameters each, well within SQLite's 32,766 and PostgreSQL's
+/// 65,535.
+const PUSHES_PER_STATEMENT: usize = 1000;
+
 /// The database's clock in milliseconds since the epoch, in each dialect: leases are timed by
 /// the one clock all servers share.
 fn now_ms(dialect: Dialect) -> &'static str {
@@ -547,6 +575,44 @@ pub enum AlarmChange {
         kind: &'static str,
         object: String,
     },
+}
+
+/// Raises and clears alarms in order, each run of raises or of clears sent together (a storm
+/// raises or clears thousands at once: one round trip, not one each).
+fn write_alarm_changes(tx: &dyn Conn, changes: &[AlarmChange], now: i64) -> Result<(), StoreError> {
+    let runs = changes.chunk_by(|a, b| {
+        matches!(a, AlarmChange::Raise { .. }) == matches!(b, AlarmChange::Raise { .. })
+    });
+    for run in runs {
+        let (sql, rows) = match run[0] {
+            AlarmChange::Raise { .. } => (
+                RAISE_ALARM,
+                run.iter()
+                    .filter_map(|c| match c {
+                        AlarmChange::Raise {
+                            kind,
+                            object,
+                            reason,
+                        } => Some(args![*kind, object, reason, now].to_vec()),
+                        AlarmChange::Clear { .. } => None,
+                    })
+                    .collect::<Vec<_>>(),
+            ),
+            AlarmChange::Clear { .. } => (
+                CLEAR_ALARM,
+                run.iter()
+                    .filter_map(|c| match c {
+                        AlarmChange::Clear { kind, object } => {
+                            Some(args![*kind, object, now].to_vec())
+                        }
+                        AlarmChange::Raise { .. } => None,
+                    })
+                    .collect(),
+            ),
+        };
+        tx.execute_many(sql, &rows)?;
+    }
+    Ok(())
 }
 
 fn raise_alarm(
@@ -1214,43 +1280,7 @@ impl Store {
 
     /// Raises and clears many alarms in one transaction.
     pub fn change_alarms(&self, changes: &[AlarmChange], now: i64) -> Result<(), StoreError> {
-        // In order, each run of raises or of clears sent together (a storm raises or clears
-        // thousands at once: one round trip, not one each).
-        let runs = changes.chunk_by(|a, b| {
-            matches!(a, AlarmChange::Raise { .. }) == matches!(b, AlarmChange::Raise { .. })
-        });
-        self.write(|tx| {
-            for run in runs {
-                let (sql, rows) = match run[0] {
-                    AlarmChange::Raise { .. } => (
-                        RAISE_ALARM,
-                        run.iter()
-                            .filter_map(|c| match c {
-                                AlarmChange::Raise {
-                                    kind,
-                                    object,
-                                    reason,
-                                } => Some(args![*kind, object, reason, now].to_vec()),
-                                AlarmChange::Clear { .. } => None,
-                            })
-                            .collect::<Vec<_>>(),
-                    ),
-                    AlarmChange::Clear { .. } => (
-                        CLEAR_ALARM,
-                        run.iter()
-                            .filter_map(|c| match c {
-                                AlarmChange::Clear { kind, object } => {
-                                    Some(args![*kind, object, now].to_vec())
-                                }
-                                AlarmChange::Raise { .. } => None,
-                            })
-                            .collect(),
-                    ),
-                };
-                tx.execute_many(sql, &rows)?;
-            }
-            Ok(())
-        })
+        self.write(|tx| write_alarm_changes(tx, changes, now))
     }
 
     pub fn acknowledge_alarm(&self, id: i64, user: &str) -> Result<bool, StoreError> {
@@ -1681,83 +1711,95 @@ impl Store {
         })
     }
 
-    /// Writes that the leader holding fencing token `token` is about to push these VMs' keys to
-    /// `host`, if it still holds the lease: their ids, or `None` when another server leads
-    /// now (the keys must not leave).
-    pub fn push_intents(
+    /// Writes a group of key-push records in one transaction (the engine gathers what its
+    /// pushes asked for while the previous group was written: a storm's thousands of pushes
+    /// cost a few commits). First the settled pushes with their events and alarms (a push is
+    /// recorded once, whoever settles it); then the pushes about to leave, each written only if
+    /// its fencing token still holds the lease. Gives, for each of `records.intents` in order,
+    /// the ids of its rows, or `None` when another server leads now (its keys must not leave).
+    pub fn record_pushes(
         &self,
-        token: i64,
-        host: &str,
-        batch: &[(String, Vec<KeyRef>)],
-    ) -> Result<Option<Vec<i64>>, StoreError> {
-        let now = now_ms(self.db.dialect());
-        self.db.write_aside(|tx| {
-            let leads = tx
-                .value::<i64>(
-                    &format!(
-                        "SELECT COUNT(*) FROM leader WHERE id = 1 AND token = ?1 AND expires_ms > {now}"
-                    ),
-                    args![token],
-                )?
-                .unwrap_or(0)
-                > 0;
-            if !leads {
-                return Ok(None);
-            }
-            // One statement for the whole batch: one round trip.
-            let mut values = Vec::with_capacity(batch.len());
-            let mut args = Vec::with_capacity(batch.len() * 5);
-            let created = crate::enrol::now();
-            for (i, (vm, keys)) in batch.iter().enumerate() {
-                let n = i * 5;
-                values.push(format!(
-                    "(?{}, ?{}, ?{}, ?{}, 'sent', ?{})",
-                    n + 1,
-                    n + 2,
-                    n + 3,
-                    n + 4,
-                    n + 5
-                ));
-                args.extend(
-                    args![token, host, vm, json(keys)?, created]
-                        .iter()
-                        .cloned(),
-                );
-            }
-            let ids = tx.map(
-                &format!(
-                    "INSERT INTO key_pushes (token, host, vm, keys, state, created) VALUES {} RETURNING id",
-                    values.join(", ")
-                ),
-                &args,
-                |r| r.get::<i64>(0),
-            )?;
-            Ok(Some(ids))
-        })
-    }
-
-    /// Settles key pushes and stores their events, in one transaction: a push is recorded
-    /// once, whoever settles it.
-    pub fn settle_pushes(
-        &self,
-        settled: &[(i64, PushOutcome)],
-        events: &[EventRow],
-    ) -> Result<(), StoreError> {
-        let updates: Vec<Vec<tresor_db::Value>> = settled
+        records: &PushRecords,
+        now: i64,
+    ) -> Result<Vec<Option<Vec<i64>>>, StoreError> {
+        let settled: Vec<Vec<tresor_db::Value>> = records
+            .settled
             .iter()
             .map(|(id, outcome)| args![*id, outcome.as_str()].to_vec())
             .collect();
-        let rows = events
+        let events = records
+            .events
             .iter()
             .map(event_args)
             .collect::<Result<Vec<_>, StoreError>>()?;
+        let lease_now = now_ms(self.db.dialect());
         self.db.write_aside(|tx| {
             tx.execute_many(
                 "UPDATE key_pushes SET state = ?2 WHERE id = ?1 AND state = 'sent'",
-                &updates,
+                &settled,
             )?;
-            tx.execute_many(INSERT_EVENT, &rows)?;
-            Ok(())
+            tx.execute_many(INSERT_EVENT, &events)?;
+            write_alarm_changes(tx, &records.alarms, now)?;
+            // Whether each token still leads, asked once per token (a group has one or two).
+            let mut leads: HashMap<i64, bool> = HashMap::new();
+            for intent in &records.intents {
+                if leads.contains_key(&intent.token) {
+                    continue;
+                }
+                let holds = tx
+                    .value::<i64>(
+                        &format!(
+                            "SELECT COUNT(*) FROM leader WHERE id = 1 AND token = ?1 AND expires_ms > {lease_now}"
+                        ),
+                        args![intent.token],
+                    )?
+                    .unwrap_or(0)
+                    > 0;
+                leads.insert(intent.token, holds);
+            }
+            let rows: Vec<Vec<tresor_db::Value>> = records
+                .intents
+                .iter()
+                .filter(|i| leads[&i.token])
+                .flat_map(|i| {
+                    i.vms.iter().map(|(vm, keys)| {
+                        Ok(args![i.token, i.host.as_str(), vm.as_str(), json(keys)?, now].to_vec())
+                    })
+                })
+                .collect::<Result<_, StoreError>>()?;
+            // A few statements for the whole group, each within the backends' limit of
+            // parameters; the ids come back in the order of the rows.
+            let mut ids = Vec::with_capacity(rows.len());
+            for chunk in rows.chunks(PUSHES_PER_STATEMENT) {
+                let values: Vec<String> = (0..chunk.len())
+                    .map(|i| {
+                        let n = i * 5;
+                        format!(
+                            "(?{}, ?{}, ?{}, ?{}, 'sent', ?{})",
+                            n + 1,
+                            n + 2,
+                            n + 3,
+                            n + 4,
+                            n + 5
+                        )
+                    })
+                    .collect();
+                let args: Vec<tresor_db::Value> = chunk.iter().flatten().cloned().collect();
+                ids.extend(tx.map(
+                    &format!(
+                        "INSERT INTO key_pushes (token, host, vm, keys, state, created) VALUES {} RETURNING id",
+                        values.join(", ")
+                    ),
+                    &args,
+                    |r| r.get::<i64>(0),
+                )?);
+            }
+            let mut ids = ids.into_iter();
+            Ok(records
+                .intents
+                .iter()
+                .map(|i| leads[&i.token].then(|| ids.by_ref().take(i.vms.len()).collect()))
+                .collect())
         })
     }
 
@@ -1898,8 +1940,126 @@ mod tests {
         );
     }
 
+    fn key_pushes_are_fenced_grouped_and_settled_once(s: &Store) {
+        let token = s
+            .acquire_lease("a", "https://a:8400", 10_000)
+            .unwrap()
+            .unwrap();
+        let vms = |prefix: &str, n: usize| -> Vec<(String, Vec<KeyRef>)> {
+            (0..n)
+                .map(|i| {
+                    let vm = format!("{prefix}{i}");
+                    let key = KeyRef::new("kms", &format!("key-{vm}"));
+                    (vm, vec![key])
+                })
+                .collect()
+        };
+        let push = |token: i64, host: &str, vms: Vec<(String, Vec<KeyRef>)>| NewPushes {
+            token,
+            host: host.into(),
+            vms,
+        };
+        // One group: two hosts of the leader (one with more pushes than one statement takes)
+        // and one of a server that does not lead.
+        let group = PushRecords {
+            intents: vec![
+                push(token, "h1", vms("web", 2)),
+                push(token + 7, "h2", vms("stale", 1)),
+                push(token, "h3", vms("big", PUSHES_PER_STATEMENT + 200)),
+            ],
+            ..Default::default()
+        };
+        let ids = s.record_pushes(&group, 100).unwrap();
+        assert_eq!(ids.len(), 3);
+        assert_eq!(ids[0].as_ref().map(Vec::len), Some(2));
+        assert_eq!(ids[1], None, "a server that does not lead writes no push");
+        assert_eq!(
+            ids[2].as_ref().map(Vec::len),
+            Some(PUSHES_PER_STATEMENT + 200)
+        );
+        let later = token + 1;
+        let h1 = s.unsettled_pushes("h1", later).unwrap();
+        assert_eq!(
+            h1.iter().map(|p| (p.id, p.vm.as_str())).collect::<Vec<_>>(),
+            vec![
+                (ids[0].as_ref().unwrap()[0], "web0"),
+                (ids[0].as_ref().unwrap()[1], "web1")
+            ]
+        );
+        assert_eq!(h1[1].keys, vec![KeyRef::new("kms", "key-web1")]);
+        assert!(s.unsettled_pushes("h2", token + 100).unwrap().is_empty());
+        let h3 = s.unsettled_pushes("h3", later).unwrap();
+        assert_eq!(h3.len(), PUSHES_PER_STATEMENT + 200);
+        assert_eq!(
+            h3.iter().map(|p| p.id).collect::<Vec<_>>(),
+            ids[2].clone().unwrap(),
+            "each host gets its own rows' ids, in order"
+        );
+        assert!(h3
+            .iter()
+            .enumerate()
+            .all(|(i, p)| p.vm == format!("big{i}")));
+        // Settled with its event and alarm; settled again (by a later leader), recorded once.
+        let web0 = ids[0].as_ref().unwrap()[0];
+        let event = EventRow {
+            id: 0,
+            time: 101,
+            event_type: "key.pushed".into(),
+            severity: "info".into(),
+            vm: Some("web0".into()),
+            host: Some("h1".into()),
+            provider: None,
+            user: None,
+            args: vec![("key".into(), "key-web0".into())],
+        };
+        let settle = PushRecords {
+            settled: vec![(web0, PushOutcome::Done)],
+            events: vec![event],
+            alarms: vec![AlarmChange::Raise {
+                kind: "key.push.failed",
+                object: "vm:web1".into(),
+                reason: "no answer".into(),
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            s.record_pushes(&settle, 101).unwrap(),
+            Vec::<Option<Vec<i64>>>::new()
+        );
+        let lost = PushRecords {
+            settled: vec![(web0, PushOutcome::Lost)],
+            ..Default::default()
+        };
+        s.record_pushes(&lost, 102).unwrap();
+        let h1 = s.unsettled_pushes("h1", later).unwrap();
+        assert_eq!(
+            h1.iter().map(|p| p.vm.as_str()).collect::<Vec<_>>(),
+            ["web1"]
+        );
+        let done: Option<String> = s
+            .read(|c| Ok(c.value("SELECT state FROM key_pushes WHERE id = ?1", args![web0])?))
+            .unwrap();
+        assert_eq!(done.as_deref(), Some("done"), "the first settlement stands");
+        let pushed = s
+            .events(&EventFilter {
+                vm: Some("web0".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(pushed.len(), 1);
+        let alarms = s.alarms(true).unwrap();
+        assert_eq!(
+            alarms
+                .iter()
+                .map(|a| (a.kind.as_str(), a.object.as_str()))
+                .collect::<Vec<_>>(),
+            [("key.push.failed", "vm:web1")]
+        );
+    }
+
     on_both_backends!(
         one_server_holds_the_lease_and_each_holder_gets_a_larger_token,
+        key_pushes_are_fenced_grouped_and_settled_once,
         providers_keep_one_default,
         what_hosts_say_of_themselves_is_written_in_order,
         hosts_keep_their_host_key_id,
