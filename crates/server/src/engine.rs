@@ -512,10 +512,20 @@ impl Engine {
                     }
                     let store = store.clone();
                     let (pushes, ended) = (records.intents.len(), records.settled.len());
+                    let events = records.events.len();
+                    let started = Instant::now();
                     let written = tokio::task::spawn_blocking(move || {
                         store.record_pushes(&records, crate::enrol::now())
                     })
                     .await;
+                    tracing::debug!(
+                        target: "tresor_server::engine::pass",
+                        hosts = pushes,
+                        settled = ended,
+                        events,
+                        ms = started.elapsed().as_millis() as u64,
+                        "key pushes recorded"
+                    );
                     let ids: Vec<Result<Option<Vec<i64>>, ()>> = match written {
                         Ok(Ok(ids)) => ids.into_iter().map(Ok).collect(),
                         Ok(Err(e)) => {

@@ -510,10 +510,6 @@ pub struct PushRecords {
     pub alarms: Vec<AlarmChange>,
 }
 
-/// Key pushes per INSERT: 5 parameters each, well within SQLite's 32,766 and PostgreSQL's
-/// 65,535.
-const PUSHES_PER_STATEMENT: usize = 1000;
-
 /// The database's clock in milliseconds since the epoch, in each dialect: leases are timed by
 /// the one clock all servers share.
 fn now_ms(dialect: Dialect) -> &'static str {
@@ -1216,7 +1212,7 @@ impl Store {
             .map(event_args)
             .collect::<Result<Vec<_>, StoreError>>()?;
         self.write(|tx| {
-            tx.execute_many(INSERT_EVENT, &rows)?;
+            tx.insert_rows(EVENT_COLUMNS, &rows)?;
             Ok(())
         })
     }
@@ -1722,11 +1718,6 @@ impl Store {
         records: &PushRecords,
         now: i64,
     ) -> Result<Vec<Option<Vec<i64>>>, StoreError> {
-        let settled: Vec<Vec<tresor_db::Value>> = records
-            .settled
-            .iter()
-            .map(|(id, outcome)| args![*id, outcome.as_str()].to_vec())
-            .collect();
         let events = records
             .events
             .iter()
@@ -1734,11 +1725,27 @@ impl Store {
             .collect::<Result<Vec<_>, StoreError>>()?;
         let lease_now = now_ms(self.db.dialect());
         self.db.write_aside(|tx| {
+            // A push is settled once: the first outcome stands. The ids of one group's pushes
+            // follow each other: each run of consecutive ids is one range.
+            let mut ranges: Vec<Vec<tresor_db::Value>> = Vec::new();
+            for outcome in [PushOutcome::Done, PushOutcome::Failed, PushOutcome::Lost] {
+                let mut ids: Vec<i64> = records
+                    .settled
+                    .iter()
+                    .filter(|(_, o)| *o == outcome)
+                    .map(|(id, _)| *id)
+                    .collect();
+                ids.sort_unstable();
+                ids.dedup();
+                for run in ids.chunk_by(|a, b| b - a == 1) {
+                    ranges.push(args![outcome.as_str(), run[0], run[run.len() - 1]].to_vec());
+                }
+            }
             tx.execute_many(
-                "UPDATE key_pushes SET state = ?2 WHERE id = ?1 AND state = 'sent'",
-                &settled,
+                "UPDATE key_pushes SET state = ?1 WHERE id BETWEEN ?2 AND ?3 AND state = 'sent'",
+                &ranges,
             )?;
-            tx.execute_many(INSERT_EVENT, &events)?;
+            tx.insert_rows(EVENT_COLUMNS, &events)?;
             write_alarm_changes(tx, &records.alarms, now)?;
             // Whether each token still leads, asked once per token (a group has one or two).
             let mut leads: HashMap<i64, bool> = HashMap::new();
@@ -1763,37 +1770,15 @@ impl Store {
                 .filter(|i| leads[&i.token])
                 .flat_map(|i| {
                     i.vms.iter().map(|(vm, keys)| {
-                        Ok(args![i.token, i.host.as_str(), vm.as_str(), json(keys)?, now].to_vec())
+                        Ok(args![i.token, i.host.as_str(), vm.as_str(), json(keys)?, "sent", now]
+                            .to_vec())
                     })
                 })
                 .collect::<Result<_, StoreError>>()?;
-            // A few statements for the whole group, each within the backends' limit of
-            // parameters; the ids come back in the order of the rows.
-            let mut ids = Vec::with_capacity(rows.len());
-            for chunk in rows.chunks(PUSHES_PER_STATEMENT) {
-                let values: Vec<String> = (0..chunk.len())
-                    .map(|i| {
-                        let n = i * 5;
-                        format!(
-                            "(?{}, ?{}, ?{}, ?{}, 'sent', ?{})",
-                            n + 1,
-                            n + 2,
-                            n + 3,
-                            n + 4,
-                            n + 5
-                        )
-                    })
-                    .collect();
-                let args: Vec<tresor_db::Value> = chunk.iter().flatten().cloned().collect();
-                ids.extend(tx.map(
-                    &format!(
-                        "INSERT INTO key_pushes (token, host, vm, keys, state, created) VALUES {} RETURNING id",
-                        values.join(", ")
-                    ),
-                    &args,
-                    |r| r.get::<i64>(0),
-                )?);
-            }
+            let ids = tx.insert_rows_returning_ids(
+                "INSERT INTO key_pushes (token, host, vm, keys, state, created)",
+                &rows,
+            )?;
             let mut ids = ids.into_iter();
             Ok(records
                 .intents
@@ -1859,6 +1844,8 @@ impl Store {
     }
 }
 
+const EVENT_COLUMNS: &str =
+    r#"INSERT INTO events (time, type, severity, vm, host, provider, "user", args)"#;
 const INSERT_EVENT: &str = r#"INSERT INTO events (time, type, severity, vm, host, provider, "user", args) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"#;
 
 /// An event's values for [`INSERT_EVENT`].
@@ -1965,7 +1952,7 @@ mod tests {
             intents: vec![
                 push(token, "h1", vms("web", 2)),
                 push(token + 7, "h2", vms("stale", 1)),
-                push(token, "h3", vms("big", PUSHES_PER_STATEMENT + 200)),
+                push(token, "h3", vms("big", 5000)),
             ],
             ..Default::default()
         };
@@ -1973,10 +1960,7 @@ mod tests {
         assert_eq!(ids.len(), 3);
         assert_eq!(ids[0].as_ref().map(Vec::len), Some(2));
         assert_eq!(ids[1], None, "a server that does not lead writes no push");
-        assert_eq!(
-            ids[2].as_ref().map(Vec::len),
-            Some(PUSHES_PER_STATEMENT + 200)
-        );
+        assert_eq!(ids[2].as_ref().map(Vec::len), Some(5000));
         let later = token + 1;
         let h1 = s.unsettled_pushes("h1", later).unwrap();
         assert_eq!(
@@ -1989,7 +1973,7 @@ mod tests {
         assert_eq!(h1[1].keys, vec![KeyRef::new("kms", "key-web1")]);
         assert!(s.unsettled_pushes("h2", token + 100).unwrap().is_empty());
         let h3 = s.unsettled_pushes("h3", later).unwrap();
-        assert_eq!(h3.len(), PUSHES_PER_STATEMENT + 200);
+        assert_eq!(h3.len(), 5000);
         assert_eq!(
             h3.iter().map(|p| p.id).collect::<Vec<_>>(),
             ids[2].clone().unwrap(),
@@ -2047,6 +2031,23 @@ mod tests {
             })
             .unwrap();
         assert_eq!(pushed.len(), 1);
+        // Settled all but one, in the middle of the run of ids: ranges around it.
+        let big = ids[2].clone().unwrap();
+        let settle = PushRecords {
+            settled: big
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != 7)
+                .map(|(_, id)| (*id, PushOutcome::Failed))
+                .collect(),
+            ..Default::default()
+        };
+        s.record_pushes(&settle, 103).unwrap();
+        let h3 = s.unsettled_pushes("h3", later).unwrap();
+        assert_eq!(
+            h3.iter().map(|p| p.vm.as_str()).collect::<Vec<_>>(),
+            ["big7"]
+        );
         let alarms = s.alarms(true).unwrap();
         assert_eq!(
             alarms
