@@ -604,7 +604,13 @@ impl AgentHub {
         if let (Some(authority), Some(cert)) = (authority, &peer_cert) {
             let digest = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
             let sha256: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-            if let Err(why) = authority.admits(&host, &sha256) {
+            // It asks the database: on a thread that may wait, not on one that serves the
+            // other sessions (thousands of hosts connect at once to a new leader).
+            let h = host.clone();
+            let admitted = tokio::task::spawn_blocking(move || authority.admits(&h, &sha256))
+                .await
+                .unwrap_or_else(|_| Err("the server cannot check the certificate".into()));
+            if let Err(why) = admitted {
                 tracing::warn!(host = %host, "{why}");
                 return Err(std::io::Error::other(why));
             }
