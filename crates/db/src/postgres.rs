@@ -101,6 +101,8 @@ struct Session {
 /// Sessions of a pool at most: more callers wait for one (PostgreSQL's connections are few,
 /// 100 by default, and shared by every server and key server on the database).
 const POOL_SIZE: usize = 8;
+/// Statements sent before their answers are read, at most (see `execute_many`).
+const PIPELINE_WINDOW: usize = 1024;
 
 /// The sessions of a pool: those not in use, and how many there are in all.
 #[derive(Default)]
@@ -315,16 +317,25 @@ impl Conn for PgConn<'_> {
             return Ok(Vec::new());
         }
         let (client, stmt) = self.statement(sql)?;
-        let rows = rows.to_vec();
-        run(self.handle, async move {
-            // Issued together, the requests go out pipelined on the one connection.
-            futures_util::future::try_join_all(rows.iter().map(|args| {
-                let (client, stmt) = (&client, &stmt);
-                async move { client.execute(stmt, &refs(args)).await }
-            }))
-            .await
-        })?
-        .map_err(DbError::postgres)
+        let mut changed = Vec::with_capacity(rows.len());
+        // A window of statements at a time: pipelined within it, and what waits to be sent
+        // stays small however many rows there are (tens of thousands in a storm).
+        for window in rows.chunks(PIPELINE_WINDOW) {
+            let window = window.to_vec();
+            let (client, stmt) = (client.clone(), stmt.clone());
+            changed.extend(
+                run(self.handle, async move {
+                    // Issued together, the requests go out pipelined on the one connection.
+                    futures_util::future::try_join_all(window.iter().map(|args| {
+                        let (client, stmt) = (&client, &stmt);
+                        async move { client.execute(stmt, &refs(args)).await }
+                    }))
+                    .await
+                })?
+                .map_err(DbError::postgres)?,
+            );
+        }
+        Ok(changed)
     }
 
     fn batch(&self, sql: &str) -> Result<(), DbError> {
