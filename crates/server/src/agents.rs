@@ -164,6 +164,8 @@ const MAX_UNAUTHENTICATED_PER_ADDRESS: usize = 64;
 /// Time for a TLS handshake, and for the first message after it.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Certificates checked against the database at once (as many as its pool has connections).
+const ADMISSIONS_AT_ONCE: usize = 8;
 
 /// Decides enrolments: checks a join token and signs the agent's certificate request.
 pub trait JoinAuthority: Send + Sync {
@@ -194,6 +196,8 @@ pub struct AgentHub {
     working: Mutex<HashMap<String, String>>,
     /// Whether this server may send hosts anything (it leads); always when unset.
     fence: Mutex<Option<Fence>>,
+    /// Bounds the certificate checks waiting for the database at once.
+    admissions: tokio::sync::Semaphore,
 }
 
 /// Says whether this server leads now (see [`crate::lease`]).
@@ -223,6 +227,7 @@ impl Default for AgentHub {
             working: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(1),
             fence: Mutex::new(None),
+            admissions: tokio::sync::Semaphore::new(ADMISSIONS_AT_ONCE),
         }
     }
 }
@@ -605,8 +610,10 @@ impl AgentHub {
             let digest = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
             let sha256: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
             // It asks the database: on a thread that may wait, not on one that serves the
-            // other sessions (thousands of hosts connect at once to a new leader).
+            // other sessions, and a few at a time (thousands of hosts connect at once to a new
+            // leader; a thread each would cost more than the waiting).
             let h = host.clone();
+            let _permit = self.admissions.acquire().await;
             let admitted = tokio::task::spawn_blocking(move || authority.admits(&h, &sha256))
                 .await
                 .unwrap_or_else(|_| Err("the server cannot check the certificate".into()));
