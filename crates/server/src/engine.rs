@@ -9,6 +9,7 @@
 use std::collections::{HashMap, HashSet};
 
 use futures_util::StreamExt;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -309,6 +310,8 @@ pub struct Engine {
     /// on a thread of its own, and thousands of hosts connecting to a new leader must not make
     /// thousands of threads.
     records: tokio::sync::Semaphore,
+    /// Whether a write of VM states is under way (see [`Engine::write_states`]).
+    writing_states: Arc<std::sync::atomic::AtomicBool>,
     /// The writer of key-push records (see [`Engine::push_log`]), started at the first push.
     push_log: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<PushJob>>,
 }
@@ -365,6 +368,7 @@ impl Engine {
             token: Mutex::new(None),
             records: tokio::sync::Semaphore::new(8),
             push_log: std::sync::OnceLock::new(),
+            writing_states: Arc::default(),
         })
     }
 
@@ -885,8 +889,11 @@ impl Engine {
     }
 
     /// Writes the VM states taken since the last time to the database (at most once a
-    /// second: in a storm a VM changes state several times a second).
-    async fn write_states(&self) {
+    /// second: in a storm a VM changes state several times a second), beside the engine's
+    /// loop: the states are in memory already (the API answers from there), and 40,000 of them
+    /// take PostgreSQL seconds to write, which the next pass must not wait for. One write at a
+    /// time, so that each VM's states reach the database in order.
+    fn write_states(&self) {
         let Some(store) = self.store.clone() else {
             return;
         };
@@ -895,15 +902,24 @@ impl Engine {
             if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
                 return;
             }
+            if self.writing_states.swap(true, Ordering::SeqCst) {
+                return;
+            }
             *last = Some(Instant::now());
         }
-        match tokio::task::spawn_blocking(move || store.write_deferred()).await {
-            Ok(Err(e)) => tracing::error!(error = %e, "cannot store the VMs' states; trying again"),
-            Ok(Ok(n)) if n > 0 => {
-                tracing::debug!(target: "tresor_server::engine::pass", vms = n, "VM states written")
+        let writing = self.writing_states.clone();
+        tokio::spawn(async move {
+            match tokio::task::spawn_blocking(move || store.write_deferred()).await {
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "cannot store the VMs' states; trying again")
+                }
+                Ok(Ok(n)) if n > 0 => {
+                    tracing::debug!(target: "tresor_server::engine::pass", vms = n, "VM states written")
+                }
+                _ => {}
             }
-            _ => {}
-        }
+            writing.store(false, Ordering::SeqCst);
+        });
     }
 
     /// Notes the VM's locked alarm changes, and its record when it changed, for the pass to
@@ -1198,7 +1214,7 @@ impl Engine {
                 break;
             }
         }
-        self.write_states().await;
+        self.write_states();
         if let Ok(mut t) = self.last_pass.lock() {
             *t = Some(Instant::now());
         }
