@@ -307,10 +307,21 @@ impl dyn Conn + '_ {
     /// `INSERT INTO t (a, b)`) with statements of many rows each: for thousands of rows far
     /// less work for the database than a statement each. The number of rows inserted.
     pub fn insert_rows(&self, head: &str, rows: &[Vec<Value>]) -> Result<u64, DbError> {
+        self.insert_rows_then(head, rows, "")
+    }
+
+    /// [`insert_rows`](Self::insert_rows) with `tail` after each statement's rows (an
+    /// `ON CONFLICT` clause). No two rows may conflict with each other.
+    pub fn insert_rows_then(
+        &self,
+        head: &str,
+        rows: &[Vec<Value>],
+        tail: &str,
+    ) -> Result<u64, DbError> {
         let mut inserted = 0;
         for run in runs_of_rows(rows) {
             let args: Vec<Value> = run.iter().flatten().cloned().collect();
-            inserted += self.execute(&insert_text(head, run[0].len(), run.len(), ""), &args)?;
+            inserted += self.execute(&insert_text(head, run[0].len(), run.len(), tail), &args)?;
         }
         Ok(inserted)
     }

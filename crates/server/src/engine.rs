@@ -453,8 +453,11 @@ impl Engine {
             alarms,
             ..Default::default()
         };
-        if log.send(PushJob::Settle(records, done)).is_ok() {
-            let _ = written.await;
+        match log.send(PushJob::Settle(records, done)) {
+            Ok(()) => {
+                let _ = written.await;
+            }
+            Err(_) => tracing::error!("cannot record how key pushes ended: their writer stopped"),
         }
     }
 
@@ -474,8 +477,13 @@ impl Engine {
             host: host.to_owned(),
             vms,
         };
-        log.send(PushJob::Intend(intent, lost, reply))
-            .map_err(|_| ())?;
+        if log.send(PushJob::Intend(intent, lost, reply)).is_err() {
+            tracing::error!(
+                host,
+                "no keys pushed: the writer of key-push records stopped"
+            );
+            return Err(());
+        }
         ids.await.map_err(|_| ())?
     }
 
