@@ -81,6 +81,11 @@ fn free_port() -> u16 {
 struct Child(std::process::Child);
 impl Drop for Child {
     fn drop(&mut self) {
+        // Only a process still running: the id of one already reaped (the leader the benchmark
+        // killed) may belong to another process by now.
+        if !matches!(self.0.try_wait(), Ok(None)) {
+            return;
+        }
         let _ = std::process::Command::new("kill")
             .args(["-INT", &self.0.id().to_string()])
             .status();
@@ -644,15 +649,7 @@ async fn main() {
     if let Some((standby_api, standby_agents)) = standby_ports {
         let standby_dir = dir.join("server-b");
         std::fs::create_dir_all(&standby_dir).expect("standby folder");
-        for f in [
-            "ca.pem",
-            "ca.key",
-            "agent-endpoint.pem",
-            "agent-endpoint.key",
-            "api.pem",
-            "api.key",
-            "server.toml",
-        ] {
+        for f in tresor_server::run::STANDBY_FILES {
             std::fs::copy(server_dir.join(f), standby_dir.join(f)).expect("standby file");
         }
         for (d, a, g) in [

@@ -73,15 +73,7 @@ fn standby_server(first: &Path, dir: &Path, api: u16, agents: u16) -> Result<(),
         std::fs::create_dir_all(dir).map_err(io)?;
         std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .map_err(io)?;
-        for f in [
-            "ca.pem",
-            "ca.key",
-            "agent-endpoint.pem",
-            "agent-endpoint.key",
-            "api.pem",
-            "api.key",
-            "server.toml",
-        ] {
+        for f in tresor_server::run::STANDBY_FILES {
             std::fs::copy(first.join(f), dir.join(f)).map_err(io)?;
         }
     }

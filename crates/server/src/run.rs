@@ -129,6 +129,19 @@ pub struct DatabaseSetting {
 
 /// Where the database is: `database` (PostgreSQL) with its password read from
 /// `password_file`, or the SQLite file `server.sqlite` in `data_dir`.
+/// The files a second server on the same database takes from the first's folder: the CA (it
+/// signs and checks the same hosts' certificates), the agents' and the API's certificates and
+/// keys, and the configuration (its ports then changed).
+pub const STANDBY_FILES: &[&str] = &[
+    "ca.pem",
+    "ca.key",
+    "agent-endpoint.pem",
+    "agent-endpoint.key",
+    "api.pem",
+    "api.key",
+    "server.toml",
+];
+
 pub fn database_location(
     data_dir: &Path,
     database: Option<&str>,
