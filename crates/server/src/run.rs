@@ -127,8 +127,6 @@ pub struct DatabaseSetting {
     pub password_file: Option<PathBuf>,
 }
 
-/// Where the database is: `database` (PostgreSQL) with its password read from
-/// `password_file`, or the SQLite file `server.sqlite` in `data_dir`.
 /// The files a second server on the same database takes from the first's folder: the CA (it
 /// signs and checks the same hosts' certificates), the agents' and the API's certificates and
 /// keys, and the configuration (its ports then changed).
@@ -142,6 +140,8 @@ pub const STANDBY_FILES: &[&str] = &[
     "server.toml",
 ];
 
+/// Where the database is: `database` (PostgreSQL) with its password read from
+/// `password_file`, or the SQLite file `server.sqlite` in `data_dir`.
 pub fn database_location(
     data_dir: &Path,
     database: Option<&str>,
