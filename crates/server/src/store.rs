@@ -1722,22 +1722,13 @@ impl Store {
             .collect::<Result<Vec<_>, StoreError>>()?;
         let lease_now = now_ms(self.db.dialect());
         self.db.write_aside(|tx| {
-            // A push is settled once: the first outcome stands. The ids of one group's pushes
-            // follow each other: each run of consecutive ids is one range.
-            let mut ranges: Vec<Vec<tresor_db::Value>> = Vec::new();
-            for outcome in [PushOutcome::Done, PushOutcome::Failed, PushOutcome::Lost] {
-                let mut ids: Vec<i64> = records
-                    .settled
-                    .iter()
-                    .filter(|(_, o)| *o == outcome)
-                    .map(|(id, _)| *id)
-                    .collect();
-                ids.sort_unstable();
-                ids.dedup();
-                for run in ids.chunk_by(|a, b| b - a == 1) {
-                    ranges.push(args![outcome.as_str(), run[0], run[run.len() - 1]].to_vec());
-                }
-            }
+            // A push is settled once: the first outcome stands. The ids of one host's pushes
+            // follow each other: each run of consecutive ids with one outcome is one range.
+            let ranges: Vec<Vec<tresor_db::Value>> = records
+                .settled
+                .chunk_by(|(a, outcome_a), (b, outcome_b)| outcome_a == outcome_b && *b == a + 1)
+                .map(|run| args![run[0].1.as_str(), run[0].0, run[run.len() - 1].0].to_vec())
+                .collect();
             tx.execute_many(
                 "UPDATE key_pushes SET state = ?1 WHERE id BETWEEN ?2 AND ?3 AND state = 'sent'",
                 &ranges,
@@ -1843,9 +1834,8 @@ impl Store {
 
 const EVENT_COLUMNS: &str =
     r#"INSERT INTO events (time, type, severity, vm, host, provider, "user", args)"#;
-const INSERT_EVENT: &str = r#"INSERT INTO events (time, type, severity, vm, host, provider, "user", args) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"#;
 
-/// An event's values for [`INSERT_EVENT`].
+/// An event's values for [`EVENT_COLUMNS`].
 fn event_args(e: &EventRow) -> Result<Vec<tresor_db::Value>, StoreError> {
     Ok(args![
         e.time,
@@ -1861,7 +1851,8 @@ fn event_args(e: &EventRow) -> Result<Vec<tresor_db::Value>, StoreError> {
 }
 
 fn insert_event(tx: &dyn Conn, e: &EventRow) -> Result<i64, StoreError> {
-    tx.value(&format!("{INSERT_EVENT} RETURNING id"), &event_args(e)?)?
+    tx.insert_rows_returning_ids(EVENT_COLUMNS, &[event_args(e)?])?
+        .pop()
         .ok_or_else(|| StoreError::Corrupt("an inserted event has no id".into()))
 }
 
@@ -2045,6 +2036,17 @@ mod tests {
             h3.iter().map(|p| p.vm.as_str()).collect::<Vec<_>>(),
             ["big7"]
         );
+        // Settled twice in one group: the first of the two stands there too.
+        let big7 = big[7];
+        let twice = PushRecords {
+            settled: vec![(big7, PushOutcome::Lost), (big7, PushOutcome::Done)],
+            ..Default::default()
+        };
+        s.record_pushes(&twice, 104).unwrap();
+        let state: Option<String> = s
+            .read(|c| Ok(c.value("SELECT state FROM key_pushes WHERE id = ?1", args![big7])?))
+            .unwrap();
+        assert_eq!(state.as_deref(), Some("lost"));
         let alarms = s.alarms(true).unwrap();
         assert_eq!(
             alarms
