@@ -15,7 +15,8 @@ const MI_PURGE_DELAY_DEFAULT_MS: std::ffi::c_long = 1000;
 /// Freed memory goes back to the system after 10 ms instead of mimalloc's second: in a storm the
 /// server frees hundreds of megabytes a second, and a second's worth of it kept would count in
 /// its memory (about a quarter of its peak at 40,000 VMs on PostgreSQL). Left alone when the
-/// option is not at that version's default (set by `MIMALLOC_PURGE_DELAY`, or another version).
+/// option holds anything but that version's default (another value from
+/// `MIMALLOC_PURGE_DELAY`, or another version's default).
 fn return_freed_memory_promptly() {
     // SAFETY: reading and setting an option of the allocator, which it allows at any time.
     unsafe {
