@@ -52,6 +52,8 @@ pub enum ClientError {
     Unreachable { server: String, detail: String },
     #[error("The server at {server} gave an answer that cannot be read: {detail}")]
     BadAnswer { server: String, detail: String },
+    #[error("The answer of the server at {server} was cut off ({detail}); a change asked for may or may not have been made: look before asking again")]
+    CutOff { server: String, detail: String },
     /// The server answered with an error.
     #[error("{}", .error.message)]
     Api { status: u16, error: ErrorBody },
@@ -262,7 +264,8 @@ impl Client {
     }
 
     /// Sends a request; the status and the body as text. With several servers: a request that
-    /// could not reach one (nothing was sent), or a read cut off by one, goes to the next; a write a standby sends on
+    /// could not reach one (nothing was sent), or a read cut off by one (before or while it
+    /// answered), goes to the next; a write a standby sends on
     /// (307) goes to the leader it names, when that is one of the servers given; a write that
     /// finds no leader (a takeover) is tried again for up to 30 s.
     pub async fn send_text(
@@ -300,7 +303,18 @@ impl Client {
                 .get(reqwest::header::LOCATION)
                 .and_then(|l| l.to_str().ok())
                 .map(str::to_owned);
-            let body = self.read_body(answer).await?;
+            let body = match self.read_body(answer).await {
+                Ok(body) => body,
+                // A read cut off (the server died answering) is read again from the next.
+                Err(ClientError::CutOff { .. })
+                    if n > 1 && matches!(method, "GET" | "HEAD") && unreachable + 1 < n =>
+                {
+                    unreachable += 1;
+                    self.switch_to(self.current.load(std::sync::atomic::Ordering::Relaxed) + 1);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let text = String::from_utf8(body).map_err(|e| ClientError::BadAnswer {
                 server: self.server().to_owned(),
                 detail: format!("the answer is not UTF-8 ({e})"),
@@ -346,7 +360,19 @@ impl Client {
         // Room for what the server announces, up to 64 MiB at first: a length alone does not
         // make the client take a gigabyte.
         let mut body = Vec::with_capacity(announced.min(64 << 20) as usize);
-        while let Some(chunk) = answer.chunk().await.map_err(|e| bad(e.to_string()))? {
+        let cut = |e: reqwest::Error| {
+            let mut detail = e.to_string();
+            let mut s = std::error::Error::source(&e);
+            while let Some(inner) = s {
+                detail = format!("{detail}: {inner}");
+                s = inner.source();
+            }
+            ClientError::CutOff {
+                server: self.server().to_owned(),
+                detail,
+            }
+        };
+        while let Some(chunk) = answer.chunk().await.map_err(cut)? {
             if body.len() + chunk.len() > MAX_ANSWER {
                 return Err(bad(format!(
                     "the answer is longer than the client takes ({MAX_ANSWER} bytes)"
@@ -558,6 +584,40 @@ mod tests {
         );
         let (status, text) = client.send_text("GET", "/api/v1/vms", None).await.unwrap();
         assert_eq!((status, text.as_str()), (200, "{\"vm\": \"a\"}\n"));
+    }
+
+    /// A read cut off by a server that dies mid-answer (a leader killed) is sent to the next
+    /// server; a write cut off so is not sent again (it may have been done), and says so.
+    #[tokio::test]
+    async fn a_read_cut_off_goes_to_the_next_server() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        async fn serve(answer: &'static str) -> u16 {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            tokio::spawn(async move {
+                loop {
+                    let (mut s, _) = listener.accept().await.unwrap();
+                    let mut buf = [0u8; 4096];
+                    let _ = s.read(&mut buf).await;
+                    let _ = s.write_all(answer.as_bytes()).await;
+                    let _ = s.shutdown().await;
+                }
+            });
+            port
+        }
+        let dying = serve("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n[{\"name\": ").await;
+        let whole = serve("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n[]").await;
+        let servers = format!("http://127.0.0.1:{dying},http://127.0.0.1:{whole}");
+        let client = Client::new(&servers, Trust::Insecure).unwrap();
+        let (status, text) = client.send_text("GET", "/api/v1/vms", None).await.unwrap();
+        assert_eq!((status, text.as_str()), (200, "[]"));
+
+        let client = Client::new(&servers, Trust::Insecure).unwrap();
+        let err = client
+            .send_text("POST", "/api/v1/vms", Some(&serde_json::json!({})))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("cut off"), "{err}");
     }
 
     #[test]
