@@ -138,7 +138,22 @@ impl Leadership {
                     tracing::info!(holder = %self.holder, token, "this server leads now");
                     return token;
                 }
-                Ok(None) => {}
+                Ok(None) => {
+                    // Asked again when the running lease ends as the database counts it (a
+                    // leader that died is followed at once, not up to a poll later), and at
+                    // least every fifth of the lease.
+                    let ends_in = self
+                        .store
+                        .leader()
+                        .ok()
+                        .flatten()
+                        .map(|r| Duration::from_millis(r.expires_in_ms.max(0) as u64));
+                    let wait = ends_in.map_or(every, |e| {
+                        (e + Duration::from_millis(10)).clamp(Duration::from_millis(10), every)
+                    });
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot ask the database for the lease; will retry")
                 }
