@@ -24,6 +24,16 @@ type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<(Reply, u64)>>>>;
 /// A host's last report of its VMs, with when it came.
 type Inventory = (u64, Vec<Arc<VmReport>>);
 
+/// A host whose session began, with what its hello said: delivered to every
+/// [`AgentHub::arrivals`] receiver, however far behind the events it is (the work a connection
+/// starts, such as settling an earlier leader's pushes, must not be lost with them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Arrival {
+    pub host: String,
+    pub crypto_state: HostCryptoState,
+    pub keys_held: Vec<KeyRef>,
+}
+
 /// Something an agent said, for the rest of the server.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HubEvent {
@@ -184,6 +194,8 @@ pub struct AgentHub {
     next_id: AtomicU64,
     next_serial: AtomicU64,
     events: broadcast::Sender<HubEvent>,
+    /// Where each session's beginning is told, without loss.
+    arrivals: Mutex<Vec<mpsc::UnboundedSender<Arrival>>>,
     /// The last report of each VM of each host, for a subscriber that fell behind.
     inventories: Mutex<HashMap<String, Inventory>>,
     /// Counts the messages agents sent, in the order the hub received them.
@@ -221,6 +233,7 @@ impl Default for AgentHub {
             // The channel keeps its last messages (inventories among them) until overwritten:
             // bounded small, and a subscriber that falls behind catches up from `inventories`.
             events: broadcast::channel(4096).0,
+            arrivals: Mutex::new(Vec::new()),
             inventories: Mutex::new(HashMap::new()),
             progress: Mutex::new(HashMap::new()),
             timeout_ms: AtomicU64::new(120_000),
@@ -295,6 +308,17 @@ impl AgentHub {
     /// Events from agents, from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<HubEvent> {
         self.events.subscribe()
+    }
+
+    /// The hosts whose sessions begin from now on, each one told (unlike [`Self::subscribe`],
+    /// which drops what a slow subscriber did not take in time). Authenticated sessions only;
+    /// a receiver that is dropped is forgotten at the next arrival.
+    pub fn arrivals(&self) -> mpsc::UnboundedReceiver<Arrival> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        if let Ok(mut a) = self.arrivals.lock() {
+            a.push(tx);
+        }
+        rx
     }
 
     /// Ends a host's session, if it has one.
@@ -653,6 +677,14 @@ impl AgentHub {
             serial,
         };
         tracing::info!(host = %host, "agent connected");
+        if let Ok(mut a) = self.arrivals.lock() {
+            let arrival = Arrival {
+                host: host.clone(),
+                crypto_state,
+                keys_held: keys_held.clone(),
+            };
+            a.retain(|tx| tx.send(arrival.clone()).is_ok());
+        }
         let _ = self.events.send(HubEvent::Connected {
             host: host.clone(),
             boot_id,

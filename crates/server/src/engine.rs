@@ -1382,28 +1382,43 @@ impl Engine {
         // each, away from the tasks that serve agents and the API.
         let written = pending.len();
         self.flush(pending, alarms).await;
-        // Carry out the plans: every key to fetch once, then one push per host for all its VMs,
-        // many at a time.
-        let mut fetches: Vec<KeyRef> = Vec::new();
+        // Carry out the plans: every key to fetch once, a host's keys in the same request where
+        // they fit. As soon as the keys a VM waits for have been answered it is decided again,
+        // and its host gets its keys while the other fetches go on: one push per host for the
+        // VMs that became ready together, many at a time.
+        let mut fetches: Vec<(String, KeyRef)> = Vec::new();
         let mut pushes: HashMap<String, Vec<(String, Vec<KeyRef>)>> = HashMap::new();
-        for (name, actions) in plans {
-            for action in actions {
-                match action {
-                    Action::Fetch { key } => fetches.push(key),
-                    Action::Push { host, keys } => {
-                        pushes.entry(host).or_default().push((name.clone(), keys))
+        let mut waiting = Waiting::default();
+        {
+            let st = self.state();
+            for (name, actions) in plans {
+                let host = st
+                    .vms
+                    .get(&name)
+                    .map(|v| v.host.clone())
+                    .unwrap_or_default();
+                for action in actions {
+                    match action {
+                        Action::Fetch { key } => {
+                            waiting.wait(&name, &key);
+                            fetches.push((host.clone(), key));
+                        }
+                        Action::Push { host, keys } => {
+                            pushes.entry(host).or_default().push((name.clone(), keys))
+                        }
+                        _ => {}
                     }
-                    _ => {}
                 }
             }
         }
         fetches.sort();
-        fetches.dedup();
+        let mut asked = HashSet::new();
+        fetches.retain(|(_, k)| asked.insert(k.clone()));
         let decided = Instant::now();
         let (n_fetches, n_pushes) = (fetches.len(), pushes.len());
         // Many keys of one provider per KMIP message.
         let mut by_provider: HashMap<String, Vec<KeyRef>> = HashMap::new();
-        for k in fetches {
+        for (_, k) in fetches {
             by_provider
                 .entry(k.provider().to_owned())
                 .or_default()
@@ -1417,17 +1432,46 @@ impl Engine {
                     .collect::<Vec<_>>()
             })
             .collect();
-        futures_util::stream::iter(chunks)
-            .for_each_concurrent(CONCURRENT_REQUESTS, |(provider, keys)| async move {
-                self.fetch_many(&provider, &keys, config).await
-            })
-            .await;
-        futures_util::stream::iter(pushes)
-            .for_each_concurrent(CONCURRENCY, |(host, batch)| async move {
-                self.push(&host, &batch, config).await
-            })
-            .await;
-        self.flush(Vec::new(), Vec::new()).await;
+        let waiting = Mutex::new(waiting);
+        let (mut pending, mut alarms) = (Vec::new(), Vec::new());
+        let mut ready: std::collections::VecDeque<HostPush> = pushes.into_iter().collect();
+        let mut chunks = chunks.into_iter();
+        let mut fetching = futures_util::stream::FuturesUnordered::new();
+        let mut pushing = futures_util::stream::FuturesUnordered::new();
+        loop {
+            while fetching.len() < CONCURRENT_REQUESTS {
+                let Some((provider, keys)) = chunks.next() else {
+                    break;
+                };
+                fetching.push(self.fetch_and_decide(provider, keys, config, &waiting));
+            }
+            while pushing.len() < CONCURRENCY {
+                let Some((host, batch)) = ready.pop_front() else {
+                    break;
+                };
+                pushing.push(async move {
+                    self.push(&host, &batch, config).await;
+                    batch.into_iter().map(|(vm, _)| vm).collect::<Vec<_>>()
+                });
+            }
+            if fetching.is_empty() && pushing.is_empty() {
+                break;
+            }
+            tokio::select! {
+                Some(decided) = fetching.next(), if !fetching.is_empty() => {
+                    let (pushes, mut p, mut a) = decided;
+                    ready.extend(pushes);
+                    pending.append(&mut p);
+                    alarms.append(&mut a);
+                }
+                Some(pushed) = pushing.next(), if !pushing.is_empty() => {
+                    // Their verdicts at once (unlocked, with their keys there), not after the
+                    // whole pass; anything more they need, the next pass decides.
+                    self.decide(&pushed, config, Instant::now(), &mut Vec::new(), &mut pending, &mut alarms);
+                }
+            }
+        }
+        self.flush(pending, alarms).await;
         if n_fetches + n_pushes > 0 || written > 0 {
             tracing::debug!(
                 target: "tresor_server::engine::pass",
@@ -1440,6 +1484,44 @@ impl Engine {
             );
         }
         n_fetches + n_pushes > 0
+    }
+
+    /// Fetches `keys` of `provider`, then decides again at once for the VMs that wait for
+    /// nothing more: their hosts' pushes, with the VM states and alarms to write. What else
+    /// they need, the next pass decides (their keys' answers marked them for it).
+    async fn fetch_and_decide(
+        &self,
+        provider: String,
+        keys: Vec<KeyRef>,
+        config: &EngineConfig,
+        waiting: &Mutex<Waiting>,
+    ) -> (Vec<HostPush>, Vec<VmRecord>, Vec<AlarmChange>) {
+        self.fetch_many(&provider, &keys, config).await;
+        let vms = waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .answered(&keys);
+        let mut plans = Vec::new();
+        let (mut pending, mut alarms) = (Vec::new(), Vec::new());
+        if !vms.is_empty() {
+            self.decide(
+                &vms,
+                config,
+                Instant::now(),
+                &mut plans,
+                &mut pending,
+                &mut alarms,
+            );
+        }
+        let mut by_host: HashMap<String, Vec<(String, Vec<KeyRef>)>> = HashMap::new();
+        for (name, actions) in plans {
+            for action in actions {
+                if let Action::Push { host, keys } = action {
+                    by_host.entry(host).or_default().push((name.clone(), keys));
+                }
+            }
+        }
+        (by_host.into_iter().collect(), pending, alarms)
     }
 
     /// Asks each provider that did not answer, when its wait is over, whether it answers now;
@@ -1847,14 +1929,15 @@ impl Engine {
         crypto_state: tresor_core::host::HostCryptoState,
     ) {
         use tresor_core::host::HostCryptoState as S;
-        let Some(store) = &self.store else { return };
+        let Some(store) = self.store.clone() else {
+            return;
+        };
         if !matches!(crypto_state, S::Safe | S::Prepared) {
             return;
         }
-        let Some(record) = store
-            .hosts()
-            .ok()
-            .and_then(|h| h.into_iter().find(|r| r.name == host))
+        // One row, on a thread that may wait for the database.
+        let name = host.clone();
+        let Ok(Ok(Some(record))) = tokio::task::spawn_blocking(move || store.host(&name)).await
         else {
             return;
         };
@@ -1904,6 +1987,27 @@ impl Engine {
     /// Follows the hub and ticks until the task is dropped.
     pub async fn run(self: Arc<Self>) {
         let mut events = self.hub.subscribe();
+        // What a connection starts is started from a channel that loses nothing, beside the
+        // loop (the events may lag behind a long pass, and are then caught up from the hosts'
+        // last reports, which say nothing of their connections).
+        let mut arrivals = self.hub.arrivals();
+        let engine = self.clone();
+        let _arrivals = AbortOnDrop(tokio::spawn(async move {
+            while let Some(a) = arrivals.recv().await {
+                if engine.config().record_pushes_at_once {
+                    tokio::spawn(
+                        engine
+                            .clone()
+                            .settle_earlier_pushes(a.host.clone(), a.keys_held.clone()),
+                    );
+                }
+                tokio::spawn(
+                    engine
+                        .clone()
+                        .restore_host_key(a.host, a.keys_held, a.crypto_state),
+                );
+            }
+        }));
         let hosts_seen = self.host_writer();
         let mut tick = tokio::time::interval(self.config().tick);
         loop {
@@ -1913,12 +2017,6 @@ impl Engine {
                         self.observe(&e);
                         if let (Some(tx), Some(seen)) = (&hosts_seen, Self::host_seen(&e)) {
                             let _ = tx.send(seen);
-                        }
-                        if let HubEvent::Connected { host, keys_held, crypto_state, .. } = e {
-                            if self.config().record_pushes_at_once {
-                                tokio::spawn(self.clone().settle_earlier_pushes(host.clone(), keys_held.clone()));
-                            }
-                            tokio::spawn(self.clone().restore_host_key(host, keys_held, crypto_state));
                         }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
@@ -1959,5 +2057,53 @@ impl Engine {
             (None, true, true) => ("unknown".to_owned(), "connected".to_owned(), None),
         };
         Some((crypto, connection, reason, v.report.power_state))
+    }
+}
+
+/// Ends a task when the future that started it is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A host and the VMs whose keys one push sends it, with their keys.
+type HostPush = (String, Vec<(String, Vec<KeyRef>)>);
+
+/// The VMs of a pass that wait for keys being fetched, and which keys each still waits for.
+#[derive(Default)]
+struct Waiting {
+    /// How many of its keys each VM still waits for.
+    vms: HashMap<String, usize>,
+    /// The VMs waiting for each key.
+    keys: HashMap<KeyRef, Vec<String>>,
+}
+
+impl Waiting {
+    fn wait(&mut self, vm: &str, key: &KeyRef) {
+        let waiters = self.keys.entry(key.clone()).or_default();
+        if !waiters.iter().any(|v| v == vm) {
+            waiters.push(vm.to_owned());
+            *self.vms.entry(vm.to_owned()).or_default() += 1;
+        }
+    }
+
+    /// Takes the answers for `keys`: the VMs that wait for nothing more now.
+    fn answered(&mut self, keys: &[KeyRef]) -> Vec<String> {
+        let mut ready = Vec::new();
+        for k in keys {
+            for vm in self.keys.remove(k).unwrap_or_default() {
+                if let Some(n) = self.vms.get_mut(&vm) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.vms.remove(&vm);
+                        ready.push(vm);
+                    }
+                }
+            }
+        }
+        ready
     }
 }

@@ -117,8 +117,8 @@ impl JoinAuthority for Enroller {
                 ));
             }
         }
-        let enrolled = match self.store.hosts() {
-            Ok(h) => h.iter().any(|r| r.name == host),
+        let enrolled = match self.store.host(host) {
+            Ok(h) => h.is_some(),
             Err(e) => return Err(format!("the server cannot check its hosts: {e}")),
         };
         if enrolled && !grant.replace {
@@ -166,8 +166,8 @@ impl JoinAuthority for Enroller {
             Ok(Some(_)) => Err(refused()),
             Ok(None) => {
                 // Enrolled before certificates were recorded: the first one seen is its own.
-                match self.store.hosts() {
-                    Ok(h) if h.iter().any(|r| r.name == host) => self
+                match self.store.host(host) {
+                    Ok(Some(_)) => self
                         .store
                         .set_host_cert(host, cert_sha256)
                         .map_err(|e| format!("the server cannot record the certificate: {e}")),

@@ -519,6 +519,22 @@ fn now_ms(dialect: Dialect) -> &'static str {
     }
 }
 
+/// The columns [`host_record`] reads, in its order.
+const HOST_COLUMNS: &str =
+    "name, boot_id, crypto_state, connected, last_seen, host_key_provider, host_key_id";
+
+fn host_record(r: &tresor_db::Row) -> Result<HostRecord, tresor_db::DbError> {
+    Ok(HostRecord {
+        name: r.get(0)?,
+        boot_id: r.get(1)?,
+        crypto_state: named(&r.get::<String>(2)?, "a host", HostCryptoState::Incapable),
+        connected: r.get(3)?,
+        last_seen: r.get(4)?,
+        host_key_provider: r.get(5)?,
+        host_key_id: r.get(6)?,
+    })
+}
+
 /// The server holding the lease, as the database says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaderRow {
@@ -951,24 +967,23 @@ impl Store {
     pub fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
         self.read(|c| {
             Ok(c.map(
-                "SELECT name, boot_id, crypto_state, connected, last_seen, host_key_provider, host_key_id FROM hosts ORDER BY name",
+                &format!("SELECT {HOST_COLUMNS} FROM hosts ORDER BY name"),
                 &[],
-                |r| {
-                    Ok(HostRecord {
-                        name: r.get(0)?,
-                        boot_id: r.get(1)?,
-                        crypto_state: named(
-                            &r.get::<String>(2)?,
-                            "a host",
-                            HostCryptoState::Incapable,
-                        ),
-                        connected: r.get(3)?,
-                        last_seen: r.get(4)?,
-                        host_key_provider: r.get(5)?,
-                        host_key_id: r.get(6)?,
-                    })
-                },
+                host_record,
             )?)
+        })
+    }
+
+    /// One enrolled host (a query by its name: thousands of hosts connect at once).
+    pub fn host(&self, name: &str) -> Result<Option<HostRecord>, StoreError> {
+        self.read(|c| {
+            c.query_opt(
+                &format!("SELECT {HOST_COLUMNS} FROM hosts WHERE name = ?1"),
+                args![name],
+            )?
+            .map(|r| host_record(&r))
+            .transpose()
+            .map_err(StoreError::from)
         })
     }
 

@@ -224,3 +224,88 @@ async fn an_agent_cannot_speak_for_another_host() {
     agent.await.unwrap();
     server.abort();
 }
+
+/// A host that says much at once (here 5,000 notices) pushes older events out of the hub's
+/// broadcast before a busy subscriber reads them; a host's arrival, which starts work of its
+/// own (an earlier leader's pushes settled, the host key restored), is still told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_arrival_is_told_however_many_events_follow_it() {
+    use tokio::io::AsyncWriteExt;
+    use tresor_core::host::HostCryptoState;
+    use tresor_core::protocol::{self, AgentMessage};
+
+    let pki = Pki {
+        ca: CertificateAuthority::generate("Tresor Server CA", 2).unwrap(),
+    };
+    let hub = AgentHub::new();
+    let mut events = hub.subscribe();
+    let mut probe = hub.subscribe();
+    let mut arrivals = hub.arrivals();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(hub.clone().serve(listener, pki.acceptor()));
+
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = tresor_tls::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(pki.agent_tls("host-1"))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let held = vec![KeyRef::new("kms", "k1")];
+    let mut out: Vec<u8> = protocol::encode(&AgentMessage::Hello {
+        host: "host-1".into(),
+        protocol: protocol::VERSION,
+        agent_version: "test".into(),
+        boot_id: "boot-1".into(),
+        crypto_state: HostCryptoState::Safe,
+        keys_held: held.clone(),
+    })
+    .unwrap()
+    .to_vec();
+    for i in 0..5000 {
+        out.extend_from_slice(
+            &protocol::encode(&AgentMessage::Notice {
+                vm: None,
+                kind: "test".into(),
+                message: format!("notice {i}"),
+            })
+            .unwrap(),
+        );
+    }
+    tls.write_all(&out).await.unwrap();
+    tls.flush().await.unwrap();
+
+    // A second subscriber reads as they come, until the last notice.
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match probe.recv().await {
+                Ok(HubEvent::Notice { message, .. }) if message == "notice 4999" => break,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    // The first did not read meanwhile: the connection is gone from its events.
+    match events.recv().await {
+        Err(broadcast::error::RecvError::Lagged(_)) => {}
+        other => panic!("the first event was not a lag: {other:?}"),
+    }
+    while let Ok(e) = events.try_recv() {
+        assert!(
+            !matches!(e, HubEvent::Connected { .. }),
+            "the connection was still in the events"
+        );
+    }
+    // The arrivals still have it, with what the hello said.
+    let arrival = tokio::time::timeout(Duration::from_secs(5), arrivals.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(arrival.host, "host-1");
+    assert_eq!(arrival.crypto_state, HostCryptoState::Safe);
+    assert_eq!(arrival.keys_held, held);
+    drop(tls);
+    server.abort();
+}

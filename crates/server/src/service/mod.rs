@@ -209,7 +209,7 @@ pub(crate) fn reachable_host(cx: &Context, host: &str) -> Result<(), ServiceErro
     if cx.hub.connected().iter().any(|h| h == host) {
         return Ok(());
     }
-    if !cx.store.hosts()?.iter().any(|h| h.name == host) {
+    if cx.store.host(host)?.is_none() {
         return Err(no_host(host));
     }
     Err(ServiceError::new(

@@ -397,7 +397,7 @@ impl Vms<'_> {
             v
         } else {
             if let Some(h) = &req.host {
-                if !cx.store.hosts()?.iter().any(|x| &x.name == h) {
+                if cx.store.host(h)?.is_none() {
                     return Err(no_host(h));
                 }
             }
