@@ -25,8 +25,10 @@ use crate::agents::{AgentHub, HubEvent};
 use crate::broker::KeyBroker;
 use crate::store::{AlarmChange, EventRow, PushOutcome, Store, VmRecord};
 
-/// How many host pushes the engine has in flight at once.
-const CONCURRENCY: usize = 256;
+/// How many host pushes the engine has in flight at once. Beside the fetches they overlap with,
+/// 64 unlock a storm as fast as 256 did, with the API's answers and the memory within their
+/// targets (at 256 the VM list's p99 in the storm rose to 126-219 ms, the peak to 740-870 MiB).
+const CONCURRENCY: usize = 64;
 
 /// How many keys the engine asks a provider for in one KMIP message, and how many such
 /// messages it has in flight at once.
@@ -35,6 +37,10 @@ pub const CONCURRENT_REQUESTS: usize = 16;
 
 /// How many VMs a pass decides for before it lets other tasks run.
 const DECIDE_CHUNK: usize = 2000;
+/// At most this many of the agents' events are taken before a pass (more than the hub keeps).
+const TAKEN_BEFORE_A_PASS: usize = 8192;
+/// How often a pass whose fetches and pushes are under way takes in what changed meanwhile.
+const INTAKE_EVERY: Duration = Duration::from_millis(250);
 
 /// How many recent events the engine keeps in memory.
 const MEMORY_EVENTS: usize = 10_000;
@@ -306,9 +312,9 @@ pub struct Engine {
     last_pass: Mutex<Option<Instant>>,
     /// The fencing token of this server's lease, when servers share the database.
     token: Mutex<Option<i64>>,
-    /// Bounds the reads of an earlier leader's key pushes at once: each waits for the database
-    /// on a thread of its own, and thousands of hosts connecting to a new leader must not make
-    /// thousands of threads.
+    /// Bounds the reads a host's arrival makes (an earlier leader's key pushes to it, its host
+    /// row): each waits for the database on a thread of its own, and thousands of hosts
+    /// connecting to a new leader must not make thousands of threads.
     records: tokio::sync::Semaphore,
     /// Whether a write of VM states is under way (see [`Engine::write_states`]).
     writing_states: Arc<std::sync::atomic::AtomicBool>,
@@ -1211,14 +1217,20 @@ impl Engine {
 
     /// One pass over every VM: decide, then act.
     pub async fn tick(&self) {
+        self.tick_with(&mut || {}).await
+    }
+
+    /// A tick whose passes take in what agents said with `intake` while their fetches and
+    /// pushes are under way.
+    async fn tick_with(&self, intake: &mut (dyn FnMut() + Send)) {
         let config = self.config();
         self.check_down_providers(&config).await;
         self.watch_providers(&config).await;
         self.settle_observed_pushes().await;
-        // Keys fetched in a pass are pushed by the next pass at once, and VMs whose keys were
-        // pushed are decided again at once, not a tick later.
+        // VMs a pass left to the next one while their keys were under way are decided again
+        // at once, not a tick later.
         for _ in 0..4 {
-            if !self.pass(&config).await {
+            if !self.pass(&config, intake).await {
                 break;
             }
         }
@@ -1342,9 +1354,114 @@ impl Engine {
         }
     }
 
-    /// Decides for every VM whose inputs changed, then fetches and pushes; says whether it
-    /// fetched or pushed anything.
-    async fn pass(&self, config: &EngineConfig) -> bool {
+    /// Decides for every VM whose inputs changed, then fetches and pushes. While fetches and
+    /// pushes are under way, every [`INTAKE_EVERY`] `intake` takes in what agents said and
+    /// the VMs that changed meanwhile are decided and acted on in the same pass (hosts that
+    /// connect during a storm do not wait for its end); a VM whose keys are under way is left
+    /// to the next pass. Says whether it fetched or pushed anything.
+    async fn pass(&self, config: &EngineConfig, intake: &mut (dyn FnMut() + Send)) -> bool {
+        let started = Instant::now();
+        let mut round = Round::default();
+        // VMs whose keys are being fetched or pushed in this pass.
+        let mut busy: HashSet<String> = HashSet::new();
+        let waiting = Mutex::new(Waiting::default());
+        let mut chunks: std::collections::VecDeque<(String, Vec<KeyRef>)> = Default::default();
+        let mut ready: std::collections::VecDeque<HostPush> = Default::default();
+        let (mut pending, mut alarms) = (Vec::new(), Vec::new());
+        let mut fetching = futures_util::stream::FuturesUnordered::new();
+        let mut pushing = futures_util::stream::FuturesUnordered::new();
+        self.take_round(
+            config,
+            &mut busy,
+            &waiting,
+            &mut chunks,
+            &mut ready,
+            &mut round,
+        )
+        .await;
+        let decided = Instant::now();
+        let mut next_intake = tokio::time::Instant::now() + INTAKE_EVERY;
+        loop {
+            while fetching.len() < CONCURRENT_REQUESTS {
+                let Some((provider, keys)) = chunks.pop_front() else {
+                    break;
+                };
+                fetching.push(self.fetch_and_decide(provider, keys, config, &waiting));
+            }
+            while pushing.len() < CONCURRENCY {
+                let Some((host, batch)) = ready.pop_front() else {
+                    break;
+                };
+                pushing.push(async move {
+                    self.push(&host, &batch, config).await;
+                    batch.into_iter().map(|(vm, _)| vm).collect::<Vec<_>>()
+                });
+            }
+            if fetching.is_empty() && pushing.is_empty() {
+                break;
+            }
+            tokio::select! {
+                Some(answered) = fetching.next(), if !fetching.is_empty() => {
+                    let (vms, pushes, mut p, mut a) = answered;
+                    // Those without a push to wait for are done in this pass.
+                    let pushed: HashSet<&String> =
+                        pushes.iter().flat_map(|(_, b)| b.iter().map(|(vm, _)| vm)).collect();
+                    for vm in vms.iter().filter(|vm| !pushed.contains(vm)) {
+                        busy.remove(vm);
+                    }
+                    ready.extend(pushes);
+                    pending.append(&mut p);
+                    alarms.append(&mut a);
+                }
+                Some(pushed) = pushing.next(), if !pushing.is_empty() => {
+                    // Their verdicts at once (unlocked, with their keys there), not after the
+                    // whole pass; anything more they need, the next pass decides.
+                    self.decide(&pushed, config, Instant::now(), &mut Vec::new(), &mut pending, &mut alarms);
+                    for vm in &pushed {
+                        busy.remove(vm);
+                    }
+                }
+                _ = tokio::time::sleep_until(next_intake) => {
+                    intake();
+                    self.take_round(config, &mut busy, &waiting, &mut chunks, &mut ready, &mut round)
+                        .await;
+                    // A long pass is a working engine.
+                    if let Ok(mut t) = self.last_pass.lock() {
+                        *t = Some(Instant::now());
+                    }
+                    next_intake = tokio::time::Instant::now() + INTAKE_EVERY;
+                }
+            }
+        }
+        self.flush(pending, alarms).await;
+        if round.fetches + round.pushes > 0 || round.written > 0 {
+            tracing::debug!(
+                target: "tresor_server::engine::pass",
+                vms_written = round.written,
+                fetches = round.fetches,
+                pushes = round.pushes,
+                rounds = round.rounds,
+                decide_ms = decided.duration_since(started).as_millis() as u64,
+                act_ms = decided.elapsed().as_millis() as u64,
+                "engine pass"
+            );
+        }
+        round.fetches + round.pushes > 0
+    }
+
+    /// Decides for the VMs whose inputs changed, but those in `busy` (left marked for the next
+    /// pass), writes what changed, and adds their fetches (a host's keys in the same request
+    /// where they fit; a key already asked for in this pass is not asked for again) and pushes
+    /// to the pass's queues.
+    async fn take_round(
+        &self,
+        config: &EngineConfig,
+        busy: &mut HashSet<String>,
+        waiting: &Mutex<Waiting>,
+        chunks: &mut std::collections::VecDeque<(String, Vec<KeyRef>)>,
+        ready: &mut std::collections::VecDeque<HostPush>,
+        round: &mut Round,
+    ) {
         let now = Instant::now();
         let mut pending: Vec<VmRecord> = Vec::new();
         let mut alarms: Vec<AlarmChange> = Vec::new();
@@ -1369,28 +1486,31 @@ impl Engine {
             for k in &woken {
                 st.wake_key(k);
             }
-            std::mem::take(&mut st.dirty).into_iter().collect()
+            let (later, now): (Vec<String>, Vec<String>) = std::mem::take(&mut st.dirty)
+                .into_iter()
+                .partition(|vm| busy.contains(vm));
+            st.dirty.extend(later);
+            now
         };
+        if dirty.is_empty() {
+            return;
+        }
+        round.rounds += 1;
         // Decided a few thousand at a time, letting the API and the agents' sessions in between.
         let mut plans: Vec<(String, Vec<Action>)> = Vec::new();
         for chunk in dirty.chunks(DECIDE_CHUNK) {
             self.decide(chunk, config, now, &mut plans, &mut pending, &mut alarms);
             tokio::task::yield_now().await;
         }
-
-        // The pass's events, every VM whose state changed and their alarms, one transaction
-        // each, away from the tasks that serve agents and the API.
-        let written = pending.len();
+        // The events, every VM whose state changed and their alarms, one transaction each,
+        // away from the tasks that serve agents and the API.
+        round.written += pending.len();
         self.flush(pending, alarms).await;
-        // Carry out the plans: every key to fetch once, a host's keys in the same request where
-        // they fit. As soon as the keys a VM waits for have been answered it is decided again,
-        // and its host gets its keys while the other fetches go on: one push per host for the
-        // VMs that became ready together, many at a time.
         let mut fetches: Vec<(String, KeyRef)> = Vec::new();
         let mut pushes: HashMap<String, Vec<(String, Vec<KeyRef>)>> = HashMap::new();
-        let mut waiting = Waiting::default();
         {
             let st = self.state();
+            let mut waiting = waiting.lock().unwrap_or_else(|p| p.into_inner());
             for (name, actions) in plans {
                 let host = st
                     .vms
@@ -1400,10 +1520,13 @@ impl Engine {
                 for action in actions {
                     match action {
                         Action::Fetch { key } => {
-                            waiting.wait(&name, &key);
-                            fetches.push((host.clone(), key));
+                            busy.insert(name.clone());
+                            if waiting.wait(&name, &key) {
+                                fetches.push((host.clone(), key));
+                            }
                         }
                         Action::Push { host, keys } => {
+                            busy.insert(name.clone());
                             pushes.entry(host).or_default().push((name.clone(), keys))
                         }
                         _ => {}
@@ -1412,10 +1535,9 @@ impl Engine {
             }
         }
         fetches.sort();
-        let mut asked = HashSet::new();
-        fetches.retain(|(_, k)| asked.insert(k.clone()));
-        let decided = Instant::now();
-        let (n_fetches, n_pushes) = (fetches.len(), pushes.len());
+        round.fetches += fetches.len();
+        round.pushes += pushes.len();
+        ready.extend(pushes);
         // Many keys of one provider per KMIP message.
         let mut by_provider: HashMap<String, Vec<KeyRef>> = HashMap::new();
         for (_, k) in fetches {
@@ -1424,70 +1546,15 @@ impl Engine {
                 .or_default()
                 .push(k);
         }
-        let chunks: Vec<(String, Vec<KeyRef>)> = by_provider
-            .into_iter()
-            .flat_map(|(p, keys)| {
-                keys.chunks(KEYS_PER_REQUEST)
-                    .map(|c| (p.clone(), c.to_vec()))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        let waiting = Mutex::new(waiting);
-        let (mut pending, mut alarms) = (Vec::new(), Vec::new());
-        let mut ready: std::collections::VecDeque<HostPush> = pushes.into_iter().collect();
-        let mut chunks = chunks.into_iter();
-        let mut fetching = futures_util::stream::FuturesUnordered::new();
-        let mut pushing = futures_util::stream::FuturesUnordered::new();
-        loop {
-            while fetching.len() < CONCURRENT_REQUESTS {
-                let Some((provider, keys)) = chunks.next() else {
-                    break;
-                };
-                fetching.push(self.fetch_and_decide(provider, keys, config, &waiting));
-            }
-            while pushing.len() < CONCURRENCY {
-                let Some((host, batch)) = ready.pop_front() else {
-                    break;
-                };
-                pushing.push(async move {
-                    self.push(&host, &batch, config).await;
-                    batch.into_iter().map(|(vm, _)| vm).collect::<Vec<_>>()
-                });
-            }
-            if fetching.is_empty() && pushing.is_empty() {
-                break;
-            }
-            tokio::select! {
-                Some(decided) = fetching.next(), if !fetching.is_empty() => {
-                    let (pushes, mut p, mut a) = decided;
-                    ready.extend(pushes);
-                    pending.append(&mut p);
-                    alarms.append(&mut a);
-                }
-                Some(pushed) = pushing.next(), if !pushing.is_empty() => {
-                    // Their verdicts at once (unlocked, with their keys there), not after the
-                    // whole pass; anything more they need, the next pass decides.
-                    self.decide(&pushed, config, Instant::now(), &mut Vec::new(), &mut pending, &mut alarms);
-                }
+        for (provider, keys) in by_provider {
+            for c in keys.chunks(KEYS_PER_REQUEST) {
+                chunks.push_back((provider.clone(), c.to_vec()));
             }
         }
-        self.flush(pending, alarms).await;
-        if n_fetches + n_pushes > 0 || written > 0 {
-            tracing::debug!(
-                target: "tresor_server::engine::pass",
-                vms_written = written,
-                fetches = n_fetches,
-                pushes = n_pushes,
-                decide_ms = decided.duration_since(now).as_millis() as u64,
-                act_ms = decided.elapsed().as_millis() as u64,
-                "engine pass"
-            );
-        }
-        n_fetches + n_pushes > 0
     }
 
     /// Fetches `keys` of `provider`, then decides again at once for the VMs that wait for
-    /// nothing more: their hosts' pushes, with the VM states and alarms to write. What else
+    /// nothing more: those VMs, their hosts' pushes, and the VM states and alarms to write. What else
     /// they need, the next pass decides (their keys' answers marked them for it).
     async fn fetch_and_decide(
         &self,
@@ -1495,7 +1562,7 @@ impl Engine {
         keys: Vec<KeyRef>,
         config: &EngineConfig,
         waiting: &Mutex<Waiting>,
-    ) -> (Vec<HostPush>, Vec<VmRecord>, Vec<AlarmChange>) {
+    ) -> (Vec<String>, Vec<HostPush>, Vec<VmRecord>, Vec<AlarmChange>) {
         self.fetch_many(&provider, &keys, config).await;
         let vms = waiting
             .lock()
@@ -1521,7 +1588,7 @@ impl Engine {
                 }
             }
         }
-        (by_host.into_iter().collect(), pending, alarms)
+        (vms, by_host.into_iter().collect(), pending, alarms)
     }
 
     /// Asks each provider that did not answer, when its wait is over, whether it answers now;
@@ -1935,12 +2002,14 @@ impl Engine {
         if !matches!(crypto_state, S::Safe | S::Prepared) {
             return;
         }
-        // One row, on a thread that may wait for the database.
+        // One row, on a thread that may wait for the database, a few at a time.
         let name = host.clone();
+        let permit = self.records.acquire().await;
         let Ok(Ok(Some(record))) = tokio::task::spawn_blocking(move || store.host(&name)).await
         else {
             return;
         };
+        drop(permit);
         let (Some(provider), Some(id)) = (record.host_key_provider, record.host_key_id) else {
             return;
         };
@@ -2009,24 +2078,47 @@ impl Engine {
             }
         }));
         let hosts_seen = self.host_writer();
+        let take = |e: HubEvent| {
+            self.observe(&e);
+            if let (Some(tx), Some(seen)) = (&hosts_seen, Self::host_seen(&e)) {
+                let _ = tx.send(seen);
+            }
+        };
+        let lagged = |missed: u64| {
+            // Events were lost: take the hosts' last reports instead.
+            tracing::warn!(
+                missed,
+                "the engine fell behind the agents' reports; catching up"
+            );
+            self.catch_up();
+        };
+        use tokio::sync::broadcast::error::{RecvError, TryRecvError};
         let mut tick = tokio::time::interval(self.config().tick);
         loop {
             tokio::select! {
                 e = events.recv() => match e {
-                    Ok(e) => {
-                        self.observe(&e);
-                        if let (Some(tx), Some(seen)) = (&hosts_seen, Self::host_seen(&e)) {
-                            let _ = tx.send(seen);
-                        }
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
-                        // Events were lost: take the hosts' last reports instead.
-                        tracing::warn!(missed, "the engine fell behind the agents' reports; catching up");
-                        self.catch_up();
-                    }
-                    Err(_) => return,
+                    Ok(e) => take(e),
+                    Err(RecvError::Lagged(missed)) => lagged(missed),
+                    Err(RecvError::Closed) => return,
                 },
-                _ = tick.tick() => self.tick().await,
+                _ = tick.tick() => {
+                    // Everything the agents said meanwhile, before the pass and while its
+                    // fetches and pushes are under way (during a storm, thousands of reports): a
+                    // pass decides from every report that came before it, not from the few the
+                    // loop took before the tick won. Bounded, so that agents that never stop
+                    // talking cannot hold the passes off.
+                    let mut intake = || {
+                        for _ in 0..TAKEN_BEFORE_A_PASS {
+                            match events.try_recv() {
+                                Ok(e) => take(e),
+                                Err(TryRecvError::Lagged(missed)) => lagged(missed),
+                                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+                            }
+                        }
+                    };
+                    intake();
+                    self.tick_with(&mut intake).await
+                }
             }
         }
     }
@@ -2069,6 +2161,15 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// What a pass did, for its log line.
+#[derive(Default)]
+struct Round {
+    rounds: usize,
+    written: usize,
+    fetches: usize,
+    pushes: usize,
+}
+
 /// A host and the VMs whose keys one push sends it, with their keys.
 type HostPush = (String, Vec<(String, Vec<KeyRef>)>);
 
@@ -2082,12 +2183,16 @@ struct Waiting {
 }
 
 impl Waiting {
-    fn wait(&mut self, vm: &str, key: &KeyRef) {
+    /// Notes that `vm` waits for `key`; says whether the key is to be asked for (nobody in
+    /// the pass waits for it yet).
+    fn wait(&mut self, vm: &str, key: &KeyRef) -> bool {
+        let new = !self.keys.contains_key(key);
         let waiters = self.keys.entry(key.clone()).or_default();
         if !waiters.iter().any(|v| v == vm) {
             waiters.push(vm.to_owned());
             *self.vms.entry(vm.to_owned()).or_default() += 1;
         }
+        new
     }
 
     /// Takes the answers for `keys`: the VMs that wait for nothing more now.
