@@ -237,15 +237,9 @@ impl Client {
                 stack.push(next);
             }
         }
-        let mut detail = e.to_string();
-        let mut s = std::error::Error::source(&e);
-        while let Some(inner) = s {
-            detail = format!("{detail}: {inner}");
-            s = inner.source();
-        }
         ClientError::Unreachable {
             server: self.server().to_owned(),
-            detail,
+            detail: with_causes(&e),
         }
     }
 
@@ -360,17 +354,9 @@ impl Client {
         // Room for what the server announces, up to 64 MiB at first: a length alone does not
         // make the client take a gigabyte.
         let mut body = Vec::with_capacity(announced.min(64 << 20) as usize);
-        let cut = |e: reqwest::Error| {
-            let mut detail = e.to_string();
-            let mut s = std::error::Error::source(&e);
-            while let Some(inner) = s {
-                detail = format!("{detail}: {inner}");
-                s = inner.source();
-            }
-            ClientError::CutOff {
-                server: self.server().to_owned(),
-                detail,
-            }
+        let cut = |e: reqwest::Error| ClientError::CutOff {
+            server: self.server().to_owned(),
+            detail: with_causes(&e),
         };
         while let Some(chunk) = answer.chunk().await.map_err(cut)? {
             if body.len() + chunk.len() > MAX_ANSWER {
@@ -524,6 +510,17 @@ impl Client {
         }
         Ok(())
     }
+}
+
+/// An error with the errors that caused it, each after a colon.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut detail = e.to_string();
+    let mut s = e.source();
+    while let Some(inner) = s {
+        detail = format!("{detail}: {inner}");
+        s = inner.source();
+    }
+    detail
 }
 
 /// The error an answer holds, or one saying `otherwise` when it holds none.
