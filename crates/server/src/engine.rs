@@ -1554,8 +1554,8 @@ impl Engine {
     }
 
     /// Fetches `keys` of `provider`, then decides again at once for the VMs that wait for
-    /// nothing more: those VMs, their hosts' pushes, and the VM states and alarms to write. What else
-    /// they need, the next pass decides (their keys' answers marked them for it).
+    /// nothing more: those VMs, their hosts' pushes, and the VM states and alarms to write.
+    /// What else they need, the next pass decides (their keys' answers marked them for it).
     async fn fetch_and_decide(
         &self,
         provider: String,

@@ -457,7 +457,19 @@ impl Dev {
                 ))
                 .output()
                 .expect("virsh");
-            let after = std::fs::read(&log).unwrap_or_default();
+            // QEMU writes the result to the log a moment after the monitor answered.
+            let mut after = Vec::new();
+            for _ in 0..50 {
+                after = std::fs::read(&log).unwrap_or_default();
+                let said = String::from_utf8_lossy(after.get(before..).unwrap_or_default());
+                if ["bytes at offset", "fail", "rror"]
+                    .iter()
+                    .any(|w| said.contains(w))
+                {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
             return format!(
                 "{}{}{}",
                 String::from_utf8_lossy(&out.stdout),
