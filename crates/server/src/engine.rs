@@ -141,6 +141,11 @@ struct State {
     /// The ids of the earlier leader's pushes taken up (watched or settled): a host that
     /// connects again does not bring them a second time, and none is recorded twice.
     earlier_seen: HashSet<i64>,
+    /// The VMs whose keys this leader has sent (or is sending) to a host, as (host, VM): an
+    /// earlier leader's push of them that is settled after that is lost, whether or not it
+    /// arrived first (the keys there do not say whose push brought them; each push is
+    /// recorded once, this leader's as sent).
+    pushed: HashSet<(String, String)>,
 }
 
 /// A VM a host reports that the registry does not hold, or holds otherwise: shown, never
@@ -417,6 +422,10 @@ impl Engine {
                 if !st.earlier_seen.insert(i.id) {
                     continue;
                 }
+                if st.pushed.contains(&(host.clone(), i.vm.clone())) {
+                    settled.push((i.id, PushOutcome::Lost));
+                    continue;
+                }
                 let arrived = i.keys.iter().all(|k| keys_held.contains(k));
                 if !arrived {
                     // It may still arrive (the host is busy with it): watched in the passes.
@@ -611,6 +620,10 @@ impl Engine {
             }
             let pending = std::mem::take(&mut st.earlier_pushes);
             for (host, i) in pending {
+                if st.pushed.contains(&(host.clone(), i.vm.clone())) {
+                    settled.push((i.id, PushOutcome::Lost));
+                    continue;
+                }
                 let arrived = st.vms.get(&i.vm).is_some_and(|v| {
                     v.host == host
                         && i.keys
@@ -1828,6 +1841,9 @@ impl Engine {
                         .into_iter()
                         .partition(|(h, i)| h == host && batch.iter().any(|(vm, _)| *vm == i.vm));
                     st.earlier_pushes = kept;
+                    for (vm, _) in &batch {
+                        st.pushed.insert((host.to_owned(), vm.clone()));
+                    }
                     lost.into_iter()
                         .map(|(_, i)| (i.id, PushOutcome::Lost))
                         .collect()
