@@ -304,6 +304,8 @@ pub fn run(args: DevArgs) -> Result<(), CliError> {
         &server_log,
     )?;
     wait_port(api, "The server", &server_log)?;
+    // It listens for agents once it leads (after its API is up): hosts enrol after that.
+    wait_port(agents, "The server's listener for agents", &server_log)?;
     let mut api_urls = vec![api_url.clone()];
     for i in 2..=servers {
         let (api_i, agents_i) = server_ports(args.port, i);
