@@ -202,6 +202,12 @@ impl State {
     }
 
     /// The VMs that need this key are to be looked at.
+    /// Whether this leader has sent (or is sending) `vm`'s keys to `host`: an earlier leader's
+    /// push of them is then lost, not done.
+    fn superseded(&self, host: &str, vm: &str) -> bool {
+        self.pushed.contains(&(host.to_owned(), vm.to_owned()))
+    }
+
     fn wake_key(&mut self, key: &KeyRef) {
         if let Some(vms) = self.by_key.get(key) {
             self.dirty.extend(vms.iter().cloned());
@@ -422,7 +428,7 @@ impl Engine {
                 if !st.earlier_seen.insert(i.id) {
                     continue;
                 }
-                if st.pushed.contains(&(host.clone(), i.vm.clone())) {
+                if st.superseded(&host, &i.vm) {
                     settled.push((i.id, PushOutcome::Lost));
                     continue;
                 }
@@ -620,7 +626,7 @@ impl Engine {
             }
             let pending = std::mem::take(&mut st.earlier_pushes);
             for (host, i) in pending {
-                if st.pushed.contains(&(host.clone(), i.vm.clone())) {
+                if st.superseded(&host, &i.vm) {
                     settled.push((i.id, PushOutcome::Lost));
                     continue;
                 }
