@@ -331,6 +331,11 @@ pub struct Engine {
     writing_states: Arc<std::sync::atomic::AtomicBool>,
     /// The writer of key-push records (see [`Engine::push_log`]), started at the first push.
     push_log: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<PushJob>>,
+    /// Held by the pass under way: one at a time, so that a VM whose keys one pass is fetching
+    /// or pushing is not acted on by another.
+    passing: tokio::sync::Mutex<()>,
+    /// Wakes the engine's loop for a pass now (a VM changed outside it).
+    wake: tokio::sync::Notify,
 }
 
 /// A key-push record for [`Engine::push_log`] to write, with the one waiting for it.
@@ -386,6 +391,8 @@ impl Engine {
             records: tokio::sync::Semaphore::new(8),
             push_log: std::sync::OnceLock::new(),
             writing_states: Arc::default(),
+            passing: tokio::sync::Mutex::new(()),
+            wake: tokio::sync::Notify::new(),
         })
     }
 
@@ -806,6 +813,8 @@ impl Engine {
             }
         }
         st.dirty.insert(name.to_owned());
+        drop(st);
+        self.wake.notify_one();
         true
     }
 
@@ -1234,14 +1243,48 @@ impl Engine {
         }
     }
 
-    /// One pass over every VM: decide, then act.
+    /// One pass over every VM: decide, then act. Waits for a pass under way to end first.
     pub async fn tick(&self) {
         self.tick_with(&mut || {}).await
+    }
+
+    /// Takes the VM a host answered a request with, and decides for it at once (see
+    /// [`Engine::decide_now`]).
+    pub async fn observe_now(&self, host: &str, report: VmReport) {
+        let name = report.name.clone();
+        self.observe_report(host, Arc::new(report));
+        self.decide_now(&[name]).await;
+    }
+
+    /// Decides for the VMs `names` at once, from what was observed of them, and writes their
+    /// states and events (the API answers right after from what it wrote); the fetches and
+    /// pushes they need are left to the engine's loop, which is woken for them. A request does
+    /// not run a pass of its own: one may be under way, acting on these very VMs.
+    pub async fn decide_now(&self, names: &[String]) {
+        let config = self.config();
+        let (mut pending, mut alarms) = (Vec::new(), Vec::new());
+        let mut plans = Vec::new();
+        self.decide(
+            names,
+            &config,
+            Instant::now(),
+            &mut plans,
+            &mut pending,
+            &mut alarms,
+        );
+        if !plans.is_empty() {
+            // Decided again, and acted on, by the loop.
+            let mut st = self.state();
+            st.dirty.extend(plans.into_iter().map(|(name, _)| name));
+        }
+        self.flush(pending, alarms).await;
+        self.wake.notify_one();
     }
 
     /// A tick whose passes take in what agents said with `intake` while their fetches and
     /// pushes are under way.
     async fn tick_with(&self, intake: &mut (dyn FnMut() + Send)) {
+        let _passing = self.passing.lock().await;
         let config = self.config();
         self.check_down_providers(&config).await;
         self.watch_providers(&config).await;
@@ -1441,6 +1484,9 @@ impl Engine {
                     }
                 }
                 _ = tokio::time::sleep_until(next_intake) => {
+                    // What was decided so far is written now, not when the pass ends: one host
+                    // that does not answer a push holds a pass until the push times out.
+                    self.flush(std::mem::take(&mut pending), std::mem::take(&mut alarms)).await;
                     intake();
                     self.take_round(config, &mut busy, &waiting, &mut chunks, &mut ready, &mut round)
                         .await;
@@ -2117,30 +2163,35 @@ impl Engine {
         use tokio::sync::broadcast::error::{RecvError, TryRecvError};
         let mut tick = tokio::time::interval(self.config().tick);
         loop {
-            tokio::select! {
-                e = events.recv() => match e {
-                    Ok(e) => take(e),
-                    Err(RecvError::Lagged(missed)) => lagged(missed),
-                    Err(RecvError::Closed) => return,
-                },
-                _ = tick.tick() => {
-                    // Everything the agents said meanwhile, before the pass and while its
-                    // fetches and pushes are under way (during a storm, thousands of reports): a
-                    // pass decides from every report that came before it, not from the few the
-                    // loop took before the tick won. Bounded, so that agents that never stop
-                    // talking cannot hold the passes off.
-                    let mut intake = || {
-                        for _ in 0..TAKEN_BEFORE_A_PASS {
-                            match events.try_recv() {
-                                Ok(e) => take(e),
-                                Err(TryRecvError::Lagged(missed)) => lagged(missed),
-                                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
-                            }
-                        }
-                    };
-                    intake();
-                    self.tick_with(&mut intake).await
+            let pass = tokio::select! {
+                e = events.recv() => {
+                    match e {
+                        Ok(e) => take(e),
+                        Err(RecvError::Lagged(missed)) => lagged(missed),
+                        Err(RecvError::Closed) => return,
+                    }
+                    false
                 }
+                _ = tick.tick() => true,
+                _ = self.wake.notified() => true,
+            };
+            if pass {
+                // Everything the agents said meanwhile, before the pass and while its fetches
+                // and pushes are under way (during a storm, thousands of reports): a pass
+                // decides from every report that came before it, not from the few the loop
+                // took before the tick won. Bounded, so that agents that never stop talking
+                // cannot hold the passes off.
+                let mut intake = || {
+                    for _ in 0..TAKEN_BEFORE_A_PASS {
+                        match events.try_recv() {
+                            Ok(e) => take(e),
+                            Err(TryRecvError::Lagged(missed)) => lagged(missed),
+                            Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+                        }
+                    }
+                };
+                intake();
+                self.tick_with(&mut intake).await
             }
         }
     }

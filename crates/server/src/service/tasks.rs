@@ -199,8 +199,7 @@ async fn settle(cx: &Context, id: &str, work: &DiskWork, reply: Reply) {
             if let Err(e) = vms.settle_keys(&vm) {
                 tracing::error!(task = %id, error = %e, "cannot settle a VM's keys");
             }
-            cx.engine.observe_report(&work.host, Arc::new(vm));
-            cx.engine.tick().await;
+            cx.engine.observe_now(&work.host, vm).await;
             let result = vms
                 .show(&work.vm)
                 .ok()

@@ -252,16 +252,16 @@ impl Vms<'_> {
         self.cx.store.vm(name)?.ok_or_else(|| no_vm(name))
     }
 
-    /// The record of a VM just made or adopted. The engine's pass that writes it may be one that
-    /// the engine's own loop started before this request's tick (which then found nothing to
-    /// do), so it is waited for, briefly.
+    /// The record of a VM just made or adopted. A pass of the engine's loop that took the VM
+    /// first writes it (within a quarter of a second, or at its end), so it is waited for,
+    /// briefly.
     async fn new_record(&self, name: &str) -> Result<VmRecord, ServiceError> {
         for _ in 0..100 {
             if let Some(r) = self.cx.store.vm(name)? {
                 return Ok(r);
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            self.cx.engine.tick().await;
+            self.cx.engine.decide_now(&[name.to_owned()]).await;
         }
         self.record(name)
     }
@@ -625,8 +625,7 @@ impl Vms<'_> {
             }
         };
         if let Reply::Vm { vm } = reply {
-            cx.engine.observe_report(&req.host, Arc::new(vm));
-            cx.engine.tick().await;
+            cx.engine.observe_now(&req.host, vm).await;
         }
         tracing::info!(vm = %req.domain, host = %req.host, user = %caller.user, "domain adopted");
         if req.encrypt {
@@ -794,8 +793,7 @@ impl Vms<'_> {
                 "The host did not report the new VM",
             ));
         };
-        cx.engine.observe_report(&req.host, Arc::new(vm));
-        cx.engine.tick().await;
+        cx.engine.observe_now(&req.host, vm).await;
         Ok(vm_view(&self.new_record(&req.name).await?))
     }
 
@@ -875,7 +873,7 @@ impl Vms<'_> {
             }
             registered.push(name);
         }
-        cx.engine.tick().await;
+        cx.engine.decide_now(&registered).await;
         Ok(Registered { registered })
     }
 
@@ -995,8 +993,7 @@ impl Vms<'_> {
             }
         };
         if let Reply::Vm { vm } = reply {
-            cx.engine.observe_report(&record.host, Arc::new(vm));
-            cx.engine.tick().await;
+            cx.engine.observe_now(&record.host, vm).await;
         }
         Ok(vm_view(&self.record(name)?))
     }
@@ -1251,8 +1248,7 @@ impl Vms<'_> {
             }
         };
         if let Reply::Vm { vm } = reply {
-            cx.engine.observe_report(&record.host, Arc::new(vm));
-            cx.engine.tick().await;
+            cx.engine.observe_now(&record.host, vm).await;
         }
         if !piece.more {
             tracing::info!(vm = name, user = %caller.user, %kind, bytes = offset, "file sent to the VM");
@@ -1328,8 +1324,7 @@ impl Vms<'_> {
         // The host answers with the VM as it is now: taken at once, so that `vm show` after the
         // answer says what the host did.
         if let Reply::Vm { vm } = ask_host(self.cx, &record.host, command).await? {
-            self.cx.engine.observe_report(&record.host, Arc::new(vm));
-            self.cx.engine.tick().await;
+            self.cx.engine.observe_now(&record.host, vm).await;
         }
         let event = match on {
             true => &tresor_core::events::VM_POWERED_ON,
@@ -1489,8 +1484,7 @@ impl Vms<'_> {
                 if action != VmAction::Reload {
                     self.settle_keys(&vm)?;
                 }
-                cx.engine.observe_report(&record.host, Arc::new(vm));
-                cx.engine.tick().await;
+                cx.engine.observe_now(&record.host, vm).await;
             }
             _ => {}
         }
