@@ -259,6 +259,11 @@ impl QemuTools {
         size: u64,
         secret: Option<&DiskSecret>,
     ) -> Result<(), DiskError> {
+        if let (DiskFormat::RawLuks, Some(secret)) = (format, secret) {
+            // A header Tresor writes: no key-stretching benchmark, and the same LUKS1 that
+            // cryptsetup and QEMU read.
+            return crate::rawluks::create(path, size, secret);
+        }
         let mut args: Vec<String> = Vec::new();
         let target = path.display().to_string();
         match (format, secret) {
@@ -329,13 +334,17 @@ impl QemuTools {
         self.run(&self.qemu_io, &args, &secrets, path)
     }
 
-    /// Checks that `secret` opens the disk by reading its first sector.
+    /// Checks that `secret` opens the disk by reading its first sector (a raw LUKS disk: by
+    /// unsealing its volume key, which its header's digest confirms).
     pub fn verify(
         &self,
         path: &Path,
         format: DiskFormat,
         secret: &DiskSecret,
     ) -> Result<(), DiskError> {
+        if format == DiskFormat::RawLuks {
+            return crate::rawluks::Volume::open(path, secret).map(|_| ());
+        }
         self.io(path, format, Some(secret), &["read 0 512"])
             .map(|_| ())
     }
@@ -482,6 +491,12 @@ impl QemuTools {
             return Err(DiskError::Missing {
                 path: from.display().to_string(),
             });
+        }
+        if let (DiskFormat::RawLuks, Some(f), DiskFormat::RawLuks, Some(t)) =
+            (from_format, from_secret, to_format, to_secret)
+        {
+            // Deep rekey of a raw LUKS disk: on every core, with the CPU's AES instructions.
+            return crate::rawluks::rekey(from, f, to, t, crate::rawluks::threads());
         }
         let mut args: Vec<String> = vec!["convert".into()];
         let mut secrets: Vec<&DiskSecret> = Vec::new();

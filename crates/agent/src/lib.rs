@@ -27,6 +27,7 @@ pub mod memory;
 pub mod metrics;
 pub mod progress;
 pub mod qemu;
+pub mod rawluks;
 pub mod run;
 pub mod runtime;
 pub mod seed;

@@ -208,3 +208,102 @@ fn raw_luks_disks_are_standard_luks() {
     );
     assert!(text.contains("LUKS header information"), "{text}");
 }
+
+/// A raw LUKS disk rewritten under a new secret by the agent's own threads (deep rekey): QEMU's
+/// driver reads the same data with the new secret and refuses the old one, cryptsetup opens it
+/// with the new passphrase, what was never written stays a hole, and a wrong source secret
+/// makes nothing.
+#[test]
+fn a_raw_luks_disk_rekeyed_by_the_agent_reads_the_same_through_qemu() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let tools = QemuTools::default();
+    let (old, new) = (dir.path().join("old.luks"), dir.path().join("new.luks"));
+    let size: u64 = 64 << 20;
+    tools
+        .create(&old, DiskFormat::RawLuks, size, Some(&secret(1)))
+        .unwrap();
+    // Written: the start, a piece across a 4 MiB boundary, the last sector; the rest is a hole.
+    let writes = [
+        "write -P 0x11 0 1M",
+        "write -P 0x22 4095k 2k",
+        "write -P 0x33 33554432 8M",
+        "write -P 0x44 67108352 512",
+    ];
+    tools
+        .io(&old, DiskFormat::RawLuks, Some(&secret(1)), &writes)
+        .unwrap();
+
+    let wrong = tools.convert(
+        &old,
+        DiskFormat::RawLuks,
+        Some(&secret(9)),
+        &new,
+        DiskFormat::RawLuks,
+        Some(&secret(2)),
+    );
+    assert!(
+        matches!(wrong, Err(DiskError::WrongKey { .. })),
+        "{wrong:?}"
+    );
+    assert!(!new.exists(), "a wrong secret made a disk");
+
+    tools
+        .convert(
+            &old,
+            DiskFormat::RawLuks,
+            Some(&secret(1)),
+            &new,
+            DiskFormat::RawLuks,
+            Some(&secret(2)),
+        )
+        .unwrap();
+    let reads = [
+        "read -P 0x11 0 1M",
+        "read -P 0x22 4095k 2k",
+        "read -P 0x33 33554432 8M",
+        "read -P 0x44 67108352 512",
+    ];
+    let out = tools
+        .io(&new, DiskFormat::RawLuks, Some(&secret(2)), &reads)
+        .unwrap();
+    assert!(!out.contains("Pattern verification failed"), "{out}");
+    assert_eq!(out.matches("read ").count(), 4, "{out}");
+    let err = tools
+        .verify(&new, DiskFormat::RawLuks, &secret(1))
+        .unwrap_err();
+    assert!(matches!(err, DiskError::WrongKey { .. }), "{err}");
+    assert_eq!(
+        tools
+            .io(&new, DiskFormat::RawLuks, Some(&secret(1)), &["read 0 512"])
+            .unwrap_err()
+            .to_string(),
+        format!("The key does not open disk {}", new.display())
+    );
+
+    // cryptsetup opens it with the new passphrase.
+    let cryptsetup = [
+        "/usr/sbin/cryptsetup",
+        "/sbin/cryptsetup",
+        "/usr/bin/cryptsetup",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .expect("cryptsetup is missing: run scripts/setup-test-deps (it installs cryptsetup-bin)");
+    let mut child = std::process::Command::new(cryptsetup)
+        .args(["open", "--test-passphrase", "--key-file=-"])
+        .arg(&new)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), hex(&[2; 32]).as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success());
+
+    // The hole stayed one: about what was written (9 MiB and the header), not 64 MiB.
+    let allocated = std::fs::metadata(&new).unwrap().blocks() * 512;
+    assert!(allocated < 16 << 20, "{allocated} bytes allocated");
+    let raw = std::fs::read(&new).unwrap();
+    assert!(raw[(2 << 20) + (8 << 20)..(2 << 20) + (16 << 20)]
+        .iter()
+        .all(|b| *b == 0));
+}
