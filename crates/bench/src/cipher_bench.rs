@@ -1,6 +1,7 @@
-//! AES-256-XTS on one core, measured before choosing the cipher code of the fast data path:
-//! OpenSSL through the `openssl` crate (one EVP context, its IV set again for each sector) and
-//! RustCrypto's `aes` with `xts-mode`, each encrypting and decrypting a buffer in place in
+//! AES-256-XTS on one core: the data path's cipher (`tresor_luks::SectorCipher`: OpenSSL's
+//! AES-ECB over a batch of sectors between the XTS masks), OpenSSL's XTS through the `openssl`
+//! crate (one EVP context, its IV set again for each sector) and RustCrypto's `aes` with
+//! `xts-mode`, each encrypting and decrypting a buffer in place in
 //! LUKS1's 512-byte sectors and in 4,096-byte ones, with the tweak as LUKS's `plain64` makes
 //! it (the sector's number, little-endian). Beside them, in the same run, `openssl speed` on the
 //! same sizes: what the issue compares against. Prints one JSON line of GB/s (10^9 bytes).
@@ -11,8 +12,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use openssl::cipher::Cipher;
-use openssl::cipher_ctx::CipherCtx;
 
 #[derive(Parser)]
 struct Args {
@@ -31,52 +30,55 @@ fn key() -> [u8; 64] {
     key
 }
 
-/// LUKS's `plain64` IV: the sector's number, little-endian, in 16 bytes.
-fn plain64(sector: u64) -> [u8; 16] {
-    let mut iv = [0u8; 16];
-    iv[..8].copy_from_slice(&sector.to_le_bytes());
-    iv
-}
-
 /// One direction of AES-256-XTS over whole sectors, in place.
 trait Xts {
     fn apply(&mut self, data: &mut [u8], sector_size: usize, first_sector: u64);
 }
 
-struct OpenSsl {
-    ctx: CipherCtx,
-    encrypt: bool,
-}
+/// OpenSSL's XTS with its IV set again per sector (`tresor_luks::PerSectorXts`).
+struct OpenSsl(tresor_luks::PerSectorXts);
 
 impl OpenSsl {
     fn new(key: &[u8; 64], encrypt: bool) -> OpenSsl {
-        let mut ctx = CipherCtx::new().expect("cipher context");
-        let cipher = Cipher::aes_256_xts();
-        if encrypt {
-            ctx.encrypt_init(Some(cipher), Some(key), Some(&[0u8; 16]))
-        } else {
-            ctx.decrypt_init(Some(cipher), Some(key), Some(&[0u8; 16]))
-        }
-        .expect("AES-256-XTS");
-        OpenSsl { ctx, encrypt }
+        let key = tresor_luks::VolumeKey::from_bytes(key).expect("key");
+        OpenSsl(tresor_luks::PerSectorXts::new(&key, encrypt).expect("AES-256-XTS"))
     }
 }
 
 impl Xts for OpenSsl {
     fn apply(&mut self, data: &mut [u8], sector_size: usize, first_sector: u64) {
-        for (i, sector) in data.chunks_exact_mut(sector_size).enumerate() {
-            // The key stays; only the IV is set again.
-            let iv = plain64(first_sector + i as u64);
-            if self.encrypt {
-                self.ctx.encrypt_init(None, None, Some(&iv))
-            } else {
-                self.ctx.decrypt_init(None, None, Some(&iv))
-            }
-            .expect("IV");
-            self.ctx
-                .cipher_update_inplace(sector, sector_size)
-                .expect("sector");
+        self.0
+            .apply(data, sector_size, first_sector)
+            .expect("sectors");
+    }
+}
+
+/// The data path's cipher (`tresor_luks::SectorCipher`): AES-ECB by OpenSSL over a batch of
+/// 512-byte sectors between the XTS masks.
+struct Batched {
+    cipher: tresor_luks::SectorCipher,
+    encrypt: bool,
+}
+
+impl Batched {
+    fn new(key: &[u8; 64], encrypt: bool) -> Batched {
+        let key = tresor_luks::VolumeKey::from_bytes(key).expect("key");
+        Batched {
+            cipher: tresor_luks::SectorCipher::new(&key).expect("cipher"),
+            encrypt,
         }
+    }
+}
+
+impl Xts for Batched {
+    fn apply(&mut self, data: &mut [u8], sector_size: usize, first_sector: u64) {
+        assert_eq!(sector_size, tresor_luks::SECTOR);
+        if self.encrypt {
+            self.cipher.encrypt(data, first_sector)
+        } else {
+            self.cipher.decrypt(data, first_sector)
+        }
+        .expect("sectors");
     }
 }
 
@@ -159,6 +161,10 @@ fn main() {
             let direction = if encrypt { "encrypt" } else { "decrypt" };
             let gbs = measure(&mut OpenSsl::new(&key, encrypt), &mut data, sector, time);
             report.insert(format!("opensslCrate{sector}{direction}GBs"), round(gbs));
+            if sector == tresor_luks::SECTOR {
+                let gbs = measure(&mut Batched::new(&key, encrypt), &mut data, sector, time);
+                report.insert(format!("batched{sector}{direction}GBs"), round(gbs));
+            }
             let gbs = measure(&mut RustCrypto::new(&key, encrypt), &mut data, sector, time);
             report.insert(format!("rustCrypto{sector}{direction}GBs"), round(gbs));
         }

@@ -16,7 +16,7 @@ mod header;
 mod sectors;
 
 pub use header::{format, Formatted, Header, KeySlot};
-pub use sectors::SectorCipher;
+pub use sectors::{PerSectorXts, SectorCipher};
 
 use zeroize::Zeroizing;
 
