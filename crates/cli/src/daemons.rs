@@ -133,6 +133,22 @@ enum AgentSub {
         #[arg(long, default_value = "localhost")]
         server_name: String,
     },
+    /// Serve one raw LUKS disk to QEMU over vhost-user (the fast data path): QEMU attaches it
+    /// with `-device vhost-user-blk-pci`. The disk's passphrase is read from standard input.
+    Blk {
+        /// The raw LUKS1 disk.
+        #[arg(long)]
+        disk: PathBuf,
+        /// The vhost-user socket to create (QEMU connects to it).
+        #[arg(long)]
+        socket: PathBuf,
+        /// Queues, each served by a thread of its own.
+        #[arg(long, default_value_t = 2)]
+        queues: usize,
+        /// The disk's serial number, as the guest sees it (at most 20 bytes).
+        #[arg(long, default_value = "tresor")]
+        serial: String,
+    },
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
@@ -278,6 +294,31 @@ pub fn run_agent(cmd: AgentCommand) -> Result<(), CliError> {
                 path.display()
             );
             Ok(())
+        }
+        Some(AgentSub::Blk {
+            disk,
+            socket,
+            queues,
+            serial,
+        }) => {
+            use std::io::Read;
+            let mut passphrase = zeroize::Zeroizing::new(Vec::new());
+            std::io::stdin().read_to_end(&mut passphrase).map_err(|e| {
+                CliError::msg(format!(
+                    "Cannot read the disk's passphrase from standard input: {e}"
+                ))
+            })?;
+            while passphrase
+                .last()
+                .is_some_and(|b| *b == b'\n' || *b == b'\r')
+            {
+                passphrase.pop();
+            }
+            let disk = tresor_blk::Disk::open(&disk, &passphrase)
+                .map_err(|e| CliError::msg(e.to_string()))?;
+            drop(passphrase);
+            tresor_blk::serve(disk, &socket, queues, &serial)
+                .map_err(|e| CliError::msg(e.to_string()))
         }
         None => {
             let config =

@@ -1,0 +1,489 @@
+//! The fast data path of encrypted disks: a vhost-user block backend that serves a raw LUKS1
+//! disk (the format `tresor-luks` writes, which cryptsetup and QEMU's `luks` driver also read)
+//! to a QEMU `vhost-user-blk-pci` device. QEMU moves no data: the guest's requests reach this
+//! process through shared memory, and each queue's thread reads or writes the file with
+//! `pread`/`pwrite` and decrypts or encrypts with `tresor_luks::SectorCipher` (OpenSSL's AES,
+//! the CPU's AES instructions). The volume key is unsealed here from the disk's passphrase and
+//! lives in this process's memory only.
+//!
+//! What the guest sees: a virtio-blk disk of the volume's size, 512-byte sectors, several
+//! queues, a volatile write cache that `FLUSH` writes to stable storage (`fdatasync`). A write is
+//! acknowledged once it is in the file (the kernel's page cache): killing this process loses
+//! none; losing the machine loses what the guest did not flush, as with any disk cache.
+//!
+//! Everything the guest puts in a request is untrusted: descriptor chains are checked (order,
+//! direction, lengths, sectors within the disk) before any byte moves, and a bad one is answered
+//! with an error status, never a panic.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tresor_luks::{Header, LuksError, SectorCipher, VolumeKey, HEADER_LEN, SECTOR};
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock, VringT};
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_SEG_MAX,
+    VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
+    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_queue::{DescriptorChain, QueueT};
+use vm_memory::{Address, Bytes, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use zeroize::Zeroizing;
+
+type Memory = GuestMemoryAtomic<GuestMemoryMmap>;
+
+/// The most data one request may carry (the guest is told: segments of at most `SIZE_MAX`, at
+/// most `SEG_MAX` of them).
+const SIZE_MAX: u32 = 1 << 20;
+const SEG_MAX: u32 = 128;
+const MAX_REQUEST: usize = (SIZE_MAX as usize) * 4;
+/// The requests a queue holds.
+pub const QUEUE_SIZE: usize = 256;
+/// The header of a virtio-blk request: type, reserved, sector.
+const REQUEST_HEADER: u32 = 16;
+
+/// Why the backend cannot serve a disk.
+#[derive(Debug, thiserror::Error)]
+pub enum BlkError {
+    #[error("Cannot open disk {path}: {source}")]
+    Open {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("Disk {path}: {source}")]
+    Volume { path: String, source: LuksError },
+    #[error("The passphrase does not open disk {path}")]
+    WrongPassphrase { path: String },
+    #[error("Cannot serve on {socket}: {message}")]
+    Serve { socket: String, message: String },
+}
+
+/// A raw LUKS1 disk opened for serving: its file, where its data starts, its size in sectors
+/// and its volume key.
+pub struct Disk {
+    file: File,
+    base: u64,
+    sectors: u64,
+    key: VolumeKey,
+}
+
+impl std::fmt::Debug for Disk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Disk")
+            .field("sectors", &self.sectors)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Disk {
+    /// Opens the raw LUKS1 disk at `path` for reading and writing with its passphrase.
+    pub fn open(path: &Path, passphrase: &[u8]) -> Result<Disk, BlkError> {
+        let shown = || path.display().to_string();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|source| BlkError::Open {
+                path: shown(),
+                source,
+            })?;
+        let volume = |source| BlkError::Volume {
+            path: shown(),
+            source,
+        };
+        let io = |source| BlkError::Open {
+            path: shown(),
+            source,
+        };
+        let mut first = [0u8; HEADER_LEN];
+        file.read_exact_at(&mut first, 0).map_err(io)?;
+        let header = Header::parse(&first).map_err(volume)?;
+        let len = file.metadata().map_err(io)?.len();
+        let base = header.payload_offset_bytes();
+        if len < base {
+            return Err(volume(LuksError::Corrupt(format!(
+                "the file ends ({len} bytes) before its data starts ({base} bytes)"
+            ))));
+        }
+        for slot in header.active_slots().collect::<Vec<_>>() {
+            let range = header.material_range(slot);
+            let mut material = vec![0u8; (range.end - range.start) as usize];
+            file.read_exact_at(&mut material, range.start).map_err(io)?;
+            match header.open_slot(slot, &material, passphrase) {
+                Ok(key) => {
+                    return Ok(Disk {
+                        file,
+                        base,
+                        sectors: (len - base) / SECTOR as u64,
+                        key,
+                    })
+                }
+                Err(LuksError::WrongPassphrase) => continue,
+                Err(e) => return Err(volume(e)),
+            }
+        }
+        Err(BlkError::WrongPassphrase { path: shown() })
+    }
+
+    /// The disk's size in 512-byte sectors.
+    pub fn sectors(&self) -> u64 {
+        self.sectors
+    }
+}
+
+/// One request's outcome: its status and how many bytes it wrote into the guest's memory.
+struct Done {
+    status: u8,
+    written: u32,
+}
+
+/// What one queue's thread keeps: its ciphers and its buffer (plaintext passes through it:
+/// wiped when the thread's state is dropped).
+struct Worker {
+    cipher: SectorCipher,
+    buf: Zeroizing<Vec<u8>>,
+}
+
+/// The backend: one disk, `queues` queues, one thread each.
+#[derive(Clone)]
+pub struct Backend {
+    disk: Arc<Disk>,
+    queues: usize,
+    workers: Arc<Vec<Mutex<Worker>>>,
+    mem: Memory,
+    event_idx: Arc<AtomicBool>,
+    serial: [u8; 20],
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend")
+            .field("queues", &self.queues)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Backend {
+    /// A backend for `disk` with `queues` queues (at least one), sharing `mem` with the daemon.
+    pub fn new(disk: Disk, queues: usize, serial: &str, mem: Memory) -> Result<Backend, BlkError> {
+        let queues = queues.clamp(1, 16);
+        let mut workers = Vec::with_capacity(queues);
+        for _ in 0..queues {
+            workers.push(Mutex::new(Worker {
+                cipher: SectorCipher::new(&disk.key).map_err(|source| BlkError::Volume {
+                    path: serial.to_owned(),
+                    source,
+                })?,
+                buf: Zeroizing::new(vec![0u8; MAX_REQUEST]),
+            }));
+        }
+        let mut id = [0u8; 20];
+        let n = serial.len().min(20);
+        id[..n].copy_from_slice(&serial.as_bytes()[..n]);
+        Ok(Backend {
+            disk: Arc::new(disk),
+            queues,
+            workers: Arc::new(workers),
+            mem,
+            event_idx: Arc::default(),
+            serial: id,
+        })
+    }
+
+    /// The virtio-blk configuration space (little-endian, as the specification lays it out).
+    fn config_space(&self) -> Vec<u8> {
+        let mut c = vec![0u8; 60];
+        c[0..8].copy_from_slice(&self.disk.sectors.to_le_bytes()); // capacity
+        c[8..12].copy_from_slice(&SIZE_MAX.to_le_bytes()); // size_max
+        c[12..16].copy_from_slice(&SEG_MAX.to_le_bytes()); // seg_max
+                                                           // geometry (16..20) unused
+        c[20..24].copy_from_slice(&(SECTOR as u32).to_le_bytes()); // blk_size
+                                                                   // physical_block_exp, alignment_offset, min_io_size, opt_io_size (24..32) zero
+        c[32] = 1; // writeback
+        c[34..36].copy_from_slice(&(self.queues as u16).to_le_bytes()); // num_queues
+        c
+    }
+
+    /// Carries out the requests waiting in `vring`; says whether there were any.
+    fn process(&self, worker: &mut Worker, vring: &VringRwLock<Memory>) -> bool {
+        let mem = self.mem.memory();
+        let mut any = false;
+        loop {
+            let chain = vring
+                .get_mut()
+                .get_queue_mut()
+                .pop_descriptor_chain(mem.clone());
+            let Some(chain) = chain else {
+                break;
+            };
+            any = true;
+            let head = chain.head_index();
+            let written = self.execute(worker, chain);
+            if let Err(e) = vring.add_used(head, written) {
+                tracing::warn!(error = %e, "cannot return a request to the guest");
+            }
+        }
+        any
+    }
+
+    /// Checks and carries out one request; the bytes written into the guest's memory (its
+    /// status byte included), 0 when the chain is too malformed to answer.
+    fn execute(
+        &self,
+        worker: &mut Worker,
+        chain: DescriptorChain<vm_memory::GuestMemoryLoadGuard<GuestMemoryMmap>>,
+    ) -> u32 {
+        let mem = chain.memory();
+        let descs: Vec<_> = chain.clone().collect();
+        let (Some(first), Some(last)) = (descs.first(), descs.last()) else {
+            return 0;
+        };
+        if descs.len() < 2
+            || first.is_write_only()
+            || first.len() < REQUEST_HEADER
+            || !last.is_write_only()
+            || last.len() < 1
+        {
+            return 0;
+        }
+        let mut header = [0u8; 16];
+        if mem.read_slice(&mut header, first.addr()).is_err() {
+            return 0;
+        }
+        let kind = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
+        let sector = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+        let data = &descs[1..descs.len() - 1];
+        let done = self.carry_out(worker, mem, kind, sector, data);
+        // The status goes in the last byte of the last descriptor.
+        let Some(status_at) = last.addr().checked_add(u64::from(last.len()) - 1) else {
+            return 0;
+        };
+        if mem.write_obj(done.status, status_at).is_err() {
+            return 0;
+        }
+        done.written + 1
+    }
+
+    fn carry_out(
+        &self,
+        worker: &mut Worker,
+        mem: &GuestMemoryMmap,
+        kind: u32,
+        sector: u64,
+        data: &[virtio_queue::desc::split::Descriptor],
+    ) -> Done {
+        let fail = |status: u32| Done {
+            status: status as u8,
+            written: 0,
+        };
+        let total: u64 = data.iter().map(|d| u64::from(d.len())).sum();
+        match kind {
+            VIRTIO_BLK_T_IN | VIRTIO_BLK_T_OUT => {
+                let write = kind == VIRTIO_BLK_T_OUT;
+                // Data the device reads is readable, data it writes is write-only.
+                if data.iter().any(|d| d.is_write_only() == write)
+                    || total == 0
+                    || total > MAX_REQUEST as u64
+                    || !total.is_multiple_of(SECTOR as u64)
+                    || sector
+                        .checked_add(total / SECTOR as u64)
+                        .is_none_or(|end| end > self.disk.sectors)
+                {
+                    return fail(VIRTIO_BLK_S_IOERR);
+                }
+                let buf = &mut worker.buf[..total as usize];
+                let at = self.disk.base + sector * SECTOR as u64;
+                let moved = if write {
+                    gather(mem, data, buf)
+                        .and_then(|()| {
+                            worker
+                                .cipher
+                                .encrypt(buf, sector)
+                                .map_err(std::io::Error::other)
+                        })
+                        .and_then(|()| self.disk.file.write_all_at(buf, at))
+                } else {
+                    self.disk
+                        .file
+                        .read_exact_at(buf, at)
+                        .and_then(|()| {
+                            worker
+                                .cipher
+                                .decrypt(buf, sector)
+                                .map_err(std::io::Error::other)
+                        })
+                        .and_then(|()| scatter(mem, data, buf))
+                };
+                match moved {
+                    Ok(()) => Done {
+                        status: VIRTIO_BLK_S_OK as u8,
+                        written: if write { 0 } else { total as u32 },
+                    },
+                    Err(e) => {
+                        tracing::warn!(error = %e, sector, bytes = total, write, "a disk request failed");
+                        fail(VIRTIO_BLK_S_IOERR)
+                    }
+                }
+            }
+            VIRTIO_BLK_T_FLUSH => match self.disk.file.sync_data() {
+                Ok(()) => fail(VIRTIO_BLK_S_OK),
+                Err(e) => {
+                    tracing::warn!(error = %e, "a flush failed");
+                    fail(VIRTIO_BLK_S_IOERR)
+                }
+            },
+            VIRTIO_BLK_T_GET_ID => {
+                let Some(d) = data.first().filter(|d| d.is_write_only()) else {
+                    return fail(VIRTIO_BLK_S_IOERR);
+                };
+                let n = (d.len() as usize).min(self.serial.len());
+                match mem.write_slice(&self.serial[..n], d.addr()) {
+                    Ok(()) => Done {
+                        status: VIRTIO_BLK_S_OK as u8,
+                        written: n as u32,
+                    },
+                    Err(_) => fail(VIRTIO_BLK_S_IOERR),
+                }
+            }
+            _ => fail(VIRTIO_BLK_S_UNSUPP),
+        }
+    }
+}
+
+/// Copies the guest's data of `descs` into `buf`.
+fn gather(
+    mem: &GuestMemoryMmap,
+    descs: &[virtio_queue::desc::split::Descriptor],
+    buf: &mut [u8],
+) -> std::io::Result<()> {
+    let mut at = 0;
+    for d in descs {
+        let n = d.len() as usize;
+        mem.read_slice(&mut buf[at..at + n], d.addr())
+            .map_err(std::io::Error::other)?;
+        at += n;
+    }
+    Ok(())
+}
+
+/// Copies `buf` into the guest's buffers of `descs`.
+fn scatter(
+    mem: &GuestMemoryMmap,
+    descs: &[virtio_queue::desc::split::Descriptor],
+    buf: &[u8],
+) -> std::io::Result<()> {
+    let mut at = 0;
+    for d in descs {
+        let n = d.len() as usize;
+        mem.write_slice(&buf[at..at + n], d.addr())
+            .map_err(std::io::Error::other)?;
+        at += n;
+    }
+    Ok(())
+}
+
+impl VhostUserBackend for Backend {
+    type Bitmap = ();
+    type Vring = VringRwLock<Memory>;
+
+    fn num_queues(&self) -> usize {
+        self.queues
+    }
+
+    fn max_queue_size(&self) -> usize {
+        QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        (1 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_BLK_F_SIZE_MAX)
+            | (1 << VIRTIO_BLK_F_SEG_MAX)
+            | (1 << VIRTIO_BLK_F_BLK_SIZE)
+            | (1 << VIRTIO_BLK_F_FLUSH)
+            | (1 << VIRTIO_BLK_F_MQ)
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        self.event_idx.store(enabled, Ordering::Relaxed);
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let space = self.config_space();
+        let start = (offset as usize).min(space.len());
+        let end = start.saturating_add(size as usize).min(space.len());
+        space[start..end].to_vec()
+    }
+
+    fn update_memory(&self, _mem: Memory) -> std::io::Result<()> {
+        // The daemon updates the memory this backend shares with it.
+        Ok(())
+    }
+
+    /// Each queue's thread ends on an event of its own when QEMU goes.
+    fn exit_event(
+        &self,
+        _thread_index: usize,
+    ) -> Option<(
+        vmm_sys_util::event::EventConsumer,
+        vmm_sys_util::event::EventNotifier,
+    )> {
+        vmm_sys_util::event::new_event_consumer_and_notifier(
+            vmm_sys_util::event::EventFlag::NONBLOCK,
+        )
+        .ok()
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        (0..self.queues).map(|q| 1u64 << q).collect()
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[Self::Vring],
+        thread_id: usize,
+    ) -> std::io::Result<()> {
+        if evset != EventSet::IN {
+            return Err(std::io::Error::other("unexpected event on a queue"));
+        }
+        let Some(vring) = vrings.get(device_event as usize) else {
+            return Err(std::io::Error::other("an event for no queue"));
+        };
+        let Some(worker) = self.workers.get(thread_id) else {
+            return Err(std::io::Error::other("an event for no thread"));
+        };
+        let mut worker = worker.lock().unwrap_or_else(|p| p.into_inner());
+        self.process(&mut worker, vring);
+        vring.signal_used_queue()
+    }
+}
+
+/// Serves `disk` on the vhost-user socket `socket` (created; QEMU connects to it) until QEMU
+/// disconnects.
+pub fn serve(disk: Disk, socket: &Path, queues: usize, serial: &str) -> Result<(), BlkError> {
+    let shown = || socket.display().to_string();
+    let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+    let backend = Backend::new(disk, queues, serial, mem.clone())?;
+    let mut daemon =
+        VhostUserDaemon::new("tresor-blk".into(), backend, mem).map_err(|e| BlkError::Serve {
+            socket: shown(),
+            message: e.to_string(),
+        })?;
+    daemon.serve(socket).map_err(|e| BlkError::Serve {
+        socket: shown(),
+        message: e.to_string(),
+    })
+}

@@ -1,0 +1,280 @@
+//! The fast data path with a real guest: `tresor agent blk` serves a raw LUKS disk over
+//! vhost-user to QEMU (`vhost-user-blk-pci`, the guest's memory shared), the test guest
+//! (`scripts/guest/build`, under TCG) writes its marker through it, and the standard tools read
+//! what it wrote: QEMU's own `luks` driver (`qemu-io`, and the guest booted again through that
+//! driver, the fallback where the fast path is not available) and cryptsetup. The backend ends
+//! when QEMU does.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::TRESOR;
+
+const PASSPHRASE: &str = "3f1c9a7e5b2d4c6e8f0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60";
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The test guest: the one `scripts/setup-test-deps` built, or one built now.
+fn guest(tmp: &Path) -> PathBuf {
+    let built = workspace_root().join(".cache/guest/out");
+    if built.join("vmlinuz").is_file() && built.join("initrd.img").is_file() {
+        return built;
+    }
+    let out = tmp.join("guest");
+    let status = Command::new(workspace_root().join("scripts/guest/build"))
+        .arg(&out)
+        .status()
+        .expect("scripts/guest/build");
+    assert!(status.success(), "scripts/guest/build failed");
+    out
+}
+
+/// A pipe carrying the passphrase, for a child's descriptor 3.
+fn secret_fd() -> std::os::fd::OwnedFd {
+    let (r, mut w) = std::io::pipe().unwrap();
+    w.write_all(PASSPHRASE.as_bytes()).unwrap();
+    r.into()
+}
+
+/// Boots the test guest with `disk_args` for its disk (and `fd3` as QEMU's descriptor 3, for
+/// the fallback's secret); the guest's serial output.
+fn boot(guest: &Path, disk_args: &[String], fd3: Option<std::os::fd::OwnedFd>) -> String {
+    use command_fds::{CommandFdExt, FdMapping};
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args([
+        "-machine",
+        "q35,accel=tcg",
+        "-m",
+        "256",
+        "-nographic",
+        "-no-reboot",
+    ])
+    .arg("-kernel")
+    .arg(guest.join("vmlinuz"))
+    .arg("-initrd")
+    .arg(guest.join("initrd.img"))
+    .args(["-append", "console=ttyS0 quiet"])
+    .args(disk_args)
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    if let Some(fd) = fd3 {
+        cmd.fd_mappings(vec![FdMapping {
+            parent_fd: fd,
+            child_fd: 3,
+        }])
+        .unwrap();
+    }
+    let mut child = cmd
+        .spawn()
+        .expect("qemu-system-x86_64 (scripts/setup-test-deps)");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the guest did not power off");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    out + &err
+}
+
+/// The fast path's disk arguments: the guest's memory shared with the backend, its socket.
+fn fast_path(socket: &Path) -> Vec<String> {
+    vec![
+        "-object".into(),
+        "memory-backend-memfd,id=mem,size=256M,share=on".into(),
+        "-numa".into(),
+        "node,memdev=mem".into(),
+        "-chardev".into(),
+        format!("socket,id=blk0,path={}", socket.display()),
+        "-device".into(),
+        "vhost-user-blk-pci,chardev=blk0,num-queues=2".into(),
+    ]
+}
+
+/// Starts `tresor agent blk` on `disk`, the passphrase on its standard input, and waits for
+/// its socket.
+fn backend(disk: &Path, socket: &Path) -> std::process::Child {
+    let _ = std::fs::remove_file(socket);
+    let mut child = Command::new(TRESOR)
+        .args(["agent", "blk", "--queues", "2", "--disk"])
+        .arg(disk)
+        .arg("--socket")
+        .arg(socket)
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(PASSPHRASE.as_bytes())
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "the backend did not listen");
+        assert!(child.try_wait().unwrap().is_none(), "the backend ended");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+fn marker(out: &str, verb: &str) -> Option<String> {
+    out.lines()
+        .find_map(|l| l.split_once(&format!("tresor-guest: {verb} ")))
+        .map(|(_, m)| m.trim().to_owned())
+}
+
+#[test]
+fn a_guest_writes_through_the_fast_path_and_the_standard_tools_read_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let guest = guest(tmp.path());
+    let disk = tmp.path().join("disk.luks");
+    let socket = tmp.path().join("blk.sock");
+    // A raw LUKS disk as the agent makes it.
+    let key = tresor_luks::VolumeKey::generate().unwrap();
+    let f = tresor_luks::format(&key, PASSPHRASE.as_bytes(), tresor_luks::MIN_ITERATIONS).unwrap();
+    {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::File::create(&disk).unwrap();
+        file.write_all_at(&f.header.encode(), 0).unwrap();
+        file.write_all_at(&f.material, f.header.material_range(0).start)
+            .unwrap();
+        file.set_len(f.header.payload_offset_bytes() + (64 << 20))
+            .unwrap();
+    }
+
+    // A wrong passphrase: refused before anything is served.
+    let wrong = Command::new(TRESOR)
+        .args(["agent", "blk", "--disk"])
+        .arg(&disk)
+        .arg("--socket")
+        .arg(&socket)
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(b"not it")?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(!wrong.status.success());
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("The passphrase does not open disk"),
+        "{}",
+        String::from_utf8_lossy(&wrong.stderr)
+    );
+    assert!(!socket.exists());
+
+    // First boot through the fast path: the guest writes its marker.
+    let mut blk = backend(&disk, &socket);
+    let out = boot(&guest, &fast_path(&socket), None);
+    let written = marker(&out, "wrote").unwrap_or_else(|| panic!("no marker written: {out}"));
+    // The backend ends with QEMU.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = blk.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the backend outlived QEMU");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success());
+
+    // The file holds ciphertext only.
+    let raw = std::fs::read(&disk).unwrap();
+    assert!(!raw.windows(written.len()).any(|w| w == written.as_bytes()));
+
+    // QEMU's own driver reads the marker.
+    let mut io = Command::new("qemu-io");
+    io.args([
+        "--object",
+        "secret,id=s,file=/dev/fd/3",
+        "--image-opts",
+        &format!("driver=luks,key-secret=s,file.filename={}", disk.display()),
+        "-c",
+        "read -v 0 64",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let io = {
+        use command_fds::{CommandFdExt, FdMapping};
+        io.fd_mappings(vec![FdMapping {
+            parent_fd: secret_fd(),
+            child_fd: 3,
+        }])
+        .unwrap();
+        io.output().unwrap()
+    };
+    let text = String::from_utf8_lossy(&io.stdout);
+    let ascii: String = text
+        .lines()
+        .filter_map(|l| l.rsplit_once("  ").map(|(_, a)| a.to_owned()))
+        .collect();
+    assert!(
+        ascii.contains(&written.replace('-', ".")),
+        "qemu-io read {text}"
+    );
+
+    // cryptsetup opens it with the passphrase.
+    let cryptsetup = [
+        "/usr/sbin/cryptsetup",
+        "/sbin/cryptsetup",
+        "/usr/bin/cryptsetup",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .expect("cryptsetup is missing: run scripts/setup-test-deps");
+    let mut c = Command::new(cryptsetup)
+        .args(["open", "--test-passphrase", "--key-file=-"])
+        .arg(&disk)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all(PASSPHRASE.as_bytes())
+        .unwrap();
+    assert!(c.wait().unwrap().success());
+
+    // The fallback: the guest through QEMU's own LUKS driver finds the marker.
+    let fallback = vec![
+        "-object".into(),
+        "secret,id=s0,file=/dev/fd/3".into(),
+        "-blockdev".into(),
+        format!(
+            "driver=luks,key-secret=s0,node-name=d0,file.driver=file,file.filename={}",
+            disk.display()
+        ),
+        "-device".into(),
+        "virtio-blk-pci,drive=d0".into(),
+    ];
+    let out = boot(&guest, &fallback, Some(secret_fd()));
+    assert_eq!(marker(&out, "found"), Some(written.clone()), "{out}");
+
+    // And through the fast path again.
+    let mut blk = backend(&disk, &socket);
+    let out = boot(&guest, &fast_path(&socket), None);
+    assert_eq!(marker(&out, "found"), Some(written), "{out}");
+    let _ = blk.wait();
+}
