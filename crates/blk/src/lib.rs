@@ -42,6 +42,9 @@ type Memory = GuestMemoryAtomic<GuestMemoryMmap>;
 const SIZE_MAX: u32 = 1 << 20;
 const SEG_MAX: u32 = 128;
 const MAX_REQUEST: usize = (SIZE_MAX as usize) * 4;
+/// The piece of a request read, decrypted and copied (or copied, encrypted and written) at a
+/// time: small enough to stay in the core's cache between the three.
+const PIECE: usize = 64 << 10;
 /// The requests a queue holds.
 pub const QUEUE_SIZE: usize = 256;
 /// The header of a virtio-blk request: type, reserved, sector.
@@ -179,7 +182,7 @@ impl Backend {
                     path: serial.to_owned(),
                     source,
                 })?,
-                buf: Zeroizing::new(vec![0u8; MAX_REQUEST]),
+                buf: Zeroizing::new(vec![0u8; PIECE]),
             }));
         }
         let mut id = [0u8; 20];
@@ -296,29 +299,37 @@ impl Backend {
                 {
                     return fail(VIRTIO_BLK_S_IOERR);
                 }
-                let buf = &mut worker.buf[..total as usize];
                 let at = self.disk.base + sector * SECTOR as u64;
-                let moved = if write {
-                    gather(mem, data, buf)
-                        .and_then(|()| {
-                            worker
-                                .cipher
-                                .encrypt(buf, sector)
-                                .map_err(std::io::Error::other)
-                        })
-                        .and_then(|()| self.disk.file.write_all_at(buf, at))
-                } else {
-                    self.disk
-                        .file
-                        .read_exact_at(buf, at)
-                        .and_then(|()| {
-                            worker
-                                .cipher
-                                .decrypt(buf, sector)
-                                .map_err(std::io::Error::other)
-                        })
-                        .and_then(|()| scatter(mem, data, buf))
-                };
+                // In pieces that stay in the core's cache from the file to the guest's memory.
+                let mut moved = Ok(());
+                let mut done = 0u64;
+                while done < total && moved.is_ok() {
+                    let n = (total - done).min(PIECE as u64) as usize;
+                    let piece = &mut worker.buf[..n];
+                    let first = sector + done / SECTOR as u64;
+                    moved = if write {
+                        copy_descs(mem, data, done, piece, Direction::FromGuest)
+                            .and_then(|()| {
+                                worker
+                                    .cipher
+                                    .encrypt(piece, first)
+                                    .map_err(std::io::Error::other)
+                            })
+                            .and_then(|()| self.disk.file.write_all_at(piece, at + done))
+                    } else {
+                        self.disk
+                            .file
+                            .read_exact_at(piece, at + done)
+                            .and_then(|()| {
+                                worker
+                                    .cipher
+                                    .decrypt(piece, first)
+                                    .map_err(std::io::Error::other)
+                            })
+                            .and_then(|()| copy_descs(mem, data, done, piece, Direction::ToGuest))
+                    };
+                    done += n as u64;
+                }
                 match moved {
                     Ok(()) => Done {
                         status: VIRTIO_BLK_S_OK as u8,
@@ -355,36 +366,50 @@ impl Backend {
     }
 }
 
-/// Copies the guest's data of `descs` into `buf`.
-fn gather(
-    mem: &GuestMemoryMmap,
-    descs: &[virtio_queue::desc::split::Descriptor],
-    buf: &mut [u8],
-) -> std::io::Result<()> {
-    let mut at = 0;
-    for d in descs {
-        let n = d.len() as usize;
-        mem.read_slice(&mut buf[at..at + n], d.addr())
-            .map_err(std::io::Error::other)?;
-        at += n;
-    }
-    Ok(())
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    FromGuest,
+    ToGuest,
 }
 
-/// Copies `buf` into the guest's buffers of `descs`.
-fn scatter(
+/// Copies between `piece` and the bytes of the guest's buffers `descs` that start `offset`
+/// bytes into them (taken as one run).
+fn copy_descs(
     mem: &GuestMemoryMmap,
     descs: &[virtio_queue::desc::split::Descriptor],
-    buf: &[u8],
+    offset: u64,
+    piece: &mut [u8],
+    direction: Direction,
 ) -> std::io::Result<()> {
-    let mut at = 0;
+    let mut start = 0u64; // where the current descriptor starts in the run
+    let mut at = 0usize; // how much of `piece` is done
     for d in descs {
-        let n = d.len() as usize;
-        mem.write_slice(&buf[at..at + n], d.addr())
+        let len = u64::from(d.len());
+        let end = start + len;
+        if at < piece.len() && end > offset + at as u64 {
+            let within = offset + at as u64 - start;
+            let n = ((len - within) as usize).min(piece.len() - at);
+            let addr = d
+                .addr()
+                .checked_add(within)
+                .ok_or_else(|| std::io::Error::other("a buffer beyond the guest's memory"))?;
+            let part = &mut piece[at..at + n];
+            match direction {
+                Direction::FromGuest => mem.read_slice(part, addr),
+                Direction::ToGuest => mem.write_slice(part, addr),
+            }
             .map_err(std::io::Error::other)?;
-        at += n;
+            at += n;
+        }
+        start = end;
     }
-    Ok(())
+    if at == piece.len() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(
+            "the request's buffers are shorter than its data",
+        ))
+    }
 }
 
 impl VhostUserBackend for Backend {

@@ -278,3 +278,145 @@ fn a_guest_writes_through_the_fast_path_and_the_standard_tools_read_it() {
     assert_eq!(marker(&out, "found"), Some(written), "{out}");
     let _ = blk.wait();
 }
+
+/// A raw LUKS disk of `mib` MiB as the agent makes it, at `path`.
+fn make_disk(path: &Path, mib: u64) {
+    use std::os::unix::fs::FileExt;
+    let key = tresor_luks::VolumeKey::generate().unwrap();
+    let f = tresor_luks::format(&key, PASSPHRASE.as_bytes(), tresor_luks::MIN_ITERATIONS).unwrap();
+    let file = std::fs::File::create(path).unwrap();
+    file.write_all_at(&f.header.encode(), 0).unwrap();
+    file.write_all_at(&f.material, f.header.material_range(0).start)
+        .unwrap();
+    file.set_len(f.header.payload_offset_bytes() + (mib << 20))
+        .unwrap();
+}
+
+/// Sector `n` of the disk at `path`, decrypted with the passphrase (by the crate, as
+/// cryptsetup would).
+fn read_sector(path: &Path, n: u64) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(path).unwrap();
+    let mut first = [0u8; tresor_luks::HEADER_LEN];
+    file.read_exact_at(&mut first, 0).unwrap();
+    let header = tresor_luks::Header::parse(&first).unwrap();
+    let range = header.material_range(0);
+    let mut material = vec![0u8; (range.end - range.start) as usize];
+    file.read_exact_at(&mut material, range.start).unwrap();
+    let key = header
+        .open_slot(0, &material, PASSPHRASE.as_bytes())
+        .unwrap();
+    let mut sector = vec![0u8; tresor_luks::SECTOR];
+    file.read_exact_at(&mut sector, header.payload_offset_bytes() + n * 512)
+        .unwrap();
+    tresor_luks::SectorCipher::new(&key)
+        .unwrap()
+        .decrypt(&mut sector, n)
+        .unwrap();
+    sector
+}
+
+/// The backend is killed (SIGKILL) while the guest writes one sector after another with
+/// O_DIRECT, saying each time the disk acknowledged one: every acknowledged sector is on the
+/// disk afterwards (a write is acknowledged once it is in the file).
+#[test]
+fn killing_the_backend_mid_write_loses_no_acknowledged_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let guest = guest(tmp.path());
+    let disk = tmp.path().join("disk.luks");
+    let socket = tmp.path().join("blk.sock");
+    make_disk(&disk, 16);
+    let mut blk = backend(&disk, &socket);
+    let mut qemu = Command::new("qemu-system-x86_64")
+        .args([
+            "-machine",
+            "q35,accel=tcg",
+            "-m",
+            "256",
+            "-nographic",
+            "-no-reboot",
+        ])
+        .arg("-kernel")
+        .arg(guest.join("vmlinuz"))
+        .arg("-initrd")
+        .arg(guest.join("initrd.img"))
+        .args(["-append", "console=ttyS0 quiet tresor.stay"])
+        .args(fast_path(&socket))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The serial console, line by line.
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let mut stdout = qemu.stdout.take().unwrap();
+    let mut stdin = qemu.stdin.take().unwrap();
+    // Stopped however the test ends.
+    let mut qemu = common::Proc(qemu);
+    std::thread::spawn(move || {
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while stdout.read(&mut byte).unwrap_or(0) == 1 {
+            if byte[0] == b'\n' {
+                let _ = tx.send(String::from_utf8_lossy(&line).into_owned());
+                line.clear();
+            } else {
+                line.push(byte[0]);
+            }
+        }
+    });
+    let wait_line = |what: &str, pred: &dyn Fn(&str) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) if pred(&l) => return l,
+                Ok(_) => {}
+                Err(_) => panic!("the guest did not say {what}"),
+            }
+        }
+    };
+    wait_line("it stays", &|l| l.contains("tresor-guest: staying"));
+    std::thread::sleep(Duration::from_millis(500));
+    // Sector i gets BLOCK-i; "acked i" once dd returned (O_DIRECT: the device answered).
+    stdin
+        .write_all(
+            b"i=1; while true; do printf 'BLOCK-%08d' $i | dd of=/dev/vda bs=512 seek=$i count=1 conv=sync oflag=direct 2>/dev/null && echo acked $i; i=$((i+1)); done\n",
+        )
+        .unwrap();
+    stdin.flush().unwrap();
+    let mut acked: Vec<u64> = Vec::new();
+    let ack = |l: &str| -> Option<u64> {
+        l.trim()
+            .strip_prefix("acked ")
+            .and_then(|n| n.trim().parse().ok())
+    };
+    while acked.len() < 40 {
+        let l = wait_line("acked", &|l| ack(l).is_some());
+        acked.push(ack(&l).unwrap());
+    }
+    Command::new("kill")
+        .args(["-KILL", &blk.id().to_string()])
+        .status()
+        .unwrap();
+    let _ = blk.wait();
+    // What the guest still reports was answered before the kill.
+    let until = Instant::now() + Duration::from_secs(2);
+    while let Ok(l) = rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+        if let Some(n) = ack(&l) {
+            acked.push(n);
+        }
+    }
+    let _ = qemu.0.kill();
+    let _ = qemu.0.wait();
+    assert!(acked.len() >= 40);
+    for n in &acked {
+        let sector = read_sector(&disk, *n);
+        let want = format!("BLOCK-{n:08}");
+        assert_eq!(
+            &sector[..want.len()],
+            want.as_bytes(),
+            "acknowledged sector {n} is not on the disk"
+        );
+    }
+}
