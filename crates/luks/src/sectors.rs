@@ -119,7 +119,9 @@ impl SectorCipher {
                 let mut t = u128::from_le_bytes(t.try_into().expect("16 bytes"));
                 for block in m.chunks_exact_mut(16) {
                     block.copy_from_slice(&t.to_le_bytes());
-                    t = (t << 1) ^ ((t >> 127) * 0x87);
+                    // Times α: shift left, and fold the carry back in (no multiply).
+                    let carry = ((t >> 127) as u64).wrapping_neg() & 0x87;
+                    t = (t << 1) ^ u128::from(carry);
                 }
             }
             xor_into(batch, masks);
