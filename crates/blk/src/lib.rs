@@ -45,8 +45,6 @@ const MAX_REQUEST: usize = (SIZE_MAX as usize) * 4;
 /// The piece of a request read, decrypted and copied (or copied, encrypted and written) at a
 /// time: small enough to stay in the core's cache between the three.
 const PIECE: usize = 64 << 10;
-/// From this size on, a request is moved in two halves on two threads.
-const SPLIT: u64 = 256 << 10;
 /// The requests a queue holds.
 pub const QUEUE_SIZE: usize = 256;
 /// The header of a virtio-blk request: type, reserved, sector.
@@ -147,37 +145,11 @@ struct Done {
     written: u32,
 }
 
-/// A cipher and a buffer: what moves one run of a request (plaintext passes through the
-/// buffer: wiped when dropped).
-struct Lane {
+/// What one queue's thread keeps: its ciphers and its buffer (plaintext passes through it:
+/// wiped when the thread's state is dropped).
+struct Worker {
     cipher: SectorCipher,
     buf: Zeroizing<Vec<u8>>,
-}
-
-impl Lane {
-    fn new(key: &VolumeKey) -> Result<Lane, LuksError> {
-        Ok(Lane {
-            cipher: SectorCipher::new(key)?,
-            buf: Zeroizing::new(vec![0u8; PIECE]),
-        })
-    }
-}
-
-/// What one queue's thread keeps: its own lane, and a helper's for the second half of a large
-/// request (a guest reading or writing in one stream keeps one request in flight, and a second
-/// core would otherwise wait).
-struct Worker {
-    main: Lane,
-    helper: Lane,
-}
-
-impl Worker {
-    fn new(key: &VolumeKey) -> Result<Worker, LuksError> {
-        Ok(Worker {
-            main: Lane::new(key)?,
-            helper: Lane::new(key)?,
-        })
-    }
 }
 
 /// The backend: one disk, `queues` queues, one thread each.
@@ -211,12 +183,13 @@ impl Backend {
         let queues = queues.clamp(1, 16);
         let mut workers = Vec::with_capacity(queues);
         for _ in 0..queues {
-            workers.push(Mutex::new(Worker::new(&disk.key).map_err(|source| {
-                BlkError::Volume {
+            workers.push(Mutex::new(Worker {
+                cipher: SectorCipher::new(&disk.key).map_err(|source| BlkError::Volume {
                     path: serial.to_owned(),
                     source,
-                }
-            })?));
+                })?,
+                buf: Zeroizing::new(vec![0u8; PIECE]),
+            }));
         }
         let mut id = [0u8; 20];
         let n = serial.len().min(20);
@@ -304,42 +277,6 @@ impl Backend {
         done.written + 1
     }
 
-    /// Moves the bytes `run` of a request (offsets into its data, whole sectors) between the
-    /// disk and the guest, in pieces that stay in the core's cache from the file to the guest's
-    /// memory.
-    fn move_run(
-        &self,
-        lane: &mut Lane,
-        mem: &GuestMemoryMmap,
-        data: &[virtio_queue::desc::split::Descriptor],
-        write: bool,
-        sector: u64,
-        run: std::ops::Range<u64>,
-    ) -> std::io::Result<()> {
-        let at = self.disk.base + sector * SECTOR as u64;
-        let mut done = run.start;
-        while done < run.end {
-            let n = (run.end - done).min(PIECE as u64) as usize;
-            let piece = &mut lane.buf[..n];
-            let first = sector + done / SECTOR as u64;
-            if write {
-                copy_descs(mem, data, done, piece, Direction::FromGuest)?;
-                lane.cipher
-                    .encrypt(piece, first)
-                    .map_err(std::io::Error::other)?;
-                self.disk.file.write_all_at(piece, at + done)?;
-            } else {
-                self.disk.file.read_exact_at(piece, at + done)?;
-                lane.cipher
-                    .decrypt(piece, first)
-                    .map_err(std::io::Error::other)?;
-                copy_descs(mem, data, done, piece, Direction::ToGuest)?;
-            }
-            done += n as u64;
-        }
-        Ok(())
-    }
-
     fn carry_out(
         &self,
         worker: &mut Worker,
@@ -367,22 +304,37 @@ impl Backend {
                 {
                     return fail(VIRTIO_BLK_S_IOERR);
                 }
-                // A large request in two halves, one on a helper thread.
-                let moved = if total >= SPLIT {
-                    let mid = (total / 2).div_ceil(PIECE as u64) * PIECE as u64;
-                    let Worker { main, helper } = worker;
-                    std::thread::scope(|s| {
-                        let second =
-                            s.spawn(|| self.move_run(helper, mem, data, write, sector, mid..total));
-                        let first = self.move_run(main, mem, data, write, sector, 0..mid);
-                        let second = second.join().unwrap_or_else(|_| {
-                            Err(std::io::Error::other("a helper thread failed"))
-                        });
-                        first.and(second)
-                    })
-                } else {
-                    self.move_run(&mut worker.main, mem, data, write, sector, 0..total)
-                };
+                let at = self.disk.base + sector * SECTOR as u64;
+                // In pieces that stay in the core's cache from the file to the guest's memory.
+                let mut moved = Ok(());
+                let mut done = 0u64;
+                while done < total && moved.is_ok() {
+                    let n = (total - done).min(PIECE as u64) as usize;
+                    let piece = &mut worker.buf[..n];
+                    let first = sector + done / SECTOR as u64;
+                    moved = if write {
+                        copy_descs(mem, data, done, piece, Direction::FromGuest)
+                            .and_then(|()| {
+                                worker
+                                    .cipher
+                                    .encrypt(piece, first)
+                                    .map_err(std::io::Error::other)
+                            })
+                            .and_then(|()| self.disk.file.write_all_at(piece, at + done))
+                    } else {
+                        self.disk
+                            .file
+                            .read_exact_at(piece, at + done)
+                            .and_then(|()| {
+                                worker
+                                    .cipher
+                                    .decrypt(piece, first)
+                                    .map_err(std::io::Error::other)
+                            })
+                            .and_then(|()| copy_descs(mem, data, done, piece, Direction::ToGuest))
+                    };
+                    done += n as u64;
+                }
                 match moved {
                     Ok(()) => Done {
                         status: VIRTIO_BLK_S_OK as u8,
@@ -592,7 +544,10 @@ mod tests {
         assert_eq!(disk.sectors(), 2048);
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
         let backend = Backend::new(disk, 1, "serial", GuestMemoryAtomic::new(mem.clone())).unwrap();
-        let worker = Worker::new(&backend.disk.key).unwrap();
+        let worker = Worker {
+            cipher: SectorCipher::new(&backend.disk.key).unwrap(),
+            buf: Zeroizing::new(vec![0u8; PIECE]),
+        };
         (dir, backend, worker, mem)
     }
 
@@ -686,13 +641,12 @@ mod tests {
         assert_eq!(&id, b"serial");
     }
 
-    /// A request large enough to be moved in two halves on two threads, its buffers cut off
-    /// the halves' boundary.
+    /// A request of many pieces, its buffers cut off the pieces' boundaries.
     #[test]
-    fn a_large_request_moved_in_two_halves_comes_back_whole() {
+    fn a_large_request_comes_back_whole() {
         let (_dir, backend, mut worker, mem) = setup();
         let len = 512 << 10;
-        assert!(len as u64 >= SPLIT);
+        assert!(len > 4 * PIECE);
         let data: Vec<u8> = (0..len as u32).map(|i| (i * 31 % 253) as u8).collect();
         mem.write_slice(&data, GuestAddress(DATA)).unwrap();
         let cuts = [
@@ -718,7 +672,7 @@ mod tests {
         let mut got = vec![0u8; len];
         mem.read_slice(&mut got, GuestAddress(back)).unwrap();
         assert!(got == data, "the data came back different");
-        // Each half decrypts alone: the sectors' tweaks follow their place on the disk.
+        // A part read alone: each sector's tweak follows its place on the disk.
         let (n, status) = request(
             &backend,
             &mut worker,
