@@ -9,7 +9,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use tresor_luks::{Header, LuksError, SectorCipher, VolumeKey, HEADER_LEN, SECTOR};
+use tresor_luks::{Header, LuksError, SectorCipher, VolumeKey, SECTOR};
 
 use crate::disk::{DiskError, DiskSecret};
 
@@ -101,47 +101,26 @@ impl Volume {
             }
             Err(e) => return Err(io(path, "open the disk", e)),
         };
-        let mut first = [0u8; HEADER_LEN];
-        file.read_exact_at(&mut first, 0)
-            .map_err(|e| io(path, "read the disk's header", e))?;
-        let header = Header::parse(&first).map_err(|e| luks(path, e))?;
         let len = file
             .metadata()
             .map_err(|e| io(path, "read the disk's size", e))?
             .len();
-        if len < header.payload_offset_bytes() {
-            return Err(luks(
-                path,
-                LuksError::Corrupt(format!(
-                    "the file ends ({len} bytes) before its data starts ({} bytes)",
-                    header.payload_offset_bytes()
-                )),
-            ));
-        }
         let passphrase = secret.passphrase();
-        let slots: Vec<usize> = header.active_slots().collect();
-        for slot in slots {
-            let range = header.material_range(slot);
-            let mut material = vec![0u8; (range.end - range.start) as usize];
-            file.read_exact_at(&mut material, range.start)
-                .map_err(|e| io(path, "read a key slot", e))?;
-            match header.open_slot(slot, &material, passphrase.as_bytes()) {
-                Ok(key) => {
-                    let size =
-                        (len - header.payload_offset_bytes()) / SECTOR as u64 * SECTOR as u64;
-                    return Ok(Volume {
-                        file,
-                        header,
-                        key,
-                        size,
-                    });
-                }
-                Err(LuksError::WrongPassphrase) => continue,
-                Err(e) => return Err(luks(path, e)),
-            }
-        }
-        Err(DiskError::WrongKey {
-            path: path.display().to_string(),
+        let (header, key) = tresor_luks::unseal(
+            |at, buf| file.read_exact_at(buf, at),
+            len,
+            passphrase.as_bytes(),
+        )
+        .map_err(|e| match e {
+            LuksError::Read(e) => io(path, "read the disk's header", e),
+            e => luks(path, e),
+        })?;
+        let size = (len - header.payload_offset_bytes()) / SECTOR as u64 * SECTOR as u64;
+        Ok(Volume {
+            file,
+            header,
+            key,
+            size,
         })
     }
 

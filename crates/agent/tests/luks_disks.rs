@@ -25,6 +25,18 @@ fn has_run(haystack: &[u8], byte: u8, len: usize) -> bool {
     false
 }
 
+/// Where cryptsetup is.
+fn cryptsetup() -> &'static str {
+    [
+        "/usr/sbin/cryptsetup",
+        "/sbin/cryptsetup",
+        "/usr/bin/cryptsetup",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .expect("cryptsetup is missing: run scripts/setup-test-deps (it installs cryptsetup-bin)")
+}
+
 fn sha(path: &Path) -> Vec<u8> {
     ring::digest::digest(&ring::digest::SHA256, &std::fs::read(path).unwrap())
         .as_ref()
@@ -182,14 +194,7 @@ fn secrets_never_appear_on_a_command_line() {
 
 #[test]
 fn raw_luks_disks_are_standard_luks() {
-    let cryptsetup = [
-        "/usr/sbin/cryptsetup",
-        "/sbin/cryptsetup",
-        "/usr/bin/cryptsetup",
-    ]
-    .into_iter()
-    .find(|p| Path::new(p).exists())
-    .expect("cryptsetup is missing: run scripts/setup-test-deps (it installs cryptsetup-bin)");
+    let cryptsetup = cryptsetup();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("raw.luks");
     QemuTools::default()
@@ -282,14 +287,7 @@ fn a_raw_luks_disk_rekeyed_by_the_agent_reads_the_same_through_qemu() {
     );
 
     // cryptsetup opens it with the new passphrase.
-    let cryptsetup = [
-        "/usr/sbin/cryptsetup",
-        "/sbin/cryptsetup",
-        "/usr/bin/cryptsetup",
-    ]
-    .into_iter()
-    .find(|p| Path::new(p).exists())
-    .expect("cryptsetup is missing: run scripts/setup-test-deps (it installs cryptsetup-bin)");
+    let cryptsetup = cryptsetup();
     let mut child = std::process::Command::new(cryptsetup)
         .args(["open", "--test-passphrase", "--key-file=-"])
         .arg(&new)

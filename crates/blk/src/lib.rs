@@ -21,7 +21,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tresor_luks::{Header, LuksError, SectorCipher, VolumeKey, HEADER_LEN, SECTOR};
+use tresor_luks::{LuksError, SectorCipher, VolumeKey, SECTOR};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock, VringT};
 use virtio_bindings::virtio_blk::{
@@ -103,34 +103,23 @@ impl Disk {
             path: shown(),
             source,
         };
-        let mut first = [0u8; HEADER_LEN];
-        file.read_exact_at(&mut first, 0).map_err(io)?;
-        let header = Header::parse(&first).map_err(volume)?;
         let len = file.metadata().map_err(io)?.len();
-        let base = header.payload_offset_bytes();
-        if len < base {
-            return Err(volume(LuksError::Corrupt(format!(
-                "the file ends ({len} bytes) before its data starts ({base} bytes)"
-            ))));
-        }
-        for slot in header.active_slots().collect::<Vec<_>>() {
-            let range = header.material_range(slot);
-            let mut material = vec![0u8; (range.end - range.start) as usize];
-            file.read_exact_at(&mut material, range.start).map_err(io)?;
-            match header.open_slot(slot, &material, passphrase) {
-                Ok(key) => {
-                    return Ok(Disk {
-                        file,
-                        base,
-                        sectors: (len - base) / SECTOR as u64,
-                        key,
-                    })
+        let (header, key) =
+            match tresor_luks::unseal(|at, buf| file.read_exact_at(buf, at), len, passphrase) {
+                Ok(k) => k,
+                Err(LuksError::WrongPassphrase) => {
+                    return Err(BlkError::WrongPassphrase { path: shown() })
                 }
-                Err(LuksError::WrongPassphrase) => continue,
+                Err(LuksError::Read(e)) => return Err(io(e)),
                 Err(e) => return Err(volume(e)),
-            }
-        }
-        Err(BlkError::WrongPassphrase { path: shown() })
+            };
+        let base = header.payload_offset_bytes();
+        Ok(Disk {
+            file,
+            base,
+            sectors: (len - base) / SECTOR as u64,
+            key,
+        })
     }
 
     /// The disk's size in 512-byte sectors.

@@ -46,24 +46,10 @@ fn secret_fd() -> std::os::fd::OwnedFd {
 /// the fallback's secret); the guest's serial output.
 fn boot(guest: &Path, disk_args: &[String], fd3: Option<std::os::fd::OwnedFd>) -> String {
     use command_fds::{CommandFdExt, FdMapping};
-    let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args([
-        "-machine",
-        "q35,accel=tcg",
-        "-m",
-        "256",
-        "-nographic",
-        "-no-reboot",
-    ])
-    .arg("-kernel")
-    .arg(guest.join("vmlinuz"))
-    .arg("-initrd")
-    .arg(guest.join("initrd.img"))
-    .args(["-append", "console=ttyS0 quiet"])
-    .args(disk_args)
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    let mut cmd = guest_command(guest, "console=ttyS0 quiet", disk_args);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     if let Some(fd) = fd3 {
         cmd.fd_mappings(vec![FdMapping {
             parent_fd: fd,
@@ -94,6 +80,26 @@ fn boot(guest: &Path, disk_args: &[String], fd3: Option<std::os::fd::OwnedFd>) -
         .read_to_string(&mut err)
         .unwrap();
     out + &err
+}
+
+/// QEMU booting the test guest (TCG) with `append` on its kernel command line and `disk_args`.
+fn guest_command(guest: &Path, append: &str, disk_args: &[String]) -> Command {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args([
+        "-machine",
+        "q35,accel=tcg",
+        "-m",
+        "256",
+        "-nographic",
+        "-no-reboot",
+    ])
+    .arg("-kernel")
+    .arg(guest.join("vmlinuz"))
+    .arg("-initrd")
+    .arg(guest.join("initrd.img"))
+    .args(["-append", append])
+    .args(disk_args);
+    cmd
 }
 
 /// The fast path's disk arguments: the guest's memory shared with the backend, its socket.
@@ -327,26 +333,16 @@ fn killing_the_backend_mid_write_loses_no_acknowledged_write() {
     let socket = tmp.path().join("blk.sock");
     make_disk(&disk, 16);
     let mut blk = backend(&disk, &socket);
-    let mut qemu = Command::new("qemu-system-x86_64")
-        .args([
-            "-machine",
-            "q35,accel=tcg",
-            "-m",
-            "256",
-            "-nographic",
-            "-no-reboot",
-        ])
-        .arg("-kernel")
-        .arg(guest.join("vmlinuz"))
-        .arg("-initrd")
-        .arg(guest.join("initrd.img"))
-        .args(["-append", "console=ttyS0 quiet tresor.stay"])
-        .args(fast_path(&socket))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut qemu = guest_command(
+        &guest,
+        "console=ttyS0 quiet tresor.stay",
+        &fast_path(&socket),
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
     // The serial console, line by line.
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     let mut stdout = qemu.stdout.take().unwrap();

@@ -248,6 +248,37 @@ fn pbkdf2(secret: &[u8], salt: &[u8], iterations: u32, out: &mut [u8]) -> Result
     Ok(())
 }
 
+/// Unseals a volume's key with `passphrase`: reads its header and then each active key slot's
+/// material through `read_at` (offset, buffer), and tries them in turn. `len` is the volume's
+/// length (its data must start within it). The crate does no I/O itself: the caller reads.
+pub fn unseal(
+    mut read_at: impl FnMut(u64, &mut [u8]) -> std::io::Result<()>,
+    len: u64,
+    passphrase: &[u8],
+) -> Result<(Header, VolumeKey), LuksError> {
+    let mut first = [0u8; HEADER_LEN];
+    read_at(0, &mut first).map_err(LuksError::Read)?;
+    let header = Header::parse(&first)?;
+    if len < header.payload_offset_bytes() {
+        return Err(LuksError::Corrupt(format!(
+            "the volume ends ({len} bytes) before its data starts ({} bytes)",
+            header.payload_offset_bytes()
+        )));
+    }
+    let slots: Vec<usize> = header.active_slots().collect();
+    for slot in slots {
+        let range = header.material_range(slot);
+        let mut material = vec![0u8; (range.end - range.start) as usize];
+        read_at(range.start, &mut material).map_err(LuksError::Read)?;
+        match header.open_slot(slot, &material, passphrase) {
+            Ok(key) => return Ok((header, key)),
+            Err(LuksError::WrongPassphrase) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(LuksError::WrongPassphrase)
+}
+
 /// A new volume's header and the material of its key slot 0, to be written at their offsets;
 /// everything else before the data is zeros.
 #[derive(Debug)]
@@ -404,6 +435,40 @@ mod tests {
             b[i] = b[i].wrapping_mul(31).wrapping_add(i as u8);
             let _ = Header::parse(&b);
         }
+    }
+
+    /// `unseal` over an in-memory volume: the key with the passphrase, and what each failure is.
+    #[test]
+    fn unseal_reads_the_header_and_the_slots_and_says_what_failed() {
+        let (key, f) = formatted();
+        let mut volume = vec![0u8; f.header.payload_offset_bytes() as usize + 4096];
+        volume[..HEADER_LEN].copy_from_slice(&f.header.encode());
+        let at = f.header.material_range(0).start as usize;
+        volume[at..at + f.material.len()].copy_from_slice(&f.material);
+        let len = volume.len() as u64;
+        let read = |at: u64, buf: &mut [u8]| -> std::io::Result<()> {
+            let at = at as usize;
+            buf.copy_from_slice(&volume[at..at + buf.len()]);
+            Ok(())
+        };
+        let (header, opened) = unseal(read, len, b"correct horse").unwrap();
+        assert_eq!(header, f.header);
+        assert_eq!(opened.expose(), key.expose());
+        assert!(matches!(
+            unseal(read, len, b"wrong horse"),
+            Err(LuksError::WrongPassphrase)
+        ));
+        assert!(matches!(
+            unseal(read, 4096, b"correct horse"),
+            Err(LuksError::Corrupt(_))
+        ));
+        let failing = |_: u64, _: &mut [u8]| -> std::io::Result<()> {
+            Err(std::io::Error::other("disk gone"))
+        };
+        assert!(matches!(
+            unseal(failing, len, b"correct horse"),
+            Err(LuksError::Read(_))
+        ));
     }
 
     #[test]

@@ -15,7 +15,7 @@ mod af;
 mod header;
 mod sectors;
 
-pub use header::{format, Formatted, Header, KeySlot};
+pub use header::{format, unseal, Formatted, Header, KeySlot};
 pub use sectors::{PerSectorXts, SectorCipher};
 
 use zeroize::Zeroizing;
@@ -93,6 +93,8 @@ pub enum LuksError {
     KeyLength(usize),
     #[error("Sector data of {0} bytes is not whole 512-byte sectors")]
     Partial(usize),
+    #[error("Cannot read the volume: {0}")]
+    Read(std::io::Error),
     #[error("OpenSSL refused the operation")]
     Crypto(#[from] openssl::error::ErrorStack),
 }
