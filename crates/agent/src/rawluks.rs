@@ -123,20 +123,6 @@ impl Volume {
             size,
         })
     }
-
-    /// The data's size in bytes.
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
-    /// Reads and decrypts `buf.len()` bytes (whole sectors) of data at `offset` (a sector's).
-    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), std::io::Error> {
-        self.file
-            .read_exact_at(buf, self.header.payload_offset_bytes() + offset)?;
-        SectorCipher::new(&self.key)
-            .and_then(|mut c| c.decrypt(buf, offset / SECTOR as u64))
-            .map_err(std::io::Error::other)
-    }
 }
 
 /// Rewrites the raw LUKS1 disk `from` (opened with `from_secret`) as a new one at `to` under a

@@ -18,7 +18,6 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tresor_luks::{LuksError, SectorCipher, VolumeKey, SECTOR};
@@ -148,7 +147,6 @@ pub struct Backend {
     queues: usize,
     workers: Arc<Vec<Mutex<Worker>>>,
     mem: Memory,
-    event_idx: Arc<AtomicBool>,
     serial: [u8; 20],
 }
 
@@ -188,7 +186,6 @@ impl Backend {
             queues,
             workers: Arc::new(workers),
             mem,
-            event_idx: Arc::default(),
             serial: id,
         })
     }
@@ -196,21 +193,21 @@ impl Backend {
     /// The virtio-blk configuration space (little-endian, as the specification lays it out).
     fn config_space(&self) -> Vec<u8> {
         let mut c = vec![0u8; 60];
-        c[0..8].copy_from_slice(&self.disk.sectors.to_le_bytes()); // capacity
-        c[8..12].copy_from_slice(&SIZE_MAX.to_le_bytes()); // size_max
-        c[12..16].copy_from_slice(&SEG_MAX.to_le_bytes()); // seg_max
-                                                           // geometry (16..20) unused
-        c[20..24].copy_from_slice(&(SECTOR as u32).to_le_bytes()); // blk_size
-                                                                   // physical_block_exp, alignment_offset, min_io_size, opt_io_size (24..32) zero
-        c[32] = 1; // writeback
-        c[34..36].copy_from_slice(&(self.queues as u16).to_le_bytes()); // num_queues
+        // capacity, size_max, seg_max; geometry (16..20) unused
+        c[0..8].copy_from_slice(&self.disk.sectors.to_le_bytes());
+        c[8..12].copy_from_slice(&SIZE_MAX.to_le_bytes());
+        c[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
+        // blk_size; physical_block_exp, alignment_offset, min_io_size, opt_io_size (24..32) zero
+        c[20..24].copy_from_slice(&(SECTOR as u32).to_le_bytes());
+        // writeback, then num_queues
+        c[32] = 1;
+        c[34..36].copy_from_slice(&(self.queues as u16).to_le_bytes());
         c
     }
 
-    /// Carries out the requests waiting in `vring`; says whether there were any.
-    fn process(&self, worker: &mut Worker, vring: &VringRwLock<Memory>) -> bool {
+    /// Carries out the requests waiting in `vring`.
+    fn process(&self, worker: &mut Worker, vring: &VringRwLock<Memory>) {
         let mem = self.mem.memory();
-        let mut any = false;
         loop {
             let chain = vring
                 .get_mut()
@@ -219,14 +216,12 @@ impl Backend {
             let Some(chain) = chain else {
                 break;
             };
-            any = true;
             let head = chain.head_index();
             let written = self.execute(worker, chain);
             if let Err(e) = vring.add_used(head, written) {
                 tracing::warn!(error = %e, "cannot return a request to the guest");
             }
         }
-        any
     }
 
     /// Checks and carries out one request; the bytes written into the guest's memory (its
@@ -266,6 +261,43 @@ impl Backend {
         done.written + 1
     }
 
+    /// Moves a request's `total` bytes between the disk (from `sector`) and the guest's buffers
+    /// `data`, in pieces that stay in the core's cache from the file to the guest's memory.
+    fn move_data(
+        &self,
+        worker: &mut Worker,
+        mem: &GuestMemoryMmap,
+        data: &[virtio_queue::desc::split::Descriptor],
+        write: bool,
+        sector: u64,
+        total: u64,
+    ) -> std::io::Result<()> {
+        let at = self.disk.base + sector * SECTOR as u64;
+        let mut done = 0u64;
+        while done < total {
+            let n = (total - done).min(PIECE as u64) as usize;
+            let piece = &mut worker.buf[..n];
+            let first = sector + done / SECTOR as u64;
+            if write {
+                copy_descs(mem, data, done, piece, Direction::FromGuest)?;
+                worker
+                    .cipher
+                    .encrypt(piece, first)
+                    .map_err(std::io::Error::other)?;
+                self.disk.file.write_all_at(piece, at + done)?;
+            } else {
+                self.disk.file.read_exact_at(piece, at + done)?;
+                worker
+                    .cipher
+                    .decrypt(piece, first)
+                    .map_err(std::io::Error::other)?;
+                copy_descs(mem, data, done, piece, Direction::ToGuest)?;
+            }
+            done += n as u64;
+        }
+        Ok(())
+    }
+
     fn carry_out(
         &self,
         worker: &mut Worker,
@@ -293,37 +325,7 @@ impl Backend {
                 {
                     return fail(VIRTIO_BLK_S_IOERR);
                 }
-                let at = self.disk.base + sector * SECTOR as u64;
-                // In pieces that stay in the core's cache from the file to the guest's memory.
-                let mut moved = Ok(());
-                let mut done = 0u64;
-                while done < total && moved.is_ok() {
-                    let n = (total - done).min(PIECE as u64) as usize;
-                    let piece = &mut worker.buf[..n];
-                    let first = sector + done / SECTOR as u64;
-                    moved = if write {
-                        copy_descs(mem, data, done, piece, Direction::FromGuest)
-                            .and_then(|()| {
-                                worker
-                                    .cipher
-                                    .encrypt(piece, first)
-                                    .map_err(std::io::Error::other)
-                            })
-                            .and_then(|()| self.disk.file.write_all_at(piece, at + done))
-                    } else {
-                        self.disk
-                            .file
-                            .read_exact_at(piece, at + done)
-                            .and_then(|()| {
-                                worker
-                                    .cipher
-                                    .decrypt(piece, first)
-                                    .map_err(std::io::Error::other)
-                            })
-                            .and_then(|()| copy_descs(mem, data, done, piece, Direction::ToGuest))
-                    };
-                    done += n as u64;
-                }
+                let moved = self.move_data(worker, mem, data, write, sector, total);
                 match moved {
                     Ok(()) => Done {
                         status: VIRTIO_BLK_S_OK as u8,
@@ -434,9 +436,8 @@ impl VhostUserBackend for Backend {
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
     }
 
-    fn set_event_idx(&self, enabled: bool) {
-        self.event_idx.store(enabled, Ordering::Relaxed);
-    }
+    /// EVENT_IDX is not offered: the guest is signalled after each round of requests.
+    fn set_event_idx(&self, _enabled: bool) {}
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
         let space = self.config_space();

@@ -8,32 +8,13 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::TRESOR;
 
 const PASSPHRASE: &str = "3f1c9a7e5b2d4c6e8f0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60";
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The test guest: the one `scripts/setup-test-deps` built, or one built now.
-fn guest(tmp: &Path) -> PathBuf {
-    let built = workspace_root().join(".cache/guest/out");
-    if built.join("vmlinuz").is_file() && built.join("initrd.img").is_file() {
-        return built;
-    }
-    let out = tmp.join("guest");
-    let status = Command::new(workspace_root().join("scripts/guest/build"))
-        .arg(&out)
-        .status()
-        .expect("scripts/guest/build");
-    assert!(status.success(), "scripts/guest/build failed");
-    out
-}
 
 /// A pipe carrying the passphrase, for a child's descriptor 3.
 fn secret_fd() -> std::os::fd::OwnedFd {
@@ -153,7 +134,7 @@ fn marker(out: &str, verb: &str) -> Option<String> {
 #[test]
 fn a_guest_writes_through_the_fast_path_and_the_standard_tools_read_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let guest = guest(tmp.path());
+    let guest = common::test_guest(tmp.path());
     let disk = tmp.path().join("disk.luks");
     let socket = tmp.path().join("blk.sock");
     // A raw LUKS disk as the agent makes it.
@@ -328,7 +309,7 @@ fn read_sector(path: &Path, n: u64) -> Vec<u8> {
 #[test]
 fn killing_the_backend_mid_write_loses_no_acknowledged_write() {
     let tmp = tempfile::tempdir().unwrap();
-    let guest = guest(tmp.path());
+    let guest = common::test_guest(tmp.path());
     let disk = tmp.path().join("disk.luks");
     let socket = tmp.path().join("blk.sock");
     make_disk(&disk, 16);

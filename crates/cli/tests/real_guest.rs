@@ -13,25 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{console_line, libvirt_up, wait_for, workspace_root, Dev, Proc, PyKmip, TRESOR};
-
-/// The test guest's files: the ones `scripts/setup-test-deps` built, or built now.
-fn guest(dev: &Dev) -> PathBuf {
-    let built = workspace_root().join(".cache/guest/out");
-    if ["vmlinuz", "initrd.img", "rootfs.img"]
-        .iter()
-        .all(|f| built.join(f).is_file())
-    {
-        return built;
-    }
-    let out = dev.dir.path().join("guest");
-    let status = Command::new(workspace_root().join("scripts/guest/build"))
-        .arg(&out)
-        .status()
-        .expect("scripts/guest/build");
-    assert!(status.success(), "scripts/guest/build failed");
-    out
-}
+use common::{console_line, libvirt_up, wait_for, Dev, Proc, PyKmip, TRESOR};
 
 enum Provider {
     Embedded,
@@ -47,7 +29,7 @@ fn scenario(runtime: &str, provider: Provider) {
         Provider::PyKmip => Some(PyKmip::start_as_default(&dev)),
         Provider::Embedded => None,
     };
-    let g = guest(&dev);
+    let g = common::test_guest(dev.dir.path());
     // libvirt's domain names are the host's: one of its own per run.
     let vm = format!(
         "rg-{runtime}-{}-{}",

@@ -7,7 +7,7 @@ use openssl::cipher_ctx::CipherCtx;
 
 use zeroize::Zeroizing;
 
-use crate::{LuksError, VolumeKey, SECTOR};
+use crate::{LuksError, VolumeKey, KEY_BYTES, SECTOR};
 
 /// LUKS's `plain64` IV of a sector.
 fn plain64(sector: u64) -> [u8; 16] {
@@ -66,10 +66,10 @@ impl SectorCipher {
 
     /// A cipher for a key slot's material, whose key is the PBKDF2 output.
     pub(crate) fn with_key(key: &[u8]) -> Result<SectorCipher, LuksError> {
-        if key.len() != 64 {
+        if key.len() != KEY_BYTES {
             return Err(LuksError::KeyLength(key.len()));
         }
-        let (data, tweak) = key.split_at(32);
+        let (data, tweak) = key.split_at(KEY_BYTES / 2);
         Ok(SectorCipher {
             encrypt: ecb(data, true)?,
             decrypt: ecb(data, false)?,
@@ -142,7 +142,7 @@ impl SectorCipher {
 /// `data ^= masks`, 16 bytes at a time.
 fn xor_into(data: &mut [u8], masks: &[u8]) {
     for (d, m) in data.chunks_exact_mut(16).zip(masks.chunks_exact(16)) {
-        let x = u128::from_ne_bytes(d[..16].try_into().expect("16 bytes"))
+        let x = u128::from_ne_bytes((&*d).try_into().expect("16 bytes"))
             ^ u128::from_ne_bytes(m.try_into().expect("16 bytes"));
         d.copy_from_slice(&x.to_ne_bytes());
     }

@@ -201,13 +201,13 @@ impl State {
         }
     }
 
-    /// The VMs that need this key are to be looked at.
     /// Whether this leader has sent (or is sending) `vm`'s keys to `host`: an earlier leader's
     /// push of them is then lost, not done.
     fn superseded(&self, host: &str, vm: &str) -> bool {
         self.pushed.contains(&(host.to_owned(), vm.to_owned()))
     }
 
+    /// The VMs that need this key are to be looked at.
     fn wake_key(&mut self, key: &KeyRef) {
         if let Some(vms) = self.by_key.get(key) {
             self.dirty.extend(vms.iter().cloned());

@@ -2,9 +2,12 @@
 //! loopback: hello, inventory, requests and replies, heartbeats, reconnection after the server
 //! restarts, and refusal of an agent whose certificate names another host.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::AgentPki;
 use tokio::sync::broadcast;
 use tresor_agent::disk::QemuTools;
 use tresor_agent::host::{Host, HostConfig};
@@ -13,43 +16,6 @@ use tresor_agent::session::{self, SessionConfig};
 use tresor_core::ids::KeyRef;
 use tresor_core::protocol::{Command, KeyMaterial, Reply, SecretBytes, VmSpec};
 use tresor_server::agents::{AgentHub, HubError, HubEvent};
-use tresor_tls::{CertKind, CertificateAuthority};
-
-struct Pki {
-    ca: CertificateAuthority,
-}
-
-impl Pki {
-    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        let server = self
-            .ca
-            .issue(
-                CertKind::Server,
-                "localhost",
-                &["localhost", "127.0.0.1"],
-                2,
-            )
-            .unwrap();
-        let cfg = tresor_tls::server_config(
-            tresor_tls::parse_certs(server.cert_pem.as_bytes(), "s").unwrap(),
-            tresor_tls::parse_key(server.key_pem.as_bytes(), "k").unwrap(),
-            &tresor_tls::parse_certs(self.ca.cert_pem().as_bytes(), "ca").unwrap(),
-            tresor_tls::ClientAuth::RequireClientAuthUsage,
-        )
-        .unwrap();
-        tokio_rustls::TlsAcceptor::from(cfg)
-    }
-
-    fn agent_tls(&self, cn: &str) -> Arc<tresor_tls::rustls::ClientConfig> {
-        let c = self.ca.issue(CertKind::Client, cn, &[], 2).unwrap();
-        tresor_tls::client_config(
-            &tresor_tls::parse_certs(self.ca.cert_pem().as_bytes(), "ca").unwrap(),
-            tresor_tls::parse_certs(c.cert_pem.as_bytes(), "c").unwrap(),
-            tresor_tls::parse_key(c.key_pem.as_bytes(), "k").unwrap(),
-        )
-        .unwrap()
-    }
-}
 
 fn host(dir: &std::path::Path, name: &str) -> Arc<Mutex<Host>> {
     Arc::new(Mutex::new(
@@ -86,9 +52,7 @@ async fn next_event(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_connects_reports_obeys_and_reconnects() {
     let tmp = tempfile::tempdir().unwrap();
-    let pki = Pki {
-        ca: CertificateAuthority::generate("Tresor Server CA", 2).unwrap(),
-    };
+    let pki = AgentPki::new();
     let hub = AgentHub::new();
     let mut events = hub.subscribe();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -198,9 +162,7 @@ async fn an_agent_connects_reports_obeys_and_reconnects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_cannot_speak_for_another_host() {
     let tmp = tempfile::tempdir().unwrap();
-    let pki = Pki {
-        ca: CertificateAuthority::generate("Tresor Server CA", 2).unwrap(),
-    };
+    let pki = AgentPki::new();
     let hub = AgentHub::new();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -234,9 +196,7 @@ async fn an_arrival_is_told_however_many_events_follow_it() {
     use tresor_core::host::HostCryptoState;
     use tresor_core::protocol::{self, AgentMessage};
 
-    let pki = Pki {
-        ca: CertificateAuthority::generate("Tresor Server CA", 2).unwrap(),
-    };
+    let pki = AgentPki::new();
     let hub = AgentHub::new();
     let mut events = hub.subscribe();
     let mut probe = hub.subscribe();

@@ -24,7 +24,7 @@ use tresor_kms::testing::TestServer;
 use tresor_server::agents::AgentHub;
 use tresor_server::broker::KeyBroker;
 use tresor_server::engine::{Engine, EngineConfig};
-use tresor_tls::{CertKind, CertificateAuthority};
+use tresor_tls::CertKind;
 
 async fn wait_until(what: &str, within: Duration, f: impl Fn() -> bool) {
     let deadline = tokio::time::Instant::now() + within;
@@ -169,32 +169,11 @@ async fn a_host_that_does_not_answer_a_push_holds_up_neither_other_vms_nor_gets_
     drop(closed);
     broker.set_provider("corp-kms", provider(nowhere));
 
-    let ca = CertificateAuthority::generate("Tresor Server CA", 2).unwrap();
-    let server_cert = ca
-        .issue(CertKind::Server, "localhost", &["localhost"], 2)
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(
-        tresor_tls::server_config(
-            tresor_tls::parse_certs(server_cert.cert_pem.as_bytes(), "s").unwrap(),
-            tresor_tls::parse_key(server_cert.key_pem.as_bytes(), "k").unwrap(),
-            &tresor_tls::parse_certs(ca.cert_pem().as_bytes(), "ca").unwrap(),
-            tresor_tls::ClientAuth::RequireClientAuthUsage,
-        )
-        .unwrap(),
-    );
-    let agent_tls = |cn: &str| {
-        let c = ca.issue(CertKind::Client, cn, &[], 2).unwrap();
-        tresor_tls::client_config(
-            &tresor_tls::parse_certs(ca.cert_pem().as_bytes(), "ca").unwrap(),
-            tresor_tls::parse_certs(c.cert_pem.as_bytes(), "c").unwrap(),
-            tresor_tls::parse_key(c.key_pem.as_bytes(), "k").unwrap(),
-        )
-        .unwrap()
-    };
+    let pki = common::AgentPki::new();
     let hub = AgentHub::new();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let _hub_task = tokio::spawn(hub.clone().serve(listener, acceptor));
+    let _hub_task = tokio::spawn(hub.clone().serve(listener, pki.acceptor()));
 
     let db = common::TestDb::new();
     let store = db.store();
@@ -227,7 +206,7 @@ async fn a_host_that_does_not_answer_a_push_holds_up_neither_other_vms_nor_gets_
     let (pushes_1, pushes_2) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let _host_1 = tokio::spawn(simulated_host(
         addr,
-        agent_tls("host-1"),
+        pki.agent_tls("host-1"),
         "host-1",
         vm_a,
         true,
@@ -235,7 +214,7 @@ async fn a_host_that_does_not_answer_a_push_holds_up_neither_other_vms_nor_gets_
     ));
     let _host_2 = tokio::spawn(simulated_host(
         addr,
-        agent_tls("host-2"),
+        pki.agent_tls("host-2"),
         "host-2",
         vm_b,
         false,

@@ -24,7 +24,7 @@ use tresor_kms::testing::TestServer;
 use tresor_server::agents::AgentHub;
 use tresor_server::broker::KeyBroker;
 use tresor_server::engine::{Engine, EngineConfig};
-use tresor_tls::{CertKind, CertificateAuthority};
+use tresor_tls::CertKind;
 
 async fn wait_until(what: &str, f: impl Fn() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -51,24 +51,11 @@ async fn the_procedures_cases_1_3_and_5_in_one_process() {
     broker.set_provider("corp-kms", provider(kms.addr.to_string()));
 
     // The server's agent endpoint and one host.
-    let ca = CertificateAuthority::generate("Tresor Server CA", 2).unwrap();
-    let server_cert = ca
-        .issue(CertKind::Server, "localhost", &["localhost"], 2)
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(
-        tresor_tls::server_config(
-            tresor_tls::parse_certs(server_cert.cert_pem.as_bytes(), "s").unwrap(),
-            tresor_tls::parse_key(server_cert.key_pem.as_bytes(), "k").unwrap(),
-            &tresor_tls::parse_certs(ca.cert_pem().as_bytes(), "ca").unwrap(),
-            tresor_tls::ClientAuth::RequireClientAuthUsage,
-        )
-        .unwrap(),
-    );
+    let pki = common::AgentPki::new();
     let hub = AgentHub::new();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let _server = tokio::spawn(hub.clone().serve(listener, acceptor));
-    let agent_cert = ca.issue(CertKind::Client, "host-1", &[], 2).unwrap();
+    let _server = tokio::spawn(hub.clone().serve(listener, pki.acceptor()));
     let host = Arc::new(Mutex::new(
         Host::open(HostConfig {
             name: "host-1".into(),
@@ -88,12 +75,7 @@ async fn the_procedures_cases_1_3_and_5_in_one_process() {
     let session = SessionConfig {
         server: addr.to_string(),
         server_name: "localhost".into(),
-        tls: tresor_tls::client_config(
-            &tresor_tls::parse_certs(ca.cert_pem().as_bytes(), "ca").unwrap(),
-            tresor_tls::parse_certs(agent_cert.cert_pem.as_bytes(), "c").unwrap(),
-            tresor_tls::parse_key(agent_cert.key_pem.as_bytes(), "k").unwrap(),
-        )
-        .unwrap(),
+        tls: pki.agent_tls("host-1"),
         heartbeat: Duration::from_millis(300),
         max_backoff: Duration::from_millis(500),
     };

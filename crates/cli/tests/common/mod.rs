@@ -459,7 +459,7 @@ impl Dev {
                 .expect("virsh");
             // QEMU writes the result to the log a moment after the monitor answered.
             let mut after = Vec::new();
-            for _ in 0..50 {
+            for _ in 0..200 {
                 after = std::fs::read(&log).unwrap_or_default();
                 let said = String::from_utf8_lossy(after.get(before..).unwrap_or_default());
                 if ["bytes at offset", "fail", "rror"]
@@ -627,6 +627,25 @@ pub fn stop(pid: &str) {
 /// The root of the source tree.
 pub fn workspace_root() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The test guest's files (kernel, initramfs, root file system image): the ones
+/// `scripts/setup-test-deps` built, or built now under `scratch`.
+pub fn test_guest(scratch: &std::path::Path) -> std::path::PathBuf {
+    let built = workspace_root().join(".cache/guest/out");
+    if ["vmlinuz", "initrd.img", "rootfs.img"]
+        .iter()
+        .all(|f| built.join(f).is_file())
+    {
+        return built;
+    }
+    let out = scratch.join("guest");
+    let status = std::process::Command::new(workspace_root().join("scripts/guest/build"))
+        .arg(&out)
+        .status()
+        .expect("scripts/guest/build");
+    assert!(status.success(), "scripts/guest/build failed");
+    out
 }
 
 /// The PyKMIP virtual environment `scripts/setup-test-deps` makes.

@@ -1,4 +1,5 @@
-//! What the API tests share: the API client and an API served on loopback (plain HTTP).
+//! What the server's tests share: the API client and an API served on loopback (plain HTTP),
+//! and a CA for the agents' endpoint.
 
 #![allow(dead_code)]
 
@@ -14,7 +15,7 @@ use tresor_server::engine::{Engine, EngineConfig};
 use tresor_server::enrol::Enroller;
 use tresor_server::providers::Providers;
 use tresor_server::store::Store;
-use tresor_tls::CertificateAuthority;
+use tresor_tls::{CertKind, CertificateAuthority};
 
 /// Whether the server's tests run on PostgreSQL (`TRESOR_TEST_SERVER_DATABASE=postgres`, which
 /// `./scripts/test` sets for a second run of them) instead of SQLite.
@@ -158,5 +159,50 @@ pub async fn serve_with(store: Arc<Store>, dir: &Path, token_ttl_secs: i64) -> S
         engine,
         broker,
         providers,
+    }
+}
+
+/// A CA for the agents' endpoint: the hub's acceptor (mutual TLS, a server certificate for
+/// localhost) and agents' client configurations.
+pub struct AgentPki {
+    pub ca: CertificateAuthority,
+}
+
+impl AgentPki {
+    pub fn new() -> AgentPki {
+        AgentPki {
+            ca: CertificateAuthority::generate("Tresor Server CA", 2).unwrap(),
+        }
+    }
+
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        let server = self
+            .ca
+            .issue(
+                CertKind::Server,
+                "localhost",
+                &["localhost", "127.0.0.1"],
+                2,
+            )
+            .unwrap();
+        let cfg = tresor_tls::server_config(
+            tresor_tls::parse_certs(server.cert_pem.as_bytes(), "s").unwrap(),
+            tresor_tls::parse_key(server.key_pem.as_bytes(), "k").unwrap(),
+            &tresor_tls::parse_certs(self.ca.cert_pem().as_bytes(), "ca").unwrap(),
+            tresor_tls::ClientAuth::RequireClientAuthUsage,
+        )
+        .unwrap();
+        tokio_rustls::TlsAcceptor::from(cfg)
+    }
+
+    /// An agent's client configuration, its certificate naming host `cn`.
+    pub fn agent_tls(&self, cn: &str) -> Arc<tresor_tls::rustls::ClientConfig> {
+        let c = self.ca.issue(CertKind::Client, cn, &[], 2).unwrap();
+        tresor_tls::client_config(
+            &tresor_tls::parse_certs(self.ca.cert_pem().as_bytes(), "ca").unwrap(),
+            tresor_tls::parse_certs(c.cert_pem.as_bytes(), "c").unwrap(),
+            tresor_tls::parse_key(c.key_pem.as_bytes(), "k").unwrap(),
+        )
+        .unwrap()
     }
 }
