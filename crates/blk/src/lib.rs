@@ -36,11 +36,11 @@ use zeroize::Zeroizing;
 
 type Memory = GuestMemoryAtomic<GuestMemoryMmap>;
 
-/// The most data one request may carry (the guest is told: segments of at most `SIZE_MAX`, at
-/// most `SEG_MAX` of them).
+/// The most data one request may carry, as the guest is told: segments of at most `SIZE_MAX`,
+/// at most `SEG_MAX` of them (the data moves in pieces, so its size costs no memory).
 const SIZE_MAX: u32 = 1 << 20;
 const SEG_MAX: u32 = 128;
-const MAX_REQUEST: usize = (SIZE_MAX as usize) * 4;
+const MAX_REQUEST: u64 = SIZE_MAX as u64 * SEG_MAX as u64;
 /// The piece of a request read, decrypted and copied (or copied, encrypted and written) at a
 /// time: small enough to stay in the core's cache between the three.
 const PIECE: usize = 64 << 10;
@@ -317,7 +317,7 @@ impl Backend {
                 // Data the device reads is readable, data it writes is write-only.
                 if data.iter().any(|d| d.is_write_only() == write)
                     || total == 0
-                    || total > MAX_REQUEST as u64
+                    || total > MAX_REQUEST
                     || !total.is_multiple_of(SECTOR as u64)
                     || sector
                         .checked_add(total / SECTOR as u64)
@@ -518,7 +518,7 @@ mod tests {
 
     const PASS: &[u8] = b"test passphrase";
 
-    /// A backend on a 1 MiB raw LUKS disk, and guest memory of 1 MiB.
+    /// A backend on an 8 MiB raw LUKS disk, and guest memory of 16 MiB.
     fn setup() -> (tempfile::TempDir, Backend, Worker, GuestMemoryMmap) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("d.luks");
@@ -528,11 +528,11 @@ mod tests {
         file.write_all_at(&f.header.encode(), 0).unwrap();
         file.write_all_at(&f.material, f.header.material_range(0).start)
             .unwrap();
-        file.set_len(f.header.payload_offset_bytes() + (1 << 20))
+        file.set_len(f.header.payload_offset_bytes() + (8 << 20))
             .unwrap();
         let disk = Disk::open(&path, PASS).unwrap();
-        assert_eq!(disk.sectors(), 2048);
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
+        assert_eq!(disk.sectors(), 16384);
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
         let backend = Backend::new(disk, 1, "serial", GuestMemoryAtomic::new(mem.clone())).unwrap();
         let worker = Worker {
             cipher: SectorCipher::new(&backend.disk.key).unwrap(),
@@ -584,7 +584,7 @@ mod tests {
             &mut worker,
             &mem,
             VIRTIO_BLK_T_OUT,
-            2047 - 2,
+            16383 - 2,
             &[
                 desc(DATA, 100, false),
                 desc(DATA + 100, 1000, false),
@@ -597,7 +597,7 @@ mod tests {
         backend
             .disk
             .file
-            .read_exact_at(&mut raw, backend.disk.base + 2045 * 512)
+            .read_exact_at(&mut raw, backend.disk.base + 16381 * 512)
             .unwrap();
         assert_ne!(raw, data);
         // Read back into two other buffers.
@@ -607,7 +607,7 @@ mod tests {
             &mut worker,
             &mem,
             VIRTIO_BLK_T_IN,
-            2045,
+            16381,
             &[desc(back, 513, true), desc(back + 513, 1023, true)],
         );
         assert_eq!((n, status), (1537, VIRTIO_BLK_S_OK as u8));
@@ -677,6 +677,33 @@ mod tests {
         assert_eq!(got[..], data[512 * 512..512 * 512 + 4096]);
     }
 
+    /// A request as large as the device says it takes (segments of up to 1 MiB): 6 MiB here.
+    #[test]
+    fn a_request_of_several_whole_segments_is_taken() {
+        let (_dir, backend, mut worker, mem) = setup();
+        let len: usize = 6 << 20;
+        let data: Vec<u8> = (0..len as u32).map(|i| (i % 241) as u8).collect();
+        mem.write_slice(&data, GuestAddress(DATA)).unwrap();
+        let segments: Vec<RawDescriptor> = (0..6u64)
+            .map(|i| desc(DATA + (i << 20), SIZE_MAX, false))
+            .collect();
+        let (_, status) = request(&backend, &mut worker, &mem, VIRTIO_BLK_T_OUT, 0, &segments);
+        assert_eq!(status, VIRTIO_BLK_S_OK as u8);
+        let (n, status) = request(
+            &backend,
+            &mut worker,
+            &mem,
+            VIRTIO_BLK_T_IN,
+            0,
+            &[desc(DATA + (8 << 20), len as u32, true)],
+        );
+        assert_eq!((n, status), (len as u32 + 1, VIRTIO_BLK_S_OK as u8));
+        let mut got = vec![0u8; len];
+        mem.read_slice(&mut got, GuestAddress(DATA + (8 << 20)))
+            .unwrap();
+        assert!(got == data, "the data came back different");
+    }
+
     #[test]
     fn bad_requests_are_answered_with_an_error_and_touch_nothing() {
         let (_dir, backend, mut worker, mem) = setup();
@@ -684,7 +711,12 @@ mod tests {
         let ioerr = VIRTIO_BLK_S_IOERR as u8;
         let cases: Vec<(u32, u64, Vec<RawDescriptor>, u8)> = vec![
             // Past the disk's end, and wrapping around.
-            (VIRTIO_BLK_T_OUT, 2047, vec![desc(DATA, 1024, false)], ioerr),
+            (
+                VIRTIO_BLK_T_OUT,
+                16383,
+                vec![desc(DATA, 1024, false)],
+                ioerr,
+            ),
             (
                 VIRTIO_BLK_T_IN,
                 u64::MAX,
@@ -701,7 +733,7 @@ mod tests {
             (
                 VIRTIO_BLK_T_IN,
                 0,
-                vec![desc(DATA, 3 << 20, true), desc(DATA, 3 << 20, true)],
+                vec![desc(DATA, 65 << 20, true), desc(DATA, 65 << 20, true)],
                 ioerr,
             ),
             // Outside the guest's memory.
