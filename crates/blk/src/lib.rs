@@ -63,6 +63,38 @@ pub enum BlkError {
     WrongPassphrase { path: String },
     #[error("Cannot serve on {socket}: {message}")]
     Serve { socket: String, message: String },
+    #[error(
+        "Cannot keep the backend's memory out of swap (mlockall): {0}; raise its memlock limit \
+         (ulimit -l, LimitMEMLOCK=) or run it as root, or let QEMU's own driver open the disk"
+    )]
+    Lock(std::io::Error),
+    #[error("Cannot keep the backend out of core dumps: {0}")]
+    DontDump(std::io::Error),
+}
+
+/// Whether [`protect_memory`] locks what this process maps from now on (until the backend is
+/// set up: the guest's memory, mapped later, is QEMU's to manage).
+static LOCKING_FUTURE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Keeps what this process holds from now on (the passphrase it reads, the key it unseals, the
+/// ciphers' key schedules, the buffers plaintext passes through) out of swap and core dumps:
+/// every page it has or maps is locked in RAM as it is touched, and the process is not dumpable.
+/// Call it before reading the passphrase; [`serve`] stops locking new mappings once its ciphers
+/// and buffers exist, before the guest's memory is mapped.
+pub fn protect_memory() -> Result<(), BlkError> {
+    use rustix::mm::MlockAllFlags;
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+        .map_err(|e| BlkError::DontDump(e.into()))?;
+    let none = rustix::process::Rlimit {
+        current: Some(0),
+        maximum: Some(0),
+    };
+    rustix::process::setrlimit(rustix::process::Resource::Core, none)
+        .map_err(|e| BlkError::DontDump(e.into()))?;
+    rustix::mm::mlockall(MlockAllFlags::CURRENT | MlockAllFlags::FUTURE | MlockAllFlags::ONFAULT)
+        .map_err(|e| BlkError::Lock(e.into()))?;
+    LOCKING_FUTURE.store(true, std::sync::atomic::Ordering::SeqCst);
+    Ok(())
 }
 
 /// A raw LUKS1 disk opened for serving: its file, where its data starts, its size in sectors
@@ -497,6 +529,13 @@ pub fn serve(disk: Disk, socket: &Path, queues: usize, serial: &str) -> Result<(
     let shown = || socket.display().to_string();
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
     let backend = Backend::new(disk, queues, serial, mem.clone())?;
+    if LOCKING_FUTURE.swap(false, std::sync::atomic::Ordering::SeqCst) {
+        // What holds keys and plaintext stays locked; the guest's memory, mapped from here on,
+        // is not locked by this process.
+        use rustix::mm::MlockAllFlags;
+        rustix::mm::mlockall(MlockAllFlags::CURRENT | MlockAllFlags::ONFAULT)
+            .map_err(|e| BlkError::Lock(e.into()))?;
+    }
     let mut daemon =
         VhostUserDaemon::new("tresor-blk".into(), backend, mem).map_err(|e| BlkError::Serve {
             socket: shown(),

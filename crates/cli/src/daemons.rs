@@ -302,6 +302,7 @@ pub fn run_agent(cmd: AgentCommand) -> Result<(), CliError> {
             serial,
         }) => {
             use std::io::Read;
+            tresor_blk::protect_memory().map_err(|e| CliError::msg(e.to_string()))?;
             let mut passphrase = zeroize::Zeroizing::new(Vec::new());
             std::io::stdin().read_to_end(&mut passphrase).map_err(|e| {
                 CliError::msg(format!(

@@ -122,6 +122,14 @@ fn backend(disk: &Path, socket: &Path) -> std::process::Child {
         assert!(child.try_wait().unwrap().is_none(), "the backend ended");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // What holds the key (and the passphrase before it) is locked in RAM.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let locked_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmLck:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(locked_kib > 0, "the backend locks no memory: {status}");
     child
 }
 
