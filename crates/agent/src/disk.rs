@@ -30,6 +30,24 @@ pub enum DiskFormat {
     Qcow2,
 }
 
+impl DiskFormat {
+    /// The format of a new encrypted disk of a VM whose disks are stored as `layout`.
+    pub fn encrypted(layout: tresor_core::protocol::DiskLayout) -> DiskFormat {
+        match layout {
+            tresor_core::protocol::DiskLayout::Qcow2 => DiskFormat::Qcow2Luks,
+            tresor_core::protocol::DiskLayout::Luks => DiskFormat::RawLuks,
+        }
+    }
+
+    /// The extension of its files' names.
+    pub fn extension(&self) -> &'static str {
+        match self {
+            DiskFormat::Qcow2Luks | DiskFormat::Qcow2 => "qcow2",
+            DiskFormat::RawLuks => "luks",
+        }
+    }
+}
+
 /// Why a disk operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {

@@ -135,8 +135,9 @@ pub enum Step {
 }
 
 /// The name of the next generation of a disk's image: `disk0.qcow2` → `disk0.g1.qcow2` → `disk0.g2.qcow2`.
-fn next_file(file: &str) -> String {
-    let (stem, ext) = file.rsplit_once('.').unwrap_or((file, "img"));
+/// The file of the next generation of disk file `file`, in a format of extension `ext`.
+fn next_file(file: &str, ext: &str) -> String {
+    let (stem, _) = file.rsplit_once('.').unwrap_or((file, ""));
     let (base, generation) = match stem.rsplit_once(".g") {
         Some((b, g)) if g.chars().all(|c| c.is_ascii_digit()) && !g.is_empty() => {
             (b, g.parse::<u64>().unwrap_or(0))
@@ -193,7 +194,6 @@ pub fn run(
         })?;
     let old = vm.disks[index].clone();
     let old_secret = vm.disk_secret(&old, dir, cache)?;
-    let new_file = next_file(&old.file);
     let encrypted = old.wrapped_secret.is_some();
     let refuse = |what: &str| {
         Err(DiskOpError::Refused(format!(
@@ -213,11 +213,19 @@ pub fn run(
             .or_else(|| old.key_id.clone())
             .or_else(|| vm.key_id.clone()),
     };
+    // A raw LUKS disk stays one; others take the VM's format (so a deep rekey moves a qcow2
+    // disk to raw LUKS once the VM's disks are to be stored so).
+    let new_format = match (&key, old.format) {
+        (None, _) => DiskFormat::Qcow2,
+        (Some(_), DiskFormat::RawLuks) => DiskFormat::RawLuks,
+        (Some(_), _) => DiskFormat::encrypted(vm.disk_format),
+    };
+    let new_file = next_file(&old.file, new_format.extension());
     let (new_entry, new_secret) = match key {
         None => (
             DiskEntry {
                 file: new_file.clone(),
-                format: DiskFormat::Qcow2,
+                format: new_format,
                 key_id: None,
                 wrapped_secret: None,
                 ..old.clone()
@@ -240,15 +248,10 @@ pub fn run(
             } else {
                 Some(key.clone())
             };
-            let format = if old.format == DiskFormat::RawLuks {
-                DiskFormat::RawLuks
-            } else {
-                DiskFormat::Qcow2Luks
-            };
             (
                 DiskEntry {
                     file: new_file.clone(),
-                    format,
+                    format: new_format,
                     key_id: own,
                     wrapped_secret: Some(wrapped),
                     ..old.clone()
@@ -351,9 +354,9 @@ mod tests {
 
     #[test]
     fn generations_of_a_disk_file() {
-        assert_eq!(next_file("disk0.qcow2"), "disk0.g1.qcow2");
-        assert_eq!(next_file("disk0.g1.qcow2"), "disk0.g2.qcow2");
-        assert_eq!(next_file("data.g9.img"), "data.g10.img");
-        assert_eq!(next_file("raw"), "raw.g1.img");
+        assert_eq!(next_file("disk0.qcow2", "qcow2"), "disk0.g1.qcow2");
+        assert_eq!(next_file("disk0.g1.qcow2", "luks"), "disk0.g2.luks");
+        assert_eq!(next_file("data.g9.img", "qcow2"), "data.g10.qcow2");
+        assert_eq!(next_file("raw", "luks"), "raw.g1.luks");
     }
 }

@@ -1106,24 +1106,28 @@ impl Host {
                 Some(kek) => VmFile::new_encrypted(&id, &spec.name, &config, kek, &self.cache)?,
                 None => VmFile::new_plain(&id, &spec.name, config.clone()),
             };
+            file.disk_format = spec.disk_format;
+            let encrypted_format = DiskFormat::encrypted(spec.disk_format);
             for (i, d) in spec.disks.iter().enumerate() {
-                let name = format!("disk{i}.qcow2");
+                let format = if file.encrypted {
+                    encrypted_format
+                } else {
+                    DiskFormat::Qcow2
+                };
+                let name = format!("disk{i}.{}", format.extension());
                 let path = dir.join(&name);
                 if file.encrypted {
                     let secret = file.add_encrypted_disk(
                         &format!("d{i}"),
                         &name,
-                        DiskFormat::Qcow2Luks,
+                        format,
                         d.size,
                         d.own_key.clone(),
                         &self.cache,
                     )?;
-                    self.config.tools.create(
-                        &path,
-                        DiskFormat::Qcow2Luks,
-                        d.size,
-                        Some(&secret),
-                    )?;
+                    self.config
+                        .tools
+                        .create(&path, format, d.size, Some(&secret))?;
                 } else {
                     file.disks.push(DiskEntry {
                         id: format!("d{i}"),
@@ -1206,7 +1210,12 @@ impl Host {
         while file.disks.iter().any(|d| d.id == format!("d{i}")) {
             i += 1;
         }
-        let name = format!("disk{i}.qcow2");
+        let format = if file.encrypted {
+            DiskFormat::encrypted(file.disk_format)
+        } else {
+            DiskFormat::Qcow2
+        };
+        let name = format!("disk{i}.{}", format.extension());
         let path = dir.join(&name);
         // A leftover of an interrupted addition is not named by vm.json: replace it.
         let _ = std::fs::remove_file(&path);
@@ -1214,12 +1223,12 @@ impl Host {
             let secret = file.add_encrypted_disk(
                 &format!("d{i}"),
                 &name,
-                DiskFormat::Qcow2Luks,
+                format,
                 size,
                 own_key,
                 &self.cache,
             )?;
-            make(&path, DiskFormat::Qcow2Luks, Some(&secret))
+            make(&path, format, Some(&secret))
         } else {
             file.disks.push(DiskEntry {
                 id: format!("d{i}"),

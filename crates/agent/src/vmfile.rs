@@ -24,6 +24,7 @@ use zeroize::Zeroizing;
 use crate::disk::{DiskFormat, DiskSecret};
 use crate::keycache::KeyCache;
 use crate::wrap::{self, Purpose, WrapError};
+use tresor_core::protocol::DiskLayout;
 use tresor_core::protocol::{NetworkSpec, MAX_CMDLINE};
 
 /// The name of a VM's config file.
@@ -207,6 +208,9 @@ pub struct VmFile {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<VmConfig>,
     pub disks: Vec<DiskEntry>,
+    /// How its new encrypted disks are stored (not secret: kept in the clear).
+    #[serde(default, skip_serializing_if = "DiskLayout::is_default")]
+    pub disk_format: DiskLayout,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -323,6 +327,7 @@ impl VmFile {
     /// A new, unencrypted VM.
     pub fn new_plain(id: &str, name: &str, config: VmConfig) -> VmFile {
         VmFile {
+            disk_format: DiskLayout::default(),
             format: FORMAT.into(),
             id: id.into(),
             name: name.into(),
@@ -353,6 +358,7 @@ impl VmFile {
             })?
             .map_err(|e| wrap_error(e, name, kek, "home key"))?;
         Ok(VmFile {
+            disk_format: DiskLayout::default(),
             format: FORMAT.into(),
             id: id.into(),
             name: name.into(),

@@ -136,6 +136,7 @@ fn scenario(tmp: &Path, runtime: RuntimeKind, vm: &str) {
     }));
     let report = match ok(h.handle(Command::CreateVm {
         spec: VmSpec {
+            disk_format: Default::default(),
             id: None,
             name: vm.into(),
             memory_mib: 256,
@@ -415,6 +416,7 @@ fn a_libvirt_domain_of_the_same_name_that_is_not_this_vms_is_left_alone() {
     .unwrap();
     ok(h.handle(Command::CreateVm {
         spec: VmSpec {
+            disk_format: Default::default(),
             id: None,
             name: name.clone(),
             memory_mib: 64,
@@ -452,6 +454,7 @@ fn a_kvm_that_boots_nothing_falls_back_to_tcg() {
     let mut h = Host::open(common::config(tmp.path())).unwrap();
     let report = match ok(h.handle(Command::CreateVm {
         spec: VmSpec {
+            disk_format: Default::default(),
             id: None,
             name: "auto01".into(),
             memory_mib: 256,

@@ -25,6 +25,7 @@ fn an_encrypted_vm_runs_loses_its_keys_on_restart_and_runs_again_when_they_retur
     let vm_key = key("vm-kek", 1);
     let disk_key = key("disk-kek", 2);
     let spec = VmSpec {
+        disk_format: Default::default(),
         id: None,
         name: "web01".into(),
         memory_mib: 64,
@@ -126,6 +127,7 @@ fn a_plain_vm_is_encrypted_then_rekeyed_shallow_and_deep() {
         host_key: key("host-key", 9),
     }));
     let spec = VmSpec {
+        disk_format: Default::default(),
         id: None,
         name: "db01".into(),
         memory_mib: 64,

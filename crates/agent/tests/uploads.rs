@@ -70,6 +70,7 @@ fn encrypted_vm(h: &mut Host, name: &str) -> (PathBuf, KeyMaterial) {
     ));
     let report = reply_vm(h.handle(Command::CreateVm {
         spec: VmSpec {
+            disk_format: Default::default(),
             id: None,
             name: name.into(),
             memory_mib: 64,

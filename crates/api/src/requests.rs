@@ -38,6 +38,30 @@ pub struct CreateVm {
     #[serde(default)]
     #[schemars(length(max = tresor_core::protocol::MAX_NICS), inner(regex(pattern = NETWORK_PATTERN)))]
     pub networks: Vec<String>,
+    /// How its encrypted disks are stored: `qcow2` (the default: qcow2 with LUKS inside) or
+    /// `luks` (a LUKS1 volume in a raw file, served to the guest by the host's fast data path;
+    /// cryptsetup and QEMU's own `luks` driver open it too). Encrypted VMs only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_format: Option<DiskFormat>,
+}
+
+/// How a VM's encrypted disks are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskFormat {
+    /// qcow2 with LUKS inside, opened by QEMU's own driver.
+    Qcow2,
+    /// A LUKS1 volume in a sparse raw file: the fast data path.
+    Luks,
+}
+
+impl From<DiskFormat> for tresor_core::protocol::DiskLayout {
+    fn from(f: DiskFormat) -> Self {
+        match f {
+            DiskFormat::Qcow2 => tresor_core::protocol::DiskLayout::Qcow2,
+            DiskFormat::Luks => tresor_core::protocol::DiskLayout::Luks,
+        }
+    }
 }
 
 /// What a network of [`CreateVm`] looks like.

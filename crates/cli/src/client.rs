@@ -259,6 +259,11 @@ enum VmSub {
         /// network) or bridge:NAME (a host bridge); repeat for more.
         #[arg(long = "network")]
         networks: Vec<String>,
+        /// How its encrypted disks are stored: qcow2 (qcow2 with LUKS inside, opened by QEMU)
+        /// or luks (a LUKS1 volume in a raw file, served to the guest by the host's fast data
+        /// path; cryptsetup opens it too).
+        #[arg(long, value_parser = ["qcow2", "luks"], requires = "encrypt")]
+        disk_format: Option<String>,
         #[command(flatten)]
         files: VmFiles,
     },
@@ -669,6 +674,7 @@ pub fn run_vm(cmd: VmCommand) -> Result<(), CliError> {
             cpus,
             memory,
             networks,
+            disk_format,
             files,
         } => {
             let memory_mib = u32::try_from(parse_size(&memory)? >> 20).map_err(|_| {
@@ -692,6 +698,13 @@ pub fn run_vm(cmd: VmCommand) -> Result<(), CliError> {
                 provider,
                 own_key_disks: own,
                 networks,
+                disk_format: disk_format.map(|f| {
+                    if f == "luks" {
+                        tresor_api::requests::DiskFormat::Luks
+                    } else {
+                        tresor_api::requests::DiskFormat::Qcow2
+                    }
+                }),
             };
             let vm = body.name.clone();
             let v = c.call("POST", "/api/v1/vms", &json_text(&body))?;

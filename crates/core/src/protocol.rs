@@ -135,6 +135,34 @@ pub struct VmSpec {
     /// Its network interfaces.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<NetworkSpec>,
+    /// How its encrypted disks are stored.
+    #[serde(default, skip_serializing_if = "DiskLayout::is_default")]
+    pub disk_format: DiskLayout,
+}
+
+/// How a VM's encrypted disks are stored: `qcow2` (qcow2 with LUKS inside, opened by QEMU's own
+/// driver) or `luks` (a LUKS1 volume in a sparse raw file, served to the guest by the fast data
+/// path where the host has it, by QEMU's `luks` driver elsewhere; cryptsetup opens it too).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskLayout {
+    #[default]
+    Qcow2,
+    Luks,
+}
+
+impl DiskLayout {
+    pub fn is_default(&self) -> bool {
+        *self == DiskLayout::Qcow2
+    }
+
+    /// Its name in the API and the CLI.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DiskLayout::Qcow2 => "qcow2",
+            DiskLayout::Luks => "luks",
+        }
+    }
 }
 
 /// A network interface of a VM: written `user` (QEMU's user-mode network: the guest reaches

@@ -103,6 +103,7 @@ async fn an_agent_connects_reports_obeys_and_reconnects() {
     .await;
     assert!(matches!(e, HubEvent::Inventory { keys_held, .. } if keys_held == vec![k.clone()]));
     let spec = VmSpec {
+        disk_format: Default::default(),
         id: None,
         name: "vm1".into(),
         memory_mib: 64,

@@ -143,6 +143,7 @@ async fn the_procedures_cases_1_3_and_5_in_one_process() {
         })
         .unwrap();
     let spec = VmSpec {
+        disk_format: Default::default(),
         id: Some("0123456789abcdef".into()),
         name: "web01".into(),
         memory_mib: 64,

@@ -683,6 +683,14 @@ impl Vms<'_> {
                 "Disks with a key of their own need an encrypted VM; add --encrypt",
             ));
         }
+        let disk_format: tresor_core::protocol::DiskLayout =
+            req.disk_format.map(Into::into).unwrap_or_default();
+        if disk_format == tresor_core::protocol::DiskLayout::Luks && !req.encrypt {
+            return Err(ServiceError::new(
+                ErrorCode::BadRequest,
+                "Disk format luks is for encrypted disks; add --encrypt, or leave the format out",
+            ));
+        }
         if req.networks.len() > tresor_core::protocol::MAX_NICS {
             return Err(ServiceError::new(
                 ErrorCode::BadShape,
@@ -773,6 +781,7 @@ impl Vms<'_> {
                 .collect(),
             key: key.clone(),
             networks,
+            disk_format,
         };
         let reply = match ask_host(cx, &req.host, Command::CreateVm { spec }).await {
             Ok(r) => r,
