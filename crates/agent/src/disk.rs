@@ -367,6 +367,54 @@ impl QemuTools {
             .map(|_| ())
     }
 
+    /// The `qemu-img convert` arguments that write a copy of `from` to `to` in `to_format`. A
+    /// raw LUKS target is made here first, with the header Tresor writes (no key-stretching
+    /// benchmark), and QEMU's driver writes into it.
+    fn target(
+        &self,
+        from: &Path,
+        to: &Path,
+        to_format: DiskFormat,
+        to_secret: Option<&DiskSecret>,
+    ) -> Result<Vec<String>, DiskError> {
+        let (DiskFormat::RawLuks, Some(secret)) = (to_format, to_secret) else {
+            return Self::target_args(to, to_format, to_secret.is_some());
+        };
+        let size = self.virtual_size(from)?;
+        crate::rawluks::create(to, size, secret)?;
+        Ok(vec![
+            "-n".into(),
+            "--target-image-opts".into(),
+            Self::image_opts(to, DiskFormat::RawLuks, "dst"),
+        ])
+    }
+
+    /// The size of the disk image at `path` as its guest sees it (`qemu-img info`, which needs
+    /// no secret for it).
+    fn virtual_size(&self, path: &Path) -> Result<u64, DiskError> {
+        let out = Command::new(&self.qemu_img)
+            .args(["info", "--output=json"])
+            .arg(path)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| DiskError::Spawn {
+                tool: self.qemu_img.display().to_string(),
+                source,
+            })?;
+        let fail = |message: String| DiskError::Tool {
+            tool: "qemu-img info".into(),
+            path: path.display().to_string(),
+            message,
+        };
+        if !out.status.success() {
+            return Err(fail(String::from_utf8_lossy(&out.stderr).trim().to_owned()));
+        }
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v.get("virtual-size").and_then(|s| s.as_u64()))
+            .ok_or_else(|| fail("no virtual size in its answer".into()))
+    }
+
     /// The `qemu-img convert` arguments that make `to` in `to_format`, its secret (when it has
     /// one) being object `dst`.
     fn target_args(
@@ -486,7 +534,7 @@ impl QemuTools {
             ImageFormat::Qcow2 => "qcow2",
         };
         args.extend(["-f".into(), source.into(), from.display().to_string()]);
-        args.extend(Self::target_args(to, to_format, to_secret.is_some())?);
+        args.extend(self.target(from, to, to_format, to_secret)?);
         // Its progress tells the server how far the copy has come.
         args.insert(1, "-p".into());
         crate::progress::copied(0);
@@ -540,7 +588,7 @@ impl QemuTools {
             "--image-opts".into(),
             Self::image_opts(from, from_format, &source_secret),
         ]);
-        args.extend(Self::target_args(to, to_format, to_secret.is_some())?);
+        args.extend(self.target(from, to, to_format, to_secret)?);
         // Its progress tells the server the copy goes on, however long it takes.
         args.insert(1, "-p".into());
         crate::progress::copied(0);

@@ -393,7 +393,26 @@ impl Host {
         } else {
             PowerState::PoweredOff
         };
+        let fast_disks = if power_state == PowerState::PoweredOn {
+            self.running
+                .get(vm)
+                .map(|g| g.fast_disks())
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         VmReport {
+            disk_formats: file
+                .disks
+                .iter()
+                .map(|d| match d.format {
+                    DiskFormat::RawLuks => tresor_core::protocol::DiskLayout::Luks,
+                    DiskFormat::Qcow2Luks | DiskFormat::Qcow2 => {
+                        tresor_core::protocol::DiskLayout::Qcow2
+                    }
+                })
+                .collect(),
+            fast_disks,
             id: file.id.clone(),
             name: file.name.clone(),
             path: dir.display().to_string(),

@@ -52,6 +52,12 @@ pub enum QemuError {
     Network { vm: String, network: String },
     #[error("VM {vm} has {count} disks; at most {MAX_DISKS} are supported")]
     TooManyDisks { vm: String, count: usize },
+    #[error("The fast data path of disk {disk} of VM {vm} did not start: {detail}")]
+    FastPath {
+        vm: String,
+        disk: usize,
+        detail: String,
+    },
 }
 
 /// How to start QEMU.
@@ -64,6 +70,9 @@ pub struct QemuConfig {
     pub require_kvm: bool,
     /// How long a guest has to shut down after an ACPI power button press.
     pub shutdown_timeout: Duration,
+    /// The program that serves raw LUKS disks to the guest over vhost-user (the fast data path,
+    /// `tresor agent blk`); without one, QEMU's own `luks` driver opens them.
+    pub blk_backend: Option<PathBuf>,
 }
 
 impl Default for QemuConfig {
@@ -73,6 +82,7 @@ impl Default for QemuConfig {
             prefer_kvm: true,
             require_kvm: false,
             shutdown_timeout: Duration::from_secs(30),
+            blk_backend: None,
         }
     }
 }
@@ -205,6 +215,10 @@ pub struct RunningVm {
     pub nodes: Vec<String>,
     /// Left running when this handle is dropped (the agent stops, its VMs go on).
     detached: bool,
+    /// The fast data path's backends started for its disks (each ends when QEMU does).
+    backends: Vec<Child>,
+    /// Which of its disks the fast data path serves.
+    pub fast_disks: Vec<bool>,
 }
 
 /// The QEMU process: started by this agent, or found running by it after a restart.
@@ -239,9 +253,38 @@ impl RunningVm {
         let socket = run_dir.join("qmp.sock");
         let _ = std::fs::remove_file(&socket);
         let accel = choose_accel(config, name)?;
+        // The fast data path reads and writes the guest's memory from another process: the
+        // memory is a shared memory file then. Only under KVM: TCG keeps translated guest code
+        // and drops a translation only when QEMU itself writes the page, so code the guest
+        // reads from such a disk into a page that held other code could run stale.
+        let raw_luks = plan
+            .disks
+            .iter()
+            .any(|d| d.format == DiskFormat::RawLuks && d.secret.is_some());
+        let fast = config.blk_backend.is_some() && raw_luks && accel == "kvm";
+        if config.blk_backend.is_some() && raw_luks && !fast {
+            tracing::warn!(
+                vm = name,
+                "the VM runs under TCG, where the fast data path is not safe (TCG does not see \
+                 the backend's writes into guest memory): QEMU's own LUKS driver opens its raw \
+                 LUKS disks; run it under KVM for the fast path"
+            );
+        }
         let mut cmd = Command::new(&config.binary);
+        let machine = if fast {
+            cmd.args([
+                "-object",
+                &format!(
+                    "memory-backend-memfd,id=mem,size={}M,share=on",
+                    plan.config.memory_mib
+                ),
+            ]);
+            format!("q35,accel={accel},memory-backend=mem")
+        } else {
+            format!("q35,accel={accel}")
+        };
         cmd.args(["-name", &format!("guest={}", opt(name))])
-            .args(["-machine", &format!("q35,accel={accel}")])
+            .args(["-machine", &machine])
             .args([
                 "-m",
                 &plan.config.memory_mib.to_string(),
@@ -353,8 +396,11 @@ impl RunningVm {
             accel,
             nodes: Vec::new(),
             detached: false,
+            backends: Vec::new(),
+            fast_disks: Vec::new(),
         };
-        match vm.attach_disks(plan) {
+        let fast_path = config.blk_backend.as_deref().filter(|_| fast);
+        match vm.attach_disks(plan, run_dir, fast_path) {
             Ok(()) => {}
             Err(e) => {
                 vm.kill();
@@ -365,9 +411,32 @@ impl RunningVm {
         Ok(vm)
     }
 
-    fn attach_disks(&mut self, plan: &PowerOnPlan) -> Result<(), QemuError> {
+    fn attach_disks(
+        &mut self,
+        plan: &PowerOnPlan,
+        run_dir: &Path,
+        fast_path: Option<&Path>,
+    ) -> Result<(), QemuError> {
+        let queues = plan.config.vcpus.clamp(1, 4) as usize;
         for (i, disk) in plan.disks.iter().enumerate() {
             let node = format!("disk{i}");
+            if let (Some(program), Some(secret), DiskFormat::RawLuks) =
+                (fast_path, &disk.secret, disk.format)
+            {
+                match self.attach_fast(i, program, &disk.path, secret, run_dir, queues) {
+                    Ok(()) => {
+                        self.nodes.push(node);
+                        self.fast_disks.push(true);
+                        continue;
+                    }
+                    Err(e) => tracing::warn!(
+                        vm = %self.name,
+                        error = %e,
+                        "QEMU's own LUKS driver opens the disk instead (slower)"
+                    ),
+                }
+            }
+            self.fast_disks.push(false);
             let file = json!({"driver": "file", "filename": disk.path.display().to_string()});
             let blockdev = match (&disk.secret, disk.format) {
                 (Some(secret), DiskFormat::Qcow2Luks | DiskFormat::RawLuks) => {
@@ -414,6 +483,121 @@ impl RunningVm {
         Ok(())
     }
 
+    /// Serves raw LUKS disk `i` at `path` through the fast data path: starts `program agent blk`
+    /// on it (its passphrase through a pipe, never in an argument), and attaches its vhost-user
+    /// socket behind the disk's root port. Whatever fails is undone, for QEMU's own driver to
+    /// open the disk instead.
+    fn attach_fast(
+        &mut self,
+        i: usize,
+        program: &Path,
+        path: &Path,
+        secret: &crate::disk::DiskSecret,
+        run_dir: &Path,
+        queues: usize,
+    ) -> Result<(), QemuError> {
+        let fail = |detail: String| QemuError::FastPath {
+            vm: self.name.clone(),
+            disk: i,
+            detail,
+        };
+        let socket = run_dir.join(format!("vd{i}.sock"));
+        let log_path = run_dir.join(format!("vd{i}.log"));
+        let _ = std::fs::remove_file(&socket);
+        let log = std::fs::File::create(&log_path)
+            .map_err(|e| fail(format!("cannot write {}: {e}", log_path.display())))?;
+        let mut cmd = Command::new(program);
+        cmd.args(["agent", "blk", "--queues", &queues.to_string(), "--disk"])
+            .arg(path)
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--serial", &format!("tresor-vd{i}")])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(log);
+        // Like QEMU, not stopped by a Ctrl-C meant for the agent.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| fail(format!("cannot run {}: {e}", program.display())))?;
+        let sent = child.stdin.take().map(|mut stdin| {
+            let passphrase = secret.passphrase();
+            stdin.write_all(passphrase.as_bytes())
+        });
+        let stop = |mut child: Child| {
+            let _ = child.kill();
+            let _ = child.wait();
+        };
+        if let Some(Err(e)) = sent {
+            stop(child);
+            return Err(fail(format!("cannot pass the disk's secret: {e}")));
+        }
+        // It listens once it has unsealed the disk's key.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !socket.exists() {
+            let ended = child.try_wait().ok().flatten();
+            if ended.is_some() || Instant::now() >= deadline {
+                stop(child);
+                let said = std::fs::read_to_string(&log_path).unwrap_or_default();
+                let said = said.lines().rev().find(|l| !l.trim().is_empty());
+                return Err(fail(match (ended, said) {
+                    (_, Some(line)) => line.trim().to_owned(),
+                    (Some(status), None) => format!("it ended ({status})"),
+                    (None, None) => "it did not listen within 30 s".into(),
+                }));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let chardev = format!("vhost{i}");
+        let attached = self
+            .qmp
+            .execute(
+                "chardev-add",
+                json!({"id": chardev, "backend": {"type": "socket", "data": {
+                    "addr": {"type": "unix", "data": {"path": socket.display().to_string()}},
+                    "server": false}}}),
+            )
+            .and_then(|_| {
+                let added = self.qmp.execute(
+                    "device_add",
+                    json!({"driver": "vhost-user-blk-pci", "chardev": chardev,
+                           "num-queues": queues, "id": format!("vd{i}"), "bus": format!("rp{i}")}),
+                );
+                if added.is_err() {
+                    let _ = self.qmp.execute("chardev-remove", json!({"id": chardev}));
+                }
+                added
+            });
+        match attached {
+            Ok(_) => {
+                let _ = std::fs::remove_file(&socket);
+                self.backends.push(child);
+                Ok(())
+            }
+            Err(e) => {
+                stop(child);
+                let _ = std::fs::remove_file(&socket);
+                Err(fail(e.to_string()))
+            }
+        }
+    }
+
+    /// Waits a little for the fast data path's backends to end after QEMU, then stops those
+    /// that did not.
+    fn reap_backends(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for child in &mut self.backends {
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if matches!(child.try_wait(), Ok(None)) {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+        self.backends.clear();
+    }
+
     /// Finds VM `name` still running from an earlier run of the agent: the QEMU whose process
     /// id `run_dir` names, whose command line names this folder's control socket, and which
     /// answers on it. Its disks are `disks` (they keep the node names they were given).
@@ -433,7 +617,18 @@ impl RunningVm {
         } else {
             "tcg"
         };
-        let qmp = Qmp::connect(name, &qmp_socket, Instant::now() + Duration::from_secs(2)).ok()?;
+        let mut qmp =
+            Qmp::connect(name, &qmp_socket, Instant::now() + Duration::from_secs(2)).ok()?;
+        // Which disks the fast data path serves: those attached as vhost-user devices.
+        let fast_disks = (0..disks)
+            .map(|i| {
+                qmp.execute(
+                    "qom-get",
+                    json!({"path": format!("/machine/peripheral/vd{i}"), "property": "type"}),
+                )
+                .is_ok_and(|t| t == "vhost-user-blk-pci")
+            })
+            .collect();
         Some(RunningVm {
             name: name.into(),
             process: Process::Adopted { pid, qmp_socket },
@@ -441,6 +636,8 @@ impl RunningVm {
             accel,
             nodes: (0..disks).map(|i| format!("disk{i}")).collect(),
             detached: false,
+            backends: Vec::new(),
+            fast_disks,
         })
     }
 
@@ -494,6 +691,11 @@ impl RunningVm {
     }
 
     fn kill(&mut self) {
+        self.kill_qemu();
+        self.reap_backends();
+    }
+
+    fn kill_qemu(&mut self) {
         match &mut self.process {
             Process::Child(c) => {
                 let _ = c.kill();
@@ -530,9 +732,13 @@ fn adopted_alive(pid: u32, qmp_socket: &Path) -> bool {
 
 impl Drop for RunningVm {
     fn drop(&mut self) {
-        if !self.detached && self.is_running() {
-            self.kill();
+        if self.detached {
+            return;
         }
+        if self.is_running() {
+            self.kill_qemu();
+        }
+        self.reap_backends();
     }
 }
 
@@ -606,5 +812,9 @@ impl crate::runtime::Guest for RunningVm {
 
     fn detach(self: Box<Self>) {
         RunningVm::detach(*self)
+    }
+
+    fn fast_disks(&self) -> Vec<bool> {
+        self.fast_disks.clone()
     }
 }

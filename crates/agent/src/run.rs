@@ -51,6 +51,16 @@ pub struct AgentConfig {
     /// when unset.
     #[serde(default)]
     pub metrics_listen: Option<String>,
+    /// Serve raw LUKS disks (`--disk-format luks`) to their guests through the fast data path:
+    /// a vhost-user backend per disk (`tresor agent blk`, this program), with the guest's
+    /// memory shared with it. When false, or when a backend cannot start, QEMU's own `luks`
+    /// driver opens them (slower).
+    #[serde(default = "default_true")]
+    pub fast_disks: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_seed_dir() -> PathBuf {
@@ -179,7 +189,9 @@ pub async fn join(
          # Where VMs run: \"qemu\" (QEMU processes of the agent's own) or \"libvirt\" (domains of\n\
          # libvirtd; its domain state folder must be on a memory file system for encrypted VMs).\n\
          runtime = \"qemu\"\n# libvirt's connection URI, for runtime = \"libvirt\".\nlibvirt_uri = \"qemu:///system\"\n\
-         # \"auto\" (KVM when /dev/kvm can be opened, TCG otherwise), \"kvm\" or \"tcg\".\naccel = \"auto\"\n\n\
+         # \"auto\" (KVM when /dev/kvm can be opened, TCG otherwise), \"kvm\" or \"tcg\".\naccel = \"auto\"\n\
+         # Raw LUKS disks (vm create --disk-format luks) through the fast data path, a vhost-user\n\
+         # backend per disk; false lets QEMU's own LUKS driver open them.\nfast_disks = true\n\n\
          # Prometheus metrics (/metrics, with /healthz and /readyz) over plain HTTP on this\n\
          # address; keep it on a loopback or management address.\n# metrics_listen = \"127.0.0.1:9401\"\n"
     );
@@ -256,6 +268,16 @@ pub async fn run(
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
             prefer_kvm: config.accel != Accel::Tcg,
             require_kvm: config.accel == Accel::Kvm,
+            blk_backend: if config.fast_disks {
+                // This program serves them (`tresor agent blk`).
+                std::env::current_exe()
+                    .map_err(|e| {
+                        tracing::warn!(error = %e, "cannot find the agent's own program: raw LUKS disks are opened by QEMU's driver");
+                    })
+                    .ok()
+            } else {
+                None
+            },
             ..QemuConfig::default()
         },
         runtime: match config.runtime {

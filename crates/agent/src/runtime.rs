@@ -95,4 +95,9 @@ pub trait Guest: Send + std::fmt::Debug {
 
     /// Leaves it running when the handle goes (the agent stops; the guest does not).
     fn detach(self: Box<Self>);
+
+    /// Which of its disks the fast data path serves, in order (empty: none).
+    fn fast_disks(&self) -> Vec<bool> {
+        Vec::new()
+    }
 }

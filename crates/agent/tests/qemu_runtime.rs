@@ -144,3 +144,82 @@ fn a_vm_that_dies_is_noticed() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn a_raw_luks_disk_whose_fast_path_cannot_start_is_opened_by_qemus_driver() {
+    let dir = tempfile::tempdir().unwrap();
+    let vm_dir = dir.path().join("db01");
+    std::fs::create_dir_all(&vm_dir).unwrap();
+    let kek = KeyRef::new("kms", "db01-kek");
+    let cache = KeyCache::new(16).unwrap();
+    cache.insert(kek.clone(), &[0x24; 32]).unwrap();
+    let mut vm = VmFile::new_encrypted(
+        "id-db01",
+        "db01",
+        &VmConfig {
+            memory_mib: 64,
+            ..Default::default()
+        },
+        &kek,
+        &cache,
+    )
+    .unwrap();
+    let secret = vm
+        .add_encrypted_disk(
+            "d0",
+            "disk0.luks",
+            DiskFormat::RawLuks,
+            8 << 20,
+            None,
+            &cache,
+        )
+        .unwrap();
+    let disk = vm_dir.join("disk0.luks");
+    QemuTools::default()
+        .create(&disk, DiskFormat::RawLuks, 8 << 20, Some(&secret))
+        .unwrap();
+    vm.save(&vm_dir).unwrap();
+    let plan = VmFile::load(&vm_dir)
+        .unwrap()
+        .prepare_power_on(&vm_dir, &cache)
+        .unwrap();
+    // A backend that ends at once, saying why.
+    let backend = dir.path().join("backend");
+    std::fs::write(
+        &backend,
+        "#!/bin/sh\necho 'Cannot keep the backend memory out of swap' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &backend,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let config = QemuConfig {
+        blk_backend: Some(backend),
+        ..QemuConfig::default()
+    };
+    let mut running = RunningVm::start(&config, "db01", &vm_dir, &plan).unwrap();
+    assert_eq!(running.fast_disks, vec![false]);
+    if tresor_agent::qemu::kvm_available() {
+        // Under KVM the backend was tried, and what it said is kept.
+        let said = std::fs::read_to_string(vm_dir.join("vd0.log")).unwrap();
+        assert!(said.contains("out of swap"), "{said}");
+    }
+    running
+        .human_command("qemu-io -d /machine/peripheral/vd0/virtio-backend \"write -P 0x7e 0 64k\"")
+        .unwrap();
+    running.power_off(Duration::from_millis(200));
+    let out = QemuTools::default()
+        .io(
+            &disk,
+            DiskFormat::RawLuks,
+            Some(&secret),
+            &["read -P 0x7e 0 64k"],
+        )
+        .unwrap();
+    assert!(
+        out.contains("read 65536/65536") && !out.contains("Pattern verification failed"),
+        "{out}"
+    );
+}

@@ -88,6 +88,14 @@ pub struct Disk {
     pub key_id: Option<KeyId>,
     /// Whether its host holds that key.
     pub key_available: bool,
+    /// How it is stored: `qcow2` (qcow2, with LUKS inside when encrypted) or `luks` (a LUKS1
+    /// volume in a raw file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// While the VM runs: `fast` (served by the host's fast data path) or `qemu` (opened by
+    /// QEMU's own driver).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_path: Option<String>,
 }
 
 fn host_crypto_state_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {

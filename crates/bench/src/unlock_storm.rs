@@ -191,6 +191,8 @@ impl SimHost {
             .vms
             .iter()
             .map(|(name, key)| VmReport {
+                disk_formats: Vec::new(),
+                fast_disks: Vec::new(),
                 id: format!("id-{name}"),
                 name: name.clone(),
                 path: format!("/datastore/{name}"),

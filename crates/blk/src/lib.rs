@@ -22,7 +22,10 @@ use std::sync::{Arc, Mutex};
 
 use tresor_luks::{LuksError, SectorCipher, VolumeKey, SECTOR};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock, VringT};
+use vhost_user_backend::{
+    VhostUserBackend, VhostUserDaemon, VringRwLock, VringState, VringStateGuard,
+    VringStateMutGuard, VringT,
+};
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_SEG_MAX,
     VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
@@ -238,7 +241,7 @@ impl Backend {
     }
 
     /// Carries out the requests waiting in `vring`.
-    fn process(&self, worker: &mut Worker, vring: &VringRwLock<Memory>) {
+    fn process(&self, worker: &mut Worker, vring: &Vring) {
         let mem = self.mem.memory();
         loop {
             let chain = vring
@@ -442,7 +445,7 @@ fn copy_descs(
 
 impl VhostUserBackend for Backend {
     type Bitmap = ();
-    type Vring = VringRwLock<Memory>;
+    type Vring = Vring;
 
     fn num_queues(&self) -> usize {
         self.queues
@@ -520,6 +523,107 @@ impl VhostUserBackend for Backend {
         let mut worker = worker.lock().unwrap_or_else(|p| p.into_inner());
         self.process(&mut worker, vring);
         vring.signal_used_queue()
+    }
+}
+
+/// A queue's ring as `vhost-user-backend` keeps it, with one change: a new call event (QEMU's
+/// `SET_VRING_CALL`, sent again when the guest masks or unmasks the queue's interrupt vector) is
+/// signalled once at once, as QEMU's own `libvhost-user` does. QEMU does not wait for the
+/// backend to take the new event before it looks at the old one for a pending interrupt, so a
+/// completion signalled on the old event in between would never reach the guest; a spurious
+/// interrupt only costs the guest a look at its ring.
+#[derive(Clone)]
+pub struct Vring(VringRwLock<Memory>);
+
+impl std::fmt::Debug for Vring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Vring")
+    }
+}
+
+impl<'a> VringStateGuard<'a, Memory> for Vring {
+    type G = std::sync::RwLockReadGuard<'a, VringState<Memory>>;
+}
+
+impl<'a> VringStateMutGuard<'a, Memory> for Vring {
+    type G = std::sync::RwLockWriteGuard<'a, VringState<Memory>>;
+}
+
+impl VringT<Memory> for Vring {
+    fn new(mem: Memory, max_queue_size: u16) -> Result<Self, virtio_queue::Error> {
+        VringRwLock::new(mem, max_queue_size).map(Vring)
+    }
+    fn get_ref(&self) -> <Self as VringStateGuard<'_, Memory>>::G {
+        self.0.get_ref()
+    }
+    fn get_mut(&self) -> <Self as VringStateMutGuard<'_, Memory>>::G {
+        self.0.get_mut()
+    }
+    fn add_used(&self, desc_index: u16, len: u32) -> Result<(), virtio_queue::Error> {
+        self.0.add_used(desc_index, len)
+    }
+    fn signal_used_queue(&self) -> std::io::Result<()> {
+        self.0.signal_used_queue()
+    }
+    fn enable_notification(&self) -> Result<bool, virtio_queue::Error> {
+        self.0.enable_notification()
+    }
+    fn disable_notification(&self) -> Result<(), virtio_queue::Error> {
+        self.0.disable_notification()
+    }
+    fn needs_notification(&self) -> Result<bool, virtio_queue::Error> {
+        self.0.needs_notification()
+    }
+    fn set_enabled(&self, enabled: bool) {
+        self.0.set_enabled(enabled)
+    }
+    fn set_queue_info(
+        &self,
+        desc_table: u64,
+        avail_ring: u64,
+        used_ring: u64,
+    ) -> Result<(), virtio_queue::Error> {
+        self.0.set_queue_info(desc_table, avail_ring, used_ring)
+    }
+    fn queue_next_avail(&self) -> u16 {
+        self.0.queue_next_avail()
+    }
+    fn set_queue_next_avail(&self, base: u16) {
+        self.0.set_queue_next_avail(base)
+    }
+    fn set_queue_next_used(&self, idx: u16) {
+        self.0.set_queue_next_used(idx)
+    }
+    fn queue_used_idx(&self) -> Result<u16, virtio_queue::Error> {
+        self.0.queue_used_idx()
+    }
+    fn set_queue_size(&self, num: u16) {
+        self.0.set_queue_size(num)
+    }
+    fn set_queue_event_idx(&self, enabled: bool) {
+        self.0.set_queue_event_idx(enabled)
+    }
+    fn set_queue_ready(&self, ready: bool) {
+        self.0.set_queue_ready(ready)
+    }
+    fn set_kick(&self, file: Option<File>) {
+        self.0.set_kick(file)
+    }
+    fn read_kick(&self) -> std::io::Result<bool> {
+        self.0.read_kick()
+    }
+    fn set_call(&self, file: Option<File>) {
+        let new = file.is_some();
+        self.0.set_call(file);
+        if new {
+            tracing::debug!("a new call event: signalled once");
+            if let Err(e) = self.0.signal_used_queue() {
+                tracing::warn!(error = %e, "cannot signal the guest on its new call event");
+            }
+        }
+    }
+    fn set_err(&self, file: Option<File>) {
+        self.0.set_err(file)
     }
 }
 

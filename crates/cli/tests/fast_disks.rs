@@ -405,3 +405,140 @@ fn killing_the_backend_mid_write_loses_no_acknowledged_write() {
         );
     }
 }
+
+/// The arguments of each process whose command line holds all of `words`.
+fn processes_with(words: &[&str]) -> Vec<Vec<String>> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let args: Vec<String> = cmdline
+                .strip_suffix(&[0])
+                .unwrap_or(&cmdline)
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            words
+                .iter()
+                .all(|w| args.iter().any(|a| a == w))
+                .then_some(args)
+        })
+        .collect()
+}
+
+/// The agent's QEMU runtime serves a VM's raw LUKS disk through the fast data path under KVM
+/// (the device is QEMU's `vhost-user-blk-pci`, the backend `tresor agent blk`, ended with the
+/// VM), and under TCG leaves it to QEMU's own driver: TCG does not see the backend's writes into
+/// guest memory, so code the guest read from the disk could run stale.
+#[test]
+fn the_qemu_runtime_serves_raw_luks_disks_through_the_fast_path_under_kvm_only() {
+    use tresor_agent::disk::{DiskFormat, QemuTools};
+    use tresor_agent::keycache::KeyCache;
+    use tresor_agent::qemu::{kvm_available, QemuConfig, RunningVm};
+    use tresor_agent::vmfile::{VmConfig, VmFile};
+
+    let dir = tempfile::tempdir().unwrap();
+    let vm_dir = dir.path().join("fast01");
+    std::fs::create_dir_all(&vm_dir).unwrap();
+    let kek = tresor_core::ids::KeyRef::new("kms", "fast01-kek");
+    let cache = KeyCache::new(16).unwrap();
+    cache.insert(kek.clone(), &[0x5c; 32]).unwrap();
+    let mut vm = VmFile::new_encrypted(
+        "id-fast01",
+        "fast01",
+        &VmConfig {
+            memory_mib: 128,
+            vcpus: 2,
+            ..Default::default()
+        },
+        &kek,
+        &cache,
+    )
+    .unwrap();
+    let secret = vm
+        .add_encrypted_disk(
+            "d0",
+            "disk0.luks",
+            DiskFormat::RawLuks,
+            16 << 20,
+            None,
+            &cache,
+        )
+        .unwrap();
+    let disk = vm_dir.join("disk0.luks");
+    QemuTools::default()
+        .create(&disk, DiskFormat::RawLuks, 16 << 20, Some(&secret))
+        .unwrap();
+    vm.save(&vm_dir).unwrap();
+    let plan = || {
+        VmFile::load(&vm_dir)
+            .unwrap()
+            .prepare_power_on(&vm_dir, &cache)
+            .unwrap()
+    };
+    let disk_arg = disk.display().to_string();
+    let backends = || processes_with(&["agent", "blk", &disk_arg]).len();
+
+    // Under TCG: QEMU's driver.
+    let tcg = QemuConfig {
+        prefer_kvm: false,
+        blk_backend: Some(TRESOR.into()),
+        ..QemuConfig::default()
+    };
+    let mut running = RunningVm::start(&tcg, "fast01", &vm_dir, &plan()).unwrap();
+    assert_eq!(running.fast_disks, vec![false]);
+    assert_eq!(backends(), 0);
+    let kind = running
+        .human_command("qom-get /machine/peripheral/vd0 type")
+        .unwrap();
+    assert!(kind.contains("virtio-blk-pci"), "{kind}");
+    running.power_off(Duration::from_millis(200));
+
+    if !kvm_available() {
+        eprintln!("/dev/kvm cannot be opened here: the fast path under KVM is not tried");
+        return;
+    }
+    let kvm = QemuConfig {
+        require_kvm: true,
+        ..tcg
+    };
+    let mut running = RunningVm::start(&kvm, "fast01", &vm_dir, &plan()).unwrap();
+    assert_eq!(running.fast_disks, vec![true]);
+    assert_eq!(backends(), 1, "one backend serves the disk");
+    let kind = running
+        .human_command("qom-get /machine/peripheral/vd0 type")
+        .unwrap();
+    assert!(kind.contains("vhost-user-blk-pci"), "{kind}");
+    // A queue per virtual CPU.
+    let queues = running
+        .human_command("qom-get /machine/peripheral/vd0 num-queues")
+        .unwrap();
+    assert_eq!(queues.trim(), "2");
+    // The disk's secret reached the backend through a pipe: its arguments are these only.
+    for args in processes_with(&["agent", "blk", &disk_arg]) {
+        let flags: Vec<&str> = args[1..].iter().map(String::as_str).collect();
+        let socket = vm_dir.join("vd0.sock").display().to_string();
+        assert_eq!(
+            flags,
+            [
+                "agent",
+                "blk",
+                "--queues",
+                "2",
+                "--disk",
+                &disk_arg,
+                "--socket",
+                &socket,
+                "--serial",
+                "tresor-vd0"
+            ]
+        );
+    }
+    running.power_off(Duration::from_millis(200));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while backends() > 0 {
+        assert!(Instant::now() < deadline, "the backend outlived the VM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

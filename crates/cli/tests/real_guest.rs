@@ -21,6 +21,11 @@ enum Provider {
 }
 
 fn scenario(runtime: &str, provider: Provider) {
+    scenario_with(runtime, provider, None)
+}
+
+/// The scenario with the VM's disks stored as `disk_format` (`--disk-format`).
+fn scenario_with(runtime: &str, provider: Provider, disk_format: Option<&str>) {
     if runtime == "libvirt" {
         libvirt_up();
     }
@@ -49,7 +54,9 @@ fn scenario(runtime: &str, provider: Provider) {
     )
     .unwrap();
     let seed_file = |f: &str| dev.dir.path().join(f).display().to_string();
-    let out = dev.ok(&[
+    let (rootfs, kernel, initrd) = (file("rootfs.img"), file("vmlinuz"), file("initrd.img"));
+    let (user_data_file, keys_file) = (seed_file("user-data"), seed_file("keys.pub"));
+    let mut create = vec![
         "vm",
         "create",
         &vm,
@@ -61,18 +68,22 @@ fn scenario(runtime: &str, provider: Provider) {
         "--network",
         "user",
         "--image",
-        &file("rootfs.img"),
+        &rootfs,
         "--kernel",
-        &file("vmlinuz"),
+        &kernel,
         "--initrd",
-        &file("initrd.img"),
+        &initrd,
         "--cmdline",
         "console=ttyS0 quiet panic=-1 tresor.root",
         "--user-data",
-        &seed_file("user-data"),
+        &user_data_file,
         "--ssh-key",
-        &seed_file("keys.pub"),
-    ]);
+        &keys_file,
+    ];
+    if let Some(f) = disk_format {
+        create.extend(["--disk-format", f]);
+    }
+    let out = dev.ok(&create);
     assert!(out.contains(&vm), "{out}");
     let show = || -> serde_json::Value {
         serde_json::from_str(&dev.cli(&["vm", "show", &vm, "-o", "json"]).1).unwrap_or_default()
@@ -91,6 +102,27 @@ fn scenario(runtime: &str, provider: Provider) {
         .join(&vm)
         .join("serial.log");
     console_line(&log, "tresor-guest: root up");
+    let disk = PathBuf::from(disks[0]["path"].as_str().unwrap());
+    // `vm show` says how the disk is stored and which path its data takes.
+    let shown = &show()["disks"][0];
+    // Under TCG (here) the fast data path is not used: QEMU's own driver opens a raw LUKS disk
+    // (the fast path itself is in fast_disks.rs).
+    let (format, path) = match disk_format {
+        Some("luks") => ("luks", "qemu"),
+        _ => ("qcow2", "qemu"),
+    };
+    assert_eq!(shown["format"], format, "{shown}");
+    assert_eq!(shown["dataPath"], path, "{shown}");
+    if disk_format == Some("luks") {
+        // A LUKS volume that cryptsetup opens too.
+        let head = std::fs::read(&disk).unwrap();
+        assert_eq!(
+            &head[..6],
+            b"LUKS\xba\xbe",
+            "{} is not a LUKS volume",
+            disk.display()
+        );
+    }
     // Its cloud-init seed: the VM's id, the one key, the user data as sent.
     let seed = console_line(&log, "tresor-guest: seed ");
     let id = v["id"].as_str().unwrap_or_default().to_owned();
@@ -120,7 +152,6 @@ fn scenario(runtime: &str, provider: Provider) {
     });
 
     // On the host, the disk holds ciphertext only: not the marker, not the guest's own init.
-    let disk = PathBuf::from(disks[0]["path"].as_str().unwrap());
     let bytes = std::fs::read(&disk).unwrap();
     for needle in [marker.as_bytes(), b"tresor-guest: root up".as_slice()] {
         assert!(
@@ -178,6 +209,7 @@ fn scenario(runtime: &str, provider: Provider) {
     dev.ok(&["vm", "power-on", &vm]);
     let found = console_line(&log, "tresor-guest: found ");
     assert_eq!(found, format!("tresor-guest: found {marker}"));
+
     console_line(&log, "tresor-guest: staying");
     // `vm console` types into the guest's shell and shows what it answers.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -203,6 +235,11 @@ fn scenario(runtime: &str, provider: Provider) {
 #[test]
 fn a_guest_with_its_root_on_an_encrypted_disk_under_qemu_with_the_embedded_key_server() {
     scenario("qemu", Provider::Embedded);
+}
+
+#[test]
+fn a_guest_with_its_root_on_a_raw_luks_disk() {
+    scenario_with("qemu", Provider::Embedded, Some("luks"));
 }
 
 #[test]

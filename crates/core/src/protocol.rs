@@ -107,6 +107,13 @@ pub struct VmReport {
     /// or interrupted and finished when the host holds the VM's key again (protocol 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operation: Option<String>,
+    /// How each disk is stored, in the order of `disks` (empty from an older agent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disk_formats: Vec<DiskLayout>,
+    /// Which disks of the running VM the fast data path serves, in the order of `disks`
+    /// (empty when it is not running).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fast_disks: Vec<bool>,
 }
 
 /// One key a VM needs, as the host sees it.

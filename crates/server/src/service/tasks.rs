@@ -416,6 +416,8 @@ mod tests {
 
     fn report(encrypted: bool, key: Option<&str>, operation: Option<&str>) -> VmReport {
         VmReport {
+            disk_formats: Vec::new(),
+            fast_disks: Vec::new(),
             id: "id".into(),
             name: "vm".into(),
             path: "/ds/vm".into(),

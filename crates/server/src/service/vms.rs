@@ -141,7 +141,8 @@ pub fn vm_view(record: &VmRecord) -> Vm {
         .map(|r| {
             r.disks
                 .iter()
-                .map(|path| {
+                .enumerate()
+                .map(|(i, path)| {
                     let file = std::path::Path::new(path)
                         .file_name()
                         .and_then(|f| f.to_str())
@@ -155,6 +156,11 @@ pub fn vm_view(record: &VmRecord) -> Vm {
                         path: path.clone(),
                         key_id: hk.map(|k| KeyId::of(&k.key)),
                         key_available: hk.map(|k| k.on_host).unwrap_or(true),
+                        format: r.disk_formats.get(i).map(|f| f.as_str().to_owned()),
+                        data_path: r
+                            .fast_disks
+                            .get(i)
+                            .map(|fast| if *fast { "fast" } else { "qemu" }.to_owned()),
                     }
                 })
                 .collect()
