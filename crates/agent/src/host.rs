@@ -627,10 +627,19 @@ impl Host {
                 self.save_registry()?;
                 Ok(Reply::Done)
             }
-            Command::Encrypt { vm, key } => self.encrypt(&vm, key),
+            Command::Encrypt {
+                vm,
+                key,
+                disk_format,
+            } => self.encrypt(&vm, key, disk_format),
             Command::AddDisk { vm, disk } => self.add_disk(&vm, disk),
             Command::Decrypt { vm } => self.decrypt(&vm),
-            Command::Rekey { vm, key, deep } => self.rekey(&vm, key, deep),
+            Command::Rekey {
+                vm,
+                key,
+                deep,
+                disk_format,
+            } => self.rekey(&vm, key, deep, disk_format),
             Command::Adopt { domain, id } => self.adopt(&domain, &id),
             Command::ConsoleRead { vm, offset } => self.console_read(&vm, offset),
             Command::ConsoleWrite { vm, data } => self.console_write(&vm, &data.0),
@@ -1266,13 +1275,24 @@ impl Host {
         Ok(())
     }
 
-    fn encrypt(&mut self, vm: &str, key: KeyRef) -> Result<Reply, HostError> {
+    fn encrypt(
+        &mut self,
+        vm: &str,
+        key: KeyRef,
+        disk_format: Option<tresor_core::protocol::DiskLayout>,
+    ) -> Result<Reply, HostError> {
         let dir = self.dir(vm)?;
         self.require_off(vm, "encrypt it")?;
         if !hostmode::runs_encrypted_vms(self.crypto) {
             return Err(self.not_safe());
         }
-        let file = VmFile::load(&dir)?;
+        let mut file = VmFile::load(&dir)?;
+        if let Some(format) = disk_format.filter(|f| *f != file.disk_format) {
+            // Recorded first: the disks converted from here on, now or after an interruption,
+            // take it.
+            file.disk_format = format;
+            file.save(&dir)?;
+        }
         if !file.encrypted {
             // First the config: a home key under the new KEK seals it. The disks follow, each
             // journaled.
@@ -1284,6 +1304,7 @@ impl Host {
                 &self.cache,
             )?;
             next.disks = file.disks.clone();
+            next.disk_format = file.disk_format;
             // Recorded before anything changes: an encryption interrupted from here on is
             // finished when the agent holds the VM's key again.
             diskops::write_intent(
@@ -1359,17 +1380,32 @@ impl Host {
         })
     }
 
-    fn rekey(&mut self, vm: &str, key: KeyRef, deep: bool) -> Result<Reply, HostError> {
+    fn rekey(
+        &mut self,
+        vm: &str,
+        key: KeyRef,
+        deep: bool,
+        disk_format: Option<tresor_core::protocol::DiskLayout>,
+    ) -> Result<Reply, HostError> {
         let dir = self.dir(vm)?;
         if deep {
             self.require_off(vm, "deep-rekey it")?;
+        } else if disk_format.is_some() {
+            return Err(fail(
+                "badRequest",
+                "A disk format takes a deep rekey: a shallow one writes no disk",
+            ));
         }
-        let file = VmFile::load(&dir)?;
+        let mut file = VmFile::load(&dir)?;
         if !file.encrypted {
             return Err(fail(
                 "notEncrypted",
                 format!("VM {vm} is not encrypted; encrypt it instead"),
             ));
+        }
+        if let Some(format) = disk_format.filter(|f| *f != file.disk_format) {
+            file.disk_format = format;
+            file.save(&dir)?;
         }
         file.shallow_rekey(&key, &self.cache)?.save(&dir)?;
         if deep {
@@ -1569,7 +1605,7 @@ impl Host {
                 continue;
             };
             let result = match intent.operation {
-                Operation::Encrypt => self.encrypt(&vm, key).map(|_| ()),
+                Operation::Encrypt => self.encrypt(&vm, key, None).map(|_| ()),
                 Operation::Decrypt => self.decrypt(&vm).map(|_| ()),
                 Operation::DeepRekey => self.deep_rekey_disks(&dir, intent.disks),
             };

@@ -5,7 +5,7 @@ mod common;
 
 use common::{failed, key, ok};
 use tresor_agent::host::Host;
-use tresor_core::protocol::{Command, DiskSpec, PowerState, Reply, VmReport, VmSpec};
+use tresor_core::protocol::{Command, DiskLayout, DiskSpec, PowerState, Reply, VmReport, VmSpec};
 
 fn host(dir: &std::path::Path) -> Host {
     Host::open(common::config(dir)).unwrap()
@@ -149,6 +149,7 @@ fn a_plain_vm_is_encrypted_then_rekeyed_shallow_and_deep() {
     let report = vm(ok(h.handle(Command::Encrypt {
         vm: "db01".into(),
         key: k1.key.clone(),
+        disk_format: None,
     })));
     assert!(report.encrypted);
     assert_eq!(report.key_id, Some(k1.key.clone()));
@@ -156,17 +157,43 @@ fn a_plain_vm_is_encrypted_then_rekeyed_shallow_and_deep() {
         vm: "db01".into(),
         key: k2.key.clone(),
         deep: false,
+        disk_format: None,
     })));
     assert_eq!(report.key_id, Some(k2.key.clone()));
     let report = vm(ok(h.handle(Command::Rekey {
         vm: "db01".into(),
         key: k3.key.clone(),
         deep: true,
+        disk_format: None,
     })));
     assert_eq!(report.key_id, Some(k3.key.clone()));
+    assert_eq!(report.disk_formats, vec![DiskLayout::Qcow2]);
+    // A shallow rekey writes no disk, so it takes no disk format.
+    let (code, _) = failed(h.handle(Command::Rekey {
+        vm: "db01".into(),
+        key: k3.key.clone(),
+        deep: false,
+        disk_format: Some(DiskLayout::Luks),
+    }));
+    assert_eq!(code, "badRequest");
+    // A deep rekey to raw LUKS moves the qcow2 disk to a LUKS volume.
+    let k4 = key("k4", 4);
+    ok(h.handle(Command::PushKeys {
+        keys: vec![k4.clone()],
+    }));
+    let report = vm(ok(h.handle(Command::Rekey {
+        vm: "db01".into(),
+        key: k4.key.clone(),
+        deep: true,
+        disk_format: Some(DiskLayout::Luks),
+    })));
+    assert_eq!(report.disk_formats, vec![DiskLayout::Luks]);
+    assert!(report.disks[0].ends_with(".luks"), "{:?}", report.disks);
+    let head = std::fs::read(&report.disks[0]).unwrap();
+    assert_eq!(&head[..6], b"LUKS\xba\xbe");
     // Only the newest key is needed now.
     ok(h.handle(Command::ForgetKeys {
-        keys: vec![k1.key.clone(), k2.key.clone()],
+        keys: vec![k1.key.clone(), k2.key.clone(), k3.key.clone()],
     }));
     ok(h.handle(Command::PowerOn { vm: "db01".into() }));
     ok(h.handle(Command::PowerOff { vm: "db01".into() }));

@@ -305,3 +305,76 @@ fn a_raw_luks_disk_rekeyed_by_the_agent_reads_the_same_through_qemu() {
         .iter()
         .all(|b| *b == 0));
 }
+
+#[test]
+fn a_qcow2_disk_and_a_raw_image_move_to_raw_luks_with_their_data() {
+    use tresor_agent::disk::ImageFormat;
+    let dir = tempfile::tempdir().unwrap();
+    let tools = QemuTools::default();
+    let size: u64 = 24 << 20;
+    let writes = ["write -P 0x5a 0 1M", "write -P 0x6b 20M 512"];
+    let reads = [
+        "read -P 0x5a 0 1M",
+        "read -P 0x6b 20M 512",
+        "read -P 0 2M 1M",
+    ];
+    let read_back = |path: &Path, secret: &DiskSecret| {
+        let out = tools
+            .io(path, DiskFormat::RawLuks, Some(secret), &reads)
+            .unwrap();
+        assert!(!out.contains("Pattern verification failed"), "{out}");
+        assert_eq!(out.matches("read ").count(), 3, "{out}");
+    };
+
+    // A qcow2+LUKS disk (encrypt or deep rekey of a VM whose disks are to be raw LUKS).
+    let qcow = dir.path().join("d.qcow2");
+    tools
+        .create(&qcow, DiskFormat::Qcow2Luks, size, Some(&secret(1)))
+        .unwrap();
+    tools
+        .io(&qcow, DiskFormat::Qcow2Luks, Some(&secret(1)), &writes)
+        .unwrap();
+    let moved = dir.path().join("d.luks");
+    tools
+        .convert(
+            &qcow,
+            DiskFormat::Qcow2Luks,
+            Some(&secret(1)),
+            &moved,
+            DiskFormat::RawLuks,
+            Some(&secret(2)),
+        )
+        .unwrap();
+    read_back(&moved, &secret(2));
+    assert_eq!(
+        std::fs::metadata(&moved).unwrap().len(),
+        (2 << 20) + size,
+        "the volume is as large as the disk, after its 2 MiB header"
+    );
+
+    // A raw image imported into a raw LUKS disk.
+    let image = dir.path().join("image.raw");
+    tools.create(&image, DiskFormat::Qcow2, size, None).unwrap();
+    tools.io(&image, DiskFormat::Qcow2, None, &writes).unwrap();
+    let plain = dir.path().join("plain.raw");
+    let out = std::process::Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(&image)
+        .arg(&plain)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let imported = dir.path().join("imported.luks");
+    tools
+        .import(
+            &plain,
+            ImageFormat::Raw,
+            &imported,
+            DiskFormat::RawLuks,
+            Some(&secret(3)),
+        )
+        .unwrap();
+    read_back(&imported, &secret(3));
+    let raw = std::fs::read(&imported).unwrap();
+    assert!(!has_run(&raw, 0x5a, 4096), "plaintext in the volume");
+}

@@ -132,6 +132,10 @@ pub struct CryptoRequest {
     /// For a rekey: re-encrypt the disks too.
     #[serde(default)]
     pub deep: bool,
+    /// For encrypt and a deep rekey: how the VM's encrypted disks are stored from now on
+    /// (`qcow2` or `luks`; a deep rekey to `luks` moves its qcow2 disks to raw LUKS volumes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_format: Option<DiskFormat>,
 }
 
 /// `POST /api/v1/vms/adopt`: a powered-off libvirt domain of a host becomes a Tresor VM of the

@@ -371,6 +371,10 @@ enum VmSub {
         /// The key provider (default: the default provider).
         #[arg(long)]
         provider: Option<String>,
+        /// How its encrypted disks are stored: qcow2 (the default) or luks (LUKS1 volumes in
+        /// raw files, served by the host's fast data path).
+        #[arg(long, value_parser = ["qcow2", "luks"])]
+        disk_format: Option<String>,
         /// Say the task's id and return instead of following it.
         #[arg(long)]
         no_wait: bool,
@@ -401,6 +405,10 @@ enum VmSub {
         /// Also re-encrypt the disks under new disk keys (the VM must be powered off).
         #[arg(long)]
         deep: bool,
+        /// With --deep: store its disks as qcow2 or luks from now on (luks moves qcow2 disks to
+        /// LUKS1 volumes in raw files, served by the host's fast data path).
+        #[arg(long, value_parser = ["qcow2", "luks"], requires = "deep")]
+        disk_format: Option<String>,
         /// Say the task's id and return instead of following it.
         #[arg(long)]
         no_wait: bool,
@@ -820,18 +828,21 @@ pub fn run_vm(cmd: VmCommand) -> Result<(), CliError> {
         VmSub::Encrypt {
             name,
             provider,
+            disk_format,
             no_wait,
         } => {
-            let body = serde_json::json!({"provider": provider}).to_string();
+            let body =
+                serde_json::json!({"provider": provider, "diskFormat": disk_format}).to_string();
             let v = c.call("POST", &format!("/api/v1/vms/{name}/encrypt"), &body)?;
             crate::task::started(c, &v, no_wait)?;
         }
         VmSub::Rekey {
             name,
             deep,
+            disk_format,
             no_wait,
         } => {
-            let body = serde_json::json!({"deep": deep}).to_string();
+            let body = serde_json::json!({"deep": deep, "diskFormat": disk_format}).to_string();
             let v = c.call("POST", &format!("/api/v1/vms/{name}/rekey"), &body)?;
             crate::task::started(c, &v, no_wait)?;
         }

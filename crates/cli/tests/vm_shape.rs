@@ -105,3 +105,98 @@ fn cpus_and_memory_reach_qemu_and_impossible_ones_are_refused() {
     let (ok, _, _) = dev.cli(&["vm", "show", "db1"]);
     assert!(!ok, "a failed adoption leaves no VM");
 }
+
+/// How an encrypted VM's disks are stored is the operator's choice too: `--disk-format luks`
+/// makes LUKS1 volumes in raw files (served by the fast data path where the VM runs under KVM),
+/// a deep rekey with it moves qcow2 disks there with their data, and a format where no
+/// encrypted disk is written is refused before anything happens.
+#[test]
+fn disk_formats_are_chosen_at_create_and_moved_to_by_a_deep_rekey() {
+    let dev = Dev::start(1);
+    let (status, body) = dev.http(
+        "POST",
+        "/api/v1/vms",
+        &dev.token,
+        r#"{"name": "plainluks", "host": "host-1", "disks": [4194304], "diskFormat": "luks"}"#,
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("add --encrypt"), "{body}");
+    let vms = dev.ok(&["vm", "list", "-o", "json"]);
+    assert!(!vms.contains("plainluks"), "{vms}");
+
+    // Made as raw LUKS; under KVM its disk takes the fast data path.
+    dev.ok(&[
+        "vm",
+        "create",
+        "fast",
+        "--host",
+        "host-1",
+        "--disk",
+        "8M",
+        "--encrypt",
+        "--disk-format",
+        "luks",
+    ]);
+    let disk = &dev.vm("fast")["disks"][0];
+    assert_eq!(disk["format"], "luks", "{disk}");
+    assert!(
+        disk["path"].as_str().unwrap().ends_with("disk0.luks"),
+        "{disk}"
+    );
+    assert!(disk.get("dataPath").is_none(), "not running: {disk}");
+    dev.ok(&["vm", "power-on", "fast"]);
+    let kvm = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    let disk = &dev.vm("fast")["disks"][0];
+    assert_eq!(
+        disk["dataPath"],
+        if kvm { "fast" } else { "qemu" },
+        "{disk}"
+    );
+    dev.ok(&["vm", "power-off", "fast"]);
+
+    // A qcow2 VM with data on its disk moves to raw LUKS with a deep rekey.
+    dev.ok(&[
+        "vm",
+        "create",
+        "moves",
+        "--host",
+        "host-1",
+        "--disk",
+        "8M",
+        "--encrypt",
+    ]);
+    assert_eq!(dev.vm("moves")["disks"][0]["format"], "qcow2");
+    dev.ok(&["vm", "power-on", "moves"]);
+    let wrote = dev.guest_io("moves", "vd0", "write -P 0x3c 1M 64k");
+    assert!(wrote.contains("wrote 65536/65536"), "{wrote}");
+    dev.ok(&["vm", "power-off", "moves"]);
+    let (status, body) = dev.http(
+        "POST",
+        "/api/v1/vms/moves/rekey",
+        &dev.token,
+        r#"{"diskFormat": "luks"}"#,
+    );
+    assert_eq!(status, 400, "a shallow rekey writes no disk: {body}");
+    dev.ok(&["vm", "rekey", "moves", "--deep", "--disk-format", "luks"]);
+    let disk = &dev.vm("moves")["disks"][0];
+    assert_eq!(disk["format"], "luks", "{disk}");
+    let path = disk["path"].as_str().unwrap().to_owned();
+    assert!(path.ends_with(".luks"), "{path}");
+    let head = std::fs::read(&path).unwrap();
+    assert_eq!(&head[..6], b"LUKS\xba\xbe");
+    // Its data came along: decrypted (out of the raw LUKS volume into a plain qcow2 disk that
+    // QEMU's monitor can read on any accelerator), the pattern is there.
+    dev.ok(&["vm", "decrypt", "moves"]);
+    assert_eq!(dev.vm("moves")["disks"][0]["format"], "qcow2");
+    dev.ok(&["vm", "power-on", "moves"]);
+    let read = dev.guest_io("moves", "vd0", "read -P 0x3c 1M 64k");
+    assert!(
+        read.contains("read 65536/65536") && !read.contains("Pattern verification failed"),
+        "{read}"
+    );
+    dev.ok(&["vm", "power-off", "moves"]);
+}

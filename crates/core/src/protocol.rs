@@ -340,6 +340,9 @@ pub enum Command {
     Encrypt {
         vm: String,
         key: KeyRef,
+        /// How the VM's encrypted disks are stored from now on (unchanged when absent).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        disk_format: Option<DiskLayout>,
     },
     Decrypt {
         vm: String,
@@ -348,6 +351,9 @@ pub enum Command {
         vm: String,
         key: KeyRef,
         deep: bool,
+        /// For a deep rekey: how the VM's encrypted disks are stored from now on.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        disk_format: Option<DiskLayout>,
     },
     /// A new disk for a powered-off VM: encrypted with the VM's KEK, or with `disk.own_key`.
     AddDisk {

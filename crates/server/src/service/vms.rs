@@ -638,6 +638,7 @@ impl Vms<'_> {
             let body = CryptoRequest {
                 provider: req.provider.clone(),
                 deep: false,
+                disk_format: None,
             };
             let not_encrypted = |e: ServiceError| {
                 let message = format!(
@@ -1398,6 +1399,15 @@ impl Vms<'_> {
                 ))
             }
         };
+        let disk_format = body
+            .and_then(|b| b.disk_format)
+            .map(tresor_core::protocol::DiskLayout::from);
+        if disk_format.is_some() && !matches!(vm_op, VmOp::Encrypt | VmOp::DeepRekey) {
+            return Err(ServiceError::new(
+                ErrorCode::BadRequest,
+                "A disk format is for encrypt or a deep rekey (--deep): no other operation writes the disks",
+            ));
+        }
         let record = self.record(name)?;
         tresor_core::ops::check(name, vm_op, record.crypto_state, record.lock_reason)
             .map_err(|r| ServiceError::new(ErrorCode::VmLocked, r.message).de(r.message_de))?;
@@ -1439,12 +1449,17 @@ impl Vms<'_> {
                 };
                 keys::audit(cx, user, audited, Audited::Vm(name), &key)?;
                 if action == VmAction::Encrypt {
-                    Command::Encrypt { vm, key }
+                    Command::Encrypt {
+                        vm,
+                        key,
+                        disk_format,
+                    }
                 } else {
                     Command::Rekey {
                         vm,
                         key,
                         deep: vm_op == VmOp::DeepRekey,
+                        disk_format,
                     }
                 }
             }
