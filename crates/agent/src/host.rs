@@ -394,10 +394,14 @@ impl Host {
             PowerState::PoweredOff
         };
         let fast_disks = if power_state == PowerState::PoweredOn {
-            self.running
+            // A runtime without a fast data path opens every disk with QEMU's driver.
+            let mut fast = self
+                .running
                 .get(vm)
                 .map(|g| g.fast_disks())
-                .unwrap_or_default()
+                .unwrap_or_default();
+            fast.resize(file.disks.len(), false);
+            fast
         } else {
             Vec::new()
         };
