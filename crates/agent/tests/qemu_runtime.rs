@@ -3,27 +3,30 @@
 
 use std::time::Duration;
 
-use tresor_agent::disk::{DiskFormat, QemuTools};
+use tresor_agent::disk::{DiskFormat, DiskSecret, QemuTools};
 use tresor_agent::keycache::KeyCache;
 use tresor_agent::qemu::{QemuConfig, RunningVm};
 use tresor_agent::vmfile::{VmConfig, VmFile};
 use tresor_core::ids::KeyRef;
 
-#[test]
-fn data_written_through_a_running_vm_survives_power_off_and_on() {
-    let dir = tempfile::tempdir().unwrap();
-    let vm_dir = dir.path().join("web01");
+/// VM `name` in `root`, encrypted under a KEK held in the returned key cache, with one 8 MiB
+/// disk `file` of `format`: its folder, the cache and the disk's secret.
+fn encrypted_vm(
+    root: &std::path::Path,
+    name: &str,
+    file: &str,
+    format: DiskFormat,
+) -> (std::path::PathBuf, KeyCache, DiskSecret) {
+    let vm_dir = root.join(name);
     std::fs::create_dir_all(&vm_dir).unwrap();
-    let kek = KeyRef::new("kms", "web01-kek");
+    let kek = KeyRef::new("kms", &format!("{name}-kek"));
     let cache = KeyCache::new(16).unwrap();
     cache.insert(kek.clone(), &[0x42; 32]).unwrap();
     let mut vm = VmFile::new_encrypted(
-        "id-web01",
-        "web01",
+        &format!("id-{name}"),
+        name,
         &VmConfig {
             memory_mib: 64,
-            vcpus: 1,
-            networks: Vec::new(),
             ..Default::default()
         },
         &kek,
@@ -31,24 +34,20 @@ fn data_written_through_a_running_vm_survives_power_off_and_on() {
     )
     .unwrap();
     let secret = vm
-        .add_encrypted_disk(
-            "d0",
-            "disk0.qcow2",
-            DiskFormat::Qcow2Luks,
-            8 << 20,
-            None,
-            &cache,
-        )
+        .add_encrypted_disk("d0", file, format, 8 << 20, None, &cache)
         .unwrap();
     QemuTools::default()
-        .create(
-            &vm_dir.join("disk0.qcow2"),
-            DiskFormat::Qcow2Luks,
-            8 << 20,
-            Some(&secret),
-        )
+        .create(&vm_dir.join(file), format, 8 << 20, Some(&secret))
         .unwrap();
     vm.save(&vm_dir).unwrap();
+    (vm_dir, cache, secret)
+}
+
+#[test]
+fn data_written_through_a_running_vm_survives_power_off_and_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (vm_dir, cache, secret) =
+        encrypted_vm(dir.path(), "web01", "disk0.qcow2", DiskFormat::Qcow2Luks);
 
     let config = QemuConfig::default();
     let plan = VmFile::load(&vm_dir)
@@ -148,37 +147,9 @@ fn a_vm_that_dies_is_noticed() {
 #[test]
 fn a_raw_luks_disk_whose_fast_path_cannot_start_is_opened_by_qemus_driver() {
     let dir = tempfile::tempdir().unwrap();
-    let vm_dir = dir.path().join("db01");
-    std::fs::create_dir_all(&vm_dir).unwrap();
-    let kek = KeyRef::new("kms", "db01-kek");
-    let cache = KeyCache::new(16).unwrap();
-    cache.insert(kek.clone(), &[0x24; 32]).unwrap();
-    let mut vm = VmFile::new_encrypted(
-        "id-db01",
-        "db01",
-        &VmConfig {
-            memory_mib: 64,
-            ..Default::default()
-        },
-        &kek,
-        &cache,
-    )
-    .unwrap();
-    let secret = vm
-        .add_encrypted_disk(
-            "d0",
-            "disk0.luks",
-            DiskFormat::RawLuks,
-            8 << 20,
-            None,
-            &cache,
-        )
-        .unwrap();
+    let (vm_dir, cache, secret) =
+        encrypted_vm(dir.path(), "db01", "disk0.luks", DiskFormat::RawLuks);
     let disk = vm_dir.join("disk0.luks");
-    QemuTools::default()
-        .create(&disk, DiskFormat::RawLuks, 8 << 20, Some(&secret))
-        .unwrap();
-    vm.save(&vm_dir).unwrap();
     let plan = VmFile::load(&vm_dir)
         .unwrap()
         .prepare_power_on(&vm_dir, &cache)
