@@ -395,13 +395,13 @@ impl Host {
         };
         let fast_disks = if power_state == PowerState::PoweredOn {
             // A runtime without a fast data path opens every disk with QEMU's driver.
-            let mut fast = self
+            let mut paths = self
                 .running
-                .get(vm)
-                .map(|g| g.fast_disks())
+                .get_mut(vm)
+                .map(|g| g.data_paths())
                 .unwrap_or_default();
-            fast.resize(file.disks.len(), false);
-            fast
+            paths.resize(file.disks.len(), tresor_core::protocol::DataPath::Qemu);
+            paths
         } else {
             Vec::new()
         };
@@ -416,7 +416,7 @@ impl Host {
                     }
                 })
                 .collect(),
-            fast_disks,
+            data_paths: fast_disks,
             id: file.id.clone(),
             name: file.name.clone(),
             path: dir.display().to_string(),

@@ -215,8 +215,9 @@ pub struct RunningVm {
     pub nodes: Vec<String>,
     /// Left running when this handle is dropped (the agent stops, its VMs go on).
     detached: bool,
-    /// The fast data path's backends started for its disks (each ends when QEMU does).
-    backends: Vec<Child>,
+    /// The fast data path's backends started for its disks, by disk (each ends when QEMU
+    /// does), and whether one that ended early was said.
+    backends: Vec<(usize, Child, bool)>,
     /// Which of its disks the fast data path serves.
     pub fast_disks: Vec<bool>,
 }
@@ -571,7 +572,7 @@ impl RunningVm {
         match attached {
             Ok(_) => {
                 let _ = std::fs::remove_file(&socket);
-                self.backends.push(child);
+                self.backends.push((i, child, false));
                 Ok(())
             }
             Err(e) => {
@@ -586,7 +587,7 @@ impl RunningVm {
     /// that did not.
     fn reap_backends(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(5);
-        for child in &mut self.backends {
+        for (_, child, _) in &mut self.backends {
             while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -660,6 +661,43 @@ impl RunningVm {
             Process::Child(c) => matches!(c.try_wait(), Ok(None)),
             Process::Adopted { pid, qmp_socket } => adopted_alive(*pid, qmp_socket),
         }
+    }
+
+    /// The path each disk's data takes: a disk whose backend ended while QEMU runs is `Lost`
+    /// (said once in the log, with what to do).
+    pub fn data_paths(&mut self) -> Vec<tresor_core::protocol::DataPath> {
+        use tresor_core::protocol::DataPath;
+        let mut paths: Vec<DataPath> = self
+            .fast_disks
+            .iter()
+            .map(|fast| {
+                if *fast {
+                    DataPath::Fast
+                } else {
+                    DataPath::Qemu
+                }
+            })
+            .collect();
+        for (disk, child, said) in &mut self.backends {
+            let Ok(Some(status)) = child.try_wait() else {
+                continue;
+            };
+            if let Some(p) = paths.get_mut(*disk) {
+                *p = DataPath::Lost;
+            }
+            if !*said {
+                *said = true;
+                tracing::error!(
+                    vm = %self.name,
+                    disk = *disk,
+                    %status,
+                    "the fast data path of this disk ended while the VM runs: the guest's I/O to \
+                     it waits (every write it was told was done is in the file); power the VM \
+                     off and on"
+                );
+            }
+        }
+        paths
     }
 
     /// Runs a monitor (HMP) command, for example `qemu-io disk0 "read 0 512"` in tests.
@@ -814,7 +852,7 @@ impl crate::runtime::Guest for RunningVm {
         RunningVm::detach(*self)
     }
 
-    fn fast_disks(&self) -> Vec<bool> {
-        self.fast_disks.clone()
+    fn data_paths(&mut self) -> Vec<tresor_core::protocol::DataPath> {
+        RunningVm::data_paths(self)
     }
 }

@@ -96,8 +96,8 @@ pub trait Guest: Send + std::fmt::Debug {
     /// Leaves it running when the handle goes (the agent stops; the guest does not).
     fn detach(self: Box<Self>);
 
-    /// Which of its disks the fast data path serves, in order (empty: none).
-    fn fast_disks(&self) -> Vec<bool> {
+    /// The path each of its disks' data takes, in order (empty: QEMU's driver for all).
+    fn data_paths(&mut self) -> Vec<tresor_core::protocol::DataPath> {
         Vec::new()
     }
 }

@@ -92,8 +92,9 @@ pub struct Disk {
     /// volume in a raw file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
-    /// While the VM runs: `fast` (served by the host's fast data path) or `qemu` (opened by
-    /// QEMU's own driver).
+    /// While the VM runs: `fast` (served by the host's fast data path), `qemu` (opened by QEMU's
+    /// own driver) or `lost` (the fast data path's backend ended: the guest's I/O to the disk
+    /// waits; power the VM off and on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_path: Option<String>,
 }

@@ -192,7 +192,7 @@ impl SimHost {
             .iter()
             .map(|(name, key)| VmReport {
                 disk_formats: Vec::new(),
-                fast_disks: Vec::new(),
+                data_paths: Vec::new(),
                 id: format!("id-{name}"),
                 name: name.clone(),
                 path: format!("/datastore/{name}"),

@@ -406,8 +406,8 @@ fn killing_the_backend_mid_write_loses_no_acknowledged_write() {
     }
 }
 
-/// The arguments of each process whose command line holds all of `words`.
-fn processes_with(words: &[&str]) -> Vec<Vec<String>> {
+/// The id and arguments of each process whose command line holds all of `words`.
+fn processes_with(words: &[&str]) -> Vec<(String, Vec<String>)> {
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
@@ -419,10 +419,11 @@ fn processes_with(words: &[&str]) -> Vec<Vec<String>> {
                 .split(|b| *b == 0)
                 .map(|a| String::from_utf8_lossy(a).into_owned())
                 .collect();
+            let pid = e.file_name().to_string_lossy().into_owned();
             words
                 .iter()
                 .all(|w| args.iter().any(|a| a == w))
-                .then_some(args)
+                .then_some((pid, args))
         })
         .collect()
 }
@@ -437,6 +438,7 @@ fn the_qemu_runtime_serves_raw_luks_disks_through_the_fast_path_under_kvm_only()
     use tresor_agent::keycache::KeyCache;
     use tresor_agent::qemu::{kvm_available, QemuConfig, RunningVm};
     use tresor_agent::vmfile::{VmConfig, VmFile};
+    use tresor_core::protocol::DataPath;
 
     let dir = tempfile::tempdir().unwrap();
     let vm_dir = dir.path().join("fast01");
@@ -516,7 +518,7 @@ fn the_qemu_runtime_serves_raw_luks_disks_through_the_fast_path_under_kvm_only()
         .unwrap();
     assert_eq!(queues.trim(), "2");
     // The disk's secret reached the backend through a pipe: its arguments are these only.
-    for args in processes_with(&["agent", "blk", &disk_arg]) {
+    for (_, args) in processes_with(&["agent", "blk", &disk_arg]) {
         let flags: Vec<&str> = args[1..].iter().map(String::as_str).collect();
         let socket = vm_dir.join("vd0.sock").display().to_string();
         assert_eq!(
@@ -534,6 +536,15 @@ fn the_qemu_runtime_serves_raw_luks_disks_through_the_fast_path_under_kvm_only()
                 "tresor-vd0"
             ]
         );
+    }
+    assert_eq!(running.data_paths(), vec![DataPath::Fast]);
+    // A backend that dies while the VM runs is noticed and said.
+    let (pid, _) = processes_with(&["agent", "blk", &disk_arg]).remove(0);
+    Command::new("kill").args(["-9", &pid]).status().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while running.data_paths() != vec![DataPath::Lost] {
+        assert!(Instant::now() < deadline, "a dead backend went unnoticed");
+        std::thread::sleep(Duration::from_millis(50));
     }
     running.power_off(Duration::from_millis(200));
     let deadline = Instant::now() + Duration::from_secs(10);

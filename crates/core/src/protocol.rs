@@ -110,10 +110,32 @@ pub struct VmReport {
     /// How each disk is stored, in the order of `disks` (empty from an older agent).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub disk_formats: Vec<DiskLayout>,
-    /// Which disks of the running VM the fast data path serves, in the order of `disks`
-    /// (empty when it is not running).
+    /// Which path each disk's data takes while the VM runs, in the order of `disks` (empty when
+    /// it is not running).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub fast_disks: Vec<bool>,
+    pub data_paths: Vec<DataPath>,
+}
+
+/// The path a running VM's disk data takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataPath {
+    /// QEMU's own block driver.
+    Qemu,
+    /// The fast data path (a vhost-user backend of the agent's).
+    Fast,
+    /// The fast data path's backend ended while the VM runs: the guest's I/O to the disk waits.
+    Lost,
+}
+
+impl DataPath {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DataPath::Qemu => "qemu",
+            DataPath::Fast => "fast",
+            DataPath::Lost => "lost",
+        }
+    }
 }
 
 /// One key a VM needs, as the host sees it.

@@ -226,7 +226,7 @@ mod tests {
     fn report(id: &str, name: &str, keys: &[&str]) -> VmReport {
         VmReport {
             disk_formats: Vec::new(),
-            fast_disks: Vec::new(),
+            data_paths: Vec::new(),
             id: id.into(),
             name: name.into(),
             path: format!("/ds/{name}"),

@@ -40,7 +40,7 @@ async fn wait_until(what: &str, within: Duration, f: impl Fn() -> bool) {
 fn report(name: &str, key: &KeyRef, on_host: bool) -> VmReport {
     VmReport {
         disk_formats: Vec::new(),
-        fast_disks: Vec::new(),
+        data_paths: Vec::new(),
         id: format!("{name}-0123456789"),
         name: name.into(),
         path: format!("/datastore/{name}"),

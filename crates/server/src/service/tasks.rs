@@ -417,7 +417,7 @@ mod tests {
     fn report(encrypted: bool, key: Option<&str>, operation: Option<&str>) -> VmReport {
         VmReport {
             disk_formats: Vec::new(),
-            fast_disks: Vec::new(),
+            data_paths: Vec::new(),
             id: "id".into(),
             name: "vm".into(),
             path: "/ds/vm".into(),

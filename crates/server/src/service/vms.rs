@@ -157,10 +157,7 @@ pub fn vm_view(record: &VmRecord) -> Vm {
                         key_id: hk.map(|k| KeyId::of(&k.key)),
                         key_available: hk.map(|k| k.on_host).unwrap_or(true),
                         format: r.disk_formats.get(i).map(|f| f.as_str().to_owned()),
-                        data_path: r
-                            .fast_disks
-                            .get(i)
-                            .map(|fast| if *fast { "fast" } else { "qemu" }.to_owned()),
+                        data_path: r.data_paths.get(i).map(|p| p.as_str().to_owned()),
                     }
                 })
                 .collect()
