@@ -75,16 +75,16 @@ pub enum BlkError {
     DontDump(std::io::Error),
 }
 
-/// Whether [`protect_memory`] locks what this process maps from now on (until the backend is
-/// set up: the guest's memory, mapped later, is QEMU's to manage).
-static LOCKING_FUTURE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// This process locks what it maps from now on: given to [`serve`], which stops that once its
+/// ciphers and buffers exist (the guest's memory, mapped later, is QEMU's to manage).
+#[derive(Debug)]
+pub struct LockingMemory(());
 
 /// Keeps what this process holds from now on (the passphrase it reads, the key it unseals, the
 /// ciphers' key schedules, the buffers plaintext passes through) out of swap and core dumps:
 /// every page it has or maps is locked in RAM as it is touched, and the process is not dumpable.
-/// Call it before reading the passphrase; [`serve`] stops locking new mappings once its ciphers
-/// and buffers exist, before the guest's memory is mapped.
-pub fn protect_memory() -> Result<(), BlkError> {
+/// Call it before reading the passphrase, and give what it returns to [`serve`].
+pub fn protect_memory() -> Result<LockingMemory, BlkError> {
     use rustix::mm::MlockAllFlags;
     rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
         .map_err(|e| BlkError::DontDump(e.into()))?;
@@ -96,8 +96,7 @@ pub fn protect_memory() -> Result<(), BlkError> {
         .map_err(|e| BlkError::DontDump(e.into()))?;
     rustix::mm::mlockall(MlockAllFlags::CURRENT | MlockAllFlags::FUTURE | MlockAllFlags::ONFAULT)
         .map_err(|e| BlkError::Lock(e.into()))?;
-    LOCKING_FUTURE.store(true, std::sync::atomic::Ordering::SeqCst);
-    Ok(())
+    Ok(LockingMemory(()))
 }
 
 /// A raw LUKS1 disk opened for serving: its file, where its data starts, its size in sectors
@@ -628,18 +627,21 @@ impl VringT<Memory> for Vring {
 }
 
 /// Serves `disk` on the vhost-user socket `socket` (created; QEMU connects to it) until QEMU
-/// disconnects.
-pub fn serve(disk: Disk, socket: &Path, queues: usize, serial: &str) -> Result<(), BlkError> {
+/// disconnects. Its memory is protected first ([`protect_memory`]).
+pub fn serve(
+    disk: Disk,
+    socket: &Path,
+    queues: usize,
+    serial: &str,
+    _locking: LockingMemory,
+) -> Result<(), BlkError> {
     let shown = || socket.display().to_string();
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
     let backend = Backend::new(disk, queues, serial, mem.clone())?;
-    if LOCKING_FUTURE.swap(false, std::sync::atomic::Ordering::SeqCst) {
-        // What holds keys and plaintext stays locked; the guest's memory, mapped from here on,
-        // is not locked by this process.
-        use rustix::mm::MlockAllFlags;
-        rustix::mm::mlockall(MlockAllFlags::CURRENT | MlockAllFlags::ONFAULT)
-            .map_err(|e| BlkError::Lock(e.into()))?;
-    }
+    // What holds keys and plaintext stays locked; the guest's memory, mapped from here on, is
+    // not locked by this process.
+    rustix::mm::mlockall(rustix::mm::MlockAllFlags::CURRENT | rustix::mm::MlockAllFlags::ONFAULT)
+        .map_err(|e| BlkError::Lock(e.into()))?;
     let mut daemon =
         VhostUserDaemon::new("tresor-blk".into(), backend, mem).map_err(|e| BlkError::Serve {
             socket: shown(),

@@ -302,7 +302,7 @@ pub fn run_agent(cmd: AgentCommand) -> Result<(), CliError> {
             serial,
         }) => {
             use std::io::Read;
-            tresor_blk::protect_memory().map_err(|e| CliError::msg(e.to_string()))?;
+            let locking = tresor_blk::protect_memory().map_err(|e| CliError::msg(e.to_string()))?;
             let mut passphrase = zeroize::Zeroizing::new(Vec::new());
             std::io::stdin().read_to_end(&mut passphrase).map_err(|e| {
                 CliError::msg(format!(
@@ -318,7 +318,7 @@ pub fn run_agent(cmd: AgentCommand) -> Result<(), CliError> {
             let disk = tresor_blk::Disk::open(&disk, &passphrase)
                 .map_err(|e| CliError::msg(e.to_string()))?;
             drop(passphrase);
-            tresor_blk::serve(disk, &socket, queues, &serial)
+            tresor_blk::serve(disk, &socket, queues, &serial, locking)
                 .map_err(|e| CliError::msg(e.to_string()))
         }
         None => {
