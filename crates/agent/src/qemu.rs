@@ -15,7 +15,7 @@ use zeroize::Zeroizing;
 
 use crate::disk::DiskFormat;
 use crate::vmfile::PowerOnPlan;
-use tresor_core::protocol::NetworkSpec;
+use tresor_core::protocol::{DataPath, NetworkSpec};
 
 /// The most disks a VM has root ports for.
 pub use tresor_core::protocol::MAX_DISKS;
@@ -215,11 +215,10 @@ pub struct RunningVm {
     pub nodes: Vec<String>,
     /// Left running when this handle is dropped (the agent stops, its VMs go on).
     detached: bool,
-    /// The fast data path's backends started for its disks, by disk (each ends when QEMU
-    /// does), and whether one that ended early was said.
-    backends: Vec<(usize, Child, bool)>,
-    /// Which of its disks the fast data path serves.
-    pub fast_disks: Vec<bool>,
+    /// The fast data path's backends started for its disks, by disk (each ends when QEMU does).
+    backends: Vec<(usize, Child)>,
+    /// The path each disk's data takes, as last seen.
+    paths: Vec<DataPath>,
 }
 
 /// The QEMU process: started by this agent, or found running by it after a restart.
@@ -398,7 +397,7 @@ impl RunningVm {
             nodes: Vec::new(),
             detached: false,
             backends: Vec::new(),
-            fast_disks: Vec::new(),
+            paths: Vec::new(),
         };
         let fast_path = config.blk_backend.as_deref().filter(|_| fast);
         match vm.attach_disks(plan, run_dir, fast_path) {
@@ -427,7 +426,7 @@ impl RunningVm {
                 match self.attach_fast(i, program, &disk.path, secret, run_dir, queues) {
                     Ok(()) => {
                         self.nodes.push(node);
-                        self.fast_disks.push(true);
+                        self.paths.push(DataPath::Fast);
                         continue;
                     }
                     Err(e) => tracing::warn!(
@@ -437,7 +436,7 @@ impl RunningVm {
                     ),
                 }
             }
-            self.fast_disks.push(false);
+            self.paths.push(DataPath::Qemu);
             let file = json!({"driver": "file", "filename": disk.path.display().to_string()});
             let blockdev = match (&disk.secret, disk.format) {
                 (Some(secret), DiskFormat::Qcow2Luks | DiskFormat::RawLuks) => {
@@ -572,7 +571,7 @@ impl RunningVm {
         match attached {
             Ok(_) => {
                 let _ = std::fs::remove_file(&socket);
-                self.backends.push((i, child, false));
+                self.backends.push((i, child));
                 Ok(())
             }
             Err(e) => {
@@ -587,7 +586,7 @@ impl RunningVm {
     /// that did not.
     fn reap_backends(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(5);
-        for (_, child, _) in &mut self.backends {
+        for (_, child) in &mut self.backends {
             while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -621,13 +620,17 @@ impl RunningVm {
         let mut qmp =
             Qmp::connect(name, &qmp_socket, Instant::now() + Duration::from_secs(2)).ok()?;
         // Which disks the fast data path serves: those attached as vhost-user devices.
-        let fast_disks = (0..disks)
+        let paths = (0..disks)
             .map(|i| {
-                qmp.execute(
+                let kind = qmp.execute(
                     "qom-get",
                     json!({"path": format!("/machine/peripheral/vd{i}"), "property": "type"}),
-                )
-                .is_ok_and(|t| t == "vhost-user-blk-pci")
+                );
+                if kind.is_ok_and(|t| t == "vhost-user-blk-pci") {
+                    DataPath::Fast
+                } else {
+                    DataPath::Qemu
+                }
             })
             .collect();
         Some(RunningVm {
@@ -638,7 +641,7 @@ impl RunningVm {
             nodes: (0..disks).map(|i| format!("disk{i}")).collect(),
             detached: false,
             backends: Vec::new(),
-            fast_disks,
+            paths,
         })
     }
 
@@ -665,28 +668,13 @@ impl RunningVm {
 
     /// The path each disk's data takes: a disk whose backend ended while QEMU runs is `Lost`
     /// (said once in the log, with what to do).
-    pub fn data_paths(&mut self) -> Vec<tresor_core::protocol::DataPath> {
-        use tresor_core::protocol::DataPath;
-        let mut paths: Vec<DataPath> = self
-            .fast_disks
-            .iter()
-            .map(|fast| {
-                if *fast {
-                    DataPath::Fast
-                } else {
-                    DataPath::Qemu
-                }
-            })
-            .collect();
-        for (disk, child, said) in &mut self.backends {
+    pub fn data_paths(&mut self) -> Vec<DataPath> {
+        for (disk, child) in &mut self.backends {
             let Ok(Some(status)) = child.try_wait() else {
                 continue;
             };
-            if let Some(p) = paths.get_mut(*disk) {
-                *p = DataPath::Lost;
-            }
-            if !*said {
-                *said = true;
+            if let Some(path) = self.paths.get_mut(*disk).filter(|p| **p != DataPath::Lost) {
+                *path = DataPath::Lost;
                 tracing::error!(
                     vm = %self.name,
                     disk = *disk,
@@ -697,7 +685,7 @@ impl RunningVm {
                 );
             }
         }
-        paths
+        self.paths.clone()
     }
 
     /// Runs a monitor (HMP) command, for example `qemu-io disk0 "read 0 512"` in tests.
@@ -852,7 +840,7 @@ impl crate::runtime::Guest for RunningVm {
         RunningVm::detach(*self)
     }
 
-    fn data_paths(&mut self) -> Vec<tresor_core::protocol::DataPath> {
+    fn data_paths(&mut self) -> Vec<DataPath> {
         RunningVm::data_paths(self)
     }
 }

@@ -8,6 +8,7 @@ use tresor_agent::keycache::KeyCache;
 use tresor_agent::qemu::{QemuConfig, RunningVm};
 use tresor_agent::vmfile::{VmConfig, VmFile};
 use tresor_core::ids::KeyRef;
+use tresor_core::protocol::DataPath;
 
 /// VM `name` in `root`, encrypted under a KEK held in the returned key cache, with one 8 MiB
 /// disk `file` of `format`: its folder, the cache and the disk's secret.
@@ -171,7 +172,7 @@ fn a_raw_luks_disk_whose_fast_path_cannot_start_is_opened_by_qemus_driver() {
         ..QemuConfig::default()
     };
     let mut running = RunningVm::start(&config, "db01", &vm_dir, &plan).unwrap();
-    assert_eq!(running.fast_disks, vec![false]);
+    assert_eq!(running.data_paths(), vec![DataPath::Qemu]);
     if tresor_agent::qemu::kvm_available() {
         // Under KVM the backend was tried, and what it said is kept.
         let said = std::fs::read_to_string(vm_dir.join("vd0.log")).unwrap();

@@ -489,7 +489,7 @@ fn the_qemu_runtime_serves_raw_luks_disks_through_the_fast_path_under_kvm_only()
         ..QemuConfig::default()
     };
     let mut running = RunningVm::start(&tcg, "fast01", &vm_dir, &plan()).unwrap();
-    assert_eq!(running.fast_disks, vec![false]);
+    assert_eq!(running.data_paths(), vec![DataPath::Qemu]);
     assert_eq!(backends(), 0);
     let kind = running
         .human_command("qom-get /machine/peripheral/vd0 type")
@@ -506,7 +506,7 @@ fn the_qemu_runtime_serves_raw_luks_disks_through_the_fast_path_under_kvm_only()
         ..tcg
     };
     let mut running = RunningVm::start(&kvm, "fast01", &vm_dir, &plan()).unwrap();
-    assert_eq!(running.fast_disks, vec![true]);
+    assert_eq!(running.data_paths(), vec![DataPath::Fast]);
     assert_eq!(backends(), 1, "one backend serves the disk");
     let kind = running
         .human_command("qom-get /machine/peripheral/vd0 type")
@@ -537,8 +537,16 @@ fn the_qemu_runtime_serves_raw_luks_disks_through_the_fast_path_under_kvm_only()
             ]
         );
     }
-    assert_eq!(running.data_paths(), vec![DataPath::Fast]);
+    // The backend ends with the VM.
+    running.power_off(Duration::from_millis(200));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while backends() > 0 {
+        assert!(Instant::now() < deadline, "the backend outlived the VM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
     // A backend that dies while the VM runs is noticed and said.
+    let mut running = RunningVm::start(&kvm, "fast01", &vm_dir, &plan()).unwrap();
     let (pid, _) = processes_with(&["agent", "blk", &disk_arg]).remove(0);
     Command::new("kill").args(["-9", &pid]).status().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -547,9 +555,4 @@ fn the_qemu_runtime_serves_raw_luks_disks_through_the_fast_path_under_kvm_only()
         std::thread::sleep(Duration::from_millis(50));
     }
     running.power_off(Duration::from_millis(200));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while backends() > 0 {
-        assert!(Instant::now() < deadline, "the backend outlived the VM");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
