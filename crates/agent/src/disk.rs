@@ -39,6 +39,14 @@ impl DiskFormat {
         }
     }
 
+    /// How a VM stores disks of this format.
+    pub fn layout(&self) -> tresor_core::protocol::DiskLayout {
+        match self {
+            DiskFormat::RawLuks => tresor_core::protocol::DiskLayout::Luks,
+            DiskFormat::Qcow2Luks | DiskFormat::Qcow2 => tresor_core::protocol::DiskLayout::Qcow2,
+        }
+    }
+
     /// The extension of its files' names.
     pub fn extension(&self) -> &'static str {
         match self {
@@ -367,12 +375,11 @@ impl QemuTools {
             .map(|_| ())
     }
 
-    /// The `qemu-img convert` arguments that write a copy of `from` to `to` in `to_format`. A
-    /// raw LUKS target is made here first, with the header Tresor writes (no key-stretching
-    /// benchmark), and QEMU's driver writes into it.
+    /// The `qemu-img convert` arguments that write a copy of a disk of `size` bytes (asked only
+    /// when needed) to `to` in `to_format`. A raw LUKS target is made here first, with the
+    /// header Tresor writes (no key-stretching benchmark), and QEMU's driver writes into it.
     fn target(
-        &self,
-        from: &Path,
+        size: impl FnOnce() -> Result<u64, DiskError>,
         to: &Path,
         to_format: DiskFormat,
         to_secret: Option<&DiskSecret>,
@@ -380,39 +387,12 @@ impl QemuTools {
         let (DiskFormat::RawLuks, Some(secret)) = (to_format, to_secret) else {
             return Self::target_args(to, to_format, to_secret.is_some());
         };
-        let size = self.virtual_size(from)?;
-        crate::rawluks::create(to, size, secret)?;
+        crate::rawluks::create(to, size()?, secret)?;
         Ok(vec![
             "-n".into(),
             "--target-image-opts".into(),
             Self::image_opts(to, DiskFormat::RawLuks, "dst"),
         ])
-    }
-
-    /// The size of the disk image at `path` as its guest sees it (`qemu-img info`, which needs
-    /// no secret for it).
-    fn virtual_size(&self, path: &Path) -> Result<u64, DiskError> {
-        let out = Command::new(&self.qemu_img)
-            .args(["info", "--output=json"])
-            .arg(path)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|source| DiskError::Spawn {
-                tool: self.qemu_img.display().to_string(),
-                source,
-            })?;
-        let fail = |message: String| DiskError::Tool {
-            tool: "qemu-img info".into(),
-            path: path.display().to_string(),
-            message,
-        };
-        if !out.status.success() {
-            return Err(fail(String::from_utf8_lossy(&out.stderr).trim().to_owned()));
-        }
-        serde_json::from_slice::<serde_json::Value>(&out.stdout)
-            .ok()
-            .and_then(|v| v.get("virtual-size").and_then(|s| s.as_u64()))
-            .ok_or_else(|| fail("no virtual size in its answer".into()))
     }
 
     /// The `qemu-img convert` arguments that make `to` in `to_format`, its secret (when it has
@@ -450,10 +430,9 @@ impl QemuTools {
         Ok(args)
     }
 
-    /// What the image at `path` (an upload, untrusted) is: a raw or qcow2 image standing alone
-    /// (no backing file, no external data file, not encrypted), probed by `qemu-img info` under
-    /// limits of memory and CPU time, as a crafted image can make it use much of both.
-    pub fn probe_image(&self, path: &Path) -> Result<ImageInfo, DiskError> {
+    /// What `qemu-img info` says of the image at `path`, run under limits of memory and CPU
+    /// time, as a crafted image can make it use much of both.
+    fn image_info(&self, path: &Path) -> Result<serde_json::Value, DiskError> {
         let tool = self.qemu_img.display().to_string();
         let refuse = |message: String| DiskError::Tool {
             tool: "qemu-img".into(),
@@ -477,8 +456,24 @@ impl QemuTools {
                 String::from_utf8_lossy(&out.stderr).trim()
             )));
         }
-        let info: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .map_err(|e| refuse(format!("unreadable image information: {e}")))?;
+        serde_json::from_slice(&out.stdout)
+            .map_err(|e| refuse(format!("unreadable image information: {e}")))
+    }
+
+    /// The size of the disk image at `path` as its guest sees it (no secret needed for it).
+    fn virtual_size(&self, path: &Path) -> Result<u64, DiskError> {
+        size_in(&self.image_info(path)?, path)
+    }
+
+    /// What the image at `path` (an upload, untrusted) is: a raw or qcow2 image standing alone
+    /// (no backing file, no external data file, not encrypted).
+    pub fn probe_image(&self, path: &Path) -> Result<ImageInfo, DiskError> {
+        let refuse = |message: String| DiskError::Tool {
+            tool: "qemu-img".into(),
+            path: path.display().to_string(),
+            message,
+        };
+        let info = self.image_info(path)?;
         let format = match info.get("format").and_then(|f| f.as_str()) {
             Some("raw") => ImageFormat::Raw,
             Some("qcow2") => ImageFormat::Qcow2,
@@ -504,23 +499,18 @@ impl QemuTools {
                 "the image is encrypted; import it unencrypted, and Tresor encrypts it with the VM's keys".into(),
             ));
         }
-        let virtual_size = info
-            .get("virtual-size")
-            .and_then(|v| v.as_u64())
-            .filter(|&v| v > 0)
-            .ok_or_else(|| refuse("the image has no size".into()))?;
         Ok(ImageInfo {
             format,
-            virtual_size,
+            virtual_size: size_in(&info, path)?,
         })
     }
 
-    /// Copies an image (probed by [`QemuTools::probe_image`]) into a new disk, encrypted when
-    /// `to_secret` is given.
+    /// Copies an image (`image`, what [`QemuTools::probe_image`] found) into a new disk,
+    /// encrypted when `to_secret` is given.
     pub fn import(
         &self,
         from: &Path,
-        from_format: ImageFormat,
+        image: &ImageInfo,
         to: &Path,
         to_format: DiskFormat,
         to_secret: Option<&DiskSecret>,
@@ -529,12 +519,17 @@ impl QemuTools {
         if to_secret.is_some() {
             args.extend(["--object".into(), "secret,id=dst,file=/dev/fd/3".into()]);
         }
-        let source = match from_format {
+        let source = match image.format {
             ImageFormat::Raw => "raw",
             ImageFormat::Qcow2 => "qcow2",
         };
         args.extend(["-f".into(), source.into(), from.display().to_string()]);
-        args.extend(self.target(from, to, to_format, to_secret)?);
+        args.extend(Self::target(
+            || Ok(image.virtual_size),
+            to,
+            to_format,
+            to_secret,
+        )?);
         // Its progress tells the server how far the copy has come.
         args.insert(1, "-p".into());
         crate::progress::copied(0);
@@ -588,13 +583,30 @@ impl QemuTools {
             "--image-opts".into(),
             Self::image_opts(from, from_format, &source_secret),
         ]);
-        args.extend(self.target(from, to, to_format, to_secret)?);
+        args.extend(Self::target(
+            || self.virtual_size(from),
+            to,
+            to_format,
+            to_secret,
+        )?);
         // Its progress tells the server the copy goes on, however long it takes.
         args.insert(1, "-p".into());
         crate::progress::copied(0);
         self.run_reporting(&self.qemu_img, &args, &secrets, from, true)
             .map(|_| ())
     }
+}
+
+/// The virtual size in `qemu-img info`'s answer `info` about the image at `path`.
+fn size_in(info: &serde_json::Value, path: &Path) -> Result<u64, DiskError> {
+    info.get("virtual-size")
+        .and_then(|v| v.as_u64())
+        .filter(|&v| v > 0)
+        .ok_or_else(|| DiskError::Tool {
+            tool: "qemu-img".into(),
+            path: path.display().to_string(),
+            message: "the image has no size".into(),
+        })
 }
 
 /// Runs `cmd` to its end like `Command::output`, reading its standard output as it comes and

@@ -134,8 +134,8 @@ pub enum Step {
     OldRemoved,
 }
 
-/// The name of the next generation of a disk's image: `disk0.qcow2` → `disk0.g1.qcow2` → `disk0.g2.qcow2`.
-/// The file of the next generation of disk file `file`, in a format of extension `ext`.
+/// The name of the next generation of a disk's image, in a format of extension `ext`:
+/// `disk0.qcow2` → `disk0.g1.qcow2` → `disk0.g2.luks`.
 fn next_file(file: &str, ext: &str) -> String {
     let (stem, _) = file.rsplit_once('.').unwrap_or((file, ""));
     let (base, generation) = match stem.rsplit_once(".g") {

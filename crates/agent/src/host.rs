@@ -393,7 +393,7 @@ impl Host {
         } else {
             PowerState::PoweredOff
         };
-        let fast_disks = if power_state == PowerState::PoweredOn {
+        let data_paths = if power_state == PowerState::PoweredOn {
             // A runtime without a fast data path opens every disk with QEMU's driver.
             let mut paths = self
                 .running
@@ -406,17 +406,8 @@ impl Host {
             Vec::new()
         };
         VmReport {
-            disk_formats: file
-                .disks
-                .iter()
-                .map(|d| match d.format {
-                    DiskFormat::RawLuks => tresor_core::protocol::DiskLayout::Luks,
-                    DiskFormat::Qcow2Luks | DiskFormat::Qcow2 => {
-                        tresor_core::protocol::DiskLayout::Qcow2
-                    }
-                })
-                .collect(),
-            data_paths: fast_disks,
+            disk_formats: file.disks.iter().map(|d| d.format.layout()).collect(),
+            data_paths,
             id: file.id.clone(),
             name: file.name.clone(),
             path: dir.display().to_string(),
@@ -721,13 +712,9 @@ impl Host {
             );
             for (i, ((path, _), info)) in shape.disks.iter().zip(&infos).enumerate() {
                 let name = format!("disk{i}.qcow2");
-                self.config.tools.import(
-                    path,
-                    info.format,
-                    &dir.join(&name),
-                    DiskFormat::Qcow2,
-                    None,
-                )?;
+                self.config
+                    .tools
+                    .import(path, info, &dir.join(&name), DiskFormat::Qcow2, None)?;
                 file.disks.push(DiskEntry {
                     id: format!("d{i}"),
                     file: name,
@@ -1061,7 +1048,7 @@ impl Host {
             dir,
             info.virtual_size,
             None,
-            |path, format, secret| tools.import(staging, info.format, path, format, secret),
+            |path, format, secret| tools.import(staging, &info, path, format, secret),
         )?;
         // The boot disk first.
         if let Some(entry) = file.disks.pop() {
@@ -1139,40 +1126,15 @@ impl Host {
                 None => VmFile::new_plain(&id, &spec.name, config.clone()),
             };
             file.disk_format = spec.disk_format;
-            let encrypted_format = DiskFormat::encrypted(spec.disk_format);
-            for (i, d) in spec.disks.iter().enumerate() {
-                let format = if file.encrypted {
-                    encrypted_format
-                } else {
-                    DiskFormat::Qcow2
-                };
-                let name = format!("disk{i}.{}", format.extension());
-                let path = dir.join(&name);
-                if file.encrypted {
-                    let secret = file.add_encrypted_disk(
-                        &format!("d{i}"),
-                        &name,
-                        format,
-                        d.size,
-                        d.own_key.clone(),
-                        &self.cache,
-                    )?;
-                    self.config
-                        .tools
-                        .create(&path, format, d.size, Some(&secret))?;
-                } else {
-                    file.disks.push(DiskEntry {
-                        id: format!("d{i}"),
-                        file: name,
-                        format: DiskFormat::Qcow2,
-                        size: d.size,
-                        key_id: None,
-                        wrapped_secret: None,
-                    });
-                    self.config
-                        .tools
-                        .create(&path, DiskFormat::Qcow2, d.size, None)?;
-                }
+            let tools = self.config.tools.clone();
+            for d in &spec.disks {
+                self.new_disk(
+                    &mut file,
+                    &dir,
+                    d.size,
+                    d.own_key.clone(),
+                    |path, format, secret| tools.create(path, format, d.size, secret),
+                )?;
             }
             file.save(&dir)?;
             Ok(())
@@ -1242,11 +1204,7 @@ impl Host {
         while file.disks.iter().any(|d| d.id == format!("d{i}")) {
             i += 1;
         }
-        let format = if file.encrypted {
-            DiskFormat::encrypted(file.disk_format)
-        } else {
-            DiskFormat::Qcow2
-        };
+        let format = file.new_disk_format();
         let name = format!("disk{i}.{}", format.extension());
         let path = dir.join(&name);
         // A leftover of an interrupted addition is not named by vm.json: replace it.

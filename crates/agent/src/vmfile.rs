@@ -24,8 +24,7 @@ use zeroize::Zeroizing;
 use crate::disk::{DiskFormat, DiskSecret};
 use crate::keycache::KeyCache;
 use crate::wrap::{self, Purpose, WrapError};
-use tresor_core::protocol::DiskLayout;
-use tresor_core::protocol::{NetworkSpec, MAX_CMDLINE};
+use tresor_core::protocol::{DiskLayout, NetworkSpec, MAX_CMDLINE};
 
 /// The name of a VM's config file.
 pub const CONFIG_FILE: &str = "vm.json";
@@ -322,6 +321,16 @@ impl VmFile {
             source: std::io::Error::other(e),
         })?;
         write_atomic(&dir.join(CONFIG_FILE), &text)
+    }
+
+    /// The format of a new disk of this VM: its disk format when it is encrypted, plain qcow2
+    /// when not.
+    pub fn new_disk_format(&self) -> DiskFormat {
+        if self.encrypted {
+            DiskFormat::encrypted(self.disk_format)
+        } else {
+            DiskFormat::Qcow2
+        }
     }
 
     /// A new, unencrypted VM.

@@ -308,7 +308,6 @@ fn a_raw_luks_disk_rekeyed_by_the_agent_reads_the_same_through_qemu() {
 
 #[test]
 fn a_qcow2_disk_and_a_raw_image_move_to_raw_luks_with_their_data() {
-    use tresor_agent::disk::ImageFormat;
     let dir = tempfile::tempdir().unwrap();
     let tools = QemuTools::default();
     let size: u64 = 24 << 20;
@@ -368,7 +367,7 @@ fn a_qcow2_disk_and_a_raw_image_move_to_raw_luks_with_their_data() {
     tools
         .import(
             &plain,
-            ImageFormat::Raw,
+            &tools.probe_image(&plain).unwrap(),
             &imported,
             DiskFormat::RawLuks,
             Some(&secret(3)),
