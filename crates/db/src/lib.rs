@@ -24,6 +24,7 @@ pub mod migrate;
 pub mod postgres;
 pub mod sqlite;
 pub mod testing;
+mod tls;
 
 pub use migrate::Migration;
 
@@ -62,7 +63,20 @@ impl DbError {
                 Some(detail) => DbError::Postgres(format!("{} ({detail})", db.message())),
                 None => DbError::Postgres(db.message().to_owned()),
             },
-            None => DbError::Postgres(e.to_string()),
+            // The driver's own message names the step ("error performing TLS handshake"), its
+            // sources the cause.
+            None => {
+                let mut text = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    let said = s.to_string();
+                    if !text.contains(&said) {
+                        text = format!("{text}: {said}");
+                    }
+                    source = s.source();
+                }
+                DbError::Postgres(text)
+            }
         }
     }
 }

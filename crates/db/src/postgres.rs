@@ -13,7 +13,8 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::runtime::Handle;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
-use tokio_postgres::{Client, Config, NoTls, Statement};
+use tokio_postgres::{Client, Config, Statement};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::{Backend, Conn, DbError, Dialect, Row, Value};
 
@@ -111,10 +112,17 @@ struct Sessions {
     open: usize,
 }
 
+/// How a session is opened: the driver's settings and the TLS connector.
+#[derive(Clone)]
+struct Connect {
+    config: Config,
+    tls: MakeRustlsConnect,
+}
+
 /// A PostgreSQL database.
 pub struct Postgres {
     location: String,
-    config: Config,
+    connect: Connect,
     runtime: Option<tokio::runtime::Runtime>,
     handle: Handle,
     write: Mutex<Option<Session>>,
@@ -184,11 +192,12 @@ fn run<T: Send + 'static>(
 }
 
 /// Opens a connection.
-fn open_session(handle: &Handle, config: &Config) -> Result<Session, DbError> {
-    let config = config.clone();
+fn open_session(handle: &Handle, connect: &Connect) -> Result<Session, DbError> {
+    let config = connect.config.clone();
+    let tls = connect.tls.clone();
     let spawner = handle.clone();
     let client = run(handle, async move {
-        let (client, connection) = config.connect(NoTls).await?;
+        let (client, connection) = config.connect(tls).await?;
         spawner.spawn(async move {
             if let Err(e) = connection.await {
                 tracing::warn!(error = %e, "the connection to PostgreSQL ended");
@@ -203,12 +212,17 @@ fn open_session(handle: &Handle, config: &Config) -> Result<Session, DbError> {
 }
 
 impl Postgres {
-    /// Connects to `url` (`postgres://USER@HOST:PORT/DB`, no password in it: `password`).
+    /// Connects to `url` (`postgres://USER@HOST:PORT/DB`, TLS as libpq's `sslmode`,
+    /// `sslrootcert`, `sslcert` and `sslkey` say; no password in it: `password`).
     pub fn connect(url: &str, password: Option<&str>) -> Result<Postgres, DbError> {
-        let mut config = Config::from_str(url).map_err(|e| DbError::Open {
+        let invalid = |reason: String| DbError::Open {
             location: "(the PostgreSQL connection string)".into(),
-            reason: format!("the connection string is invalid: {e}"),
-        })?;
+            reason,
+        };
+        let (url, tls) = crate::tls::split(url)
+            .map_err(|e| invalid(format!("the connection string is invalid: {e}")))?;
+        let mut config = Config::from_str(&url)
+            .map_err(|e| invalid(format!("the connection string is invalid: {e}")))?;
         let location = without_password(&config);
         if config.get_password().is_some() {
             return Err(DbError::Open {
@@ -216,10 +230,22 @@ impl Postgres {
                 reason: "the connection string holds a password; give it in a file instead (database_password_file)".into(),
             });
         }
+        let (mode, connector) = tls.connector().map_err(|reason| DbError::Open {
+            location: location.clone(),
+            reason,
+        })?;
+        if tls.unverified() && !local(&config) {
+            tracing::warn!(
+                database = %location,
+                sslmode = tls.mode.as_str(),
+                "the connection to PostgreSQL is not checked: whoever sits between this host and the database can read and change what passes; add sslmode=verify-full&sslrootcert=CA.pem to the connection string"
+            );
+        }
         if let Some(p) = password {
             config.password(p.trim_end_matches(['\n', '\r']));
         }
         config
+            .ssl_mode(mode)
             .connect_timeout(CONNECT_TIMEOUT)
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(30))
@@ -234,14 +260,18 @@ impl Postgres {
                 reason: format!("cannot start its runtime: {e}"),
             })?;
         let handle = runtime.handle().clone();
+        let connect = Connect {
+            config,
+            tls: connector,
+        };
         // Fail now, not on the first statement, when the database cannot be reached.
-        let session = open_session(&handle, &config).map_err(|e| DbError::Open {
+        let session = open_session(&handle, &connect).map_err(|e| DbError::Open {
             location: location.clone(),
-            reason: e.to_string(),
+            reason: explain(e, &tls),
         })?;
         Ok(Postgres {
             location,
-            config,
+            connect,
             runtime: Some(runtime),
             handle,
             write: Mutex::new(Some(session)),
@@ -249,6 +279,39 @@ impl Postgres {
             side: Pool::default(),
         })
     }
+}
+
+/// Whether every host of the connection is this machine (a Unix socket or a loopback address),
+/// where nobody sits between.
+fn local(config: &Config) -> bool {
+    config.get_hosts().iter().all(|h| match h {
+        tokio_postgres::config::Host::Unix(_) => true,
+        tokio_postgres::config::Host::Tcp(h) => {
+            h == "localhost"
+                || h.trim_matches(['[', ']'])
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|a| a.is_loopback())
+        }
+    })
+}
+
+/// A failed first connection, with what to do where TLS is the cause.
+fn explain(e: DbError, tls: &crate::tls::TlsSettings) -> String {
+    let text = e.to_string();
+    let hint = if text.contains("server does not support TLS") {
+        " (the database server has TLS off: turn on ssl in postgresql.conf, or write sslmode=disable if the connection never leaves this machine)"
+    } else if text.contains("not valid for name") {
+        " (the database server's certificate does not name the host in the connection string: connect by a name it holds, or write sslmode=verify-ca to check the chain only)"
+    } else if text.contains("invalid peer certificate") {
+        " (check that sslrootcert is the CA that issued the database server's certificate)"
+    } else if text.contains("pg_hba.conf") && text.contains("no encryption") {
+        " (the database server takes only TLS connections from this host: remove sslmode=disable)"
+    } else if text.contains("requires a valid client certificate") && tls.cert.is_none() {
+        " (give this host's client certificate and its key: sslcert=FILE&sslkey=FILE in the connection string)"
+    } else {
+        ""
+    };
+    format!("{text}{hint}")
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -349,7 +412,7 @@ impl Conn for PgConn<'_> {
 /// A connection a worker keeps ([`Backend::connect`]); opened again when found closed.
 struct OwnedSession {
     handle: Handle,
-    config: Config,
+    connect: Connect,
     session: RefCell<Session>,
 }
 
@@ -357,7 +420,7 @@ impl OwnedSession {
     fn with<T>(&self, f: impl FnOnce(&PgConn<'_>) -> Result<T, DbError>) -> Result<T, DbError> {
         let mut session = self.session.borrow_mut();
         if session.client.is_closed() {
-            *session = open_session(&self.handle, &self.config)?;
+            *session = open_session(&self.handle, &self.connect)?;
         }
         f(&PgConn {
             handle: &self.handle,
@@ -407,7 +470,7 @@ impl Postgres {
         };
         let opened = match idle.filter(|s| !s.client.is_closed()) {
             Some(s) => Ok(s),
-            None => open_session(&self.handle, &self.config),
+            None => open_session(&self.handle, &self.connect),
         };
         let mut session = match opened {
             Ok(s) => s,
@@ -445,7 +508,7 @@ impl Backend for Postgres {
     fn transaction(&self, f: &mut dyn FnMut(&dyn Conn) -> bool) -> Result<(), DbError> {
         let mut guard = lock(&self.write);
         if guard.as_ref().is_none_or(|s| s.client.is_closed()) {
-            *guard = Some(open_session(&self.handle, &self.config)?);
+            *guard = Some(open_session(&self.handle, &self.connect)?);
         }
         let session = guard.as_mut().expect("opened above");
         let conn = PgConn {
@@ -482,8 +545,8 @@ impl Backend for Postgres {
     fn connect(&self) -> Result<Box<dyn Conn + Send>, DbError> {
         Ok(Box::new(OwnedSession {
             handle: self.handle.clone(),
-            config: self.config.clone(),
-            session: RefCell::new(open_session(&self.handle, &self.config)?),
+            connect: self.connect.clone(),
+            session: RefCell::new(open_session(&self.handle, &self.connect)?),
         }))
     }
 
@@ -521,7 +584,18 @@ impl Backend for Postgres {
 
 #[cfg(test)]
 mod tests {
-    use super::numbered;
+    use super::{local, numbered};
+
+    #[test]
+    fn only_loopback_addresses_and_sockets_are_local() {
+        let local = |url: &str| local(&url.parse().unwrap());
+        assert!(local("postgres://t@127.0.0.1/x"));
+        assert!(local("postgres://t@localhost/x"));
+        assert!(local("postgres://t@[::1]:5432/x"));
+        assert!(local("host=/run/postgresql user=t"));
+        assert!(!local("postgres://t@db.example/x"));
+        assert!(!local("postgres://t@10.0.0.1,127.0.0.1/x"));
+    }
 
     #[test]
     fn numbered_parameters_become_dollars_outside_quotes() {

@@ -35,6 +35,18 @@ fn admin_location() -> Location {
     Location::Postgres { url, password }
 }
 
+/// `url` with its database replaced by `name` (its query, TLS settings among them, kept).
+pub fn with_database(url: &str, name: &str) -> String {
+    let (rest, query) = url
+        .split_once('?')
+        .map_or((url, None), |(r, q)| (r, Some(q)));
+    let base = rest.rsplit_once('/').map_or(rest, |(b, _)| b);
+    match query {
+        Some(q) => format!("{base}/{name}?{q}"),
+        None => format!("{base}/{name}"),
+    }
+}
+
 impl ScratchPostgres {
     /// A new, empty database.
     pub fn new() -> ScratchPostgres {
@@ -56,9 +68,8 @@ impl ScratchPostgres {
         let Location::Postgres { url, password } = admin_at else {
             unreachable!()
         };
-        let base = url.rsplit_once('/').map_or(url.as_str(), |(b, _)| b);
         let location = Location::Postgres {
-            url: format!("{base}/{name}"),
+            url: with_database(&url, &name),
             password,
         };
         ScratchPostgres {

@@ -39,7 +39,8 @@ pub struct KmsConfig {
     pub metrics_listen: Option<String>,
     /// The database: `kms.sqlite` in `data_dir` when unset, or PostgreSQL
     /// (`postgres://USER@HOST:PORT/DB`), which several key servers share to serve the same
-    /// keys (each with the same master key); the password in `database_password_file`.
+    /// keys (each with the same master key); the password in `database_password_file`; TLS as
+    /// libpq's `sslmode`, `sslrootcert`, `sslcert`, `sslkey` in the query, paths absolute.
     #[serde(default)]
     pub database: Option<String>,
     /// The file that holds the PostgreSQL user's password.
@@ -112,8 +113,10 @@ listen = "0.0.0.0:5696"
 data_dir = "data"
 
 # The database: kms.sqlite in data_dir unless set. Key servers that serve the same keys share
-# one PostgreSQL database (and each holds the same master.key); the password in a file.
-# database = "postgres://tresor_kms@db.example:5432/tresor_kms"
+# one PostgreSQL database (and each holds the same master.key); the password in a file. TLS
+# as libpq's sslmode, sslrootcert, sslcert and sslkey say (absolute paths); a connection that
+# leaves this machine unchecked is logged as a warning.
+# database = "postgres://tresor_kms@db.example:5432/tresor_kms?sslmode=verify-full&sslrootcert=/etc/tresor/db-ca.pem"
 # database_password_file = "db-password"
 
 # Client certificate subjects that may read and change every object.

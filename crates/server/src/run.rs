@@ -79,7 +79,8 @@ pub struct ServerConfig {
     pub agent_timeout_secs: u64,
     /// The database: an SQLite file in `data_dir` when unset, or PostgreSQL
     /// (`postgres://USER@HOST:PORT/DB`, for several servers; the password in
-    /// `database_password_file`, never in the string).
+    /// `database_password_file`, never in the string; TLS as libpq's `sslmode`, `sslrootcert`,
+    /// `sslcert`, `sslkey` in the query, paths absolute).
     #[serde(default)]
     pub database: Option<String>,
     /// The file that holds the PostgreSQL user's password (relative to this file's folder).
@@ -361,7 +362,7 @@ pub fn init(
             f.display().to_string()
         ),
         (Some(d), None) => format!("database = {:?}\n", d.url),
-        (None, _) => "# database = \"postgres://tresor@db.example:5432/tresor\"\n# database_password_file = \"db-password\"\n".into(),
+        (None, _) => "# database = \"postgres://tresor@db.example:5432/tresor?sslmode=verify-full&sslrootcert=/etc/tresor/db-ca.pem\"\n# database_password_file = \"db-password\"\n".into(),
     };
     let config = format!(
         "# Tresor server (tresor server --config server.toml)\n\n# Database, CA and certificates.\ndata_dir = \".\"\n\n\

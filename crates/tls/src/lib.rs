@@ -6,6 +6,7 @@
 
 mod ca;
 mod config;
+mod database;
 pub mod gate;
 mod https;
 mod identity;
@@ -16,6 +17,7 @@ pub use ca::{
     cert_matches_key, key_and_csr, self_signed_client, CertKind, CertificateAuthority, IssuedCert,
 };
 pub use config::{client_config, pinned_client_config, server_config, ClientAuth};
+pub use database::{database_client_config, DatabaseVerify};
 pub use https::{
     fingerprint, https_client_config, https_server_config, normalize_fingerprint, ServerTrust,
 };
