@@ -74,11 +74,14 @@ pub enum ErrorCode {
     NotLeader,
     /// No server leads at the moment (one takes over within the lease's length); try again.
     NoLeader,
+    /// A standby sent the request to the leader, whose answer did not come back: it may have
+    /// been carried out.
+    LeaderLost,
 }
 
 impl ErrorCode {
     /// Every code, for documents and tests.
-    pub const ALL: [ErrorCode; 29] = [
+    pub const ALL: [ErrorCode; 30] = [
         ErrorCode::BadRequest,
         ErrorCode::BadName,
         ErrorCode::BadShape,
@@ -108,6 +111,7 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::NotLeader,
         ErrorCode::NoLeader,
+        ErrorCode::LeaderLost,
     ];
 
     /// The HTTP status of an answer with this code.
@@ -124,7 +128,7 @@ impl ErrorCode {
             HostRefused => 422,
             TooManyAttempts => 429,
             Storage | Internal => 500,
-            ProviderUnreachable | ProviderRefused | ProviderError => 502,
+            ProviderUnreachable | ProviderRefused | ProviderError | LeaderLost => 502,
             HostUnavailable | NoLeader => 503,
             NotLeader => 307,
         }
@@ -163,6 +167,7 @@ impl ErrorCode {
             Internal => "internal",
             NotLeader => "notLeader",
             NoLeader => "noLeader",
+            LeaderLost => "leaderLost",
         }
     }
 }

@@ -25,6 +25,7 @@ pub mod broker;
 pub mod console;
 pub mod engine;
 pub mod enrol;
+pub mod forward;
 pub mod https;
 pub mod lease;
 pub mod metrics;

@@ -503,10 +503,24 @@ pub async fn serve(
     };
     let app = router(state.clone());
     let app = match &leadership {
-        Some(l) => app.layer(axum::middleware::from_fn_with_state(
-            l.clone(),
-            crate::api::standby,
-        )),
+        Some(l) => {
+            // The leader's API certificate is checked against the servers' CA and the CAs in
+            // this server's own API chain (operators give all servers certificates from one CA).
+            let mut anchors = tresor_tls::parse_certs(ca_pem.as_bytes(), "ca.pem")
+                .map_err(setup("Cannot load ca.pem"))?;
+            if let Ok(chain) = tresor_tls::load_certs(&dir.join(&config.api_certificate)) {
+                anchors.extend(chain.into_iter().skip(1));
+            }
+            let forwarder = crate::forward::Forwarder::new(&ca_key, anchors)
+                .map_err(setup("Cannot set up sending writes on to the leader"))?;
+            app.layer(axum::middleware::from_fn_with_state(
+                Arc::new(crate::api::Standby {
+                    leadership: l.clone(),
+                    forwarder,
+                }),
+                crate::api::standby,
+            ))
+        }
         None => app,
     };
     let observed: Arc<dyn tresor_ops::Observed> = Arc::new(crate::metrics::Observed {

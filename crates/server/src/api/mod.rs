@@ -35,47 +35,103 @@ use crate::service::{Caller, ServiceError};
 /// decides and one JSON shape: `{"error": {"code", "message", "messages": {"en", "de"}}}`.
 pub type ApiError = ServiceError;
 
+/// What the layer in front of a server that shares its database with others needs.
+#[derive(Debug)]
+pub struct Standby {
+    pub leadership: std::sync::Arc<crate::lease::Leadership>,
+    pub forwarder: crate::forward::Forwarder,
+}
+
 /// In front of a server that shares its database with others: while another server leads,
-/// reads are answered here and writes are sent to the leader (307, its address in `Location`,
-/// with the API's error shape saying so); while no server leads, writes are refused (503).
+/// reads are answered here and writes are sent on to the leader, whose answer is given back
+/// (when the leader cannot be reached: 307, its address in `Location`, with the API's error shape
+/// saying so); while no server leads, writes are refused (503). A request a standby sent on
+/// carries the client's address, believed only under the servers' MAC.
 pub async fn standby(
-    axum::extract::State(leadership): axum::extract::State<
-        std::sync::Arc<crate::lease::Leadership>,
-    >,
-    req: axum::extract::Request,
+    axum::extract::State(s): axum::extract::State<std::sync::Arc<Standby>>,
+    mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    use axum::extract::ConnectInfo;
     use axum::http::Method;
-    if leadership.leads() || matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
-        return next.run(req).await;
-    }
+    use std::net::SocketAddr;
     let path = req
         .uri()
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_owned();
-    match leadership.leader_url() {
-        Some(leader) => {
-            let mut answer = ApiError::new(
-                ErrorCode::NotLeader,
-                format!(
-                    "This server stands by; the server that leads, {leader}, takes writes. Send the request there (tresor does when its server list names both)"
-                ),
-            )
-            .into_response();
-            if let Ok(location) = axum::http::HeaderValue::from_str(&format!("{leader}{path}")) {
-                answer
-                    .headers_mut()
-                    .insert(axum::http::header::LOCATION, location);
+    let forwarded = match req.headers().get(crate::forward::FORWARDED_FOR) {
+        None => false,
+        Some(value) => {
+            let said = value.to_str().unwrap_or("");
+            match s.forwarder.verify(
+                said,
+                req.method().as_str(),
+                &path,
+                std::time::SystemTime::now(),
+            ) {
+                Ok(client) => {
+                    req.extensions_mut()
+                        .insert(ConnectInfo(SocketAddr::new(client, 0)));
+                    true
+                }
+                Err(e) => {
+                    return ApiError::new(
+                        ErrorCode::BadRequest,
+                        format!("{e}; only Tresor's servers send it, remove it from the request"),
+                    )
+                    .into_response()
+                }
             }
-            answer
         }
-        None => ApiError::new(
+    };
+    if s.leadership.leads() || matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+    {
+        return next.run(req).await;
+    }
+    let Some(leader) = s.leadership.leader_url() else {
+        return ApiError::new(
             ErrorCode::NoLeader,
             "No server leads at the moment (a standby takes over when the last leader's lease runs out); try again in a few seconds",
         )
-        .into_response(),
+        .into_response();
+    };
+    // Sent on once at most: a request another standby sent here is not sent on again.
+    if !forwarded {
+        let client = req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(a)| a.ip());
+        match s.forwarder.forward(&leader, req, client).await {
+            Ok(answer) => return answer,
+            Err(crate::forward::Failure::NotSent(why)) => {
+                tracing::warn!(leader = %leader, error = %why, "cannot send a write on to the leader; the client is sent there");
+            }
+            Err(crate::forward::Failure::NoAnswer(why)) => {
+                tracing::warn!(leader = %leader, error = %why, "the leader's answer to a write sent on did not come back");
+                return ApiError::new(
+                    ErrorCode::LeaderLost,
+                    format!(
+                        "This server sent the request to the leader, {leader}, whose answer did not come back ({why}); it may have been carried out: check with a read before you send it again"
+                    ),
+                )
+                .into_response();
+            }
+        }
     }
+    let mut answer = ApiError::new(
+        ErrorCode::NotLeader,
+        format!(
+            "This server stands by; the server that leads, {leader}, takes writes. Send the request there (tresor does when its server list names both)"
+        ),
+    )
+    .into_response();
+    if let Ok(location) = axum::http::HeaderValue::from_str(&format!("{leader}{path}")) {
+        answer
+            .headers_mut()
+            .insert(axum::http::header::LOCATION, location);
+    }
+    answer
 }
 
 /// The HTTP status of an error, which its code decides.
