@@ -331,6 +331,9 @@ pub struct Engine {
     writing_states: Arc<std::sync::atomic::AtomicBool>,
     /// The writer of key-push records (see [`Engine::push_log`]), started at the first push.
     push_log: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<PushJob>>,
+    /// The pushes earlier leaders left unsettled, by host, read when the first host connects
+    /// to this leader; each host's taken when it connects.
+    earlier_pushes: tokio::sync::OnceCell<Mutex<HashMap<String, Vec<crate::store::PushIntent>>>>,
     /// Held by the pass under way: one at a time, so that a VM whose keys one pass is fetching
     /// or pushing is not acted on by another.
     passing: tokio::sync::Mutex<()>,
@@ -390,6 +393,7 @@ impl Engine {
             token: Mutex::new(None),
             records: tokio::sync::Semaphore::new(8),
             push_log: std::sync::OnceLock::new(),
+            earlier_pushes: tokio::sync::OnceCell::new(),
             writing_states: Arc::default(),
             passing: tokio::sync::Mutex::new(()),
             wake: tokio::sync::Notify::new(),
@@ -413,19 +417,33 @@ impl Engine {
         let (Some(store), Some(token)) = (self.store.clone(), self.fencing_token()) else {
             return;
         };
-        let h = host.clone();
-        let read = store.clone();
-        let permit = self.records.acquire().await;
-        let intents = match tokio::task::spawn_blocking(move || read.unsettled_pushes(&h, token))
-            .await
-        {
-            Ok(Ok(i)) if !i.is_empty() => i,
-            Ok(Ok(_)) => return,
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, host, "cannot read the key pushes an earlier leader left");
-                return;
-            }
-            Err(_) => return,
+        // Read once for every host when the first connects (one query, not one a host: a new
+        // leader meets thousands of hosts at once).
+        let earlier = self
+            .earlier_pushes
+            .get_or_try_init(|| async {
+                let read = store.clone();
+                match tokio::task::spawn_blocking(move || read.unsettled_pushes_before(token)).await
+                {
+                    Ok(Ok(by_host)) => Ok(Mutex::new(by_host)),
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "cannot read the key pushes an earlier leader left; tried again when the next host connects");
+                        Err(())
+                    }
+                    Err(_) => Err(()),
+                }
+            })
+            .await;
+        let intents = match earlier {
+            Ok(by_host) => match by_host
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&host)
+            {
+                Some(i) if !i.is_empty() => i,
+                _ => return,
+            },
+            Err(()) => return,
         };
         let mut settled = Vec::new();
         let mut rows = Vec::new();
@@ -449,7 +467,6 @@ impl Engine {
                 rows.extend(self.record_earlier_push(&mut st, &host, &i));
             }
         }
-        drop(permit);
         if !settled.is_empty() {
             tracing::info!(
                 host,
@@ -468,12 +485,24 @@ impl Engine {
         events: Vec<EventRow>,
         alarms: Vec<AlarmChange>,
     ) {
-        if settled.is_empty() && events.is_empty() && alarms.is_empty() {
-            return;
+        if let Some(written) = self.settle_later(settled, events, alarms) {
+            let _ = written.await;
         }
-        let Some(log) = self.push_log() else {
-            return;
-        };
+    }
+
+    /// Hands key pushes' settlements to the writer without waiting; the receiver answers when
+    /// they are written. Nothing waits on a settlement to be safe: a leader that dies first
+    /// leaves the push unsettled, and the next one settles it from what the host holds.
+    fn settle_later(
+        &self,
+        settled: Vec<(i64, PushOutcome)>,
+        events: Vec<EventRow>,
+        alarms: Vec<AlarmChange>,
+    ) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        if settled.is_empty() && events.is_empty() && alarms.is_empty() {
+            return None;
+        }
+        let log = self.push_log()?;
         let (done, written) = tokio::sync::oneshot::channel();
         let records = crate::store::PushRecords {
             settled,
@@ -482,10 +511,11 @@ impl Engine {
             ..Default::default()
         };
         match log.send(PushJob::Settle(records, done)) {
-            Ok(()) => {
-                let _ = written.await;
+            Ok(()) => Some(written),
+            Err(_) => {
+                tracing::error!("cannot record how key pushes ended: their writer stopped");
+                None
             }
-            Err(_) => tracing::error!("cannot record how key pushes ended: their writer stopped"),
         }
     }
 
@@ -1432,6 +1462,9 @@ impl Engine {
         let (mut pending, mut alarms) = (Vec::new(), Vec::new());
         let mut fetching = futures_util::stream::FuturesUnordered::new();
         let mut pushing = futures_util::stream::FuturesUnordered::new();
+        // The pushes' settlements being written: waited for when the pass ends, not by the
+        // pushes (a push's slot is free when the host has answered).
+        let mut settlements = Vec::new();
         self.take_round(
             config,
             &mut busy,
@@ -1455,8 +1488,11 @@ impl Engine {
                     break;
                 };
                 pushing.push(async move {
-                    self.push(&host, &batch, config).await;
-                    batch.into_iter().map(|(vm, _)| vm).collect::<Vec<_>>()
+                    let settling = self.push(&host, &batch, config).await;
+                    (
+                        batch.into_iter().map(|(vm, _)| vm).collect::<Vec<_>>(),
+                        settling,
+                    )
                 });
             }
             if fetching.is_empty() && pushing.is_empty() {
@@ -1475,7 +1511,8 @@ impl Engine {
                     pending.append(&mut p);
                     alarms.append(&mut a);
                 }
-                Some(pushed) = pushing.next(), if !pushing.is_empty() => {
+                Some((pushed, settling)) = pushing.next(), if !pushing.is_empty() => {
+                    settlements.extend(settling);
                     // Their verdicts at once (unlocked, with their keys there), not after the
                     // whole pass; anything more they need, the next pass decides.
                     self.decide(&pushed, config, Instant::now(), &mut Vec::new(), &mut pending, &mut alarms);
@@ -1490,6 +1527,16 @@ impl Engine {
                     intake();
                     self.take_round(config, &mut busy, &waiting, &mut chunks, &mut ready, &mut round)
                         .await;
+                    tracing::debug!(
+                        target: "tresor_server::engine::pass",
+                        ms = started.elapsed().as_millis() as u64,
+                        fetches_queued = chunks.len(),
+                        fetching = fetching.len(),
+                        pushes_queued = ready.len(),
+                        pushing = pushing.len(),
+                        busy = busy.len(),
+                        "intake"
+                    );
                     // A long pass is a working engine.
                     if let Ok(mut t) = self.last_pass.lock() {
                         *t = Some(Instant::now());
@@ -1499,6 +1546,9 @@ impl Engine {
             }
         }
         self.flush(pending, alarms).await;
+        for written in settlements {
+            let _ = written.await;
+        }
         if round.fetches + round.pushes > 0 || round.written > 0 {
             tracing::debug!(
                 target: "tresor_server::engine::pass",
@@ -1823,7 +1873,14 @@ impl Engine {
 
     /// Sends one host the keys of several of its VMs in one request, and books the result for
     /// each VM: its keys count as there, or its push failed (an alarm until one succeeds).
-    async fn push(&self, host: &str, batch: &[(String, Vec<KeyRef>)], config: &EngineConfig) {
+    /// Pushes `batch`'s keys to `host`; the settlement's receiver (see [`Engine::settle_later`]),
+    /// which the caller need not wait for before it counts the keys as there.
+    async fn push(
+        &self,
+        host: &str,
+        batch: &[(String, Vec<KeyRef>)],
+        config: &EngineConfig,
+    ) -> Option<tokio::sync::oneshot::Receiver<()>> {
         // Keys go only to the host a VM is registered on, and only the keys it was registered
         // with (the decisions come from admitted reports; this is the last check before keys
         // leave).
@@ -1881,7 +1938,7 @@ impl Engine {
             .filter(|(_, ks)| ks.iter().all(|k| have.contains(k)))
             .collect();
         if batch.is_empty() {
-            return;
+            return None;
         }
         // With several servers, the push is on record (fenced by the lease) before it leaves;
         // an earlier leader's push of these VMs' keys did not arrive (they are pushed again).
@@ -1906,10 +1963,10 @@ impl Engine {
                     Ok(Some(ids)) => Some(ids),
                     Ok(None) => {
                         tracing::warn!(host, "no keys pushed: another server leads now");
-                        return;
+                        return None;
                     }
                     // Said once for the group in the log.
-                    Err(()) => return,
+                    Err(()) => return None,
                 }
             }
             _ => None,
@@ -2007,7 +2064,7 @@ impl Engine {
             }
             None => Vec::new(),
         };
-        self.settle(settled, settled_rows, alarms).await;
+        self.settle_later(settled, settled_rows, alarms)
     }
 
     /// Writes what hosts say of themselves when their agents connect and leave, off the

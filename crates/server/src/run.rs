@@ -514,10 +514,7 @@ pub async fn serve(
             let forwarder = crate::forward::Forwarder::new(&ca_key, anchors)
                 .map_err(setup("Cannot set up sending writes on to the leader"))?;
             app.layer(axum::middleware::from_fn_with_state(
-                Arc::new(crate::api::Standby {
-                    leadership: l.clone(),
-                    forwarder,
-                }),
+                Arc::new(crate::api::Standby::new(l.clone(), forwarder)),
                 crate::api::standby,
             ))
         }

@@ -455,6 +455,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: "CREATE TABLE provider_keys (name TEXT PRIMARY KEY, sealed BLOB NOT NULL);",
         postgres: "CREATE TABLE provider_keys (name TEXT PRIMARY KEY, sealed BYTEA NOT NULL);",
     },
+    // The pushes a leader left unsettled, read at once by the next (a few among every push
+    // ever made).
+    Migration {
+        sqlite: "CREATE INDEX key_pushes_sent ON key_pushes (token) WHERE state = 'sent';",
+        postgres: "CREATE INDEX key_pushes_sent ON key_pushes (token) WHERE state = 'sent';",
+    },
 ];
 
 /// How a key push ended.
@@ -1791,24 +1797,27 @@ impl Store {
         })
     }
 
-    /// The pushes to `host` that a leader before the one holding `token` did not settle.
-    pub fn unsettled_pushes(&self, host: &str, token: i64) -> Result<Vec<PushIntent>, StoreError> {
+    /// Every host's pushes that leaders before the holder of `token` left unsettled, by host.
+    pub fn unsettled_pushes_before(
+        &self,
+        token: i64,
+    ) -> Result<HashMap<String, Vec<PushIntent>>, StoreError> {
         let rows = self.read(|c| {
             Ok(c.query(
-                "SELECT id, token, vm, keys FROM key_pushes WHERE host = ?1 AND state = 'sent' AND token < ?2 ORDER BY id",
-                args![host, token],
+                "SELECT id, token, vm, keys, host FROM key_pushes WHERE state = 'sent' AND token < ?1 ORDER BY id",
+                args![token],
             )?)
         })?;
-        rows.iter()
-            .map(|r| {
-                Ok(PushIntent {
-                    id: r.get(0)?,
-                    token: r.get(1)?,
-                    vm: r.get(2)?,
-                    keys: unjson(&r.get::<String>(3)?)?,
-                })
-            })
-            .collect()
+        let mut by_host: HashMap<String, Vec<PushIntent>> = HashMap::new();
+        for r in &rows {
+            by_host.entry(r.get(4)?).or_default().push(PushIntent {
+                id: r.get(0)?,
+                token: r.get(1)?,
+                vm: r.get(2)?,
+                keys: unjson(&r.get::<String>(3)?)?,
+            });
+        }
+        Ok(by_host)
     }
 
     /// Keeps a provider's sealed client key (see migration 9).
@@ -1965,7 +1974,13 @@ mod tests {
         assert_eq!(ids[1], None, "a server that does not lead writes no push");
         assert_eq!(ids[2].as_ref().map(Vec::len), Some(5000));
         let later = token + 1;
-        let h1 = s.unsettled_pushes("h1", later).unwrap();
+        let unsettled = |host: &str, token: i64| {
+            s.unsettled_pushes_before(token)
+                .unwrap()
+                .remove(host)
+                .unwrap_or_default()
+        };
+        let h1 = unsettled("h1", later);
         assert_eq!(
             h1.iter().map(|p| (p.id, p.vm.as_str())).collect::<Vec<_>>(),
             vec![
@@ -1974,8 +1989,10 @@ mod tests {
             ]
         );
         assert_eq!(h1[1].keys, vec![KeyRef::new("kms", "key-web1")]);
-        assert!(s.unsettled_pushes("h2", token + 100).unwrap().is_empty());
-        let h3 = s.unsettled_pushes("h3", later).unwrap();
+        assert!(unsettled("h2", token + 100).is_empty());
+        // Only the leaders' before `token`: none before the first.
+        assert!(s.unsettled_pushes_before(token).unwrap().is_empty());
+        let h3 = unsettled("h3", later);
         assert_eq!(h3.len(), 5000);
         assert_eq!(
             h3.iter().map(|p| p.id).collect::<Vec<_>>(),
@@ -2018,7 +2035,7 @@ mod tests {
             ..Default::default()
         };
         s.record_pushes(&lost, 102).unwrap();
-        let h1 = s.unsettled_pushes("h1", later).unwrap();
+        let h1 = unsettled("h1", later);
         assert_eq!(
             h1.iter().map(|p| p.vm.as_str()).collect::<Vec<_>>(),
             ["web1"]
@@ -2046,7 +2063,7 @@ mod tests {
             ..Default::default()
         };
         s.record_pushes(&settle, 103).unwrap();
-        let h3 = s.unsettled_pushes("h3", later).unwrap();
+        let h3 = unsettled("h3", later);
         assert_eq!(
             h3.iter().map(|p| p.vm.as_str()).collect::<Vec<_>>(),
             ["big7"]

@@ -40,6 +40,35 @@ pub type ApiError = ServiceError;
 pub struct Standby {
     pub leadership: std::sync::Arc<crate::lease::Leadership>,
     pub forwarder: crate::forward::Forwarder,
+    /// When a leader that could not be reached was last logged (once in ten seconds: while
+    /// a dead leader's lease runs out, every write would say it again).
+    pub unreachable_said: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl Standby {
+    pub fn new(
+        leadership: std::sync::Arc<crate::lease::Leadership>,
+        forwarder: crate::forward::Forwarder,
+    ) -> Standby {
+        Standby {
+            leadership,
+            forwarder,
+            unreachable_said: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Whether it is time to log again that the leader cannot be reached.
+    fn say_unreachable(&self) -> bool {
+        let mut said = self
+            .unreachable_said
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let due = said.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(10));
+        if due {
+            *said = Some(std::time::Instant::now());
+        }
+        due
+    }
 }
 
 /// In front of a server that shares its database with others: while another server leads,
@@ -105,7 +134,9 @@ pub async fn standby(
         match s.forwarder.forward(&leader, req, client).await {
             Ok(answer) => return answer,
             Err(crate::forward::Failure::NotSent(why)) => {
-                tracing::warn!(leader = %leader, error = %why, "cannot send a write on to the leader; the client is sent there");
+                if s.say_unreachable() {
+                    tracing::warn!(leader = %leader, error = %why, "cannot send writes on to the leader; clients are sent there (said again in 10 s at the earliest)");
+                }
             }
             Err(crate::forward::Failure::NoAnswer(why)) => {
                 tracing::warn!(leader = %leader, error = %why, "the leader's answer to a write sent on did not come back");
