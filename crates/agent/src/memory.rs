@@ -230,6 +230,18 @@ pub fn harden_process() -> Result<(), std::io::Error> {
     Ok(())
 }
 
+/// Keeps every page the agent has or maps in RAM (`mlockall`, locked as each is touched): the
+/// volume keys and key schedules of the disk work it does itself (a deep rekey of a raw LUKS
+/// disk), and the plaintext passing through its buffers, are never swapped out, as the keys in
+/// [`SecretMemory`] are not. The processes it starts do not inherit this. Locking takes a
+/// memory-lock limit large enough (`LimitMEMLOCK=infinity`, the package's unit) or root's
+/// `CAP_IPC_LOCK`.
+pub fn lock_all_memory() -> Result<(), std::io::Error> {
+    use rustix::mm::MlockAllFlags;
+    rustix::mm::mlockall(MlockAllFlags::CURRENT | MlockAllFlags::FUTURE | MlockAllFlags::ONFAULT)
+        .map_err(std::io::Error::from)
+}
+
 /// Whether `path` lies on a memory file system (tmpfs or ramfs): what is written there never
 /// reaches a disk (swap aside, which the agent's own key memory avoids by locking).
 pub fn on_memory_fs(path: &std::path::Path) -> std::io::Result<bool> {

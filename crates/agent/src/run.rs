@@ -251,6 +251,12 @@ pub async fn run(
     if let Err(e) = crate::memory::harden_process() {
         tracing::warn!(error = %e, "cannot make the agent process non-dumpable");
     }
+    if let Err(e) = crate::memory::lock_all_memory() {
+        tracing::warn!(
+            error = %e,
+            "cannot keep the agent's memory out of swap (mlockall): its keys stay in locked memory, but a deep rekey's volume keys and the data it copies could be swapped out; raise its memory-lock limit (LimitMEMLOCK=infinity, ulimit -l) or run it as root"
+        );
+    }
     let state = &config.state_dir;
     let tls = tresor_tls::client_config(
         &tresor_tls::load_certs(&state.join("server-ca.pem"))

@@ -120,6 +120,22 @@ fn a_host_enrols_connects_and_is_seen_to_go() {
         })
     };
     wait_for("host-1 to connect", || connected(true));
+    // The agent's memory is locked in RAM, all of it (what a deep rekey's keys and copies pass
+    // through included), not only its key store.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.0.id())).unwrap();
+    let kib = |field: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{field} in {status}"))
+    };
+    let (locked, resident) = (kib("VmLck:"), kib("VmRSS:"));
+    assert!(
+        locked * 10 >= resident * 9,
+        "{locked} KiB locked of {resident} KiB resident"
+    );
     drop(agent);
     wait_for("host-1 to be seen gone", || connected(false));
 
