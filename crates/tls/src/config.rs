@@ -48,6 +48,22 @@ fn is_aes_128(suite: &rustls::SupportedCipherSuite) -> bool {
     )
 }
 
+/// rustls's own check of a server's certificate, chained to one of `cas`, with its name.
+pub(crate) fn webpki_server_verifier(
+    cas: &[CertificateDer<'static>],
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<rustls::client::WebPkiServerVerifier>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for ca in cas {
+        roots
+            .add(ca.clone())
+            .map_err(|e| TlsError::Certificate(format!("CA certificate cannot be trusted: {e}")))?;
+    }
+    rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| TlsError::Certificate(e.to_string()))
+}
+
 /// A server configuration: this chain and key, client certificates checked against `client_cas`.
 pub fn server_config(
     chain: Vec<CertificateDer<'static>>,

@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::{CertificateError, RootCertStore};
+use rustls::CertificateError;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
-use crate::config::provider;
+use crate::config::{provider, webpki_server_verifier};
 use crate::TlsError;
 
 /// How much of the database server's certificate is checked.
@@ -40,20 +40,7 @@ pub fn database_client_config(
                 "no CA certificate to check the database server's certificate against".into(),
             ));
         }
-        let mut roots = RootCertStore::empty();
-        for ca in cas {
-            roots.add(ca.clone()).map_err(|e| {
-                TlsError::Certificate(format!("CA certificate cannot be trusted: {e}"))
-            })?;
-        }
-        Some(
-            rustls::client::WebPkiServerVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider.clone(),
-            )
-            .build()
-            .map_err(|e| TlsError::Certificate(e.to_string()))?,
-        )
+        Some(webpki_server_verifier(cas, &provider)?)
     };
     let verifier = Arc::new(DatabaseServerVerifier {
         verify,

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::{CertificateError, RootCertStore};
+use rustls::CertificateError;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 use crate::config::provider;
@@ -72,20 +72,7 @@ pub fn https_client_config(
     let algorithms = provider.signature_verification_algorithms;
     let inner: Option<Arc<dyn ServerCertVerifier>> = match trust {
         ServerTrust::Roots(cas) if !cas.is_empty() => {
-            let mut roots = RootCertStore::empty();
-            for ca in cas {
-                roots.add(ca.clone()).map_err(|e| {
-                    TlsError::Certificate(format!("CA certificate cannot be trusted: {e}"))
-                })?;
-            }
-            Some(
-                rustls::client::WebPkiServerVerifier::builder_with_provider(
-                    Arc::new(roots),
-                    provider.clone(),
-                )
-                .build()
-                .map_err(|e| TlsError::Certificate(e.to_string()))?,
-            )
+            Some(crate::config::webpki_server_verifier(cas, &provider)?)
         }
         _ => None,
     };
