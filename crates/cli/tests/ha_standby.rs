@@ -132,10 +132,11 @@ fn writes_sent_to_a_standby_are_carried_out_by_the_leader() {
     let (ok, out, err) = on_standby(&dev, &token, &["vm", "power-on", "via-standby"]);
     assert!(ok, "{out}{err}");
 
-    // The leader counts failed sign-ins sent on by the standby: the fourth starts a wait, the
-    // fifth meets it.
+    // The leader counts failed sign-ins sent on by the standby: three are free, the fourth
+    // starts a wait (1 s, then doubling), and a try within a wait meets it. Tried until one does,
+    // however slowly a loaded machine sends them.
     let mut statuses = Vec::new();
-    for _ in 0..5 {
+    while statuses.last() != Some(&429) && statuses.len() < 12 {
         let (status, _) = raw(
             &dev,
             &standby,
@@ -146,7 +147,15 @@ fn writes_sent_to_a_standby_are_carried_out_by_the_leader() {
         );
         statuses.push(status);
     }
-    assert_eq!(statuses, [401, 401, 401, 401, 429]);
+    assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+    assert!(
+        statuses.len() >= 5,
+        "three free failures and a fourth: {statuses:?}"
+    );
+    assert!(
+        statuses[..statuses.len() - 1].iter().all(|s| *s == 401),
+        "{statuses:?}"
+    );
 
     // A client cannot pass itself off as a standby speaking for another address.
     for server in [&dev.servers[0], &standby] {

